@@ -1,0 +1,31 @@
+# The product's front door: `make run` starts the gateway, `make test` passes the suite.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: install run test bench clean
+
+$(BIN)/gateway: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $(BIN)/gateway
+
+install: $(BIN)/gateway
+
+$(VENV)/.test-deps: $(BIN)/gateway
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+run: install
+	$(BIN)/gateway serve $(ARGS)
+
+test: $(VENV)/.test-deps
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(BIN)/gateway
+	$(BIN)/pip install --quiet -e '.[bench,test]'
+	@echo "benchmarks: $(BIN)/python bench/codec.py | bench/media.py | bench/webhooks.py"
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,1 @@
+"""A call's live audio session: provider socket, codecs, agent socket."""

@@ -1,0 +1,341 @@
+"""SQLite backend (WAL): one writer thread runs each transaction whole, one reader thread
+serves queries. The event loop only awaits futures; it never touches the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import sqlite3
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Sequence, TypeVar
+
+from gateway.calls.lifecycle import CallUpdate, decide_transition
+from gateway.calls.record import CallRecord, utcnow
+from gateway.calls.states import CallState
+from gateway.events.envelope import Event
+from gateway.store.base import (
+    AppliedUpdate,
+    CallSeed,
+    Store,
+    StoreError,
+    TimelineEntry,
+    clamp_limit,
+    event_data,
+)
+from gateway.store.migrations import MIGRATIONS
+
+T = TypeVar("T")
+
+_JSON_FIELDS = ("initial_context", "gathered_context", "annotations", "cost_info", "media")
+_TIME_FIELDS = ("started_at", "answered_at", "ended_at", "created_at", "updated_at")
+_CALL_COLUMNS = (
+    "workflow_run_id", "workflow_id", "user_id", "provider", "provider_call_id", "state",
+    "from_number", "to_number", "direction", "started_at", "answered_at", "ended_at", "duration",
+    "voicemail", "answered_by", "last_sequence", *_JSON_FIELDS, "created_at", "updated_at",
+)
+
+
+def _ts(value: datetime | None) -> str | None:
+    return None if value is None else value.astimezone(timezone.utc).isoformat()
+
+
+def _parse_ts(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def _row_to_record(row: sqlite3.Row) -> CallRecord:
+    values = dict(row)
+    for name in _TIME_FIELDS:
+        values[name] = _parse_ts(values[name])
+    for name in _JSON_FIELDS:
+        values[name] = json.loads(values[name])
+    values["state"] = CallState(values["state"])
+    values["voicemail"] = bool(values["voicemail"])
+    return CallRecord(**values)
+
+
+def _record_params(record: CallRecord) -> tuple[Any, ...]:
+    out: list[Any] = []
+    for name in _CALL_COLUMNS:
+        value = getattr(record, name)
+        if name in _TIME_FIELDS:
+            value = _ts(value)
+        elif name in _JSON_FIELDS:
+            value = _dumps(value)
+        elif name == "state":
+            value = value.value
+        elif name == "voicemail":
+            value = int(value)
+        out.append(value)
+    return tuple(out)
+
+
+_UPSERT_CALL = (
+    f"INSERT INTO calls ({', '.join(_CALL_COLUMNS)}) VALUES ({', '.join('?' for _ in _CALL_COLUMNS)}) "
+    "ON CONFLICT (workflow_run_id) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _CALL_COLUMNS if c != "workflow_run_id")
+)
+
+
+def encode_cursor(created_at: str, run_id: str) -> str:
+    return base64.urlsafe_b64encode(_dumps([created_at, run_id]).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[str, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created_at, run_id = json.loads(raw)
+        if not isinstance(created_at, str) or not isinstance(run_id, str):
+            raise ValueError
+        datetime.fromisoformat(created_at)
+        return created_at, run_id
+    except (ValueError, TypeError):
+        raise StoreError("cursor is not one this API returned") from None
+
+
+class SQLiteStore(Store):
+    """The embedded default store."""
+
+    def __init__(self, path: str, *, synchronous: str = "FULL") -> None:
+        self.path = path
+        self.synchronous = synchronous
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="sqlite-reader")
+        self._wconn: sqlite3.Connection | None = None
+        self._rconn: sqlite3.Connection | None = None
+
+    # -- plumbing ---------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA busy_timeout=30000")
+        return conn
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def run() -> T:
+            conn = self._wconn
+            if conn is None:
+                raise StoreError("store is closed")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return result
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._writer, run)
+        except sqlite3.Error as exc:
+            raise StoreError(f"sqlite: {exc}") from exc
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def run() -> T:
+            if self._rconn is None:
+                raise StoreError("store is closed")
+            return fn(self._rconn)
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._reader, run)
+        except sqlite3.Error as exc:
+            raise StoreError(f"sqlite: {exc}") from exc
+
+    async def open(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._wconn = await loop.run_in_executor(self._writer, self._connect)
+            await self._write(self._migrate)
+            self._rconn = await loop.run_in_executor(self._reader, self._connect)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open sqlite database {self.path}: {exc}") from exc
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+        )
+        done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+        for migration in MIGRATIONS:
+            if migration.version in done:
+                continue
+            for statement in migration.sqlite.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                (migration.version, migration.name, _ts(utcnow())),
+            )
+
+    async def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        for conn, pool in ((self._wconn, self._writer), (self._rconn, self._reader)):
+            if conn is not None:
+                await loop.run_in_executor(pool, conn.close)
+        self._wconn = self._rconn = None
+        self._writer.shutdown(wait=False)
+        self._reader.shutdown(wait=False)
+
+    async def ping(self) -> None:
+        await self._read(lambda conn: conn.execute("SELECT 1").fetchone())
+
+    # -- writes -----------------------------------------------------------------------
+    @staticmethod
+    def _load(conn: sqlite3.Connection, run_id: str) -> CallRecord | None:
+        row = conn.execute("SELECT * FROM calls WHERE workflow_run_id = ?", (run_id,)).fetchone()
+        return None if row is None else _row_to_record(row)
+
+    @staticmethod
+    def _insert_timeline(conn: sqlite3.Connection, run_id: str, at: datetime, *, source: str, kind: str,
+                         outcome: str, raw_status: str | None, state: str | None, sequence: int | None,
+                         data: dict[str, Any]) -> None:
+        conn.execute(
+            "INSERT INTO call_timeline (workflow_run_id, received_at, source, kind, outcome, raw_status, state, sequence, data)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (run_id, _ts(at), source, kind, outcome, raw_status, state, sequence, _dumps(data)),
+        )
+
+    @staticmethod
+    def _insert_events(conn: sqlite3.Connection, events: list[Event]) -> None:
+        for event in events:
+            cursor = conn.execute(
+                "INSERT INTO events (id, type, workflow_run_id, occurred_at, data) VALUES (?, ?, ?, ?, ?)",
+                (event.id, event.type, event.workflow_run_id, _ts(event.occurred_at), _dumps(event.data)),
+            )
+            event.seq = int(cursor.lastrowid)
+
+    async def apply_update(self, update: CallUpdate, *, run_id: str | None, seed: CallSeed | None = None) -> AppliedUpdate:
+        def tx(conn: sqlite3.Connection) -> AppliedUpdate:
+            now = utcnow()
+            current = self._load(conn, run_id) if run_id else None
+            if current is None and update.provider_call_id:
+                row = conn.execute(
+                    "SELECT * FROM calls WHERE provider = ? AND provider_call_id = ?",
+                    (update.provider, update.provider_call_id),
+                ).fetchone()
+                current = None if row is None else _row_to_record(row)
+            target = current.workflow_run_id if current else (run_id or str(uuid.uuid4()))
+            transition = decide_transition(current, update, run_id=target, now=now)
+            record = transition.record
+            if seed is not None:
+                seed.fill(record)
+            conn.execute(_UPSERT_CALL, _record_params(record))
+            self._insert_timeline(
+                conn, target, now, source=update.provider, kind=update.kind, outcome=transition.outcome,
+                raw_status=update.raw_status, state=update.state.value if update.state else None,
+                sequence=update.sequence, data=update.params,
+            )
+            events = [Event(type=name, workflow_run_id=target, occurred_at=now, data=event_data(record)) for name in transition.events]
+            self._insert_events(conn, events)
+            return AppliedUpdate(record=record, events=events, outcome=transition.outcome, created=current is None)
+
+        return await self._write(tx)
+
+    async def record_activity(
+        self,
+        run_id: str,
+        *,
+        source: str,
+        kind: str,
+        data: dict[str, Any],
+        events: Sequence[tuple[str, dict[str, Any]]] = (),
+        gathered_context: dict[str, Any] | None = None,
+        annotations: dict[str, Any] | None = None,
+        media: dict[str, Any] | None = None,
+    ) -> list[Event]:
+        def tx(conn: sqlite3.Connection) -> list[Event]:
+            now = utcnow()
+            record = self._load(conn, run_id)
+            if record is None:
+                raise StoreError(f"unknown workflow_run_id {run_id!r}")
+            if gathered_context or annotations or media:
+                record.gathered_context.update(gathered_context or {})
+                record.annotations.update(annotations or {})
+                record.media.update(media or {})
+                record.updated_at = now
+                conn.execute(_UPSERT_CALL, _record_params(record))
+            self._insert_timeline(conn, run_id, now, source=source, kind=kind, outcome="recorded",
+                                  raw_status=None, state=None, sequence=None, data=data)
+            emitted = [
+                Event(type=name, workflow_run_id=run_id, occurred_at=now, data=event_data(record, extra))
+                for name, extra in events
+            ]
+            self._insert_events(conn, emitted)
+            return emitted
+
+        return await self._write(tx)
+
+    # -- reads ------------------------------------------------------------------------
+    async def get_call(self, run_id: str) -> CallRecord | None:
+        return await self._read(lambda conn: self._load(conn, run_id))
+
+    async def get_timeline(self, run_id: str) -> list[TimelineEntry]:
+        def query(conn: sqlite3.Connection) -> list[TimelineEntry]:
+            rows = conn.execute(
+                "SELECT * FROM call_timeline WHERE workflow_run_id = ? ORDER BY id", (run_id,)
+            ).fetchall()
+            return [
+                TimelineEntry(
+                    id=row["id"], received_at=_parse_ts(row["received_at"]), source=row["source"],
+                    kind=row["kind"], outcome=row["outcome"], raw_status=row["raw_status"],
+                    state=row["state"], sequence=row["sequence"], data=json.loads(row["data"]),
+                )
+                for row in rows
+            ]
+
+        return await self._read(query)
+
+    async def list_calls(self, *, state: str | None = None, limit: int = 50, cursor: str | None = None) -> tuple[list[CallRecord], str | None]:
+        limit = clamp_limit(limit)
+        where, params = [], []
+        if state:
+            where.append("state = ?")
+            params.append(state)
+        if cursor:
+            created_at, last_run = decode_cursor(cursor)
+            where.append("(created_at < ? OR (created_at = ? AND workflow_run_id < ?))")
+            params += [created_at, created_at, last_run]
+        sql = "SELECT * FROM calls"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at DESC, workflow_run_id DESC LIMIT ?"
+        params.append(limit + 1)
+
+        def query(conn: sqlite3.Connection) -> tuple[list[CallRecord], str | None]:
+            rows = conn.execute(sql, params).fetchall()
+            more = len(rows) > limit
+            rows = rows[:limit]
+            next_cursor = encode_cursor(rows[-1]["created_at"], rows[-1]["workflow_run_id"]) if more else None
+            return [_row_to_record(row) for row in rows], next_cursor
+
+        return await self._read(query)
+
+    async def list_events(self, *, after_seq: int = 0, limit: int = 100, run_id: str | None = None) -> list[Event]:
+        def query(conn: sqlite3.Connection) -> list[Event]:
+            sql, params = "SELECT * FROM events WHERE seq > ?", [after_seq]
+            if run_id is not None:
+                sql += " AND workflow_run_id = ?"
+                params.append(run_id)
+            sql += " ORDER BY seq LIMIT ?"
+            params.append(clamp_limit(limit))
+            return [
+                Event(type=row["type"], workflow_run_id=row["workflow_run_id"], occurred_at=_parse_ts(row["occurred_at"]),
+                      data=json.loads(row["data"]), id=row["id"], seq=row["seq"])
+                for row in conn.execute(sql, params).fetchall()
+            ]
+
+        return await self._read(query)

@@ -1,0 +1,91 @@
+"""The configuration schema: defaults, env interpolation, errors that name the key."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from gateway.config import ConfigError, load_config, parse_config, with_dev_secrets
+
+
+def test_no_file_at_all_gives_working_defaults():
+    config = load_config(None, env={})
+    assert config.store == "sqlite:///data/gateway.db"
+    assert config.agent.url == "echo"
+    assert config.agent.audio.encoding == "pcm16" and config.agent.audio.sample_rate == 16000
+    assert config.listen.port == 8000
+    assert config.providers.twilio is None and config.webhooks == []
+
+
+def test_env_interpolation_with_defaults():
+    data = {"api_key": "${KEY}", "public_url": "${URL:-https://gw.example.com}", "listen": {"port": 9000}}
+    config = parse_config(data, env={"KEY": "s3cret"})
+    assert config.api_key.get_secret_value() == "s3cret"
+    assert config.public_url == "https://gw.example.com"
+
+
+def test_unset_variable_names_key_and_variable():
+    with pytest.raises(ConfigError, match=r"providers\.twilio\.auth_token: environment variable TWILIO_TOKEN is not set"):
+        parse_config({"providers": {"twilio": {"account_sid": "AC1", "auth_token": "${TWILIO_TOKEN}"}}}, env={})
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"listen": {"prot": 1}}, r"listen\.prot: unknown key"),
+        ({"listen": {"port": "many"}}, r"listen\.port: "),
+        ({"providers": {"twilio": {"account_sid": "AC1"}}}, r"providers\.twilio\.auth_token: required key is missing"),
+        ({"providers": {"vonage": {"application_id": "app"}}}, r"providers\.vonage\.signature_secret: required key is missing"),
+        ({"agent": {"url": "http://agent"}}, r"agent\.url: "),
+        ({"agent": {"audio": {"sample_rate": 11025}}}, r"agent\.audio\.sample_rate: "),
+        ({"public_url": "gw.example.com"}, r"public_url: "),
+        ({"store": "mysql://x"}, r"store: "),
+        ({"trusted_proxies": ["not-a-cidr"]}, r"trusted_proxies\.0"),
+        ([1, 2], r"must be a mapping"),
+    ],
+)
+def test_errors_name_the_key(data, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_config(data, env={})
+
+
+def test_bad_yaml_and_missing_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("listen: {host: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML at line"):
+        load_config(bad, env={})
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(tmp_path / "absent.yaml", env={})
+
+
+def test_gateway_config_env_names_the_file(tmp_path):
+    path = tmp_path / "g.yaml"
+    path.write_text("listen: {port: 9123}\n")
+    assert load_config(None, env={"GATEWAY_CONFIG": str(path)}).listen.port == 9123
+
+
+def test_dev_secrets_generated_once_and_reused(tmp_path, caplog):
+    config = parse_config({"data_dir": str(tmp_path)}, env={})
+    first = with_dev_secrets(config)
+    second = with_dev_secrets(config)
+    assert first.api_key.get_secret_value() == second.api_key.get_secret_value()
+    stored = json.loads((tmp_path / "dev-secrets.json").read_text())
+    assert stored["api_key"] == first.api_key.get_secret_value()
+    assert (tmp_path / "dev-secrets.json").stat().st_mode & 0o777 == 0o600
+    assert "DEVELOPMENT SECRETS" in caplog.text
+    assert stored["api_key"] not in caplog.text
+
+
+def test_check_config_command_prints_the_same_message(tmp_path):
+    path = tmp_path / "g.yaml"
+    path.write_text("providers:\n  twilio: {account_sid: AC1}\n")
+    result = subprocess.run([sys.executable, "-m", "gateway.cli", "check-config", "--config", str(path)],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "providers.twilio.auth_token: required key is missing" in result.stderr
+    path.write_text("listen: {port: 9000}\n")
+    ok = subprocess.run([sys.executable, "-m", "gateway.cli", "check-config", "--config", str(path)], capture_output=True, text=True)
+    assert ok.returncode == 0 and "config OK" in ok.stdout
