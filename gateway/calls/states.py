@@ -59,6 +59,17 @@ PROVIDER_STATUS: dict[str, dict[str, CallState]] = {
         "cancelled": CallState.CANCELED,
         "failed": CallState.FAILED,
     },
+    # Events about the websocket leg an NCCO `connect` opens (sent to its eventUrl). Its
+    # started/ringing/answered say nothing about the caller's leg; when it ends or cannot
+    # connect, the NCCO is over and so is the call.
+    "vonage-websocket": {
+        "completed": CallState.COMPLETED,
+        "disconnected": CallState.COMPLETED,
+        "failed": CallState.FAILED,
+        "unanswered": CallState.FAILED,
+        "rejected": CallState.FAILED,
+        "timeout": CallState.FAILED,
+    },
 }
 
 

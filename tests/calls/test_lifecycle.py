@@ -32,6 +32,12 @@ EXPECTED_ROWS = {
     ("vonage", "unanswered"): "no-answer",
     ("vonage", "cancelled"): "canceled",
     ("vonage", "failed"): "failed",
+    ("vonage-websocket", "completed"): "completed",
+    ("vonage-websocket", "disconnected"): "completed",
+    ("vonage-websocket", "failed"): "failed",
+    ("vonage-websocket", "unanswered"): "failed",
+    ("vonage-websocket", "rejected"): "failed",
+    ("vonage-websocket", "timeout"): "failed",
 }
 
 

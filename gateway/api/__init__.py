@@ -1,0 +1,1 @@
+"""Starlette routes: provider-facing telephony, the admin API, health. Thin: parse, call, render."""

@@ -1,0 +1,66 @@
+"""The admin API (bearer `api_key`): calls and their timelines."""
+
+from __future__ import annotations
+
+import hmac
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from gateway.api.context import GatewayContext
+from gateway.api.problems import problem
+from gateway.calls.states import CallState
+from gateway.store.base import StoreError
+
+_STATES = [state.value for state in CallState]
+
+
+def authorized(request: Request) -> Response | None:
+    """None when the request carries the admin bearer token, else the 401 to send."""
+    ctx: GatewayContext = request.app.state.gateway
+    expected = ctx.config.api_key.get_secret_value() if ctx.config.api_key else ""
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if expected and scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), expected.encode()):
+        return None
+    detail = "missing bearer token" if not header else "bearer token is not valid"
+    return problem(401, detail, headers={"WWW-Authenticate": 'Bearer realm="gateway"'})
+
+
+async def list_calls(request: Request) -> Response:
+    """`GET /api/v1/calls?state=&limit=&cursor=`: newest first, keyset pagination."""
+    if (denied := authorized(request)) is not None:
+        return denied
+    ctx: GatewayContext = request.app.state.gateway
+    state = request.query_params.get("state") or None
+    if state is not None and state not in _STATES:
+        return problem(400, f"state must be one of {', '.join(_STATES)}")
+    raw_limit = request.query_params.get("limit", "50")
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 500:
+        return problem(400, "limit must be an integer from 1 to 500")
+    try:
+        calls, cursor = await ctx.store.list_calls(state=state, limit=int(raw_limit), cursor=request.query_params.get("cursor") or None)
+    except StoreError as exc:
+        return problem(400, str(exc))
+    return JSONResponse({"calls": [call.to_dict() for call in calls], "next_cursor": cursor})
+
+
+async def get_call(request: Request) -> Response:
+    """`GET /api/v1/calls/{workflow_run_id}`: the record with its whole timeline."""
+    if (denied := authorized(request)) is not None:
+        return denied
+    ctx: GatewayContext = request.app.state.gateway
+    run_id = request.path_params["workflow_run_id"]
+    record = await ctx.store.get_call(run_id)
+    if record is None:
+        return problem(404, f"no call with workflow_run_id {run_id[:128]!r}")
+    body = record.to_dict()
+    body["timeline"] = [entry.to_dict() for entry in await ctx.store.get_timeline(run_id)]
+    return JSONResponse(body)
+
+
+routes = [
+    Route("/api/v1/calls", list_calls, methods=["GET"]),
+    Route("/api/v1/calls/{workflow_run_id}", get_call, methods=["GET"]),
+]

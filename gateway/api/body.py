@@ -1,0 +1,26 @@
+"""Reading a request body with a hard size limit, before anything parses it."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+
+from gateway.providers.base import MAX_BODY_BYTES
+
+
+class BodyTooLarge(Exception):
+    """The body is over the limit (HTTP 413)."""
+
+
+async def read_limited_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The raw body, or `BodyTooLarge` as soon as it passes `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(f"request body of {declared} bytes is over the {limit}-byte limit")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"request body is over the {limit}-byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)

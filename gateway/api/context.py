@@ -1,0 +1,26 @@
+"""What the routes need at run time, built once by the app factory."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from gateway.config import GatewayConfig
+from gateway.providers.vonage import ReplayGuard
+from gateway.store.base import Store
+
+
+@dataclass
+class GatewayContext:
+    """Config, store and the few process-wide helpers the routes share."""
+
+    config: GatewayConfig
+    store: Store
+    clock: Callable[[], float] = time.time
+    replay_guard: ReplayGuard = field(default_factory=ReplayGuard)
+
+    @property
+    def secret_key(self) -> bytes:
+        assert self.config.secret_key is not None, "secret_key is filled by with_dev_secrets or the config"
+        return self.config.secret_key.get_secret_value().encode()

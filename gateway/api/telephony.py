@@ -1,0 +1,220 @@
+"""Provider-facing routes: the initial call webhook, inbound minting, status callbacks.
+
+Every request is verified (Twilio HMAC over the URL it called, Vonage JWT) before anything
+reads it; a refused request stores nothing. Paths are fixed by the product's documentation.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from gateway.api.body import BodyTooLarge, read_limited_body
+from gateway.api.context import GatewayContext
+from gateway.api.problems import problem
+from gateway.api.urls import as_websocket, called_url, public_origin
+from gateway.calls.lifecycle import CallUpdate
+from gateway.media.token import mint_stream_token
+from gateway.providers import twilio, vonage
+from gateway.providers.base import BadRequest, parse_form, parse_json_object
+from gateway.store.base import CallSeed
+
+log = logging.getLogger("gateway.telephony")
+
+PROVIDERS = ("twilio", "vonage")
+_PATH_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~:@-]{0,127}$")
+WS_PATH = "/api/v1/telephony/ws/{workflow_id}/{user_id}/{workflow_run_id}"
+STATUS_PATH = "/api/v1/telephony/status-callback/{workflow_run_id}"
+
+
+class Refusal(Exception):
+    """A request the gateway will not take: an HTTP status and a reason naming the problem."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+@dataclass
+class ProviderRequest:
+    """A verified provider request: who sent it and its fields (Twilio: lists; Vonage: JSON)."""
+
+    provider: str
+    fields: dict[str, Any]
+    origin: str
+
+
+def _context(request: Request) -> GatewayContext:
+    return request.app.state.gateway
+
+
+def _path_ids(request: Request, *names: str) -> list[str]:
+    values = []
+    for name in names:
+        value = request.path_params[name]
+        if not _PATH_ID.match(value):
+            raise Refusal(400, f"{name} must be 1-128 characters of letters, digits and ._~:@-")
+        values.append(value)
+    return values
+
+
+def _which_provider(request: Request) -> str:
+    named = request.query_params.get("provider")
+    if named is not None:
+        if named not in PROVIDERS:
+            raise Refusal(400, f"provider must be one of {', '.join(PROVIDERS)}, not {named[:40]!r}")
+        return named
+    if "x-twilio-signature" in request.headers:
+        return "twilio"
+    if request.headers.get("authorization", "").lower().startswith("bearer "):
+        return "vonage"
+    raise Refusal(403, "unsigned request: no X-Twilio-Signature header and no Authorization bearer token")
+
+
+def _twilio_fields(request: Request, body: bytes) -> tuple[dict[str, list[str]] | None, dict[str, list[str]]]:
+    """(form to sign over, fields to read). JSON bodies are signed through `bodySHA256`."""
+    query = parse_qs(request.scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if request.method == "GET" or not body:
+        return {}, query
+    if content_type == "application/json":
+        data = parse_json_object(body)
+        return None, {k: [v if isinstance(v, str) else str(v)] for k, v in data.items() if v is not None}
+    form = parse_form(body)
+    return form, form
+
+
+async def verify_provider_request(request: Request, ctx: GatewayContext) -> ProviderRequest:
+    """Read the (size-limited) body, verify the signature, and parse the fields."""
+    try:
+        body = await read_limited_body(request)
+    except BodyTooLarge as exc:
+        raise Refusal(413, str(exc)) from None
+    provider = _which_provider(request)
+    origin = public_origin(request, ctx.config.public_url, ctx.config.trusted_proxies)
+    settings = getattr(ctx.config.providers, provider)
+    if settings is None:
+        raise Refusal(403, f"{provider} is not configured on this gateway")
+    url = called_url(request, origin)
+    try:
+        if provider == "twilio":
+            form, fields = _twilio_fields(request, body)
+            verdict = twilio.verify_twilio_signature(
+                settings.auth_token.get_secret_value(), url, form, body,
+                request.headers.get("x-twilio-signature"),
+                signature_settings=request.headers.get("x-twilio-webhooks-signature-settings"),
+            )
+        else:
+            verdict = vonage.verify_vonage_jwt(
+                request.headers.get("authorization"), settings.signature_secret.get_secret_value(), body,
+                now=ctx.clock(), replay=ctx.replay_guard, window_seconds=settings.jwt_window,
+                api_key=settings.api_key, application_id=settings.application_id,
+            )
+            fields = {}
+    except BadRequest as exc:
+        raise Refusal(400, f"malformed {provider} request: {exc}") from None
+    if not verdict.ok:
+        log.warning(
+            "refused %s %s %s: %s (signature checked over %s)",
+            provider, request.method, request.url.path, verdict.reason, verdict.signed_url or url,
+        )
+        raise Refusal(403, f"{provider} signature check failed: {verdict.reason}")
+    if provider == "vonage":
+        try:
+            if body:
+                fields = parse_json_object(body)
+            else:
+                fields = {k: v[-1] for k, v in parse_qs(request.scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True).items()}
+        except BadRequest as exc:
+            raise Refusal(400, f"malformed vonage request: {exc}") from None
+    return ProviderRequest(provider=provider, fields=fields, origin=origin)
+
+
+def _parse_update(verified: ProviderRequest, *, answer: bool) -> CallUpdate:
+    try:
+        if verified.provider == "twilio":
+            return twilio.parse_twilio_callback(verified.fields, kind="answer" if answer else "status")
+        if answer:
+            return vonage.parse_vonage_answer(verified.fields)
+        return vonage.parse_vonage_event(verified.fields)
+    except BadRequest as exc:
+        raise Refusal(400, f"malformed {verified.provider} callback: {exc}") from None
+
+
+def _answer_response(ctx: GatewayContext, verified: ProviderRequest, workflow_id: str, user_id: str, run_id: str) -> Response:
+    ws_url = as_websocket(verified.origin) + WS_PATH.format(workflow_id=workflow_id, user_id=user_id, workflow_run_id=run_id)
+    token = mint_stream_token(ctx.secret_key, run_id, now=ctx.clock(), ttl=ctx.config.stream_token_ttl)
+    parameters = {"workflow_id": workflow_id, "user_id": user_id, "workflow_run_id": run_id, "stream_token": token}
+    insecure = ws_url.startswith("ws://")
+    if insecure:
+        log.warning("answering with an insecure %s URL: providers only connect to wss://; set public_url", ws_url.split("/api/")[0])
+    if verified.provider == "twilio":
+        twiml = twilio.render_connect_twiml(ws_url, parameters, allow_insecure=insecure)
+        return Response(twiml, media_type=twilio.TWIML_CONTENT_TYPE)
+    event_url = verified.origin + STATUS_PATH.format(workflow_run_id=run_id)
+    ncco = vonage.render_connect_ncco(ws_url, parameters, event_url, allow_insecure=insecure)
+    return JSONResponse(ncco, media_type=vonage.NCCO_CONTENT_TYPE)
+
+
+async def _answer(request: Request, workflow_id: str, user_id: str, run_id: str | None) -> Response:
+    ctx = _context(request)
+    verified = await verify_provider_request(request, ctx)
+    update = _parse_update(verified, answer=True)
+    seed = CallSeed(
+        workflow_id=workflow_id, user_id=user_id, provider=verified.provider,
+        direction="inbound" if run_id is None else None,
+    )
+    applied = await ctx.store.apply_update(update, run_id=run_id, seed=seed)
+    record = applied.record
+    log.info("answered %s call %s run=%s state=%s", verified.provider, update.provider_call_id, record.workflow_run_id, record.state.value)
+    return _answer_response(ctx, verified, record.workflow_id or workflow_id, record.user_id or user_id, record.workflow_run_id)
+
+
+async def initial_webhook(request: Request) -> Response:
+    """The call's answer URL: TwiML or NCCO connecting the call's audio to the gateway."""
+    try:
+        workflow_id, user_id, run_id = _path_ids(request, "workflow_id", "user_id", "workflow_run_id")
+        return await _answer(request, workflow_id, user_id, run_id)
+    except Refusal as exc:
+        return problem(exc.status, exc.detail)
+
+
+async def inbound_webhook(request: Request) -> Response:
+    """A number's inbound answer URL: mints the `workflow_run_id`, then answers as above."""
+    try:
+        workflow_id, user_id = _path_ids(request, "workflow_id", "user_id")
+        return await _answer(request, workflow_id, user_id, None)
+    except Refusal as exc:
+        return problem(exc.status, exc.detail)
+
+
+async def status_callback(request: Request) -> Response:
+    """Lifecycle callbacks. The run ids `twilio`/`vonage` mean: match by the provider's call id."""
+    try:
+        (run_id,) = _path_ids(request, "workflow_run_id")
+        ctx = _context(request)
+        verified = await verify_provider_request(request, ctx)
+        update = _parse_update(verified, answer=False)
+        applied = await ctx.store.apply_update(update, run_id=None if run_id in PROVIDERS else run_id)
+    except Refusal as exc:
+        return problem(exc.status, exc.detail)
+    log.info(
+        "%s callback run=%s status=%s outcome=%s events=%s", verified.provider, applied.record.workflow_run_id,
+        update.raw_status, applied.outcome, ",".join(e.type for e in applied.events) or "-",
+    )
+    return Response(status_code=204)
+
+
+routes = [
+    Route("/api/v1/telephony/webhook/{workflow_id}/{user_id}/{workflow_run_id}", initial_webhook, methods=["GET", "POST"]),
+    Route("/api/v1/telephony/inbound/{workflow_id}/{user_id}", inbound_webhook, methods=["GET", "POST"]),
+    Route(STATUS_PATH, status_callback, methods=["GET", "POST"]),
+]

@@ -1,0 +1,62 @@
+"""The public URLs the gateway is reached at: for signature checks and for answers.
+
+A provider signs the URL it called. Behind a proxy or tunnel the app sees another scheme or
+host, so the public origin comes from `public_url` when set, else from the request, with
+`X-Forwarded-Proto`/`X-Forwarded-Host` honoured only from `trusted_proxies`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Iterable
+
+from starlette.requests import HTTPConnection
+
+_WS_SCHEME = {"https": "wss", "http": "ws", "wss": "wss", "ws": "ws"}
+_HTTP_SCHEME = {"wss": "https", "ws": "http", "https": "https", "http": "http"}
+
+
+def _trusted(peer: str | None, proxies: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    if not peer:
+        return False
+    try:
+        address = ipaddress.ip_address(peer)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    return any(address in network for network in proxies)
+
+
+def public_origin(conn: HTTPConnection, public_url: str | None, trusted_proxies: Iterable) -> str:
+    """`scheme://host[:port][/prefix]` (http/https) the caller used to reach the gateway."""
+    if public_url and public_url != "auto":
+        return public_url
+    scheme = _HTTP_SCHEME.get(conn.url.scheme, "http")
+    host = conn.headers.get("host") or f"{conn.url.hostname}:{conn.url.port}"
+    peer = conn.client.host if conn.client else None
+    if _trusted(peer, trusted_proxies):
+        forwarded_proto = conn.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
+        forwarded_host = conn.headers.get("x-forwarded-host", "").split(",")[0].strip()
+        if forwarded_proto in ("http", "https"):
+            scheme = forwarded_proto
+        if forwarded_host:
+            host = forwarded_host
+    return f"{scheme}://{host}"
+
+
+def as_websocket(origin: str) -> str:
+    """The ws:// or wss:// form of an http(s) origin."""
+    scheme, rest = origin.split("://", 1)
+    return f"{_WS_SCHEME[scheme]}://{rest}"
+
+
+def called_url(conn: HTTPConnection, origin: str) -> str:
+    """The full URL the provider called: public origin + raw path + raw query, as sent."""
+    raw_path = conn.scope.get("raw_path")
+    path = raw_path.decode("latin-1") if raw_path else conn.scope["path"]
+    path = path.split("?", 1)[0]
+    if conn.scope.get("type") == "websocket":
+        origin = as_websocket(origin)
+    query = conn.scope.get("query_string", b"").decode("latin-1")
+    return f"{origin}{path}?{query}" if query else f"{origin}{path}"

@@ -1,0 +1,143 @@
+"""What every provider module shares: the verification verdict, the bad-input error, body parsers.
+
+Sans-I/O: these functions take bytes and return data; the HTTP layer reads the request,
+enforces `MAX_BODY_BYTES` while reading, and maps `BadRequest` to 400.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+from urllib.parse import parse_qs
+
+MAX_BODY_BYTES = 64 * 1024
+MAX_FORM_FIELDS = 1000
+MAX_JSON_DEPTH = 32
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome of checking a provider request's signature.
+
+    `reason` is short and safe to show or log (never a secret); `signed_url` is the URL(s) a
+    Twilio signature was checked over, space-separated; `claims` are a Vonage JWT's claims when ok.
+    """
+
+    ok: bool
+    reason: str = ""
+    signed_url: str = ""
+    claims: Mapping[str, Any] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+class BadRequest(ValueError):
+    """Malformed provider input; str(exc) names the problem (HTTP 400)."""
+
+
+def _check_size(raw: bytes) -> None:
+    if not isinstance(raw, (bytes, bytearray, memoryview)):
+        raise BadRequest("body must be bytes")
+    if len(raw) > MAX_BODY_BYTES:
+        raise BadRequest(f"body too large (over {MAX_BODY_BYTES} bytes)")
+
+
+def _decode_utf8(raw: bytes) -> str:
+    try:
+        return bytes(raw).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequest(f"body is not valid UTF-8 (byte {exc.start})") from None
+
+
+def parse_form(raw: bytes) -> dict[str, list[str]]:
+    """Parse an application/x-www-form-urlencoded body into {name: [values]} in arrival order.
+
+    Strict UTF-8 (raw and percent-decoded), blank values kept (Twilio sends empty fields and
+    they are part of its signature), at most `MAX_FORM_FIELDS` fields.
+    """
+    _check_size(raw)
+    text = _decode_utf8(raw)
+    if not text:
+        return {}
+    if text.count("&") + 1 > MAX_FORM_FIELDS:
+        raise BadRequest(f"too many form fields (over {MAX_FORM_FIELDS})")
+    try:
+        return parse_qs(
+            text,
+            keep_blank_values=True,
+            strict_parsing=False,
+            encoding="utf-8",
+            errors="strict",
+            max_num_fields=MAX_FORM_FIELDS,
+        )
+    except UnicodeDecodeError:
+        raise BadRequest("form field is not valid UTF-8 after percent-decoding") from None
+    except ValueError as exc:  # max_num_fields, or anything else parse_qs refuses
+        raise BadRequest(f"malformed form body: {exc}") from None
+
+
+def _reject_constant(name: str) -> Any:
+    raise BadRequest(f"invalid JSON: {name} is not allowed")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise BadRequest("invalid JSON: number out of range")
+    return value
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate from a \ud800 escape
+        return False
+    return True
+
+
+def _check_tree(value: Any, limit: int) -> None:
+    """Refuse nesting deeper than `limit` and strings that cannot be stored as UTF-8.
+
+    Iterative, so hostile input cannot exhaust the stack.
+    """
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            if not _encodable(item):
+                raise BadRequest("invalid JSON: string contains a lone surrogate escape")
+            continue
+        if isinstance(item, dict):
+            children: list[Any] = [*item.keys(), *item.values()]
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            raise BadRequest(f"JSON nested too deeply (over {limit} levels)")
+        stack.extend((child, depth + 1) for child in children)
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """Parse a UTF-8 JSON object body (Vonage events, Twilio JSON callbacks).
+
+    Refuses invalid UTF-8 (and a BOM), invalid JSON, NaN/Infinity and overflowing numbers,
+    a top level that is not an object, nesting deeper than `MAX_JSON_DEPTH`, and lone
+    surrogate escapes (they would fail later, when the timeline is stored as UTF-8).
+    """
+    _check_size(raw)
+    text = _decode_utf8(raw)
+    try:
+        value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+    except BadRequest:
+        raise
+    except RecursionError:
+        raise BadRequest(f"JSON nested too deeply (over {MAX_JSON_DEPTH} levels)") from None
+    except ValueError as exc:  # JSONDecodeError, and int-digit limits
+        raise BadRequest(f"invalid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise BadRequest(f"JSON body must be an object, not {type(value).__name__}")
+    _check_tree(value, MAX_JSON_DEPTH)
+    return value

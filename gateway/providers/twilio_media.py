@@ -1,0 +1,109 @@
+"""Twilio Media Streams framing: the JSON text messages on a `<Connect><Stream>` socket. Pure.
+
+Inbound: `connected`, `start`, `media` (base64 8 kHz mu-law), `dtmf`, `mark`, `stop`.
+Outbound: `media`, `mark`, `clear`, text frames only, each naming the stream's `streamSid`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+MAX_MESSAGE_CHARS = 64 * 1024
+_STREAM_SID = re.compile(r"^[A-Za-z0-9]{1,64}$")
+
+
+class StreamMessageError(ValueError):
+    """A message that is not a valid Twilio stream message; str() says why."""
+
+
+@dataclass(slots=True)
+class StreamMessage:
+    """One inbound message, normalized. `audio` is raw mu-law for `media`."""
+
+    event: str
+    stream_sid: str | None = None
+    audio: bytes | None = None
+    track: str | None = None
+    digit: str | None = None
+    name: str | None = None
+    call_sid: str | None = None
+    custom_parameters: dict[str, str] = field(default_factory=dict)
+    media_format: dict[str, Any] = field(default_factory=dict)
+
+
+def _object(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise StreamMessageError(f"{what} must be an object")
+    return value
+
+
+def parse_stream_message(text: str) -> StreamMessage:
+    """Parse one text frame; `StreamMessageError` for anything malformed."""
+    if len(text) > MAX_MESSAGE_CHARS:
+        raise StreamMessageError(f"message of {len(text)} characters is over the {MAX_MESSAGE_CHARS} limit")
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):
+        raise StreamMessageError("message is not valid JSON") from None
+    data = _object(data, "message")
+    event = data.get("event")
+    if not isinstance(event, str):
+        raise StreamMessageError("message has no event name")
+    sid = data.get("streamSid")
+    if sid is not None and not isinstance(sid, str):
+        raise StreamMessageError("streamSid must be a string")
+    if event == "media":
+        media = _object(data.get("media"), "media")
+        payload = media.get("payload")
+        if not isinstance(payload, str):
+            raise StreamMessageError("media.payload must be a base64 string")
+        try:
+            audio = base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError):
+            raise StreamMessageError("media.payload is not valid base64") from None
+        track = media.get("track")
+        return StreamMessage(event, sid, audio=audio, track=track if isinstance(track, str) else None)
+    if event == "start":
+        start = _object(data.get("start"), "start")
+        sid = sid or start.get("streamSid")
+        if not isinstance(sid, str) or not _STREAM_SID.match(sid):
+            raise StreamMessageError("start has no valid streamSid")
+        params = start.get("customParameters") or {}
+        params = _object(params, "start.customParameters")
+        call_sid = start.get("callSid")
+        media_format = start.get("mediaFormat") or {}
+        return StreamMessage(
+            event, sid, call_sid=call_sid if isinstance(call_sid, str) else None,
+            custom_parameters={str(k): str(v) for k, v in params.items()},
+            media_format=media_format if isinstance(media_format, dict) else {},
+        )
+    if event == "dtmf":
+        digit = _object(data.get("dtmf"), "dtmf").get("digit")
+        if not isinstance(digit, str) or not digit or len(digit) > 4:
+            raise StreamMessageError("dtmf.digit must be a short string")
+        return StreamMessage(event, sid, digit=digit)
+    if event == "mark":
+        name = _object(data.get("mark"), "mark").get("name")
+        if not isinstance(name, str):
+            raise StreamMessageError("mark.name must be a string")
+        return StreamMessage(event, sid, name=name)
+    return StreamMessage(event, sid)
+
+
+def render_media(stream_sid: str, mulaw: bytes) -> str:
+    """An outbound `media` message (the stream sid was checked at `start`)."""
+    return '{"event":"media","streamSid":"%s","media":{"payload":"%s"}}' % (
+        stream_sid, base64.b64encode(mulaw).decode("ascii"))
+
+
+def render_mark(stream_sid: str, name: str) -> str:
+    return json.dumps({"event": "mark", "streamSid": stream_sid, "mark": {"name": name}})
+
+
+def render_clear(stream_sid: str) -> str:
+    return '{"event":"clear","streamSid":"%s"}' % stream_sid
