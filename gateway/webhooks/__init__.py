@@ -1,0 +1,1 @@
+"""Outbound webhooks: subscriptions, templates, auth, signing, policy, SSRF guard, sending."""

@@ -1,0 +1,350 @@
+"""One delivery attempt: build the request (pure) and send it (the I/O edge).
+
+`build_request` renders the URL, headers and body, adds auth headers and the signature. It runs
+once per attempt: the message id stays, the timestamp (and header auth's `_auth.*`) are fresh.
+It records every secret value it touched, so that `PreparedRequest.redacted()` and everything in
+an `AttemptResult` can be logged and stored without them: each `{{secret.NAME}}` value used, the
+signing secrets, and the whole value of each header made by the `api_key`, `bearer_token`,
+`basic_auth` and `custom_header` auth types (literal credentials included). `header` auth values
+are redacted where they contain secrets while its timestamps and signatures stay readable, so
+its credentials belong in `{{secret.NAME}}`.
+
+The body is the rendered `payload_template` as JSON when there is one; otherwise POST, PUT and
+PATCH carry the event envelope `{"type", "timestamp", "data"}` and GET and DELETE carry none.
+The template context gets `event` (the envelope) unless the caller already set it.
+
+`send_attempt` sends through the endpoint's guarded client, without following redirects, within
+the subscription's timeout, reads at most `MAX_BODY_BYTES` of the answer and classifies it. For
+OAuth2 it gets the token first (through the same guarded client) and, after a 401, invalidates
+it and sends once more; `latency_ms` covers the whole attempt, token fetch included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from gateway.webhooks.auth import (
+    AuthError,
+    ClientCertificate,
+    OAuth2Grant,
+    auth_headers,
+    client_certificate,
+    oauth2_grant,
+)
+from gateway.webhooks.clients import EndpointClients
+from gateway.webhooks.policy import (
+    Outcome,
+    classify_error,
+    classify_response,
+    parse_retry_after,
+)
+from gateway.webhooks.signing import DEFAULT_HEX_HEADER, signature_headers
+from gateway.webhooks.ssrf import DestinationRefused
+from gateway.webhooks.subscription import (
+    HeaderAuth,
+    HexSigning,
+    MtlsAuth,
+    OAuth2ClientCredentialsAuth,
+    StandardSigning,
+    Subscription,
+)
+from gateway.webhooks.templates import Redactor, Renderer, TemplateError
+
+RESPONSE_TEXT_LIMIT = 2048
+MAX_BODY_BYTES = 256 * 1024
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+class RequestBuildError(ValueError):
+    """The request could not be built (missing secret, bad rendered URL or header)."""
+
+
+@dataclass(frozen=True)
+class PreparedRequest:
+    """A request ready to send. Holds secrets: log only `redacted()`."""
+
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: bytes
+    message_id: str
+    timestamp: int
+    sensitive: frozenset[str] = field(default=frozenset(), repr=False)
+    oauth2: OAuth2Grant | None = field(default=None, repr=False)
+    certificate: ClientCertificate | None = field(default=None, repr=False)
+
+    def redactor(self, *extra: str) -> Redactor:
+        """A redactor for this request's secrets (plus `extra`, e.g. an OAuth2 token)."""
+        return Redactor([*self.sensitive, *extra])
+
+    def redacted(self, *extra: str) -> dict[str, Any]:
+        """Method, URL, headers and body text with every secret replaced by `[redacted]`."""
+        redactor = self.redactor(*extra)
+        return {
+            "method": self.method,
+            "url": redactor.text(self.url),
+            "headers": {name: redactor.text(value) for name, value in self.headers.items()},
+            "body": redactor.text(self.body.decode("utf-8", "replace")),
+        }
+
+    def __repr__(self) -> str:
+        return f"PreparedRequest({self.redacted()!r})"
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    """What happened on one attempt; safe to log and store (secrets redacted)."""
+
+    outcome: Outcome
+    status: int | None
+    latency_ms: float
+    response_text: str
+    response_json: Any
+    error: str | None
+    retry_after: float | None
+    request: dict[str, Any]
+
+    @property
+    def success(self) -> bool:
+        """Whether the attempt met the subscription's success rule."""
+        return self.outcome is Outcome.SUCCESS
+
+
+def _set_header(headers: dict[str, str], name: str, value: str) -> None:
+    for existing in [key for key in headers if key.lower() == name.lower()]:
+        del headers[existing]
+    if any(char in value for char in "\r\n\0"):
+        raise RequestBuildError(f"header {name}: value contains a line break or NUL")
+    headers[name] = value
+
+
+def _json_bytes(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str).encode("utf-8")
+
+
+def _check_url(url: str) -> None:
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as error:
+        raise RequestBuildError(f"url: rendered URL is invalid: {error}") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise RequestBuildError("url: rendered URL needs http(s) and a host")
+
+
+def _signing_secrets(subscription: Subscription, renderer: Renderer) -> list[str]:
+    signing = subscription.signing
+    if isinstance(signing, StandardSigning):
+        return [
+            renderer.text(secret, f"signing.secrets[{index}]")
+            for index, secret in enumerate(signing.secrets)
+        ]
+    if isinstance(signing, HexSigning):
+        return [renderer.text(signing.secret, "signing.secret")]
+    return []
+
+
+def build_request(
+    subscription: Subscription,
+    event_envelope: Mapping[str, Any],
+    context: Mapping[str, Any],
+    secrets: Mapping[str, str],
+    *,
+    message_id: str,
+    now: float,
+) -> PreparedRequest:
+    """Render, authenticate and sign one attempt of `event_envelope` for `subscription`.
+
+    `now` is Unix seconds (the `webhook-timestamp`); `message_id` is stable across retries.
+    Raises `RequestBuildError` (message free of secret values) when it cannot be built.
+    """
+    full_context = dict(context)
+    full_context.setdefault("event", dict(event_envelope))
+    renderer = Renderer(full_context, secrets)
+    try:
+        url = renderer.url(subscription.url, "url")
+        _check_url(url)
+        if subscription.payload_template is not None:
+            body = _json_bytes(renderer.value(subscription.payload_template, "payload_template"))
+        elif subscription.method in BODY_METHODS:
+            body = _json_bytes(dict(event_envelope))
+        else:
+            body = b""
+        headers: dict[str, str] = {}
+        if body:
+            headers["Content-Type"] = "application/json"
+        for name, template in subscription.headers.items():
+            _set_header(headers, name, renderer.text(template, f"headers.{name}"))
+        sensitive: set[str] = set()
+        for name, value in auth_headers(
+            subscription.auth, renderer, method=subscription.method, url=url, body=body, now=now
+        ).items():
+            _set_header(headers, name, value)
+            if not isinstance(subscription.auth, HeaderAuth):
+                sensitive.add(value)  # the whole credential, literal or encoded (Basic)
+        keys = _signing_secrets(subscription, renderer)
+        sensitive.update(keys)
+        try:
+            signed = signature_headers(
+                subscription.signing.scheme,
+                keys,
+                message_id=message_id,
+                timestamp=int(now),
+                body=body,
+                header=getattr(subscription.signing, "header", DEFAULT_HEX_HEADER),
+            )
+        except ValueError as error:
+            raise RequestBuildError(f"signing: {error}") from None
+        for name, value in signed.items():
+            _set_header(headers, name, value)
+        grant = certificate = None
+        if isinstance(subscription.auth, OAuth2ClientCredentialsAuth):
+            grant = oauth2_grant(subscription.auth, renderer)
+            sensitive.add(grant.client_secret)
+        elif isinstance(subscription.auth, MtlsAuth):
+            certificate = client_certificate(subscription.auth, renderer)
+            if certificate.password:
+                sensitive.add(certificate.password)
+    except TemplateError as error:
+        raise RequestBuildError(str(error)) from None
+    return PreparedRequest(
+        method=subscription.method,
+        url=url,
+        headers=headers,
+        body=body,
+        message_id=message_id,
+        timestamp=int(now),
+        sensitive=frozenset(sensitive | renderer.used_secrets),
+        oauth2=grant,
+        certificate=certificate,
+    )
+
+
+@dataclass(frozen=True)
+class _Answer:
+    status: int
+    headers: httpx.Headers
+    body: bytes
+
+
+async def _exchange(
+    client: httpx.AsyncClient, prepared: PreparedRequest, headers: Mapping[str, str], timeout: float
+) -> _Answer:
+    async with asyncio.timeout(timeout):
+        request = client.build_request(
+            prepared.method,
+            prepared.url,
+            headers=dict(headers),
+            content=prepared.body or None,
+            timeout=httpx.Timeout(timeout),
+        )
+        response = await client.send(request, stream=True, follow_redirects=False)
+        try:
+            chunks, size = [], 0
+            async for chunk in response.aiter_raw():
+                chunks.append(chunk)
+                size += len(chunk)
+                if size >= MAX_BODY_BYTES:
+                    break
+            body = b"".join(chunks)[:MAX_BODY_BYTES]
+            return _Answer(response.status_code, response.headers, body)
+        finally:
+            await response.aclose()
+
+
+def _parse_json(body: bytes) -> Any:
+    if not body.strip():
+        return None
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
+
+
+def _error_kind(error: BaseException) -> str:
+    if isinstance(error, DestinationRefused):
+        return "refused"
+    if isinstance(error, (httpx.InvalidURL, httpx.UnsupportedProtocol, RequestBuildError)):
+        return "invalid"
+    if isinstance(error, AuthError):
+        return "auth" if error.retryable else "invalid"
+    if isinstance(error, (httpx.TimeoutException, TimeoutError)):
+        return "timeout"
+    return "network"
+
+
+async def _exchange_with_token(
+    clients: EndpointClients,
+    client: httpx.AsyncClient,
+    prepared: PreparedRequest,
+    subscription: Subscription,
+    headers: dict[str, str],
+    tokens: list[str],
+) -> _Answer:
+    """One exchange, first setting a (cached) OAuth2 bearer token when the grant needs one."""
+    if prepared.oauth2 is not None:
+        token = await clients.tokens.token(prepared.oauth2, client, timeout=subscription.timeout)
+        tokens.append(token)
+        headers["Authorization"] = f"Bearer {token}"
+    return await _exchange(client, prepared, headers, subscription.timeout)
+
+
+async def send_attempt(
+    clients: EndpointClients, prepared: PreparedRequest, subscription: Subscription
+) -> AttemptResult:
+    """Send `prepared` once (plus one retry after an OAuth2 401) and classify the answer."""
+    started = time.perf_counter()
+    headers = dict(prepared.headers)
+    tokens: list[str] = []
+    answer: _Answer | None = None
+    failure: BaseException | None = None
+    try:
+        client = clients.client_for(subscription, prepared.certificate)
+        answer = await _exchange_with_token(
+            clients, client, prepared, subscription, headers, tokens
+        )
+        if answer.status == 401 and prepared.oauth2 is not None:
+            clients.tokens.invalidate(prepared.oauth2, tokens[-1])
+            answer = None
+            answer = await _exchange_with_token(
+                clients, client, prepared, subscription, headers, tokens
+            )
+    except (DestinationRefused, AuthError, httpx.HTTPError, TimeoutError, OSError) as error:
+        failure = error
+    latency_ms = round((time.perf_counter() - started) * 1000, 3)
+    redactor = prepared.redactor(*tokens)
+    request_view = {
+        **prepared.redacted(*tokens),
+        "headers": {name: redactor.text(value) for name, value in headers.items()},
+    }
+    if answer is None:
+        assert failure is not None
+        detail = str(failure) or "no answer within the timeout"
+        return AttemptResult(
+            outcome=classify_error(_error_kind(failure)),
+            status=None,
+            latency_ms=latency_ms,
+            response_text="",
+            response_json=None,
+            error=redactor.text(f"{type(failure).__name__}: {detail}"),
+            retry_after=None,
+            request=request_view,
+        )
+    text = redactor.text(answer.body.decode("utf-8", "replace"))[:RESPONSE_TEXT_LIMIT]
+    body_json = _parse_json(answer.body)
+    return AttemptResult(
+        outcome=classify_response(answer.status, body_json, subscription.success),
+        status=answer.status,
+        latency_ms=latency_ms,
+        response_text=text,
+        response_json=redactor.value(body_json),
+        error=None,
+        retry_after=parse_retry_after(answer.headers.get("retry-after"), time.time()),
+        request=request_view,
+    )
