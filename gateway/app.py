@@ -11,7 +11,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.api import admin, health, telephony
+from gateway.api import admin, health, media, telephony
 from gateway.api.context import GatewayContext
 from gateway.api.problems import problem
 from gateway.config import GatewayConfig, with_dev_secrets
@@ -47,7 +47,7 @@ def create_app(config: GatewayConfig, *, store: Store | None = None) -> Starlett
             await store.close()
 
     app = Starlette(
-        routes=[*health.routes, *telephony.routes, *admin.routes],
+        routes=[*health.routes, *telephony.routes, *media.routes, *admin.routes],
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_error, Exception: _server_error},
     )

@@ -1,0 +1,110 @@
+"""The media WebSocket: verify the upgrade and the stream token, then run the session.
+
+Twilio signs the upgrade (`X-Twilio-Signature` over the `wss://` URL) and carries the stream
+token in `start.customParameters`; Vonage carries it in the `websocket:connected` message's
+headers (and signs the upgrade with a JWT when the NCCO asks it to). A socket without a
+valid token is closed before any audio is read.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.routing import WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketState
+
+from gateway.api.context import GatewayContext
+from gateway.api.telephony import _PATH_ID, WS_PATH
+from gateway.api.urls import called_url, public_origin
+from gateway.audio import AudioFormat
+from gateway.media.agent import agent_link_for
+from gateway.media.provider_socket import HandshakeError, ProviderSocket, TwilioSocket, VonageSocket
+from gateway.media.session import MediaSession, SessionOptions
+from gateway.media.token import check_stream_token
+from gateway.providers import twilio, vonage
+
+log = logging.getLogger("gateway.media")
+
+POLICY_VIOLATION = 1008
+
+
+def _upgrade_refusal(ws: WebSocket, ctx: GatewayContext) -> tuple[str | None, str]:
+    """(refusal reason or None, provider name) for the upgrade request."""
+    for name in ("workflow_id", "user_id", "workflow_run_id"):
+        if not _PATH_ID.match(ws.path_params[name]):
+            return f"{name} is not a valid id", "?"
+    signature = ws.headers.get("x-twilio-signature")
+    if signature is not None:
+        settings = ctx.config.providers.twilio
+        if settings is None:
+            return "twilio is not configured on this gateway", "twilio"
+        url = called_url(ws, public_origin(ws, ctx.config.public_url, ctx.config.trusted_proxies))
+        verdict = twilio.verify_twilio_signature(settings.auth_token.get_secret_value(), url, {}, b"", signature)
+        if not verdict.ok:
+            log.warning("refused twilio media upgrade %s: %s (signature checked over %s)", ws.url.path, verdict.reason, verdict.signed_url or url)
+            return f"twilio signature check failed: {verdict.reason}", "twilio"
+        return None, "twilio"
+    authorization = ws.headers.get("authorization")
+    if authorization is not None:
+        settings = ctx.config.providers.vonage
+        if settings is None:
+            return "vonage is not configured on this gateway", "vonage"
+        verdict = vonage.verify_vonage_jwt(
+            authorization, settings.signature_secret.get_secret_value(), b"", now=ctx.clock(), replay=ctx.replay_guard,
+            window_seconds=settings.jwt_window, api_key=settings.api_key, application_id=settings.application_id,
+        )
+        if not verdict.ok:
+            log.warning("refused vonage media upgrade %s: %s", ws.url.path, verdict.reason)
+            return f"vonage signature check failed: {verdict.reason}", "vonage"
+    return None, "vonage"
+
+
+async def media_socket(ws: WebSocket) -> None:
+    """`WS /api/v1/telephony/ws/{workflow_id}/{user_id}/{workflow_run_id}`."""
+    ctx: GatewayContext = ws.app.state.gateway
+    refusal, provider_name = _upgrade_refusal(ws, ctx)
+    if refusal is not None:
+        await ws.close(code=POLICY_VIOLATION, reason=refusal[:120])
+        return
+    run_id = ws.path_params["workflow_run_id"]
+    await ws.accept()
+    provider: ProviderSocket = TwilioSocket(ws) if provider_name == "twilio" else VonageSocket(ws)
+    try:
+        start = await provider.handshake()
+        problem = check_stream_token(ctx.secret_key, run_id, start.token, now=ctx.clock())
+        if problem is not None:
+            raise HandshakeError(problem)
+        record = await ctx.store.get_call(run_id)
+        if record is None:
+            raise HandshakeError("no such call")
+    except HandshakeError as exc:
+        log.warning("closed %s media socket run=%s before audio: %s", provider_name, run_id[:64], exc.reason)
+        if ws.client_state == WebSocketState.CONNECTED:
+            await ws.close(code=exc.code, reason=exc.reason[:120])
+        return
+    agent = ctx.config.agent
+
+    async def hang_up(reason: str) -> None:
+        session.end(reason)
+
+    session = MediaSession(
+        record=record,
+        provider=provider,
+        agent_factory=lambda: agent_link_for(agent.url, headers=agent.headers, connect_timeout=agent.connect_timeout),
+        agent_format=AudioFormat(agent.audio.encoding, agent.audio.sample_rate),
+        store=ctx.store,
+        options=SessionOptions(on_agent_failure=agent.on_failure),
+        on_hangup=hang_up,
+    )
+    log.info("media started run=%s provider=%s stream=%s agent=%s", run_id, provider_name, provider.stream_id, agent.url)
+    try:
+        await session.run(start.parameters)
+    finally:
+        if ws.client_state == WebSocketState.CONNECTED:
+            try:
+                await ws.close(code=1000)
+            except RuntimeError:
+                pass
+
+
+routes = [WebSocketRoute(WS_PATH, media_socket)]

@@ -1,0 +1,142 @@
+"""The gateway's end of a call's link to its voice agent (see docs/agent-protocol.md).
+
+`WebSocketAgentLink` talks to an agent server over `ws://`/`wss://`; `EchoAgentLink` is the
+built-in agent that plays the caller's audio back, behind the same interface.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import json
+from typing import Any, Mapping
+
+import websockets
+from websockets.asyncio.client import ClientConnection, connect
+
+
+class AgentUnavailable(Exception):
+    """The agent could not be reached, or its connection ended."""
+
+
+class AgentLink(abc.ABC):
+    """One call's connection to its agent: audio and JSON both ways."""
+
+    @abc.abstractmethod
+    async def open(self, start: Mapping[str, Any]) -> None:
+        """Connect and send the `start` message; `AgentUnavailable` on failure."""
+
+    @abc.abstractmethod
+    async def send_audio(self, frame: bytes) -> None:
+        """Send one frame of caller audio in the agent's format."""
+
+    @abc.abstractmethod
+    async def send_message(self, message: Mapping[str, Any]) -> None:
+        """Send one JSON control message."""
+
+    @abc.abstractmethod
+    def congested(self) -> bool:
+        """True when the agent is not keeping up and audio should queue instead."""
+
+    @abc.abstractmethod
+    async def receive(self) -> bytes | str:
+        """The next message from the agent (bytes = audio, str = JSON text); `AgentUnavailable` at the end."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Close the link (idempotent)."""
+
+
+class WebSocketAgentLink(AgentLink):
+    """An agent server reached over a WebSocket."""
+
+    def __init__(self, url: str, *, headers: Mapping[str, str] | None = None, connect_timeout: float = 5.0,
+                 max_message_bytes: int = 1 << 20, write_limit: int = 64 * 1024) -> None:
+        self.url = url
+        self.headers = dict(headers or {})
+        self.connect_timeout = connect_timeout
+        self.max_message_bytes = max_message_bytes
+        self.write_limit = write_limit
+        self._conn: ClientConnection | None = None
+
+    async def open(self, start: Mapping[str, Any]) -> None:
+        try:
+            self._conn = await connect(
+                self.url, additional_headers=self.headers, open_timeout=self.connect_timeout,
+                compression=None, proxy=None, max_size=self.max_message_bytes, write_limit=self.write_limit,
+                ping_interval=20, ping_timeout=20, close_timeout=2, user_agent_header="telephony-gateway",
+            )
+            await self._conn.send(json.dumps(start))
+        except (OSError, asyncio.TimeoutError, websockets.exceptions.WebSocketException) as exc:
+            await self.close()
+            raise AgentUnavailable(f"cannot connect to agent at {self.url}: {type(exc).__name__}: {exc}") from None
+
+    async def send_audio(self, frame: bytes) -> None:
+        try:
+            await self._conn.send(frame)
+        except websockets.exceptions.ConnectionClosed as exc:
+            raise AgentUnavailable(f"agent connection closed ({exc.rcvd.code if exc.rcvd else 'no close frame'})") from None
+
+    async def send_message(self, message: Mapping[str, Any]) -> None:
+        try:
+            await self._conn.send(json.dumps(message))
+        except websockets.exceptions.ConnectionClosed as exc:
+            raise AgentUnavailable(f"agent connection closed ({exc.rcvd.code if exc.rcvd else 'no close frame'})") from None
+
+    def congested(self) -> bool:
+        transport = self._conn.transport if self._conn else None
+        return transport is not None and transport.get_write_buffer_size() > self.write_limit
+
+    async def receive(self) -> bytes | str:
+        try:
+            return await self._conn.recv()
+        except websockets.exceptions.ConnectionClosed as exc:
+            code = exc.rcvd.code if exc.rcvd else "no close frame"
+            raise AgentUnavailable(f"agent closed the connection ({code})") from None
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            try:
+                await asyncio.wait_for(conn.close(), 2)
+            except (asyncio.TimeoutError, OSError, websockets.exceptions.WebSocketException):
+                pass
+
+
+class EchoAgentLink(AgentLink):
+    """The built-in agent: everything the caller says is played back to them."""
+
+    def __init__(self, max_backlog: int = 500) -> None:
+        self._queue: asyncio.Queue[bytes | str | None] = asyncio.Queue(max_backlog)
+
+    async def open(self, start: Mapping[str, Any]) -> None:
+        return None
+
+    async def send_audio(self, frame: bytes) -> None:
+        if not self._queue.full():
+            self._queue.put_nowait(frame)
+
+    async def send_message(self, message: Mapping[str, Any]) -> None:
+        if message.get("type") == "stop":
+            await self.close()
+
+    def congested(self) -> bool:
+        return self._queue.full()
+
+    async def receive(self) -> bytes | str:
+        item = await self._queue.get()
+        if item is None:
+            raise AgentUnavailable("echo agent stopped")
+        return item
+
+    async def close(self) -> None:
+        while self._queue.full():
+            self._queue.get_nowait()
+        self._queue.put_nowait(None)
+
+
+def agent_link_for(url: str, *, headers: Mapping[str, str] | None = None, connect_timeout: float = 5.0) -> AgentLink:
+    """The link named by `agent.url`: `echo`, or a WebSocket URL."""
+    if url == "echo":
+        return EchoAgentLink()
+    return WebSocketAgentLink(url, headers=headers, connect_timeout=connect_timeout)

@@ -1,0 +1,190 @@
+"""The provider's side of a media session: one adapter per provider over the ASGI socket.
+
+Each adapter turns the provider's messages into a few inbound kinds (audio, dtmf, mark,
+stop, bad) and sends frames, marks and clears exactly as that provider accepts them.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.websockets import WebSocket
+
+from gateway.audio import TWILIO_FORMAT, VONAGE_FORMAT, AudioFormat
+from gateway.providers import twilio_media, vonage_media
+
+log = logging.getLogger("gateway.media")
+
+AUDIO, DTMF, MARK, STOP, BAD, OTHER = "audio", "dtmf", "mark", "stop", "bad", "other"
+MAX_MESSAGE_BYTES = 64 * 1024
+
+
+class HandshakeError(Exception):
+    """The peer did not open the stream as the provider does; close with `code`."""
+
+    def __init__(self, reason: str, code: int = 1008) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.code = code
+
+
+@dataclass
+class StreamStart:
+    """What the provider said when the stream opened."""
+
+    stream_id: str | None
+    token: str | None
+    call_id: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+class ProviderSocket(abc.ABC):
+    """A provider's media socket, as the session sees it."""
+
+    name: str
+    audio_format: AudioFormat
+    echoes_marks: bool  # True: the provider reports when a mark's audio has played
+
+    def __init__(self, ws: WebSocket) -> None:
+        self.ws = ws
+        self.stream_id: str | None = None
+
+    @abc.abstractmethod
+    async def handshake(self) -> StreamStart:
+        """Read the opening messages (no audio) up to the one carrying the stream token."""
+
+    @abc.abstractmethod
+    async def receive(self) -> tuple[str, Any]:
+        """The next inbound item: (AUDIO, bytes) (DTMF, digit) (MARK, name) (STOP, reason) (BAD, reason) (OTHER, name)."""
+
+    @abc.abstractmethod
+    async def send_frame(self, frame: bytes) -> None:
+        """Send one provider-sized frame of audio."""
+
+    @abc.abstractmethod
+    async def send_mark(self, name: str) -> None:
+        """Ask the provider to report when the audio sent so far has played."""
+
+    @abc.abstractmethod
+    async def send_clear(self) -> None:
+        """Ask the provider to drop the audio it has buffered."""
+
+    async def _receive_message(self) -> dict[str, Any]:
+        return await self.ws.receive()
+
+
+class TwilioSocket(ProviderSocket):
+    """Twilio Media Streams: JSON text frames, base64 8 kHz mu-law."""
+
+    name = "twilio"
+    audio_format = TWILIO_FORMAT
+    echoes_marks = True
+
+    async def handshake(self) -> StreamStart:
+        for _ in range(4):
+            message = await self._receive_message()
+            if message["type"] == "websocket.disconnect":
+                raise HandshakeError("socket closed before start", 1000)
+            text = message.get("text")
+            if text is None:
+                raise HandshakeError("binary frame before start: not a Twilio media stream")
+            try:
+                parsed = twilio_media.parse_stream_message(text)
+            except twilio_media.StreamMessageError as exc:
+                raise HandshakeError(f"not a Twilio media stream: {exc}") from None
+            if parsed.event == "connected":
+                continue
+            if parsed.event != "start":
+                raise HandshakeError(f"expected start, got {parsed.event[:32]!r}")
+            self.stream_id = parsed.stream_sid
+            return StreamStart(parsed.stream_sid, parsed.custom_parameters.get("stream_token"), parsed.call_sid,
+                               dict(parsed.custom_parameters))
+        raise HandshakeError("no start message")
+
+    async def receive(self) -> tuple[str, Any]:
+        message = await self.ws.receive()
+        if message["type"] == "websocket.disconnect":
+            return STOP, f"socket closed ({message.get('code', 1005)})"
+        text = message.get("text")
+        if text is None:
+            return BAD, "binary frame on a Twilio stream"
+        try:
+            parsed = twilio_media.parse_stream_message(text)
+        except twilio_media.StreamMessageError as exc:
+            return BAD, str(exc)
+        event = parsed.event
+        if event == "media":
+            if parsed.track not in (None, "inbound", "inbound_track"):
+                return OTHER, "media." + parsed.track
+            return AUDIO, parsed.audio
+        if event == "dtmf":
+            return DTMF, parsed.digit
+        if event == "mark":
+            return MARK, parsed.name
+        if event == "stop":
+            return STOP, "provider sent stop"
+        return OTHER, event[:32]
+
+    async def send_frame(self, frame: bytes) -> None:
+        await self.ws.send({"type": "websocket.send", "text": twilio_media.render_media(self.stream_id, frame)})
+
+    async def send_mark(self, name: str) -> None:
+        await self.ws.send({"type": "websocket.send", "text": twilio_media.render_mark(self.stream_id, name)})
+
+    async def send_clear(self) -> None:
+        await self.ws.send({"type": "websocket.send", "text": twilio_media.render_clear(self.stream_id)})
+
+
+class VonageSocket(ProviderSocket):
+    """Vonage Voice WebSocket: binary 16-bit PCM frames, JSON text events."""
+
+    name = "vonage"
+    audio_format = VONAGE_FORMAT
+    echoes_marks = False
+
+    async def handshake(self) -> StreamStart:
+        message = await self._receive_message()
+        if message["type"] == "websocket.disconnect":
+            raise HandshakeError("socket closed before websocket:connected", 1000)
+        text = message.get("text")
+        if text is None:
+            raise HandshakeError("binary frame before websocket:connected: not a Vonage media socket")
+        try:
+            parsed = vonage_media.parse_vonage_text(text)
+        except vonage_media.VonageMessageError as exc:
+            raise HandshakeError(f"not a Vonage media socket: {exc}") from None
+        if parsed.event != "websocket:connected":
+            raise HandshakeError(f"expected websocket:connected, got {parsed.event[:32]!r}")
+        if parsed.sample_rate != self.audio_format.sample_rate:
+            self.audio_format = AudioFormat("pcm16", parsed.sample_rate)
+        token = parsed.fields.get("stream_token")
+        return StreamStart(None, token if isinstance(token, str) else None, None, parsed.fields)
+
+    async def receive(self) -> tuple[str, Any]:
+        message = await self.ws.receive()
+        if message["type"] == "websocket.disconnect":
+            return STOP, f"socket closed ({message.get('code', 1005)})"
+        data = message.get("bytes")
+        if data is not None:
+            if len(data) > MAX_MESSAGE_BYTES:
+                return BAD, f"binary message of {len(data)} bytes is over the {MAX_MESSAGE_BYTES}-byte limit"
+            return AUDIO, data
+        try:
+            parsed = vonage_media.parse_vonage_text(message.get("text") or "")
+        except vonage_media.VonageMessageError as exc:
+            return BAD, str(exc)
+        if parsed.event == "websocket:dtmf":
+            return DTMF, parsed.digit
+        return OTHER, parsed.event[:32]
+
+    async def send_frame(self, frame: bytes) -> None:
+        await self.ws.send({"type": "websocket.send", "bytes": frame})
+
+    async def send_mark(self, name: str) -> None:
+        return None  # Vonage has no mark echo; the session times marks by its own playhead
+
+    async def send_clear(self) -> None:
+        await self.ws.send({"type": "websocket.send", "text": vonage_media.CLEAR_MESSAGE})

@@ -1,0 +1,448 @@
+"""A call's live audio session: provider socket <-> transcoders <-> agent link.
+
+Caller audio is decoded, resampled and sent to the agent as it arrives; when the agent falls
+behind, it queues (bounded: the oldest is dropped and counted) and a sender drains it, so
+the provider socket never waits on the agent. Agent audio is re-framed into the provider's
+exact frames and paced by a `PlaybackQueue` a bounded lead ahead of the playhead, so `clear`
+silences the caller within that lead. Store writes (context, transcripts, events) go through
+one ordered writer task, never inline with audio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+from typing import Any, Awaitable, Callable, Mapping
+
+from gateway.audio import AudioFormat, Reframer, Transcoder
+from gateway.calls import events as ev
+from gateway.calls.record import CallRecord
+from gateway.media.agent import AgentLink, AgentUnavailable
+from gateway.media.playback import FRAME, PlaybackQueue
+from gateway.media.provider_socket import AUDIO, BAD, DTMF, MARK, OTHER, STOP, ProviderSocket
+from gateway.store.base import Store, StoreError
+
+log = logging.getLogger("gateway.media")
+
+MAX_AGENT_MESSAGE_CHARS = 64 * 1024
+
+
+@dataclass
+class SessionCounters:
+    """What happened on the media path; written to the timeline when the session ends."""
+
+    frames_in: int = 0
+    frames_out: int = 0
+    inbound_dropped: int = 0
+    outbound_dropped: int = 0
+    misframed: int = 0
+    bad_messages: int = 0
+    agent_bad_messages: int = 0
+    clears: int = 0
+
+
+@dataclass
+class SessionOptions:
+    """Knobs of one session (defaults are the product's)."""
+
+    lead_seconds: float = 0.16
+    inbound_backlog_frames: int = 50  # 1 s of caller audio waiting for a slow agent
+    outbound_max_frames: int = 3000  # 60 s of agent audio waiting to play
+    on_agent_failure: str = "hangup"  # or "keep"
+    agent_retry_seconds: float = 2.0
+    bad_message_log_every: int = 100
+
+
+class MediaSession:
+    """Runs one call's media until the provider or the agent ends it."""
+
+    def __init__(
+        self,
+        *,
+        record: CallRecord,
+        provider: ProviderSocket,
+        agent_factory: Callable[[], AgentLink],
+        agent_format: AudioFormat,
+        store: Store,
+        options: SessionOptions | None = None,
+        recorder: Any | None = None,
+        on_hangup: Callable[[str], Awaitable[None]] | None = None,
+    ) -> None:
+        self.record = record
+        self.run_id = record.workflow_run_id
+        self.provider = provider
+        self.agent_factory = agent_factory
+        self.agent: AgentLink | None = None
+        self.agent_format = agent_format
+        self.store = store
+        self.options = options or SessionOptions()
+        self.recorder = recorder
+        self.on_hangup = on_hangup
+        self.counters = SessionCounters()
+        fmt = provider.audio_format
+        self.expected_frame_bytes = fmt.frame_bytes()
+        self.to_agent = Transcoder(fmt, agent_format)
+        self.to_provider = Transcoder(agent_format, fmt)
+        self.reframer = Reframer(fmt.frame_bytes(), fmt.silence)
+        self.playback = PlaybackQueue(lead_seconds=self.options.lead_seconds, max_frames=self.options.outbound_max_frames)
+        self._backlog: deque[bytes] = deque(maxlen=self.options.inbound_backlog_frames)
+        self._backlog_ready = asyncio.Event()
+        self._writes: asyncio.Queue[tuple[str, dict[str, Any]] | None] = asyncio.Queue()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._pump_task: asyncio.Task[Any] | None = None
+        self._mark_timers: dict[str, asyncio.TimerHandle] = {}
+        self._media_started = False
+        self._ending = asyncio.Event()
+        self.end_reason = ""
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def start_message(self, start_params: Mapping[str, Any]) -> dict[str, Any]:
+        """The agent protocol's `start` message."""
+        r = self.record
+        return {
+            "type": "start",
+            "call": {
+                "workflow_run_id": r.workflow_run_id, "workflow_id": r.workflow_id, "user_id": r.user_id,
+                "provider": self.provider.name, "provider_call_id": r.provider_call_id, "stream_id": self.provider.stream_id,
+                "from": r.from_number, "to": r.to_number, "direction": r.direction,
+            },
+            "initial_context": r.initial_context,
+            "audio": {"encoding": self.agent_format.encoding, "sample_rate": self.agent_format.sample_rate, "frame_ms": 20},
+        }
+
+    async def run(self, start_params: Mapping[str, Any]) -> None:
+        """Connect the agent, then carry audio both ways until one side ends the call."""
+        self._writer = asyncio.ensure_future(self._write_loop())
+        self._start = self.start_message(start_params)
+        connected = await self._connect_agent()
+        if not connected and self.options.on_agent_failure == "hangup":
+            await self._finish("agent unavailable")
+            return
+        self._spawn(self._backlog_loop())
+        provider_task = self._spawn(self._from_provider())
+        ending_task = self._spawn(self._ending.wait())
+        await asyncio.wait({provider_task, ending_task}, return_when=asyncio.FIRST_COMPLETED)
+        await self._finish(self.end_reason or "provider closed")
+
+    def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def end(self, reason: str) -> None:
+        """Ask the session to finish (hangup, agent failure); idempotent."""
+        if not self.end_reason:
+            self.end_reason = reason
+        self._ending.set()
+
+    async def _finish(self, reason: str) -> None:
+        current = asyncio.current_task()
+        for task in list(self._tasks):
+            if task is not current:
+                task.cancel()
+        for handle in self._mark_timers.values():
+            handle.cancel()
+        if self.agent is not None:
+            with contextlib.suppress(AgentUnavailable, asyncio.TimeoutError, OSError):
+                await asyncio.wait_for(self.agent.send_message({"type": "stop", "reason": reason}), 1)
+            await self.agent.close()
+        data = {"reason": reason, **asdict(self.counters)}
+        if self.recorder is not None:
+            with contextlib.suppress(Exception):
+                data.update(await self.recorder.finish())
+        self._queue_write("media.ended", {"data": data, "media": {"ended": True, **{k: v for k, v in data.items() if k != "reason"}}})
+        self._writes.put_nowait(None)
+        try:
+            await asyncio.wait_for(self._writer, 5)
+        except asyncio.TimeoutError:
+            log.error("store writes for run=%s did not finish in 5 s", self.run_id)
+        log.info("media ended run=%s reason=%s in=%d out=%d dropped_in=%d misframed=%d bad=%d",
+                 self.run_id, reason, self.counters.frames_in, self.counters.frames_out,
+                 self.counters.inbound_dropped, self.counters.misframed, self.counters.bad_messages)
+
+    # -- agent connection ---------------------------------------------------------------
+    async def _connect_agent(self) -> bool:
+        agent = self.agent_factory()
+        try:
+            await agent.open(self._start)
+        except AgentUnavailable as exc:
+            self._agent_failed(str(exc))
+            if self.options.on_agent_failure == "keep":
+                self._spawn(self._reconnect_agent())
+            return False
+        self.agent = agent
+        self._spawn(self._from_agent(agent))
+        return True
+
+    def _agent_failed(self, reason: str) -> None:
+        log.warning("agent failed run=%s: %s (on_failure=%s)", self.run_id, reason, self.options.on_agent_failure)
+        self._queue_write("agent.failed", {"data": {"reason": reason}, "events": [(ev.CALL_AGENT_FAILED, {"reason": reason})]})
+
+    async def _reconnect_agent(self) -> None:
+        while not self._ending.is_set():
+            await asyncio.sleep(self.options.agent_retry_seconds)
+            agent = self.agent_factory()
+            try:
+                await agent.open(self._start)
+            except AgentUnavailable:
+                continue
+            self.agent = agent
+            self._queue_write("agent.reconnected", {"data": {}})
+            self._spawn(self._from_agent(agent))
+            return
+
+    # -- caller -> agent ----------------------------------------------------------------
+    async def _from_provider(self) -> None:
+        provider = self.provider
+        counters = self.counters
+        expected = self.expected_frame_bytes
+        while True:
+            kind, value = await provider.receive()
+            if kind is AUDIO:
+                counters.frames_in += 1
+                if len(value) != expected:
+                    counters.misframed += 1
+                if not self._media_started:
+                    self._media_started = True
+                    self._queue_write("media.started", {
+                        "data": {"stream_id": provider.stream_id, "format": provider.audio_format.encoding},
+                        "events": [(ev.CALL_STARTED, {"stream_id": provider.stream_id})],
+                        "media": {"started": True, "stream_id": provider.stream_id, "instance": None},
+                    })
+                if self.recorder is not None:
+                    self.recorder.caller(value)
+                await self._to_agent(self.to_agent.process(value))
+            elif kind is DTMF:
+                await self._agent_message({"type": "dtmf", "digit": value})
+                self._queue_write("dtmf", {"data": {"digit": value}})
+            elif kind is MARK:
+                await self._agent_message({"type": "mark", "name": value})
+            elif kind is STOP:
+                self.end_reason = self.end_reason or value
+                return
+            elif kind is BAD:
+                counters.bad_messages += 1
+                if counters.bad_messages % self.options.bad_message_log_every == 1:
+                    log.warning("bad %s media message run=%s (%d so far): %s", provider.name, self.run_id, counters.bad_messages, value)
+            elif kind is OTHER:
+                log.debug("ignored %s media event %s run=%s", provider.name, value, self.run_id)
+
+    async def _to_agent(self, frame: bytes) -> None:
+        agent = self.agent
+        if agent is None:
+            self.counters.inbound_dropped += 1
+            return
+        if self._backlog or agent.congested():
+            if len(self._backlog) == self._backlog.maxlen:
+                self.counters.inbound_dropped += 1  # the oldest goes
+            self._backlog.append(frame)
+            self._backlog_ready.set()
+            return
+        try:
+            await agent.send_audio(frame)
+        except AgentUnavailable as exc:
+            self._lost_agent(agent, str(exc))
+
+    async def _backlog_loop(self) -> None:
+        while True:
+            await self._backlog_ready.wait()
+            self._backlog_ready.clear()
+            while self._backlog:
+                agent = self.agent
+                if agent is None:
+                    self.counters.inbound_dropped += len(self._backlog)
+                    self._backlog.clear()
+                    break
+                if agent.congested():
+                    await asyncio.sleep(0.005)
+                    continue
+                try:
+                    await agent.send_audio(self._backlog.popleft())
+                except AgentUnavailable as exc:
+                    self._lost_agent(agent, str(exc))
+
+    async def _agent_message(self, message: dict[str, Any]) -> None:
+        agent = self.agent
+        if agent is None:
+            return
+        try:
+            await agent.send_message(message)
+        except AgentUnavailable as exc:
+            self._lost_agent(agent, str(exc))
+
+    def _lost_agent(self, agent: AgentLink, reason: str) -> None:
+        if self.agent is not agent or self._ending.is_set():
+            return
+        self.agent = None
+        self._agent_failed(reason)
+        self._spawn(agent.close())
+        if self.options.on_agent_failure == "hangup":
+            self.end("agent failed")
+            self._spawn(self._hangup("agent failed"))
+        else:
+            self._spawn(self._reconnect_agent())
+
+    # -- agent -> caller ----------------------------------------------------------------
+    async def _from_agent(self, agent: AgentLink) -> None:
+        while True:
+            try:
+                message = await agent.receive()
+            except AgentUnavailable as exc:
+                self._lost_agent(agent, str(exc))
+                return
+            if isinstance(message, bytes):
+                for frame in self.reframer.push(self.to_provider.process(message)):
+                    if not self.playback.push_frame(frame):
+                        self.counters.outbound_dropped += 1
+                await self._pump()
+            else:
+                await self._control(message)
+
+    async def _pump(self) -> None:
+        """Send what the playback lead allows now; a pumper task sends the rest on time."""
+        await self._send_due()
+        if self.playback.wait_time(time.monotonic()) is not None and (self._pump_task is None or self._pump_task.done()):
+            self._pump_task = self._spawn(self._pump_later())
+
+    async def _pump_later(self) -> None:
+        while (wait := self.playback.wait_time(time.monotonic())) is not None:
+            await asyncio.sleep(max(wait, 0.005))
+            await self._send_due()
+
+    async def _send_due(self) -> None:
+        now = time.monotonic()
+        provider = self.provider
+        for kind, value in self.playback.take_due(now):
+            if kind == FRAME:
+                await provider.send_frame(value)
+                self.counters.frames_out += 1
+                if self.recorder is not None:
+                    self.recorder.agent(value)
+            elif provider.echoes_marks:
+                await provider.send_mark(value.name)
+            else:
+                self._time_mark(value.name, value.plays_at - now)
+
+    def _time_mark(self, name: str, delay: float) -> None:
+        loop = asyncio.get_running_loop()
+
+        def played() -> None:
+            self._mark_timers.pop(name, None)
+            self._spawn(self._agent_message({"type": "mark", "name": name}))
+
+        self._mark_timers[name] = loop.call_later(max(delay, 0.0), played)
+
+    async def _clear(self) -> None:
+        now = time.monotonic()
+        self.counters.clears += 1
+        dropped = self.playback.clear(now)
+        self.reframer.clear()
+        self.to_provider.reset()
+        await self.provider.send_clear()
+        for name, handle in list(self._mark_timers.items()):
+            handle.cancel()
+            dropped.append(name)
+        self._mark_timers.clear()
+        for name in dropped:
+            await self._agent_message({"type": "mark", "name": name, "cleared": True})
+
+    async def _hangup(self, reason: str) -> None:
+        if self.on_hangup is not None:
+            await self.on_hangup(reason)
+
+    async def _control(self, text: str) -> None:
+        if len(text) > MAX_AGENT_MESSAGE_CHARS:
+            self._agent_bad(f"message of {len(text)} characters is over the limit")
+            return
+        try:
+            message = json.loads(text)
+        except ValueError:
+            self._agent_bad("message is not valid JSON")
+            return
+        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+            self._agent_bad("message is not an object with a type")
+            return
+        kind = message["type"]
+        if kind == "clear":
+            await self._clear()
+        elif kind == "mark":
+            name = message.get("name")
+            if isinstance(name, str) and name:
+                # The mark follows all audio sent before it: the partial frame goes out padded.
+                for frame in self.reframer.flush():
+                    self.playback.push_frame(frame)
+                self.playback.push_mark(name[:256])
+                await self._pump()
+            else:
+                self._agent_bad("mark needs a name")
+        elif kind == "hangup":
+            reason = str(message.get("reason") or "agent hung up")[:200]
+            self._queue_write("agent.hangup", {"data": {"reason": reason}})
+            self.end("agent hangup")
+            await self._hangup(reason)
+        elif kind == "context":
+            data = message.get("data")
+            if isinstance(data, dict):
+                self._queue_write("agent.context", {"data": {"keys": sorted(data)[:50]}, "gathered_context": data})
+            else:
+                self._agent_bad("context.data must be an object")
+        elif kind == "transcript":
+            role, text_value, final = message.get("role"), message.get("text"), message.get("final", True)
+            if not isinstance(role, str) or not isinstance(text_value, str):
+                self._agent_bad("transcript needs role and text strings")
+            elif final:
+                line = {"role": role[:32], "text": text_value[:8000], "final": True, "at": time.time()}
+                self._queue_write("transcript", {"data": line, "events": [(ev.CONVERSATION_TRANSCRIPT, line)]})
+        elif kind == "intent":
+            name = message.get("name")
+            if isinstance(name, str):
+                detail = {"name": name[:200], "confidence": message.get("confidence"), "data": message.get("data")}
+                self._queue_write("intent", {"data": detail, "events": [(ev.CONVERSATION_INTENT_DETECTED, detail)]})
+            else:
+                self._agent_bad("intent needs a name")
+        elif kind == "entity":
+            name = message.get("name")
+            if isinstance(name, str) and name:
+                detail = {"name": name[:200], "value": message.get("value")}
+                self._queue_write("entity", {"data": detail, "events": [(ev.CONVERSATION_ENTITY_CAPTURED, detail)],
+                                             "gathered_context": {name[:200]: message.get("value")}})
+            else:
+                self._agent_bad("entity needs a name")
+        elif kind == "annotations":
+            data = message.get("data")
+            if isinstance(data, dict):
+                self._queue_write("agent.annotations", {"data": {"keys": sorted(data)[:50]}, "annotations": data})
+            else:
+                self._agent_bad("annotations.data must be an object")
+        else:
+            log.info("ignored agent message type %r run=%s", kind[:40], self.run_id)
+
+    def _agent_bad(self, reason: str) -> None:
+        self.counters.agent_bad_messages += 1
+        log.warning("bad agent message run=%s: %s", self.run_id, reason)
+
+    # -- ordered store writes -------------------------------------------------------------
+    def _queue_write(self, kind: str, payload: dict[str, Any]) -> None:
+        self._writes.put_nowait((kind, payload))
+
+    async def _write_loop(self) -> None:
+        source = {"media.started": "gateway", "media.ended": "gateway", "dtmf": self.provider.name}
+        while True:
+            item = await self._writes.get()
+            if item is None:
+                return
+            kind, payload = item
+            try:
+                await self.store.record_activity(
+                    self.run_id, source=source.get(kind, "agent"), kind=kind, data=payload.get("data", {}),
+                    events=payload.get("events", ()), gathered_context=payload.get("gathered_context"),
+                    annotations=payload.get("annotations"), media=payload.get("media"),
+                )
+            except StoreError as exc:
+                log.error("could not record %s for run=%s: %s", kind, self.run_id, exc)
