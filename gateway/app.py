@@ -11,11 +11,13 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.api import admin, health, media, telephony
+from gateway.api import admin, deliveries, health, media, telephony
 from gateway.api.context import GatewayContext
 from gateway.api.problems import problem
 from gateway.config import GatewayConfig, with_dev_secrets
+from gateway.events.fanout import EventFanout, Route
 from gateway.store import Store, open_store_for
+from gateway.webhooks.worker import DeliveryWorker, WorkerSettings
 
 log = logging.getLogger("gateway")
 
@@ -34,20 +36,35 @@ def create_app(config: GatewayConfig, *, store: Store | None = None) -> Starlett
     """Build the app; the store opens (and migrates) when the app starts."""
     config = with_dev_secrets(config)
     store = store or open_store_for(config.store)
-    ctx = GatewayContext(config=config, store=store)
+    worker = DeliveryWorker(
+        store, config.webhooks, config.secret_values(),
+        settings=WorkerSettings(
+            concurrency=config.delivery.concurrency, lease_seconds=config.delivery.lease_seconds,
+            poll_seconds=config.delivery.poll_seconds, disable_after_failures=config.delivery.disable_after_failures,
+            disable_after_seconds=config.delivery.disable_after_seconds,
+        ),
+    )
+    store.set_fanout(
+        EventFanout(Route(s.name, tuple(s.events), s.ordered) for s in config.webhooks if s.enabled),
+        worker.wake,
+    )
+    ctx = GatewayContext(config=config, store=store, worker=worker)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await store.open()
-        log.info("gateway ready: store=%s agent=%s providers=%s", config.store, config.agent.url,
-                 ",".join(name for name in ("twilio", "vonage") if getattr(config.providers, name)) or "none")
+        await worker.start()
+        log.info("gateway ready: store=%s agent=%s providers=%s webhooks=%d", config.store, config.agent.url,
+                 ",".join(name for name in ("twilio", "vonage") if getattr(config.providers, name)) or "none",
+                 len(config.webhooks))
         try:
             yield
         finally:
+            await worker.stop()
             await store.close()
 
     app = Starlette(
-        routes=[*health.routes, *telephony.routes, *media.routes, *admin.routes],
+        routes=[*health.routes, *telephony.routes, *media.routes, *admin.routes, *deliveries.routes],
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_error, Exception: _server_error},
     )

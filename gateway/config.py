@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+from gateway.webhooks.subscription import Subscription, SubscriptionConfigError, describe_validation_error, load_dograh_workflow
 
 log = logging.getLogger("gateway.config")
 
@@ -77,6 +79,23 @@ class AgentConfig(_Model):
         return value
 
 
+class DeliveryConfig(_Model):
+    """The webhook delivery engine."""
+
+    concurrency: int = Field(8, ge=1, le=256)  # in-flight attempts per subscription
+    lease_seconds: float = Field(0, ge=0)  # 0: the subscription's timeout + 30 s
+    poll_seconds: float = Field(1.0, gt=0, le=60)
+    disable_after_failures: int = Field(50, ge=1)  # consecutive failed attempts...
+    disable_after_seconds: float = Field(3600, ge=0)  # ...spanning at least this long
+
+
+class WorkflowSource(_Model):
+    """A Dograh-style workflow definition whose webhook nodes become subscriptions."""
+
+    path: str
+    credentials: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
 class GatewayConfig(_Model):
     """The whole configuration; field names are the public YAML keys."""
 
@@ -92,8 +111,38 @@ class GatewayConfig(_Model):
     stream_token_ttl: int = Field(3600 * 4, ge=60)
     providers: ProvidersConfig = ProvidersConfig()
     agent: AgentConfig = AgentConfig()
-    recording: bool = False
-    webhooks: list[dict[str, Any]] = Field(default_factory=list)
+    recording: bool | list[str] = False  # true: every call; a list: the calls of these workflow ids
+    webhooks: list[Subscription] = Field(default_factory=list)
+    workflows: list[WorkflowSource] = Field(default_factory=list)
+    secrets: dict[str, SecretStr] = Field(default_factory=dict)  # {{secret.NAME}} values
+    secrets_file: str | None = None  # a YAML/JSON mapping of more secrets
+    delivery: DeliveryConfig = DeliveryConfig()
+
+    @field_validator("workflows", mode="before")
+    @classmethod
+    def _workflow_paths(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [{"path": item} if isinstance(item, str) else item for item in value]
+        return value
+
+    @model_validator(mode="after")
+    def _unique_webhook_names(self) -> "GatewayConfig":
+        seen: set[str] = set()
+        for index, subscription in enumerate(self.webhooks):
+            if subscription.name in seen:
+                raise ValueError(f"webhooks[{index}].name: {subscription.name!r} is used twice")
+            seen.add(subscription.name)
+        return self
+
+    def secret_values(self) -> dict[str, str]:
+        """Every `{{secret.NAME}}` value: `secrets_file`, then `secrets`, then `GATEWAY_SECRET_NAME`."""
+        values: dict[str, str] = {}
+        if self.secrets_file:
+            values.update(_read_secrets_file(self.secrets_file))
+        values.update({name: value.get_secret_value() for name, value in self.secrets.items()})
+        prefix = "GATEWAY_SECRET_"
+        values.update({key[len(prefix):]: value for key, value in os.environ.items() if key.startswith(prefix)})
+        return values
 
     @field_validator("public_url")
     @classmethod
@@ -120,6 +169,18 @@ class GatewayConfig(_Model):
         return self.store[len("sqlite:///"):]
 
 
+def _read_secrets_file(path: str) -> dict[str, str]:
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise ConfigError(f"secrets_file: cannot read {path}: {exc.strerror}") from None
+    except yaml.YAMLError:
+        raise ConfigError(f"secrets_file: {path} is not valid YAML or JSON") from None
+    if not isinstance(data, dict) or not all(isinstance(v, (str, int, float)) for v in data.values()):
+        raise ConfigError(f"secrets_file: {path} must be a mapping of names to text values")
+    return {str(k): str(v) for k, v in data.items()}
+
+
 def _interpolate(value: Any, path: str, env: dict[str, str]) -> Any:
     if isinstance(value, dict):
         return {k: _interpolate(v, f"{path}.{k}" if path else str(k), env) for k, v in value.items()}
@@ -139,19 +200,6 @@ def _interpolate(value: Any, path: str, env: dict[str, str]) -> Any:
     return _ENV_REF.sub(substitute, value)
 
 
-def _describe(error: ValidationError) -> str:
-    lines = []
-    for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        message = item["msg"]
-        if item["type"] == "extra_forbidden":
-            message = "unknown key"
-        elif item["type"] == "missing":
-            message = "required key is missing"
-        lines.append(f"{key}: {message}")
-    return "; ".join(lines)
-
-
 def parse_config(data: Any, env: dict[str, str] | None = None) -> GatewayConfig:
     """Validate already-loaded YAML data into a `GatewayConfig`, or raise `ConfigError`."""
     if data is None:
@@ -160,9 +208,34 @@ def parse_config(data: Any, env: dict[str, str] | None = None) -> GatewayConfig:
         raise ConfigError("(top level): the configuration must be a mapping of keys")
     data = _interpolate(data, "", dict(os.environ) if env is None else env)
     try:
-        return GatewayConfig.model_validate(data)
+        config = GatewayConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc)) from None
+        raise ConfigError(describe_validation_error(exc).replace("\n", "; ")) from None
+    return _with_workflows(config)
+
+
+def _with_workflows(config: GatewayConfig) -> GatewayConfig:
+    """Append the subscriptions of Dograh workflow files, then check every secret is set."""
+    subscriptions = list(config.webhooks)
+    for index, source in enumerate(config.workflows):
+        try:
+            subscriptions += load_dograh_workflow(source.path, source.credentials)
+        except (SubscriptionConfigError, OSError, ValueError) as exc:
+            raise ConfigError(f"workflows[{index}] ({source.path}): {exc}") from None
+    names = [s.name for s in subscriptions]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"webhooks: subscription name {duplicates[0]!r} is used twice (workflows included)")
+    config = config.model_copy(update={"webhooks": subscriptions})
+    available = config.secret_values()
+    for index, subscription in enumerate(subscriptions):
+        for name in sorted(subscription.secret_names()):
+            if name not in available:
+                raise ConfigError(
+                    f"webhooks[{index}] ({subscription.name}): secret {name!r} is not set "
+                    f"(add it under secrets:, to secrets_file, or as GATEWAY_SECRET_{name})"
+                )
+    return config
 
 
 def load_config(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None) -> GatewayConfig:

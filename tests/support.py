@@ -147,3 +147,57 @@ def vonage_jwt(body: bytes = b"", *, secret: str = VONAGE_SECRET, iat: float | N
         payload["payload_hash"] = hashlib.sha256(body).hexdigest()
     payload.update(claims)
     return jwt.encode(payload, secret, algorithm="HS256", headers={"typ": "JWT"})
+
+
+class Receiver:
+    """A real HTTP receiver on loopback that records every request and answers as scripted.
+
+    `script(request_number, path) -> (status, headers, body, delay_seconds)`; default 200.
+    """
+
+    def __init__(self, script: Any = None) -> None:
+        from starlette.applications import Starlette
+        from starlette.responses import Response
+        from starlette.routing import Route
+
+        self.script = script or (lambda n, path: (200, {}, b"{}", 0.0))
+        self.requests: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+
+        async def handle(request):
+            body = await request.body()
+            with self._lock:
+                number = len(self.requests)
+                self.requests.append({"path": request.url.path, "query": request.url.query, "method": request.method,
+                                      "headers": dict(request.headers), "body": body, "at": time.time()})
+            status, headers, answer, delay = self.script(number, request.url.path)
+            if delay:
+                await asyncio.sleep(delay)
+            return Response(answer, status_code=status, headers=headers, media_type="application/json")
+
+        app = Starlette(routes=[Route("/{path:path}", handle, methods=["GET", "POST", "PUT", "PATCH", "DELETE"])])
+        self.server = ServerThread(app)
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def __enter__(self) -> "Receiver":
+        self.server.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.__exit__(*exc)
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if len(self.requests) >= count:
+                return list(self.requests)
+            time.sleep(0.02)
+        raise AssertionError(f"receiver got {len(self.requests)} requests, expected {count}")
+
+    def bodies(self) -> list[dict[str, Any]]:
+        import json as _json
+
+        return [_json.loads(r["body"]) for r in self.requests if r["body"]]

@@ -43,7 +43,7 @@ def test_unset_variable_names_key_and_variable():
         ({"agent": {"audio": {"sample_rate": 11025}}}, r"agent\.audio\.sample_rate: "),
         ({"public_url": "gw.example.com"}, r"public_url: "),
         ({"store": "mysql://x"}, r"store: "),
-        ({"trusted_proxies": ["not-a-cidr"]}, r"trusted_proxies\.0"),
+        ({"trusted_proxies": ["not-a-cidr"]}, r"trusted_proxies\[0\]"),
         ([1, 2], r"must be a mapping"),
     ],
 )

@@ -9,6 +9,7 @@ from typing import Callable
 from gateway.config import GatewayConfig
 from gateway.providers.vonage import ReplayGuard
 from gateway.store.base import Store
+from gateway.webhooks.worker import DeliveryWorker
 
 
 @dataclass
@@ -19,6 +20,7 @@ class GatewayContext:
     store: Store
     clock: Callable[[], float] = time.time
     replay_guard: ReplayGuard = field(default_factory=ReplayGuard)
+    worker: DeliveryWorker | None = None
 
     @property
     def secret_key(self) -> bytes:

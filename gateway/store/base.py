@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from gateway.calls.lifecycle import CallUpdate
 from gateway.calls.record import CallRecord, isoformat
@@ -80,8 +80,115 @@ class AppliedUpdate:
     created: bool
 
 
+@dataclass
+class Delivery:
+    """One event bound for one subscription: the outbox row. `id` is the stable `webhook-id`."""
+
+    id: str
+    event_seq: int
+    subscription: str
+    workflow_run_id: str | None
+    status: str  # pending | succeeded | failed | dead
+    attempts: int
+    next_attempt_at: datetime
+    created_at: datetime
+    updated_at: datetime
+    first_attempt_at: datetime | None = None
+    last_attempt_at: datetime | None = None
+    last_status: int | None = None
+    last_error: str | None = None
+    event: Event | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "subscription": self.subscription,
+            "workflow_run_id": self.workflow_run_id,
+            "event_id": self.event.id if self.event else None,
+            "event_type": self.event.type if self.event else None,
+            "status": self.status,
+            "attempts": self.attempts,
+            "next_attempt_at": isoformat(self.next_attempt_at) if self.status == "pending" else None,
+            "first_attempt_at": isoformat(self.first_attempt_at),
+            "last_attempt_at": isoformat(self.last_attempt_at),
+            "last_status": self.last_status,
+            "last_error": self.last_error,
+            "created_at": isoformat(self.created_at),
+            "updated_at": isoformat(self.updated_at),
+        }
+
+
+@dataclass
+class AttemptRecord:
+    """One recorded attempt (secrets already redacted by the sender)."""
+
+    attempted_at: datetime
+    outcome: str
+    status: int | None = None
+    latency_ms: float | None = None
+    error: str | None = None
+    response: str | None = None
+    request: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "attempted_at": isoformat(self.attempted_at),
+            "outcome": self.outcome,
+            "status": self.status,
+            "latency_ms": self.latency_ms,
+            "error": self.error,
+            "response": self.response,
+            "request": self.request,
+        }
+
+
+@dataclass
+class DeliveryResult:
+    """What the worker decided after an attempt; `finish_delivery` stores it in one transaction."""
+
+    status: str  # pending (retry later) | succeeded | failed | dead
+    attempt: AttemptRecord
+    next_attempt_at: datetime | None = None
+    gathered_context: dict[str, Any] | None = None  # response mapping for the call
+    endpoint_ok: bool | None = None  # True resets the endpoint's failure streak, False extends it
+
+
+@dataclass
+class EndpointHealth:
+    """A subscription's failure streak and whether it was disabled for it."""
+
+    subscription: str
+    consecutive_failures: int = 0
+    first_failure_at: datetime | None = None
+    disabled_at: datetime | None = None
+    disabled_reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "consecutive_failures": self.consecutive_failures,
+            "first_failure_at": isoformat(self.first_failure_at),
+            "disabled_at": isoformat(self.disabled_at),
+            "disabled_reason": self.disabled_reason,
+        }
+
+
+Fanout = Callable[[Event], Sequence[tuple[str, bool]]]
+"""(subscription name, ordered) for every subscription an event goes to."""
+
+
 class Store(abc.ABC):
-    """Durable calls, timelines and events. All methods are async and never block the loop."""
+    """Durable calls, timelines, events and their deliveries. All methods are async and never
+    block the loop. Events and their delivery rows are written in the same transaction."""
+
+    fanout: Fanout = staticmethod(lambda event: ())  # type: ignore[assignment]
+    on_deliveries: Callable[[], None] = staticmethod(lambda: None)  # type: ignore[assignment]
+
+    def set_fanout(self, fanout: Fanout, on_deliveries: Callable[[], None] | None = None) -> None:
+        """Route every event written from now on to `fanout`'s subscriptions; call
+        `on_deliveries` (on the loop) after a commit that queued deliveries."""
+        self.fanout = fanout
+        if on_deliveries is not None:
+            self.on_deliveries = on_deliveries
 
     @abc.abstractmethod
     async def open(self) -> None:
@@ -136,6 +243,58 @@ class Store(abc.ABC):
     async def list_events(self, *, after_seq: int = 0, limit: int = 100, run_id: str | None = None) -> list[Event]:
         """Stored events in order."""
 
+    # -- deliveries (the transactional outbox) --------------------------------------------
+    @abc.abstractmethod
+    async def claim_deliveries(self, owner: str, *, now: datetime, lease_seconds: float,
+                               capacity: Mapping[str, int], limit: int = 200) -> list[Delivery]:
+        """Lease due pending deliveries (with their events) to `owner`.
+
+        At most `capacity[subscription]` per subscription (absent: none). A delivery whose
+        subscription is ordered waits while an earlier one of the same call is pending.
+        An expired lease makes a row due again (at-least-once).
+        """
+
+    @abc.abstractmethod
+    async def finish_delivery(self, delivery: Delivery, owner: str, result: DeliveryResult) -> EndpointHealth:
+        """Record the attempt, move the row on, merge response mapping into the call, update
+        the endpoint's failure streak: one transaction. Returns the endpoint's health."""
+
+    @abc.abstractmethod
+    async def release_leases(self, owner: str) -> int:
+        """Give up `owner`'s leases (graceful shutdown); returns how many."""
+
+    @abc.abstractmethod
+    async def list_deliveries(self, *, status: str | None = None, subscription: str | None = None,
+                              run_id: str | None = None, limit: int = 50, cursor: str | None = None) -> tuple[list[Delivery], str | None]:
+        """Deliveries newest first, and the next page's cursor."""
+
+    @abc.abstractmethod
+    async def get_delivery(self, delivery_id: str) -> tuple[Delivery, list[AttemptRecord]] | None:
+        """A delivery with its event and every attempt, oldest first."""
+
+    @abc.abstractmethod
+    async def retry_delivery(self, delivery_id: str, *, now: datetime) -> Delivery | None:
+        """Make a delivery pending and due now, its retry schedule started afresh."""
+
+    @abc.abstractmethod
+    async def replay_deliveries(self, subscription: str, *, since: datetime, until: datetime, now: datetime,
+                                matches: Callable[[str], bool], ordered: bool) -> int:
+        """Queue again every event of [since, until) that `matches` for `subscription`: existing
+        rows go back to pending (same webhook-id), events with no row get one. Returns the count."""
+
+    @abc.abstractmethod
+    async def endpoint_health(self) -> dict[str, EndpointHealth]:
+        """The failure streak and disabled state of every subscription that has one."""
+
+    @abc.abstractmethod
+    async def set_endpoint_disabled(self, subscription: str, *, reason: str | None, now: datetime) -> list[Event]:
+        """Disable (reason given) or re-enable (None) a subscription. Disabling writes a
+        `webhook.endpoint_disabled` event in the same transaction."""
+
+    @abc.abstractmethod
+    async def outbox_stats(self, *, now: datetime) -> dict[str, Any]:
+        """Pending count and the age in seconds of the oldest pending delivery."""
+
 
 def event_data(record: CallRecord, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The data of a `call.*` event: the whole call record, plus event-specific `detail`."""
@@ -151,6 +310,11 @@ def clamp_limit(limit: int) -> int:
 
 __all__ = [
     "AppliedUpdate",
+    "AttemptRecord",
+    "Delivery",
+    "DeliveryResult",
+    "EndpointHealth",
+    "Fanout",
     "CallSeed",
     "Store",
     "StoreError",

@@ -74,6 +74,51 @@ _SQLITE = {"ts": "TEXT", "bool": "INTEGER", "false": "0", "json": "TEXT", "seria
 _POSTGRES = {"ts": "TIMESTAMPTZ", "bool": "BOOLEAN", "false": "FALSE", "json": "JSONB", "serial": "BIGSERIAL"}
 
 
+_DELIVERIES = """
+CREATE TABLE deliveries (
+    id                TEXT PRIMARY KEY,
+    event_seq         BIGINT NOT NULL REFERENCES events (seq),
+    subscription      TEXT NOT NULL,
+    workflow_run_id   TEXT,
+    order_key         TEXT,
+    status            TEXT NOT NULL,
+    attempts          INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at   {ts} NOT NULL,
+    lease_owner       TEXT,
+    lease_until       {ts},
+    first_attempt_at  {ts},
+    last_attempt_at   {ts},
+    last_status       INTEGER,
+    last_error        TEXT,
+    created_at        {ts} NOT NULL,
+    updated_at        {ts} NOT NULL
+);
+CREATE INDEX deliveries_due ON deliveries (next_attempt_at) WHERE status = 'pending';
+CREATE INDEX deliveries_order ON deliveries (subscription, order_key, event_seq) WHERE status = 'pending';
+CREATE INDEX deliveries_listing ON deliveries (created_at DESC, id DESC);
+CREATE INDEX deliveries_run ON deliveries (workflow_run_id);
+CREATE TABLE delivery_attempts (
+    id                {serial} PRIMARY KEY,
+    delivery_id       TEXT NOT NULL REFERENCES deliveries (id),
+    attempted_at      {ts} NOT NULL,
+    outcome           TEXT NOT NULL,
+    status            INTEGER,
+    latency_ms        REAL,
+    error             TEXT,
+    response          TEXT,
+    request           {json} NOT NULL
+);
+CREATE INDEX delivery_attempts_delivery ON delivery_attempts (delivery_id, id);
+CREATE TABLE subscription_health (
+    subscription          TEXT PRIMARY KEY,
+    consecutive_failures  INTEGER NOT NULL DEFAULT 0,
+    first_failure_at      {ts},
+    disabled_at           {ts},
+    disabled_reason       TEXT
+);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "calls, timeline, events", _CALLS.format(**_SQLITE), _CALLS.format(**_POSTGRES)),
+    Migration(2, "webhook deliveries, attempts, endpoint health", _DELIVERIES.format(**_SQLITE), _DELIVERIES.format(**_POSTGRES)),
 )

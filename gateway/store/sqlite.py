@@ -10,17 +10,21 @@ import json
 import sqlite3
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 from gateway.calls.lifecycle import CallUpdate, decide_transition
 from gateway.calls.record import CallRecord, utcnow
 from gateway.calls.states import CallState
-from gateway.events.envelope import Event
+from gateway.events.envelope import Event, new_event_id
 from gateway.store.base import (
     AppliedUpdate,
+    AttemptRecord,
     CallSeed,
+    Delivery,
+    DeliveryResult,
+    EndpointHealth,
     Store,
     StoreError,
     TimelineEntry,
@@ -41,7 +45,7 @@ _CALL_COLUMNS = (
 
 
 def _ts(value: datetime | None) -> str | None:
-    return None if value is None else value.astimezone(timezone.utc).isoformat()
+    return None if value is None else value.astimezone(timezone.utc).isoformat(timespec="microseconds")
 
 
 def _parse_ts(value: str | None) -> datetime | None:
@@ -209,14 +213,29 @@ class SQLiteStore(Store):
             (run_id, _ts(at), source, kind, outcome, raw_status, state, sequence, _dumps(data)),
         )
 
-    @staticmethod
-    def _insert_events(conn: sqlite3.Connection, events: list[Event]) -> None:
+    def _insert_events(self, conn: sqlite3.Connection, events: list[Event]) -> int:
+        """Write events and, in the same transaction, one delivery row per subscription."""
+        queued = 0
         for event in events:
             cursor = conn.execute(
                 "INSERT INTO events (id, type, workflow_run_id, occurred_at, data) VALUES (?, ?, ?, ?, ?)",
                 (event.id, event.type, event.workflow_run_id, _ts(event.occurred_at), _dumps(event.data)),
             )
             event.seq = int(cursor.lastrowid)
+            for subscription, ordered in self.fanout(event):
+                self._insert_delivery(conn, event.seq, subscription, event.workflow_run_id, ordered, event.occurred_at)
+                queued += 1
+        return queued
+
+    @staticmethod
+    def _insert_delivery(conn: sqlite3.Connection, event_seq: int, subscription: str, run_id: str | None,
+                         ordered: bool, now: datetime) -> None:
+        at = _ts(now)
+        conn.execute(
+            "INSERT INTO deliveries (id, event_seq, subscription, workflow_run_id, order_key, status, attempts,"
+            " next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?)",
+            (new_event_id("msg"), event_seq, subscription, run_id, run_id if ordered else None, at, at, at),
+        )
 
     async def apply_update(self, update: CallUpdate, *, run_id: str | None, seed: CallSeed | None = None) -> AppliedUpdate:
         def tx(conn: sqlite3.Connection) -> AppliedUpdate:
@@ -240,10 +259,16 @@ class SQLiteStore(Store):
                 sequence=update.sequence, data=update.params,
             )
             events = [Event(type=name, workflow_run_id=target, occurred_at=now, data=event_data(record)) for name in transition.events]
-            self._insert_events(conn, events)
-            return AppliedUpdate(record=record, events=events, outcome=transition.outcome, created=current is None)
+            queued = self._insert_events(conn, events)
+            return AppliedUpdate(record=record, events=events, outcome=transition.outcome, created=current is None), queued
 
-        return await self._write(tx)
+        return self._notify(await self._write(tx))
+
+    def _notify(self, result: tuple[T, int]) -> T:
+        value, queued = result
+        if queued:
+            self.on_deliveries()
+        return value
 
     async def record_activity(
         self,
@@ -274,10 +299,9 @@ class SQLiteStore(Store):
                 Event(type=name, workflow_run_id=run_id, occurred_at=now, data=event_data(record, extra))
                 for name, extra in events
             ]
-            self._insert_events(conn, emitted)
-            return emitted
+            return emitted, self._insert_events(conn, emitted)
 
-        return await self._write(tx)
+        return self._notify(await self._write(tx))
 
     # -- reads ------------------------------------------------------------------------
     async def get_call(self, run_id: str) -> CallRecord | None:
@@ -332,10 +356,226 @@ class SQLiteStore(Store):
                 params.append(run_id)
             sql += " ORDER BY seq LIMIT ?"
             params.append(clamp_limit(limit))
-            return [
-                Event(type=row["type"], workflow_run_id=row["workflow_run_id"], occurred_at=_parse_ts(row["occurred_at"]),
-                      data=json.loads(row["data"]), id=row["id"], seq=row["seq"])
-                for row in conn.execute(sql, params).fetchall()
-            ]
+            return [_row_to_event(row) for row in conn.execute(sql, params).fetchall()]
 
         return await self._read(query)
+
+    # -- deliveries -----------------------------------------------------------------------
+    async def claim_deliveries(self, owner: str, *, now: datetime, lease_seconds: float,
+                               capacity: Mapping[str, int], limit: int = 200) -> list[Delivery]:
+        wanted = {name: n for name, n in capacity.items() if n > 0}
+        if not wanted:
+            return []
+        at = _ts(now)
+        until = _ts(now + timedelta(seconds=lease_seconds))
+        marks = ", ".join("?" for _ in wanted)
+
+        def tx(conn: sqlite3.Connection) -> list[Delivery]:
+            rows = conn.execute(
+                f"SELECT d.*, e.id AS e_id, e.type AS e_type, e.workflow_run_id AS e_run, e.occurred_at AS e_at,"
+                f" e.data AS e_data, e.seq AS e_seq FROM deliveries d JOIN events e ON e.seq = d.event_seq"
+                f" WHERE d.status = 'pending' AND d.next_attempt_at <= ? AND (d.lease_until IS NULL OR d.lease_until < ?)"
+                f" AND d.subscription IN ({marks})"
+                f" AND (d.order_key IS NULL OR NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.status = 'pending'"
+                f" AND p.subscription = d.subscription AND p.order_key = d.order_key AND p.event_seq < d.event_seq))"
+                f" ORDER BY d.next_attempt_at, d.event_seq LIMIT ?",
+                (at, at, *wanted, limit * 4),
+            ).fetchall()
+            left = dict(wanted)
+            picked = []
+            for row in rows:
+                if left.get(row["subscription"], 0) > 0 and len(picked) < limit:
+                    left[row["subscription"]] -= 1
+                    picked.append(row)
+            for row in picked:
+                conn.execute("UPDATE deliveries SET lease_owner = ?, lease_until = ? WHERE id = ?", (owner, until, row["id"]))
+            return [_row_to_delivery(row, with_event=True) for row in picked]
+
+        return await self._write(tx)
+
+    async def finish_delivery(self, delivery: Delivery, owner: str, result: DeliveryResult) -> EndpointHealth:
+        attempt = result.attempt
+
+        def tx(conn: sqlite3.Connection) -> EndpointHealth:
+            at = _ts(attempt.attempted_at)
+            conn.execute(
+                "INSERT INTO delivery_attempts (delivery_id, attempted_at, outcome, status, latency_ms, error, response, request)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (delivery.id, at, attempt.outcome, attempt.status, attempt.latency_ms, attempt.error, attempt.response,
+                 _dumps(attempt.request)),
+            )
+            conn.execute(
+                "UPDATE deliveries SET status = ?, attempts = attempts + 1, next_attempt_at = COALESCE(?, next_attempt_at),"
+                " lease_owner = NULL, lease_until = NULL, first_attempt_at = COALESCE(first_attempt_at, ?),"
+                " last_attempt_at = ?, last_status = ?, last_error = ?, updated_at = ? WHERE id = ?",
+                (result.status, _ts(result.next_attempt_at), at, at, attempt.status, attempt.error, at, delivery.id),
+            )
+            if result.gathered_context and delivery.workflow_run_id:
+                record = self._load(conn, delivery.workflow_run_id)
+                if record is not None:
+                    record.gathered_context.update(result.gathered_context)
+                    record.updated_at = attempt.attempted_at
+                    conn.execute(_UPSERT_CALL, _record_params(record))
+            if result.endpoint_ok is True:
+                conn.execute("UPDATE subscription_health SET consecutive_failures = 0, first_failure_at = NULL"
+                             " WHERE subscription = ? AND consecutive_failures > 0", (delivery.subscription,))
+            elif result.endpoint_ok is False:
+                conn.execute(
+                    "INSERT INTO subscription_health (subscription, consecutive_failures, first_failure_at) VALUES (?, 1, ?)"
+                    " ON CONFLICT (subscription) DO UPDATE SET consecutive_failures = subscription_health.consecutive_failures + 1,"
+                    " first_failure_at = COALESCE(subscription_health.first_failure_at, excluded.first_failure_at)",
+                    (delivery.subscription, at),
+                )
+            row = conn.execute("SELECT * FROM subscription_health WHERE subscription = ?", (delivery.subscription,)).fetchone()
+            return _row_to_health(row) if row else EndpointHealth(delivery.subscription)
+
+        return await self._write(tx)
+
+    async def release_leases(self, owner: str) -> int:
+        def tx(conn: sqlite3.Connection) -> int:
+            return conn.execute("UPDATE deliveries SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = ?",
+                                (owner,)).rowcount
+
+        return await self._write(tx)
+
+    async def list_deliveries(self, *, status: str | None = None, subscription: str | None = None,
+                              run_id: str | None = None, limit: int = 50, cursor: str | None = None) -> tuple[list[Delivery], str | None]:
+        limit = clamp_limit(limit)
+        where, params = [], []
+        for column, value in (("d.status", status), ("d.subscription", subscription), ("d.workflow_run_id", run_id)):
+            if value:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if cursor:
+            created_at, last_id = decode_cursor(cursor)
+            where.append("(d.created_at < ? OR (d.created_at = ? AND d.id < ?))")
+            params += [created_at, created_at, last_id]
+        sql = ("SELECT d.*, e.id AS e_id, e.type AS e_type, e.workflow_run_id AS e_run, e.occurred_at AS e_at,"
+               " e.data AS e_data, e.seq AS e_seq FROM deliveries d JOIN events e ON e.seq = d.event_seq")
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY d.created_at DESC, d.id DESC LIMIT ?"
+        params.append(limit + 1)
+
+        def query(conn: sqlite3.Connection) -> tuple[list[Delivery], str | None]:
+            rows = conn.execute(sql, params).fetchall()
+            more = len(rows) > limit
+            rows = rows[:limit]
+            next_cursor = encode_cursor(rows[-1]["created_at"], rows[-1]["id"]) if more else None
+            return [_row_to_delivery(row, with_event=True) for row in rows], next_cursor
+
+        return await self._read(query)
+
+    async def get_delivery(self, delivery_id: str) -> tuple[Delivery, list[AttemptRecord]] | None:
+        def query(conn: sqlite3.Connection) -> tuple[Delivery, list[AttemptRecord]] | None:
+            row = conn.execute(
+                "SELECT d.*, e.id AS e_id, e.type AS e_type, e.workflow_run_id AS e_run, e.occurred_at AS e_at,"
+                " e.data AS e_data, e.seq AS e_seq FROM deliveries d JOIN events e ON e.seq = d.event_seq WHERE d.id = ?",
+                (delivery_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            attempts = [
+                AttemptRecord(attempted_at=_parse_ts(a["attempted_at"]), outcome=a["outcome"], status=a["status"],
+                              latency_ms=a["latency_ms"], error=a["error"], response=a["response"], request=json.loads(a["request"]))
+                for a in conn.execute("SELECT * FROM delivery_attempts WHERE delivery_id = ? ORDER BY id", (delivery_id,))
+            ]
+            return _row_to_delivery(row, with_event=True), attempts
+
+        return await self._read(query)
+
+    async def retry_delivery(self, delivery_id: str, *, now: datetime) -> Delivery | None:
+        def tx(conn: sqlite3.Connection) -> Delivery | None:
+            at = _ts(now)
+            changed = conn.execute(
+                "UPDATE deliveries SET status = 'pending', attempts = 0, first_attempt_at = NULL, next_attempt_at = ?,"
+                " lease_owner = NULL, lease_until = NULL, updated_at = ? WHERE id = ?", (at, at, delivery_id),
+            ).rowcount
+            if not changed:
+                return None
+            return _row_to_delivery(conn.execute("SELECT * FROM deliveries WHERE id = ?", (delivery_id,)).fetchone())
+
+        return self._notify((delivery := await self._write(tx), 1 if delivery else 0))
+
+    async def replay_deliveries(self, subscription: str, *, since: datetime, until: datetime, now: datetime,
+                                matches: Callable[[str], bool], ordered: bool) -> int:
+        def tx(conn: sqlite3.Connection) -> tuple[int, int]:
+            at = _ts(now)
+            events = conn.execute(
+                "SELECT e.seq, e.type, e.workflow_run_id, d.id AS delivery_id FROM events e"
+                " LEFT JOIN deliveries d ON d.event_seq = e.seq AND d.subscription = ?"
+                " WHERE e.occurred_at >= ? AND e.occurred_at < ? ORDER BY e.seq",
+                (subscription, _ts(since), _ts(until)),
+            ).fetchall()
+            count = 0
+            for row in events:
+                if row["delivery_id"] is not None:
+                    conn.execute(
+                        "UPDATE deliveries SET status = 'pending', attempts = 0, first_attempt_at = NULL, next_attempt_at = ?,"
+                        " lease_owner = NULL, lease_until = NULL, updated_at = ? WHERE id = ?", (at, at, row["delivery_id"]),
+                    )
+                    count += 1
+                elif matches(row["type"]):
+                    self._insert_delivery(conn, row["seq"], subscription, row["workflow_run_id"], ordered, now)
+                    count += 1
+            return count, count
+
+        return self._notify(await self._write(tx))
+
+    async def endpoint_health(self) -> dict[str, EndpointHealth]:
+        def query(conn: sqlite3.Connection) -> dict[str, EndpointHealth]:
+            return {row["subscription"]: _row_to_health(row) for row in conn.execute("SELECT * FROM subscription_health")}
+
+        return await self._read(query)
+
+    async def set_endpoint_disabled(self, subscription: str, *, reason: str | None, now: datetime) -> list[Event]:
+        def tx(conn: sqlite3.Connection) -> tuple[list[Event], int]:
+            at = _ts(now)
+            conn.execute(
+                "INSERT INTO subscription_health (subscription, consecutive_failures, disabled_at, disabled_reason)"
+                " VALUES (?, 0, ?, ?) ON CONFLICT (subscription) DO UPDATE SET disabled_at = excluded.disabled_at,"
+                " disabled_reason = excluded.disabled_reason"
+                + (", consecutive_failures = 0, first_failure_at = NULL" if reason is None else ""),
+                (subscription, at if reason else None, reason),
+            )
+            if reason is None:
+                return [], 1
+            event = Event(type="webhook.endpoint_disabled", workflow_run_id=None, occurred_at=now,
+                          data={"subscription": subscription, "reason": reason})
+            return [event], self._insert_events(conn, [event])
+
+        events, queued = await self._write(tx)
+        self.on_deliveries()
+        return events
+
+    async def outbox_stats(self, *, now: datetime) -> dict[str, Any]:
+        def query(conn: sqlite3.Connection) -> dict[str, Any]:
+            row = conn.execute("SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM deliveries WHERE status = 'pending'").fetchone()
+            oldest = _parse_ts(row["oldest"])
+            return {"pending": row["n"], "oldest_pending_seconds": (now - oldest).total_seconds() if oldest else 0.0}
+
+        return await self._read(query)
+
+
+def _row_to_event(row: sqlite3.Row, prefix: str = "") -> Event:
+    p = prefix
+    return Event(type=row[f"{p}type"], workflow_run_id=row[f"{p}run" if p else "workflow_run_id"],
+                 occurred_at=_parse_ts(row[f"{p}at" if p else "occurred_at"]), data=json.loads(row[f"{p}data"]),
+                 id=row[f"{p}id"], seq=row[f"{p}seq"])
+
+
+def _row_to_delivery(row: sqlite3.Row, *, with_event: bool = False) -> Delivery:
+    return Delivery(
+        id=row["id"], event_seq=row["event_seq"], subscription=row["subscription"], workflow_run_id=row["workflow_run_id"],
+        status=row["status"], attempts=row["attempts"], next_attempt_at=_parse_ts(row["next_attempt_at"]),
+        created_at=_parse_ts(row["created_at"]), updated_at=_parse_ts(row["updated_at"]),
+        first_attempt_at=_parse_ts(row["first_attempt_at"]), last_attempt_at=_parse_ts(row["last_attempt_at"]),
+        last_status=row["last_status"], last_error=row["last_error"],
+        event=_row_to_event(row, "e_") if with_event else None,
+    )
+
+
+def _row_to_health(row: sqlite3.Row) -> EndpointHealth:
+    return EndpointHealth(subscription=row["subscription"], consecutive_failures=row["consecutive_failures"],
+                          first_failure_at=_parse_ts(row["first_failure_at"]), disabled_at=_parse_ts(row["disabled_at"]),
+                          disabled_reason=row["disabled_reason"])

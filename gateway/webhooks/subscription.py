@@ -484,6 +484,8 @@ def describe_validation_error(
         where = _location((*([prefix] if prefix else []), *loc))
         if item["type"] == "extra_forbidden":
             lines.append(f"{where}: unknown key")
+        elif item["type"] == "missing":
+            lines.append(f"{where}: required key is missing")
         else:
             message = item["msg"].removeprefix("Value error, ")
             lines.append(f"{where}: {message}")

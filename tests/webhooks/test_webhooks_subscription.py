@@ -134,7 +134,7 @@ def test_disabled_subscriptions_match_nothing():
         ({"signing": {"secrets": ["not-a-whsec"]}}, "secrets[0]: a signing secret starts with 'whsec_'"),
         ({"signing": {"secrets": ["whsec_{{secret.A}}x"]}}, "exactly one {{secret.NAME}}"),
         ({"auth": {"type": "header", "headers": {"X-S": "{{hmac_sha256(secret.K, _auth.nonce_x + body)}}"}}}, "unknown variable 'body'"),
-        ({"auth": {"type": "mtls"}}, "webhooks[0].auth.cert: Field required"),
+        ({"auth": {"type": "mtls"}}, "webhooks[0].auth.cert: required key is missing"),
         (
             {"auth": {"type": "oauth2_client_credentials", "token_url": "file:///etc/passwd", "client_id": "a", "client_secret": "b"}},
             "token_url must start with http",
