@@ -134,6 +134,7 @@ def polyphase_bank(src_rate: int, dst_rate: int) -> PolyphaseBank:
     valid = (idx >= 0) & (idx < n)
     matrix = np.where(valid, taps[np.clip(idx, 0, n - 1)], 0.0).astype(np.float32)
     matrix.flags.writeable = False
+    taps.flags.writeable = False
     peak_gain = float(np.abs(matrix).astype(np.float64).sum(axis=0).max())
     if peak_gain >= MAX_PEAK_GAIN:
         raise AssertionError(f"{src_rate}->{dst_rate}: peak gain {peak_gain:.3f} exceeds {MAX_PEAK_GAIN}")

@@ -1,10 +1,10 @@
 """Streaming polyphase resampling: state carried across frames, exact output counts, no drift.
 
-``PolyphaseStream`` is the engine: it keeps the last few raw wire samples as filter history
-(as ``bytes``, so a frame costs one small concatenation and no buffer shuffling), turns every
-complete block of input into a strided window view over those bytes, gathers the windows into a
-float32 matrix through a decoder, and multiplies by the bank. ``StreamingResampler`` is the
-public int16 face of it.
+``PolyphaseStream`` is the engine: it keeps the last few raw wire samples as filter history in
+a fixed buffer, sees every complete block of input through a strided window view of that
+buffer, gathers the windows into a float32 matrix through a decoder (which is where G.711 gets
+decoded), and multiplies by the bank in one BLAS call. ``StreamingResampler`` is the public
+int16 face of it; ``Transcoder`` drives it directly with wire bytes.
 
 Counting is pure integer arithmetic on totals: after T input samples the stream has emitted
 ``(T // C) * P`` outputs, so every 10 or 20 ms frame yields exactly 10 or 20 ms, for ever; the
@@ -21,6 +21,8 @@ from .filters import SUPPORTED_RATES, PolyphaseBank, polyphase_bank
 
 _MAX_WINDOW_ELEMENTS = 1 << 18  # bounds scratch memory when one call brings a lot of audio
 _BUFFERED_FRAMES_10MS = 12  # chunks up to 120 ms take the in-place path; longer ones are rare
+_CACHED_FRAME_SHAPES = 4  # steady streams use one or two; odd chunkers must not grow memory
+_dot = np.dot
 
 
 class PolyphaseStream:
@@ -42,23 +44,23 @@ class PolyphaseStream:
         self._width = width = decoder.sample_width
         self._silence = decoder.silence  # the line before the first sample and after the last
         self._matrix = bank.matrix
-        self._block_in = bank.block_in
         self._block_bytes = bank.block_in * width
         self._strides = (self._block_bytes, width)
         self._history_bytes = bank.history * width
         self._max_blocks = max(1, _MAX_WINDOW_ELEMENTS // bank.window)
         ten_ms = bank.src_rate // 100
         self._buffer = bytearray((bank.window + _BUFFERED_FRAMES_10MS * ten_ms) * width)
+        self._capacity = len(self._buffer)
         self._memory = memoryview(self._buffer)
-        self._views: dict[int, np.ndarray] = {}
-        self._scratch = np.empty((0, bank.block_out), dtype=np.float32)
+        # Per block count: the window view over the buffer and the output scratch it fills.
+        self._frames: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.reset()
 
     def reset(self) -> None:
         """Forget all history and counts (barge-in, or a new stream)."""
         self._memory[: self._history_bytes] = self._silence * self.bank.history
         self._fill = self._history_bytes  # bytes of history + pending input in the buffer
-        self._samples_in = 0
+        self._bytes_in = 0
         self._blocks_out = 0
 
     @property
@@ -71,10 +73,10 @@ class PolyphaseStream:
         size = len(data)
         if size % self._width:
             raise ValueError(f"raw samples are {self._width} bytes wide, got {size} bytes")
-        self._samples_in += size // self._width
+        self._bytes_in += size
         fill = self._fill
         end = fill + size
-        if end > len(self._buffer):
+        if end > self._capacity:
             return self._run(data)
         memory = self._memory
         memory[fill:end] = data
@@ -82,15 +84,16 @@ class PolyphaseStream:
         if not blocks:
             self._fill = end
             return None
-        windows = self._views.get(blocks)
-        if windows is None:
-            windows = self._views[blocks] = np.ndarray(
-                (blocks, self.bank.window), self._dtype, self._buffer, 0, self._strides
+        frame = self._frames.get(blocks)
+        if frame is None:
+            frame = (
+                np.ndarray((blocks, self.bank.window), self._dtype, self._buffer, 0, self._strides),
+                np.empty((blocks, self.bank.block_out), dtype=np.float32),
             )
-        y = self._scratch
-        if y.shape[0] != blocks:
-            y = self._scratch = np.empty((blocks, self.bank.block_out), dtype=np.float32)
-        np.dot(self._gather(windows), self._matrix, out=y)
+            if len(self._frames) < _CACHED_FRAME_SHAPES:
+                self._frames[blocks] = frame
+        windows, y = frame
+        _dot(self._gather(windows), self._matrix, y)
         used = blocks * self._block_bytes
         memory[: end - used] = memory[used:end]
         self._fill = end - used
@@ -103,10 +106,11 @@ class PolyphaseStream:
         A stream that never received a sample has no tail.
         """
         bank = self.bank
-        if not self._samples_in:
+        if not self._bytes_in:
             self.reset()
             return np.empty(0, dtype=np.float32)
-        total = -(-self._samples_in * bank.up // bank.down) + bank.delay
+        samples_in = self._bytes_in // self._width
+        total = -(-samples_in * bank.up // bank.down) + bank.delay
         remaining = total - self._blocks_out * bank.block_out
         blocks = -(-remaining // bank.block_out)
         pad = blocks * bank.block_in - self.pending_samples
@@ -126,7 +130,7 @@ class PolyphaseStream:
                 n = min(self._max_blocks, blocks - start)
                 offset = start * self._block_bytes
                 windows = np.ndarray((n, self.bank.window), self._dtype, raw, offset, self._strides)
-                np.dot(self._gather(windows), self._matrix, out=y[start : start + n])
+                _dot(self._gather(windows), self._matrix, y[start : start + n])
             self._blocks_out += blocks
         rest = raw[max(blocks, 0) * self._block_bytes :]
         self._memory[: len(rest)] = rest
