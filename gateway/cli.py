@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
+from typing import TYPE_CHECKING
 
 from gateway.config import ConfigError, GatewayConfig, load_config
+
+if TYPE_CHECKING:
+    from gateway.calls.record import CallRecord
 
 
 def _load(path: str | None) -> GatewayConfig:
@@ -50,6 +55,132 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sample_call(run_id: str) -> "CallRecord":
+    from datetime import timedelta
+
+    from gateway.calls.record import CallRecord, utcnow
+    from gateway.calls.states import CallState
+
+    now = utcnow()
+    return CallRecord(
+        workflow_run_id=run_id, workflow_id="sample-workflow", user_id="sample-user", provider="twilio",
+        provider_call_id="CA" + "0" * 32, state=CallState.COMPLETED, from_number="+15550100", to_number="+15550199",
+        direction="outbound", started_at=now - timedelta(seconds=75), answered_at=now - timedelta(seconds=60),
+        ended_at=now, duration=60, initial_context={"customer": "sample"}, gathered_context={"resolution": "sample"},
+        created_at=now - timedelta(seconds=75), updated_at=now,
+    )
+
+
+async def _webhook_test(config: GatewayConfig, name: str, event_type: str | None, run_id: str | None) -> int:
+    import json
+    import time
+
+    from gateway.calls.record import utcnow
+    from gateway.events.envelope import Event, new_event_id
+    from gateway.store import open_store_for
+    from gateway.store.base import event_data
+    from gateway.webhooks.clients import EndpointClients
+    from gateway.webhooks.policy import map_response
+    from gateway.webhooks.sender import RequestBuildError, build_request, send_attempt
+    from gateway.webhooks.worker import delivery_context
+
+    subscription = next((s for s in config.webhooks if s.name == name), None)
+    if subscription is None:
+        print(f"no webhook named {name!r}; configured: {', '.join(s.name for s in config.webhooks) or 'none'}", file=sys.stderr)
+        return 2
+    call = None
+    if run_id:
+        store = open_store_for(config.store)
+        await store.open()
+        try:
+            call = await store.get_call(run_id)
+        finally:
+            await store.close()
+        if call is None:
+            print(f"no call with workflow_run_id {run_id!r} in {config.store}", file=sys.stderr)
+            return 2
+    call = call or _sample_call("sample-run")
+    kind = event_type or next((e for e in subscription.events if "*" not in e and "?" not in e), "call.ended")
+    event = Event(type=kind, workflow_run_id=call.workflow_run_id, occurred_at=utcnow(), data=event_data(call))
+    try:
+        prepared = build_request(subscription, event.envelope(), delivery_context(event, call), config.secret_values(),
+                                 message_id=new_event_id("msg"), now=time.time())
+    except RequestBuildError as exc:
+        print(f"request could not be built: {exc}", file=sys.stderr)
+        return 1
+    shown = prepared.redacted()
+    print(f"> {shown['method']} {shown['url']}")
+    for header, value in shown["headers"].items():
+        print(f"> {header}: {value}")
+    if shown["body"]:
+        print(">")
+        print(shown["body"])
+    clients = EndpointClients()
+    try:
+        result = await send_attempt(clients, prepared, subscription)
+    finally:
+        await clients.aclose()
+    print()
+    if result.status is None:
+        print(f"< no answer: {result.error}")
+    else:
+        print(f"< {result.status} in {result.latency_ms:.0f} ms")
+        if result.response_text:
+            print(result.response_text)
+    print()
+    print(f"verdict: {result.outcome.value} ({'success' if result.success else 'not a success'} by the rule {subscription.success.model_dump()})")
+    if subscription.response_mapping:
+        mapped = map_response(subscription.name, result.status, result.response_json, subscription.response_mapping, success=result.success)
+        print("mapped into gathered_context:")
+        print(json.dumps(mapped, indent=2, default=str))
+    return 0 if result.success else 1
+
+
+async def _deliveries(config: GatewayConfig, args: argparse.Namespace) -> int:
+    import json
+    from datetime import datetime, timezone
+
+    from gateway.store import StoreError, open_store_for
+
+    store = open_store_for(config.store)
+    await store.open()
+    now = datetime.now(timezone.utc)
+    try:
+        if args.action == "list":
+            rows, _ = await store.list_deliveries(status=args.status, subscription=args.subscription, run_id=args.run, limit=args.limit)
+            for row in rows:
+                print(f"{row.id}  {row.status:<9} {row.subscription:<16} {row.event.type if row.event else '-':<28} "
+                      f"run={row.workflow_run_id or '-'} attempts={row.attempts} last={row.last_status or row.last_error or '-'}")
+            if not rows:
+                print("no deliveries")
+        elif args.action == "retry":
+            delivery = await store.retry_delivery(args.id, now=now)
+            if delivery is None:
+                print(f"no delivery {args.id}", file=sys.stderr)
+                return 2
+            print(f"{delivery.id} is pending again; a running gateway sends it within {config.delivery.poll_seconds:g} s")
+        else:
+            subscription = next((s for s in config.webhooks if s.name == args.subscription), None)
+            if subscription is None:
+                print(f"no webhook named {args.subscription!r}", file=sys.stderr)
+                return 2
+            try:
+                since = datetime.fromisoformat(args.since.replace("Z", "+00:00"))
+                until = datetime.fromisoformat(args.until.replace("Z", "+00:00")) if args.until else now
+            except ValueError as exc:
+                print(f"--since/--until: {exc}", file=sys.stderr)
+                return 2
+            count = await store.replay_deliveries(subscription.name, since=since, until=until, now=now,
+                                                  matches=subscription.matches, ordered=subscription.ordered)
+            print(json.dumps({"subscription": subscription.name, "queued": count}))
+    except StoreError as exc:
+        print(f"store error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await store.close()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gateway", description="Telephony call-event gateway")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -61,6 +192,32 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate the configuration and print a summary")
     check.add_argument("--config", help="YAML config file (default: $GATEWAY_CONFIG)")
     check.set_defaults(func=_check_config)
+
+    webhooks = commands.add_parser("webhooks", help="outbound webhook tools")
+    webhook_commands = webhooks.add_subparsers(dest="webhooks_command", required=True)
+    test = webhook_commands.add_parser("test", help="render and send one webhook, show the request, answer and verdict")
+    test.add_argument("name", help="the subscription's name")
+    test.add_argument("--event", help="event type to send (default: the subscription's first)")
+    test.add_argument("--run", help="use this stored call instead of a sample call")
+    test.add_argument("--config", help="YAML config file (default: $GATEWAY_CONFIG)")
+    test.set_defaults(func=lambda a: asyncio.run(_webhook_test(_load(a.config), a.name, a.event, a.run)))
+
+    deliveries = commands.add_parser("deliveries", help="inspect, retry and replay webhook deliveries")
+    delivery_commands = deliveries.add_subparsers(dest="action", required=True)
+    listing = delivery_commands.add_parser("list", help="newest deliveries first")
+    listing.add_argument("--status", choices=["pending", "succeeded", "failed", "dead"])
+    listing.add_argument("--subscription")
+    listing.add_argument("--run")
+    listing.add_argument("--limit", type=int, default=50)
+    retry = delivery_commands.add_parser("retry", help="send a delivery again, its schedule started afresh")
+    retry.add_argument("id")
+    replay = delivery_commands.add_parser("replay", help="queue a subscription's events of a time range again")
+    replay.add_argument("--subscription", required=True)
+    replay.add_argument("--since", required=True, help="RFC 3339 time, e.g. 2026-11-25T00:00:00Z")
+    replay.add_argument("--until", help="RFC 3339 time (default: now)")
+    for sub in (listing, retry, replay):
+        sub.add_argument("--config", help="YAML config file (default: $GATEWAY_CONFIG)")
+        sub.set_defaults(func=lambda a: asyncio.run(_deliveries(_load(a.config), a)))
     return parser
 
 

@@ -94,6 +94,7 @@ class WorkflowSource(_Model):
 
     path: str
     credentials: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    allow_networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(default_factory=list)
 
 
 class GatewayConfig(_Model):
@@ -219,9 +220,12 @@ def _with_workflows(config: GatewayConfig) -> GatewayConfig:
     subscriptions = list(config.webhooks)
     for index, source in enumerate(config.workflows):
         try:
-            subscriptions += load_dograh_workflow(source.path, source.credentials)
+            imported = load_dograh_workflow(source.path, source.credentials)
         except (SubscriptionConfigError, OSError, ValueError) as exc:
             raise ConfigError(f"workflows[{index}] ({source.path}): {exc}") from None
+        if source.allow_networks:
+            imported = [s.model_copy(update={"allow_networks": list(source.allow_networks)}) for s in imported]
+        subscriptions += imported
     names = [s.name for s in subscriptions]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:

@@ -320,3 +320,31 @@ def test_bad_subscription_config_stops_startup(tmp_path, bad):
     sub = {"name": "crm", "events": ["call.*"], "url": "https://example.com/x", **bad}
     with pytest.raises(ConfigError, match=r"webhooks\[0\]"):
         parse_config(base_config(tmp_path, webhooks=[sub]), env={})
+
+
+def test_dograh_workflow_webhook_nodes_deliver_call_ended(gateway_server, tmp_path):
+    workflow = {"nodes": [
+        {"id": "1", "type": "startCall", "data": {"name": "Start"}},
+        {"id": "2", "type": "webhook", "data": {
+            "name": "Notify CRM", "enabled": True, "http_method": "POST",
+            "endpoint_url": "RECEIVER/dograh/{{workflow_run_id}}",
+            "payload_template": {"run": "{{workflow_run_id}}", "outcome": "{{gathered_context.resolution | default('none')}}",
+                                 "duration": "{{call.duration}}"},
+            "custom_headers": [{"key": "X-Source", "value": "gateway"}],
+            "credential_uuid": "cred-1"}},
+    ]}
+    with Receiver() as receiver:
+        path = tmp_path / "workflow.json"
+        path.write_text(json.dumps(workflow).replace("RECEIVER", receiver.url))
+        server = gateway_server(workflows=[{
+            "path": str(path), "allow_networks": ["127.0.0.0/8"],
+            "credentials": {"cred-1": {"credential_type": "bearer_token", "credential_data": {"token": "dograh-token"}}},
+        }])
+        callback(server, "run-dg", "ringing")
+        callback(server, "run-dg", "completed", CallDuration="17")
+        request = receiver.wait_for(1)[0]
+        assert request["path"] == "/dograh/run-dg"
+        assert json.loads(request["body"]) == {"run": "run-dg", "outcome": "none", "duration": 17}
+        assert request["headers"]["x-source"] == "gateway" and request["headers"]["authorization"] == "Bearer dograh-token"
+        time.sleep(0.3)
+        assert len(receiver.requests) == 1  # only call.ended
