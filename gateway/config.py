@@ -162,8 +162,8 @@ class GatewayConfig(_Model):
         if value.startswith("sqlite:///"):
             return value
         if value.startswith(("postgresql://", "postgres://")):
-            raise ValueError("PostgreSQL is not supported by this version yet; use sqlite:///path")
-        raise ValueError("must be sqlite:///relative/path.db or sqlite:////absolute/path.db")
+            return value
+        raise ValueError("must be sqlite:///relative/path.db, sqlite:////absolute/path.db or postgresql://user:pass@host:port/db")
 
     def sqlite_path(self) -> str:
         """Filesystem path of the SQLite database named by `store`."""

@@ -42,3 +42,30 @@ def gateway_process(tmp_path):
     yield start
     for proc in procs:
         proc.stop()
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "postgresql: needs the PostgreSQL server of postgres_support")
+
+
+def pytest_collection_modifyitems(config, items):
+    from postgres_support import POSTGRES_PROBLEM
+
+    if not POSTGRES_PROBLEM:
+        return
+    kept = [item for item in items if item.get_closest_marker("postgresql") is None]
+    dropped = [item for item in items if item.get_closest_marker("postgresql") is not None]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
+def pytest_terminal_summary(terminalreporter):
+    from postgres_support import POSTGRES_PROBLEM, POSTGRES_URL
+
+    if POSTGRES_PROBLEM:
+        terminalreporter.write_sep("!", "PostgreSQL half of the suite NOT run", red=True)
+        terminalreporter.write_line(f"{POSTGRES_URL}: {POSTGRES_PROBLEM}")
+        terminalreporter.write_line("Set GATEWAY_TEST_POSTGRES_URL or run `bash .ci/run` to test both backends.")
+    else:
+        terminalreporter.write_line(f"PostgreSQL half of the suite ran against {POSTGRES_URL}")

@@ -1,0 +1,57 @@
+"""Where the tests find PostgreSQL, and a fresh schema per test.
+
+`GATEWAY_TEST_POSTGRES_URL` names the server (default: the database `.ci/run` creates).
+When it cannot be reached the PostgreSQL half of the suite is not generated and the run
+says so loudly at the end; under CI (`CI=true`) that is an error instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import uuid
+from typing import AsyncIterator
+
+DEFAULT_URL = "postgresql://gateway:gateway@127.0.0.1:5432/gateway_test"
+POSTGRES_URL = os.environ.get("GATEWAY_TEST_POSTGRES_URL", DEFAULT_URL)
+
+
+def _reachable(url: str) -> str | None:
+    """None when PostgreSQL answers at `url`, else why not."""
+    try:
+        import asyncpg
+    except ImportError as exc:
+        return f"asyncpg is not installed ({exc})"
+
+    async def probe() -> None:
+        conn = await asyncpg.connect(url, timeout=3)
+        await conn.close()
+
+    try:
+        asyncio.run(probe())
+    except Exception as exc:  # any failure means: not usable here
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+POSTGRES_PROBLEM = _reachable(POSTGRES_URL)
+if POSTGRES_PROBLEM and os.environ.get("CI") == "true":
+    raise RuntimeError(f"CI must run the PostgreSQL half of the suite, but {POSTGRES_URL} is not usable: {POSTGRES_PROBLEM}")
+BACKENDS = ["sqlite"] if POSTGRES_PROBLEM else ["sqlite", "postgresql"]
+
+
+@contextlib.asynccontextmanager
+async def postgres_schema_url() -> AsyncIterator[str]:
+    """A store URL whose `?schema=` is a fresh schema, dropped afterwards."""
+    import asyncpg
+
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    try:
+        yield f"{POSTGRES_URL}?schema={schema}"
+    finally:
+        conn = await asyncpg.connect(POSTGRES_URL)
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        finally:
+            await conn.close()

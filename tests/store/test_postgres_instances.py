@@ -1,0 +1,79 @@
+"""Two store instances on one PostgreSQL: what several gateway processes rely on."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timezone
+
+from gateway.calls import CallState, CallUpdate
+from gateway.calls import events as ev
+from gateway.events.fanout import EventFanout, Route
+import pytest
+
+from postgres_support import postgres_schema_url
+
+pytestmark = pytest.mark.postgresql  # deselected, and reported, when PostgreSQL is not reachable
+
+
+async def two_stores(url):
+    from gateway.store.postgres import PostgresStore
+
+    a, b = PostgresStore(url), PostgresStore(url)
+    await asyncio.gather(a.open(), b.open())  # migrations applied once, safely, when both start together
+    return a, b
+
+
+async def test_callbacks_for_one_call_on_two_instances_serialize():
+    async with postgres_schema_url() as url:
+        a, b = await two_stores(url)
+        try:
+            states = [CallState.RINGING, CallState.ANSWERED, CallState.COMPLETED, CallState.BUSY]
+            results = await asyncio.gather(*(
+                (a if i % 2 else b).apply_update(
+                    CallUpdate(provider="twilio", provider_call_id="CA1", raw_status=states[i % 4].value, state=states[i % 4], params={}),
+                    run_id="shared-run")
+                for i in range(60)
+            ))
+            emitted = [e.type for r in results for e in r.events]
+            assert emitted.count(ev.CALL_ENDED) == 1
+            assert sum(r.created for r in results) == 1
+            assert len(await a.get_timeline("shared-run")) == 60
+        finally:
+            await asyncio.gather(a.close(), b.close())
+
+
+async def test_two_workers_never_claim_the_same_row():
+    async with postgres_schema_url() as url:
+        a, b = await two_stores(url)
+        try:
+            for store in (a, b):
+                store.set_fanout(EventFanout([Route("crm", ("call.*",), ordered=False)]))
+            for i in range(40):
+                await a.apply_update(CallUpdate(provider="twilio", provider_call_id=f"C{i}", raw_status="ringing",
+                                                state=CallState.RINGING, params={}), run_id=f"r{i}")
+            now = datetime.now(timezone.utc)
+            ids: list[str] = []
+            for _ in range(20):  # racing claimers may come back short-handed, never doubled
+                claims = await asyncio.gather(*(
+                    (a if i % 2 else b).claim_deliveries(f"w{i}", now=now, lease_seconds=60, capacity={"crm": 7}) for i in range(10)
+                ))
+                ids += [d.id for batch in claims for d in batch]
+                if len(ids) >= 40:
+                    break
+            assert len(ids) == len(set(ids)) == 40
+        finally:
+            await asyncio.gather(a.close(), b.close())
+
+
+async def test_notify_wakes_the_other_instance():
+    async with postgres_schema_url() as url:
+        a, b = await two_stores(url)
+        try:
+            woke = asyncio.Event()
+            a.set_fanout(EventFanout([Route("crm", ("call.*",))]))
+            b.set_fanout(EventFanout([Route("crm", ("call.*",))]), woke.set)
+            await a.apply_update(CallUpdate(provider="twilio", provider_call_id="C1", raw_status="ringing",
+                                            state=CallState.RINGING, params={}), run_id="r1")
+            await asyncio.wait_for(woke.wait(), 5)
+        finally:
+            await asyncio.gather(a.close(), b.close())
