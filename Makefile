@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install run test bench clean
+.PHONY: install run tunnel test bench clean
 
 $(BIN)/gateway: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ $(VENV)/.test-deps: $(BIN)/gateway
 
 run: install
 	$(BIN)/gateway serve $(ARGS)
+
+# A cloudflared quick tunnel to the gateway started by `make run` (public_url: auto finds it).
+tunnel: install
+	$(BIN)/gateway tunnel $(ARGS)
 
 test: $(VENV)/.test-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -7,16 +7,23 @@ import logging
 from typing import AsyncIterator
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.api import admin, deliveries, health, media, telephony
+from gateway.api import admin, deliveries, health, media, recordings, telephony
+from gateway.api import calls as calls_api
+from gateway.api import campaigns as campaigns_api
+from gateway.api import tunnel as tunnel_api
 from gateway.api.context import GatewayContext
+from gateway.api.middleware import EdgeMiddleware
 from gateway.api.problems import problem
-from gateway.config import GatewayConfig, with_dev_secrets
+from gateway.config import ConfigError, GatewayConfig, with_dev_secrets
+from gateway.dial.setup import DialSetupError, build_dial_services
 from gateway.events.fanout import EventFanout, Route
 from gateway.store import Store, open_store_for
+from gateway.tunnel import detector_for
 from gateway.webhooks.worker import DeliveryWorker, WorkerSettings
 
 log = logging.getLogger("gateway")
@@ -49,24 +56,50 @@ def create_app(config: GatewayConfig, *, store: Store | None = None) -> Starlett
         worker.wake,
     )
     ctx = GatewayContext(config=config, store=store, worker=worker)
+    store.set_control_handler(ctx.sessions.handle_control)
+    if config.public_url == "auto":
+        ctx.tunnel = detector_for(config.tunnel)
+    try:
+        dial = build_dial_services(config, store, worker, secret_key=ctx.secret_key,
+                                   origin=lambda: _provider_origin(ctx), draining=lambda: ctx.draining)
+    except DialSetupError as exc:
+        raise ConfigError(str(exc)) from None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await store.open()
         await worker.start()
+        if ctx.tunnel is not None:
+            await ctx.tunnel.start()
+        await dial.start()
         log.info("gateway ready: store=%s agent=%s providers=%s webhooks=%d", config.store, config.agent.url,
                  ",".join(name for name in ("twilio", "vonage") if getattr(config.providers, name)) or "none",
                  len(config.webhooks))
         try:
             yield
         finally:
+            await dial.stop()
+            if ctx.tunnel is not None:
+                await ctx.tunnel.stop()
             await worker.stop()
             await store.close()
 
     app = Starlette(
-        routes=[*health.routes, *telephony.routes, *media.routes, *admin.routes, *deliveries.routes],
+        routes=[*health.routes, *telephony.routes, *media.routes, *calls_api.routes, *campaigns_api.routes, *admin.routes, *deliveries.routes, *recordings.routes,
+                *tunnel_api.routes],
         lifespan=lifespan,
+        middleware=[Middleware(EdgeMiddleware, rate=config.limits.provider_requests_per_second,
+                               burst=config.limits.provider_burst, trusted=config.trusted_proxies)],
         exception_handlers={HTTPException: _http_error, Exception: _server_error},
     )
     app.state.gateway = ctx
+    app.state.dial = dial
     return app
+
+
+def _provider_origin(ctx: GatewayContext) -> str | None:
+    """The public origin for URLs handed to providers outside a request (campaign dials)."""
+    public_url = ctx.config.public_url
+    if public_url and public_url != "auto":
+        return public_url
+    return ctx.tunnel.origin() if ctx.tunnel is not None else None

@@ -1,10 +1,9 @@
-"""The `gateway` command: `serve` and `check-config`."""
+"""The `gateway` command: `serve`, `check-config`, `tunnel`, and the webhook and delivery tools."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 from typing import TYPE_CHECKING
 
@@ -23,21 +22,31 @@ def _load(path: str | None) -> GatewayConfig:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from gateway.app import create_app
+    from gateway.config import with_dev_secrets
+    from gateway.logs import configure_logging
+    from gateway.serve import run
 
     config = _load(args.config)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    secrets = []
+    for provider in (config.providers.twilio, config.providers.vonage):
+        for name in ("auth_token", "signature_secret", "private_key"):
+            value = getattr(provider, name, None) if provider else None
+            if value is not None:
+                secrets.append(value.get_secret_value())
+    secrets += list(config.secret_values().values())
+    secrets += [key for sub in config.webhooks for key in getattr(sub.signing, "secrets", [])]
+    redactor = configure_logging(fmt=config.log.format, level=config.log.level, secrets=secrets)
     try:
+        config = with_dev_secrets(config)
+        redactor.add(v.get_secret_value() for v in (config.api_key, config.secret_key) if v is not None)
         app = create_app(config)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
     host = args.host or config.listen.host
     port = config.listen.port if args.port is None else args.port
-    uvicorn.run(app, host=host, port=port, log_level="info", proxy_headers=False, server_header=False,
-                ws_max_size=1 << 20, lifespan="on")
+    run(app, host=host, port=port, drain_seconds=config.shutdown.drain_seconds)
     return 0
 
 
@@ -47,12 +56,49 @@ def _check_config(args: argparse.Namespace) -> int:
     print("config OK")
     print(f"  listen: {config.listen.host}:{config.listen.port}")
     print(f"  public_url: {config.public_url or '(from each request)'}")
+    if config.public_url == "auto":
+        from gateway.tunnel.cloudflared import DEFAULT_METRICS
+
+        where = ", ".join(config.tunnel.metrics or DEFAULT_METRICS)
+        if config.tunnel.log_file:
+            where += f", then {config.tunnel.log_file}"
+        print(f"  tunnel: cloudflared quick tunnel looked for at {where}")
     print(f"  store: {config.store}")
     print(f"  providers: {', '.join(providers) or 'none configured'}")
     print(f"  agent: {config.agent.url} ({config.agent.audio.encoding}/{config.agent.audio.sample_rate})")
     print(f"  api_key: {'set' if config.api_key else 'not set (development secret will be generated)'}")
     print(f"  webhooks: {len(config.webhooks)}")
     return 0
+
+
+def _tunnel(args: argparse.Namespace) -> int:
+    """Start `cloudflared tunnel --url http://localhost:PORT --metrics ADDR` in the foreground."""
+    import shlex
+
+    from gateway.tunnel.cloudflared import DEFAULT_METRICS
+    from gateway.tunnel.launcher import INSTALL_HINT, find_cloudflared, quick_tunnel_command, run_quick_tunnel
+
+    config = _load(args.config)
+    port = config.listen.port if args.port is None else args.port
+    binary = find_cloudflared()
+    command = quick_tunnel_command(binary or "cloudflared", port, args.metrics)
+    if args.dry_run:
+        print(shlex.join(command))
+        return 0
+    if binary is None:
+        print(INSTALL_HINT, file=sys.stderr, end="")
+        return 127
+    looked_at = config.tunnel.metrics or list(DEFAULT_METRICS)
+    print(f"starting a cloudflared quick tunnel to http://localhost:{port}: {shlex.join(command)}", file=sys.stderr)
+    if config.public_url != "auto":
+        print(f"note: public_url is {config.public_url or 'not set'}, so the gateway will not use this tunnel; "
+              "set public_url: auto and it finds the tunnel's hostname by itself", file=sys.stderr)
+    elif args.metrics not in looked_at and f"http://{args.metrics}" not in looked_at:
+        print(f"note: the gateway looks for cloudflared at {', '.join(looked_at)} (tunnel.metrics), not at {args.metrics}",
+              file=sys.stderr)
+    else:
+        print("the gateway (public_url: auto) finds the tunnel's hostname by itself: see GET /api/v1/tunnel", file=sys.stderr)
+    return run_quick_tunnel(command, args.log_file or config.tunnel.log_file)
 
 
 def _sample_call(run_id: str) -> "CallRecord":
@@ -181,6 +227,24 @@ async def _deliveries(config: GatewayConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def _simulate(args: argparse.Namespace) -> int:
+    from gateway.config import with_dev_secrets
+    from gateway.simulate import SimulationError, read_wav, report, simulate
+    from gateway.audio import TWILIO_FORMAT, VONAGE_FORMAT
+
+    config = with_dev_secrets(_load(args.config))
+    base = args.url or f"http://127.0.0.1:{config.listen.port}"
+    audio = read_wav(args.audio, TWILIO_FORMAT if args.provider == "twilio" else VONAGE_FORMAT) if args.audio else None
+    try:
+        result = asyncio.run(simulate(config, base, provider=args.provider, to=args.to, from_=args.from_,
+                                      workflow_id=args.workflow, user_id=args.user, seconds=args.seconds, audio=audio))
+    except (SimulationError, OSError) as exc:
+        print(f"simulation failed: {exc}", file=sys.stderr)
+        return 1
+    print(report(result))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gateway", description="Telephony call-event gateway")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -192,6 +256,25 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate the configuration and print a summary")
     check.add_argument("--config", help="YAML config file (default: $GATEWAY_CONFIG)")
     check.set_defaults(func=_check_config)
+    tunnel = commands.add_parser("tunnel", help="start a cloudflared quick tunnel to this gateway (for public_url: auto)")
+    tunnel.add_argument("--config", help="YAML config file (default: $GATEWAY_CONFIG)")
+    tunnel.add_argument("--port", type=int, help="the gateway's local port (default: listen.port)")
+    tunnel.add_argument("--metrics", default="127.0.0.1:20241", help="cloudflared's metrics address (default: 127.0.0.1:20241)")
+    tunnel.add_argument("--log-file", help="also write cloudflared's log here (default: tunnel.log_file)")
+    tunnel.add_argument("--dry-run", action="store_true", help="print the cloudflared command instead of running it")
+    tunnel.set_defaults(func=_tunnel)
+
+    sim = commands.add_parser("simulate", help="play Twilio or Vonage against a running gateway (no phone needed)")
+    sim.add_argument("--provider", choices=["twilio", "vonage"], default="twilio")
+    sim.add_argument("--audio", help="a 16-bit mono WAV file to speak (default: a built-in speech-like signal)")
+    sim.add_argument("--seconds", type=float, default=3.0, help="length of the built-in signal")
+    sim.add_argument("--to", default="+15550100")
+    sim.add_argument("--from", dest="from_", default="+15550199")
+    sim.add_argument("--workflow", default="sim-workflow")
+    sim.add_argument("--user", default="sim-user")
+    sim.add_argument("--url", help="the gateway's address (default: http://127.0.0.1:<listen.port>)")
+    sim.add_argument("--config", help="the gateway's YAML config (its secrets sign the simulated requests)")
+    sim.set_defaults(func=_simulate)
 
     webhooks = commands.add_parser("webhooks", help="outbound webhook tools")
     webhook_commands = webhooks.add_subparsers(dest="webhooks_command", required=True)

@@ -18,7 +18,14 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
-from gateway.webhooks.subscription import Subscription, SubscriptionConfigError, describe_validation_error, load_dograh_workflow
+from gateway.webhooks.signing import decode_signing_secret
+from gateway.webhooks.subscription import (
+    RetryPolicy,
+    Subscription,
+    SubscriptionConfigError,
+    describe_validation_error,
+    load_dograh_workflow,
+)
 
 log = logging.getLogger("gateway.config")
 
@@ -89,6 +96,75 @@ class DeliveryConfig(_Model):
     disable_after_seconds: float = Field(3600, ge=0)  # ...spanning at least this long
 
 
+class LogConfig(_Model):
+    format: Literal["auto", "json", "text"] = "auto"  # auto: text on a terminal, JSON otherwise
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class LimitsConfig(_Model):
+    """Limits that protect the process; each refusal is logged and counted in /metrics."""
+
+    max_media_sessions: int = Field(1000, ge=1)
+    provider_requests_per_second: float = Field(200.0, ge=0)  # per client IP; 0 turns the limit off
+    provider_burst: float = Field(400.0, ge=1)
+
+
+class ShutdownConfig(_Model):
+    drain_seconds: float = Field(300.0, ge=0)  # how long live calls may finish after SIGTERM
+
+
+class TunnelConfig(_Model):
+    """Where `public_url: auto` looks for a cloudflared quick tunnel's hostname."""
+
+    metrics: list[str] = Field(default_factory=list)  # cloudflared metrics host:port; empty: 127.0.0.1:20241-20245
+    log_file: str | None = None  # a file cloudflared's stderr goes to: the last place to look
+    refresh_seconds: float = Field(15.0, gt=0, le=3600)  # re-check a found tunnel this often
+    retry_seconds: float = Field(1.0, gt=0, le=3600)  # after a failed lookup; doubles up to refresh_seconds
+    timeout: float = Field(2.0, gt=0, le=60)  # per request to a metrics server
+
+    @field_validator("metrics", mode="before")
+    @classmethod
+    def _metrics_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics_addresses(cls, value: list[str]) -> list[str]:
+        for address in value:
+            if not re.match(r"^(http://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):\d{1,5}/?$", address):
+                raise ValueError(f"{address!r} is not a host:port (for example 127.0.0.1:20241 or cloudflared:20241)")
+            if not 0 < int(address.rstrip("/").rsplit(":", 1)[1]) < 65536:
+                raise ValueError(f"{address!r}: the port must be 1-65535")
+        return value
+
+
+class DialConfig(_Model):
+    """Outbound calls and campaigns (`POST /api/v1/calls`, `/api/v1/campaigns`)."""
+
+    default_provider: Literal["twilio", "vonage"] | None = None  # when a request names none
+    caller_id: dict[Literal["twilio", "vonage"], str] = Field(default_factory=dict)  # default `from` per provider
+    vonage_answer: Literal["url", "ncco"] = "url"  # fetch the answer webhook, or send the NCCO inline
+    request_timeout: float = Field(15.0, gt=0, le=120)  # per provider REST request
+    threads: int = Field(16, ge=1, le=256)  # provider REST requests at once
+    poll_seconds: float = Field(0.5, gt=0, le=60)  # campaign runner tick
+    orphan_seconds: float = Field(120.0, ge=0)  # a dial cut short by a restart waits this long for a callback
+    reconcile_seconds: float = Field(600.0, ge=1)  # ask the provider about a call silent this long
+    max_consecutive_refusals: int = Field(10, ge=1)  # a campaign fails after this many refused dials in a row
+    webhook_secret: SecretStr | None = None  # signs campaigns' inline webhooks; unset: one per campaign
+    webhook_timeout: float = Field(30.0, gt=0, le=300)
+    webhook_retry: RetryPolicy = RetryPolicy()
+    webhook_allow_networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(default_factory=list)
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _whsec(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            decode_signing_secret(value.get_secret_value())
+        return value
+
+
 class WorkflowSource(_Model):
     """A Dograh-style workflow definition whose webhook nodes become subscriptions."""
 
@@ -118,6 +194,11 @@ class GatewayConfig(_Model):
     secrets: dict[str, SecretStr] = Field(default_factory=dict)  # {{secret.NAME}} values
     secrets_file: str | None = None  # a YAML/JSON mapping of more secrets
     delivery: DeliveryConfig = DeliveryConfig()
+    tunnel: TunnelConfig = TunnelConfig()  # used when public_url is auto
+    log: LogConfig = LogConfig()
+    limits: LimitsConfig = LimitsConfig()
+    shutdown: ShutdownConfig = ShutdownConfig()
+    dial: DialConfig = DialConfig()
 
     @field_validator("workflows", mode="before")
     @classmethod

@@ -64,3 +64,22 @@ routes = [
     Route("/api/v1/calls", list_calls, methods=["GET"]),
     Route("/api/v1/calls/{workflow_run_id}", get_call, methods=["GET"]),
 ]
+
+
+async def clear_call(request: Request) -> Response:
+    """`POST /api/v1/calls/{workflow_run_id}/clear`: barge-in from outside the agent; it reaches
+    the instance that owns the call's media (`media.instance` in the record)."""
+    if (denied := authorized(request)) is not None:
+        return denied
+    ctx: GatewayContext = request.app.state.gateway
+    run_id = request.path_params["workflow_run_id"]
+    record = await ctx.store.get_call(run_id)
+    if record is None:
+        return problem(404, f"no call with workflow_run_id {run_id[:128]!r}")
+    if not record.media.get("started") or record.media.get("ended"):
+        return problem(409, "the call has no live media session")
+    await ctx.store.publish_control(run_id, "clear")
+    return JSONResponse({"workflow_run_id": run_id, "requested": "clear", "instance": record.media.get("instance")}, status_code=202)
+
+
+routes.append(Route("/api/v1/calls/{workflow_run_id}/clear", clear_call, methods=["POST"]))

@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from gateway.config import GatewayConfig
+from gateway.media.registry import SessionRegistry
 from gateway.providers.vonage import ReplayGuard
 from gateway.store.base import Store
+from gateway.tunnel import TunnelDetector
 from gateway.webhooks.worker import DeliveryWorker
 
 
@@ -21,6 +23,9 @@ class GatewayContext:
     clock: Callable[[], float] = time.time
     replay_guard: ReplayGuard = field(default_factory=ReplayGuard)
     worker: DeliveryWorker | None = None
+    tunnel: TunnelDetector | None = None  # set when public_url is auto
+    sessions: SessionRegistry = field(default_factory=SessionRegistry)
+    draining: bool = False  # set by the first SIGTERM: readiness false, new calls refused
 
     @property
     def secret_key(self) -> bytes:

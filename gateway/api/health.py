@@ -15,7 +15,9 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """The store answers; a load balancer may send traffic."""
+    """The store answers and the gateway is not draining; a load balancer may send traffic."""
+    if request.app.state.gateway.draining:
+        return JSONResponse({"status": "draining"}, status_code=503)
     try:
         await request.app.state.gateway.store.ping()
     except StoreError as exc:
@@ -23,4 +25,25 @@ async def readyz(request: Request) -> Response:
     return JSONResponse({"status": "ready"})
 
 
-routes = [Route("/healthz", healthz, methods=["GET"]), Route("/readyz", readyz, methods=["GET"])]
+async def metrics(request: Request) -> Response:
+    """Prometheus text exposition of `gateway.metrics.REGISTRY` (outbox gauges refreshed here)."""
+    from datetime import datetime, timezone
+
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    from gateway.metrics import OUTBOX_OLDEST, OUTBOX_PENDING, REGISTRY
+
+    try:
+        stats = await request.app.state.gateway.store.outbox_stats(now=datetime.now(timezone.utc))
+        OUTBOX_PENDING.set(stats["pending"])
+        OUTBOX_OLDEST.set(stats["oldest_pending_seconds"])
+    except StoreError:
+        pass
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+
+routes = [
+    Route("/healthz", healthz, methods=["GET"]),
+    Route("/readyz", readyz, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
+]

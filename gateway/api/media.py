@@ -14,11 +14,15 @@ from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketState
 
 from gateway.api.context import GatewayContext
+from gateway.logs import RUN_ID
+from gateway.metrics import MEDIA, REFUSALS
+from gateway.api.recordings import media_link
 from gateway.api.telephony import _PATH_ID, WS_PATH
-from gateway.api.urls import called_url, public_origin
+from gateway.api.urls import called_url, gateway_origin
 from gateway.audio import AudioFormat
 from gateway.media.agent import agent_link_for
 from gateway.media.provider_socket import HandshakeError, ProviderSocket, TwilioSocket, VonageSocket
+from gateway.media.recording import CallRecorder, recording_enabled, recording_path
 from gateway.media.session import MediaSession, SessionOptions
 from gateway.media.token import check_stream_token
 from gateway.providers import twilio, vonage
@@ -38,7 +42,7 @@ def _upgrade_refusal(ws: WebSocket, ctx: GatewayContext) -> tuple[str | None, st
         settings = ctx.config.providers.twilio
         if settings is None:
             return "twilio is not configured on this gateway", "twilio"
-        url = called_url(ws, public_origin(ws, ctx.config.public_url, ctx.config.trusted_proxies))
+        url = called_url(ws, gateway_origin(ws, ctx))
         verdict = twilio.verify_twilio_signature(settings.auth_token.get_secret_value(), url, {}, b"", signature)
         if not verdict.ok:
             log.warning("refused twilio media upgrade %s: %s (signature checked over %s)", ws.url.path, verdict.reason, verdict.signed_url or url)
@@ -67,6 +71,12 @@ async def media_socket(ws: WebSocket) -> None:
         await ws.close(code=POLICY_VIOLATION, reason=refusal[:120])
         return
     run_id = ws.path_params["workflow_run_id"]
+    if MEDIA.active >= ctx.config.limits.max_media_sessions:
+        REFUSALS.labels("max_media_sessions").inc()
+        log.warning("refused media socket run=%s: %d live sessions is the limit", run_id[:64], MEDIA.active)
+        await ws.close(code=1013, reason="too many live media sessions")
+        return
+    RUN_ID.set(run_id)
     await ws.accept()
     provider: ProviderSocket = TwilioSocket(ws) if provider_name == "twilio" else VonageSocket(ws)
     try:
@@ -83,9 +93,22 @@ async def media_socket(ws: WebSocket) -> None:
             await ws.close(code=exc.code, reason=exc.reason[:120])
         return
     agent = ctx.config.agent
+    origin = gateway_origin(ws, ctx)
+    recording = recording_enabled(ctx.config.recording, record.workflow_id)
+
+    def links() -> dict[str, str]:
+        now = ctx.clock()
+        out = {"transcript_url": media_link(origin, ctx.secret_key, "transcript", run_id, now=now)}
+        if recording:
+            out["recording_url"] = media_link(origin, ctx.secret_key, "recording", run_id, now=now)
+        return out
+
+    dial = getattr(ws.app.state, "dial", None)
 
     async def hang_up(reason: str) -> None:
         session.end(reason)
+        if dial is not None:  # end the call at the provider too: no dead air until a timeout
+            dial.dialer.hang_up_soon(run_id, reason=reason, source="agent")
 
     session = MediaSession(
         record=record,
@@ -94,12 +117,20 @@ async def media_socket(ws: WebSocket) -> None:
         agent_format=AudioFormat(agent.audio.encoding, agent.audio.sample_rate),
         store=ctx.store,
         options=SessionOptions(on_agent_failure=agent.on_failure),
+        recorder=CallRecorder(recording_path(ctx.config.data_dir, run_id), provider.audio_format) if recording else None,
+        links=links,
         on_hangup=hang_up,
     )
     log.info("media started run=%s provider=%s stream=%s agent=%s", run_id, provider_name, provider.stream_id, agent.url)
+    MEDIA.add(session.counters)
+    ctx.sessions.add(run_id, session)
     try:
         await session.run(start.parameters)
+        if session.agent is None and agent.on_failure == "hangup" and dial is not None:
+            dial.dialer.hang_up_soon(run_id, reason="agent unavailable", source="agent")  # deduplicated
     finally:
+        ctx.sessions.remove(run_id, session)
+        MEDIA.remove(session.counters)
         if ws.client_state == WebSocketState.CONNECTED:
             try:
                 await ws.close(code=1000)

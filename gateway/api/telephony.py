@@ -19,8 +19,10 @@ from starlette.routing import Route
 from gateway.api.body import BodyTooLarge, read_limited_body
 from gateway.api.context import GatewayContext
 from gateway.api.problems import problem
-from gateway.api.urls import as_websocket, called_url, public_origin
+from gateway.api.urls import as_websocket, called_url, gateway_origin
 from gateway.calls.lifecycle import CallUpdate
+from gateway.logs import RUN_ID
+from gateway.metrics import CALL_TRANSITIONS, PROVIDER_REQUESTS, SIGNATURE_FAILURES
 from gateway.media.token import mint_stream_token
 from gateway.providers import twilio, vonage
 from gateway.providers.base import BadRequest, parse_form, parse_json_object
@@ -99,7 +101,7 @@ async def verify_provider_request(request: Request, ctx: GatewayContext) -> Prov
     except BodyTooLarge as exc:
         raise Refusal(413, str(exc)) from None
     provider = _which_provider(request)
-    origin = public_origin(request, ctx.config.public_url, ctx.config.trusted_proxies)
+    origin = gateway_origin(request, ctx)
     settings = getattr(ctx.config.providers, provider)
     if settings is None:
         raise Refusal(403, f"{provider} is not configured on this gateway")
@@ -122,10 +124,13 @@ async def verify_provider_request(request: Request, ctx: GatewayContext) -> Prov
     except BadRequest as exc:
         raise Refusal(400, f"malformed {provider} request: {exc}") from None
     if not verdict.ok:
+        SIGNATURE_FAILURES.labels(provider).inc()
         log.warning(
             "refused %s %s %s: %s (signature checked over %s)",
             provider, request.method, request.url.path, verdict.reason, verdict.signed_url or url,
         )
+        if ctx.tunnel is not None:
+            ctx.tunnel.nudge()  # the tunnel may have a new hostname: look again now
         raise Refusal(403, f"{provider} signature check failed: {verdict.reason}")
     if provider == "vonage":
         try:
@@ -164,8 +169,17 @@ def _answer_response(ctx: GatewayContext, verified: ProviderRequest, workflow_id
     return JSONResponse(ncco, media_type=vonage.NCCO_CONTENT_TYPE)
 
 
+def _count(verified: ProviderRequest | None, route: str, outcome: str, events: list | None = None) -> None:
+    PROVIDER_REQUESTS.labels(verified.provider if verified else "unknown", route, outcome).inc()
+    for event in events or ():
+        if event.type.startswith("call.") and event.type not in ("call.ended", "call.voicemail_detected"):
+            CALL_TRANSITIONS.labels(event.data.get("state", "?")).inc()
+
+
 async def _answer(request: Request, workflow_id: str, user_id: str, run_id: str | None) -> Response:
     ctx = _context(request)
+    if ctx.draining:
+        raise Refusal(503, "this gateway instance is draining; new calls go to another instance")
     verified = await verify_provider_request(request, ctx)
     update = _parse_update(verified, answer=True)
     seed = CallSeed(
@@ -174,6 +188,8 @@ async def _answer(request: Request, workflow_id: str, user_id: str, run_id: str 
     )
     applied = await ctx.store.apply_update(update, run_id=run_id, seed=seed)
     record = applied.record
+    RUN_ID.set(record.workflow_run_id)
+    _count(verified, "answer", applied.outcome, applied.events)
     log.info("answered %s call %s run=%s state=%s", verified.provider, update.provider_call_id, record.workflow_run_id, record.state.value)
     return _answer_response(ctx, verified, record.workflow_id or workflow_id, record.user_id or user_id, record.workflow_run_id)
 
@@ -205,7 +221,10 @@ async def status_callback(request: Request) -> Response:
         update = _parse_update(verified, answer=False)
         applied = await ctx.store.apply_update(update, run_id=None if run_id in PROVIDERS else run_id)
     except Refusal as exc:
+        PROVIDER_REQUESTS.labels("unknown", "status", f"refused_{exc.status}").inc()
         return problem(exc.status, exc.detail)
+    RUN_ID.set(applied.record.workflow_run_id)
+    _count(verified, "status", applied.outcome, applied.events)
     log.info(
         "%s callback run=%s status=%s outcome=%s events=%s", verified.provider, applied.record.workflow_run_id,
         update.raw_status, applied.outcome, ",".join(e.type for e in applied.events) or "-",

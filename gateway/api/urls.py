@@ -1,16 +1,20 @@
 """The public URLs the gateway is reached at: for signature checks and for answers.
 
 A provider signs the URL it called. Behind a proxy or tunnel the app sees another scheme or
-host, so the public origin comes from `public_url` when set, else from the request, with
-`X-Forwarded-Proto`/`X-Forwarded-Host` honoured only from `trusted_proxies`.
+host, so the public origin comes from `public_url` when set (`auto`: the cloudflared tunnel
+the detector found), else from the request, with `X-Forwarded-Proto`/`X-Forwarded-Host`
+honoured only from `trusted_proxies`.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 from starlette.requests import HTTPConnection
+
+if TYPE_CHECKING:
+    from gateway.api.context import GatewayContext
 
 _WS_SCHEME = {"https": "wss", "http": "ws", "wss": "wss", "ws": "ws"}
 _HTTP_SCHEME = {"wss": "https", "ws": "http", "https": "https", "http": "http"}
@@ -28,10 +32,16 @@ def _trusted(peer: str | None, proxies: Iterable[ipaddress.IPv4Network | ipaddre
     return any(address in network for network in proxies)
 
 
-def public_origin(conn: HTTPConnection, public_url: str | None, trusted_proxies: Iterable) -> str:
-    """`scheme://host[:port][/prefix]` (http/https) the caller used to reach the gateway."""
+def public_origin(conn: HTTPConnection, public_url: str | None, trusted_proxies: Iterable, *,
+                  tunnel_origin: str | None = None) -> str:
+    """`scheme://host[:port][/prefix]` (http/https) the caller used to reach the gateway.
+
+    `tunnel_origin` is the detected tunnel's `https://host`, used when `public_url` is `auto`.
+    """
     if public_url and public_url != "auto":
         return public_url
+    if public_url == "auto" and tunnel_origin:
+        return tunnel_origin
     scheme = _HTTP_SCHEME.get(conn.url.scheme, "http")
     host = conn.headers.get("host") or f"{conn.url.hostname}:{conn.url.port}"
     peer = conn.client.host if conn.client else None
@@ -43,6 +53,12 @@ def public_origin(conn: HTTPConnection, public_url: str | None, trusted_proxies:
         if forwarded_host:
             host = forwarded_host
     return f"{scheme}://{host}"
+
+
+def gateway_origin(conn: HTTPConnection, ctx: "GatewayContext") -> str:
+    """`public_origin` under this gateway's settings, `auto` resolved by its tunnel detector."""
+    tunnel = ctx.tunnel.origin() if ctx.tunnel is not None else None
+    return public_origin(conn, ctx.config.public_url, ctx.config.trusted_proxies, tunnel_origin=tunnel)
 
 
 def as_websocket(origin: str) -> str:

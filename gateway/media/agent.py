@@ -12,7 +12,8 @@ import json
 from typing import Any, Mapping
 
 import websockets
-from websockets.asyncio.client import ClientConnection, connect
+
+from gateway.media.agent_socket import AgentSocket, SocketClosed
 
 
 class AgentUnavailable(Exception):
@@ -48,7 +49,7 @@ class AgentLink(abc.ABC):
 
 
 class WebSocketAgentLink(AgentLink):
-    """An agent server reached over a WebSocket."""
+    """An agent server reached over a WebSocket (see `AgentSocket` for why not `websockets.asyncio`)."""
 
     def __init__(self, url: str, *, headers: Mapping[str, str] | None = None, connect_timeout: float = 5.0,
                  max_message_bytes: int = 1 << 20, write_limit: int = 64 * 1024) -> None:
@@ -57,50 +58,45 @@ class WebSocketAgentLink(AgentLink):
         self.connect_timeout = connect_timeout
         self.max_message_bytes = max_message_bytes
         self.write_limit = write_limit
-        self._conn: ClientConnection | None = None
+        self._socket: AgentSocket | None = None
 
     async def open(self, start: Mapping[str, Any]) -> None:
         try:
-            self._conn = await connect(
-                self.url, additional_headers=self.headers, open_timeout=self.connect_timeout,
-                compression=None, proxy=None, max_size=self.max_message_bytes, write_limit=self.write_limit,
-                ping_interval=20, ping_timeout=20, close_timeout=2, user_agent_header="telephony-gateway",
-            )
-            await self._conn.send(json.dumps(start))
-        except (OSError, asyncio.TimeoutError, websockets.exceptions.WebSocketException) as exc:
+            self._socket = AgentSocket(self.url, max_size=self.max_message_bytes, ping_interval=20, ping_timeout=20,
+                                       close_timeout=2)
+            await self._socket.open(self.headers, timeout=self.connect_timeout, user_agent="telephony-gateway")
+            self._socket.send_text(json.dumps(start))
+        except (OSError, asyncio.TimeoutError, SocketClosed, websockets.exceptions.WebSocketException) as exc:
             await self.close()
             raise AgentUnavailable(f"cannot connect to agent at {self.url}: {type(exc).__name__}: {exc}") from None
 
     async def send_audio(self, frame: bytes) -> None:
         try:
-            await self._conn.send(frame)
-        except websockets.exceptions.ConnectionClosed as exc:
-            raise AgentUnavailable(f"agent connection closed ({exc.rcvd.code if exc.rcvd else 'no close frame'})") from None
+            self._socket.send_bytes(frame)  # type: ignore[union-attr]
+        except (SocketClosed, AttributeError) as exc:
+            raise AgentUnavailable(str(exc) or "agent link is closed") from None
 
     async def send_message(self, message: Mapping[str, Any]) -> None:
         try:
-            await self._conn.send(json.dumps(message))
-        except websockets.exceptions.ConnectionClosed as exc:
-            raise AgentUnavailable(f"agent connection closed ({exc.rcvd.code if exc.rcvd else 'no close frame'})") from None
+            self._socket.send_text(json.dumps(message))  # type: ignore[union-attr]
+        except (SocketClosed, AttributeError) as exc:
+            raise AgentUnavailable(str(exc) or "agent link is closed") from None
 
     def congested(self) -> bool:
-        transport = self._conn.transport if self._conn else None
-        return transport is not None and transport.get_write_buffer_size() > self.write_limit
+        return self._socket is not None and self._socket.buffered() > self.write_limit
 
     async def receive(self) -> bytes | str:
+        if self._socket is None:
+            raise AgentUnavailable("agent link is closed")
         try:
-            return await self._conn.recv()
-        except websockets.exceptions.ConnectionClosed as exc:
-            code = exc.rcvd.code if exc.rcvd else "no close frame"
-            raise AgentUnavailable(f"agent closed the connection ({code})") from None
+            return await self._socket.receive()
+        except SocketClosed as exc:
+            raise AgentUnavailable(str(exc)) from None
 
     async def close(self) -> None:
-        if self._conn is not None:
-            conn, self._conn = self._conn, None
-            try:
-                await asyncio.wait_for(conn.close(), 2)
-            except (asyncio.TimeoutError, OSError, websockets.exceptions.WebSocketException):
-                pass
+        if self._socket is not None:
+            socket, self._socket = self._socket, None
+            await socket.close()
 
 
 class EchoAgentLink(AgentLink):

@@ -17,19 +17,29 @@ import logging
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any, Awaitable, Callable, Mapping, Protocol
 
 from gateway.audio import AudioFormat, Reframer, Transcoder
 from gateway.calls import events as ev
 from gateway.calls.record import CallRecord
 from gateway.media.agent import AgentLink, AgentUnavailable
 from gateway.media.playback import FRAME, PlaybackQueue
+from gateway.media.registry import INSTANCE_ID
 from gateway.media.provider_socket import AUDIO, BAD, DTMF, MARK, OTHER, STOP, ProviderSocket
 from gateway.store.base import Store, StoreError
 
 log = logging.getLogger("gateway.media")
 
 MAX_AGENT_MESSAGE_CHARS = 64 * 1024
+
+
+class Recorder(Protocol):
+    """What the session feeds a call's recording (see `gateway.media.recording.CallRecorder`)."""
+
+    def caller(self, frame: bytes) -> None: ...
+    def agent(self, frame: bytes, at: float) -> None: ...
+    def cleared(self, now: float) -> None: ...
+    async def finish(self) -> dict[str, Any]: ...
 
 
 @dataclass
@@ -70,7 +80,8 @@ class MediaSession:
         agent_format: AudioFormat,
         store: Store,
         options: SessionOptions | None = None,
-        recorder: Any | None = None,
+        recorder: Recorder | None = None,
+        links: Callable[[], dict[str, Any]] | None = None,
         on_hangup: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self.record = record
@@ -82,6 +93,7 @@ class MediaSession:
         self.store = store
         self.options = options or SessionOptions()
         self.recorder = recorder
+        self.links = links or dict
         self.on_hangup = on_hangup
         self.counters = SessionCounters()
         fmt = provider.audio_format
@@ -135,6 +147,10 @@ class MediaSession:
         task.add_done_callback(self._tasks.discard)
         return task
 
+    async def clear(self) -> None:
+        """Barge-in asked from outside the agent link (admin API, another instance)."""
+        await self._clear()
+
     def end(self, reason: str) -> None:
         """Ask the session to finish (hangup, agent failure); idempotent."""
         if not self.end_reason:
@@ -152,11 +168,17 @@ class MediaSession:
             with contextlib.suppress(AgentUnavailable, asyncio.TimeoutError, OSError):
                 await asyncio.wait_for(self.agent.send_message({"type": "stop", "reason": reason}), 1)
             await self.agent.close()
-        data = {"reason": reason, **asdict(self.counters)}
+        data: dict[str, Any] = {"reason": reason, **asdict(self.counters)}
+        links = self.links()
         if self.recorder is not None:
-            with contextlib.suppress(Exception):
+            try:
                 data.update(await self.recorder.finish())
-        self._queue_write("media.ended", {"data": data, "media": {"ended": True, **{k: v for k, v in data.items() if k != "reason"}}})
+            except Exception as exc:  # noqa: BLE001 - the call's record must still be written
+                data["recording_error"] = f"{type(exc).__name__}: {exc}"
+            if data.get("recording_error"):
+                links["recording_url"] = None
+        media = {"ended": True, **{k: v for k, v in data.items() if k != "reason"}, **links}
+        self._queue_write("media.ended", {"data": data, "media": media})
         self._writes.put_nowait(None)
         try:
             await asyncio.wait_for(self._writer, 5)
@@ -213,7 +235,7 @@ class MediaSession:
                     self._queue_write("media.started", {
                         "data": {"stream_id": provider.stream_id, "format": provider.audio_format.encoding},
                         "events": [(ev.CALL_STARTED, {"stream_id": provider.stream_id})],
-                        "media": {"started": True, "stream_id": provider.stream_id, "instance": None},
+                        "media": {"started": True, "stream_id": provider.stream_id, "instance": INSTANCE_ID, **self.links()},
                     })
                 if self.recorder is not None:
                     self.recorder.caller(value)
@@ -318,12 +340,14 @@ class MediaSession:
     async def _send_due(self) -> None:
         now = time.monotonic()
         provider = self.provider
+        plays_at = max(self.playback.played_until, now)  # where the first released frame starts
         for kind, value in self.playback.take_due(now):
             if kind == FRAME:
                 await provider.send_frame(value)
                 self.counters.frames_out += 1
                 if self.recorder is not None:
-                    self.recorder.agent(value)
+                    self.recorder.agent(value, plays_at)
+                plays_at += self.playback.frame_seconds
             elif provider.echoes_marks:
                 await provider.send_mark(value.name)
             else:
@@ -342,6 +366,8 @@ class MediaSession:
         now = time.monotonic()
         self.counters.clears += 1
         dropped = self.playback.clear(now)
+        if self.recorder is not None:
+            self.recorder.cleared(now)
         self.reframer.clear()
         self.to_provider.reset()
         await self.provider.send_clear()

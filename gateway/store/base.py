@@ -10,6 +10,7 @@ from typing import Any, Callable, Mapping, Sequence
 from gateway.calls.lifecycle import CallUpdate
 from gateway.calls.record import CallRecord, isoformat
 from gateway.events.envelope import Event
+from gateway.store.campaigns import Campaign, CampaignContact, CampaignEvent
 
 
 class StoreError(Exception):
@@ -190,6 +191,18 @@ class Store(abc.ABC):
         if on_deliveries is not None:
             self.on_deliveries = on_deliveries
 
+    control_handler: Callable[[str, str, dict[str, Any]], None] | None = None
+
+    def set_control_handler(self, handler: Callable[[str, str, dict[str, Any]], None]) -> None:
+        """Receive `(run_id, action, data)` control requests published by any instance."""
+        self.control_handler = handler
+
+    async def publish_control(self, run_id: str, action: str, data: dict[str, Any] | None = None) -> None:
+        """Ask whichever instance owns `run_id`'s media to act (`clear`, `hangup`). One process
+        by default; a shared backend (PostgreSQL) reaches every instance."""
+        if self.control_handler is not None:
+            self.control_handler(run_id, action, dict(data or {}))
+
     @abc.abstractmethod
     async def open(self) -> None:
         """Connect and apply pending migrations."""
@@ -294,6 +307,73 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def outbox_stats(self, *, now: datetime) -> dict[str, Any]:
         """Pending count and the age in seconds of the oldest pending delivery."""
+
+
+    # -- campaigns (gateway.dial) ----------------------------------------------------------
+    # Not abstract: a backend without them refuses campaigns with a StoreError, calls work.
+    supports_campaigns: bool = False
+
+    def _no_campaigns(self) -> StoreError:
+        return StoreError(f"campaigns are not supported by the {type(self).__name__} backend yet")
+
+    async def create_campaign(self, campaign: "Campaign", contacts: Sequence["CampaignContact"],
+                              events: Sequence["CampaignEvent"] = ()) -> None:
+        """Write a campaign, its contacts and `events` in one transaction."""
+        raise self._no_campaigns()
+
+    async def get_campaign(self, campaign_id: str) -> "Campaign | None":
+        """A campaign with its contact counts and minutes used, or None."""
+        raise self._no_campaigns()
+
+    async def list_campaigns(self, *, status: str | None = None, limit: int = 50,
+                             cursor: str | None = None) -> tuple[list["Campaign"], str | None]:
+        """Campaigns newest first (with counts), and the next page's cursor."""
+        raise self._no_campaigns()
+
+    async def list_campaign_contacts(self, campaign_id: str, *, status: str | None = None, limit: int = 100,
+                                     after: int = -1) -> list["CampaignContact"]:
+        """A campaign's contacts by position, those after position `after`."""
+        raise self._no_campaigns()
+
+    async def active_campaigns(self) -> list["Campaign"]:
+        """Running and paused campaigns, with counts."""
+        raise self._no_campaigns()
+
+    async def campaigns_for_webhooks(self, *, since: datetime) -> list["Campaign"]:
+        """Campaigns with inline webhooks that are active or ended at or after `since`."""
+        raise self._no_campaigns()
+
+    async def campaign_calls_in_flight(self) -> list[tuple["CampaignContact", CallRecord | None]]:
+        """Every contact being dialed, with its current call's record (None: not written yet)."""
+        raise self._no_campaigns()
+
+    async def claim_campaign_contacts(self, campaign_id: str, run_ids: Sequence[str], *,
+                                      now: datetime) -> list["CampaignContact"]:
+        """Mark up to len(`run_ids`) due contacts `dialing` with those run ids, count the calls
+        against `max_calls`, in one transaction; only while the campaign is running."""
+        raise self._no_campaigns()
+
+    async def release_campaign_claim(self, contact: "CampaignContact", *, now: datetime) -> bool:
+        """Undo a claim whose call was never written (the process stopped before dialing)."""
+        raise self._no_campaigns()
+
+    async def finish_campaign_attempt(self, contact: "CampaignContact", *, status: str, outcome: str,
+                                      next_attempt_at: datetime | None, now: datetime,
+                                      events: Sequence["CampaignEvent"] = ()) -> bool:
+        """Move a `dialing` contact on after its call ended, with `events`, once: False when
+        the contact is no longer dialing that run."""
+        raise self._no_campaigns()
+
+    async def update_campaign(self, campaign_id: str, *, from_statuses: Sequence[str], status: str, now: datetime,
+                              events: Callable[["Campaign"], Sequence["CampaignEvent"]] | None = None,
+                              contacts_from: Sequence[str] = (), contacts_to: str | None = None,
+                              **fields: Any) -> "Campaign | None":
+        """Move a campaign from one of `from_statuses` to `status` (contacts in `contacts_from`
+        to `contacts_to`, columns `quota`, `error`, `error_code`, `started_at`, `completed_at`
+        from `fields`), in one transaction with the events `events(updated campaign)` returns
+        (pure and cheap: it runs inside the transaction). None when the campaign is not in
+        one of `from_statuses`."""
+        raise self._no_campaigns()
 
 
 def event_data(record: CallRecord, extra: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -118,7 +118,59 @@ CREATE TABLE subscription_health (
 );
 """
 
+_CAMPAIGNS = """
+CREATE TABLE campaigns (
+    id                TEXT PRIMARY KEY,
+    name              TEXT,
+    workflow_id       TEXT NOT NULL,
+    user_id           TEXT NOT NULL,
+    provider          TEXT NOT NULL,
+    from_number       TEXT NOT NULL,
+    status            TEXT NOT NULL,
+    options           {json} NOT NULL,
+    origin            TEXT NOT NULL,
+    webhook_secret    TEXT,
+    total             INTEGER NOT NULL,
+    dialed            INTEGER NOT NULL DEFAULT 0,
+    quota             TEXT,
+    error             TEXT,
+    error_code        TEXT,
+    created_at        {ts} NOT NULL,
+    started_at        {ts},
+    completed_at      {ts},
+    updated_at        {ts} NOT NULL
+);
+CREATE INDEX campaigns_status ON campaigns (status);
+CREATE INDEX campaigns_created ON campaigns (created_at DESC, id DESC);
+CREATE TABLE campaign_contacts (
+    campaign_id       TEXT NOT NULL REFERENCES campaigns (id),
+    position          INTEGER NOT NULL,
+    phone             TEXT NOT NULL,
+    name              TEXT,
+    context           {json} NOT NULL,
+    status            TEXT NOT NULL,
+    attempts          INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at   {ts},
+    workflow_run_id   TEXT,
+    outcome           TEXT,
+    updated_at        {ts} NOT NULL,
+    PRIMARY KEY (campaign_id, position)
+);
+CREATE INDEX campaign_contacts_due ON campaign_contacts (campaign_id, status, position);
+CREATE INDEX campaign_contacts_dialing ON campaign_contacts (status) WHERE status = 'dialing';
+CREATE TABLE campaign_calls (
+    workflow_run_id   TEXT PRIMARY KEY,
+    campaign_id       TEXT NOT NULL REFERENCES campaigns (id),
+    position          INTEGER NOT NULL,
+    attempt           INTEGER NOT NULL,
+    outcome           TEXT,
+    created_at        {ts} NOT NULL
+);
+CREATE INDEX campaign_calls_campaign ON campaign_calls (campaign_id, position);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "calls, timeline, events", _CALLS.format(**_SQLITE), _CALLS.format(**_POSTGRES)),
     Migration(2, "webhook deliveries, attempts, endpoint health", _DELIVERIES.format(**_SQLITE), _DELIVERIES.format(**_POSTGRES)),
+    Migration(3, "campaigns, their contacts and calls", _CAMPAIGNS.format(**_SQLITE), _CAMPAIGNS.format(**_POSTGRES)),
 )

@@ -38,6 +38,7 @@ from gateway.store.migrations import MIGRATIONS
 from gateway.store.sqlite import decode_cursor, encode_cursor
 
 DELIVERIES_CHANNEL = "gateway_deliveries"
+CONTROL_CHANNEL = "gateway_control"
 _MIGRATION_LOCK = 0x6761746577  # "gatew": one migrator at a time across instances
 _JSON_FIELDS = ("initial_context", "gathered_context", "annotations", "cost_info", "media")
 _CALL_COLUMNS = (
@@ -145,9 +146,24 @@ class PostgresStore(Store):
                 await self._migrate(conn)
             self._listener = await asyncpg.connect(self.dsn, server_settings=settings)
             await self._listener.add_listener(DELIVERIES_CHANNEL, lambda *args: self.on_deliveries())
+            await self._listener.add_listener(CONTROL_CHANNEL, self._on_control)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             await self.close()
             raise StoreError(f"cannot open PostgreSQL store: {type(exc).__name__}: {exc}") from exc
+
+    def _on_control(self, connection: Any, pid: int, channel: str, payload: str) -> None:
+        try:
+            message = json.loads(payload)
+            run_id, action, data = message["run_id"], message["action"], message.get("data") or {}
+        except (ValueError, KeyError, TypeError):
+            return
+        if self.control_handler is not None:
+            self.control_handler(run_id, action, data)
+
+    async def publish_control(self, run_id: str, action: str, data: dict[str, Any] | None = None) -> None:
+        """NOTIFY every instance (this one included); the owner of the media session acts."""
+        payload = json.dumps({"run_id": run_id, "action": action, "data": data or {}})
+        await self._query(lambda conn: conn.execute("SELECT pg_notify($1, $2)", CONTROL_CHANNEL, payload))
 
     @staticmethod
     async def _migrate(conn: asyncpg.Connection) -> None:

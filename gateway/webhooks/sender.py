@@ -13,10 +13,11 @@ The body is the rendered `payload_template` as JSON when there is one; otherwise
 PATCH carry the event envelope `{"type", "timestamp", "data"}` and GET and DELETE carry none.
 The template context gets `event` (the envelope) unless the caller already set it.
 
-`send_attempt` sends through the endpoint's guarded client, without following redirects, within
-the subscription's timeout, reads at most `MAX_BODY_BYTES` of the answer and classifies it. For
-OAuth2 it gets the token first (through the same guarded client) and, after a 401, invalidates
-it and sends once more; `latency_ms` covers the whole attempt, token fetch included.
+`send_attempt` sends through the endpoint's guarded connection pool (`clients.Http1Pool`),
+without following redirects, within the subscription's timeout, reads at most `MAX_BODY_BYTES`
+of the answer and classifies it. For OAuth2 it gets the token first (through the endpoint's
+guarded httpx client) and, after a 401, invalidates it and sends once more; `latency_ms` covers
+the whole attempt, token fetch included.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from gateway.webhooks.auth import (
     client_certificate,
     oauth2_grant,
 )
-from gateway.webhooks.clients import EndpointClients
+from gateway.webhooks.clients import Answer, EndpointClients, Http1Pool
 from gateway.webhooks.policy import (
     Outcome,
     classify_error,
@@ -226,36 +227,11 @@ def build_request(
     )
 
 
-@dataclass(frozen=True)
-class _Answer:
-    status: int
-    headers: httpx.Headers
-    body: bytes
-
-
 async def _exchange(
-    client: httpx.AsyncClient, prepared: PreparedRequest, headers: Mapping[str, str], timeout: float
-) -> _Answer:
+    pool: Http1Pool, prepared: PreparedRequest, headers: Mapping[str, str], timeout: float
+) -> Answer:
     async with asyncio.timeout(timeout):
-        request = client.build_request(
-            prepared.method,
-            prepared.url,
-            headers=dict(headers),
-            content=prepared.body or None,
-            timeout=httpx.Timeout(timeout),
-        )
-        response = await client.send(request, stream=True, follow_redirects=False)
-        try:
-            chunks, size = [], 0
-            async for chunk in response.aiter_raw():
-                chunks.append(chunk)
-                size += len(chunk)
-                if size >= MAX_BODY_BYTES:
-                    break
-            body = b"".join(chunks)[:MAX_BODY_BYTES]
-            return _Answer(response.status_code, response.headers, body)
-        finally:
-            await response.aclose()
+        return await pool.request(prepared.method, prepared.url, headers, prepared.body, max_body=MAX_BODY_BYTES)
 
 
 def _parse_json(body: bytes) -> Any:
@@ -281,18 +257,20 @@ def _error_kind(error: BaseException) -> str:
 
 async def _exchange_with_token(
     clients: EndpointClients,
-    client: httpx.AsyncClient,
+    pool: Http1Pool,
     prepared: PreparedRequest,
     subscription: Subscription,
     headers: dict[str, str],
     tokens: list[str],
-) -> _Answer:
-    """One exchange, first setting a (cached) OAuth2 bearer token when the grant needs one."""
+) -> Answer:
+    """One exchange, first setting a (cached) OAuth2 bearer token when the grant needs one
+    (the token request goes through the endpoint's guarded httpx client)."""
     if prepared.oauth2 is not None:
+        client = clients.client_for(subscription, prepared.certificate)
         token = await clients.tokens.token(prepared.oauth2, client, timeout=subscription.timeout)
         tokens.append(token)
         headers["Authorization"] = f"Bearer {token}"
-    return await _exchange(client, prepared, headers, subscription.timeout)
+    return await _exchange(pool, prepared, headers, subscription.timeout)
 
 
 async def send_attempt(
@@ -302,18 +280,18 @@ async def send_attempt(
     started = time.perf_counter()
     headers = dict(prepared.headers)
     tokens: list[str] = []
-    answer: _Answer | None = None
+    answer: Answer | None = None
     failure: BaseException | None = None
     try:
-        client = clients.client_for(subscription, prepared.certificate)
+        pool = clients.pool_for(subscription, prepared.certificate)
         answer = await _exchange_with_token(
-            clients, client, prepared, subscription, headers, tokens
+            clients, pool, prepared, subscription, headers, tokens
         )
         if answer.status == 401 and prepared.oauth2 is not None:
             clients.tokens.invalidate(prepared.oauth2, tokens[-1])
             answer = None
             answer = await _exchange_with_token(
-                clients, client, prepared, subscription, headers, tokens
+                clients, pool, prepared, subscription, headers, tokens
             )
     except (DestinationRefused, AuthError, httpx.HTTPError, TimeoutError, OSError) as error:
         failure = error

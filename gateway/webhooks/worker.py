@@ -67,6 +67,25 @@ def _utc(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, timezone.utc)
 
 
+def _has_placeholder(value: Any) -> bool:
+    if isinstance(value, str):
+        return "{{" in value
+    if isinstance(value, dict):
+        return any(_has_placeholder(k) or _has_placeholder(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return any(_has_placeholder(v) for v in value)
+    return False
+
+
+def uses_template_context(subscription: Subscription) -> bool:
+    """Whether any of the subscription's templates can read the call (conservatively: has a
+    placeholder at all). Without one, rendering never looks at the context, so the worker
+    need not load the call record for each attempt."""
+    parts = (subscription.url, subscription.headers, subscription.payload_template,
+             subscription.auth.model_dump(), subscription.signing.model_dump())
+    return any(_has_placeholder(part) for part in parts)
+
+
 class DeliveryWorker:
     """One per process; `start()` in the app's lifespan, `stop()` on shutdown."""
 
@@ -83,6 +102,7 @@ class DeliveryWorker:
     ) -> None:
         self.store = store
         self.subscriptions = {s.name: s for s in subscriptions}
+        self._needs_call = {s.name: uses_template_context(s) for s in subscriptions}
         self.secrets = dict(secrets)
         self.settings = settings or WorkerSettings()
         self.clients = clients or EndpointClients()
@@ -183,7 +203,9 @@ class DeliveryWorker:
         subscription = self.subscriptions.get(delivery.subscription)
         if subscription is None:
             return DeliveryResult("failed", AttemptRecord(_utc(now), "fail", error="subscription is no longer configured"))
-        call = await self.store.get_call(delivery.workflow_run_id) if delivery.workflow_run_id else None
+        call = None
+        if delivery.workflow_run_id and self._needs_call.get(subscription.name, True):
+            call = await self.store.get_call(delivery.workflow_run_id)
         assert delivery.event is not None
         try:
             prepared = build_request(subscription, delivery.event.envelope(), delivery_context(delivery.event, call),
@@ -215,10 +237,13 @@ class DeliveryWorker:
         if status != "pending" and (subscription.response_mapping or subscription.store_raw_response):
             mapped = map_response(subscription.name, sent.status, sent.response_json, subscription.response_mapping,
                                   success=sent.success, raw_text=sent.response_text if subscription.store_raw_response else None)
-        level = logging.INFO if status in ("succeeded", "pending") else logging.WARNING
-        log.log(level, "delivery %s %s -> %s: %s (%s %s, %.0f ms)%s", delivery.id, delivery.event.type if delivery.event else "?",
-                subscription.name, status, sent.status or sent.error, sent.outcome.value, sent.latency_ms,
-                f", next in {(next_at - _utc(now)).total_seconds():.1f} s" if next_at else "")
+        # A success is one line per event at DEBUG (at thousands a second, INFO lines would
+        # cost more than the delivery); a retry stays at INFO, a failure at WARNING.
+        level = logging.DEBUG if status == "succeeded" else logging.INFO if status == "pending" else logging.WARNING
+        if log.isEnabledFor(level):
+            log.log(level, "delivery %s %s -> %s: %s (%s %s, %.0f ms)%s", delivery.id, delivery.event.type if delivery.event else "?",
+                    subscription.name, status, sent.status or sent.error, sent.outcome.value, sent.latency_ms,
+                    f", next in {(next_at - _utc(now)).total_seconds():.1f} s" if next_at else "")
         return DeliveryResult(status=status, attempt=attempt, next_attempt_at=next_at, gathered_context=mapped,
                               endpoint_ok=sent.outcome is Outcome.SUCCESS)
 

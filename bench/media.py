@@ -1,0 +1,636 @@
+"""Media bridge under load: N simulated Twilio calls in real time through a `gateway serve` process.
+
+Run by hand:
+    .venv/bin/python bench/media.py                          # 50,100,150,200,250 calls, every target
+    .venv/bin/python bench/media.py --calls 250 --targets bridge,reference
+    .venv/bin/python bench/media.py --profile 200            # py-spy profile of the bridge at 200 calls
+    .venv/bin/python bench/media.py --gateway-src /tmp/old   # the bridge from another source tree ("before")
+
+Each call is what Twilio does: a signed initial webhook (TwiML with the stream URL and token),
+then a WebSocket sending `connected`, `start` and 50 `media` messages per second in real time
+(calls spread evenly over the 20 ms frame period). Every frame is a tone whose pitch encodes the
+frame number mod 31, so the echo that comes back can be matched to the frame sent, through the
+gateway's transcoding (μ-law 8 kHz -> PCM16 16 kHz -> agent -> back) and re-framing.
+
+Targets, each measured in the same run under the same load:
+  bridge            `gateway serve` -> external echo agent (bench/echo_agent.py, its own process)
+  bridge-echo       `gateway serve` with the built-in `echo` agent
+  reference         bare Starlette JSON echo of Twilio media (bench/reference_echo.py)
+  reference-asgi    the same echo on raw ASGI, without Starlette's WebSocket wrapper
+  bridge-before, bridge-echo-before   the bridge from the source tree named by --before
+
+Reported per target and call count: CPU of the server process over a steady window (% of one
+core, and per call), round-trip latency p50/p99/max of frames sent in the window (for the
+bridge that is everything the gateway adds, the agent hop on loopback included), frames lost
+(sent in the window, never echoed) and misframed (echoed with the wrong size or content).
+The load generator runs in its own process; everything listens on 127.0.0.1 only, and every
+process is stopped (by its pid) when its run ends or after a deadline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import collections
+import contextlib
+import json
+import os
+import platform
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from array import array
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+TWILIO_SID = "AC" + "0" * 32
+TWILIO_TOKEN = "bench-twilio-auth-token"
+TONES = 31  # frame i carries tone i % TONES
+FRAME_SECONDS = 0.02
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+TARGETS = ("bridge", "bridge-echo", "reference", "reference-asgi")  # and bridge-before, bridge-echo-before with --before
+
+
+# --- frames: tones that survive transcoding ---------------------------------------------------
+
+
+def _mulaw_decode_table() -> np.ndarray:
+    """G.711 μ-law byte -> int16, written out here so the check does not trust the gateway's codec."""
+    table = np.empty(256, dtype=np.int16)
+    for byte in range(256):
+        u = ~byte & 0xFF
+        t = (((u & 0x0F) << 3) + 0x84) << ((u & 0x70) >> 4)
+        table[byte] = (0x84 - t) if u & 0x80 else (t - 0x84)
+    return table
+
+
+MULAW_DECODE = _mulaw_decode_table()
+TONE_HZ = 300 + 100 * np.arange(TONES)  # whole cycles in 20 ms: frames join without clicks
+TONE_BINS = (TONE_HZ / 50).astype(int)  # rfft bins of a 160-sample frame at 8 kHz
+
+
+def mulaw_encode(samples: np.ndarray) -> bytes:
+    """int16 -> μ-law (the nearest code: exact enough for test tones)."""
+    order = np.argsort(MULAW_DECODE)
+    values = MULAW_DECODE[order].astype(np.int32)
+    idx = np.clip(np.searchsorted(values, samples.astype(np.int32)), 1, 255)
+    left, right = values[idx - 1], values[idx]
+    pick = np.where(np.abs(samples - left) <= np.abs(right - samples), idx - 1, idx)
+    return order[pick].astype(np.uint8).tobytes()
+
+
+def tone_payloads() -> list[str]:
+    t = np.arange(160) / 8000
+    return [base64.b64encode(mulaw_encode((np.sin(2 * np.pi * f * t) * 8000).astype(np.int16))).decode() for f in TONE_HZ]
+
+
+def decode_tones(payloads: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(tone index per frame or -1 when unclear, byte length per frame)."""
+    raw = [base64.b64decode(p) for p in payloads]
+    lengths = np.array([len(r) for r in raw], dtype=np.int32)
+    tones = np.full(len(raw), -1, dtype=np.int32)
+    ok = np.flatnonzero(lengths == 160)
+    if ok.size:
+        data = np.frombuffer(b"".join(raw[i] for i in ok), dtype=np.uint8).reshape(-1, 160)
+        spectrum = np.abs(np.fft.rfft(MULAW_DECODE[data].astype(np.float32), axis=1))[:, TONE_BINS]
+        top2 = np.sort(spectrum, axis=1)[:, -2:]
+        clear = (top2[:, 1] > 1.5 * top2[:, 0]) & (top2[:, 1] > 1000)
+        tones[ok[clear]] = np.argmax(spectrum[clear], axis=1)
+    return tones, lengths
+
+
+# --- /proc ------------------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process (all its threads) so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def system_cpu() -> tuple[float, float]:
+    """(busy, total) jiffies of the whole machine."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    idle = values[3] + values[4]
+    return sum(values) - idle, sum(values)
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def loaded_libraries(pid: int) -> dict[str, bool]:
+    """Which fast paths the server process really loaded."""
+    with open(f"/proc/{pid}/maps") as f:
+        maps = f.read()
+    return {"uvloop": "uvloop/loop" in maps, "httptools": "httptools/parser" in maps}
+
+
+# --- the load generator (its own process) -----------------------------------------------------
+
+
+@dataclass
+class Call:
+    index: int
+    ws: Any = None
+    sid: str = ""
+    seq: int = 0
+    frame: int = 0
+    streaming: bool = False
+    sent: array = field(default_factory=lambda: array("d"))
+    received: array = field(default_factory=lambda: array("d"))
+    payloads: list[str] = field(default_factory=list)
+    closed_early: str | None = None
+
+
+async def _open_call(call: Call, target: str, base: str, run_prefix: str, http: Any) -> None:
+    from twilio.request_validator import RequestValidator
+    from websockets.asyncio.client import connect
+
+    validator = RequestValidator(TWILIO_TOKEN)
+    call.sid = f"MZ{call.index:032d}"
+    params: dict[str, str] = {}
+    if target.startswith("bridge"):
+        url = f"{base}/api/v1/telephony/webhook/wf-bench/user-bench/{run_prefix}-{call.index}"
+        form = {"CallSid": f"CA{call.index:032d}", "AccountSid": TWILIO_SID, "CallStatus": "in-progress",
+                "From": "+15550001", "To": "+15550002", "Direction": "inbound"}
+        response = await http.post(url, data=form, headers={"X-Twilio-Signature": validator.compute_signature(url, form)})
+        response.raise_for_status()
+        ws_url = re.search(r'<Stream url="([^"]+)"', response.text).group(1)
+        params = dict(re.findall(r'<Parameter name="([^"]+)" value="([^"]+)"', response.text))
+        headers = {"X-Twilio-Signature": validator.compute_signature(ws_url, {})}
+    else:
+        ws_url = base.replace("http://", "ws://") + "/ws"
+        headers = {}
+    call.ws = await connect(ws_url, additional_headers=headers, compression=None, max_size=1 << 20,
+                            ping_interval=None, close_timeout=2, proxy=None)
+    await call.ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
+    call.seq = 1
+    await call.ws.send(json.dumps({"event": "start", "sequenceNumber": "1", "streamSid": call.sid, "start": {
+        "streamSid": call.sid, "accountSid": TWILIO_SID, "callSid": f"CA{call.index:032d}", "tracks": ["inbound"],
+        "customParameters": params, "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}}))
+
+
+async def _receive(call: Call) -> None:
+    from websockets.exceptions import ConnectionClosed
+
+    clock = time.perf_counter
+    received, payloads = call.received, call.payloads
+    try:
+        async for text in call.ws:
+            now = clock()
+            message = json.loads(text)
+            if message.get("event") == "media":
+                received.append(now)
+                payloads.append(message["media"]["payload"])
+    except ConnectionClosed as exc:
+        call.closed_early = str(exc)
+
+
+async def run_load(args: argparse.Namespace) -> dict[str, Any]:
+    import httpx
+
+    payloads = tone_payloads()
+    calls = [Call(i) for i in range(args.calls)]
+    groups: list[list[Call]] = [[] for _ in range(20)]  # one per ms of the 20 ms frame period
+    for call in calls:
+        groups[call.index % 20].append(call)
+    clock = time.perf_counter
+    lateness: list[float] = []
+    stop_sending = asyncio.Event()
+
+    async def ticker() -> None:
+        start = clock()
+        tick = 0
+        while not stop_sending.is_set():
+            due = start + tick * 0.001
+            delay = due - clock()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            late = clock() - due
+            if tick % 10 == 0:
+                lateness.append(late)
+            for call in groups[tick % 20]:
+                if not call.streaming:
+                    continue
+                call.seq += 1
+                i = call.frame
+                call.frame = i + 1
+                text = ('{"event":"media","sequenceNumber":"%d","media":{"track":"inbound","chunk":"%d","timestamp":"%d",'
+                        '"payload":"%s"},"streamSid":"%s"}') % (call.seq, i + 1, i * 20, payloads[i % TONES], call.sid)
+                call.sent.append(clock())
+                try:
+                    await call.ws.send(text)
+                except Exception as exc:  # noqa: BLE001 - a dead call stops sending, counted as lost frames
+                    call.streaming = False
+                    call.closed_early = call.closed_early or f"send failed: {exc}"
+            tick += 1
+
+    receivers = []
+    sender = asyncio.ensure_future(ticker())
+    setup_started = clock()
+    async with httpx.AsyncClient(timeout=10) as http:
+        semaphore = asyncio.Semaphore(20)
+
+        async def open_one(call: Call) -> None:
+            async with semaphore:
+                await _open_call(call, args.target, args.base, args.run_prefix, http)
+            receivers.append(asyncio.ensure_future(_receive(call)))
+            call.streaming = True
+
+        pending = []
+        for call in calls:  # ramp: at most `ramp` new calls per second
+            pending.append(asyncio.ensure_future(open_one(call)))
+            await asyncio.sleep(1 / args.ramp)
+        results = await asyncio.gather(*pending, return_exceptions=True)
+    failures = [repr(r) for r in results if isinstance(r, BaseException)]
+    setup_seconds = clock() - setup_started
+
+    await asyncio.sleep(args.warmup)
+    pids = {name: int(pid) for name, pid in (item.split("=") for item in args.pids.split(",") if item)}
+    pids["loadgen"] = os.getpid()
+    cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    system_before = system_cpu()
+    window_start = clock()
+    lateness.clear()
+    await asyncio.sleep(args.window)
+    window_end = clock()
+    cpu_after = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    system_after = system_cpu()
+    window = window_end - window_start
+    rss = {name: rss_mb(pid) for name, pid in pids.items()}
+    send_lateness = sorted(lateness)
+
+    await asyncio.sleep(0.5)  # frames sent at the window's end still come back
+    stop_sending.set()
+    await sender
+    await asyncio.sleep(1.0)
+    for call in calls:
+        if call.ws is not None:
+            with contextlib.suppress(Exception):
+                await call.ws.send(json.dumps({"event": "stop", "streamSid": call.sid, "stop": {}}))
+    await asyncio.sleep(0.2)
+    for call in calls:
+        if call.ws is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(call.ws.close(), 2)
+    for task in receivers:
+        task.cancel()
+
+    latencies: list[np.ndarray] = []
+    sent_in_window = lost = misframed = echoed = 0
+    for call in calls:
+        sent = np.frombuffer(call.sent, dtype=np.float64)
+        received = np.frombuffer(call.received, dtype=np.float64)
+        tones, lengths = decode_tones(call.payloads)
+        matched = np.full(sent.size, -1.0)
+        next_frame = 0
+        for r in range(received.size):
+            tone = tones[r]
+            if tone < 0:
+                if window_start <= received[r] <= window_end + 1.5:
+                    misframed += 1
+                next_frame += 1
+                continue
+            frame = next_frame + (tone - next_frame) % TONES
+            if frame < sent.size:
+                matched[frame] = received[r]
+            next_frame = frame + 1
+        in_window = (sent >= window_start) & (sent < window_end)
+        sent_in_window += int(in_window.sum())
+        got = in_window & (matched > 0)
+        echoed += int(got.sum())
+        lost += int((in_window & (matched < 0)).sum())
+        latencies.append((matched[got] - sent[got]) * 1000)
+    all_latencies = np.concatenate(latencies) if latencies else np.zeros(0)
+    busy = (system_after[0] - system_before[0]) / max(1, system_after[1] - system_before[1])
+    return {
+        "target": args.target,
+        "calls": args.calls,
+        "connected": sum(1 for c in calls if c.ws is not None),
+        "failures": failures[:5],
+        "closed_early": sum(1 for c in calls if c.closed_early and c.streaming is False),
+        "setup_seconds": round(setup_seconds, 2),
+        "window_seconds": round(window, 2),
+        "cpu_percent": {name: round((cpu_after[name] - cpu_before[name]) / window * 100, 1) for name in pids},
+        "machine_busy_percent": round(busy * 100 * (os.cpu_count() or 1), 1),
+        "rss_mb": {name: round(value, 1) for name, value in rss.items()},
+        "frames_sent": sent_in_window,
+        "frames_echoed": echoed,
+        "frames_lost": lost,
+        "frames_misframed": misframed,
+        "latency_ms": {
+            "p50": round(float(np.percentile(all_latencies, 50)), 2) if all_latencies.size else None,
+            "p99": round(float(np.percentile(all_latencies, 99)), 2) if all_latencies.size else None,
+            "max": round(float(all_latencies.max()), 2) if all_latencies.size else None,
+        },
+        "send_lateness_ms_p99": round(send_lateness[int(len(send_lateness) * 0.99)] * 1000, 2) if send_lateness else None,
+    }
+
+
+def load_main(args: argparse.Namespace) -> None:
+    try:
+        import uvloop
+    except ImportError:
+        result = asyncio.run(asyncio.wait_for(run_load(args), args.deadline))
+    else:
+        result = uvloop.run(asyncio.wait_for(run_load(args), args.deadline))
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+# --- the orchestrator -------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Process:
+    """A child process with its output in a log file; stopped by its own pid."""
+
+    def __init__(self, name: str, argv: list[str], workdir: Path, *, cwd: Path = ROOT, env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.log_path = workdir / f"{name}.log"
+        self.proc = subprocess.Popen(argv, cwd=cwd, stdout=open(self.log_path, "wb"), stderr=subprocess.STDOUT,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_port(self, port: int, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.name} did not listen on {port}:\n{self.log()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def gateway_config(workdir: Path, agent_url: str) -> Path:
+    import yaml
+
+    config = {
+        "store": f"sqlite:///{workdir}/gateway.db",
+        "data_dir": str(workdir),
+        "api_key": "bench-api-key",
+        "secret_key": "bench-secret-key",
+        "providers": {"twilio": {"account_sid": TWILIO_SID, "auth_token": TWILIO_TOKEN}},
+        "agent": {"url": agent_url, "audio": {"encoding": "pcm16", "sample_rate": 16000}},
+    }
+    path = workdir / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@dataclass
+class Options:
+    window: float
+    warmup: float
+    ramp: float
+    gateway_src: Path
+    before: Path | None = None
+    quiet_percent: float = 15.0
+    quiet_wait: float = 300.0
+
+
+def wait_for_quiet(limit_percent: float, max_wait: float) -> float:
+    """Wait (up to `max_wait` s) until other processes use under `limit_percent` of a core; returns their use."""
+    deadline = time.monotonic() + max_wait
+    while True:
+        before = system_cpu()
+        time.sleep(1.0)
+        after = system_cpu()
+        busy = (after[0] - before[0]) / max(1, after[1] - before[1]) * 100 * (os.cpu_count() or 1)
+        if busy < limit_percent or time.monotonic() > deadline:
+            return busy
+        print(f"  (machine busy {busy:.0f}% of a core with other work; waiting)", flush=True)
+        time.sleep(4)
+
+
+def run_target(target: str, calls: int, options: Options, workdir: Path, *, profile: Path | None = None) -> dict[str, Any]:
+    """Start the target's processes, drive `calls` calls through them, stop everything."""
+    started: list[Process] = []
+    port = free_port()
+    idle_busy = wait_for_quiet(options.quiet_percent, options.quiet_wait)
+    try:
+        pids: dict[str, int] = {}
+        if target.startswith("bridge"):
+            agent_url = "echo"
+            if target in ("bridge", "bridge-before"):
+                agent_port = free_port()
+                agent = Process("echo-agent", [PYTHON, str(ROOT / "bench" / "echo_agent.py"), "--port", str(agent_port),
+                                               "--seconds", "900"], workdir)
+                started.append(agent)
+                agent.wait_port(agent_port)
+                agent_url = f"ws://127.0.0.1:{agent_port}/agent"
+                pids["agent"] = agent.pid
+            config = gateway_config(workdir, agent_url)
+            server = Process("gateway", [PYTHON, "-m", "gateway.cli", "serve", "--config", str(config), "--host", "127.0.0.1",
+                                         "--port", str(port)], workdir,
+                             cwd=options.before if target.endswith("-before") else options.gateway_src)
+        else:
+            variant = "asgi" if target == "reference-asgi" else "starlette"
+            server = Process("reference", [PYTHON, str(ROOT / "bench" / "reference_echo.py"), "--port", str(port),
+                                           "--variant", variant], workdir)
+        started.append(server)
+        server.wait_port(port)
+        pids["server"] = server.pid
+        libraries = loaded_libraries(server.pid)
+        deadline = calls / options.ramp + options.warmup + options.window + 60
+        load = Process("loadgen", [PYTHON, str(Path(__file__).resolve()), "_load", "--target", target,
+                                   "--base", f"http://127.0.0.1:{port}", "--calls", str(calls),
+                                   "--window", str(options.window), "--warmup", str(options.warmup),
+                                   "--ramp", str(options.ramp), "--deadline", str(deadline),
+                                   "--run-prefix", f"bench{int(time.time())}",
+                                   "--pids", ",".join(f"{k}={v}" for k, v in pids.items())], workdir)
+        started.append(load)
+        spy = None
+        if profile is not None:
+            time.sleep(calls / options.ramp + options.warmup + 1)
+            spy = subprocess.run(
+                [str(Path(PYTHON).with_name("py-spy")), "record", "--pid", str(server.pid), "--duration", str(int(options.window - 2)),
+                 "--rate", "200", "--nonblocking", "--format", "raw", "--output", str(profile)],
+                capture_output=True, text=True, timeout=options.window + 30,
+            )
+        try:
+            load.proc.wait(timeout=deadline + 10)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"load generator overran its deadline:\n{load.log()[-3000:]}") from None
+        line = next((l for l in reversed(load.log().splitlines()) if l.startswith("RESULT ")), None)
+        if line is None:
+            raise RuntimeError(f"load generator failed:\n{load.log()[-3000:]}")
+        result = json.loads(line[len("RESULT "):])
+        result["libraries"] = libraries
+        result["busy_before_percent"] = round(idle_busy, 1)
+        result["others_percent"] = round(result["machine_busy_percent"] - sum(result["cpu_percent"].values()), 1)
+        if target.startswith("bridge"):
+            result["gateway_counters"] = gateway_counters(port)
+        if spy is not None and spy.returncode != 0:
+            result["profile_error"] = (spy.stderr or spy.stdout)[-500:]
+        return result
+    finally:
+        for proc in reversed(started):
+            proc.stop()
+
+
+def gateway_counters(port: int) -> dict[str, int]:
+    """The media counters the gateway stored for the run's calls (summed over calls)."""
+    import httpx
+
+    totals: collections.Counter[str] = collections.Counter()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        calls = httpx.get(f"http://127.0.0.1:{port}/api/v1/calls?limit=500", headers={"Authorization": "Bearer bench-api-key"},
+                          timeout=10).json()["calls"]
+        if all(call["media"].get("ended") for call in calls):
+            break
+        time.sleep(0.2)
+    for call in calls:
+        for key in ("frames_in", "frames_out", "inbound_dropped", "outbound_dropped", "misframed", "bad_messages"):
+            totals[key] += int(call["media"].get(key) or 0)
+        totals["ended"] += bool(call["media"].get("ended"))
+    return dict(totals)
+
+
+def summarize_profile(path: Path, top: int = 25) -> str:
+    """Top functions by own time and by time including callees, from py-spy's raw output."""
+    own: collections.Counter[str] = collections.Counter()
+    inclusive: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        samples = int(count)
+        total += samples
+        frames = [re.sub(r":\d+\)$", ")", frame) for frame in stack.split(";")]
+        frames = [f.replace(str(ROOT) + "/", "").replace(sys.prefix + "/lib/python3.11/site-packages/", "") for f in frames]
+        frames = [re.sub(r"/\S*/lib/python3\.\d+/", "", f) for f in frames]
+        own[frames[-1]] += samples
+        for frame in set(frames):
+            inclusive[frame] += samples
+    lines = [f"py-spy: {total} samples of the gateway's busy time (idle waits excluded)", "", "| own % | function (file) |", "|---:|---|"]
+    lines += [f"| {100 * n / total:.1f} | `{name}` |" for name, n in own.most_common(top)]
+    lines += ["", "| incl. % | function (file) |", "|---:|---|"]
+    lines += [f"| {100 * n / total:.1f} | `{name}` |" for name, n in inclusive.most_common(top)]
+    return "\n".join(lines)
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    reference = {r["calls"]: r for r in results if r["target"] == "reference"}
+    rows = ["| target | calls | server CPU % of a core | CPU per call % | × reference | latency p50 / p99 / max ms | frames sent | lost | misframed | agent CPU % | loadgen CPU % | other processes % |",
+            "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        cpu = r["cpu_percent"]["server"]
+        per_call = cpu / r["calls"]
+        ref = reference.get(r["calls"])
+        ratio = f"{per_call / (ref['cpu_percent']['server'] / ref['calls']):.2f}" if ref else "-"
+        lat = r["latency_ms"]
+        rows.append(
+            f"| {r['target']} | {r['calls']} | {cpu:.1f} | {per_call:.3f} | {ratio} | {lat['p50']} / {lat['p99']} / {lat['max']} | "
+            f"{r['frames_sent']} | {r['frames_lost']} | {r['frames_misframed']} | {r['cpu_percent'].get('agent', '-')} | "
+            f"{r['cpu_percent']['loadgen']} | {r['others_percent']} |"
+        )
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Media bridge benchmark (see the module docstring)")
+    parser.add_argument("--calls", default="50,100,150,200,250", help="comma-separated call counts")
+    parser.add_argument("--targets", default=",".join(TARGETS), help=f"comma-separated, of {', '.join(TARGETS)}")
+    parser.add_argument("--window", type=float, default=15, help="steady-state seconds measured")
+    parser.add_argument("--warmup", type=float, default=3, help="seconds after the last call connected")
+    parser.add_argument("--ramp", type=float, default=50, help="new calls per second")
+    parser.add_argument("--gateway-src", type=Path, default=ROOT, help="source tree the gateway runs from")
+    parser.add_argument("--before", type=Path, help="another source tree, run as the targets bridge-before, bridge-echo-before")
+    parser.add_argument("--profile", type=int, metavar="CALLS", help="only profile the bridge at CALLS calls with py-spy")
+    parser.add_argument("--json", type=Path, help="also write the raw results here")
+    parser.add_argument("--quiet", type=float, default=15.0, metavar="PERCENT",
+                        help="before each run, wait until other processes use less than this much of a core")
+    args = parser.parse_args()
+    options = Options(window=args.window, warmup=args.warmup, ramp=args.ramp, gateway_src=args.gateway_src.resolve(),
+                      quiet_percent=args.quiet, before=args.before.resolve() if args.before else None)
+    import uvicorn
+    import websockets
+
+    print(f"# media bench: {platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} CPUs, "
+          f"uvicorn {uvicorn.__version__}, websockets {websockets.__version__}, gateway from {options.gateway_src}")
+    with tempfile.TemporaryDirectory(prefix="media-bench-") as tmp:
+        workdir = Path(tmp)
+        if args.profile:
+            out = workdir / "profile.txt"
+            result = run_target("bridge", args.profile, options, workdir, profile=out)
+            print(table([result]))
+            if "profile_error" in result:
+                print("py-spy failed:", result["profile_error"])
+            else:
+                print()
+                print(summarize_profile(out))
+                kept = ROOT / "bench" / "results"
+                kept.mkdir(exist_ok=True)
+                (kept / f"media-profile-{args.profile}.raw").write_text(out.read_text())
+            return
+        results = []
+        for calls in [int(n) for n in args.calls.split(",")]:
+            for target in args.targets.split(","):
+                result = run_target(target, calls, options, workdir)
+                results.append(result)
+                lat = result["latency_ms"]
+                print(f"{target:15} {calls:4} calls: server {result['cpu_percent']['server']:6.1f}% "
+                      f"({result['cpu_percent']['server'] / calls:.3f}%/call) p50 {lat['p50']} p99 {lat['p99']} ms "
+                      f"lost {result['frames_lost']} misframed {result['frames_misframed']} "
+                      f"others {result['others_percent']}% libs {result['libraries']} "
+                      f"loadgen late p99 {result['send_lateness_ms_p99']} ms {result.get('gateway_counters', '')}"
+                      + (f" FAILURES {result['failures']}" if result["failures"] else ""), flush=True)
+        print()
+        print(table(results))
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "_load":
+        load_parser = argparse.ArgumentParser()
+        load_parser.add_argument("_load")
+        for name in ("--target", "--base", "--run-prefix", "--pids"):
+            load_parser.add_argument(name, required=True)
+        for name in ("--calls",):
+            load_parser.add_argument(name, type=int, required=True)
+        for name in ("--window", "--warmup", "--ramp", "--deadline"):
+            load_parser.add_argument(name, type=float, required=True)
+        load_main(load_parser.parse_args())
+    else:
+        main()

@@ -1,0 +1,781 @@
+"""End-to-end webhook throughput and latency: signed Twilio status callbacks into `gateway serve`,
+signed deliveries out to a local receiver that verifies every signature.
+
+Run by hand (every phase is bounded in count and time and stops by itself):
+
+    .venv/bin/python bench/webhooks.py                          # 250..2000 ev/s, 12 s each
+    .venv/bin/python bench/webhooks.py --rates 500 --duration 10 --set store_synchronous=normal
+    .venv/bin/python bench/webhooks.py --ceiling --rates ''     # only the gateway's own ceiling
+    .venv/bin/python bench/webhooks.py --generator-ceiling      # the load generator's own ceiling
+    .venv/bin/python bench/webhooks.py --rates 1500 --profile /tmp/prof   # py-spy on the gateway
+
+Three kinds of process, so that none of them shares an event loop with another:
+
+* the gateway: one (or, with `--instances N`, N) real `gateway serve` processes, sharing the
+  store named by `--store` (default: a fresh SQLite file per rate), with one webhook
+  subscription for `call.*` signed with a `whsec_` secret, pointed at the receiver;
+* the receiver (`_receiver` role): a raw ASGI app on uvicorn + httptools + uvloop. It verifies
+  every delivery with the `standardwebhooks` package, and records (workflow_run_id, event type,
+  webhook-id, receipt time). A bad signature is answered 400 and counted;
+* the load generator (`_loadgen` role): pre-builds every Twilio-signed status callback
+  (`CallStatus=ringing` for a fresh run id each, so exactly one `call.ringing` event each)
+  before the timed window, then sends them open-loop at a fixed rate (request i is due at
+  t0 + i/rate) over persistent HTTP/1.1 keep-alive connections (raw asyncio streams), or
+  closed-loop as fast as the connections allow (`--ceiling`).
+
+Per rate it reports: callbacks acknowledged (204) per second, events received per second,
+end-to-end latency (receipt time - callback send time, same machine clock) p50/p99/max, and
+the same measured from the *scheduled* send time (which also counts time a callback waited
+for a free connection, so an overloaded gateway cannot hide behind a slow generator), lost
+(acknowledged but never received within the drain timeout), duplicated (a webhook-id
+received more than once) and CPU of the gateway, receiver and generator (100 % = one core).
+
+`--store postgresql://...` and `--instances N` are accepted by the CLI so the bench can cover
+them once the gateway supports them: the store URL is written into every instance's config
+and the generator spreads its connections round-robin over the instances.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+
+TWILIO_TOKEN = "bench-twilio-auth-token"
+TWILIO_SID = "AC" + "b" * 32
+WHSEC = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# --- small helpers -----------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    k = min(len(ordered) - 1, max(0, int(round(q / 100 * (len(ordered) - 1)))))
+    return ordered[k]
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """utime + stime of a process and all its threads, in seconds (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def system_busy() -> tuple[float, float]:
+    """(busy, total) jiffies over all cores, from /proc/stat."""
+    parts = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = parts[3] + (parts[4] if len(parts) > 4 else 0)
+    return float(sum(parts) - idle), float(sum(parts))
+
+
+class CpuSampler:
+    """Samples the CPU seconds of named pids (and the whole machine) every `period` seconds,
+    so the CPU of any wall-clock window can be read afterwards."""
+
+    def __init__(self, pids: dict[str, list[int]], period: float = 0.2) -> None:
+        self.pids = pids
+        self.period = period
+        self.samples: list[tuple[float, dict[str, float], tuple[float, float]]] = []
+        self._last: dict[int, float] = {}  # a process that exited keeps its last reading
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _cpu(self, pid: int) -> float:
+        value = max(proc_cpu_seconds(pid), self._last.get(pid, 0.0))
+        self._last[pid] = value
+        return value
+
+    def _sample(self) -> None:
+        cpu = {name: sum(self._cpu(p) for p in list(pids)) for name, pids in list(self.pids.items())}
+        self.samples.append((time.time(), cpu, system_busy()))
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._sample()
+            self._stop.wait(self.period)
+
+    def __enter__(self) -> "CpuSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._sample()
+
+    def window(self, start: float, end: float) -> dict[str, float]:
+        """CPU % (100 = one core) of each name over [start, end]; `system` is all cores busy %."""
+        inside = [s for s in self.samples if start - self.period <= s[0] <= end + self.period]
+        if len(inside) < 2:
+            return {}
+        first, last = inside[0], inside[-1]
+        span = last[0] - first[0]
+        if span <= 0:
+            return {}
+        out = {name: 100.0 * (last[1][name] - first[1][name]) / span for name in self.pids}
+        busy = last[2][0] - first[2][0]
+        total = last[2][1] - first[2][1]
+        out["system"] = 100.0 * busy / total * (os.cpu_count() or 1) if total else float("nan")
+        out["others"] = out["system"] - sum(out[name] for name in self.pids)  # machine noise
+        out["seconds"] = span
+        return out
+
+
+# --- receiver role -----------------------------------------------------------------------------
+
+
+def receiver_main(args: argparse.Namespace) -> None:
+    """A cheap receiver: raw ASGI on uvicorn/httptools/uvloop; verifies every signature."""
+    import uvicorn
+    from standardwebhooks import Webhook, WebhookVerificationError
+
+    verifier = Webhook(args.secret)
+    records: list[tuple[str, str, str, float]] = []
+    state = {"bad": 0, "errors": 0}
+    sink = args.sink
+
+    async def reply(send: Any, status: int, body: bytes = b"", ctype: bytes = b"application/json") -> None:
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", ctype), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def app(scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        received_at = time.time()
+        body = b""
+        more = True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        path = scope["path"]
+        if path.startswith("/_bench/"):
+            if path == "/_bench/stats":
+                data = {"received": len(records), **state}
+            elif path == "/_bench/dump":
+                data = {"records": records, **state}
+            else:
+                data = {}
+            await reply(send, 200, json.dumps(data, separators=(",", ":")).encode())
+            return
+        if sink:  # generator-ceiling mode: answer like the gateway does, nothing else
+            await send({"type": "http.response.start", "status": 204, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        try:
+            payload = verifier.verify(body, headers)
+        except WebhookVerificationError:
+            state["bad"] += 1
+            await reply(send, 400, b'{"error":"bad signature"}')
+            return
+        except Exception:  # noqa: BLE001 - count and answer, never crash the receiver
+            state["errors"] += 1
+            await reply(send, 400, b'{"error":"unreadable"}')
+            return
+        records.append((payload.get("workflow_run_id") or "", payload.get("type") or "", headers["webhook-id"], received_at))
+        await reply(send, 200)
+
+    uvicorn.run(app, host="127.0.0.1", port=args.port, http="httptools", loop="uvloop", log_level="warning",
+                access_log=False, lifespan="on", backlog=4096, timeout_keep_alive=60)
+
+
+# --- load generator role ----------------------------------------------------------------------
+
+
+def build_requests(targets: list[str], prefix: str, count: int, token: str) -> tuple[list[bytes], list[int]]:
+    """Signed status callbacks: request i goes to target i % len(targets)'s connections."""
+    from twilio.request_validator import RequestValidator
+
+    validator = RequestValidator(token)
+    out: list[bytes] = []
+    target_of: list[int] = []
+    for i in range(count):
+        t = i % len(targets)
+        base = targets[t]
+        host = base.split("://", 1)[1]
+        run_id = f"{prefix}-{i}"
+        path = f"/api/v1/telephony/status-callback/{run_id}"
+        params = {"CallSid": "CA" + f"{prefix}{i:x}".encode().hex()[-32:].rjust(32, "0"), "AccountSid": TWILIO_SID,
+                  "CallStatus": "ringing", "From": "+15550100", "To": "+15550199", "Direction": "outbound-api"}
+        signature = validator.compute_signature(base + path, params)
+        body = urlencode(params).encode()
+        head = (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+                f"X-Twilio-Signature: {signature}\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+        out.append(head + body)
+        target_of.append(t)
+    return out, target_of
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
+    """(status, keep-alive) of one HTTP/1.1 response; the body is read and dropped."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    lower = head.lower()
+    length = 0
+    at = lower.find(b"\r\ncontent-length:")
+    if at != -1:
+        end = lower.find(b"\r\n", at + 2)
+        length = int(lower[at + 17:end])
+    elif b"\r\ntransfer-encoding: chunked" in lower:
+        await reader.readuntil(b"0\r\n\r\n")
+    if length:
+        await reader.readexactly(length)
+    return status, b"\r\nconnection: close" not in lower
+
+
+async def loadgen_run(args: argparse.Namespace) -> dict[str, Any]:
+    targets = args.target
+    rate = args.rate
+    count = args.count if rate == 0 else int(rate * args.duration)
+    requests, target_of = build_requests(targets, args.prefix, count, args.token)
+    sched = [0.0] * count
+    sent = [0.0] * count
+    done = [0.0] * count
+    status = [0] * count
+    queues = [asyncio.Queue() for _ in targets]  # one per instance: a connection serves one target
+    addrs = [t.split("://", 1)[1].rsplit(":", 1) for t in targets]
+
+    async def connect(t: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        host, port = addrs[t]
+        reader, writer = await asyncio.open_connection(host, int(port))
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return reader, writer
+
+    deadline = [float("inf")]
+
+    async def worker(t: int) -> None:
+        reader, writer = await connect(t)
+        queue = queues[t]
+        try:
+            while True:
+                i = await queue.get()
+                if i is None or time.time() > deadline[0]:
+                    return
+                sent[i] = time.time()
+                try:
+                    writer.write(requests[i])
+                    code, keep = await _read_response(reader)
+                except (OSError, asyncio.IncompleteReadError, ValueError):
+                    code, keep = -1, False
+                done[i] = time.time()
+                status[i] = code
+                if not keep:
+                    writer.close()
+                    reader, writer = await connect(t)
+        finally:
+            writer.close()
+
+    workers = [asyncio.ensure_future(worker(k % len(targets))) for k in range(args.connections)]
+    await asyncio.sleep(0.3)  # connections open before the window
+    loop = asyncio.get_running_loop()
+    wall0 = time.time() + 0.05
+    mono0 = loop.time() + 0.05
+    if rate == 0:  # closed loop: every connection busy until the deadline
+        deadline[0] = wall0 + args.duration
+        for i in range(count):
+            sched[i] = wall0
+            queues[target_of[i]].put_nowait(i)
+        await asyncio.sleep(0.05)
+    else:
+        i = 0
+        step = 1.0 / rate
+        while i < count:
+            now = loop.time()
+            due = min(count, int((now - mono0) * rate) + 1) if now >= mono0 else 0
+            while i < due:
+                sched[i] = wall0 + i * step
+                queues[target_of[i]].put_nowait(i)
+                i += 1
+            await asyncio.sleep(max(0.0, min(0.002, mono0 + i * step - loop.time())))
+        deadline[0] = time.time() + args.duration + 30  # bound the tail: an unanswered callback is an error
+    for queue in queues:
+        for _ in range(args.connections):
+            queue.put_nowait(None)
+    try:
+        await asyncio.wait_for(asyncio.gather(*workers, return_exceptions=True), args.duration + 60)
+    except asyncio.TimeoutError:
+        for w in workers:
+            w.cancel()
+    issued = [i for i in range(count) if sent[i]]
+    return {
+        "count": count, "issued": len(issued), "rate": rate, "start": wall0,
+        "sched": [sched[i] for i in issued], "sent": [sent[i] for i in issued], "done": [done[i] for i in issued],
+        "status": [status[i] for i in issued], "index": issued, "prefix": args.prefix,
+    }
+
+
+def loadgen_main(args: argparse.Namespace) -> None:
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    result = asyncio.run(loadgen_run(args))
+    Path(args.out).write_text(json.dumps(result, separators=(",", ":")))
+
+
+# --- orchestration -----------------------------------------------------------------------------
+
+
+def _set_dotted(config: dict[str, Any], dotted: str) -> None:
+    import yaml
+
+    key, _, raw = dotted.partition("=")
+    value = yaml.safe_load(raw)
+    node = config
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+
+
+def gateway_config(workdir: Path, store: str, receiver_url: str, sets: list[str]) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "store": store,
+        "data_dir": str(workdir),
+        "api_key": "bench-admin-api-key",
+        "secret_key": "bench-secret-key",
+        "providers": {"twilio": {"account_sid": TWILIO_SID, "auth_token": TWILIO_TOKEN}},
+        "webhooks": [{
+            "name": "bench",
+            "events": ["call.*"],
+            "url": receiver_url + "/hooks",
+            "signing": {"scheme": "standard", "secrets": [WHSEC]},
+            "allow_networks": ["127.0.0.0/8"],
+            "timeout": 10,
+        }],
+    }
+    for item in sets:
+        _set_dotted(config, item)
+    return config
+
+
+def gateway_defaults(root: str | None) -> list[str]:
+    """Config the bench needs whatever the gateway version: no per-IP limit on provider
+    requests (every callback comes from 127.0.0.1), when that version has one."""
+    probe = ("from gateway.config import GatewayConfig as G; f = G.model_fields.get('limits');"
+             " print(bool(f and 'provider_requests_per_second' in f.annotation.model_fields))")
+    env = {**os.environ, **({"PYTHONPATH": root} if root else {})}
+    out = subprocess.run([PY, "-c", probe], cwd=root or ROOT, env=env, capture_output=True, text=True, timeout=60)
+    return ["limits.provider_requests_per_second=0"] if out.stdout.strip() == "True" else []
+
+
+def wait_http(url: str, proc: subprocess.Popen, timeout: float, what: str, log: Path | None = None) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
+            raise RuntimeError(f"{what} exited with {proc.returncode}\n{tail}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} did not become ready within {timeout} s")
+
+
+def stop_process(proc: subprocess.Popen | None, timeout: float = 15) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+
+
+class Run:
+    """One measured run: fresh store, receiver and gateway(s); one load-generator pass."""
+
+    def __init__(self, args: argparse.Namespace, workdir: Path, label: str, rate: float) -> None:
+        self.args = args
+        self.workdir = workdir / label
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.label = label
+        self.rate = rate
+        self.procs: list[subprocess.Popen] = []
+
+    def _spawn(self, argv: list[str], log: Path, gateway_root: str | None = None) -> subprocess.Popen:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if gateway_root:
+            env["PYTHONPATH"] = gateway_root
+        proc = subprocess.Popen(argv, stdout=open(log, "ab"), stderr=subprocess.STDOUT, cwd=gateway_root or ROOT, env=env)
+        self.procs.append(proc)
+        return proc
+
+    def execute(self) -> dict[str, Any]:
+        try:
+            return self._execute()
+        finally:
+            for proc in reversed(self.procs):
+                stop_process(proc)
+
+    def _execute(self) -> dict[str, Any]:
+        import httpx
+        import yaml
+
+        args = self.args
+        rport = free_port()
+        receiver_url = f"http://127.0.0.1:{rport}"
+        receiver = self._spawn([PY, __file__, "_receiver", "--port", str(rport), "--secret", WHSEC]
+                               + (["--sink"] if args.generator_ceiling else []), self.workdir / "receiver.log")
+        wait_http(receiver_url + "/_bench/stats", receiver, 20, "receiver", self.workdir / "receiver.log")
+
+        gateways: list[subprocess.Popen] = []
+        targets: list[str] = []
+        store = args.store
+        if args.generator_ceiling:
+            targets = [receiver_url]
+        else:
+            if store == "sqlite":
+                store = f"sqlite:///{self.workdir}/gateway.db"
+            config = gateway_config(self.workdir, store, receiver_url, gateway_defaults(args.gateway_root) + args.set)
+            config_path = self.workdir / "gateway.yaml"
+            config_path.write_text(yaml.safe_dump(config))
+            for n in range(args.instances):
+                port = free_port()
+                log = self.workdir / f"gateway-{n}.log"
+                proc = self._spawn([PY, "-m", "gateway.cli", "serve", "--config", str(config_path),
+                                    "--host", "127.0.0.1", "--port", str(port)], log, gateway_root=args.gateway_root)
+                wait_http(f"http://127.0.0.1:{port}/readyz", proc, 30, f"gateway {n}", log)
+                gateways.append(proc)
+                targets.append(f"http://127.0.0.1:{port}")
+
+        out = self.workdir / "loadgen.json"
+        prefix = f"b{self.label.replace('.', '_')}{int(time.time()) % 100000}"
+        argv = [PY, __file__, "_loadgen", "--rate", str(self.rate), "--duration", str(args.duration),
+                "--connections", str(args.connections), "--prefix", prefix, "--token", TWILIO_TOKEN,
+                "--out", str(out), "--count", str(args.flood_max)]
+        for t in targets:
+            argv += ["--target", t]
+        pids: dict[str, list[int]] = {"gateway": [p.pid for p in gateways], "receiver": [receiver.pid], "loadgen": []}
+        profiler = None
+        with CpuSampler(pids) as sampler:
+            loadgen = self._spawn(argv, self.workdir / "loadgen.log")
+            pids["loadgen"].append(loadgen.pid)
+            if args.profile and gateways:
+                profiler = self._start_profiler(gateways[0].pid)
+            try:
+                loadgen.wait(timeout=args.duration * 2 + 120)
+            except subprocess.TimeoutExpired:
+                loadgen.kill()
+                raise RuntimeError("load generator did not finish in time")
+            if loadgen.returncode != 0:
+                raise RuntimeError(f"load generator failed:\n{(self.workdir / 'loadgen.log').read_text()[-3000:]}")
+            gen = json.loads(out.read_text())
+            acked = sum(1 for s in gen["status"] if s == 204)
+            # drain: wait until every acknowledged event arrived, or no progress for a while
+            drain_start = time.time()
+            last, last_change = -1, time.time()
+            stats: dict[str, Any] = {}
+            while time.time() - drain_start < args.drain_timeout:
+                stats = httpx.get(receiver_url + "/_bench/stats", timeout=5).json()
+                if args.generator_ceiling or stats["received"] >= acked:
+                    break
+                if stats["received"] != last:
+                    last, last_change = stats["received"], time.time()
+                elif time.time() - last_change > args.stall_timeout:
+                    break
+                time.sleep(0.1)
+            if not args.generator_ceiling:
+                time.sleep(args.settle)  # let stray duplicates arrive
+            if profiler is not None:
+                self._stop_profiler(profiler)
+        for proc in gateways:  # first, so that nothing is delivered after the dump
+            stop_process(proc)
+        dump = httpx.get(receiver_url + "/_bench/dump", timeout=30).json()
+        outbox = None
+        if not args.generator_ceiling and store.startswith("sqlite:///"):
+            outbox = sqlite_outbox(store[len("sqlite:///"):], prefix)
+        result = analyse(gen, dump, sampler, self.rate, outbox, generator_ceiling=args.generator_ceiling)
+        result["label"] = self.label
+        return result
+
+    def _start_profiler(self, pid: int) -> subprocess.Popen:
+        target = Path(self.args.profile)
+        target.mkdir(parents=True, exist_ok=True)
+        spy = shutil.which("py-spy") or str(Path(PY).parent / "py-spy")
+        argv = [spy, "record", "--pid", str(pid), "--rate", str(self.args.profile_rate), "--format", "raw",
+                "--threads", "--nonblocking", "-o", str(target / f"{self.label}.txt"),
+                "--duration", str(int(self.args.duration + 5))]
+        return subprocess.Popen(argv, stdout=open(target / f"{self.label}.log", "ab"), stderr=subprocess.STDOUT)
+
+    @staticmethod
+    def _stop_profiler(proc: subprocess.Popen) -> None:
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=20)
+
+
+def sqlite_outbox(path: str, prefix: str) -> dict[int, str]:
+    """After the run: the delivery status of every stored `call.ringing` event of this run."""
+    import sqlite3
+
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        rows = conn.execute(
+            "SELECT e.workflow_run_id, COALESCE(d.status, 'no-delivery-row') FROM events e"
+            " LEFT JOIN deliveries d ON d.event_seq = e.seq WHERE e.type = 'call.ringing'"
+        ).fetchall()
+    finally:
+        conn.close()
+    out: dict[int, str] = {}
+    for run_id, status in rows:
+        head, _, tail = run_id.rpartition("-")
+        if head == prefix and tail.isdigit():
+            out[int(tail)] = status
+    return out
+
+
+def analyse(gen: dict[str, Any], dump: dict[str, Any], sampler: CpuSampler, rate: float,
+            outbox: dict[int, str] | None = None, *, generator_ceiling: bool = False) -> dict[str, Any]:
+    sched, sent, done, status, index = gen["sched"], gen["sent"], gen["done"], gen["status"], gen["index"]
+    prefix = gen["prefix"]
+    first_send = min(sent) if sent else gen["start"]
+    last_send = max(sent) if sent else gen["start"]
+    last_done = max(done) if done else last_send
+    acked_idx = {index[k] for k, s in enumerate(status) if s == 204}
+    by_idx = {index[k]: k for k in range(len(index))}
+    cb_lat = [(done[k] - sent[k]) * 1000 for k, s in enumerate(status) if s == 204]
+    lag = [(sent[k] - sched[k]) * 1000 for k in range(len(sent))]
+    out: dict[str, Any] = {
+        "target": rate, "issued": len(sent), "acked": len(acked_idx),
+        "errors": sum(1 for s in status if s != 204),
+        "error_statuses": sorted({s for s in status if s != 204}),
+        "send_window_s": last_send - first_send,
+        "callbacks_per_s": len(acked_idx) / max(1e-9, last_done - first_send),
+        "callback_p50_ms": pct(cb_lat, 50), "callback_p99_ms": pct(cb_lat, 99),
+        "gen_lag_p99_ms": pct(lag, 99), "gen_lag_max_ms": max(lag) if lag else float("nan"),
+    }
+    if generator_ceiling:
+        out["cpu"] = sampler.window(first_send, last_done)
+        return out
+    records = dump["records"]
+    seen_ids: dict[str, int] = {}
+    first_receipt: dict[int, float] = {}
+    event_keys: dict[tuple[int, str], set[str]] = {}
+    foreign = 0
+    for run_id, kind, webhook_id, at in records:
+        seen_ids[webhook_id] = seen_ids.get(webhook_id, 0) + 1
+        head, _, tail = run_id.rpartition("-")
+        if head != prefix or not tail.isdigit():
+            foreign += 1
+            continue
+        i = int(tail)
+        event_keys.setdefault((i, kind), set()).add(webhook_id)
+        if kind == "call.ringing" and (i not in first_receipt or at < first_receipt[i]):
+            first_receipt[i] = at
+    duplicates = sum(n - 1 for n in seen_ids.values() if n > 1)
+    unreceived = sorted(acked_idx - set(first_receipt))
+    # Not received is not lost while the event still waits in the outbox (the drain timed out).
+    # Lost: acknowledged, never received, and not pending (no event, no row, failed or dead).
+    # Without a way to read the outbox (other stores) every unreceived event counts as lost.
+    pending = [i for i in unreceived if outbox is not None and outbox.get(i) == "pending"]
+    lost = [i for i in unreceived if outbox is None or outbox.get(i) != "pending"]
+    e2e = [(first_receipt[i] - sent[by_idx[i]]) * 1000 for i in first_receipt if i in by_idx]
+    e2e_sched = [(first_receipt[i] - sched[by_idx[i]]) * 1000 for i in first_receipt if i in by_idx]
+    receipts = sorted(first_receipt.values())
+    last_receipt = receipts[-1] if receipts else last_send
+    in_window = sum(1 for t in receipts if t <= last_send)
+    out.update({
+        "received": len(records), "events": len(first_receipt), "lost": len(lost), "lost_sample": lost[:5],
+        "lost_states": sorted({outbox.get(i, "no-event") for i in lost}) if outbox is not None else None,
+        "still_pending": len(pending), "unacked_but_stored": (
+            sum(1 for i in outbox if i not in acked_idx) if outbox is not None else None),
+        "duplicated": duplicates, "duplicate_events": sum(1 for ids in event_keys.values() if len(ids) > 1),
+        "other_types": sum(1 for (i, kind) in event_keys if kind != "call.ringing"), "foreign": foreign,
+        "bad_signatures": dump.get("bad", 0), "receiver_errors": dump.get("errors", 0),
+        "events_per_s": len(first_receipt) / max(1e-9, last_receipt - first_send),
+        "events_per_s_in_window": in_window / max(1e-9, last_send - first_send),
+        "tail_s": last_receipt - last_send,
+        "e2e_p50_ms": pct(e2e, 50), "e2e_p99_ms": pct(e2e, 99), "e2e_max_ms": max(e2e) if e2e else float("nan"),
+        "e2e_sched_p99_ms": pct(e2e_sched, 99),
+        "cpu": sampler.window(first_send, last_receipt),
+        "cpu_window": sampler.window(first_send, last_send),
+    })
+    cpu = out["cpu"]
+    if cpu.get("gateway") and first_receipt:  # CPU the gateway spent per event, ingest to delivery
+        out["gateway_cpu_ms_per_event"] = cpu["gateway"] / 100 * cpu["seconds"] * 1000 / len(first_receipt)
+    if len(receipts) > 10:  # delivery rate once ingest stopped: the delivery side's own ceiling
+        after = [t for t in receipts if t > last_done]
+        if len(after) > 50:
+            out["drain_events_per_s"] = len(after) / max(1e-9, after[-1] - last_done)
+            out["backlog_at_end"] = len(after)
+    return out
+
+
+def fmt(value: Any, digits: int = 0) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    head = ("| target ev/s | acked cb/s | e2e ev/s (in window) | e2e p50 ms | e2e p99 ms | e2e max ms | p99 from sched ms "
+            "| callback p99 ms | lost | dup | pending at timeout | tail s | gateway CPU % | gateway CPU ms/event "
+            "| recv CPU % | gen CPU % | other processes CPU % |")
+    lines = [head, "|" + "---|" * 17]
+    for r in results:
+        cpu = r.get("cpu", {})
+        lines.append("| " + " | ".join([
+            fmt(r["target"]) if r["target"] else "flood",
+            fmt(r["callbacks_per_s"]),
+            f"{fmt(r.get('events_per_s'))} ({fmt(r.get('events_per_s_in_window'))})",
+            fmt(r.get("e2e_p50_ms"), 1), fmt(r.get("e2e_p99_ms"), 1), fmt(r.get("e2e_max_ms"), 0),
+            fmt(r.get("e2e_sched_p99_ms"), 1), fmt(r["callback_p99_ms"], 1),
+            fmt(r.get("lost")), fmt(r.get("duplicated")), fmt(r.get("still_pending")), fmt(r.get("tail_s"), 2),
+            fmt(cpu.get("gateway")), fmt(r.get("gateway_cpu_ms_per_event"), 2), fmt(cpu.get("receiver")),
+            fmt(cpu.get("loadgen")), fmt(cpu.get("others")),
+        ]) + " |")
+    return "\n".join(lines)
+
+
+def orchestrate(args: argparse.Namespace) -> int:
+    if args.instances < 1:
+        raise SystemExit("--instances must be at least 1")
+    if args.store != "sqlite" and not args.store.startswith(("sqlite:///", "postgresql://", "postgres://")):
+        raise SystemExit("--store is 'sqlite' (a fresh file per run), sqlite:///path or postgresql://...")
+    rates = [float(r) for r in args.rates.split(",") if r.strip()]
+    workdir = Path(tempfile.mkdtemp(prefix="bench-webhooks-"))
+    print(f"# bench/webhooks.py  python {platform.python_version()}  cpus={os.cpu_count()}  store={args.store}  "
+          f"instances={args.instances}  connections={args.connections}  duration={args.duration}s  set={args.set}")
+    print(f"# workdir {workdir}", flush=True)
+    results: list[dict[str, Any]] = []
+    plan: list[tuple[str, float]] = []
+    if args.generator_ceiling:
+        plan.append(("generator-ceiling", 0.0))
+    else:
+        plan += [(f"r{int(r)}", r) for r in rates]
+        if args.ceiling:
+            plan.append(("ceiling", 0.0))
+    try:
+        for label, rate in plan:
+            for rep in range(args.repeat):
+                name = label if args.repeat == 1 else f"{label}.{rep}"
+                print(f"-- {name}: {'closed loop' if rate == 0 else f'{rate:g} ev/s'} for {args.duration} s", flush=True)
+                result = Run(args, workdir, name, rate).execute()
+                results.append(result)
+                cpu = result.get("cpu", {})
+                if args.generator_ceiling:
+                    print(f"   generator: {result['callbacks_per_s']:,.0f} req/s over {args.connections} connections; "
+                          f"gen CPU {fmt(cpu.get('loadgen'))} %, sink CPU {fmt(cpu.get('receiver'))} %", flush=True)
+                    continue
+                print(f"   acked {result['acked']:,}/{result['issued']:,} ({result['callbacks_per_s']:,.0f}/s)  "
+                      f"received {result['events']:,} ({fmt(result['events_per_s'])}/s)  lost {result['lost']}  "
+                      f"pending {result['still_pending']}  "
+                      f"dup {result['duplicated']}  e2e p50/p99/max {fmt(result['e2e_p50_ms'], 1)}/"
+                      f"{fmt(result['e2e_p99_ms'], 1)}/{fmt(result['e2e_max_ms'])} ms  gateway CPU "
+                      f"{fmt(cpu.get('gateway'))} % ({fmt(result.get('gateway_cpu_ms_per_event'), 2)} ms/event)  "
+                      f"other processes {fmt(cpu.get('others'))} %"
+                      + (f"  drain {result['drain_events_per_s']:,.0f}/s" if "drain_events_per_s" in result else ""),
+                      flush=True)
+                if result["bad_signatures"] or result["receiver_errors"]:
+                    print(f"   !! {result['bad_signatures']} bad signatures, {result['receiver_errors']} unreadable")
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    if results and not args.generator_ceiling:
+        print()
+        print(table(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), "results": results}, indent=1, default=str))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="role")
+    rec = sub.add_parser("_receiver")
+    rec.add_argument("--port", type=int, required=True)
+    rec.add_argument("--secret", required=True)
+    rec.add_argument("--sink", action="store_true")
+    gen = sub.add_parser("_loadgen")
+    gen.add_argument("--target", action="append", required=True)
+    gen.add_argument("--rate", type=float, required=True)
+    gen.add_argument("--duration", type=float, required=True)
+    gen.add_argument("--count", type=int, default=60000)
+    gen.add_argument("--connections", type=int, default=32)
+    gen.add_argument("--prefix", required=True)
+    gen.add_argument("--token", required=True)
+    gen.add_argument("--out", required=True)
+
+    parser.add_argument("--rates", default="250,500,1000,1500,2000", help="target events/s, comma separated ('' for none)")
+    parser.add_argument("--duration", type=float, default=12.0, help="seconds of load per rate")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per rate")
+    parser.add_argument("--store", default="sqlite", help="'sqlite' (fresh file per run), sqlite:///path or postgresql://...")
+    parser.add_argument("--instances", type=int, default=1, help="gateway processes sharing the store")
+    parser.add_argument("--connections", type=int, default=32, help="keep-alive connections of the generator")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=YAML",
+                        help="override a gateway config key, e.g. delivery.concurrency=32 (repeatable)")
+    parser.add_argument("--ceiling", action="store_true", help="also flood closed-loop: the gateway's own ceiling")
+    parser.add_argument("--flood-max", type=int, default=60000, help="callbacks pre-built for a closed-loop flood")
+    parser.add_argument("--generator-ceiling", action="store_true", help="measure the generator against a bare sink")
+    parser.add_argument("--drain-timeout", type=float, default=60.0, help="max seconds to wait for deliveries after the load")
+    parser.add_argument("--stall-timeout", type=float, default=10.0, help="stop draining after this long without progress")
+    parser.add_argument("--settle", type=float, default=0.5, help="seconds to wait for stray duplicates")
+    parser.add_argument("--profile", metavar="DIR", help="py-spy record the (first) gateway into DIR during each run")
+    parser.add_argument("--profile-rate", type=int, default=100, help="py-spy samples per second")
+    parser.add_argument("--gateway-root", metavar="DIR", help="run the gateway package found in DIR (A/B runs)")
+    parser.add_argument("--json", metavar="PATH", help="write every result as JSON")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, databases)")
+    args = parser.parse_args(argv)
+    if args.role == "_receiver":
+        receiver_main(args)
+        return 0
+    if args.role == "_loadgen":
+        loadgen_main(args)
+        return 0
+    return orchestrate(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""ASGI middleware at the edge: one log line per request outcome, and the per-IP rate limit
+on provider routes. Pure ASGI (no per-request Starlette objects)."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import time
+from typing import Any, Awaitable, Callable, Iterable
+
+from gateway.metrics import REFUSALS
+
+log = logging.getLogger("gateway.http")
+
+Scope = dict[str, Any]
+ASGIApp = Callable[[Scope, Callable[..., Awaitable[Any]], Callable[..., Awaitable[Any]]], Awaitable[None]]
+PROVIDER_PREFIX = "/api/v1/telephony/"
+
+
+class TokenBucket:
+    """Per-key token buckets (pure; the caller passes the clock). Old keys are pruned."""
+
+    def __init__(self, rate: float, burst: float, max_keys: int = 100_000) -> None:
+        self.rate, self.burst, self.max_keys = rate, burst, max_keys
+        self._state: dict[str, tuple[float, float]] = {}
+
+    def take(self, key: str, now: float) -> bool:
+        tokens, last = self._state.get(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        allowed = tokens >= 1.0
+        self._state[key] = (tokens - 1.0 if allowed else tokens, now)
+        if len(self._state) > self.max_keys:
+            full = [k for k, (t, seen) in self._state.items() if t + (now - seen) * self.rate >= self.burst]
+            for k in full[: len(self._state) - self.max_keys + 1000]:
+                del self._state[k]
+        return allowed
+
+
+def client_ip(scope: Scope, trusted: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> str:
+    """The caller's address; the first X-Forwarded-For hop only when the peer is a trusted proxy."""
+    peer = (scope.get("client") or ("", 0))[0]
+    try:
+        address = ipaddress.ip_address(peer)
+    except ValueError:
+        return peer
+    if any(address in network for network in trusted):
+        for name, value in scope.get("headers", ()):
+            if name == b"x-forwarded-for":
+                return value.decode("latin-1").split(",")[0].strip() or peer
+    return peer
+
+
+class EdgeMiddleware:
+    """Logs `method path status ms` for every HTTP request; 429s provider floods per IP."""
+
+    def __init__(self, app: ASGIApp, *, rate: float, burst: float, trusted: Iterable[Any],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.app = app
+        self.bucket = TokenBucket(rate, burst) if rate > 0 else None
+        self.trusted = list(trusted)
+        self.clock = clock
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        if self.bucket is not None and path.startswith(PROVIDER_PREFIX):
+            ip = client_ip(scope, self.trusted)
+            if not self.bucket.take(ip, self.clock()):
+                REFUSALS.labels("provider_rate_per_ip").inc()
+                log.warning("rate limited %s %s from %s", scope.get("method", "WS"), path, ip)
+                if scope["type"] == "http":
+                    await _too_many(send)
+                else:
+                    await send({"type": "websocket.close", "code": 1013, "reason": "rate limited"})
+                return
+        if scope["type"] == "websocket":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = {"code": 500}
+
+        async def capture(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, capture)
+        finally:
+            if path not in ("/healthz", "/readyz", "/metrics"):
+                log.info("%s %s %d %.1fms", scope.get("method"), path, status["code"], (time.perf_counter() - started) * 1000)
+
+
+async def _too_many(send: Any) -> None:
+    body = b'{"type":"about:blank","title":"Too Many Requests","status":429,"detail":"too many provider requests from this address"}'
+    await send({"type": "http.response.start", "status": 429,
+                "headers": [(b"content-type", b"application/problem+json"), (b"retry-after", b"1"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,111 @@
+"""A campaign's inline webhook URLs (`options.webhooks`) as ad-hoc subscriptions.
+
+Design: each URL becomes a `Subscription` named after the campaign and the hook
+(`cmp_…-batch-complete`, `cmp_…-call-complete`, `cmp_…-batch-failed`) that receives one event
+type (`batch.completed`, `batch.call_completed`, `batch.failed`) and sends the event's data as
+the body (`payload_template: "{{event.data}}"`, so the Dialgen shapes go out as they are). The
+URLs live in the campaign row (its `options`), so nothing else is persisted: the store writes
+the delivery rows for them in the same transaction as the campaign change that causes the
+event, and the process registers the subscriptions with the one `DeliveryWorker`, which
+delivers them like any other (durable, leased, retried, Standard Webhooks signed). A campaign's
+subscriptions are registered when it is created and, at start-up, for every campaign that is
+active or ended recently enough for its deliveries to still be retried.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from gateway.calls import events as ev
+from gateway.dial.payloads import BATCH_CALL_COMPLETED
+from gateway.store.campaigns import Campaign
+from gateway.webhooks.subscription import RetryPolicy, StandardSigning, Subscription
+
+log = logging.getLogger("gateway.dial")
+
+HOOKS: dict[str, tuple[str, str]] = {
+    "onBatchComplete": ("batch-complete", ev.BATCH_COMPLETED),
+    "onCallComplete": ("call-complete", BATCH_CALL_COMPLETED),
+    "onBatchFailed": ("batch-failed", ev.BATCH_FAILED),
+}
+
+
+def new_signing_secret() -> str:
+    """A fresh Standard Webhooks secret (`whsec_` + 32 random bytes, base64)."""
+    return "whsec_" + base64.b64encode(os.urandom(32)).decode("ascii")
+
+
+def subscription_name(campaign_id: str, hook: str) -> str:
+    return f"{campaign_id}-{HOOKS[hook][0]}"
+
+
+def targets(campaign: Campaign, event_type: str) -> list[str]:
+    """The campaign's inline subscriptions that receive `event_type`."""
+    urls = (campaign.options.get("webhooks") or {})
+    return [subscription_name(campaign.id, hook) for hook, (_, kind) in HOOKS.items() if kind == event_type and urls.get(hook)]
+
+
+@dataclass(frozen=True)
+class InlineSettings:
+    """How inline webhooks are sent: the signing secret when configured (else each campaign
+    has its own), timeout, retries and the networks allowed past the SSRF guard."""
+
+    secret: str | None = None
+    timeout: float = 30.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    allow_networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(default_factory=list)
+
+
+def subscriptions(campaign: Campaign, settings: InlineSettings) -> list[Subscription]:
+    """The ad-hoc subscriptions of a campaign's inline URLs."""
+    urls = campaign.options.get("webhooks") or {}
+    secret = settings.secret or campaign.webhook_secret
+    out = []
+    for hook, (suffix, kind) in HOOKS.items():
+        url = urls.get(hook)
+        if not url:
+            continue
+        out.append(Subscription(
+            name=subscription_name(campaign.id, hook), events=[kind], url=url, method="POST",
+            payload_template="{{event.data}}",
+            signing=StandardSigning(secrets=[secret] if secret else []),
+            timeout=settings.timeout, retry=settings.retry, ordered=False,
+            allow_networks=list(settings.allow_networks),
+        ))
+    return out
+
+
+class SubscriptionHost(Protocol):
+    subscriptions: dict[str, Subscription]
+
+    def wake(self) -> None: ...
+
+
+class InlineRegistry:
+    """Keeps the worker's table of subscriptions in step with the campaigns' inline URLs."""
+
+    def __init__(self, worker: SubscriptionHost | None, settings: InlineSettings) -> None:
+        self.worker = worker
+        self.settings = settings
+
+    def register(self, campaign: Campaign) -> list[str]:
+        if self.worker is None:
+            return []
+        names = []
+        for subscription in subscriptions(campaign, self.settings):
+            self.worker.subscriptions[subscription.name] = subscription
+            names.append(subscription.name)
+        if names:
+            self.worker.wake()
+        return names
+
+    def unregister(self, campaign: Campaign) -> None:
+        if self.worker is None:
+            return
+        for hook in HOOKS:
+            self.worker.subscriptions.pop(subscription_name(campaign.id, hook), None)

@@ -1,0 +1,103 @@
+"""Log output: structured JSON lines (or plain text on a terminal), the run id on every line
+that concerns a call, and every known secret value redacted before anything is written."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from contextvars import ContextVar
+from typing import Iterable
+
+RUN_ID: ContextVar[str | None] = ContextVar("run_id", default=None)
+REDACTED = "[redacted]"
+
+
+class RedactSecrets(logging.Filter):
+    """Replaces every configured secret value (8+ characters) in the rendered message."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        super().__init__()
+        self.secrets: list[str] = []
+        self.add(secrets)
+
+    def add(self, secrets: Iterable[str]) -> None:
+        """Redact these values too (e.g. development secrets generated after start-up)."""
+        self.secrets = sorted({*self.secrets, *(s for s in secrets if s and len(s) >= 8)}, key=len, reverse=True)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.secrets:
+            return True
+        message = record.getMessage()
+        cleaned = message
+        for secret in self.secrets:
+            if secret in cleaned:
+                cleaned = cleaned.replace(secret, REDACTED)
+        if cleaned is not message:
+            record.msg, record.args = cleaned, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            for secret in self.secrets:
+                record.exc_text = record.exc_text.replace(secret, REDACTED)
+        return True
+
+
+class RunIdFilter(logging.Filter):
+    """Stamps `run_id` from the current call's context onto each record (unless it has one)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "run_id", None) is None:
+            record.run_id = RUN_ID.get()
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, message, run_id, plus exception text."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        run_id = getattr(record, "run_id", None)
+        if run_id:
+            entry["run_id"] = run_id
+        if record.exc_info or record.exc_text:
+            entry["exception"] = record.exc_text or self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        run_id = getattr(record, "run_id", None)
+        return f"{text} [run={run_id}]" if run_id and "run=" not in text else text
+
+
+def configure_logging(*, fmt: str = "auto", level: str = "info", secrets: Iterable[str] = ()) -> RedactSecrets:
+    """Route the gateway's and uvicorn's logs through one handler on stderr; returns the
+    redaction filter so later secrets can be added to it."""
+    if fmt == "auto":
+        fmt = "text" if sys.stderr.isatty() else "json"
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    redactor = RedactSecrets(secrets)
+    handler.addFilter(RunIdFilter())
+    handler.addFilter(redactor)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = []
+        logger.propagate = True
+    logging.getLogger("uvicorn.access").disabled = True  # the gateway logs one line per request itself
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    return redactor

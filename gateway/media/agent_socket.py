@@ -1,0 +1,255 @@
+"""The WebSocket under a call's agent link: websockets' sans-I/O protocol on an asyncio transport.
+
+Why not `websockets.asyncio`: its per-message machinery (a send lock and async context
+manager per `send`, an assembler and futures per `recv`) cost about a third of the gateway's
+CPU per frame under load. Here a send is one protocol call and one `transport.write`;
+received messages go into a deque and wake the reader only when it is waiting. The protocol
+(framing, masking, UTF-8 checks, ping replies, the closing handshake) stays websockets'.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import ssl
+from collections import deque
+from typing import Mapping
+
+from websockets.client import ClientProtocol
+from websockets.exceptions import InvalidURI
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Response
+from websockets.protocol import OPEN, State
+from websockets.uri import parse_uri
+
+
+class SocketClosed(Exception):
+    """The connection is closed (or was never opened); str() says how."""
+
+
+class AgentSocket(asyncio.Protocol):
+    """One client WebSocket: `open`, `send_bytes`/`send_text`, `receive`, `close`."""
+
+    def __init__(self, url: str, *, max_size: int = 1 << 20, max_queue: int = 16, ping_interval: float | None = 20,
+                 ping_timeout: float = 20, close_timeout: float = 2) -> None:
+        try:
+            self.uri = parse_uri(url)
+        except InvalidURI as exc:
+            raise SocketClosed(f"invalid URL: {exc}") from None
+        self.protocol = ClientProtocol(self.uri, max_size=max_size)
+        self.max_queue = max_queue
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.close_timeout = close_timeout
+        self.transport: asyncio.Transport | None = None
+        self._loop = asyncio.get_running_loop()
+        self._messages: deque[bytes | str] = deque()
+        self._fragments: list[bytes] = []
+        self._fragment_opcode: Opcode | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._handshake: asyncio.Future[None] = self._loop.create_future()
+        self._lost: asyncio.Future[None] = self._loop.create_future()
+        self._reading_paused = False
+        self._ping_timer: asyncio.TimerHandle | None = None
+        self._pong_timer: asyncio.TimerHandle | None = None
+        self._close_timer: asyncio.TimerHandle | None = None
+        self._closed_reason: str | None = None
+
+    # -- the caller's side ----------------------------------------------------------------
+    async def open(self, headers: Mapping[str, str], *, timeout: float, user_agent: str) -> None:
+        """Connect and complete the opening handshake within `timeout` seconds."""
+        uri = self.uri
+        context = ssl.create_default_context() if uri.secure else None
+        try:
+            async with asyncio.timeout(timeout):
+                await self._loop.create_connection(lambda: self, uri.host, uri.port, ssl=context,
+                                                   server_hostname=uri.host if context else None)
+                request = self.protocol.connect()
+                request.headers.update(headers)
+                request.headers.setdefault("User-Agent", user_agent)
+                self.protocol.send_request(request)
+                self._send_pending()
+                await self._handshake
+        except BaseException:
+            self.abort()
+            raise
+        if self.ping_interval:
+            self._ping_timer = self._loop.call_later(self.ping_interval, self._ping)
+
+    def send_bytes(self, data: bytes) -> None:
+        """Send one binary message (never waits: see `buffered`)."""
+        self._check_open()
+        self.protocol.send_binary(data)
+        self._send_pending()
+
+    def send_text(self, text: str) -> None:
+        """Send one text message."""
+        self._check_open()
+        self.protocol.send_text(text.encode())
+        self._send_pending()
+
+    def buffered(self) -> int:
+        """Bytes written but not yet taken by the kernel (0 when closed)."""
+        transport = self.transport
+        return 0 if transport is None or transport.is_closing() else transport.get_write_buffer_size()
+
+    async def receive(self) -> bytes | str:
+        """The next whole message; `SocketClosed` once the connection has ended."""
+        while not self._messages:
+            if self._closed_reason is not None:
+                raise SocketClosed(self._closed_reason)
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        message = self._messages.popleft()
+        if self._reading_paused and len(self._messages) <= self.max_queue // 4 and self.transport is not None:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        return message
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """The closing handshake, then the TCP connection; waits at most `close_timeout`."""
+        if self.transport is None:
+            return
+        if self.protocol.state is OPEN:
+            self.protocol.send_close(code, reason)
+            self._send_pending()
+        try:
+            async with asyncio.timeout(self.close_timeout):
+                await asyncio.shield(self._lost)
+        except TimeoutError:
+            self.abort()
+
+    def abort(self) -> None:
+        """Drop the connection at once."""
+        if self.transport is not None:
+            self.transport.abort()
+
+    # -- asyncio.Protocol -------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio.Transport subclasses
+
+    def data_received(self, data: bytes) -> None:
+        protocol = self.protocol
+        protocol.receive_data(data)
+        events = protocol.events_received()
+        self._send_pending()
+        if protocol.close_expected() and self._close_timer is None:
+            self._close_timer = self._loop.call_later(self.close_timeout, self.abort)
+        for event in events:
+            if isinstance(event, Frame):
+                self._frame(event)
+        if not self._handshake.done():
+            if protocol.handshake_exc is not None:
+                self._handshake.set_exception(protocol.handshake_exc)
+            elif any(isinstance(event, Response) for event in events):
+                self._handshake.set_result(None)
+        if len(self._messages) >= self.max_queue and not self._reading_paused and self.transport is not None:
+            self._reading_paused = True  # the reader is behind: let TCP push back on the agent
+            self.transport.pause_reading()
+
+    def eof_received(self) -> None:
+        self.protocol.receive_eof()
+        self.protocol.events_received()
+        self._send_pending()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.protocol.receive_eof()
+        for timer in (self._ping_timer, self._pong_timer, self._close_timer):
+            if timer is not None:
+                timer.cancel()
+        if self._closed_reason is None:
+            self._closed_reason = self._describe_close(exc)
+        if not self._handshake.done():
+            self._handshake.set_exception(self.protocol.handshake_exc or ConnectionError(self._closed_reason))
+            self._handshake.exception()  # retrieved: open() may already have given up
+        if not self._lost.done():
+            self._lost.set_result(None)
+        self._wake()
+
+    # -- internals ------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self.protocol.state is not OPEN:
+            raise SocketClosed(self._closed_reason or self._describe_close(None))
+
+    def _send_pending(self) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        for data in self.protocol.data_to_send():
+            if data:
+                transport.write(data)
+            elif transport.can_write_eof():
+                try:
+                    transport.write_eof()
+                except (OSError, RuntimeError):
+                    transport.close()
+            else:
+                transport.close()
+
+    def _frame(self, frame: Frame) -> None:
+        opcode = frame.opcode
+        if opcode is Opcode.BINARY or opcode is Opcode.TEXT:
+            if frame.fin:
+                self._deliver(opcode, frame.data)
+            else:
+                self._fragment_opcode, self._fragments = opcode, [frame.data]
+        elif opcode is Opcode.CONT:
+            self._fragments.append(frame.data)
+            if frame.fin and self._fragment_opcode is not None:
+                self._deliver(self._fragment_opcode, b"".join(self._fragments))
+                self._fragment_opcode, self._fragments = None, []
+        elif opcode is Opcode.PONG:
+            if self._pong_timer is not None:
+                self._pong_timer.cancel()
+                self._pong_timer = None
+                self._ping_timer = self._loop.call_later(self.ping_interval or 20, self._ping)
+        elif opcode is Opcode.CLOSE:
+            self._closed_reason = self._describe_close(None)
+            self._wake()
+
+    def _deliver(self, opcode: Opcode, data: bytes) -> None:
+        if opcode is Opcode.TEXT:
+            try:
+                message: bytes | str = data.decode()
+            except UnicodeDecodeError as exc:
+                self._closed_reason = f"agent sent a text message that is not UTF-8 (byte {exc.start})"
+                self.protocol.fail(1007, "invalid UTF-8")
+                self._send_pending()
+                self._wake()
+                return
+        else:
+            message = bytes(data)
+        self._messages.append(message)
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _ping(self) -> None:
+        self._ping_timer = None
+        if self.protocol.state is not OPEN:
+            return
+        self.protocol.send_ping(os.urandom(4))
+        self._send_pending()
+        self._pong_timer = self._loop.call_later(self.ping_timeout, self._ping_lost)  # the pong schedules the next ping
+
+    def _ping_lost(self) -> None:
+        self._closed_reason = f"no pong within {self.ping_timeout:g} s"
+        self.protocol.fail(1011, "keepalive ping timeout")
+        self._send_pending()
+        self.abort()
+
+    def _describe_close(self, exc: Exception | None) -> str:
+        protocol = self.protocol
+        if protocol.close_rcvd is not None:
+            return f"agent closed the connection ({protocol.close_rcvd.code})"
+        if protocol.close_sent is not None:
+            return f"connection closed ({protocol.close_sent.code})"
+        if exc is not None:
+            return f"connection lost: {type(exc).__name__}: {exc}"
+        return "connection closed (no close frame)" if protocol.state is not State.CONNECTING else "not connected"

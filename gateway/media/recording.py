@@ -1,0 +1,307 @@
+"""Call recording: one stereo 16 kHz WAV per call, caller left, agent right, time-aligned.
+
+The media path only appends the provider's own frames to two in-memory channels
+(`RecordingTimeline`, pure: the caller passes the clock). Caller audio runs on its own
+sample clock; agent audio is placed at the time the provider plays it, and silence fills
+the rest. Every few seconds `CallRecorder` hands the settled part to a worker thread that
+converts both channels to 16 kHz PCM16 and appends them to `<run>.wav.part`
+(`StereoWavFile`); at the end the header is finalized and the file renamed to `<run>.wav`.
+The event loop never waits on the disk or on bulk transcoding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import wave
+from concurrent.futures import Executor, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from gateway.audio import AudioFormat, Transcoder
+
+log = logging.getLogger("gateway.media")
+
+RECORDING_FORMAT = AudioFormat("pcm16", 16000)
+RECORDINGS_DIR = "recordings"
+
+
+def recording_enabled(setting: bool | Sequence[str], workflow_id: str | None) -> bool:
+    """`recording: true` records every call; a list records the calls of those workflow ids."""
+    if isinstance(setting, bool):
+        return setting
+    return workflow_id is not None and workflow_id in setting
+
+
+def recording_path(data_dir: str | os.PathLike[str], run_id: str) -> Path:
+    """Where the finished WAV of `run_id` lives (run ids never contain a path separator)."""
+    return Path(data_dir) / RECORDINGS_DIR / f"{run_id}.wav"
+
+
+class RecordingTimeline:
+    """Both channels of a call in the provider's format, on one sample clock. Pure.
+
+    Sample 0 is `start` (monotonic seconds). `take(now)` hands over everything older than
+    `settle_seconds` (equal lengths, silence-padded), which is then final: agent audio is
+    only ever placed at or after `now`, and a `clear` only cuts what has not played yet.
+    """
+
+    def __init__(self, fmt: AudioFormat, *, start: float, settle_seconds: float = 0.4,
+                 gap_seconds: float = 1.0, jitter_seconds: float = 0.03, max_lag_seconds: float = 2.0,
+                 max_ahead_seconds: float = 10.0) -> None:
+        self.format = fmt
+        self.start = start
+        self._width = fmt.bytes_per_sample
+        self._rate = fmt.sample_rate
+        self._silence = fmt.silence
+        self._settle = int(settle_seconds * fmt.sample_rate)
+        self._gap = int(gap_seconds * fmt.sample_rate)
+        self._max_lag = int(max_lag_seconds * fmt.sample_rate)
+        self._jitter = int(jitter_seconds * fmt.sample_rate)
+        self._tolerance = max(1, fmt.sample_rate // 1000)  # 1 ms of timer jitter is not an overlap
+        self._max_bytes = int((max_ahead_seconds + settle_seconds) * fmt.sample_rate) * self._width
+        self._caller = bytearray()
+        self._caller_started = False
+        self._agent = bytearray()
+        self.taken = 0  # samples handed over, the same for both channels
+        self.dropped = 0  # caller frames refused because the caller ran far ahead of real time
+
+    def position(self, at: float) -> int:
+        """The sample `at` (monotonic seconds) falls on."""
+        return round((at - self.start) * self._rate)
+
+    @property
+    def seconds(self) -> float:
+        """Length so far (handed over or pending), in seconds."""
+        pending = max(len(self._caller), len(self._agent)) // self._width
+        return (self.taken + pending) / self._rate
+
+    def caller(self, frame: bytes, now: float) -> None:
+        """A caller frame that arrived at `now`.
+
+        The provider streams in real time from `start`, so frames follow each other on their
+        own clock (a late burst is the network's delay, not a pause); only a frame arriving
+        more than `gap_seconds` after the stream's end is placed after silence.
+        """
+        buffer = self._caller
+        if len(buffer) > self._max_bytes:
+            self.dropped += 1
+            return
+        if self._caller_started:
+            end = len(buffer) // self._width
+            begins = self.position(now) - self.taken - len(frame) // self._width
+            if begins - end > self._gap:
+                buffer += self._silence * (begins - end)
+        else:
+            self._caller_started = True  # the stream began at `start`, whenever its first frame got here
+        buffer += frame
+
+    def agent(self, frame: bytes, at: float) -> None:
+        """An agent frame the provider starts playing at `at`.
+
+        Audio that arrives a little late (under `jitter_seconds`) joins the end of what is
+        already there rather than leaving a click-sized hole; a real pause becomes silence.
+        """
+        buffer = self._agent
+        end = len(buffer) // self._width
+        begins = self.position(at) - self.taken
+        if begins > end + self._jitter:
+            buffer += self._silence * (begins - end)
+        elif begins < end - self._tolerance:
+            del buffer[max(begins, 0) * self._width:]  # replaces what was cut by a clear
+        buffer += frame
+
+    def cleared(self, now: float) -> None:
+        """Barge-in at `now`: agent audio that had not played yet never will."""
+        cut = self.position(now) - self.taken
+        if cut * self._width < len(self._agent):
+            del self._agent[max(cut, 0) * self._width:]
+
+    def take(self, now: float) -> tuple[bytes, bytes] | None:
+        """The settled audio of both channels, equal lengths; None when there is none yet.
+
+        A caller stream running late (a network stall) is waited for up to `max_lag_seconds`;
+        after that its missing part becomes silence.
+        """
+        samples = self.position(now) - self._settle - self.taken
+        caller = len(self._caller) // self._width
+        if caller < samples <= caller + self._max_lag:
+            samples = caller
+        return self._take(samples)
+
+    def take_all(self) -> tuple[bytes, bytes] | None:
+        """End of call: everything pending, padded to equal lengths."""
+        return self._take(max(len(self._caller), len(self._agent)) // self._width)
+
+    def _take(self, samples: int) -> tuple[bytes, bytes] | None:
+        if samples <= 0:
+            return None
+        size = samples * self._width
+        out = []
+        for buffer in (self._caller, self._agent):
+            if len(buffer) < size:
+                buffer += self._silence * ((size - len(buffer)) // self._width)
+            out.append(bytes(buffer[:size]))
+            del buffer[:size]
+        self.taken += samples
+        return out[0], out[1]
+
+
+class StereoWavFile:
+    """Appends caller/agent audio (provider format) to a 16 kHz stereo WAV. Blocking: a worker thread's."""
+
+    def __init__(self, path: Path, fmt: AudioFormat) -> None:
+        self.path = path
+        self.partial = path.with_name(path.name + ".part")
+        self._left = Transcoder(fmt, RECORDING_FORMAT)
+        self._right = Transcoder(fmt, RECORDING_FORMAT)
+        self._wav: wave.Wave_write | None = None
+        self._carry = (b"", b"")  # output one channel has beyond the other
+        self.frames = 0
+
+    def append(self, caller: bytes, agent: bytes) -> None:
+        """Convert and append one stretch of both channels."""
+        self._write(self._left.process(caller), self._right.process(agent))
+
+    def finish(self, last: tuple[bytes, bytes] | None) -> int:
+        """Append `last`, the converters' tails, finalize the header and publish; returns the frames."""
+        if last is not None:
+            self.append(*last)
+        self._write(self._left.flush(), self._right.flush(), final=True)
+        if self._wav is None:
+            self._open()
+        assert self._wav is not None
+        self._wav.close()
+        self._wav = None
+        os.replace(self.partial, self.path)
+        return self.frames
+
+    def abort(self) -> None:
+        """Give up: close and remove the partial file."""
+        if self._wav is not None:
+            try:
+                self._wav.close()
+            finally:
+                self._wav = None
+        self.partial.unlink(missing_ok=True)
+
+    def _open(self) -> None:
+        self.partial.parent.mkdir(parents=True, exist_ok=True)
+        wav = wave.open(str(self.partial), "wb")
+        wav.setnchannels(2)
+        wav.setsampwidth(2)
+        wav.setframerate(RECORDING_FORMAT.sample_rate)
+        self._wav = wav
+
+    def _write(self, left: bytes, right: bytes, *, final: bool = False) -> None:
+        left, right = self._carry[0] + left, self._carry[1] + right
+        if final:  # equal lengths at the end: the shorter channel gets silence
+            longest = max(len(left), len(right))
+            left, right = left.ljust(longest, b"\0"), right.ljust(longest, b"\0")
+        n = min(len(left), len(right)) // 2
+        self._carry = (left[n * 2:], right[n * 2:])
+        if not n:
+            return
+        if self._wav is None:
+            self._open()
+        assert self._wav is not None
+        frames = np.empty((n, 2), dtype="<i2")
+        frames[:, 0] = np.frombuffer(left, dtype="<i2", count=n)
+        frames[:, 1] = np.frombuffer(right, dtype="<i2", count=n)
+        self._wav.writeframesraw(frames.tobytes())
+        self.frames += n
+
+
+_executor: ThreadPoolExecutor | None = None
+
+
+def recording_executor() -> Executor:
+    """The process-wide worker threads recordings are written by."""
+    global _executor
+    if _executor is None:
+        _executor = ThreadPoolExecutor(2, thread_name_prefix="recording")
+    return _executor
+
+
+class CallRecorder:
+    """One call's recording, fed by the media session (which sees `caller`, `agent`, `cleared`, `finish`)."""
+
+    def __init__(self, path: Path, fmt: AudioFormat, *, flush_seconds: float = 2.0,
+                 clock: Callable[[], float] = time.monotonic, executor: Executor | None = None) -> None:
+        self.path = path
+        self.timeline = RecordingTimeline(fmt, start=clock())
+        self.file = StereoWavFile(path, fmt)
+        self._clock = clock
+        self._flush_seconds = flush_seconds
+        self._executor = executor or recording_executor()
+        self._loop = asyncio.get_running_loop()
+        self._writing: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = self._loop.call_later(flush_seconds, self._tick)
+        self.failed: str | None = None
+
+    # -- the media path: appends only ---------------------------------------------------
+    def caller(self, frame: bytes) -> None:
+        """A frame of caller audio, as the provider sent it."""
+        if self.failed is None:
+            self.timeline.caller(frame, self._clock())
+
+    def agent(self, frame: bytes, at: float) -> None:
+        """A frame of agent audio (provider format) that starts playing at `at` (monotonic)."""
+        if self.failed is None:
+            self.timeline.agent(frame, at)
+
+    def cleared(self, now: float) -> None:
+        """The agent's queued audio was dropped at `now` (barge-in)."""
+        self.timeline.cleared(now)
+
+    # -- background writes --------------------------------------------------------------
+    def _tick(self) -> None:
+        self._timer = self._loop.call_later(self._flush_seconds, self._tick)
+        writing = self._writing
+        if writing is not None:
+            if not writing.done():
+                return  # the disk is slow: the audio waits in memory for the next tick
+            if writing.exception() is not None:
+                self._fail(writing.exception())
+                return
+        stretch = self.timeline.take(self._clock())
+        if stretch is not None:
+            self._writing = self._loop.run_in_executor(self._executor, self.file.append, *stretch)
+
+    def _fail(self, exc: BaseException | None) -> None:
+        self.failed = f"{type(exc).__name__}: {exc}"
+        log.error("recording %s failed: %s", self.path.name, self.failed)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._loop.run_in_executor(self._executor, self._abort)
+
+    def _abort(self) -> None:
+        try:
+            self.file.abort()
+        except OSError as exc:
+            log.error("could not remove %s: %s", self.file.partial, exc)
+
+    async def finish(self) -> dict[str, Any]:
+        """Write the rest, finalize the WAV; what to add to the `media.ended` entry."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.failed is None and self._writing is not None:
+            try:
+                await self._writing
+            except Exception as exc:  # noqa: BLE001 - reported in the result
+                self._fail(exc)
+        if self.failed is None:
+            try:
+                frames = await self._loop.run_in_executor(self._executor, self.file.finish, self.timeline.take_all())
+            except Exception as exc:  # noqa: BLE001 - reported in the result
+                self._fail(exc)
+            else:
+                return {"recording_seconds": round(frames / RECORDING_FORMAT.sample_rate, 3),
+                        "recording_dropped": self.timeline.dropped}
+        return {"recording_error": self.failed}

@@ -1,0 +1,86 @@
+"""The gateway's Prometheus metrics: one registry, every metric defined here once.
+
+Hot-path counts (frames) are not incremented per frame: live media sessions keep plain
+integers and a collector sums them (plus the totals of finished sessions) at scrape time.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+CALL_TRANSITIONS = Counter("gateway_call_transitions_total", "Call state changes, by the state reached",
+                           ["state"], registry=REGISTRY)
+PROVIDER_REQUESTS = Counter("gateway_provider_requests_total", "Provider requests by route kind and outcome",
+                            ["provider", "route", "outcome"], registry=REGISTRY)
+SIGNATURE_FAILURES = Counter("gateway_signature_failures_total", "Provider requests refused for their signature",
+                             ["provider"], registry=REGISTRY)
+REFUSALS = Counter("gateway_refusals_total", "Requests refused by a protective limit", ["limit"], registry=REGISTRY)
+AGENT_CONNECT_FAILURES = Counter("gateway_agent_connect_failures_total", "Agent connections that failed or dropped",
+                                 registry=REGISTRY)
+DELIVERIES = Counter("gateway_deliveries_total", "Webhook delivery attempts by subscription and outcome",
+                     ["subscription", "outcome"], registry=REGISTRY)
+ATTEMPT_LATENCY = Histogram("gateway_delivery_attempt_seconds", "Webhook attempt latency", ["subscription"],
+                            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=REGISTRY)
+OUTBOX_PENDING = Gauge("gateway_outbox_pending", "Deliveries waiting to be sent", registry=REGISTRY)
+OUTBOX_OLDEST = Gauge("gateway_outbox_oldest_pending_seconds", "Age of the oldest pending delivery", registry=REGISTRY)
+CODEC_SECONDS = Histogram("gateway_codec_seconds", "Time to transcode one 20 ms frame (sampled 1 in 50)",
+                          ["direction"], buckets=(5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3), registry=REGISTRY)
+
+
+class MediaStats:
+    """Live media sessions and their frame counters, summed at scrape time."""
+
+    FIELDS = ("frames_in", "frames_out", "inbound_dropped", "outbound_dropped", "misframed", "bad_messages")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._live: dict[int, Any] = {}
+        self._finished = dict.fromkeys(self.FIELDS, 0)
+
+    def add(self, counters: Any) -> None:
+        with self._lock:
+            self._live[id(counters)] = counters
+
+    def remove(self, counters: Any) -> None:
+        with self._lock:
+            if self._live.pop(id(counters), None) is not None:
+                for name in self.FIELDS:
+                    self._finished[name] += getattr(counters, name, 0)
+
+    @property
+    def active(self) -> int:
+        return len(self._live)
+
+    def collect(self) -> Iterable[Any]:
+        with self._lock:
+            totals = dict(self._finished)
+            for counters in self._live.values():
+                for name in self.FIELDS:
+                    totals[name] += getattr(counters, name, 0)
+            active = len(self._live)
+        yield GaugeMetricFamily("gateway_media_sessions_active", "Live media sessions", value=active)
+        frames = CounterMetricFamily("gateway_media_frames", "Media frames by direction and fate", labels=["kind"])
+        for name, value in totals.items():
+            frames.add_metric([name], value)
+        yield frames
+
+
+MEDIA = MediaStats()
+REGISTRY.register(MEDIA)
+
+
+def sampled(every: int = 50) -> Callable[[], bool]:
+    """A cheap 1-in-N sampler for per-frame timings."""
+    state = {"n": 0}
+
+    def tick() -> bool:
+        state["n"] += 1
+        return state["n"] % every == 0
+
+    return tick

@@ -1,0 +1,80 @@
+"""What the REST dialing modules (`twilio_rest`, `vonage_rest`) share: the call to place, the
+provider's answer, and its refusal. The modules are synchronous (the SDKs are); callers run
+them in a thread executor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+MACHINE_DETECTION = ("detect", "message_end")
+"""`detect`: report human/machine as soon as known; `message_end`: wait for the greeting's end."""
+
+
+@dataclass(frozen=True)
+class DialSpec:
+    """One outbound call as the gateway asks a provider for it. URLs are absolute and public."""
+
+    to: str
+    from_: str
+    answer_url: str
+    status_url: str
+    machine_detection: str | None = None  # None | "detect" | "message_end"
+    ring_timeout: int | None = None  # seconds the callee's phone may ring
+    ncco: list[dict[str, Any]] | None = None  # Vonage: answer inline instead of fetching answer_url
+
+
+@dataclass(frozen=True)
+class DialResult:
+    """The provider accepted the call."""
+
+    provider_call_id: str
+    status: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
+class ProviderRefused(Exception):
+    """The provider did not take the request (an error answer, or no answer at all).
+
+    `status` is the HTTP status (None: no HTTP answer, e.g. unreachable); `code` the provider's
+    own error code when it gave one; `reason` is short, safe to show and store (no secrets).
+    """
+
+    def __init__(self, provider: str, reason: str, *, status: int | None = None, code: str | None = None) -> None:
+        super().__init__(f"{provider}: {reason}")
+        self.provider = provider
+        self.reason = reason
+        self.status = status
+        self.code = code
+
+    @property
+    def auth_failed(self) -> bool:
+        """The provider refused the gateway's credentials (nothing else will work either)."""
+        return self.status in (401, 403)
+
+    @property
+    def retryable(self) -> bool:
+        """No answer, a rate limit or a server error: trying again later may work."""
+        return self.status is None or self.status == 429 or self.status >= 500
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"provider": self.provider, "reason": self.reason, "status": self.status, "code": self.code}
+
+
+class ProviderRest(Protocol):
+    """A provider's REST API as the dialer uses it (blocking calls)."""
+
+    name: str
+
+    def create_call(self, spec: DialSpec) -> DialResult: ...
+
+    def hangup(self, call_id: str, *, answered: bool) -> str | None: ...
+
+    def fetch_status(self, call_id: str) -> str | None: ...
+
+
+def short_text(value: Any, limit: int = 300) -> str:
+    """One line of at most `limit` characters, for reasons stored and shown."""
+    text = " ".join(str(value).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,153 @@
+"""Running it like production: metrics, structured logs, graceful shutdown, protective limits."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import signal
+import time
+import xml.etree.ElementTree as ET
+
+import httpx
+from websockets.asyncio.client import connect
+
+from gateway.logs import JsonFormatter, RedactSecrets, RunIdFilter, RUN_ID
+from support import API_KEY, TWILIO_SID, TWILIO_TOKEN, base_config, twilio_signature
+
+
+def _signed_post(url, params):
+    return httpx.post(url, data=params, headers={"X-Twilio-Signature": twilio_signature(url, params)}, timeout=10)
+
+
+def _params(status="ringing", sid="CA" + "3" * 32):
+    return {"CallSid": sid, "AccountSid": TWILIO_SID, "CallStatus": status, "From": "+1555", "To": "+1666"}
+
+
+def test_metrics_count_transitions_and_signature_failures(gateway_server):
+    server = gateway_server()
+    assert _signed_post(server.url + "/api/v1/telephony/status-callback/run-m1", _params("ringing")).status_code == 204
+    bad = httpx.post(server.url + "/api/v1/telephony/status-callback/run-m1", data=_params(), headers={"X-Twilio-Signature": "nope"})
+    assert bad.status_code == 403
+    text = httpx.get(server.url + "/metrics").text
+    assert 'gateway_call_transitions_total{state="ringing"}' in text
+    assert 'gateway_signature_failures_total{provider="twilio"}' in text
+    assert "gateway_media_sessions_active" in text and "gateway_outbox_pending" in text
+    assert 'gateway_media_frames_total{kind="frames_in"}' in text
+
+
+def test_json_log_lines_carry_run_id_and_never_secrets():
+    record = logging.LogRecord("gateway.x", logging.INFO, __file__, 1, "token is %s and more", ("sup3r-secret-value",), None)
+    token = RUN_ID.set("run-42")
+    try:
+        RunIdFilter().filter(record)
+    finally:
+        RUN_ID.reset(token)
+    RedactSecrets(["sup3r-secret-value"]).filter(record)
+    line = json.loads(JsonFormatter().format(record))
+    assert line["run_id"] == "run-42" and line["message"] == "token is [redacted] and more"
+    assert line["level"] == "info" and line["logger"] == "gateway.x" and line["ts"].endswith("Z")
+
+
+def test_process_logs_are_json_one_line_per_request_without_secrets(gateway_process, tmp_path):
+    proc = gateway_process(base_config(tmp_path, log={"format": "json"}))
+    assert _signed_post(proc.url + "/api/v1/telephony/status-callback/run-log", _params()).status_code == 204
+    httpx.get(proc.url + "/api/v1/calls", headers={"Authorization": "Bearer wrong"})
+    time.sleep(0.3)
+    lines = [json.loads(line) for line in proc.log().splitlines() if line.startswith("{")]
+    assert lines and all({"ts", "level", "logger", "message"} <= set(line) for line in lines)
+    request_lines = [l for l in lines if l["logger"] == "gateway.http"]
+    assert any("POST /api/v1/telephony/status-callback/run-log 204" in l["message"] for l in request_lines)
+    assert any("GET /api/v1/calls 401" in l["message"] for l in request_lines)
+    assert any(l.get("run_id") == "run-log" for l in lines)
+    text = proc.log()
+    assert TWILIO_TOKEN not in text and API_KEY not in text
+
+
+def test_rate_limit_per_ip_on_provider_routes(gateway_server):
+    server = gateway_server(limits={"provider_requests_per_second": 1, "provider_burst": 3})
+    codes = [httpx.post(server.url + "/api/v1/telephony/status-callback/r", data={}).status_code for _ in range(6)]
+    assert codes[:3] == [403, 403, 403] and codes[3:] == [429, 429, 429]
+    assert httpx.get(server.url + "/healthz").status_code == 200  # other routes are not limited
+    assert 'gateway_refusals_total{limit="provider_rate_per_ip"}' in httpx.get(server.url + "/metrics").text
+
+
+async def _open_stream(proc):
+    params = {**_params("in-progress"), "Direction": "inbound"}
+    url = proc.url + "/api/v1/telephony/webhook/wf/u/run-drain"
+    async with httpx.AsyncClient() as client:
+        answer = await client.post(url, data=params, headers={"X-Twilio-Signature": twilio_signature(url, params)})
+    stream = ET.fromstring(answer.text).find("./Connect/Stream")
+    ws_url = stream.get("url")
+    parameters = {p.get("name"): p.get("value") for p in stream.findall("Parameter")}
+    ws = await connect(ws_url, additional_headers={"X-Twilio-Signature": twilio_signature(ws_url, {})}, proxy=None)
+    await ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
+    await ws.send(json.dumps({"event": "start", "streamSid": "MZ" + "9" * 32, "start": {
+        "streamSid": "MZ" + "9" * 32, "callSid": params["CallSid"], "customParameters": parameters,
+        "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}}))
+    return ws
+
+
+async def _echo_once(ws):
+    await ws.send(json.dumps({"event": "media", "streamSid": "MZ" + "9" * 32,
+                              "media": {"payload": base64.b64encode(b"\x7f" * 160).decode()}}))
+    message = json.loads(await asyncio.wait_for(ws.recv(), 5))
+    assert message["event"] == "media"
+
+
+async def test_sigterm_drains_live_calls_then_exits_zero(gateway_process, tmp_path):
+    proc = gateway_process(base_config(tmp_path, shutdown={"drain_seconds": 30}))
+    ws = await _open_stream(proc)
+    await _echo_once(ws)
+    proc.proc.send_signal(signal.SIGTERM)
+    await asyncio.sleep(0.5)
+    async with httpx.AsyncClient() as client:
+        ready = await client.get(proc.url + "/readyz")
+        assert ready.status_code == 503 and ready.json()["status"] == "draining"
+        params = _params("ringing", sid="CA" + "4" * 32)
+        url = proc.url + "/api/v1/telephony/webhook/wf/u/run-new"
+        refused = await client.post(url, data=params, headers={"X-Twilio-Signature": twilio_signature(url, params)})
+        assert refused.status_code == 503
+    await _echo_once(ws)  # the live call still flows
+    assert proc.proc.poll() is None
+    await ws.close()
+    deadline = time.monotonic() + 15
+    while proc.proc.poll() is None and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert proc.proc.returncode == 0
+    assert "draining" in proc.log()
+
+
+async def test_second_sigterm_ends_the_rest(gateway_process, tmp_path):
+    proc = gateway_process(base_config(tmp_path, shutdown={"drain_seconds": 300}))
+    ws = await _open_stream(proc)
+    await _echo_once(ws)
+    proc.proc.send_signal(signal.SIGTERM)
+    await asyncio.sleep(0.5)
+    proc.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    while proc.proc.poll() is None and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert proc.proc.returncode is not None
+    await ws.close()
+
+
+async def test_media_session_limit_refuses_and_counts(gateway_process, tmp_path):
+    import websockets
+
+    proc = gateway_process(base_config(tmp_path, limits={"max_media_sessions": 1}))
+    ws = await _open_stream(proc)
+    await _echo_once(ws)
+    url = proc.url.replace("http", "ws") + "/api/v1/telephony/ws/wf/u/run-drain"
+    try:
+        await connect(url, additional_headers={"X-Twilio-Signature": twilio_signature(url, {})}, proxy=None)
+    except websockets.InvalidStatus as exc:
+        assert exc.response.status_code == 403
+    else:
+        raise AssertionError("a second media session over the limit must be refused")
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(proc.url + "/metrics")).text
+    assert 'gateway_refusals_total{limit="max_media_sessions"} 1.0' in text
+    assert "gateway_media_sessions_active 1.0" in text
+    await ws.close()
