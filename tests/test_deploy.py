@@ -168,3 +168,15 @@ def test_named_tunnel_config_template():
     assert rules[0]["service"] == "http://localhost:8000"
     guide = (ROOT / "cloudflared" / "README.md").read_text()
     assert "make tunnel" in guide and "public_url: auto" in guide and "cloudflared tunnel create" in guide
+
+
+def test_compose_postgres_profile(compose):
+    postgres = compose["services"]["postgres"]
+    assert postgres["profiles"] == ["postgres"] and postgres["image"].startswith("postgres:")
+    assert "ports" not in postgres, "the database stays on the compose network"
+    assert postgres["healthcheck"]["test"][:2] == ["CMD", "pg_isready"]
+    assert any(v.endswith(":/var/lib/postgresql/data") for v in postgres["volumes"])
+    assert "${POSTGRES_PASSWORD" in str(postgres["environment"]["POSTGRES_PASSWORD"])
+    gateway = compose["services"]["gateway"]
+    assert gateway["environment"]["GATEWAY_STORE"].startswith("${GATEWAY_STORE:-sqlite:")
+    assert "${GATEWAY_STORE" in (DEPLOY / "gateway.yaml").read_text()
