@@ -109,6 +109,6 @@ def test_make_tunnel_then_the_gateway_finds_it_by_itself(tmp_path, cloudflared_b
 
 
 def test_make_tunnel_runs_gateway_tunnel():
-    result = subprocess.run(["make", "-n", "tunnel", "ARGS=--port 9000"], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    result = subprocess.run(["make", "--no-print-directory", "-n", "tunnel", "ARGS=--port 9000"], cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == ".venv/bin/gateway tunnel --port 9000"
