@@ -160,7 +160,7 @@ def receiver_main(args: argparse.Namespace) -> None:
     from standardwebhooks import Webhook, WebhookVerificationError
 
     verifier = Webhook(args.secret)
-    records: list[tuple[str, str, str, float]] = []
+    records: list[tuple[str, str, str, float, str]] = []
     state = {"bad": 0, "errors": 0}
     sink = args.sink
 
@@ -212,7 +212,8 @@ def receiver_main(args: argparse.Namespace) -> None:
             state["errors"] += 1
             await reply(send, 400, b'{"error":"unreadable"}')
             return
-        records.append((payload.get("workflow_run_id") or "", payload.get("type") or "", headers["webhook-id"], received_at))
+        records.append((payload.get("workflow_run_id") or "", payload.get("type") or "", headers["webhook-id"], received_at,
+                        path))
         await reply(send, 200)
 
     uvicorn.run(app, host="127.0.0.1", port=args.port, http="httptools", loop="uvloop", log_level="warning",
@@ -372,7 +373,7 @@ def _set_dotted(config: dict[str, Any], dotted: str) -> None:
     node[parts[-1]] = value
 
 
-def gateway_config(workdir: Path, store: str, receiver_url: str, sets: list[str]) -> dict[str, Any]:
+def gateway_config(workdir: Path, store: str, receiver_url: str, sets: list[str], subscriptions: int = 1) -> dict[str, Any]:
     config: dict[str, Any] = {
         "store": store,
         "data_dir": str(workdir),
@@ -380,13 +381,13 @@ def gateway_config(workdir: Path, store: str, receiver_url: str, sets: list[str]
         "secret_key": "bench-secret-key",
         "providers": {"twilio": {"account_sid": TWILIO_SID, "auth_token": TWILIO_TOKEN}},
         "webhooks": [{
-            "name": "bench",
+            "name": "bench" if n == 0 else f"bench{n}",
             "events": ["call.*"],
-            "url": receiver_url + "/hooks",
+            "url": receiver_url + ("/hooks" if n == 0 else f"/hooks{n}"),
             "signing": {"scheme": "standard", "secrets": [WHSEC]},
             "allow_networks": ["127.0.0.0/8"],
             "timeout": 10,
-        }],
+        } for n in range(subscriptions)],
     }
     for item in sets:
         _set_dotted(config, item)
@@ -427,6 +428,19 @@ def stop_process(proc: subprocess.Popen | None, timeout: float = 15) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(timeout=5)
+
+
+def wait_quiet(limit: float, max_wait: float) -> float:
+    """Wait (at most `max_wait` s) until the machine is below `limit` % busy (of all cores) over
+    2 s, so that a run does not start while other work holds the CPUs. Returns the last level."""
+    deadline = time.monotonic() + max_wait
+    while True:
+        b0, t0 = system_busy()
+        time.sleep(2)
+        b1, t1 = system_busy()
+        level = 100.0 * (b1 - b0) / max(1.0, t1 - t0) * (os.cpu_count() or 1)
+        if level <= limit or time.monotonic() > deadline:
+            return level
 
 
 class Run:
@@ -474,7 +488,8 @@ class Run:
         else:
             if store == "sqlite":
                 store = f"sqlite:///{self.workdir}/gateway.db"
-            config = gateway_config(self.workdir, store, receiver_url, gateway_defaults(args.gateway_root) + args.set)
+            config = gateway_config(self.workdir, store, receiver_url, gateway_defaults(args.gateway_root) + args.set,
+                                    args.subscriptions)
             config_path = self.workdir / "gateway.yaml"
             config_path.write_text(yaml.safe_dump(config))
             for n in range(args.instances):
@@ -515,7 +530,7 @@ class Run:
             stats: dict[str, Any] = {}
             while time.time() - drain_start < args.drain_timeout:
                 stats = httpx.get(receiver_url + "/_bench/stats", timeout=5).json()
-                if args.generator_ceiling or stats["received"] >= acked:
+                if args.generator_ceiling or stats["received"] >= acked * args.subscriptions:
                     break
                 if stats["received"] != last:
                     last, last_change = stats["received"], time.time()
@@ -532,7 +547,8 @@ class Run:
         outbox = None
         if not args.generator_ceiling and store.startswith("sqlite:///"):
             outbox = sqlite_outbox(store[len("sqlite:///"):], prefix)
-        result = analyse(gen, dump, sampler, self.rate, outbox, generator_ceiling=args.generator_ceiling)
+        result = analyse(gen, dump, sampler, self.rate, outbox, subscriptions=args.subscriptions,
+                         generator_ceiling=args.generator_ceiling)
         result["label"] = self.label
         return result
 
@@ -554,28 +570,39 @@ class Run:
             proc.wait(timeout=20)
 
 
-def sqlite_outbox(path: str, prefix: str) -> dict[int, str]:
+def sqlite_outbox(path: str, prefix: str) -> dict[tuple[int, str], str]:
     """After the run: the delivery status of every stored `call.ringing` event of this run."""
     import sqlite3
 
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         rows = conn.execute(
-            "SELECT e.workflow_run_id, COALESCE(d.status, 'no-delivery-row') FROM events e"
+            "SELECT e.workflow_run_id, d.subscription, COALESCE(d.status, 'no-delivery-row') FROM events e"
             " LEFT JOIN deliveries d ON d.event_seq = e.seq WHERE e.type = 'call.ringing'"
         ).fetchall()
     finally:
         conn.close()
-    out: dict[int, str] = {}
-    for run_id, status in rows:
+    out: dict[tuple[int, str], str] = {}
+    for run_id, subscription, status in rows:
         head, _, tail = run_id.rpartition("-")
         if head == prefix and tail.isdigit():
-            out[int(tail)] = status
+            out[(int(tail), subscription or "")] = status
     return out
 
 
+def sub_path(n: int) -> str:
+    return "/hooks" if n == 0 else f"/hooks{n}"
+
+
+def sub_name(n: int) -> str:
+    return "bench" if n == 0 else f"bench{n}"
+
+
 def analyse(gen: dict[str, Any], dump: dict[str, Any], sampler: CpuSampler, rate: float,
-            outbox: dict[int, str] | None = None, *, generator_ceiling: bool = False) -> dict[str, Any]:
+            outbox: dict[tuple[int, str], str] | None = None, *, subscriptions: int = 1,
+            generator_ceiling: bool = False) -> dict[str, Any]:
+    """Every number of one run. A delivery is (callback index, subscription); with N
+    subscriptions each acknowledged callback is expected N times."""
     sched, sent, done, status, index = gen["sched"], gen["sent"], gen["done"], gen["status"], gen["index"]
     prefix = gen["prefix"]
     first_send = min(sent) if sent else gen["start"]
@@ -597,52 +624,57 @@ def analyse(gen: dict[str, Any], dump: dict[str, Any], sampler: CpuSampler, rate
     if generator_ceiling:
         out["cpu"] = sampler.window(first_send, last_done)
         return out
+    paths = {sub_path(n): sub_name(n) for n in range(subscriptions)}
     records = dump["records"]
     seen_ids: dict[str, int] = {}
-    first_receipt: dict[int, float] = {}
-    event_keys: dict[tuple[int, str], set[str]] = {}
+    first_receipt: dict[tuple[int, str], float] = {}
+    event_keys: dict[tuple[int, str, str], set[str]] = {}
     foreign = 0
-    for run_id, kind, webhook_id, at in records:
+    for run_id, kind, webhook_id, at, path in records:
         seen_ids[webhook_id] = seen_ids.get(webhook_id, 0) + 1
         head, _, tail = run_id.rpartition("-")
-        if head != prefix or not tail.isdigit():
+        if head != prefix or not tail.isdigit() or path not in paths:
             foreign += 1
             continue
         i = int(tail)
-        event_keys.setdefault((i, kind), set()).add(webhook_id)
-        if kind == "call.ringing" and (i not in first_receipt or at < first_receipt[i]):
-            first_receipt[i] = at
+        event_keys.setdefault((i, kind, path), set()).add(webhook_id)
+        key = (i, paths[path])
+        if kind == "call.ringing" and (key not in first_receipt or at < first_receipt[key]):
+            first_receipt[key] = at
+    expected = {(i, name) for i in acked_idx for name in paths.values()}
     duplicates = sum(n - 1 for n in seen_ids.values() if n > 1)
-    unreceived = sorted(acked_idx - set(first_receipt))
+    unreceived = sorted(expected - set(first_receipt))
     # Not received is not lost while the event still waits in the outbox (the drain timed out).
     # Lost: acknowledged, never received, and not pending (no event, no row, failed or dead).
     # Without a way to read the outbox (other stores) every unreceived event counts as lost.
-    pending = [i for i in unreceived if outbox is not None and outbox.get(i) == "pending"]
-    lost = [i for i in unreceived if outbox is None or outbox.get(i) != "pending"]
-    e2e = [(first_receipt[i] - sent[by_idx[i]]) * 1000 for i in first_receipt if i in by_idx]
-    e2e_sched = [(first_receipt[i] - sched[by_idx[i]]) * 1000 for i in first_receipt if i in by_idx]
+    pending = [k for k in unreceived if outbox is not None and outbox.get(k) == "pending"]
+    lost = [k for k in unreceived if outbox is None or outbox.get(k) != "pending"]
+    e2e = [(at - sent[by_idx[i]]) * 1000 for (i, _), at in first_receipt.items() if i in by_idx]
+    e2e_sched = [(at - sched[by_idx[i]]) * 1000 for (i, _), at in first_receipt.items() if i in by_idx]
     receipts = sorted(first_receipt.values())
-    last_receipt = receipts[-1] if receipts else last_send
+    last_receipt = receipts[-1] if receipts else last_done
     in_window = sum(1 for t in receipts if t <= last_send)
     out.update({
+        "subscriptions": subscriptions,
         "received": len(records), "events": len(first_receipt), "lost": len(lost), "lost_sample": lost[:5],
-        "lost_states": sorted({outbox.get(i, "no-event") for i in lost}) if outbox is not None else None,
+        "lost_states": sorted({outbox.get(k, "no-event") for k in lost}) if outbox is not None else None,
         "still_pending": len(pending), "unacked_but_stored": (
-            sum(1 for i in outbox if i not in acked_idx) if outbox is not None else None),
+            len({i for (i, _) in outbox if i not in acked_idx}) if outbox is not None else None),
         "duplicated": duplicates, "duplicate_events": sum(1 for ids in event_keys.values() if len(ids) > 1),
-        "other_types": sum(1 for (i, kind) in event_keys if kind != "call.ringing"), "foreign": foreign,
+        "other_types": sum(1 for (i, kind, _) in event_keys if kind != "call.ringing"), "foreign": foreign,
         "bad_signatures": dump.get("bad", 0), "receiver_errors": dump.get("errors", 0),
-        "events_per_s": len(first_receipt) / max(1e-9, last_receipt - first_send),
-        "events_per_s_in_window": in_window / max(1e-9, last_send - first_send),
-        "tail_s": last_receipt - last_send,
+        "events_per_s": len(first_receipt) / max(1e-9, last_receipt - first_send) if receipts else float("nan"),
+        "events_per_s_in_window": in_window / max(1e-9, last_send - first_send) if receipts else float("nan"),
+        "tail_s": last_receipt - last_send if receipts else float("nan"),
         "e2e_p50_ms": pct(e2e, 50), "e2e_p99_ms": pct(e2e, 99), "e2e_max_ms": max(e2e) if e2e else float("nan"),
         "e2e_sched_p99_ms": pct(e2e_sched, 99),
         "cpu": sampler.window(first_send, last_receipt),
         "cpu_window": sampler.window(first_send, last_send),
     })
     cpu = out["cpu"]
-    if cpu.get("gateway") and first_receipt:  # CPU the gateway spent per event, ingest to delivery
-        out["gateway_cpu_ms_per_event"] = cpu["gateway"] / 100 * cpu["seconds"] * 1000 / len(first_receipt)
+    handled = len(first_receipt) or len(acked_idx)  # ingest only: per callback
+    if cpu.get("gateway") and handled:  # CPU the gateway spent per event, ingest to delivery
+        out["gateway_cpu_ms_per_event"] = cpu["gateway"] / 100 * cpu["seconds"] * 1000 / handled
     if len(receipts) > 10:  # delivery rate once ingest stopped: the delivery side's own ceiling
         after = [t for t in receipts if t > last_done]
         if len(after) > 50:
@@ -701,7 +733,9 @@ def orchestrate(args: argparse.Namespace) -> int:
         for label, rate in plan:
             for rep in range(args.repeat):
                 name = label if args.repeat == 1 else f"{label}.{rep}"
-                print(f"-- {name}: {'closed loop' if rate == 0 else f'{rate:g} ev/s'} for {args.duration} s", flush=True)
+                busy = wait_quiet(args.wait_quiet, args.wait_quiet_max) if args.wait_quiet is not None else None
+                print(f"-- {name}: {'closed loop' if rate == 0 else f'{rate:g} ev/s'} for {args.duration} s"
+                      + (f" (machine {busy:.0f} % busy before it)" if busy is not None else ""), flush=True)
                 result = Run(args, workdir, name, rate).execute()
                 results.append(result)
                 cpu = result.get("cpu", {})
@@ -756,12 +790,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=32, help="keep-alive connections of the generator")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=YAML",
                         help="override a gateway config key, e.g. delivery.concurrency=32 (repeatable)")
+    parser.add_argument("--subscriptions", type=int, default=1,
+                        help="webhook subscriptions for call.* (0: ingest only; N: every event delivered N times)")
     parser.add_argument("--ceiling", action="store_true", help="also flood closed-loop: the gateway's own ceiling")
     parser.add_argument("--flood-max", type=int, default=60000, help="callbacks pre-built for a closed-loop flood")
     parser.add_argument("--generator-ceiling", action="store_true", help="measure the generator against a bare sink")
     parser.add_argument("--drain-timeout", type=float, default=60.0, help="max seconds to wait for deliveries after the load")
     parser.add_argument("--stall-timeout", type=float, default=10.0, help="stop draining after this long without progress")
     parser.add_argument("--settle", type=float, default=0.5, help="seconds to wait for stray duplicates")
+    parser.add_argument("--wait-quiet", type=float, metavar="PCT",
+                        help="before each run, wait until the machine is below PCT %% busy (of 100 x cores)")
+    parser.add_argument("--wait-quiet-max", type=float, default=120.0, help="...but at most this many seconds")
     parser.add_argument("--profile", metavar="DIR", help="py-spy record the (first) gateway into DIR during each run")
     parser.add_argument("--profile-rate", type=int, default=100, help="py-spy samples per second")
     parser.add_argument("--gateway-root", metavar="DIR", help="run the gateway package found in DIR (A/B runs)")

@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 
 from starlette.routing import WebSocketRoute
-from starlette.websockets import WebSocket, WebSocketState
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket
 
 from gateway.api.context import GatewayContext
 from gateway.logs import RUN_ID
@@ -63,8 +64,12 @@ def _upgrade_refusal(ws: WebSocket, ctx: GatewayContext) -> tuple[str | None, st
     return None, "vonage"
 
 
-async def media_socket(ws: WebSocket) -> None:
-    """`WS /api/v1/telephony/ws/{workflow_id}/{user_id}/{workflow_run_id}`."""
+async def media_socket(ws: WebSocket, receive: Receive | None = None, send: Send | None = None) -> None:
+    """`WS /api/v1/telephony/ws/{workflow_id}/{user_id}/{workflow_run_id}`.
+
+    `receive`/`send`: the connection's raw ASGI callables, which the audio path uses instead
+    of Starlette's per-message wrapper (see `MediaEndpoint`).
+    """
     ctx: GatewayContext = ws.app.state.gateway
     refusal, provider_name = _upgrade_refusal(ws, ctx)
     if refusal is not None:
@@ -78,7 +83,8 @@ async def media_socket(ws: WebSocket) -> None:
         return
     RUN_ID.set(run_id)
     await ws.accept()
-    provider: ProviderSocket = TwilioSocket(ws) if provider_name == "twilio" else VonageSocket(ws)
+    socket_class = TwilioSocket if provider_name == "twilio" else VonageSocket
+    provider: ProviderSocket = socket_class(receive or ws.receive, send or ws.send)
     try:
         start = await provider.handshake()
         problem = check_stream_token(ctx.secret_key, run_id, start.token, now=ctx.clock())
@@ -89,7 +95,7 @@ async def media_socket(ws: WebSocket) -> None:
             raise HandshakeError("no such call")
     except HandshakeError as exc:
         log.warning("closed %s media socket run=%s before audio: %s", provider_name, run_id[:64], exc.reason)
-        if ws.client_state == WebSocketState.CONNECTED:
+        if not provider.peer_closed:
             await ws.close(code=exc.code, reason=exc.reason[:120])
         return
     agent = ctx.config.agent
@@ -131,11 +137,18 @@ async def media_socket(ws: WebSocket) -> None:
     finally:
         ctx.sessions.remove(run_id, session)
         MEDIA.remove(session.counters)
-        if ws.client_state == WebSocketState.CONNECTED:
+        if not provider.peer_closed:
             try:
                 await ws.close(code=1000)
-            except RuntimeError:
+            except (RuntimeError, OSError):  # the provider left meanwhile
                 pass
 
 
-routes = [WebSocketRoute(WS_PATH, media_socket)]
+class MediaEndpoint:
+    """The route's ASGI app: Starlette's `WebSocket` for the upgrade checks, the raw callables for audio."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await media_socket(WebSocket(scope, receive, send), receive, send)
+
+
+routes = [WebSocketRoute(WS_PATH, MediaEndpoint())]

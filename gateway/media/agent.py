@@ -28,8 +28,8 @@ class AgentLink(abc.ABC):
         """Connect and send the `start` message; `AgentUnavailable` on failure."""
 
     @abc.abstractmethod
-    async def send_audio(self, frame: bytes) -> None:
-        """Send one frame of caller audio in the agent's format."""
+    def send_audio(self, frame: bytes) -> None:
+        """Send one frame of caller audio in the agent's format; never waits (see `congested`)."""
 
     @abc.abstractmethod
     async def send_message(self, message: Mapping[str, Any]) -> None:
@@ -70,7 +70,7 @@ class WebSocketAgentLink(AgentLink):
             await self.close()
             raise AgentUnavailable(f"cannot connect to agent at {self.url}: {type(exc).__name__}: {exc}") from None
 
-    async def send_audio(self, frame: bytes) -> None:
+    def send_audio(self, frame: bytes) -> None:
         try:
             self._socket.send_bytes(frame)  # type: ignore[union-attr]
         except (SocketClosed, AttributeError) as exc:
@@ -108,7 +108,7 @@ class EchoAgentLink(AgentLink):
     async def open(self, start: Mapping[str, Any]) -> None:
         return None
 
-    async def send_audio(self, frame: bytes) -> None:
+    def send_audio(self, frame: bytes) -> None:
         if not self._queue.full():
             self._queue.put_nowait(frame)
 

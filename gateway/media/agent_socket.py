@@ -2,9 +2,15 @@
 
 Why not `websockets.asyncio`: its per-message machinery (a send lock and async context
 manager per `send`, an assembler and futures per `recv`) cost about a third of the gateway's
-CPU per frame under load. Here a send is one protocol call and one `transport.write`;
-received messages go into a deque and wake the reader only when it is waiting. The protocol
-(framing, masking, UTF-8 checks, ping replies, the closing handshake) stays websockets'.
+CPU per frame under load. Here a send is one `transport.write`; received messages go into a
+deque and wake the reader only when it is waiting.
+
+websockets' sans-I/O protocol does the handshake, control frames (ping replies, the closing
+handshake), fragmented messages and every error. Only the two shapes of the steady state take
+a shortcut: sending a whole binary message (header, mask from a pool of `os.urandom` bytes,
+websockets' C masking), and receiving whole, final, unmasked text or binary frames while no
+fragmented message is open. Every other frame is handed to the protocol whole, so its parser
+never holds a partial frame and the two never disagree about where a frame starts.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
+import struct
 from collections import deque
 from typing import Mapping
 
@@ -21,6 +28,37 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
 from websockets.protocol import OPEN, State
 from websockets.uri import parse_uri
+
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover - websockets without its C extension
+    from websockets.utils import apply_mask
+
+_MASKS = 4096  # mask keys fetched per os.urandom call
+
+
+class _MaskPool:
+    """Unpredictable 4-byte mask keys (RFC 6455 5.3), a page of `os.urandom` at a time."""
+
+    def __init__(self) -> None:
+        self._keys = b""
+        self._next = 0
+
+    def take(self) -> bytes:
+        if self._next >= len(self._keys):
+            self._keys, self._next = os.urandom(4 * _MASKS), 0
+        key = self._keys[self._next:self._next + 4]
+        self._next += 4
+        return key
+
+
+_masks = _MaskPool()
+
+
+def _holds_nothing(protocol: ClientProtocol) -> bool:
+    """True when the protocol's parser holds no partial frame (else it must see the rest itself)."""
+    buffer = getattr(getattr(protocol, "reader", None), "buffer", None)
+    return buffer is not None and len(buffer) == 0
 
 
 class SocketClosed(Exception):
@@ -37,6 +75,7 @@ class AgentSocket(asyncio.Protocol):
         except InvalidURI as exc:
             raise SocketClosed(f"invalid URL: {exc}") from None
         self.protocol = ClientProtocol(self.uri, max_size=max_size)
+        self.max_size = max_size
         self.max_queue = max_queue
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
@@ -54,6 +93,9 @@ class AgentSocket(asyncio.Protocol):
         self._pong_timer: asyncio.TimerHandle | None = None
         self._close_timer: asyncio.TimerHandle | None = None
         self._closed_reason: str | None = None
+        self._inbox = bytearray()  # received bytes not yet a whole frame (fast path only)
+        self._fast = False  # the steady state: OPEN, no fragmented message, nothing odd seen
+        self._opened = False
 
     # -- the caller's side ----------------------------------------------------------------
     async def open(self, headers: Mapping[str, str], *, timeout: float, user_agent: str) -> None:
@@ -78,9 +120,17 @@ class AgentSocket(asyncio.Protocol):
 
     def send_bytes(self, data: bytes) -> None:
         """Send one binary message (never waits: see `buffered`)."""
-        self._check_open()
-        self.protocol.send_binary(data)
-        self._send_pending()
+        if self.protocol.state is not OPEN or self.transport is None:
+            raise SocketClosed(self._closed_reason or self._describe_close(None))
+        size = len(data)
+        if size < 126:
+            header = struct.pack("!BB", 0x82, 0x80 | size)
+        elif size < 65536:
+            header = struct.pack("!BBH", 0x82, 0xFE, size)
+        else:
+            header = struct.pack("!BBQ", 0x82, 0xFF, size)
+        mask = _masks.take()
+        self.transport.write(header + mask + apply_mask(data, mask))
 
     def send_text(self, text: str) -> None:
         """Send one text message."""
@@ -132,6 +182,52 @@ class AgentSocket(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio.Transport subclasses
 
     def data_received(self, data: bytes) -> None:
+        if self._fast:
+            self._receive_frames(data)
+        else:
+            self._receive_with_protocol(data)
+
+    def _receive_frames(self, data: bytes) -> None:
+        """The fast path: whole final data frames straight to the inbox, the rest to the protocol."""
+        inbox = self._inbox
+        inbox += data
+        offset, end = 0, len(inbox)
+        while self._fast and end - offset >= 2:
+            first, second = inbox[offset], inbox[offset + 1]
+            size, head = second & 0x7F, 2
+            if size == 126:
+                if end - offset < 4:
+                    break
+                size, head = int.from_bytes(inbox[offset + 2:offset + 4], "big"), 4
+            elif size == 127:
+                if end - offset < 10:
+                    break
+                size, head = int.from_bytes(inbox[offset + 2:offset + 10], "big"), 10
+            if second & 0x80 or size > self.max_size:
+                self._fast = False  # masked by the server, or too big: the protocol fails the connection
+                break
+            stop = offset + head + size
+            if stop > end:
+                break
+            opcode = first & 0x0F
+            if first & 0xF0 == 0x80 and (opcode == 1 or opcode == 2):  # FIN, no RSV bits, text or binary
+                payload = bytes(inbox[offset + head:stop])
+                self._deliver(Opcode.TEXT if opcode == 1 else Opcode.BINARY, payload)
+            else:
+                self._receive_with_protocol(bytes(inbox[offset:stop]))
+            offset = stop
+        if self._fast:
+            del inbox[:offset]
+        else:
+            rest = bytes(inbox[offset:])
+            inbox.clear()
+            if rest:
+                self._receive_with_protocol(rest)
+        if len(self._messages) >= self.max_queue and not self._reading_paused and self.transport is not None:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def _receive_with_protocol(self, data: bytes) -> None:
         protocol = self.protocol
         protocol.receive_data(data)
         events = protocol.events_received()
@@ -146,6 +242,12 @@ class AgentSocket(asyncio.Protocol):
                 self._handshake.set_exception(protocol.handshake_exc)
             elif any(isinstance(event, Response) for event in events):
                 self._handshake.set_result(None)
+                self._opened = True
+        self._fast = (self._opened and protocol.state is OPEN and self._fragment_opcode is None
+                      and _holds_nothing(protocol))
+        if self._opened and protocol.state is not OPEN and self._closed_reason is None:
+            self._closed_reason = self._describe_close(None)  # the protocol failed the connection
+            self._wake()
         if len(self._messages) >= self.max_queue and not self._reading_paused and self.transport is not None:
             self._reading_paused = True  # the reader is behind: let TCP push back on the agent
             self.transport.pause_reading()
@@ -215,6 +317,7 @@ class AgentSocket(asyncio.Protocol):
             try:
                 message: bytes | str = data.decode()
             except UnicodeDecodeError as exc:
+                self._fast = False
                 self._closed_reason = f"agent sent a text message that is not UTF-8 (byte {exc.start})"
                 self.protocol.fail(1007, "invalid UTF-8")
                 self._send_pending()
@@ -239,6 +342,7 @@ class AgentSocket(asyncio.Protocol):
         self._pong_timer = self._loop.call_later(self.ping_timeout, self._ping_lost)  # the pong schedules the next ping
 
     def _ping_lost(self) -> None:
+        self._fast = False
         self._closed_reason = f"no pong within {self.ping_timeout:g} s"
         self.protocol.fail(1011, "keepalive ping timeout")
         self._send_pending()
@@ -246,6 +350,8 @@ class AgentSocket(asyncio.Protocol):
 
     def _describe_close(self, exc: Exception | None) -> str:
         protocol = self.protocol
+        if getattr(protocol, "parser_exc", None) is not None:
+            return f"agent broke the WebSocket protocol: {protocol.parser_exc}"
         if protocol.close_rcvd is not None:
             return f"agent closed the connection ({protocol.close_rcvd.code})"
         if protocol.close_sent is not None:

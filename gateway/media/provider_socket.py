@@ -1,7 +1,10 @@
 """The provider's side of a media session: one adapter per provider over the ASGI socket.
 
 Each adapter turns the provider's messages into a few inbound kinds (audio, dtmf, mark,
-stop, bad) and sends frames, marks and clears exactly as that provider accepts them.
+stop, bad) and sends frames, marks and clears exactly as that provider accepts them. It
+works on the connection's raw ASGI `receive`/`send` (no per-message Starlette wrapper, which
+costs more than the check it adds), so it keeps the one state that matters itself: once the
+provider has gone, sends are dropped and the next `receive` says STOP.
 """
 
 from __future__ import annotations
@@ -9,9 +12,7 @@ from __future__ import annotations
 import abc
 import logging
 from dataclasses import dataclass, field
-from typing import Any
-
-from starlette.websockets import WebSocket
+from typing import Any, Awaitable, Callable
 
 from gateway.audio import TWILIO_FORMAT, VONAGE_FORMAT, AudioFormat
 from gateway.providers import twilio_media, vonage_media
@@ -19,6 +20,7 @@ from gateway.providers import twilio_media, vonage_media
 log = logging.getLogger("gateway.media")
 
 AUDIO, DTMF, MARK, STOP, BAD, OTHER = "audio", "dtmf", "mark", "stop", "bad", "other"
+_INBOUND = frozenset({"inbound", "inbound_track"})  # the caller's track (Twilio may omit it: full path)
 MAX_MESSAGE_BYTES = 64 * 1024
 
 
@@ -41,6 +43,10 @@ class StreamStart:
     parameters: dict[str, Any] = field(default_factory=dict)
 
 
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
 class ProviderSocket(abc.ABC):
     """A provider's media socket, as the session sees it."""
 
@@ -48,9 +54,11 @@ class ProviderSocket(abc.ABC):
     audio_format: AudioFormat
     echoes_marks: bool  # True: the provider reports when a mark's audio has played
 
-    def __init__(self, ws: WebSocket) -> None:
-        self.ws = ws
+    def __init__(self, receive: Receive, send: Send) -> None:
+        self._receive = receive
+        self._send = send
         self.stream_id: str | None = None
+        self.peer_closed = False  # the provider's side is gone: nothing more to send or read
 
     @abc.abstractmethod
     async def handshake(self) -> StreamStart:
@@ -73,7 +81,20 @@ class ProviderSocket(abc.ABC):
         """Ask the provider to drop the audio it has buffered."""
 
     async def _receive_message(self) -> dict[str, Any]:
-        return await self.ws.receive()
+        if self.peer_closed:
+            return {"type": "websocket.disconnect", "code": 1006}
+        message = await self._receive()
+        if message["type"] == "websocket.disconnect":
+            self.peer_closed = True
+        return message
+
+    async def _send_message(self, message: dict[str, Any]) -> None:
+        if self.peer_closed:
+            return
+        try:
+            await self._send(message)
+        except OSError:  # the server's "client disconnected": the receive side reports the end
+            self.peer_closed = True
 
 
 class TwilioSocket(ProviderSocket):
@@ -105,12 +126,15 @@ class TwilioSocket(ProviderSocket):
         raise HandshakeError("no start message")
 
     async def receive(self) -> tuple[str, Any]:
-        message = await self.ws.receive()
-        if message["type"] == "websocket.disconnect":
-            return STOP, f"socket closed ({message.get('code', 1005)})"
+        message = await self._receive_message()
         text = message.get("text")
         if text is None:
+            if message["type"] == "websocket.disconnect":
+                return STOP, f"socket closed ({message.get('code', 1005)})"
             return BAD, "binary frame on a Twilio stream"
+        if len(text) <= twilio_media.MAX_MESSAGE_CHARS and (media := twilio_media.parse_media(text)) is not None:
+            track, audio = media
+            return (AUDIO, audio) if track in _INBOUND else (OTHER, "media." + track)
         try:
             parsed = twilio_media.parse_stream_message(text)
         except twilio_media.StreamMessageError as exc:
@@ -129,13 +153,13 @@ class TwilioSocket(ProviderSocket):
         return OTHER, event[:32]
 
     async def send_frame(self, frame: bytes) -> None:
-        await self.ws.send({"type": "websocket.send", "text": twilio_media.render_media(self.stream_id, frame)})
+        await self._send_message({"type": "websocket.send", "text": twilio_media.render_media(self.stream_id, frame)})
 
     async def send_mark(self, name: str) -> None:
-        await self.ws.send({"type": "websocket.send", "text": twilio_media.render_mark(self.stream_id, name)})
+        await self._send_message({"type": "websocket.send", "text": twilio_media.render_mark(self.stream_id, name)})
 
     async def send_clear(self) -> None:
-        await self.ws.send({"type": "websocket.send", "text": twilio_media.render_clear(self.stream_id)})
+        await self._send_message({"type": "websocket.send", "text": twilio_media.render_clear(self.stream_id)})
 
 
 class VonageSocket(ProviderSocket):
@@ -164,7 +188,7 @@ class VonageSocket(ProviderSocket):
         return StreamStart(None, token if isinstance(token, str) else None, None, parsed.fields)
 
     async def receive(self) -> tuple[str, Any]:
-        message = await self.ws.receive()
+        message = await self._receive_message()
         if message["type"] == "websocket.disconnect":
             return STOP, f"socket closed ({message.get('code', 1005)})"
         data = message.get("bytes")
@@ -181,10 +205,10 @@ class VonageSocket(ProviderSocket):
         return OTHER, parsed.event[:32]
 
     async def send_frame(self, frame: bytes) -> None:
-        await self.ws.send({"type": "websocket.send", "bytes": frame})
+        await self._send_message({"type": "websocket.send", "bytes": frame})
 
     async def send_mark(self, name: str) -> None:
         return None  # Vonage has no mark echo; the session times marks by its own playhead
 
     async def send_clear(self) -> None:
-        await self.ws.send({"type": "websocket.send", "text": vonage_media.CLEAR_MESSAGE})
+        await self._send_message({"type": "websocket.send", "text": vonage_media.CLEAR_MESSAGE})

@@ -239,7 +239,7 @@ class MediaSession:
                     })
                 if self.recorder is not None:
                     self.recorder.caller(value)
-                await self._to_agent(self.to_agent.process(value))
+                self._to_agent(self.to_agent.process(value))
             elif kind is DTMF:
                 await self._agent_message({"type": "dtmf", "digit": value})
                 self._queue_write("dtmf", {"data": {"digit": value}})
@@ -255,7 +255,7 @@ class MediaSession:
             elif kind is OTHER:
                 log.debug("ignored %s media event %s run=%s", provider.name, value, self.run_id)
 
-    async def _to_agent(self, frame: bytes) -> None:
+    def _to_agent(self, frame: bytes) -> None:
         agent = self.agent
         if agent is None:
             self.counters.inbound_dropped += 1
@@ -267,7 +267,7 @@ class MediaSession:
             self._backlog_ready.set()
             return
         try:
-            await agent.send_audio(frame)
+            agent.send_audio(frame)
         except AgentUnavailable as exc:
             self._lost_agent(agent, str(exc))
 
@@ -285,7 +285,7 @@ class MediaSession:
                     await asyncio.sleep(0.005)
                     continue
                 try:
-                    await agent.send_audio(self._backlog.popleft())
+                    agent.send_audio(self._backlog.popleft())
                 except AgentUnavailable as exc:
                     self._lost_agent(agent, str(exc))
 
@@ -328,8 +328,8 @@ class MediaSession:
 
     async def _pump(self) -> None:
         """Send what the playback lead allows now; a pumper task sends the rest on time."""
-        await self._send_due()
-        if self.playback.wait_time(time.monotonic()) is not None and (self._pump_task is None or self._pump_task.done()):
+        now = await self._send_due()
+        if self.playback.wait_time(now) is not None and (self._pump_task is None or self._pump_task.done()):
             self._pump_task = self._spawn(self._pump_later())
 
     async def _pump_later(self) -> None:
@@ -337,7 +337,8 @@ class MediaSession:
             await asyncio.sleep(max(wait, 0.005))
             await self._send_due()
 
-    async def _send_due(self) -> None:
+    async def _send_due(self) -> float:
+        """Send the frames and marks that are due; returns the time it went by."""
         now = time.monotonic()
         provider = self.provider
         plays_at = max(self.playback.played_until, now)  # where the first released frame starts
@@ -352,6 +353,7 @@ class MediaSession:
                 await provider.send_mark(value.name)
             else:
                 self._time_mark(value.name, value.plays_at - now)
+        return now
 
     def _time_mark(self, name: str, delay: float) -> None:
         loop = asyncio.get_running_loop()

@@ -48,18 +48,26 @@ def _object(value: Any, what: str) -> dict[str, Any]:
     return value
 
 
+def parse_media(text: str) -> tuple[str, bytes] | None:
+    """(track, audio) of a `media` message written exactly as Twilio writes it; None for
+    anything else, which `parse_stream_message` then reads in full. The hot path: no JSON
+    parse, no message object. The caller checks the size limit first."""
+    match = _MEDIA.fullmatch(text)
+    if match is None:
+        return None
+    try:
+        return match.group(1), binascii.a2b_base64(match.group(2), strict_mode=True)
+    except binascii.Error:
+        return None  # odd padding: let the full path decide, exactly as it always has
+
+
 def parse_stream_message(text: str) -> StreamMessage:
     """Parse one text frame; `StreamMessageError` for anything malformed."""
     if len(text) > MAX_MESSAGE_CHARS:
         raise StreamMessageError(f"message of {len(text)} characters is over the {MAX_MESSAGE_CHARS} limit")
-    match = _MEDIA.fullmatch(text)
-    if match is not None:
-        try:
-            audio = binascii.a2b_base64(match.group(2), strict_mode=True)
-        except binascii.Error:
-            pass  # odd padding: let the full path decide, exactly as it always has
-        else:
-            return StreamMessage("media", match.group(3), audio=audio, track=match.group(1))
+    fast = parse_media(text)
+    if fast is not None:
+        return StreamMessage("media", _MEDIA.fullmatch(text).group(3), audio=fast[1], track=fast[0])  # type: ignore[union-attr]
     return _parse_json(text)
 
 

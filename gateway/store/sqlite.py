@@ -60,8 +60,13 @@ def _parse_ts(value: str | None) -> datetime | None:
     return None if value is None else datetime.fromisoformat(value)
 
 
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str)  # = json.dumps(...) with these
+
+
 def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+    if not value and isinstance(value, dict):
+        return "{}"
+    return _JSON.encode(value)
 
 
 def _row_to_record(row: sqlite3.Row) -> CallRecord:

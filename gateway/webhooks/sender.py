@@ -27,6 +27,7 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import httpx
@@ -83,15 +84,17 @@ class PreparedRequest:
 
     def redactor(self, *extra: str) -> Redactor:
         """A redactor for this request's secrets (plus `extra`, e.g. an OAuth2 token)."""
-        return Redactor([*self.sensitive, *extra])
+        return Redactor([*self.sensitive, *extra]) if extra else _redactor(self.sensitive)
 
-    def redacted(self, *extra: str) -> dict[str, Any]:
-        """Method, URL, headers and body text with every secret replaced by `[redacted]`."""
-        redactor = self.redactor(*extra)
+    def redacted(self, *extra: str, headers: Mapping[str, str] | None = None,
+                 redactor: Redactor | None = None) -> dict[str, Any]:
+        """Method, URL, headers (these, or the request's own) and body text with every secret
+        replaced by `[redacted]`."""
+        redactor = redactor or self.redactor(*extra)
         return {
             "method": self.method,
             "url": redactor.text(self.url),
-            "headers": {name: redactor.text(value) for name, value in self.headers.items()},
+            "headers": {name: redactor.text(value) for name, value in (self.headers if headers is None else headers).items()},
             "body": redactor.text(self.body.decode("utf-8", "replace")),
         }
 
@@ -126,10 +129,20 @@ def _set_header(headers: dict[str, str], name: str, value: str) -> None:
     headers[name] = value
 
 
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str)  # = json.dumps(...) with these
+
+
 def _json_bytes(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str).encode("utf-8")
+    return _JSON.encode(value).encode("utf-8")
 
 
+@lru_cache(maxsize=256)
+def _redactor(secrets: frozenset[str]) -> Redactor:
+    """Redactors are immutable and the same few secret sets recur on every attempt."""
+    return Redactor(secrets)
+
+
+@lru_cache(maxsize=4096)
 def _check_url(url: str) -> None:
     try:
         parsed = httpx.URL(url)
@@ -297,10 +310,7 @@ async def send_attempt(
         failure = error
     latency_ms = round((time.perf_counter() - started) * 1000, 3)
     redactor = prepared.redactor(*tokens)
-    request_view = {
-        **prepared.redacted(*tokens),
-        "headers": {name: redactor.text(value) for name, value in headers.items()},
-    }
+    request_view = prepared.redacted(headers=headers, redactor=redactor)
     if answer is None:
         assert failure is not None
         detail = str(failure) or "no answer within the timeout"

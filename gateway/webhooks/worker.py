@@ -181,9 +181,21 @@ class DeliveryWorker:
             except asyncio.TimeoutError:
                 pass
 
+    def _release(self, subscription: str) -> None:
+        self.inflight[subscription] = max(0, self.inflight.get(subscription, 1) - 1)
+        self._wake.set()
+
     async def _deliver(self, delivery: Delivery) -> None:
+        released = False
         try:
-            result = await self._attempt(delivery)
+            try:
+                result = await self._attempt(delivery)
+            finally:
+                # The endpoint's slot is free once its answer is in: recording the attempt is
+                # our bookkeeping, and the row stays leased (so unclaimable, and for an ordered
+                # subscription still pending, holding back the call's next event) until then.
+                self._release(delivery.subscription)
+                released = True
             health = await self.store.finish_delivery(delivery, self.owner, result)
             if result.status == "succeeded":
                 self.delivered += 1
@@ -195,8 +207,10 @@ class DeliveryWorker:
         except Exception:  # a bug must not kill the worker; the lease expiry retries the row
             log.exception("delivery %s crashed", delivery.id)
         finally:
-            self.inflight[delivery.subscription] = max(0, self.inflight.get(delivery.subscription, 1) - 1)
-            self._wake.set()
+            if released:
+                self._wake.set()  # a recorded attempt may let the call's next event go
+            else:
+                self._release(delivery.subscription)
 
     async def _attempt(self, delivery: Delivery) -> DeliveryResult:
         now = self.clock()

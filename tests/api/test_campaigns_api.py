@@ -111,10 +111,11 @@ def test_calls_per_second_spaces_the_dials(gateway_server, twilio):
         wait_status(server.url, made["id"], "completed")
     times = sorted(entry["at"] for entry in twilio.of("create"))
     assert len(times) == 9
-    # 9 starts at 5 per second span at least 8 intervals of 0.2 s; generous for scheduling noise
-    assert times[-1] - times[0] >= 8 * 0.2 * 0.7
-    for first, last in zip(times, times[5:]):  # no second holds more than 5 starts (plus noise)
-        assert last - first >= 5 * 0.2 * 0.7
+    # 9 starts at 5 per second span 8 intervals of 0.2 s; a broken pacer sends them in one burst.
+    # Bounds at half the schedule: a request held up on its way only makes the next gap shorter.
+    assert times[-1] - times[0] >= 8 * 0.2 * 0.5
+    for first, last in zip(times, times[5:]):  # no second holds many more than 5 starts
+        assert last - first >= 5 * 0.2 * 0.5
 
 
 def test_retries_follow_the_outcome(gateway_server, twilio):
