@@ -366,11 +366,14 @@ def free_port() -> int:
 class Process:
     """A child process with its output in a log file; stopped by its own pid."""
 
-    def __init__(self, name: str, argv: list[str], workdir: Path, *, cwd: Path = ROOT, env: dict[str, str] | None = None) -> None:
+    def __init__(self, name: str, argv: list[str], workdir: Path, *, cwd: Path = ROOT, env: dict[str, str] | None = None,
+                 cpus: set[int] | None = None) -> None:
         self.name = name
         self.log_path = workdir / f"{name}.log"
         self.proc = subprocess.Popen(argv, cwd=cwd, stdout=open(self.log_path, "wb"), stderr=subprocess.STDOUT,
                                      env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+        if cpus:
+            os.sched_setaffinity(self.proc.pid, cpus)  # threads it starts later inherit it
 
     @property
     def pid(self) -> int:
@@ -423,6 +426,8 @@ class Options:
     gateway_src: Path
     before: Path | None = None
     quiet_percent: float = 15.0
+    server_cpus: set[int] | None = None  # --pin: the server alone on CPU 0, agent and load generator on the rest
+    load_cpus: set[int] | None = None
     quiet_wait: float = 300.0
 
 
@@ -452,19 +457,19 @@ def run_target(target: str, calls: int, options: Options, workdir: Path, *, prof
             if target in ("bridge", "bridge-before"):
                 agent_port = free_port()
                 agent = Process("echo-agent", [PYTHON, str(ROOT / "bench" / "echo_agent.py"), "--port", str(agent_port),
-                                               "--seconds", "900"], workdir)
+                                               "--seconds", "900"], workdir, cpus=options.load_cpus)
                 started.append(agent)
                 agent.wait_port(agent_port)
                 agent_url = f"ws://127.0.0.1:{agent_port}/agent"
                 pids["agent"] = agent.pid
             config = gateway_config(workdir, agent_url)
             server = Process("gateway", [PYTHON, "-m", "gateway.cli", "serve", "--config", str(config), "--host", "127.0.0.1",
-                                         "--port", str(port)], workdir,
+                                         "--port", str(port)], workdir, cpus=options.server_cpus,
                              cwd=options.before if target.endswith("-before") else options.gateway_src)
         else:
             variant = "asgi" if target == "reference-asgi" else "starlette"
             server = Process("reference", [PYTHON, str(ROOT / "bench" / "reference_echo.py"), "--port", str(port),
-                                           "--variant", variant], workdir)
+                                           "--variant", variant], workdir, cpus=options.server_cpus)
         started.append(server)
         server.wait_port(port)
         pids["server"] = server.pid
@@ -475,7 +480,7 @@ def run_target(target: str, calls: int, options: Options, workdir: Path, *, prof
                                    "--window", str(options.window), "--warmup", str(options.warmup),
                                    "--ramp", str(options.ramp), "--deadline", str(deadline),
                                    "--run-prefix", f"bench{int(time.time())}",
-                                   "--pids", ",".join(f"{k}={v}" for k, v in pids.items())], workdir)
+                                   "--pids", ",".join(f"{k}={v}" for k, v in pids.items())], workdir, cpus=options.load_cpus)
         started.append(load)
         spy = None
         if profile is not None:
@@ -549,6 +554,27 @@ def summarize_profile(path: Path, top: int = 25) -> str:
     return "\n".join(lines)
 
 
+def medians(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (target, calls): the median of each number over the repeated runs."""
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for r in results:
+        groups.setdefault((r["target"], r["calls"]), []).append(r)
+
+    def med(values: list[Any]) -> Any:
+        values = sorted(v for v in values if v is not None)
+        return values[len(values) // 2] if values else None
+
+    out = []
+    for (target, calls), rows in groups.items():
+        row = dict(rows[0])
+        row["cpu_percent"] = {k: med([r["cpu_percent"].get(k) for r in rows]) for k in rows[0]["cpu_percent"]}
+        row["latency_ms"] = {k: med([r["latency_ms"][k] for r in rows]) for k in rows[0]["latency_ms"]}
+        for key in ("frames_sent", "frames_lost", "frames_misframed", "others_percent"):
+            row[key] = med([r[key] for r in rows])
+        out.append(row)
+    return out
+
+
 def table(results: list[dict[str, Any]]) -> str:
     reference = {r["calls"]: r for r in results if r["target"] == "reference"}
     rows = ["| target | calls | server CPU % of a core | CPU per call % | × reference | latency p50 / p99 / max ms | frames sent | lost | misframed | agent CPU % | loadgen CPU % | other processes % |",
@@ -578,11 +604,15 @@ def main() -> None:
     parser.add_argument("--before", type=Path, help="another source tree, run as the targets bridge-before, bridge-echo-before")
     parser.add_argument("--profile", type=int, metavar="CALLS", help="only profile the bridge at CALLS calls with py-spy")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
+    parser.add_argument("--pin", action="store_true", help="server on CPU 0; agent and load generator on the other CPUs")
+    parser.add_argument("--repeat", type=int, default=1, help="run every (calls, target) this many times, interleaved")
     parser.add_argument("--quiet", type=float, default=15.0, metavar="PERCENT",
                         help="before each run, wait until other processes use less than this much of a core")
     args = parser.parse_args()
     options = Options(window=args.window, warmup=args.warmup, ramp=args.ramp, gateway_src=args.gateway_src.resolve(),
                       quiet_percent=args.quiet, before=args.before.resolve() if args.before else None)
+    if args.pin and (os.cpu_count() or 1) > 1:
+        options.server_cpus, options.load_cpus = {0}, set(range(1, os.cpu_count() or 2))
     import uvicorn
     import websockets
 
@@ -605,7 +635,7 @@ def main() -> None:
             return
         results = []
         for calls in [int(n) for n in args.calls.split(",")]:
-            for target in args.targets.split(","):
+            for target in [t for _ in range(args.repeat) for t in args.targets.split(",")]:
                 result = run_target(target, calls, options, workdir)
                 results.append(result)
                 lat = result["latency_ms"]
@@ -617,6 +647,11 @@ def main() -> None:
                       + (f" FAILURES {result['failures']}" if result["failures"] else ""), flush=True)
         print()
         print(table(results))
+        if args.repeat > 1:
+            print()
+            print(f"Medians of {args.repeat} runs:")
+            print()
+            print(table(medians(results)))
         if args.json:
             args.json.write_text(json.dumps(results, indent=2))
 

@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import uvicorn
@@ -201,3 +201,14 @@ class Receiver:
         import json as _json
 
         return [_json.loads(r["body"]) for r in self.requests if r["body"]]
+
+
+def wait_until(predicate: Any, timeout: float = 10.0, what: str = "condition") -> Any:
+    """Poll `predicate` until it returns something truthy (returned), or fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.03)
+    raise AssertionError(f"{what} not reached within {timeout} s")

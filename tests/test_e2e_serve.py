@@ -9,11 +9,10 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 
-from support import API_KEY, TWILIO_SID, base_config, free_port, twilio_signature
+from support import API_KEY, TWILIO_SID, free_port, twilio_signature
 
 
 def _post(proc, path, params):

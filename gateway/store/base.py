@@ -13,6 +13,16 @@ from gateway.events.envelope import Event
 from gateway.store.campaigns import Campaign, CampaignContact, CampaignEvent
 
 
+CALL_JSON_FIELDS = ("initial_context", "gathered_context", "annotations", "cost_info", "media")
+CALL_TIME_FIELDS = ("started_at", "answered_at", "ended_at", "created_at", "updated_at")
+CALL_COLUMNS = (
+    "workflow_run_id", "workflow_id", "user_id", "provider", "provider_call_id", "state",
+    "from_number", "to_number", "direction", "started_at", "answered_at", "ended_at", "duration",
+    "voicemail", "answered_by", "last_sequence", *CALL_JSON_FIELDS, "created_at", "updated_at",
+)
+"""The `calls` table's columns, in one order for every backend (`CallRecord` field names)."""
+
+
 class StoreError(Exception):
     """The store could not do what was asked (unreachable, corrupt, bad cursor...)."""
 

@@ -22,6 +22,7 @@ from gateway.calls.record import CallRecord, utcnow
 from gateway.calls.states import CallState
 from gateway.events.envelope import Event, new_event_id
 from gateway.store.base import (
+    CALL_COLUMNS,
     AppliedUpdate,
     AttemptRecord,
     CallSeed,
@@ -40,16 +41,10 @@ from gateway.store.sqlite import decode_cursor, encode_cursor
 DELIVERIES_CHANNEL = "gateway_deliveries"
 CONTROL_CHANNEL = "gateway_control"
 _MIGRATION_LOCK = 0x6761746577  # "gatew": one migrator at a time across instances
-_JSON_FIELDS = ("initial_context", "gathered_context", "annotations", "cost_info", "media")
-_CALL_COLUMNS = (
-    "workflow_run_id", "workflow_id", "user_id", "provider", "provider_call_id", "state",
-    "from_number", "to_number", "direction", "started_at", "answered_at", "ended_at", "duration",
-    "voicemail", "answered_by", "last_sequence", *_JSON_FIELDS, "created_at", "updated_at",
-)
 _UPSERT_CALL = (
-    f"INSERT INTO calls ({', '.join(_CALL_COLUMNS)}) VALUES ({', '.join(f'${i}' for i in range(1, len(_CALL_COLUMNS) + 1))}) "
+    f"INSERT INTO calls ({', '.join(CALL_COLUMNS)}) VALUES ({', '.join(f'${i}' for i in range(1, len(CALL_COLUMNS) + 1))}) "
     "ON CONFLICT (workflow_run_id) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in _CALL_COLUMNS if c != "workflow_run_id")
+    + ", ".join(f"{c} = excluded.{c}" for c in CALL_COLUMNS if c != "workflow_run_id")
 )
 _DELIVERY_SELECT = (
     "SELECT d.*, e.id AS e_id, e.type AS e_type, e.workflow_run_id AS e_run, e.occurred_at AS e_at,"
@@ -68,14 +63,14 @@ def split_store_url(url: str) -> tuple[str, str | None]:
 
 
 def _record(row: Mapping[str, Any]) -> CallRecord:
-    values = {name: row[name] for name in _CALL_COLUMNS}
+    values = {name: row[name] for name in CALL_COLUMNS}
     values["state"] = CallState(values["state"])
     return CallRecord(**values)
 
 
 def _record_params(record: CallRecord) -> list[Any]:
     out = []
-    for name in _CALL_COLUMNS:
+    for name in CALL_COLUMNS:
         value = getattr(record, name)
         if name == "state":
             value = value.value

@@ -26,6 +26,9 @@ from gateway.calls.record import CallRecord, utcnow
 from gateway.calls.states import CallState
 from gateway.events.envelope import Event, new_event_id
 from gateway.store.base import (
+    CALL_COLUMNS,
+    CALL_JSON_FIELDS,
+    CALL_TIME_FIELDS,
     AppliedUpdate,
     AttemptRecord,
     CallSeed,
@@ -43,13 +46,6 @@ from gateway.store.sqlite_campaigns import SQLiteCampaigns
 
 T = TypeVar("T")
 
-_JSON_FIELDS = ("initial_context", "gathered_context", "annotations", "cost_info", "media")
-_TIME_FIELDS = ("started_at", "answered_at", "ended_at", "created_at", "updated_at")
-_CALL_COLUMNS = (
-    "workflow_run_id", "workflow_id", "user_id", "provider", "provider_call_id", "state",
-    "from_number", "to_number", "direction", "started_at", "answered_at", "ended_at", "duration",
-    "voicemail", "answered_by", "last_sequence", *_JSON_FIELDS, "created_at", "updated_at",
-)
 
 
 def _ts(value: datetime | None) -> str | None:
@@ -71,9 +67,9 @@ def _dumps(value: Any) -> str:
 
 def _row_to_record(row: sqlite3.Row) -> CallRecord:
     values = dict(row)
-    for name in _TIME_FIELDS:
+    for name in CALL_TIME_FIELDS:
         values[name] = _parse_ts(values[name])
-    for name in _JSON_FIELDS:
+    for name in CALL_JSON_FIELDS:
         values[name] = json.loads(values[name])
     values["state"] = CallState(values["state"])
     values["voicemail"] = bool(values["voicemail"])
@@ -82,11 +78,11 @@ def _row_to_record(row: sqlite3.Row) -> CallRecord:
 
 def _record_params(record: CallRecord) -> tuple[Any, ...]:
     out: list[Any] = []
-    for name in _CALL_COLUMNS:
+    for name in CALL_COLUMNS:
         value = getattr(record, name)
-        if name in _TIME_FIELDS:
+        if name in CALL_TIME_FIELDS:
             value = _ts(value)
-        elif name in _JSON_FIELDS:
+        elif name in CALL_JSON_FIELDS:
             value = _dumps(value)
         elif name == "state":
             value = value.value
@@ -97,9 +93,9 @@ def _record_params(record: CallRecord) -> tuple[Any, ...]:
 
 
 _UPSERT_CALL = (
-    f"INSERT INTO calls ({', '.join(_CALL_COLUMNS)}) VALUES ({', '.join('?' for _ in _CALL_COLUMNS)}) "
+    f"INSERT INTO calls ({', '.join(CALL_COLUMNS)}) VALUES ({', '.join('?' for _ in CALL_COLUMNS)}) "
     "ON CONFLICT (workflow_run_id) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in _CALL_COLUMNS if c != "workflow_run_id")
+    + ", ".join(f"{c} = excluded.{c}" for c in CALL_COLUMNS if c != "workflow_run_id")
 )
 
 

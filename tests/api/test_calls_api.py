@@ -75,14 +75,6 @@ async def event_types(server, run_id):
     return [e.type for e in await server.app.state.gateway.store.list_events(run_id=run_id)]
 
 
-def wait_until(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not reached")
 
 
 # -- placing -----------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from typing import Any, Callable
 import httpx
 
 from dial.fakes import FakeTwilio, twilio_callback
-from support import API_KEY, TWILIO_SID, TWILIO_TOKEN, VONAGE_API_KEY, VONAGE_SECRET
+from support import API_KEY, TWILIO_SID, TWILIO_TOKEN, VONAGE_API_KEY, VONAGE_SECRET, wait_until
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 FAST_RETRY = {"schedule": [0.1, 0.2, 0.5], "jitter": 0.0, "total_timeout": 60}
@@ -49,14 +49,6 @@ def campaign(base: str, campaign_id: str) -> dict[str, Any]:
     return api(base, "GET", f"/api/v1/campaigns/{campaign_id}").json()
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.03)
-    raise AssertionError(f"{what} not reached within {timeout} s")
 
 
 def wait_status(base: str, campaign_id: str, status: str, timeout: float = 20.0) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from standardwebhooks import Webhook
 
-from support import API_KEY, TWILIO_SID, Receiver, base_config, twilio_signature
+from support import API_KEY, TWILIO_SID, Receiver, base_config, twilio_signature, wait_until
 
 WHSEC = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 FAST = {"schedule": [0.05, 0.05, 0.05, 0.05], "jitter": 0.0, "total_timeout": 60}
@@ -44,14 +44,6 @@ def admin(server, method, path, **kw):
     return httpx.request(method, server.url + path, headers={"Authorization": f"Bearer {API_KEY}"}, **kw)
 
 
-def wait_until(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not reached")
 
 
 def test_events_are_delivered_signed_in_order(gateway_server):
