@@ -410,7 +410,7 @@ def gateway_config(workdir: Path, agent_url: str) -> Path:
         "data_dir": str(workdir),
         "api_key": "bench-api-key",
         "secret_key": "bench-secret-key",
-        "providers": {"twilio": {"account_sid": TWILIO_SID, "auth_token": TWILIO_TOKEN}},
+        "providers": {"twilio": {"account_sid": TWILIO_SID, "auth_token": TWILIO_TOKEN, "api_base_url": "http://127.0.0.1:9"}},
         "agent": {"url": agent_url, "audio": {"encoding": "pcm16", "sample_rate": 16000}},
     }
     path = workdir / "gateway.yaml"

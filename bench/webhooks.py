@@ -379,7 +379,7 @@ def gateway_config(workdir: Path, store: str, receiver_url: str, sets: list[str]
         "data_dir": str(workdir),
         "api_key": "bench-admin-api-key",
         "secret_key": "bench-secret-key",
-        "providers": {"twilio": {"account_sid": TWILIO_SID, "auth_token": TWILIO_TOKEN}},
+        "providers": {"twilio": {"account_sid": TWILIO_SID, "auth_token": TWILIO_TOKEN, "api_base_url": "http://127.0.0.1:9"}},
         "webhooks": [{
             "name": "bench" if n == 0 else f"bench{n}",
             "events": ["call.*"],

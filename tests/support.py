@@ -67,8 +67,10 @@ def base_config(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
         "api_key": API_KEY,
         "secret_key": "test-secret-key",
         "providers": {
-            "twilio": {"account_sid": TWILIO_SID, "auth_token": TWILIO_TOKEN},
-            "vonage": {"signature_secret": VONAGE_SECRET, "api_key": VONAGE_API_KEY, "application_id": "app-1"},
+            # REST calls (hang-ups) go to a closed loopback port: tests never reach the internet.
+            "twilio": {"account_sid": TWILIO_SID, "auth_token": TWILIO_TOKEN, "api_base_url": "http://127.0.0.1:9"},
+            "vonage": {"signature_secret": VONAGE_SECRET, "api_key": VONAGE_API_KEY, "application_id": "app-1",
+                       "api_base_url": "http://127.0.0.1:9"},
         },
     }
     config.update(overrides)

@@ -25,7 +25,9 @@ CAMPAIGN_PAUSED = "campaign.paused"
 CAMPAIGN_COMPLETED = "campaign.completed"
 CAMPAIGN_FAILED = "campaign.failed"
 CAMPAIGN_QUOTA_REACHED = "campaign.quota_reached"
+CAMPAIGN_CANCELED = "campaign.canceled"
 BATCH_COMPLETED = "batch.completed"
+BATCH_CALL_COMPLETED = "batch.call_completed"  # the per-call record (Dialgen onCallComplete)
 BATCH_FAILED = "batch.failed"
 
 STATE_EVENT: dict[CallState, str] = {

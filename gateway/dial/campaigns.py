@@ -108,7 +108,7 @@ class CampaignManager:
     async def cancel(self, campaign_id: str) -> Campaign:
         """Stop for good: waiting contacts are canceled; calls in progress run to their end."""
         return await self._move(campaign_id, "cancel", ACTIVE, "canceled", lambda c, at: [
-            _event(payloads.CAMPAIGN_CANCELED, c, at, payloads.campaign_event_data(c))],
+            _event(ev.CAMPAIGN_CANCELED, c, at, payloads.campaign_event_data(c))],
             contacts_from=CONTACT_WAITING, contacts_to="canceled", completed_at=self.now())
 
     async def complete(self, campaign_id: str) -> Campaign | None:

@@ -186,8 +186,11 @@ class Dialer:
         detail = refusal.to_dict()
         log.warning("%s refused call run=%s: %s (status=%s code=%s)", refusal.provider, run_id, refusal.reason,
                     refusal.status, refusal.code)
+        annotations: dict[str, Any] = {"dial_error": detail}
+        if refusal.maybe_sent:  # it may ring all the same: a campaign must never dial it again
+            annotations["dial_interrupted"] = True
         await self.store.record_activity(run_id, source="gateway", kind="dial.refused", data=detail,
-                                         annotations={"dial_error": detail})
+                                         annotations=annotations)
         applied = await self.store.apply_update(
             CallUpdate(provider=refusal.provider, kind="dial", state=CallState.FAILED, raw_status="dial-refused",
                        params=detail),

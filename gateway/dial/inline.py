@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from gateway.calls import events as ev
-from gateway.dial.payloads import BATCH_CALL_COMPLETED
+from gateway.calls.events import BATCH_CALL_COMPLETED
 from gateway.store.campaigns import Campaign
 from gateway.webhooks.subscription import RetryPolicy, StandardSigning, Subscription
 

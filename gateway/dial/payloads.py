@@ -11,9 +11,6 @@ from gateway.calls.record import CallRecord
 from gateway.dial.policy import statistics
 from gateway.store.campaigns import Campaign, CampaignContact
 
-BATCH_CALL_COMPLETED = "batch.call_completed"
-"""The per-call record (Dialgen `onCallComplete`); one per finished campaign call."""
-CAMPAIGN_CANCELED = "campaign.canceled"
 
 _DIALGEN_STATUS = {
     "succeeded": "COMPLETED",

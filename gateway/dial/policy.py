@@ -12,7 +12,7 @@ from gateway.calls.states import CallState
 from gateway.dial.spec import CampaignOptions, RetryOptions, Window
 from gateway.store.campaigns import Campaign
 
-INTERRUPTED = "interrupted"  # the gateway stopped while dialing: never retried (it may have rung)
+INTERRUPTED = "interrupted"  # the dial's outcome is unknown (the gateway stopped, or no answer came): never retried
 _STATE_OUTCOME = {
     CallState.COMPLETED: "succeeded",
     CallState.BUSY: "busy",

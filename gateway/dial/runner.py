@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Callable
 
+from gateway.calls import events as ev
 from gateway.calls.lifecycle import CallUpdate
 from gateway.calls.record import CallRecord, utcnow
 from gateway.calls.states import CallState
@@ -173,8 +174,8 @@ class CampaignRunner:
         lines = payloads.transcript_lines(await self.store.get_timeline(record.workflow_run_id))
         body = payloads.call_completed(campaign, contact, record, outcome, lines)
         event = CampaignEvent(
-            Event(type=payloads.BATCH_CALL_COMPLETED, workflow_run_id=record.workflow_run_id, occurred_at=now, data=body),
-            inline.targets(campaign, payloads.BATCH_CALL_COMPLETED),
+            Event(type=ev.BATCH_CALL_COMPLETED, workflow_run_id=record.workflow_run_id, occurred_at=now, data=body),
+            inline.targets(campaign, ev.BATCH_CALL_COMPLETED),
         )
         if await self.store.finish_campaign_attempt(contact, status=status, outcome=outcome, next_attempt_at=next_at,
                                                     now=now, events=[event]):

@@ -8,6 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import requests
+import urllib3
+
 MACHINE_DETECTION = ("detect", "message_end")
 """`detect`: report human/machine as soon as known; `message_end`: wait for the greeting's end."""
 
@@ -41,12 +44,14 @@ class ProviderRefused(Exception):
     own error code when it gave one; `reason` is short, safe to show and store (no secrets).
     """
 
-    def __init__(self, provider: str, reason: str, *, status: int | None = None, code: str | None = None) -> None:
+    def __init__(self, provider: str, reason: str, *, status: int | None = None, code: str | None = None,
+                 maybe_sent: bool = False) -> None:
         super().__init__(f"{provider}: {reason}")
         self.provider = provider
         self.reason = reason
         self.status = status
         self.code = code
+        self.maybe_sent = maybe_sent  # no answer, but the request may have reached the provider
 
     @property
     def auth_failed(self) -> bool:
@@ -60,6 +65,19 @@ class ProviderRefused(Exception):
 
     def to_dict(self) -> dict[str, Any]:
         return {"provider": self.provider, "reason": self.reason, "status": self.status, "code": self.code}
+
+
+def maybe_sent(error: BaseException) -> bool:
+    """Whether a request that got no answer may still have reached the server: only a
+    connection that was never made (refused, unresolvable, connect timeout) surely did not."""
+    if isinstance(error, requests.ConnectTimeout):
+        return False
+    if isinstance(error, requests.ConnectionError):
+        cause = error.args[0] if error.args else None
+        cause = getattr(cause, "reason", cause)  # urllib3's MaxRetryError wraps the real one
+        if isinstance(cause, urllib3.exceptions.NewConnectionError):
+            return False
+    return True
 
 
 class ProviderRest(Protocol):

@@ -17,7 +17,7 @@ from twilio.base.exceptions import TwilioException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
-from gateway.providers.rest import DialResult, DialSpec, ProviderRefused, short_text
+from gateway.providers.rest import DialResult, DialSpec, ProviderRefused, maybe_sent, short_text
 
 NAME = "twilio"
 STATUS_EVENTS = ["initiated", "ringing", "answered", "completed"]
@@ -55,7 +55,8 @@ def _refusal(error: Exception) -> ProviderRefused:
         reason = _SDK_PREFIX.sub("", str(reason))  # the SDK's "Unable to create record: " before Twilio's message
         return ProviderRefused(NAME, short_text(reason), status=int(status) if status else None,
                                code=str(code) if code is not None else None)
-    return ProviderRefused(NAME, short_text(f"no answer from the Twilio API: {type(error).__name__}: {error}"))
+    return ProviderRefused(NAME, short_text(f"no answer from the Twilio API: {type(error).__name__}: {error}"),
+                           maybe_sent=maybe_sent(error))
 
 
 class TwilioRest:

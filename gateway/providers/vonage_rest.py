@@ -24,7 +24,7 @@ from vonage_http_client.errors import HttpRequestError
 from vonage_utils.errors import VonageError
 from vonage_voice import Connect, CreateCallRequest, WebsocketEndpoint
 
-from gateway.providers.rest import DialResult, DialSpec, ProviderRefused, short_text
+from gateway.providers.rest import DialResult, DialSpec, ProviderRefused, maybe_sent, short_text
 
 NAME = "vonage"
 DEFAULT_API_HOST = "api.nexmo.com"
@@ -117,7 +117,8 @@ def _refusal(error: Exception) -> ProviderRefused:
                                status=response.status_code, code=short_text(code, 120) if code else None)
     if isinstance(error, (ValidationError, VonageError)) and not isinstance(error, HttpRequestError):
         return ProviderRefused(NAME, short_text(f"request not accepted by the SDK: {error}"), status=400, code="invalid_request")
-    return ProviderRefused(NAME, short_text(f"no answer from the Vonage API: {type(error).__name__}: {error}"))
+    return ProviderRefused(NAME, short_text(f"no answer from the Vonage API: {type(error).__name__}: {error}"),
+                           maybe_sent=maybe_sent(error))
 
 
 class VonageRest:

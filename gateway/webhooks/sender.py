@@ -91,10 +91,11 @@ class PreparedRequest:
         """Method, URL, headers (these, or the request's own) and body text with every secret
         replaced by `[redacted]`."""
         redactor = redactor or self.redactor(*extra)
+        shown = self.headers if headers is None else headers
         return {
             "method": self.method,
             "url": redactor.text(self.url),
-            "headers": {name: redactor.text(value) for name, value in (self.headers if headers is None else headers).items()},
+            "headers": {name: redactor.text(value) for name, value in shown.items()},
             "body": redactor.text(self.body.decode("utf-8", "replace")),
         }
 

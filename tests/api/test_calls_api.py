@@ -164,6 +164,7 @@ async def test_unreachable_provider_fails_the_call(gateway_server, rsa_key):
     response = await asyncio.to_thread(place, server)
     assert response.status_code == 502 and "no answer from the Twilio API" in response.json()["detail"]
     assert response.json()["call"]["state"] == "failed"
+    assert "dial_interrupted" not in response.json()["call"]["annotations"]  # it never left: safe to call again
 
 
 async def test_bad_requests_name_the_problem(gateway, fakes):

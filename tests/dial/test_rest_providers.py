@@ -4,6 +4,7 @@ of the providers' APIs; the tests check the exact requests the SDKs sent."""
 from __future__ import annotations
 
 import base64
+import threading
 import time
 
 import jwt
@@ -85,6 +86,19 @@ def test_twilio_unreachable_is_a_retryable_refusal():
     with pytest.raises(ProviderRefused) as caught:
         rest.create_call(SPEC)
     assert caught.value.status is None and caught.value.retryable and "no answer" in caught.value.reason
+    assert not caught.value.maybe_sent  # never connected: the request surely did not arrive
+
+
+def test_a_create_without_an_answer_may_have_been_placed():
+    never = threading.Event()
+    with FakeTwilio(gate=lambda n, request: never) as fake:
+        try:
+            with pytest.raises(ProviderRefused) as caught:
+                TwilioRest(TWILIO_SID, TWILIO_TOKEN, api_base_url=fake.url, timeout=0.5).create_call(SPEC)
+        finally:
+            never.set()
+    assert len(fake.of("create")) == 1  # it arrived
+    assert caught.value.status is None and caught.value.maybe_sent
 
 
 def test_twilio_hangup_cancels_a_ringing_call_and_completes_an_answered_one():
