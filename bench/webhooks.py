@@ -453,6 +453,7 @@ class Run:
         self.label = label
         self.rate = rate
         self.procs: list[subprocess.Popen] = []
+        self.pg_schema: str | None = None
 
     def _spawn(self, argv: list[str], log: Path, gateway_root: str | None = None) -> subprocess.Popen:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -488,6 +489,10 @@ class Run:
         else:
             if store == "sqlite":
                 store = f"sqlite:///{self.workdir}/gateway.db"
+            elif store.startswith(("postgresql://", "postgres://")) and "schema=" not in store:
+                # a fresh schema per run (dropped afterwards), like a fresh SQLite file
+                self.pg_schema = f"bench_{os.getpid()}_{self.label.replace('.', '_')}"
+                store += ("&" if "?" in store else "?") + f"schema={self.pg_schema}"
             config = gateway_config(self.workdir, store, receiver_url, gateway_defaults(args.gateway_root) + args.set,
                                     args.subscriptions)
             config_path = self.workdir / "gateway.yaml"
@@ -547,6 +552,8 @@ class Run:
         outbox = None
         if not args.generator_ceiling and store.startswith("sqlite:///"):
             outbox = sqlite_outbox(store[len("sqlite:///"):], prefix)
+        elif not args.generator_ceiling and store.startswith(("postgresql://", "postgres://")):
+            outbox = asyncio.run(postgres_outbox(store, prefix, drop_schema=self.pg_schema))
         result = analyse(gen, dump, sampler, self.rate, outbox, subscriptions=args.subscriptions,
                          generator_ceiling=args.generator_ceiling)
         result["label"] = self.label
@@ -596,6 +603,33 @@ def sub_path(n: int) -> str:
 
 def sub_name(n: int) -> str:
     return "bench" if n == 0 else f"bench{n}"
+
+
+async def postgres_outbox(url: str, prefix: str, *, drop_schema: str | None = None) -> dict[tuple[int, str], str]:
+    """`sqlite_outbox` for a PostgreSQL store (then drops the run's own schema, if it made one)."""
+    import asyncpg
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    schema = next((v for k, v in query if k == "schema"), None)
+    dsn = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode([(k, v) for k, v in query if k != "schema"]),
+                      parts.fragment))
+    conn = await asyncpg.connect(dsn, server_settings={"search_path": schema} if schema else {})
+    try:
+        rows = await conn.fetch(
+            "SELECT e.workflow_run_id, d.subscription, COALESCE(d.status, 'no-delivery-row') AS status FROM events e"
+            " LEFT JOIN deliveries d ON d.event_seq = e.seq WHERE e.type = 'call.ringing'")
+        if drop_schema:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{drop_schema}" CASCADE')
+    finally:
+        await conn.close()
+    out: dict[tuple[int, str], str] = {}
+    for row in rows:
+        head, _, tail = row["workflow_run_id"].rpartition("-")
+        if head == prefix and tail.isdigit():
+            out[(int(tail), row["subscription"] or "")] = row["status"]
+    return out
 
 
 def analyse(gen: dict[str, Any], dump: dict[str, Any], sampler: CpuSampler, rate: float,
