@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 
+from postgres_support import BACKENDS, postgres_schema_url
 from support import GatewayProcess, ServerThread, base_config
 
 
@@ -42,6 +44,21 @@ def gateway_process(tmp_path):
     yield start
     for proc in procs:
         proc.stop()
+
+
+@pytest.fixture(params=BACKENDS)
+def store_config(request):
+    """Config overrides naming the store, once per backend: `{}` (the default SQLite store under
+    `tmp_path`), or `{"store": <fresh PostgreSQL schema URL>}` dropped afterwards."""
+    if request.param == "sqlite":
+        yield {}
+        return
+    context = postgres_schema_url()
+    url = asyncio.run(context.__aenter__())
+    try:
+        yield {"store": url}
+    finally:
+        asyncio.run(context.__aexit__(None, None, None))
 
 
 def pytest_configure(config):

@@ -116,9 +116,21 @@ class CampaignRunner:
         self._wake.set()
 
     async def _run(self) -> None:
+        leading = False
         while not self._stopping:
             self._wake.clear()
             try:
+                # One campaign runner per database: with several instances, the others wait.
+                if not await self.store.hold_leadership("campaign-runner"):
+                    if leading or not hasattr(self, "_follower_logged"):
+                        log.info("another gateway instance runs the campaigns; this one stands by")
+                        self._follower_logged = True
+                    leading = False
+                    await asyncio.sleep(self.settings.poll_seconds)
+                    continue
+                if not leading:
+                    log.info("this instance runs the campaigns")
+                    leading = True
                 await self.tick()
             except StoreError as error:
                 log.error("campaign tick failed: %s", error)

@@ -207,6 +207,11 @@ class Store(abc.ABC):
         """Receive `(run_id, action, data)` control requests published by any instance."""
         self.control_handler = handler
 
+    async def hold_leadership(self, name: str) -> bool:
+        """True while this process is the one instance doing `name` (e.g. the campaign runner).
+        A single-process store always leads; a shared one elects one holder per database."""
+        return True
+
     async def publish_control(self, run_id: str, action: str, data: dict[str, Any] | None = None) -> None:
         """Ask whichever instance owns `run_id`'s media to act (`clear`, `hangup`). One process
         by default; a shared backend (PostgreSQL) reaches every instance."""

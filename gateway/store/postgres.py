@@ -36,6 +36,7 @@ from gateway.store.base import (
     event_data,
 )
 from gateway.store.migrations import MIGRATIONS
+from gateway.store.postgres_campaigns import PostgresCampaigns
 from gateway.store.sqlite import decode_cursor, encode_cursor
 
 DELIVERIES_CHANNEL = "gateway_deliveries"
@@ -107,8 +108,10 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
                                   decoder=json.loads, schema="pg_catalog")
 
 
-class PostgresStore(Store):
-    """The scale-out store."""
+class PostgresStore(PostgresCampaigns, Store):
+    """The scale-out store (campaigns: `PostgresCampaigns`)."""
+
+    supports_campaigns = True
 
     def __init__(self, url: str, *, min_size: int = 2, max_size: int = 10) -> None:
         self.url = url
@@ -145,6 +148,23 @@ class PostgresStore(Store):
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             await self.close()
             raise StoreError(f"cannot open PostgreSQL store: {type(exc).__name__}: {exc}") from exc
+
+    async def hold_leadership(self, name: str) -> bool:
+        """A session advisory lock on the listener connection: held until this process (or its
+        connection) goes away, then another instance's next call takes it over."""
+        if self._listener is None:
+            return False
+        held = getattr(self, "_leading", set())
+        if name in held:
+            return True
+        try:
+            got = await self._listener.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", f"leader:{name}")
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreError(f"postgresql: {exc}") from exc
+        if got:
+            held.add(name)
+            self._leading = held
+        return bool(got)
 
     def _on_control(self, connection: Any, pid: int, channel: str, payload: str) -> None:
         try:

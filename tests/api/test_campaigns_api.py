@@ -49,9 +49,9 @@ def verified(receiver, secret, path=None):
     return [hook.verify(r["body"], r["headers"]) for r in receiver.requests if path is None or r["path"] == path]
 
 
-def test_campaign_dials_everyone_once_and_reports_like_dialgen(gateway_server, twilio):
+def test_campaign_dials_everyone_once_and_reports_like_dialgen(gateway_server, twilio, store_config):
     with Receiver() as inline, Receiver() as ops:
-        server = gateway_server(**dial_config(twilio), webhooks=[observer(ops)])
+        server = gateway_server(**dial_config(twilio), **store_config, webhooks=[observer(ops)])
         numbers = phones(5)
         with Network(twilio):
             made = create(server.url, numbers, concurrency=2, calls_per_second=50, webhooks={
@@ -118,7 +118,7 @@ def test_calls_per_second_spaces_the_dials(gateway_server, twilio):
         assert last - first >= 5 * 0.2 * 0.5
 
 
-def test_retries_follow_the_outcome(gateway_server, twilio):
+def test_retries_follow_the_outcome(gateway_server, twilio, store_config):
     numbers = phones(4)
     voicemail = [("ringing", {}), ("in-progress", {}), ("", {"AnsweredBy": "machine_end_beep"}),  # async AMD result
                  ("await-hangup", {}), ("completed", {"CallDuration": "4"})]
@@ -129,7 +129,7 @@ def test_retries_follow_the_outcome(gateway_server, twilio):
         numbers[3]: {1: voicemail, 2: Network.ANSWERED},                              # voicemail, then a person
     }
     with Receiver() as inline:
-        server = gateway_server(**dial_config(twilio))
+        server = gateway_server(**dial_config(twilio), **store_config)
         with Network(twilio, fate=lambda entry, attempt: fates[to_number(entry)][attempt]):
             made = create(server.url, numbers, concurrency=4, calls_per_second=50, machine_detection=True,
                           retry={"on": ["busy", "no-answer", "voicemail"], "max": 2, "delay": 0.2},
@@ -152,10 +152,10 @@ def test_retries_follow_the_outcome(gateway_server, twilio):
                                    "VOICEMAIL", "COMPLETED"])
 
 
-def test_pause_resume_and_cancel(gateway_server, twilio):
+def test_pause_resume_and_cancel(gateway_server, twilio, store_config):
     held: set[str] = set()
     with Receiver() as ops:
-        server = gateway_server(**dial_config(twilio), webhooks=[observer(ops, ["campaign.*"])])
+        server = gateway_server(**dial_config(twilio), **store_config, webhooks=[observer(ops, ["campaign.*"])])
         with Network(twilio, hold=lambda entry: entry["sid"] not in held) as network:
             made = create(server.url, phones(4), concurrency=1, calls_per_second=100)
             first = twilio.wait_for("create", 1)[0]
@@ -201,9 +201,9 @@ def test_nobody_is_called_outside_the_window(gateway_server, twilio):
     assert [to_number(e) for e in twilio.of("create")] == phones(1, start=900)
 
 
-def test_max_calls_stops_the_campaign_with_quota_reached(gateway_server, twilio):
+def test_max_calls_stops_the_campaign_with_quota_reached(gateway_server, twilio, store_config):
     with Receiver() as inline, Receiver() as ops:
-        server = gateway_server(**dial_config(twilio), webhooks=[observer(ops, ["campaign.quota_reached"])])
+        server = gateway_server(**dial_config(twilio), **store_config, webhooks=[observer(ops, ["campaign.quota_reached"])])
         with Network(twilio):
             made = create(server.url, phones(5), concurrency=1, calls_per_second=100, max_calls=2,
                           webhooks={"onBatchComplete": inline.url + "/done"})

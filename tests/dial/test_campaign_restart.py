@@ -18,14 +18,15 @@ def calls_to(base: str, number: str) -> list[dict]:
     return [c for c in api(base, "GET", "/api/v1/calls?limit=500").json()["calls"] if c["to"] == number]
 
 
-def test_killed_mid_campaign_resumes_from_the_store_and_calls_nobody_twice(tmp_path):
+def test_killed_mid_campaign_resumes_from_the_store_and_calls_nobody_twice(tmp_path, store_config):
     placing = threading.Event()  # the second dial stays unanswered at the provider until set
     ended: set[str] = set()  # calls the network may end (the others stay up)
     free = threading.Event()  # from now on every call ends as soon as it is placed
     port = free_port()
     numbers = phones(5)
     with FakeTwilio(gate=lambda n, request: placing if n == 1 else None) as twilio, Receiver() as inline:
-        config = base_config(tmp_path, public_url=f"http://127.0.0.1:{port}", **dial_config(twilio, orphan_seconds=1))
+        config = base_config(tmp_path, public_url=f"http://127.0.0.1:{port}", **store_config,
+                             **dial_config(twilio, orphan_seconds=1))
         first = GatewayProcess(tmp_path, config, port=port).start()
         second = None
         try:

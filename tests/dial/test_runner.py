@@ -1,5 +1,6 @@
-"""The campaign runner against a real SQLite store and the real Twilio SDK (talking to a local
-stand-in): what it finds in the store after a crash, and what it asks the provider."""
+"""The campaign runner against a real store (SQLite, and PostgreSQL when reachable) and the real
+Twilio SDK (talking to a local stand-in): what it finds in the store after a crash, and what it
+asks the provider."""
 
 from __future__ import annotations
 
@@ -19,15 +20,27 @@ from gateway.dial.runner import CampaignRunner, RunnerSettings
 from gateway.dial.spec import parse_campaign
 from gateway.providers.twilio_rest import TwilioRest
 from gateway.store import SQLiteStore
+from postgres_support import BACKENDS, postgres_schema_url
 from support import TWILIO_SID, TWILIO_TOKEN
 
 
-@pytest.fixture
-async def store(tmp_path):
-    backend = SQLiteStore(str(tmp_path / "gateway.db"))
-    await backend.open()
-    yield backend
-    await backend.close()
+@pytest.fixture(params=BACKENDS)
+async def store(request, tmp_path):
+    if request.param == "sqlite":
+        backend = SQLiteStore(str(tmp_path / "gateway.db"))
+        await backend.open()
+        yield backend
+        await backend.close()
+        return
+    from gateway.store.postgres import PostgresStore
+
+    async with postgres_schema_url() as url:
+        backend = PostgresStore(url)
+        await backend.open()
+        try:
+            yield backend
+        finally:
+            await backend.close()
 
 
 @pytest.fixture

@@ -77,3 +77,16 @@ async def test_notify_wakes_the_other_instance():
             await asyncio.wait_for(woke.wait(), 5)
         finally:
             await asyncio.gather(a.close(), b.close())
+
+
+async def test_one_leader_per_database_and_takeover():
+    async with postgres_schema_url() as url:
+        a, b = await two_stores(url)
+        try:
+            assert await a.hold_leadership("campaign-runner") is True
+            assert await a.hold_leadership("campaign-runner") is True
+            assert await b.hold_leadership("campaign-runner") is False
+            await a.close()  # the leader goes away: its lock goes with its connection
+            assert await b.hold_leadership("campaign-runner") is True
+        finally:
+            await b.close()
