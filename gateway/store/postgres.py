@@ -158,7 +158,8 @@ class PostgresStore(PostgresCampaigns, Store):
         if name in held:
             return True
         try:
-            got = await self._listener.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", f"leader:{name}")
+            got = await self._listener.fetchval(  # one leader per database and schema
+                "SELECT pg_try_advisory_lock(hashtext(current_database() || '.' || current_schema() || ':' || $1))", f"leader:{name}")
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise StoreError(f"postgresql: {exc}") from exc
         if got:

@@ -51,7 +51,7 @@ def campaign(base: str, campaign_id: str) -> dict[str, Any]:
 
 
 
-def wait_status(base: str, campaign_id: str, status: str, timeout: float = 20.0) -> dict[str, Any]:
+def wait_status(base: str, campaign_id: str, status: str, timeout: float = 60.0) -> dict[str, Any]:
     return wait_until(lambda: (c := campaign(base, campaign_id))["status"] == status and c, timeout,
                       f"campaign {status}")
 
