@@ -17,6 +17,7 @@ Targets, each measured in the same run under the same load:
   bridge-echo       `gateway serve` with the built-in `echo` agent
   reference         bare Starlette JSON echo of Twilio media (bench/reference_echo.py)
   reference-asgi    the same echo on raw ASGI, without Starlette's WebSocket wrapper
+  reference-asyncio the reference on the standard asyncio loop instead of uvloop
   bridge-before, bridge-echo-before   the bridge from the source tree named by --before
 
 Reported per target and call count: CPU of the server process over a steady window (% of one
@@ -148,6 +149,8 @@ def loaded_libraries(pid: int) -> dict[str, bool]:
 @dataclass
 class Call:
     index: int
+    target: str = ""
+    base: str = ""
     ws: Any = None
     sid: str = ""
     seq: int = 0
@@ -155,17 +158,38 @@ class Call:
     streaming: bool = False
     sent: array = field(default_factory=lambda: array("d"))
     received: array = field(default_factory=lambda: array("d"))
-    payloads: list[str] = field(default_factory=list)
+    messages: list[bytes] = field(default_factory=list)  # as received (JSON text); parsed after the run
     closed_early: str | None = None
 
 
-async def _open_call(call: Call, target: str, base: str, run_prefix: str, http: Any) -> None:
+def _socket_class() -> type:
+    """A WebSocket client that records each message's arrival time and bytes, and nothing else.
+
+    It is the gateway's own lean client (gateway/media/agent_socket.py) with delivery replaced,
+    so the load generator spends as little CPU per message as the machine allows: on two cores
+    every cycle it saves is one the server under test can use.
+    """
+    from gateway.media.agent_socket import AgentSocket
+
+    class LoadSocket(AgentSocket):
+        def __init__(self, url: str, call: Call) -> None:
+            super().__init__(url, ping_interval=None, max_queue=1 << 30, close_timeout=2)
+            self.call = call
+
+        def _deliver(self, opcode: Any, data: bytes) -> None:
+            self.call.received.append(time.perf_counter())
+            self.call.messages.append(data)
+
+    return LoadSocket
+
+
+async def _open_call(call: Call, run_prefix: str, http: Any) -> None:
     from twilio.request_validator import RequestValidator
-    from websockets.asyncio.client import connect
 
     validator = RequestValidator(TWILIO_TOKEN)
     call.sid = f"MZ{call.index:032d}"
     params: dict[str, str] = {}
+    target, base = call.target, call.base
     if target.startswith("bridge"):
         url = f"{base}/api/v1/telephony/webhook/wf-bench/user-bench/{run_prefix}-{call.index}"
         form = {"CallSid": f"CA{call.index:032d}", "AccountSid": TWILIO_SID, "CallStatus": "in-progress",
@@ -178,36 +202,22 @@ async def _open_call(call: Call, target: str, base: str, run_prefix: str, http: 
     else:
         ws_url = base.replace("http://", "ws://") + "/ws"
         headers = {}
-    call.ws = await connect(ws_url, additional_headers=headers, compression=None, max_size=1 << 20,
-                            ping_interval=None, close_timeout=2, proxy=None)
-    await call.ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
+    ws = _socket_class()(ws_url, call)
+    await ws.open(headers, timeout=10, user_agent="media-bench")
+    call.ws = ws
+    ws.send_text(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
     call.seq = 1
-    await call.ws.send(json.dumps({"event": "start", "sequenceNumber": "1", "streamSid": call.sid, "start": {
+    ws.send_text(json.dumps({"event": "start", "sequenceNumber": "1", "streamSid": call.sid, "start": {
         "streamSid": call.sid, "accountSid": TWILIO_SID, "callSid": f"CA{call.index:032d}", "tracks": ["inbound"],
         "customParameters": params, "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}}))
 
 
-async def _receive(call: Call) -> None:
-    from websockets.exceptions import ConnectionClosed
-
-    clock = time.perf_counter
-    received, payloads = call.received, call.payloads
-    try:
-        async for text in call.ws:
-            now = clock()
-            message = json.loads(text)
-            if message.get("event") == "media":
-                received.append(now)
-                payloads.append(message["media"]["payload"])
-    except ConnectionClosed as exc:
-        call.closed_early = str(exc)
-
-
-async def run_load(args: argparse.Namespace) -> dict[str, Any]:
+async def run_load(args: argparse.Namespace) -> list[dict[str, Any]]:
     import httpx
 
     payloads = tone_payloads()
-    calls = [Call(i) for i in range(args.calls)]
+    targets = [item.split("=", 1) for item in args.targets.split(",")]  # name=base, calls dealt round-robin
+    calls = [Call(i, *targets[i % len(targets)]) for i in range(args.calls * len(targets))]
     groups: list[list[Call]] = [[] for _ in range(20)]  # one per ms of the 20 ms frame period
     for call in calls:
         groups[call.index % 20].append(call)
@@ -236,13 +246,12 @@ async def run_load(args: argparse.Namespace) -> dict[str, Any]:
                         '"payload":"%s"},"streamSid":"%s"}') % (call.seq, i + 1, i * 20, payloads[i % TONES], call.sid)
                 call.sent.append(clock())
                 try:
-                    await call.ws.send(text)
+                    call.ws.send_text(text)
                 except Exception as exc:  # noqa: BLE001 - a dead call stops sending, counted as lost frames
                     call.streaming = False
                     call.closed_early = call.closed_early or f"send failed: {exc}"
             tick += 1
 
-    receivers = []
     sender = asyncio.ensure_future(ticker())
     setup_started = clock()
     async with httpx.AsyncClient(timeout=10) as http:
@@ -250,20 +259,18 @@ async def run_load(args: argparse.Namespace) -> dict[str, Any]:
 
         async def open_one(call: Call) -> None:
             async with semaphore:
-                await _open_call(call, args.target, args.base, args.run_prefix, http)
-            receivers.append(asyncio.ensure_future(_receive(call)))
+                await _open_call(call, args.run_prefix, http)
             call.streaming = True
 
         pending = []
         for call in calls:  # ramp: at most `ramp` new calls per second
             pending.append(asyncio.ensure_future(open_one(call)))
             await asyncio.sleep(1 / args.ramp)
-        results = await asyncio.gather(*pending, return_exceptions=True)
-    failures = [repr(r) for r in results if isinstance(r, BaseException)]
+        pending_results = await asyncio.gather(*pending, return_exceptions=True)
     setup_seconds = clock() - setup_started
 
     await asyncio.sleep(args.warmup)
-    pids = {name: int(pid) for name, pid in (item.split("=") for item in args.pids.split(",") if item)}
+    pids = {name: int(pid) for name, pid in (item.rsplit("=", 1) for item in args.pids.split(",") if item)}
     pids["loadgen"] = os.getpid()
     cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     system_before = system_cpu()
@@ -284,21 +291,47 @@ async def run_load(args: argparse.Namespace) -> dict[str, Any]:
     for call in calls:
         if call.ws is not None:
             with contextlib.suppress(Exception):
-                await call.ws.send(json.dumps({"event": "stop", "streamSid": call.sid, "stop": {}}))
+                call.ws.send_text(json.dumps({"event": "stop", "streamSid": call.sid, "stop": {}}))
     await asyncio.sleep(0.2)
-    for call in calls:
-        if call.ws is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(call.ws.close(), 2)
-    for task in receivers:
-        task.cancel()
+    await asyncio.gather(*(call.ws.close() for call in calls if call.ws is not None), return_exceptions=True)
 
+    busy = (system_after[0] - system_before[0]) / max(1, system_after[1] - system_before[1])
+    machine = round(busy * 100 * (os.cpu_count() or 1), 1)
+    cpu = {name: round((cpu_after[name] - cpu_before[name]) / window * 100, 1) for name in pids}
+    late = round(send_lateness[int(len(send_lateness) * 0.99)] * 1000, 2) if send_lateness else None
+    results = []
+    for name, _ in targets:
+        mine = [c for c in calls if c.target == name]
+        stats = frame_stats(mine, window_start, window_end)
+        results.append({
+            "target": name,
+            "calls": len(mine),
+            "together": [other for other, _ in targets if other != name],
+            "connected": sum(1 for c in mine if c.ws is not None),
+            "failures": [repr(r) for r, c in zip(pending_results, calls) if isinstance(r, BaseException) and c.target == name][:5],
+            "closed_early": sum(1 for c in mine if c.closed_early and c.streaming is False),
+            "setup_seconds": round(setup_seconds, 2),
+            "window_seconds": round(window, 2),
+            "cpu_percent": {"server": cpu[f"server:{name}"], **{k: v for k, v in cpu.items() if not k.startswith("server:")
+                                                                and (k != "agent" or name in ("bridge", "bridge-before"))}},
+            "machine_busy_percent": machine,
+            "rss_mb": {k: round(v, 1) for k, v in rss.items()},
+            **stats,
+            "send_lateness_ms_p99": late,
+        })
+    return results
+
+
+def frame_stats(calls: list[Call], window_start: float, window_end: float) -> dict[str, Any]:
+    """Latency, loss and misframing of the frames these calls sent inside the window."""
     latencies: list[np.ndarray] = []
     sent_in_window = lost = misframed = echoed = 0
     for call in calls:
         sent = np.frombuffer(call.sent, dtype=np.float64)
-        received = np.frombuffer(call.received, dtype=np.float64)
-        tones, lengths = decode_tones(call.payloads)
+        media = [(at, m["media"]["payload"]) for at, m in zip(call.received, map(json.loads, call.messages))
+                 if m.get("event") == "media"]
+        received = np.array([at for at, _ in media], dtype=np.float64)
+        tones, _ = decode_tones([payload for _, payload in media])
         matched = np.full(sent.size, -1.0)
         next_frame = 0
         for r in range(received.size):
@@ -318,29 +351,14 @@ async def run_load(args: argparse.Namespace) -> dict[str, Any]:
         echoed += int(got.sum())
         lost += int((in_window & (matched < 0)).sum())
         latencies.append((matched[got] - sent[got]) * 1000)
-    all_latencies = np.concatenate(latencies) if latencies else np.zeros(0)
-    busy = (system_after[0] - system_before[0]) / max(1, system_after[1] - system_before[1])
+    values = np.concatenate(latencies) if latencies else np.zeros(0)
+
+    def pct(q: float) -> float | None:
+        return round(float(np.percentile(values, q)), 2) if values.size else None
+
     return {
-        "target": args.target,
-        "calls": args.calls,
-        "connected": sum(1 for c in calls if c.ws is not None),
-        "failures": failures[:5],
-        "closed_early": sum(1 for c in calls if c.closed_early and c.streaming is False),
-        "setup_seconds": round(setup_seconds, 2),
-        "window_seconds": round(window, 2),
-        "cpu_percent": {name: round((cpu_after[name] - cpu_before[name]) / window * 100, 1) for name in pids},
-        "machine_busy_percent": round(busy * 100 * (os.cpu_count() or 1), 1),
-        "rss_mb": {name: round(value, 1) for name, value in rss.items()},
-        "frames_sent": sent_in_window,
-        "frames_echoed": echoed,
-        "frames_lost": lost,
-        "frames_misframed": misframed,
-        "latency_ms": {
-            "p50": round(float(np.percentile(all_latencies, 50)), 2) if all_latencies.size else None,
-            "p99": round(float(np.percentile(all_latencies, 99)), 2) if all_latencies.size else None,
-            "max": round(float(all_latencies.max()), 2) if all_latencies.size else None,
-        },
-        "send_lateness_ms_p99": round(send_lateness[int(len(send_lateness) * 0.99)] * 1000, 2) if send_lateness else None,
+        "frames_sent": sent_in_window, "frames_echoed": echoed, "frames_lost": lost, "frames_misframed": misframed,
+        "latency_ms": {"p50": pct(50), "p99": pct(99), "max": round(float(values.max()), 2) if values.size else None},
     }
 
 
@@ -351,7 +369,7 @@ def load_main(args: argparse.Namespace) -> None:
         result = asyncio.run(asyncio.wait_for(run_load(args), args.deadline))
     else:
         result = uvloop.run(asyncio.wait_for(run_load(args), args.deadline))
-    print("RESULT " + json.dumps(result), flush=True)
+    print("RESULT " + json.dumps(result), flush=True)  # a list: one result per target
 
 
 # --- the orchestrator -------------------------------------------------------------------------
@@ -405,6 +423,7 @@ class Process:
 def gateway_config(workdir: Path, agent_url: str) -> Path:
     import yaml
 
+    workdir.mkdir(parents=True, exist_ok=True)
     config = {
         "store": f"sqlite:///{workdir}/gateway.db",
         "data_dir": str(workdir),
@@ -428,6 +447,8 @@ class Options:
     quiet_percent: float = 15.0
     server_cpus: set[int] | None = None  # --pin: the server alone on CPU 0, agent and load generator on the rest
     load_cpus: set[int] | None = None
+    server_env: dict[str, str] | None = None  # extra environment of the gateway processes (experiments)
+    native_profile: bool = False
     quiet_wait: float = 300.0
 
 
@@ -445,49 +466,60 @@ def wait_for_quiet(limit_percent: float, max_wait: float) -> float:
         time.sleep(4)
 
 
-def run_target(target: str, calls: int, options: Options, workdir: Path, *, profile: Path | None = None) -> dict[str, Any]:
-    """Start the target's processes, drive `calls` calls through them, stop everything."""
+def run_targets(targets: list[str], calls: int, options: Options, workdir: Path, *,
+                profile: Path | None = None) -> list[dict[str, Any]]:
+    """Start every target's server (side by side), drive `calls` calls to each at once from one
+    load generator, stop everything. Side by side, the targets share whatever else the machine
+    is doing, so their ratios hold even when the absolute numbers wander."""
     started: list[Process] = []
-    port = free_port()
     idle_busy = wait_for_quiet(options.quiet_percent, options.quiet_wait)
     try:
         pids: dict[str, int] = {}
-        if target.startswith("bridge"):
-            agent_url = "echo"
-            if target in ("bridge", "bridge-before"):
-                agent_port = free_port()
-                agent = Process("echo-agent", [PYTHON, str(ROOT / "bench" / "echo_agent.py"), "--port", str(agent_port),
-                                               "--seconds", "900"], workdir, cpus=options.load_cpus)
-                started.append(agent)
-                agent.wait_port(agent_port)
-                agent_url = f"ws://127.0.0.1:{agent_port}/agent"
-                pids["agent"] = agent.pid
-            config = gateway_config(workdir, agent_url)
-            server = Process("gateway", [PYTHON, "-m", "gateway.cli", "serve", "--config", str(config), "--host", "127.0.0.1",
-                                         "--port", str(port)], workdir, cpus=options.server_cpus,
-                             cwd=options.before if target.endswith("-before") else options.gateway_src)
-        else:
-            variant = "asgi" if target == "reference-asgi" else "starlette"
-            server = Process("reference", [PYTHON, str(ROOT / "bench" / "reference_echo.py"), "--port", str(port),
-                                           "--variant", variant], workdir, cpus=options.server_cpus)
-        started.append(server)
-        server.wait_port(port)
-        pids["server"] = server.pid
-        libraries = loaded_libraries(server.pid)
-        deadline = calls / options.ramp + options.warmup + options.window + 60
-        load = Process("loadgen", [PYTHON, str(Path(__file__).resolve()), "_load", "--target", target,
-                                   "--base", f"http://127.0.0.1:{port}", "--calls", str(calls),
-                                   "--window", str(options.window), "--warmup", str(options.warmup),
+        ports: dict[str, int] = {}
+        agent_url = None
+        if any(t in ("bridge", "bridge-before") for t in targets):
+            agent_port = free_port()
+            agent = Process("echo-agent", [PYTHON, str(ROOT / "bench" / "echo_agent.py"), "--port", str(agent_port),
+                                           "--seconds", "900"], workdir, cpus=options.load_cpus)
+            started.append(agent)
+            agent.wait_port(agent_port)
+            agent_url = f"ws://127.0.0.1:{agent_port}/agent"
+            pids["agent"] = agent.pid
+        for target in targets:
+            port = ports[target] = free_port()
+            if target.startswith("bridge"):
+                external = target in ("bridge", "bridge-before")
+                config = gateway_config(workdir / target, agent_url if external else "echo")
+                server = Process(f"gateway-{target}", [PYTHON, "-m", "gateway.cli", "serve", "--config", str(config),
+                                                       "--host", "127.0.0.1", "--port", str(port)], workdir,
+                                 cpus=options.server_cpus, env=options.server_env,
+                                 cwd=options.before if target.endswith("-before") else options.gateway_src)
+            else:
+                variant = "asgi" if target == "reference-asgi" else "starlette"
+                loop = "asyncio" if target.endswith("-asyncio") else "auto"
+                server = Process(f"{target}", [PYTHON, str(ROOT / "bench" / "reference_echo.py"), "--port", str(port),
+                                               "--variant", variant, "--loop", loop], workdir, cpus=options.server_cpus)
+            started.append(server)
+            pids[f"server:{target}"] = server.pid
+        for target in targets:
+            next(p for p in started if p.pid == pids[f"server:{target}"]).wait_port(ports[target])
+        libraries = {t: loaded_libraries(pids[f"server:{t}"]) for t in targets}
+        deadline = calls * len(targets) / options.ramp + options.warmup + options.window + 60
+        load = Process("loadgen", [PYTHON, str(Path(__file__).resolve()), "_load",
+                                   "--targets", ",".join(f"{t}=http://127.0.0.1:{ports[t]}" for t in targets),
+                                   "--calls", str(calls), "--window", str(options.window), "--warmup", str(options.warmup),
                                    "--ramp", str(options.ramp), "--deadline", str(deadline),
                                    "--run-prefix", f"bench{int(time.time())}",
                                    "--pids", ",".join(f"{k}={v}" for k, v in pids.items())], workdir, cpus=options.load_cpus)
         started.append(load)
         spy = None
         if profile is not None:
-            time.sleep(calls / options.ramp + options.warmup + 1)
+            time.sleep(calls * len(targets) / options.ramp + options.warmup + 1)
             spy = subprocess.run(
-                [str(Path(PYTHON).with_name("py-spy")), "record", "--pid", str(server.pid), "--duration", str(int(options.window - 2)),
-                 "--rate", "200", "--nonblocking", "--format", "raw", "--output", str(profile)],
+                [str(Path(PYTHON).with_name("py-spy")), "record", "--pid", str(pids[f"server:{targets[0]}"]),
+                 "--duration", str(int(options.window - 2)), "--rate", "200", "--format", "raw",
+                 *(["--native"] if options.native_profile else ["--nonblocking"]),
+                 "--output", str(profile)],
                 capture_output=True, text=True, timeout=options.window + 30,
             )
         try:
@@ -497,15 +529,24 @@ def run_target(target: str, calls: int, options: Options, workdir: Path, *, prof
         line = next((l for l in reversed(load.log().splitlines()) if l.startswith("RESULT ")), None)
         if line is None:
             raise RuntimeError(f"load generator failed:\n{load.log()[-3000:]}")
-        result = json.loads(line[len("RESULT "):])
-        result["libraries"] = libraries
-        result["busy_before_percent"] = round(idle_busy, 1)
-        result["others_percent"] = round(result["machine_busy_percent"] - sum(result["cpu_percent"].values()), 1)
-        if target.startswith("bridge"):
-            result["gateway_counters"] = gateway_counters(port)
-        if spy is not None and spy.returncode != 0:
-            result["profile_error"] = (spy.stderr or spy.stdout)[-500:]
-        return result
+        results = json.loads(line[len("RESULT "):])
+        for result in results:
+            target = result["target"]
+            result["libraries"] = libraries[target]
+            result["busy_before_percent"] = round(idle_busy, 1)
+            mine = sum(result["cpu_percent"].values()) + sum(r["cpu_percent"]["server"] for r in results if r is not result)
+            if "agent" not in result["cpu_percent"] and "agent" in pids:
+                mine += next(r["cpu_percent"]["agent"] for r in results if "agent" in r["cpu_percent"])
+            result["others_percent"] = round(result["machine_busy_percent"] - mine, 1)
+            if target.startswith("bridge"):
+                result["gateway_counters"] = gateway_counters(ports[target])
+                server_log = next(p for p in started if p.pid == pids[f"server:{target}"]).log()
+                gc_lines = [line for line in server_log.splitlines() if line.startswith("GCSTATS")]
+                if gc_lines:  # written by an experiment's sitecustomize (see --server-env)
+                    result["gc"] = gc_lines[-1]
+            if spy is not None and spy.returncode != 0:
+                result["profile_error"] = (spy.stderr or spy.stdout)[-500:]
+        return results
     finally:
         for proc in reversed(started):
             proc.stop()
@@ -552,6 +593,15 @@ def summarize_profile(path: Path, top: int = 25) -> str:
     lines += ["", "| incl. % | function (file) |", "|---:|---|"]
     lines += [f"| {100 * n / total:.1f} | `{name}` |" for name, n in inclusive.most_common(top)]
     return "\n".join(lines)
+
+
+def progress_line(result: dict[str, Any]) -> str:
+    lat, calls = result["latency_ms"], result["calls"]
+    return (f"{result['target']:18} {calls:4} calls: server {result['cpu_percent']['server']:6.1f}% "
+            f"({result['cpu_percent']['server'] / calls:.3f}%/call) p50 {lat['p50']} p99 {lat['p99']} ms "
+            f"lost {result['frames_lost']} misframed {result['frames_misframed']} others {result['others_percent']}% "
+            f"libs {result['libraries']} loadgen late p99 {result['send_lateness_ms_p99']} ms {result.get('gateway_counters', '')}"
+            + (f" FAILURES {result['failures']}" if result["failures"] else ""))
 
 
 def medians(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -603,7 +653,12 @@ def main() -> None:
     parser.add_argument("--gateway-src", type=Path, default=ROOT, help="source tree the gateway runs from")
     parser.add_argument("--before", type=Path, help="another source tree, run as the targets bridge-before, bridge-echo-before")
     parser.add_argument("--profile", type=int, metavar="CALLS", help="only profile the bridge at CALLS calls with py-spy")
+    parser.add_argument("--native", action="store_true", help="with --profile: include C frames (py-spy --native)")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
+    parser.add_argument("--together", action="store_true",
+                        help="run the targets side by side, `calls` calls each, under one load generator")
+    parser.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra environment for the gateway processes (experiments)")
     parser.add_argument("--pin", action="store_true", help="server on CPU 0; agent and load generator on the other CPUs")
     parser.add_argument("--repeat", type=int, default=1, help="run every (calls, target) this many times, interleaved")
     parser.add_argument("--quiet", type=float, default=15.0, metavar="PERCENT",
@@ -611,6 +666,8 @@ def main() -> None:
     args = parser.parse_args()
     options = Options(window=args.window, warmup=args.warmup, ramp=args.ramp, gateway_src=args.gateway_src.resolve(),
                       quiet_percent=args.quiet, before=args.before.resolve() if args.before else None)
+    options.server_env = dict(item.split("=", 1) for item in args.server_env) or None
+    options.native_profile = args.native
     if args.pin and (os.cpu_count() or 1) > 1:
         options.server_cpus, options.load_cpus = {0}, set(range(1, os.cpu_count() or 2))
     import uvicorn
@@ -622,7 +679,7 @@ def main() -> None:
         workdir = Path(tmp)
         if args.profile:
             out = workdir / "profile.txt"
-            result = run_target("bridge", args.profile, options, workdir, profile=out)
+            result = run_targets(["bridge"], args.profile, options, workdir, profile=out)[0]
             print(table([result]))
             if "profile_error" in result:
                 print("py-spy failed:", result["profile_error"])
@@ -634,17 +691,13 @@ def main() -> None:
                 (kept / f"media-profile-{args.profile}.raw").write_text(out.read_text())
             return
         results = []
+        targets = args.targets.split(",")
+        groups = [targets] if args.together else [[t] for t in targets]
         for calls in [int(n) for n in args.calls.split(",")]:
-            for target in [t for _ in range(args.repeat) for t in args.targets.split(",")]:
-                result = run_target(target, calls, options, workdir)
-                results.append(result)
-                lat = result["latency_ms"]
-                print(f"{target:15} {calls:4} calls: server {result['cpu_percent']['server']:6.1f}% "
-                      f"({result['cpu_percent']['server'] / calls:.3f}%/call) p50 {lat['p50']} p99 {lat['p99']} ms "
-                      f"lost {result['frames_lost']} misframed {result['frames_misframed']} "
-                      f"others {result['others_percent']}% libs {result['libraries']} "
-                      f"loadgen late p99 {result['send_lateness_ms_p99']} ms {result.get('gateway_counters', '')}"
-                      + (f" FAILURES {result['failures']}" if result["failures"] else ""), flush=True)
+            for group in [g for _ in range(args.repeat) for g in groups]:
+                for result in run_targets(group, calls, options, workdir):
+                    results.append(result)
+                    print(progress_line(result), flush=True)
         print()
         print(table(results))
         if args.repeat > 1:
@@ -660,7 +713,7 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "_load":
         load_parser = argparse.ArgumentParser()
         load_parser.add_argument("_load")
-        for name in ("--target", "--base", "--run-prefix", "--pids"):
+        for name in ("--targets", "--run-prefix", "--pids"):
             load_parser.add_argument(name, required=True)
         for name in ("--calls",):
             load_parser.add_argument(name, type=int, required=True)

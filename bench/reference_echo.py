@@ -77,6 +77,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--variant", choices=["starlette", "asgi"], default="starlette")
+    parser.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default="auto")
     args = parser.parse_args()
     uvicorn.run(app_for(args.variant), host="127.0.0.1", port=args.port, log_level="warning", proxy_headers=False,
-                server_header=False, ws_max_size=1 << 20, lifespan="on")
+                server_header=False, ws_max_size=1 << 20, lifespan="on", loop=args.loop)

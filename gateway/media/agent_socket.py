@@ -7,7 +7,7 @@ deque and wake the reader only when it is waiting.
 
 websockets' sans-I/O protocol does the handshake, control frames (ping replies, the closing
 handshake), fragmented messages and every error. Only the two shapes of the steady state take
-a shortcut: sending a whole binary message (header, mask from a pool of `os.urandom` bytes,
+a shortcut: sending a whole message (header, mask from a pool of `os.urandom` bytes,
 websockets' C masking), and receiving whole, final, unmasked text or binary frames while no
 fragmented message is open. Every other frame is handed to the protocol whole, so its parser
 never holds a partial frame and the two never disagree about where a frame starts.
@@ -120,23 +120,25 @@ class AgentSocket(asyncio.Protocol):
 
     def send_bytes(self, data: bytes) -> None:
         """Send one binary message (never waits: see `buffered`)."""
+        self._send_message(0x82, data)
+
+    def send_text(self, text: str) -> None:
+        """Send one text message."""
+        self._send_message(0x81, text.encode())
+
+    def _send_message(self, first_byte: int, data: bytes) -> None:
+        """One whole, final, masked frame: FIN + opcode, length, mask key, masked payload."""
         if self.protocol.state is not OPEN or self.transport is None:
             raise SocketClosed(self._closed_reason or self._describe_close(None))
         size = len(data)
         if size < 126:
-            header = struct.pack("!BB", 0x82, 0x80 | size)
+            header = struct.pack("!BB", first_byte, 0x80 | size)
         elif size < 65536:
-            header = struct.pack("!BBH", 0x82, 0xFE, size)
+            header = struct.pack("!BBH", first_byte, 0xFE, size)
         else:
-            header = struct.pack("!BBQ", 0x82, 0xFF, size)
+            header = struct.pack("!BBQ", first_byte, 0xFF, size)
         mask = _masks.take()
         self.transport.write(header + mask + apply_mask(data, mask))
-
-    def send_text(self, text: str) -> None:
-        """Send one text message."""
-        self._check_open()
-        self.protocol.send_text(text.encode())
-        self._send_pending()
 
     def buffered(self) -> int:
         """Bytes written but not yet taken by the kernel (0 when closed)."""
@@ -272,10 +274,6 @@ class AgentSocket(asyncio.Protocol):
         self._wake()
 
     # -- internals ------------------------------------------------------------------------
-    def _check_open(self) -> None:
-        if self.protocol.state is not OPEN:
-            raise SocketClosed(self._closed_reason or self._describe_close(None))
-
     def _send_pending(self) -> None:
         transport = self.transport
         if transport is None:
