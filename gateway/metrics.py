@@ -7,7 +7,7 @@ integers and a collector sums them (plus the totals of finished sessions) at scr
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -73,14 +73,3 @@ class MediaStats:
 
 MEDIA = MediaStats()
 REGISTRY.register(MEDIA)
-
-
-def sampled(every: int = 50) -> Callable[[], bool]:
-    """A cheap 1-in-N sampler for per-frame timings."""
-    state = {"n": 0}
-
-    def tick() -> bool:
-        state["n"] += 1
-        return state["n"] % every == 0
-
-    return tick

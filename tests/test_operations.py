@@ -151,3 +151,25 @@ async def test_media_session_limit_refuses_and_counts(gateway_process, tmp_path)
     assert 'gateway_refusals_total{limit="max_media_sessions"} 1.0' in text
     assert "gateway_media_sessions_active 1.0" in text
     await ws.close()
+
+
+async def test_metrics_cover_media_codec_agents_and_deliveries(gateway_process, tmp_path):
+    from support import Receiver, free_port
+
+    with Receiver() as receiver:
+        config = base_config(tmp_path, agent={"url": f"ws://127.0.0.1:{free_port()}/gone", "on_failure": "keep"},
+                             webhooks=[{"name": "crm", "events": ["call.*"], "url": receiver.url + "/x",
+                                        "allow_networks": ["127.0.0.0/8"]}])
+        proc = gateway_process(config)
+        ws = await _open_stream(proc)  # the agent is unreachable: a connect failure
+        for _ in range(60):  # 60 frames: at least one is timed for the codec histogram
+            await ws.send(json.dumps({"event": "media", "streamSid": "MZ" + "9" * 32,
+                                      "media": {"payload": base64.b64encode(b"\x7f" * 160).decode()}}))
+        await asyncio.sleep(0.5)
+        async with httpx.AsyncClient() as client:
+            text = (await client.get(proc.url + "/metrics")).text
+        await ws.close()
+    assert "gateway_agent_connect_failures_total 1.0" in text
+    assert 'gateway_codec_seconds_count{direction="to_agent"}' in text
+    assert 'gateway_deliveries_total{outcome="succeeded",subscription="crm"}' in text
+    assert 'gateway_delivery_attempt_seconds_count{subscription="crm"}' in text

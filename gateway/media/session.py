@@ -25,6 +25,9 @@ from gateway.calls.record import CallRecord
 from gateway.media.agent import AgentLink, AgentUnavailable
 from gateway.media.playback import FRAME, PlaybackQueue
 from gateway.media.registry import INSTANCE_ID
+from gateway.metrics import AGENT_CONNECT_FAILURES, CODEC_SECONDS
+
+CODEC_SAMPLE_EVERY = 50
 from gateway.media.provider_socket import AUDIO, BAD, DTMF, MARK, OTHER, STOP, ProviderSocket
 from gateway.store.base import Store, StoreError
 
@@ -203,6 +206,7 @@ class MediaSession:
         return True
 
     def _agent_failed(self, reason: str) -> None:
+        AGENT_CONNECT_FAILURES.inc()
         log.warning("agent failed run=%s: %s (on_failure=%s)", self.run_id, reason, self.options.on_agent_failure)
         self._queue_write("agent.failed", {"data": {"reason": reason}, "events": [(ev.CALL_AGENT_FAILED, {"reason": reason})]})
 
@@ -239,7 +243,13 @@ class MediaSession:
                     })
                 if self.recorder is not None:
                     self.recorder.caller(value)
-                self._to_agent(self.to_agent.process(value))
+                if counters.frames_in % CODEC_SAMPLE_EVERY:
+                    self._to_agent(self.to_agent.process(value))
+                else:  # time one frame in CODEC_SAMPLE_EVERY: the metric costs nothing per frame
+                    started = time.perf_counter()
+                    pcm = self.to_agent.process(value)
+                    CODEC_SECONDS.labels("to_agent").observe(time.perf_counter() - started)
+                    self._to_agent(pcm)
             elif kind is DTMF:
                 await self._agent_message({"type": "dtmf", "digit": value})
                 self._queue_write("dtmf", {"data": {"digit": value}})

@@ -21,6 +21,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 from gateway.calls.record import CallRecord
 from gateway.events.envelope import Event
+from gateway.logs import RUN_ID
+from gateway.metrics import ATTEMPT_LATENCY, DELIVERIES
 from gateway.store.base import AttemptRecord, Delivery, DeliveryResult, Store, StoreError
 from gateway.webhooks.clients import EndpointClients
 from gateway.webhooks.policy import Outcome, map_response, next_delay
@@ -186,10 +188,14 @@ class DeliveryWorker:
         self._wake.set()
 
     async def _deliver(self, delivery: Delivery) -> None:
+        RUN_ID.set(delivery.workflow_run_id)  # this task's log lines name the call
         released = False
         try:
             try:
                 result = await self._attempt(delivery)
+                DELIVERIES.labels(delivery.subscription, result.status).inc()
+                if result.attempt.latency_ms is not None:
+                    ATTEMPT_LATENCY.labels(delivery.subscription).observe(result.attempt.latency_ms / 1000)
             finally:
                 # The endpoint's slot is free once its answer is in: recording the attempt is
                 # our bookkeeping, and the row stays leased (so unclaimable, and for an ordered
