@@ -74,6 +74,14 @@ def pick_caller_id(dial: DialServices, provider: str, named: str | None) -> str:
     return caller
 
 
+def pick_route(dial: DialServices, provider: str | None, caller: str | None) -> tuple[str, str]:
+    """(provider, caller id) for a new call or campaign; SpecError naming what is missing."""
+    chosen = pick_provider(dial, provider)
+    if (reason := dial.dialer.refusal_for(chosen)) is not None:
+        raise SpecError(reason)
+    return chosen, pick_caller_id(dial, chosen, caller)
+
+
 def _dial_problem(error: DialError) -> Response:
     extra: dict[str, Any] = {}
     if error.record is not None:
@@ -95,10 +103,7 @@ async def place_call(request: Request) -> Response:
         return problem(503, "this gateway instance is draining; place calls through another instance")
     try:
         spec = parse_call(await json_body(request))
-        provider = pick_provider(dial, spec.provider)
-        if (reason := dial.dialer.refusal_for(provider)) is not None:
-            raise SpecError(reason)
-        caller = pick_caller_id(dial, provider, spec.from_)
+        provider, caller = pick_route(dial, spec.provider, spec.from_)
     except BadBody as error:
         return problem(error.status, error.detail)
     except SpecError as error:

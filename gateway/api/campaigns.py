@@ -19,7 +19,7 @@ from starlette.routing import Route
 
 from gateway.api.admin import authorized
 from gateway.api.body import BodyTooLarge, read_limited_body
-from gateway.api.calls import BadBody, dial_services, json_body, pick_caller_id, pick_provider
+from gateway.api.calls import BadBody, dial_services, json_body, pick_route
 from gateway.api.context import GatewayContext
 from gateway.api.problems import problem
 from gateway.api.urls import gateway_origin
@@ -74,10 +74,7 @@ async def create_campaign(request: Request) -> Response:
         return problem(503, "this gateway instance is draining; create campaigns through another instance")
     try:
         spec = parse_campaign(await _campaign_body(request))
-        provider = pick_provider(dial, spec.provider)
-        if (reason := dial.dialer.refusal_for(provider)) is not None:
-            raise SpecError(reason)
-        caller = pick_caller_id(dial, provider, spec.from_)
+        provider, caller = pick_route(dial, spec.provider, spec.from_)
     except BadBody as error:
         return problem(error.status, error.detail)
     except SpecError as error:
