@@ -1,10 +1,15 @@
 """Media bridge under load: N simulated Twilio calls in real time through a `gateway serve` process.
 
 Run by hand:
-    .venv/bin/python bench/media.py                          # 50,100,150,200,250 calls, every target
-    .venv/bin/python bench/media.py --calls 250 --targets bridge,reference
-    .venv/bin/python bench/media.py --profile 200            # py-spy profile of the bridge at 200 calls
-    .venv/bin/python bench/media.py --gateway-src /tmp/old   # the bridge from another source tree ("before")
+    .venv/bin/python bench/media.py                           # 50..250 calls, each target on its own
+    .venv/bin/python bench/media.py --calls 30 --targets reference,bridge-before,bridge --together \
+        --repeat 3 --before /tmp/old-tree                     # side by side: ratios that survive noise
+    .venv/bin/python bench/media.py --calls 60,80,100 --targets bridge   # capacity of one worker
+    .venv/bin/python bench/media.py --profile 70              # py-spy profile of the bridge at 70 calls
+
+On a shared machine, wait for quiet (`--quiet`, on by default) and prefer `--together`: targets
+that run side by side see the same interference, so their ratio holds when absolute numbers
+wander. The "other processes" column says how much CPU something else took during the window.
 
 Each call is what Twilio does: a signed initial webhook (TwiML with the stream URL and token),
 then a WebSocket sending `connected`, `start` and 50 `media` messages per second in real time
@@ -12,13 +17,14 @@ then a WebSocket sending `connected`, `start` and 50 `media` messages per second
 frame number mod 31, so the echo that comes back can be matched to the frame sent, through the
 gateway's transcoding (μ-law 8 kHz -> PCM16 16 kHz -> agent -> back) and re-framing.
 
-Targets, each measured in the same run under the same load:
+Targets (one at a time, or side by side with --together):
   bridge            `gateway serve` -> external echo agent (bench/echo_agent.py, its own process)
   bridge-echo       `gateway serve` with the built-in `echo` agent
   reference         bare Starlette JSON echo of Twilio media (bench/reference_echo.py)
   reference-asgi    the same echo on raw ASGI, without Starlette's WebSocket wrapper
   reference-asyncio the reference on the standard asyncio loop instead of uvloop
   bridge-before, bridge-echo-before   the bridge from the source tree named by --before
+  bridge-recording  the bridge with `recording: true` (a stereo WAV per call)
 
 Reported per target and call count: CPU of the server process over a steady window (% of one
 core, and per call), round-trip latency p50/p99/max of frames sent in the window (for the
@@ -60,6 +66,7 @@ TONES = 31  # frame i carries tone i % TONES
 FRAME_SECONDS = 0.02
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 TARGETS = ("bridge", "bridge-echo", "reference", "reference-asgi")  # and bridge-before, bridge-echo-before with --before
+EXTERNAL_AGENT = ("bridge", "bridge-before", "bridge-recording")
 
 
 # --- frames: tones that survive transcoding ---------------------------------------------------
@@ -313,7 +320,7 @@ async def run_load(args: argparse.Namespace) -> list[dict[str, Any]]:
             "setup_seconds": round(setup_seconds, 2),
             "window_seconds": round(window, 2),
             "cpu_percent": {"server": cpu[f"server:{name}"], **{k: v for k, v in cpu.items() if not k.startswith("server:")
-                                                                and (k != "agent" or name in ("bridge", "bridge-before"))}},
+                                                                and (k != "agent" or name in EXTERNAL_AGENT)}},
             "machine_busy_percent": machine,
             "rss_mb": {k: round(v, 1) for k, v in rss.items()},
             **stats,
@@ -420,7 +427,7 @@ class Process:
                 self.proc.wait()
 
 
-def gateway_config(workdir: Path, agent_url: str) -> Path:
+def gateway_config(workdir: Path, agent_url: str, *, recording: bool = False) -> Path:
     import yaml
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -431,6 +438,7 @@ def gateway_config(workdir: Path, agent_url: str) -> Path:
         "secret_key": "bench-secret-key",
         "providers": {"twilio": {"account_sid": TWILIO_SID, "auth_token": TWILIO_TOKEN, "api_base_url": "http://127.0.0.1:9"}},
         "agent": {"url": agent_url, "audio": {"encoding": "pcm16", "sample_rate": 16000}},
+        "recording": recording,
     }
     path = workdir / "gateway.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -477,7 +485,7 @@ def run_targets(targets: list[str], calls: int, options: Options, workdir: Path,
         pids: dict[str, int] = {}
         ports: dict[str, int] = {}
         agent_url = None
-        if any(t in ("bridge", "bridge-before") for t in targets):
+        if any(t in EXTERNAL_AGENT for t in targets):
             agent_port = free_port()
             agent = Process("echo-agent", [PYTHON, str(ROOT / "bench" / "echo_agent.py"), "--port", str(agent_port),
                                            "--seconds", "900"], workdir, cpus=options.load_cpus)
@@ -488,8 +496,9 @@ def run_targets(targets: list[str], calls: int, options: Options, workdir: Path,
         for target in targets:
             port = ports[target] = free_port()
             if target.startswith("bridge"):
-                external = target in ("bridge", "bridge-before")
-                config = gateway_config(workdir / target, agent_url if external else "echo")
+                external = target in EXTERNAL_AGENT
+                config = gateway_config(workdir / target, agent_url if external else "echo",
+                                        recording=target == "bridge-recording")
                 server = Process(f"gateway-{target}", [PYTHON, "-m", "gateway.cli", "serve", "--config", str(config),
                                                        "--host", "127.0.0.1", "--port", str(port)], workdir,
                                  cpus=options.server_cpus, env=options.server_env,

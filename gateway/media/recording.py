@@ -3,10 +3,10 @@
 The media path only appends the provider's own frames to two in-memory channels
 (`RecordingTimeline`, pure: the caller passes the clock). Caller audio runs on its own
 sample clock; agent audio is placed at the time the provider plays it, and silence fills
-the rest. Every few seconds `CallRecorder` hands the settled part to a worker thread that
-converts both channels to 16 kHz PCM16 and appends them to `<run>.wav.part`
-(`StereoWavFile`); at the end the header is finalized and the file renamed to `<run>.wav`.
-The event loop never waits on the disk or on bulk transcoding.
+the rest. Five times a second `CallRecorder` converts the settled part to 16 kHz PCM16
+stereo (`StereoConverter`), and every two seconds a worker thread appends what has piled up
+to `<run>.wav.part` (`WavFile`); at the end the header is finalized and the file renamed to
+`<run>.wav`. The event loop never waits on the disk.
 """
 
 from __future__ import annotations
@@ -151,27 +151,63 @@ class RecordingTimeline:
         return out[0], out[1]
 
 
-class StereoWavFile:
-    """Appends caller/agent audio (provider format) to a 16 kHz stereo WAV. Blocking: a worker thread's."""
+class StereoConverter:
+    """Caller and agent audio (provider format) -> interleaved 16 kHz PCM16 stereo frames. Pure.
 
-    def __init__(self, path: Path, fmt: AudioFormat) -> None:
-        self.path = path
-        self.partial = path.with_name(path.name + ".part")
+    Keeps each channel's resampler state across stretches; a stretch of ~200 ms costs about
+    what ten 20 ms frames do, so the loop can afford it (see `CallRecorder` for why not a thread).
+    """
+
+    def __init__(self, fmt: AudioFormat) -> None:
         self._left = Transcoder(fmt, RECORDING_FORMAT)
         self._right = Transcoder(fmt, RECORDING_FORMAT)
-        self._wav: wave.Wave_write | None = None
         self._carry = (b"", b"")  # output one channel has beyond the other
+
+    def convert(self, caller: bytes, agent: bytes) -> bytes:
+        """One stretch of both channels (equal lengths) as stereo frames."""
+        return self._interleave(self._left.process(caller), self._right.process(agent))
+
+    def finish(self) -> bytes:
+        """End of call: the resamplers' tails, both channels padded to the same length."""
+        return self._interleave(self._left.flush(), self._right.flush(), final=True)
+
+    def _interleave(self, left: bytes, right: bytes, *, final: bool = False) -> bytes:
+        left, right = self._carry[0] + left, self._carry[1] + right
+        if final:
+            longest = max(len(left), len(right))
+            left, right = left.ljust(longest, b"\0"), right.ljust(longest, b"\0")
+        n = min(len(left), len(right)) // 2
+        self._carry = (left[n * 2:], right[n * 2:])
+        if not n:
+            return b""
+        frames = np.empty((n, 2), dtype="<i2")
+        frames[:, 0] = np.frombuffer(left, dtype="<i2", count=n)
+        frames[:, 1] = np.frombuffer(right, dtype="<i2", count=n)
+        return frames.tobytes()
+
+
+class WavFile:
+    """A 16 kHz stereo PCM16 WAV written as `<name>.part` and published whole. Blocking: a worker thread's."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.partial = path.with_name(path.name + ".part")
+        self._wav: wave.Wave_write | None = None
         self.frames = 0
 
-    def append(self, caller: bytes, agent: bytes) -> None:
-        """Convert and append one stretch of both channels."""
-        self._write(self._left.process(caller), self._right.process(agent))
+    def append(self, frames: bytes) -> None:
+        """Append interleaved stereo frames."""
+        if not frames:
+            return
+        if self._wav is None:
+            self._open()
+        assert self._wav is not None
+        self._wav.writeframesraw(frames)
+        self.frames += len(frames) // 4
 
-    def finish(self, last: tuple[bytes, bytes] | None) -> int:
-        """Append `last`, the converters' tails, finalize the header and publish; returns the frames."""
-        if last is not None:
-            self.append(*last)
-        self._write(self._left.flush(), self._right.flush(), final=True)
+    def finish(self, frames: bytes) -> int:
+        """Append the last frames, finalize the header, rename to the published name; the frame count."""
+        self.append(frames)
         if self._wav is None:
             self._open()
         assert self._wav is not None
@@ -197,50 +233,43 @@ class StereoWavFile:
         wav.setframerate(RECORDING_FORMAT.sample_rate)
         self._wav = wav
 
-    def _write(self, left: bytes, right: bytes, *, final: bool = False) -> None:
-        left, right = self._carry[0] + left, self._carry[1] + right
-        if final:  # equal lengths at the end: the shorter channel gets silence
-            longest = max(len(left), len(right))
-            left, right = left.ljust(longest, b"\0"), right.ljust(longest, b"\0")
-        n = min(len(left), len(right)) // 2
-        self._carry = (left[n * 2:], right[n * 2:])
-        if not n:
-            return
-        if self._wav is None:
-            self._open()
-        assert self._wav is not None
-        frames = np.empty((n, 2), dtype="<i2")
-        frames[:, 0] = np.frombuffer(left, dtype="<i2", count=n)
-        frames[:, 1] = np.frombuffer(right, dtype="<i2", count=n)
-        self._wav.writeframesraw(frames.tobytes())
-        self.frames += n
-
 
 _executor: ThreadPoolExecutor | None = None
 
 
 def recording_executor() -> Executor:
-    """The process-wide worker threads recordings are written by."""
+    """The process-wide worker thread recordings are written by."""
     global _executor
     if _executor is None:
-        _executor = ThreadPoolExecutor(2, thread_name_prefix="recording")
+        _executor = ThreadPoolExecutor(1, thread_name_prefix="recording")
     return _executor
 
 
 class CallRecorder:
-    """One call's recording, fed by the media session (which sees `caller`, `agent`, `cleared`, `finish`)."""
+    """One call's recording, fed by the media session (which sees `caller`, `agent`, `cleared`, `finish`).
 
-    def __init__(self, path: Path, fmt: AudioFormat, *, flush_seconds: float = 2.0,
+    Every `convert_seconds` the settled audio is converted on the loop, in small stretches;
+    every `write_seconds` what has piled up goes to the disk from a worker thread. Conversion
+    stays on the loop on purpose: in a thread it would hold the GIL in long numpy-and-Python
+    stretches, and the loop thread waiting for it cost more than the conversion itself (the
+    bridge's CPU per call doubled in the benchmark); the thread only writes bytes.
+    """
+
+    def __init__(self, path: Path, fmt: AudioFormat, *, convert_seconds: float = 0.2, write_seconds: float = 2.0,
                  clock: Callable[[], float] = time.monotonic, executor: Executor | None = None) -> None:
         self.path = path
         self.timeline = RecordingTimeline(fmt, start=clock())
-        self.file = StereoWavFile(path, fmt)
+        self.converter = StereoConverter(fmt)
+        self.file = WavFile(path)
         self._clock = clock
-        self._flush_seconds = flush_seconds
+        self._convert_seconds = convert_seconds
+        self._writes_every = max(1, round(write_seconds / convert_seconds))
+        self._ticks = 0
+        self._pending = bytearray()  # converted frames waiting for the next write
         self._executor = executor or recording_executor()
         self._loop = asyncio.get_running_loop()
         self._writing: asyncio.Future[None] | None = None
-        self._timer: asyncio.TimerHandle | None = self._loop.call_later(flush_seconds, self._tick)
+        self._timer: asyncio.TimerHandle | None = self._loop.call_later(convert_seconds, self._tick)
         self.failed: str | None = None
 
     # -- the media path: appends only ---------------------------------------------------
@@ -258,19 +287,25 @@ class CallRecorder:
         """The agent's queued audio was dropped at `now` (barge-in)."""
         self.timeline.cleared(now)
 
-    # -- background writes --------------------------------------------------------------
+    # -- conversion on the loop, writes in the background --------------------------------
     def _tick(self) -> None:
-        self._timer = self._loop.call_later(self._flush_seconds, self._tick)
+        self._timer = self._loop.call_later(self._convert_seconds, self._tick)
+        stretch = self.timeline.take(self._clock())
+        if stretch is not None:
+            self._pending += self.converter.convert(*stretch)
+        self._ticks += 1
+        if self._ticks % self._writes_every:
+            return
         writing = self._writing
         if writing is not None:
             if not writing.done():
-                return  # the disk is slow: the audio waits in memory for the next tick
+                return  # the disk is slow: the audio waits in memory for the next write
             if writing.exception() is not None:
                 self._fail(writing.exception())
                 return
-        stretch = self.timeline.take(self._clock())
-        if stretch is not None:
-            self._writing = self._loop.run_in_executor(self._executor, self.file.append, *stretch)
+        if self._pending:
+            frames, self._pending = bytes(self._pending), bytearray()
+            self._writing = self._loop.run_in_executor(self._executor, self.file.append, frames)
 
     def _fail(self, exc: BaseException | None) -> None:
         self.failed = f"{type(exc).__name__}: {exc}"
@@ -278,6 +313,7 @@ class CallRecorder:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._pending.clear()
         self._loop.run_in_executor(self._executor, self._abort)
 
     def _abort(self) -> None:
@@ -297,11 +333,16 @@ class CallRecorder:
             except Exception as exc:  # noqa: BLE001 - reported in the result
                 self._fail(exc)
         if self.failed is None:
+            stretch = self.timeline.take_all()
+            if stretch is not None:
+                self._pending += self.converter.convert(*stretch)
+            self._pending += self.converter.finish()
+            frames, self._pending = bytes(self._pending), bytearray()
             try:
-                frames = await self._loop.run_in_executor(self._executor, self.file.finish, self.timeline.take_all())
+                count = await self._loop.run_in_executor(self._executor, self.file.finish, frames)
             except Exception as exc:  # noqa: BLE001 - reported in the result
                 self._fail(exc)
             else:
-                return {"recording_seconds": round(frames / RECORDING_FORMAT.sample_rate, 3),
+                return {"recording_seconds": round(count / RECORDING_FORMAT.sample_rate, 3),
                         "recording_dropped": self.timeline.dropped}
         return {"recording_error": self.failed}

@@ -21,7 +21,7 @@ import websockets
 
 from gateway.audio import TWILIO_FORMAT, VONAGE_FORMAT
 from gateway.media import signed_url
-from gateway.media.recording import RecordingTimeline, StereoWavFile, recording_enabled
+from gateway.media.recording import RecordingTimeline, StereoConverter, WavFile, recording_enabled
 from support import TWILIO_SID, twilio_signature
 from media.test_bridge import RUN, WEBHOOK, AgentServer, TwilioClient, admin_call, speech_like, wait_for, vonage_jwt  # noqa: F401
 
@@ -86,19 +86,23 @@ def test_timeline_pause_in_the_caller_stream_becomes_silence():
     assert caller[160:3 * 8000] == b"\xff" * (3 * 8000 - 160) and caller[-160:] == b"\x02" * 160
 
 
-def test_stereo_wav_file_converts_both_channels(tmp_path):
+def test_both_channels_are_converted_and_written_as_a_published_stereo_wav(tmp_path):
     path = tmp_path / "rec" / "r.wav"
-    f = StereoWavFile(path, TWILIO_FORMAT)
+    converter, f = StereoConverter(TWILIO_FORMAT), WavFile(path)
     tone = (np.sin(2 * np.pi * 440 * np.arange(8000) / 8000) * 8000).astype(np.int16)
-    f.append(audioop.lin2ulaw(tone.tobytes(), 2), b"\xff" * 8000)
+    mulaw = audioop.lin2ulaw(tone.tobytes(), 2)
+    for i in range(0, 8000, 1600):  # stretches of 200 ms, as the recorder converts them
+        f.append(converter.convert(mulaw[i:i + 1600], b"\xff" * 1600))
     assert f.partial.exists() and not path.exists()
-    frames = f.finish(None)
+    frames = f.finish(converter.finish())
     assert path.exists() and not f.partial.exists()
     with wave.open(str(path)) as wav:
         assert (wav.getnchannels(), wav.getsampwidth(), wav.getframerate(), wav.getnframes()) == (2, 2, 16000, frames)
         data = np.frombuffer(wav.readframes(frames), dtype="<i2").reshape(-1, 2)
     assert frames >= 16000
     assert np.abs(data[:, 1]).max() == 0 and np.abs(data[2000:14000, 0]).max() > 6000
+    chunked = np.frombuffer(b"".join([StereoConverter(TWILIO_FORMAT).convert(mulaw, b"\xff" * 8000)]), dtype="<i2")
+    assert np.array_equal(chunked.reshape(-1, 2)[:, 0], data[:chunked.size // 2, 0])  # stretches join seamlessly
 
 
 def test_signed_links_check_kind_run_and_expiry():
