@@ -37,7 +37,7 @@ from gateway.store.base import (
 )
 from gateway.store.migrations import MIGRATIONS
 from gateway.store.postgres_campaigns import PostgresCampaigns
-from gateway.store.sqlite import decode_cursor, encode_cursor
+from gateway.store.paging import page_query, split_page
 
 DELIVERIES_CHANNEL = "gateway_deliveries"
 CONTROL_CHANNEL = "gateway_control"
@@ -51,6 +51,14 @@ _DELIVERY_SELECT = (
     "SELECT d.*, e.id AS e_id, e.type AS e_type, e.workflow_run_id AS e_run, e.occurred_at AS e_at,"
     " e.data AS e_data, e.seq AS e_seq FROM deliveries d JOIN events e ON e.seq = d.event_seq"
 )
+
+
+def _mark(n: int) -> str:
+    return f"${n}"
+
+
+def _iso(value: datetime) -> str:
+    return value.isoformat()
 
 
 def split_store_url(url: str) -> tuple[str, str | None]:
@@ -330,23 +338,11 @@ class PostgresStore(PostgresCampaigns, Store):
 
     async def list_calls(self, *, state: str | None = None, limit: int = 50, cursor: str | None = None) -> tuple[list[CallRecord], str | None]:
         limit = clamp_limit(limit)
-        where, params = [], []
-        if state:
-            params.append(state)
-            where.append(f"state = ${len(params)}")
-        if cursor:
-            created_at, last_run = decode_cursor(cursor)
-            params += [datetime.fromisoformat(created_at), last_run]
-            where.append(f"(created_at, workflow_run_id) < (${len(params) - 1}, ${len(params)})")
-        params.append(limit + 1)
-        sql = "SELECT * FROM calls" + (" WHERE " + " AND ".join(where) if where else "")
-        sql += f" ORDER BY created_at DESC, workflow_run_id DESC LIMIT ${len(params)}"
+        sql, params = page_query("SELECT * FROM calls", [("state", state)], keys=("created_at", "workflow_run_id"),
+                                 cursor=cursor, limit=limit, mark=_mark, time_param=datetime.fromisoformat)
 
         async def query(conn: asyncpg.Connection) -> tuple[list[CallRecord], str | None]:
-            rows = await conn.fetch(sql, *params)
-            more = len(rows) > limit
-            rows = rows[:limit]
-            next_cursor = encode_cursor(rows[-1]["created_at"].isoformat(), rows[-1]["workflow_run_id"]) if more else None
+            rows, next_cursor = split_page(await conn.fetch(sql, *params), limit, key="workflow_run_id", time_text=_iso)
             return [_record(r) for r in rows], next_cursor
 
         return await self._query(query)
@@ -451,24 +447,13 @@ class PostgresStore(PostgresCampaigns, Store):
     async def list_deliveries(self, *, status: str | None = None, subscription: str | None = None,
                               run_id: str | None = None, limit: int = 50, cursor: str | None = None) -> tuple[list[Delivery], str | None]:
         limit = clamp_limit(limit)
-        where, params = [], []
-        for column, value in (("d.status", status), ("d.subscription", subscription), ("d.workflow_run_id", run_id)):
-            if value:
-                params.append(value)
-                where.append(f"{column} = ${len(params)}")
-        if cursor:
-            created_at, last_id = decode_cursor(cursor)
-            params += [datetime.fromisoformat(created_at), last_id]
-            where.append(f"(d.created_at, d.id) < (${len(params) - 1}, ${len(params)})")
-        params.append(limit + 1)
-        sql = _DELIVERY_SELECT + (" WHERE " + " AND ".join(where) if where else "")
-        sql += f" ORDER BY d.created_at DESC, d.id DESC LIMIT ${len(params)}"
+        sql, params = page_query(
+            _DELIVERY_SELECT, [("d.status", status), ("d.subscription", subscription), ("d.workflow_run_id", run_id)],
+            keys=("d.created_at", "d.id"), cursor=cursor, limit=limit, mark=_mark, time_param=datetime.fromisoformat,
+        )
 
         async def query(conn: asyncpg.Connection) -> tuple[list[Delivery], str | None]:
-            rows = await conn.fetch(sql, *params)
-            more = len(rows) > limit
-            rows = rows[:limit]
-            next_cursor = encode_cursor(rows[-1]["created_at"].isoformat(), rows[-1]["id"]) if more else None
+            rows, next_cursor = split_page(await conn.fetch(sql, *params), limit, key="id", time_text=_iso)
             return [_delivery(r, with_event=True) for r in rows], next_cursor
 
         return await self._query(query)

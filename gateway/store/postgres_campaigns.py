@@ -19,7 +19,8 @@ import asyncpg
 from gateway.calls.record import CallRecord
 from gateway.store.base import StoreError, clamp_limit
 from gateway.store.campaigns import Campaign, CampaignContact, CampaignEvent
-from gateway.store.sqlite_campaigns import _CAMPAIGN_FIELDS, _UPDATABLE, _cursor, _uncursor
+from gateway.store.paging import page_query, split_page
+from gateway.store.sqlite_campaigns import _CAMPAIGN_FIELDS, _UPDATABLE
 
 _INSERT_CAMPAIGN = (
     f"INSERT INTO campaigns ({', '.join(_CAMPAIGN_FIELDS)})"
@@ -245,24 +246,11 @@ class PostgresCampaigns:
     async def list_campaigns(self, *, status: str | None = None, limit: int = 50,
                              cursor: str | None = None) -> tuple[list[Campaign], str | None]:
         limit = clamp_limit(limit)
-        where: list[str] = []
-        params: list[Any] = []
-        if status:
-            params.append(status)
-            where.append(f"status = ${len(params)}")
-        if cursor:
-            created_at, last = _uncursor(cursor)
-            params += [datetime.fromisoformat(created_at), last]
-            where.append(f"(created_at, id) < (${len(params) - 1}, ${len(params)})")
-        params.append(limit + 1)
-        sql = "SELECT * FROM campaigns" + (" WHERE " + " AND ".join(where) if where else "")
-        sql += f" ORDER BY created_at DESC, id DESC LIMIT ${len(params)}"
+        sql, params = page_query("SELECT * FROM campaigns", [("status", status)], keys=("created_at", "id"), cursor=cursor,
+                                 limit=limit, mark=lambda n: f"${n}", time_param=datetime.fromisoformat)
 
         async def query(conn: asyncpg.Connection) -> tuple[list[Campaign], str | None]:
-            rows = await conn.fetch(sql, *params)
-            more = len(rows) > limit
-            rows = rows[:limit]
-            next_cursor = _cursor(rows[-1]["created_at"].isoformat(), rows[-1]["id"]) if more else None
+            rows, next_cursor = split_page(await conn.fetch(sql, *params), limit, key="id", time_text=lambda v: v.isoformat())
             return await self._fill(conn, [_campaign(row) for row in rows]), next_cursor
 
         return await self._query(query)

@@ -11,7 +11,6 @@ fsync per callback, claim and finished attempt into one per batch.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import sqlite3
 import threading
@@ -42,6 +41,7 @@ from gateway.store.base import (
     event_data,
 )
 from gateway.store.migrations import MIGRATIONS
+from gateway.store.paging import page_query, split_page
 from gateway.store.sqlite_campaigns import SQLiteCampaigns
 
 T = TypeVar("T")
@@ -99,20 +99,8 @@ _UPSERT_CALL = (
 )
 
 
-def encode_cursor(created_at: str, run_id: str) -> str:
-    return base64.urlsafe_b64encode(_dumps([created_at, run_id]).encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[str, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        created_at, run_id = json.loads(raw)
-        if not isinstance(created_at, str) or not isinstance(run_id, str):
-            raise ValueError
-        datetime.fromisoformat(created_at)
-        return created_at, run_id
-    except (ValueError, TypeError):
-        raise StoreError("cursor is not one this API returned") from None
+def _mark(n: int) -> str:
+    return "?"
 
 
 class SQLiteStore(SQLiteCampaigns, Store):
@@ -425,25 +413,11 @@ class SQLiteStore(SQLiteCampaigns, Store):
 
     async def list_calls(self, *, state: str | None = None, limit: int = 50, cursor: str | None = None) -> tuple[list[CallRecord], str | None]:
         limit = clamp_limit(limit)
-        where, params = [], []
-        if state:
-            where.append("state = ?")
-            params.append(state)
-        if cursor:
-            created_at, last_run = decode_cursor(cursor)
-            where.append("(created_at < ? OR (created_at = ? AND workflow_run_id < ?))")
-            params += [created_at, created_at, last_run]
-        sql = "SELECT * FROM calls"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY created_at DESC, workflow_run_id DESC LIMIT ?"
-        params.append(limit + 1)
+        sql, params = page_query("SELECT * FROM calls", [("state", state)], keys=("created_at", "workflow_run_id"),
+                                 cursor=cursor, limit=limit, mark=_mark)
 
         def query(conn: sqlite3.Connection) -> tuple[list[CallRecord], str | None]:
-            rows = conn.execute(sql, params).fetchall()
-            more = len(rows) > limit
-            rows = rows[:limit]
-            next_cursor = encode_cursor(rows[-1]["created_at"], rows[-1]["workflow_run_id"]) if more else None
+            rows, next_cursor = split_page(conn.execute(sql, params).fetchall(), limit, key="workflow_run_id")
             return [_row_to_record(row) for row in rows], next_cursor
 
         return await self._read(query)
@@ -543,27 +517,15 @@ class SQLiteStore(SQLiteCampaigns, Store):
     async def list_deliveries(self, *, status: str | None = None, subscription: str | None = None,
                               run_id: str | None = None, limit: int = 50, cursor: str | None = None) -> tuple[list[Delivery], str | None]:
         limit = clamp_limit(limit)
-        where, params = [], []
-        for column, value in (("d.status", status), ("d.subscription", subscription), ("d.workflow_run_id", run_id)):
-            if value:
-                where.append(f"{column} = ?")
-                params.append(value)
-        if cursor:
-            created_at, last_id = decode_cursor(cursor)
-            where.append("(d.created_at < ? OR (d.created_at = ? AND d.id < ?))")
-            params += [created_at, created_at, last_id]
-        sql = ("SELECT d.*, e.id AS e_id, e.type AS e_type, e.workflow_run_id AS e_run, e.occurred_at AS e_at,"
-               " e.data AS e_data, e.seq AS e_seq FROM deliveries d JOIN events e ON e.seq = d.event_seq")
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY d.created_at DESC, d.id DESC LIMIT ?"
-        params.append(limit + 1)
+        sql, params = page_query(
+            "SELECT d.*, e.id AS e_id, e.type AS e_type, e.workflow_run_id AS e_run, e.occurred_at AS e_at,"
+            " e.data AS e_data, e.seq AS e_seq FROM deliveries d JOIN events e ON e.seq = d.event_seq",
+            [("d.status", status), ("d.subscription", subscription), ("d.workflow_run_id", run_id)],
+            keys=("d.created_at", "d.id"), cursor=cursor, limit=limit, mark=_mark,
+        )
 
         def query(conn: sqlite3.Connection) -> tuple[list[Delivery], str | None]:
-            rows = conn.execute(sql, params).fetchall()
-            more = len(rows) > limit
-            rows = rows[:limit]
-            next_cursor = encode_cursor(rows[-1]["created_at"], rows[-1]["id"]) if more else None
+            rows, next_cursor = split_page(conn.execute(sql, params).fetchall(), limit, key="id")
             return [_row_to_delivery(row, with_event=True) for row in rows], next_cursor
 
         return await self._read(query)

@@ -5,7 +5,6 @@ their delivery rows, configured subscriptions and the campaign's inline ones ali
 
 from __future__ import annotations
 
-import base64
 import json
 import sqlite3
 from datetime import datetime, timezone
@@ -14,6 +13,7 @@ from typing import Any, Callable, Sequence, TypeVar
 from gateway.calls.record import CallRecord
 from gateway.store.base import StoreError, clamp_limit
 from gateway.store.campaigns import Campaign, CampaignContact, CampaignEvent
+from gateway.store.paging import page_query, split_page
 
 T = TypeVar("T")
 
@@ -52,19 +52,6 @@ def _contact(row: sqlite3.Row) -> CampaignContact:
         next_attempt_at=_parse_ts(row["next_attempt_at"]), workflow_run_id=row["workflow_run_id"],
         outcome=row["outcome"], updated_at=_parse_ts(row["updated_at"]),
     )
-
-
-def _cursor(created_at: str, campaign_id: str) -> str:
-    return base64.urlsafe_b64encode(_dumps([created_at, campaign_id]).encode()).decode().rstrip("=")
-
-
-def _uncursor(cursor: str) -> tuple[str, str]:
-    try:
-        created_at, campaign_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        datetime.fromisoformat(created_at)
-        return str(created_at), str(campaign_id)
-    except (ValueError, TypeError):
-        raise StoreError("cursor is not one this API returned") from None
 
 
 class SQLiteCampaigns:
@@ -254,23 +241,11 @@ class SQLiteCampaigns:
     async def list_campaigns(self, *, status: str | None = None, limit: int = 50,
                              cursor: str | None = None) -> tuple[list[Campaign], str | None]:
         limit = clamp_limit(limit)
-        where, params = [], []
-        if status:
-            where.append("status = ?")
-            params.append(status)
-        if cursor:
-            created_at, last = _uncursor(cursor)
-            where.append("(created_at < ? OR (created_at = ? AND id < ?))")
-            params += [created_at, created_at, last]
-        sql = "SELECT * FROM campaigns" + (" WHERE " + " AND ".join(where) if where else "")
-        sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
-        params.append(limit + 1)
+        sql, params = page_query("SELECT * FROM campaigns", [("status", status)], keys=("created_at", "id"),
+                                 cursor=cursor, limit=limit, mark=lambda n: "?")
 
         def query(conn: sqlite3.Connection) -> tuple[list[Campaign], str | None]:
-            rows = conn.execute(sql, params).fetchall()
-            more = len(rows) > limit
-            rows = rows[:limit]
-            next_cursor = _cursor(rows[-1]["created_at"], rows[-1]["id"]) if more else None
+            rows, next_cursor = split_page(conn.execute(sql, params).fetchall(), limit, key="id")
             return self._fill(conn, [_campaign(row) for row in rows]), next_cursor
 
         return await self._read(query)
