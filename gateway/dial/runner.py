@@ -41,6 +41,7 @@ from gateway.events.envelope import Event
 from gateway.providers.rest import ProviderRefused
 from gateway.store.base import Store, StoreError
 from gateway.store.campaigns import Campaign, CampaignContact, CampaignEvent
+from gateway.tasks import finish_tasks
 
 log = logging.getLogger("gateway.dial")
 
@@ -104,13 +105,7 @@ class CampaignRunner:
         found again at the next start)."""
         self._stopping = True
         self._wake.set()
-        if self._loop_task is not None:
-            await asyncio.gather(self._loop_task, return_exceptions=True)
-        if self._tasks:
-            _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+        await finish_tasks(self._loop_task, self._tasks, grace)
 
     def wake(self) -> None:
         self._wake.set()

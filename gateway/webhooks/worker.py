@@ -28,6 +28,7 @@ from gateway.webhooks.clients import EndpointClients
 from gateway.webhooks.policy import Outcome, map_response, next_delay
 from gateway.webhooks.sender import AttemptResult, RequestBuildError, build_request, send_attempt
 from gateway.webhooks.subscription import Subscription
+from gateway.tasks import finish_tasks
 
 log = logging.getLogger("gateway.webhooks")
 
@@ -129,13 +130,7 @@ class DeliveryWorker:
         """Stop claiming, let in-flight attempts finish within `grace`, release the rest."""
         self._stopping = True
         self._wake.set()
-        if self._loop_task is not None:
-            await asyncio.gather(self._loop_task, return_exceptions=True)
-        if self._tasks:
-            _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+        await finish_tasks(self._loop_task, self._tasks, grace)
         try:
             released = await self.store.release_leases(self.owner)
             if released:
