@@ -58,7 +58,12 @@ def test_process_logs_are_json_one_line_per_request_without_secrets(gateway_proc
     lines = [json.loads(line) for line in proc.log().splitlines() if line.startswith("{")]
     assert lines and all({"ts", "level", "logger", "message"} <= set(line) for line in lines)
     request_lines = [l for l in lines if l["logger"] == "gateway.http"]
-    assert any("POST /api/v1/telephony/status-callback/run-log 204" in l["message"] for l in request_lines)
+    callback_lines = [l for l in lines if "status-callback/run-log" in l["message"] or "callback run=run-log" in l["message"]]
+    assert len(callback_lines) == 1  # one line per callback: the request and what it did
+    (callback_line,) = callback_lines
+    assert callback_line["logger"] == "gateway.http" and callback_line["run_id"] == "run-log"
+    assert callback_line["message"].startswith("POST /api/v1/telephony/status-callback/run-log 204 ")
+    assert "twilio callback run=run-log status=ringing outcome=" in callback_line["message"]
     assert any("GET /api/v1/calls 401" in l["message"] for l in request_lines)
     assert any(l.get("run_id") == "run-log" for l in lines)
     text = proc.log()

@@ -1,5 +1,5 @@
-"""ASGI middleware at the edge: one log line per request outcome, and the per-IP rate limit
-on provider routes. Pure ASGI (no per-request Starlette objects)."""
+"""ASGI middleware at the edge: one log line per request outcome (a route may add what it did
+to it with `note_request`), and the per-IP rate limit on provider routes. Pure ASGI (no per-request Starlette objects)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ log = logging.getLogger("gateway.http")
 Scope = dict[str, Any]
 ASGIApp = Callable[[Scope, Callable[..., Awaitable[Any]], Callable[..., Awaitable[Any]]], Awaitable[None]]
 PROVIDER_PREFIX = "/api/v1/telephony/"
+LOG_NOTE = "gateway.log_note"  # scope key: (text, run_id) a route adds to the request's log line
 
 
 class TokenBucket:
@@ -90,7 +91,17 @@ class EdgeMiddleware:
             await self.app(scope, receive, capture)
         finally:
             if path not in ("/healthz", "/readyz", "/metrics"):
-                log.info("%s %s %d %.1fms", scope.get("method"), path, status["code"], (time.perf_counter() - started) * 1000)
+                note = scope.get(LOG_NOTE)
+                if note is None:
+                    log.info("%s %s %d %.1fms", scope.get("method"), path, status["code"], (time.perf_counter() - started) * 1000)
+                else:
+                    log.info("%s %s %d %.1fms: %s", scope.get("method"), path, status["code"],
+                             (time.perf_counter() - started) * 1000, note[0], extra={"run_id": note[1]})
+
+
+def note_request(scope: Scope, text: str, run_id: str | None) -> None:
+    """Add what a route did to the request's one log line (instead of a second line)."""
+    scope[LOG_NOTE] = (text, run_id)
 
 
 async def _too_many(send: Any) -> None:

@@ -18,6 +18,7 @@ from starlette.routing import Route
 
 from gateway.api.body import BodyTooLarge, read_limited_body
 from gateway.api.context import GatewayContext
+from gateway.api.middleware import note_request
 from gateway.api.problems import problem
 from gateway.api.urls import as_websocket, called_url, gateway_origin
 from gateway.calls.lifecycle import CallUpdate
@@ -69,7 +70,7 @@ def _path_ids(request: Request, *names: str) -> list[str]:
 
 
 def _which_provider(request: Request) -> str:
-    named = request.query_params.get("provider")
+    named = request.query_params.get("provider") if b"provider" in request.scope.get("query_string", b"") else None
     if named is not None:
         if named not in PROVIDERS:
             raise Refusal(400, f"provider must be one of {', '.join(PROVIDERS)}, not {named[:40]!r}")
@@ -223,12 +224,11 @@ async def status_callback(request: Request) -> Response:
     except Refusal as exc:
         PROVIDER_REQUESTS.labels("unknown", "status", f"refused_{exc.status}").inc()
         return problem(exc.status, exc.detail)
-    RUN_ID.set(applied.record.workflow_run_id)
+    run = applied.record.workflow_run_id
+    RUN_ID.set(run)
     _count(verified, "status", applied.outcome, applied.events)
-    log.info(
-        "%s callback run=%s status=%s outcome=%s events=%s", verified.provider, applied.record.workflow_run_id,
-        update.raw_status, applied.outcome, ",".join(e.type for e in applied.events) or "-",
-    )
+    note_request(request.scope, f"{verified.provider} callback run={run} status={update.raw_status} outcome={applied.outcome}"
+                 f" events={','.join(e.type for e in applied.events) or '-'}", run)
     return Response(status_code=204)
 
 

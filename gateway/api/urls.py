@@ -8,6 +8,7 @@ honoured only from `trusted_proxies`.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from typing import TYPE_CHECKING, Iterable
 
@@ -23,6 +24,13 @@ _HTTP_SCHEME = {"wss": "https", "ws": "http", "https": "https", "http": "http"}
 def _trusted(peer: str | None, proxies: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
     if not peer:
         return False
+    proxies = tuple(proxies)
+    return bool(proxies) and _peer_in(peer, proxies)
+
+
+@functools.lru_cache(maxsize=4096)
+def _peer_in(peer: str, proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
+    """Whether `peer` is inside one of `proxies` (cached: the same few peers call again and again)."""
     try:
         address = ipaddress.ip_address(peer)
     except ValueError:
@@ -42,9 +50,10 @@ def public_origin(conn: HTTPConnection, public_url: str | None, trusted_proxies:
         return public_url
     if public_url == "auto" and tunnel_origin:
         return tunnel_origin
-    scheme = _HTTP_SCHEME.get(conn.url.scheme, "http")
-    host = conn.headers.get("host") or f"{conn.url.hostname}:{conn.url.port}"
-    peer = conn.client.host if conn.client else None
+    scope = conn.scope
+    scheme = _HTTP_SCHEME.get(scope.get("scheme", "http"), "http")
+    host = conn.headers.get("host") or _server_host(scope)
+    peer = (scope.get("client") or (None,))[0]
     if _trusted(peer, trusted_proxies):
         forwarded_proto = conn.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
         forwarded_host = conn.headers.get("x-forwarded-host", "").split(",")[0].strip()
@@ -53,6 +62,15 @@ def public_origin(conn: HTTPConnection, public_url: str | None, trusted_proxies:
         if forwarded_host:
             host = forwarded_host
     return f"{scheme}://{host}"
+
+
+def _server_host(scope: dict) -> str:
+    """`host:port` of the listening socket, for a request without a Host header."""
+    server = scope.get("server") or ("localhost", None)
+    host, port = server[0], server[1]
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{host}:{port}" if port is not None else host
 
 
 def gateway_origin(conn: HTTPConnection, ctx: "GatewayContext") -> str:

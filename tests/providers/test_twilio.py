@@ -327,6 +327,34 @@ def test_verify_never_raises(url: str, body: bytes, signature: str | None, setti
     assert_no_secret(verdict)
 
 
+_field_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)
+
+
+@settings(max_examples=400)
+@given(
+    host=st.sampled_from(["gw.example.com", "gw.example.com:443", "gw.example.com:8443", "127.0.0.1:8000", "[::1]:9000"]),
+    scheme=st.sampled_from(["https", "http"]),
+    path=st.from_regex(r"/[A-Za-z0-9/._~-]{0,30}", fullmatch=True),
+    query=st.sampled_from(["", "?provider=twilio", "?a=1&a=2", "?x=%20y"]),
+    form=st.dictionaries(_field_text, st.lists(_field_text, max_size=3), max_size=6),
+    signer=st.sampled_from(["as called", "without port", "with port", "other token", "other form"]),
+)
+def test_verdict_agrees_with_the_sdk(host: str, scheme: str, path: str, query: str, form: dict[str, list[str]], signer: str) -> None:
+    """Whatever path the check takes (the one-HMAC shortcut or the SDK's full check), it
+    accepts exactly what the twilio package's own `validate` accepts."""
+    url = f"{scheme}://{host}{path}{query}"
+    bare = url.replace(":443", "").replace(":8443", "").replace(":8000", "").replace(":9000", "")
+    signed_over = {"as called": url, "without port": bare, "with port": url if bare != url else bare.replace(host, host + ":443", 1)}
+    if signer == "other token":
+        signature = sign(url, form, token=TOKEN + "x")
+    elif signer == "other form":
+        signature = sign(url, {**form, "Injected": ["1"]})
+    else:
+        signature = sign(signed_over[signer], form)
+    expected = RequestValidator(TOKEN).validate(url, _Multi(form), signature)
+    assert verify_twilio_signature(TOKEN, url, form, b"", signature).ok == expected
+
+
 # --- parse_twilio_callback --------------------------------------------------------------------
 
 CALL_SID = "CA" + "0123456789abcdef" * 2
