@@ -46,7 +46,6 @@ import platform
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -565,7 +564,7 @@ class Run:
         spy = shutil.which("py-spy") or str(Path(PY).parent / "py-spy")
         argv = [spy, "record", "--pid", str(pid), "--rate", str(self.args.profile_rate), "--format", "raw",
                 "--threads", "--nonblocking", "-o", str(target / f"{self.label}.txt"),
-                "--duration", str(int(self.args.duration + 5))]
+                "--duration", str(int(self.args.duration + 5))] + (["--gil"] if self.args.profile_gil else [])
         return subprocess.Popen(argv, stdout=open(target / f"{self.label}.log", "ab"), stderr=subprocess.STDOUT)
 
     @staticmethod
@@ -837,6 +836,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wait-quiet-max", type=float, default=120.0, help="...but at most this many seconds")
     parser.add_argument("--profile", metavar="DIR", help="py-spy record the (first) gateway into DIR during each run")
     parser.add_argument("--profile-rate", type=int, default=100, help="py-spy samples per second")
+    parser.add_argument("--profile-gil", action="store_true",
+                        help="sample only the thread holding the GIL (Python CPU, without I/O waits)")
     parser.add_argument("--gateway-root", metavar="DIR", help="run the gateway package found in DIR (A/B runs)")
     parser.add_argument("--json", metavar="PATH", help="write every result as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, databases)")

@@ -46,7 +46,7 @@ def create_app(config: GatewayConfig, *, store: Store | None = None) -> Starlett
     worker = DeliveryWorker(
         store, config.webhooks, config.secret_values(),
         settings=WorkerSettings(
-            concurrency=config.delivery.concurrency, lease_seconds=config.delivery.lease_seconds,
+            concurrency=config.delivery.concurrency, prefetch=config.delivery.prefetch, lease_seconds=config.delivery.lease_seconds,
             poll_seconds=config.delivery.poll_seconds, disable_after_failures=config.delivery.disable_after_failures,
             disable_after_seconds=config.delivery.disable_after_seconds,
         ),

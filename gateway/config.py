@@ -90,6 +90,7 @@ class DeliveryConfig(_Model):
     """The webhook delivery engine."""
 
     concurrency: int = Field(8, ge=1, le=256)  # in-flight attempts per subscription
+    prefetch: int = Field(4, ge=1, le=64)  # rows claimed ahead per subscription: prefetch x concurrency
     lease_seconds: float = Field(0, ge=0)  # 0: the subscription's timeout + 30 s
     poll_seconds: float = Field(1.0, gt=0, le=60)
     disable_after_failures: int = Field(50, ge=1)  # consecutive failed attempts...

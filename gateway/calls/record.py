@@ -18,7 +18,9 @@ def isoformat(value: datetime | None) -> str | None:
     """RFC 3339 text with a `Z`, or None."""
     if value is None:
         return None
-    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    if value.tzinfo is not timezone.utc:
+        value = value.astimezone(timezone.utc)
+    return value.isoformat().replace("+00:00", "Z")
 
 
 @dataclass

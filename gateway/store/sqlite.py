@@ -49,7 +49,11 @@ T = TypeVar("T")
 
 
 def _ts(value: datetime | None) -> str | None:
-    return None if value is None else value.astimezone(timezone.utc).isoformat(timespec="microseconds")
+    if value is None:
+        return None
+    if value.tzinfo is not timezone.utc:  # every time the gateway makes is already aware UTC
+        value = value.astimezone(timezone.utc)
+    return value.isoformat(timespec="microseconds")
 
 
 def _parse_ts(value: str | None) -> datetime | None:

@@ -43,6 +43,7 @@ class WorkerSettings:
     disable_after_failures: int = 50
     disable_after_seconds: float = 3600.0
     claim_limit: int = 200
+    prefetch: int = 4  # rows claimed per subscription: up to prefetch x concurrency (see DeliveryWorker)
 
 
 def delivery_context(event: Event, call: CallRecord | None, secrets_available: bool = True) -> dict[str, Any]:
@@ -90,7 +91,16 @@ def uses_template_context(subscription: Subscription) -> bool:
 
 
 class DeliveryWorker:
-    """One per process; `start()` in the app's lifespan, `stop()` on shutdown."""
+    """One per process; `start()` in the app's lifespan, `stop()` on shutdown.
+
+    A subscription has at most `concurrency` attempts on the wire. The worker claims up to
+    `prefetch` times that many rows, so that the next rows are at hand when a slot frees
+    instead of one store round trip (a commit) away; under load that round trip, not the
+    endpoint, would cap throughput. A claimed row waits for a slot only while its lease can
+    still cover a whole attempt; one that cannot is not sent and falls due again when its
+    lease ends (nothing is sent twice). Prefetch needs that slack: with a lease shorter than
+    the timeout + 10 s, the worker claims only what it can send at once.
+    """
 
     def __init__(
         self,
@@ -114,7 +124,11 @@ class DeliveryWorker:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self.lease_seconds = self.settings.lease_seconds or (max((s.timeout for s in subscriptions), default=30) + 30)
         self.disabled: set[str] = set()
-        self.inflight: dict[str, int] = {name: 0 for name in self.subscriptions}
+        self.inflight: dict[str, int] = {name: 0 for name in self.subscriptions}  # claimed, not yet answered
+        self._slots = {name: asyncio.Semaphore(self.settings.concurrency) for name in self.subscriptions}
+        self._claim_room = {name: self.settings.concurrency * (self.settings.prefetch if self._can_wait(s) > 0 else 1)
+                            for name, s in self.subscriptions.items()}
+        self.stale_skipped = 0
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop_task: asyncio.Task[Any] | None = None
@@ -148,9 +162,14 @@ class DeliveryWorker:
         self.disabled = {name for name, h in health.items() if h.disabled_at is not None}
 
     # -- the loop -------------------------------------------------------------------------
+    def _can_wait(self, subscription: Subscription) -> float:
+        """How long a claimed row may wait for a slot and still finish its attempt within the lease."""
+        slack = self.lease_seconds - subscription.timeout - 5.0
+        return slack if slack >= 5.0 else 0.0
+
     def _capacity(self) -> dict[str, int]:
         return {
-            name: self.settings.concurrency - self.inflight.get(name, 0)
+            name: self._claim_room[name] - self.inflight.get(name, 0)
             for name, sub in self.subscriptions.items()
             if sub.enabled and name not in self.disabled
         }
@@ -166,9 +185,10 @@ class DeliveryWorker:
             except StoreError as exc:
                 log.error("claiming deliveries failed: %s", exc)
                 claimed = []
+            claimed_at = self.clock()
             for delivery in claimed:
                 self.inflight[delivery.subscription] = self.inflight.get(delivery.subscription, 0) + 1
-                task = asyncio.ensure_future(self._deliver(delivery))
+                task = asyncio.ensure_future(self._deliver(delivery, claimed_at))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
             if len(claimed) >= self.settings.claim_limit:
@@ -182,12 +202,22 @@ class DeliveryWorker:
         self.inflight[subscription] = max(0, self.inflight.get(subscription, 1) - 1)
         self._wake.set()
 
-    async def _deliver(self, delivery: Delivery) -> None:
+    async def _deliver(self, delivery: Delivery, claimed_at: float) -> None:
         RUN_ID.set(delivery.workflow_run_id)  # this task's log lines name the call
         released = False
         try:
             try:
-                result = await self._attempt(delivery)
+                slots = self._slots.get(delivery.subscription)
+                if slots is None:  # no longer configured: recorded as failed without sending
+                    result = await self._attempt(delivery)
+                else:
+                    async with slots:
+                        can_wait = self._can_wait(self.subscriptions[delivery.subscription])
+                        if can_wait and self.clock() - claimed_at > can_wait:
+                            self.stale_skipped += 1
+                            log.debug("delivery %s waited past its lease slack; it falls due again", delivery.id)
+                            return
+                        result = await self._attempt(delivery)
                 DELIVERIES.labels(delivery.subscription, result.status).inc()
                 if result.attempt.latency_ms is not None:
                     ATTEMPT_LATENCY.labels(delivery.subscription).observe(result.attempt.latency_ms / 1000)

@@ -1,0 +1,93 @@
+"""The delivery worker in process, against a real SQLite outbox and a real loopback receiver:
+the per-subscription concurrency limit holds while rows are claimed ahead (prefetch), and a
+claimed row that waited past its lease slack is not sent but falls due again, once."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from support import Receiver
+
+from gateway.calls.lifecycle import CallUpdate
+from gateway.calls.states import CallState
+from gateway.events.fanout import EventFanout, Route
+from gateway.store.sqlite import SQLiteStore
+from gateway.webhooks.subscription import Subscription
+from gateway.webhooks.worker import DeliveryWorker, WorkerSettings
+
+
+def _subscription(receiver: Receiver, timeout: float = 5) -> Subscription:
+    return Subscription.model_validate({
+        "name": "crm", "events": ["call.*"], "url": receiver.url + "/hooks/{{workflow_run_id}}",
+        "signing": {"scheme": "none"}, "timeout": timeout, "allow_networks": ["127.0.0.0/8"],
+    })
+
+
+async def _outbox(tmp_path: Path, worker_of) -> tuple[SQLiteStore, DeliveryWorker]:
+    store = SQLiteStore(str(tmp_path / "gateway.db"))
+    worker = worker_of(store)
+    store.set_fanout(EventFanout([Route("crm", ("call.*",), True)]), worker.wake)
+    await store.open()
+    await worker.start()
+    return store, worker
+
+
+async def _ring(store: SQLiteStore, n: int) -> None:
+    for i in range(n):
+        update = CallUpdate(provider="twilio", provider_call_id=f"CA{i:032d}", raw_status="ringing", state=CallState.RINGING)
+        await store.apply_update(update, run_id=f"run-{i}")
+
+
+def _most_at_once(requests: list[dict], hold: float) -> int:
+    starts = sorted(r["at"] for r in requests)
+    return max(sum(1 for other in starts if start <= other < start + hold) for start in starts)
+
+
+async def test_concurrency_limit_holds_while_rows_are_claimed_ahead(tmp_path: Path) -> None:
+    hold = 0.25
+    with Receiver(lambda n, path: (200, {}, b"{}", hold)) as receiver:
+        store, worker = await _outbox(tmp_path, lambda store: DeliveryWorker(
+            store, [_subscription(receiver)], {}, settings=WorkerSettings(concurrency=3, prefetch=4, poll_seconds=0.2)))
+        try:
+            await _ring(store, 18)
+            claimed_ahead = 0
+            deadline = time.monotonic() + 20
+            while len(receiver.requests) < 18 and time.monotonic() < deadline:
+                claimed_ahead = max(claimed_ahead, worker.inflight["crm"])
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(hold + 0.2)
+        finally:
+            await worker.stop()
+            await store.close()
+    requests = receiver.requests
+    assert sorted(r["path"] for r in requests) == sorted(f"/hooks/run-{i}" for i in range(18))  # each once
+    assert _most_at_once(requests, hold) == 3  # never more than the limit on the wire, and the limit is used
+    assert claimed_ahead > 3  # rows were at hand beyond the slots (prefetch)
+
+
+async def test_a_row_that_waited_past_its_lease_slack_is_not_sent_and_falls_due_again(tmp_path: Path) -> None:
+    skew = [0.0]  # the worker's clock runs ahead of the real one by this much
+    with Receiver(lambda n, path: (200, {}, b"{}", 0.5 if n == 0 else 0.0)) as receiver:
+        store, worker = await _outbox(tmp_path, lambda store: DeliveryWorker(
+            store, [_subscription(receiver, timeout=5)], {}, clock=lambda: time.time() + skew[0],
+            settings=WorkerSettings(concurrency=1, prefetch=4, lease_seconds=60, poll_seconds=0.1)))
+        try:
+            await _ring(store, 3)
+            while not receiver.requests:  # the first row is on the wire, two more wait for the slot
+                await asyncio.sleep(0.01)
+            skew[0] += 55  # they have now waited longer than 60 - 5 - 5 s (past the lease slack), leases still on
+            deadline = time.monotonic() + 5
+            while worker.stale_skipped < 2 and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            assert worker.stale_skipped == 2 and len(receiver.requests) == 1  # skipped, not sent
+            skew[0] += 10  # their leases end: due again, claimed again, sent once each
+            deadline = time.monotonic() + 10
+            while len(receiver.requests) < 3 and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.3)
+        finally:
+            await worker.stop()
+            await store.close()
+    assert sorted(r["path"] for r in receiver.requests) == ["/hooks/run-0", "/hooks/run-1", "/hooks/run-2"]
