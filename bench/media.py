@@ -6,6 +6,8 @@ Run by hand:
         --repeat 3 --before /tmp/old-tree                     # side by side: ratios that survive noise
     .venv/bin/python bench/media.py --calls 60,80,100 --targets bridge   # capacity of one worker
     .venv/bin/python bench/media.py --profile 70              # py-spy profile of the bridge at 70 calls
+    .venv/bin/python bench/media.py --calls 30 --targets reference,bridge --together --agent-audio mulaw/8000
+                                                              # the bridge without transcoding: its cost by difference
 
 On a shared machine, wait for quiet (`--quiet`, on by default) and prefer `--together`: targets
 that run side by side see the same interference, so their ratio holds when absolute numbers
@@ -427,7 +429,8 @@ class Process:
                 self.proc.wait()
 
 
-def gateway_config(workdir: Path, agent_url: str, *, recording: bool = False) -> Path:
+def gateway_config(workdir: Path, agent_url: str, *, recording: bool = False,
+                   agent_audio: tuple[str, int] = ("pcm16", 16000)) -> Path:
     import yaml
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -437,7 +440,7 @@ def gateway_config(workdir: Path, agent_url: str, *, recording: bool = False) ->
         "api_key": "bench-api-key",
         "secret_key": "bench-secret-key",
         "providers": {"twilio": {"account_sid": TWILIO_SID, "auth_token": TWILIO_TOKEN, "api_base_url": "http://127.0.0.1:9"}},
-        "agent": {"url": agent_url, "audio": {"encoding": "pcm16", "sample_rate": 16000}},
+        "agent": {"url": agent_url, "audio": {"encoding": agent_audio[0], "sample_rate": agent_audio[1]}},
         "recording": recording,
     }
     path = workdir / "gateway.yaml"
@@ -456,6 +459,7 @@ class Options:
     server_cpus: set[int] | None = None  # --pin: the server alone on CPU 0, agent and load generator on the rest
     load_cpus: set[int] | None = None
     server_env: dict[str, str] | None = None  # extra environment of the gateway processes (experiments)
+    agent_audio: tuple[str, int] = ("pcm16", 16000)  # mulaw/8000: no transcoding (what it costs, by difference)
     native_profile: bool = False
     quiet_wait: float = 300.0
 
@@ -497,7 +501,7 @@ def run_targets(targets: list[str], calls: int, options: Options, workdir: Path,
             port = ports[target] = free_port()
             if target.startswith("bridge"):
                 external = target in EXTERNAL_AGENT
-                config = gateway_config(workdir / target, agent_url if external else "echo",
+                config = gateway_config(workdir / target, agent_url if external else "echo", agent_audio=options.agent_audio,
                                         recording=target == "bridge-recording")
                 server = Process(f"gateway-{target}", [PYTHON, "-m", "gateway.cli", "serve", "--config", str(config),
                                                        "--host", "127.0.0.1", "--port", str(port)], workdir,
@@ -668,6 +672,8 @@ def main() -> None:
                         help="run the targets side by side, `calls` calls each, under one load generator")
     parser.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
                         help="extra environment for the gateway processes (experiments)")
+    parser.add_argument("--agent-audio", default="pcm16/16000", metavar="ENCODING/RATE",
+                        help="the agent's audio format (mulaw/8000: the bridge without transcoding, to cost it)")
     parser.add_argument("--pin", action="store_true", help="server on CPU 0; agent and load generator on the other CPUs")
     parser.add_argument("--repeat", type=int, default=1, help="run every (calls, target) this many times, interleaved")
     parser.add_argument("--quiet", type=float, default=15.0, metavar="PERCENT",
@@ -677,6 +683,8 @@ def main() -> None:
                       quiet_percent=args.quiet, before=args.before.resolve() if args.before else None)
     options.server_env = dict(item.split("=", 1) for item in args.server_env) or None
     options.native_profile = args.native
+    encoding, _, rate = args.agent_audio.partition("/")
+    options.agent_audio = (encoding, int(rate))
     if args.pin and (os.cpu_count() or 1) > 1:
         options.server_cpus, options.load_cpus = {0}, set(range(1, os.cpu_count() or 2))
     import uvicorn
