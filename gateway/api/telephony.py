@@ -84,7 +84,8 @@ def _which_provider(request: Request) -> str:
 
 def _twilio_fields(request: Request, body: bytes) -> tuple[dict[str, list[str]] | None, dict[str, list[str]]]:
     """(form to sign over, fields to read). JSON bodies are signed through `bodySHA256`."""
-    query = parse_qs(request.scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+    raw_query = request.scope.get("query_string", b"")
+    query = parse_qs(raw_query.decode("latin-1"), keep_blank_values=True) if raw_query else {}
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if request.method == "GET" or not body:
         return {}, query

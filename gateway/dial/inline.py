@@ -81,7 +81,9 @@ def subscriptions(campaign: Campaign, settings: InlineSettings) -> list[Subscrip
 
 
 class SubscriptionHost(Protocol):
-    subscriptions: dict[str, Subscription]
+    def add_subscription(self, subscription: Subscription) -> None: ...
+
+    def remove_subscription(self, name: str) -> None: ...
 
     def wake(self) -> None: ...
 
@@ -98,7 +100,7 @@ class InlineRegistry:
             return []
         names = []
         for subscription in subscriptions(campaign, self.settings):
-            self.worker.subscriptions[subscription.name] = subscription
+            self.worker.add_subscription(subscription)
             names.append(subscription.name)
         if names:
             self.worker.wake()
@@ -108,4 +110,4 @@ class InlineRegistry:
         if self.worker is None:
             return
         for hook in HOOKS:
-            self.worker.subscriptions.pop(subscription_name(campaign.id, hook), None)
+            self.worker.remove_subscription(subscription_name(campaign.id, hook))

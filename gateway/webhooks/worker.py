@@ -114,8 +114,8 @@ class DeliveryWorker:
         rand: Callable[[], float] = random.random,
     ) -> None:
         self.store = store
-        self.subscriptions = {s.name: s for s in subscriptions}
-        self._needs_call = {s.name: uses_template_context(s) for s in subscriptions}
+        self.subscriptions: dict[str, Subscription] = {}
+        self._needs_call: dict[str, bool] = {}
         self.secrets = dict(secrets)
         self.settings = settings or WorkerSettings()
         self.clients = clients or EndpointClients()
@@ -124,11 +124,12 @@ class DeliveryWorker:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self.lease_seconds = self.settings.lease_seconds or (max((s.timeout for s in subscriptions), default=30) + 30)
         self.disabled: set[str] = set()
-        self.inflight: dict[str, int] = {name: 0 for name in self.subscriptions}  # claimed, not yet answered
-        self._slots = {name: asyncio.Semaphore(self.settings.concurrency) for name in self.subscriptions}
-        self._claim_room = {name: self.settings.concurrency * (self.settings.prefetch if self._can_wait(s) > 0 else 1)
-                            for name, s in self.subscriptions.items()}
+        self.inflight: dict[str, int] = {}  # claimed, not yet answered
+        self._slots: dict[str, asyncio.Semaphore] = {}
+        self._claim_room: dict[str, int] = {}
         self.stale_skipped = 0
+        for subscription in subscriptions:
+            self.add_subscription(subscription)
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop_task: asyncio.Task[Any] | None = None
@@ -152,6 +153,20 @@ class DeliveryWorker:
         except StoreError as exc:
             log.warning("could not release delivery leases: %s", exc)
         await self.clients.aclose()
+
+    def add_subscription(self, subscription: Subscription) -> None:
+        """Deliver to `subscription` from now on (a campaign's inline webhooks come and go)."""
+        name = subscription.name
+        self.subscriptions[name] = subscription
+        self._needs_call[name] = uses_template_context(subscription)
+        self.inflight.setdefault(name, 0)
+        self._slots.setdefault(name, asyncio.Semaphore(self.settings.concurrency))
+        self._claim_room[name] = self.settings.concurrency * (self.settings.prefetch if self._can_wait(subscription) else 1)
+
+    def remove_subscription(self, name: str) -> None:
+        """Stop claiming for `name`; rows already claimed finish (as no longer configured)."""
+        self.subscriptions.pop(name, None)
+        self._claim_room.pop(name, None)
 
     def wake(self) -> None:
         """New deliveries were queued (called on the loop by the store)."""
@@ -207,12 +222,12 @@ class DeliveryWorker:
         released = False
         try:
             try:
-                slots = self._slots.get(delivery.subscription)
-                if slots is None:  # no longer configured: recorded as failed without sending
+                subscription = self.subscriptions.get(delivery.subscription)
+                if subscription is None:  # no longer configured: recorded as failed without sending
                     result = await self._attempt(delivery)
                 else:
-                    async with slots:
-                        can_wait = self._can_wait(self.subscriptions[delivery.subscription])
+                    async with self._slots[delivery.subscription]:
+                        can_wait = self._can_wait(subscription)
                         if can_wait and self.clock() - claimed_at > can_wait:
                             self.stale_skipped += 1
                             log.debug("delivery %s waited past its lease slack; it falls due again", delivery.id)
