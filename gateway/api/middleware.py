@@ -1,5 +1,6 @@
 """ASGI middleware at the edge: one log line per request outcome (a route may add what it did
-to it with `note_request`), and the per-IP rate limit on provider routes. Pure ASGI (no per-request Starlette objects)."""
+to it with `note_request`), and the per-IP rate limit on provider routes. Pure ASGI (no
+per-request Starlette objects)."""
 
 from __future__ import annotations
 
