@@ -13,9 +13,9 @@ import base64
 import hashlib
 import hmac
 import re
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
-from collections.abc import Mapping, Sequence
 from urllib.parse import parse_qs, urlsplit
 
 from twilio.request_validator import (

@@ -24,11 +24,11 @@ from gateway.events.envelope import Event
 from gateway.logs import RUN_ID
 from gateway.metrics import ATTEMPT_LATENCY, DELIVERIES
 from gateway.store.base import AttemptRecord, Delivery, DeliveryResult, Store, StoreError
+from gateway.tasks import finish_tasks
 from gateway.webhooks.clients import EndpointClients
 from gateway.webhooks.policy import Outcome, map_response, next_delay
 from gateway.webhooks.sender import AttemptResult, RequestBuildError, build_request, send_attempt
 from gateway.webhooks.subscription import Subscription
-from gateway.tasks import finish_tasks
 
 log = logging.getLogger("gateway.webhooks")
 
@@ -126,7 +126,6 @@ class DeliveryWorker:
         self.disabled: set[str] = set()
         self.inflight: dict[str, int] = {}  # claimed, not yet answered
         self._slots: dict[str, asyncio.Semaphore] = {}
-        self._claim_room: dict[str, int] = {}
         self.stale_skipped = 0
         for subscription in subscriptions:
             self.add_subscription(subscription)
@@ -161,12 +160,10 @@ class DeliveryWorker:
         self._needs_call[name] = uses_template_context(subscription)
         self.inflight.setdefault(name, 0)
         self._slots.setdefault(name, asyncio.Semaphore(self.settings.concurrency))
-        self._claim_room[name] = self.settings.concurrency * (self.settings.prefetch if self._can_wait(subscription) else 1)
 
     def remove_subscription(self, name: str) -> None:
         """Stop claiming for `name`; rows already claimed finish (as no longer configured)."""
         self.subscriptions.pop(name, None)
-        self._claim_room.pop(name, None)
 
     def wake(self) -> None:
         """New deliveries were queued (called on the loop by the store)."""
@@ -184,7 +181,7 @@ class DeliveryWorker:
 
     def _capacity(self) -> dict[str, int]:
         return {
-            name: self._claim_room[name] - self.inflight.get(name, 0)
+            name: self.settings.concurrency * (self.settings.prefetch if self._can_wait(sub) else 1) - self.inflight.get(name, 0)
             for name, sub in self.subscriptions.items()
             if sub.enabled and name not in self.disabled
         }
