@@ -11,7 +11,10 @@ import asyncio
 import contextlib
 import os
 import uuid
-from typing import AsyncIterator
+from typing import TYPE_CHECKING, AsyncIterator
+
+if TYPE_CHECKING:
+    from gateway.store.base import Store
 
 DEFAULT_URL = "postgresql://gateway:gateway@127.0.0.1:5432/gateway_test"
 POSTGRES_URL = os.environ.get("GATEWAY_TEST_POSTGRES_URL", DEFAULT_URL)
@@ -55,3 +58,23 @@ async def postgres_schema_url() -> AsyncIterator[str]:
             await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         finally:
             await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def open_store(backend: str, sqlite_path: str) -> AsyncIterator["Store"]:
+    """An opened store of `backend` ("sqlite": a file at `sqlite_path`; "postgresql": a fresh
+    schema), closed (and the schema dropped) afterwards."""
+    from gateway.store import SQLiteStore
+
+    async with contextlib.AsyncExitStack() as stack:
+        if backend == "sqlite":
+            store: Store = SQLiteStore(sqlite_path)
+        else:
+            from gateway.store.postgres import PostgresStore
+
+            store = PostgresStore(await stack.enter_async_context(postgres_schema_url()))
+        await store.open()
+        try:
+            yield store
+        finally:
+            await store.close()

@@ -19,28 +19,14 @@ from gateway.dial.inline import InlineRegistry, InlineSettings
 from gateway.dial.runner import CampaignRunner, RunnerSettings
 from gateway.dial.spec import parse_campaign
 from gateway.providers.twilio_rest import TwilioRest
-from gateway.store import SQLiteStore
-from postgres_support import BACKENDS, postgres_schema_url
+from postgres_support import BACKENDS, open_store
 from support import TWILIO_SID, TWILIO_TOKEN
 
 
 @pytest.fixture(params=BACKENDS)
 async def store(request, tmp_path):
-    if request.param == "sqlite":
-        backend = SQLiteStore(str(tmp_path / "gateway.db"))
-        await backend.open()
+    async with open_store(request.param, str(tmp_path / "gateway.db")) as backend:
         yield backend
-        await backend.close()
-        return
-    from gateway.store.postgres import PostgresStore
-
-    async with postgres_schema_url() as url:
-        backend = PostgresStore(url)
-        await backend.open()
-        try:
-            yield backend
-        finally:
-            await backend.close()
 
 
 @pytest.fixture

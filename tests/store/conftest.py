@@ -4,26 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.store import SQLiteStore
-from postgres_support import BACKENDS, postgres_schema_url
+from postgres_support import BACKENDS, open_store
 
 
 @pytest.fixture(params=BACKENDS)
 async def store(request, tmp_path):
-    if request.param == "sqlite":
-        backend = SQLiteStore(str(tmp_path / "gateway.db"))
-        await backend.open()
-        try:
-            yield backend
-        finally:
-            await backend.close()
-        return
-    from gateway.store.postgres import PostgresStore
-
-    async with postgres_schema_url() as url:
-        backend = PostgresStore(url)
-        await backend.open()
-        try:
-            yield backend
-        finally:
-            await backend.close()
+    async with open_store(request.param, str(tmp_path / "gateway.db")) as backend:
+        yield backend

@@ -7,12 +7,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import xml.etree.ElementTree as ET
 
 import httpx
 
-from support import ROOT, TWILIO_SID, GatewayProcess, base_config, free_port, twilio_signature
+from support import ROOT, TWILIO_SID, GatewayProcess, base_config, free_port, twilio_signature, wait_until
 
 HOST = "quiet-river-stone-path.trycloudflare.com"
 
@@ -46,16 +45,6 @@ def test_dry_run_prints_the_exact_command(tmp_path):
     assert result.stdout.strip() == "cloudflared tunnel --url http://localhost:8123 --metrics 127.0.0.1:20241"
 
 
-def wait_for(predicate, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not reached")
-
-
 def test_make_tunnel_then_the_gateway_finds_it_by_itself(tmp_path, cloudflared_binary):
     """`gateway tunnel` runs cloudflared (a stand-in on PATH); a `gateway serve` process with
     `public_url: auto` finds the hostname through the metrics server, and through the log file."""
@@ -71,10 +60,10 @@ def test_make_tunnel_then_the_gateway_finds_it_by_itself(tmp_path, cloudflared_b
         env=environ, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     gateways: list[GatewayProcess] = []
     try:
-        wait_for(lambda: args_file.exists() and args_file.read_text())
+        wait_until(lambda: args_file.exists() and args_file.read_text(), timeout=15.0)
         assert json.loads(args_file.read_text()) == [
             "tunnel", "--url", f"http://localhost:{gateway_port}", "--metrics", f"127.0.0.1:{metrics_port}"]
-        wait_for(lambda: log_file.exists() and HOST in log_file.read_text())
+        wait_until(lambda: log_file.exists() and HOST in log_file.read_text(), timeout=15.0)
 
         config = base_config(tmp_path, public_url="auto", tunnel={"metrics": [f"127.0.0.1:{metrics_port}"]})
         gateway = GatewayProcess(tmp_path, config, port=gateway_port).start()
