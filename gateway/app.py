@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+from pathlib import Path
 from typing import AsyncIterator
 
 from starlette.applications import Starlette
@@ -22,6 +24,7 @@ from gateway.api.problems import problem
 from gateway.config import ConfigError, GatewayConfig, with_dev_secrets
 from gateway.dial.setup import DialSetupError, build_dial_services
 from gateway.events.fanout import EventFanout, Route
+from gateway.media.recording import RECORDINGS_DIR, sweep_recordings
 from gateway.store import Store, open_store_for
 from gateway.tunnel import detector_for
 from gateway.webhooks.worker import DeliveryWorker, WorkerSettings
@@ -72,12 +75,15 @@ def create_app(config: GatewayConfig, *, store: Store | None = None) -> Starlett
         if ctx.tunnel is not None:
             await ctx.tunnel.start()
         await dial.start()
+        sweeper = asyncio.create_task(sweep_recordings(Path(config.data_dir) / RECORDINGS_DIR), name="recording-sweeper")
         log.info("gateway ready: store=%s agent=%s providers=%s webhooks=%d", config.store, config.agent.url,
                  ",".join(name for name in ("twilio", "vonage") if getattr(config.providers, name)) or "none",
                  len(config.webhooks))
         try:
             yield
         finally:
+            sweeper.cancel()
+            await asyncio.gather(sweeper, return_exceptions=True)
             await dial.stop()
             if ctx.tunnel is not None:
                 await ctx.tunnel.stop()

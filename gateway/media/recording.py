@@ -5,20 +5,27 @@ The media path only appends the provider's own frames to two in-memory channels
 sample clock; agent audio is placed at the time the provider plays it, and silence fills
 the rest. Five times a second `CallRecorder` converts the settled part to 16 kHz PCM16
 stereo (`StereoConverter`), and every two seconds a worker thread appends what has piled up
-to `<run>.wav.part` (`WavFile`); at the end the header is finalized and the file renamed to
-`<run>.wav`. The event loop never waits on the disk.
+to the session's own `<run>.wav.<id>.part` (`WavFile`); at the end the header is finalized and
+the file published as `<run>.wav` (`publish_recording`). A call with a second media session
+(a stream restarted mid-call) gets the second session appended to the first, not written over
+it. A `.part` left by a process that died mid-call is repaired and published by
+`recover_recordings`, which the gateway runs at start and every minute. The event loop never
+waits on the disk.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
+import struct
 import time
+import uuid
 import wave
 from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, BinaryIO, Callable, Sequence
 
 import numpy as np
 
@@ -186,12 +193,109 @@ class StereoConverter:
         return frames.tobytes()
 
 
+_WAV_HEADER_BYTES = 44  # what `wave` writes for PCM: RIFF, fmt (16 bytes), data
+_STEREO_FRAME_BYTES = 4
+_COPY_FRAMES = 1 << 16
+
+
+def _published_name(partial: Path) -> Path:
+    """`<run>.wav.<id>.part` (or the older `<run>.wav.part`) -> `<run>.wav`."""
+    name = partial.name
+    return partial.with_name(name[: name.rindex(".wav.") + 4])
+
+
+def publish_recording(partial: Path, path: Path) -> int:
+    """Make the finished WAV `partial` the call's recording at `path`; the frames now in `path`.
+
+    The first session's file is renamed into place. A later session of the same call is
+    appended to what is there (through a temporary file and an atomic rename, so a reader
+    never sees half a file). Blocking: run it on the recording thread.
+    """
+    if not path.exists():
+        os.replace(partial, path)
+        with wave.open(str(path)) as done:
+            return done.getnframes()
+    merged = path.with_name(f"{path.name}.{uuid.uuid4().hex[:12]}.merge")
+    try:
+        frames = 0
+        with wave.open(str(merged), "wb") as out:
+            out.setnchannels(2)
+            out.setsampwidth(2)
+            out.setframerate(RECORDING_FORMAT.sample_rate)
+            for source in (path, partial):
+                with wave.open(str(source)) as wav:
+                    if (wav.getnchannels(), wav.getsampwidth(), wav.getframerate()) != (2, 2, RECORDING_FORMAT.sample_rate):
+                        raise ValueError(f"{source.name} is not 16 kHz stereo PCM16")
+                    while chunk := wav.readframes(_COPY_FRAMES):
+                        out.writeframesraw(chunk)
+                        frames += len(chunk) // _STEREO_FRAME_BYTES
+        os.replace(merged, path)
+    finally:
+        merged.unlink(missing_ok=True)
+    partial.unlink()
+    return frames
+
+
+def repair_partial(partial: Path) -> int:
+    """Fix the header of a `.part` whose writer died (its sizes say only the first write); the frames.
+
+    Only a file with the header `WavFile` writes is touched; a torn last frame is cut off.
+    """
+    with open(partial, "r+b") as f:
+        head = f.read(_WAV_HEADER_BYTES)
+        if (len(head) < _WAV_HEADER_BYTES or head[:4] != b"RIFF" or head[8:16] != b"WAVEfmt "
+                or struct.unpack("<I", head[16:20])[0] != 16 or head[36:40] != b"data"
+                or struct.unpack("<HHI", head[20:28]) != (1, 2, RECORDING_FORMAT.sample_rate)):
+            raise ValueError(f"{partial.name} is not a recording this gateway wrote")
+        size = f.seek(0, os.SEEK_END) - _WAV_HEADER_BYTES
+        data = size - size % _STEREO_FRAME_BYTES
+        f.truncate(_WAV_HEADER_BYTES + data)
+        f.seek(4)
+        f.write(struct.pack("<I", 36 + data))
+        f.seek(40)
+        f.write(struct.pack("<I", data))
+    return data // _STEREO_FRAME_BYTES
+
+
+def recover_recordings(directory: Path, *, idle_seconds: float = 30.0, now: Callable[[], float] = time.time) -> list[Path]:
+    """Publish the `.part` files nobody has written for `idle_seconds` (their writer died).
+
+    A live recording is appended to every two seconds, so an idle one is abandoned. Each is
+    repaired and published like a finished session (appended to an existing recording of the
+    same call). A file that cannot be recovered is left in place and logged. Blocking: run it
+    on the recording thread. Returns the recordings written.
+    """
+    recovered: list[Path] = []
+    try:
+        candidates = sorted(directory.glob("*.wav*.part"))
+    except OSError:
+        return recovered
+    for partial in candidates:
+        try:
+            if now() - partial.stat().st_mtime < idle_seconds:
+                continue
+            frames = repair_partial(partial)
+            path = _published_name(partial)
+            publish_recording(partial, path)
+        except (OSError, ValueError, EOFError, wave.Error) as exc:
+            log.error("could not recover the recording %s: %s", partial.name, exc)
+            continue
+        log.warning("recovered %.1f s of an interrupted recording into %s",
+                    frames / RECORDING_FORMAT.sample_rate, path.name)
+        recovered.append(path)
+    return recovered
+
+
 class WavFile:
-    """A 16 kHz stereo PCM16 WAV written as `<name>.part` and published whole. Blocking: a worker thread's."""
+    """A 16 kHz stereo PCM16 WAV written as `<name>.<id>.part` and published whole. Blocking: a worker thread's.
+
+    Each media session writes its own part file, so two sessions of one call never share one.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.partial = path.with_name(path.name + ".part")
+        self.partial = path.with_name(f"{path.name}.{uuid.uuid4().hex[:12]}.part")
+        self._file: BinaryIO | None = None
         self._wav: wave.Wave_write | None = None
         self.frames = 0
 
@@ -201,37 +305,46 @@ class WavFile:
             return
         if self._wav is None:
             self._open()
-        assert self._wav is not None
+        assert self._wav is not None and self._file is not None
         self._wav.writeframesraw(frames)
+        self._file.flush()  # on disk, not in a buffer, should the process die (`recover_recordings`)
         self.frames += len(frames) // 4
 
     def finish(self, frames: bytes) -> int:
-        """Append the last frames, finalize the header, rename to the published name; the frame count."""
+        """Append the last frames, finalize the header and publish (`publish_recording`); this
+        session's frame count."""
         self.append(frames)
         if self._wav is None:
             self._open()
-        assert self._wav is not None
-        self._wav.close()
-        self._wav = None
-        os.replace(self.partial, self.path)
+        self._close()
+        publish_recording(self.partial, self.path)
         return self.frames
 
     def abort(self) -> None:
         """Give up: close and remove the partial file."""
-        if self._wav is not None:
-            try:
-                self._wav.close()
-            finally:
-                self._wav = None
-        self.partial.unlink(missing_ok=True)
+        try:
+            self._close()
+        finally:
+            self.partial.unlink(missing_ok=True)
 
     def _open(self) -> None:
         self.partial.parent.mkdir(parents=True, exist_ok=True)
-        wav = wave.open(str(self.partial), "wb")
+        self._file = open(self.partial, "wb")
+        wav = wave.open(self._file, "wb")
         wav.setnchannels(2)
         wav.setsampwidth(2)
         wav.setframerate(RECORDING_FORMAT.sample_rate)
         self._wav = wav
+
+    def _close(self) -> None:
+        """Finalize the header and close the file (`wave` leaves a file object it was given open)."""
+        wav, file, self._wav, self._file = self._wav, self._file, None, None
+        try:
+            if wav is not None:
+                wav.close()
+        finally:
+            if file is not None:
+                file.close()
 
 
 _executor: ThreadPoolExecutor | None = None
@@ -243,6 +356,15 @@ def recording_executor() -> Executor:
     if _executor is None:
         _executor = ThreadPoolExecutor(1, thread_name_prefix="recording")
     return _executor
+
+
+async def sweep_recordings(directory: Path, *, every_seconds: float = 60.0, idle_seconds: float = 30.0) -> None:
+    """Run `recover_recordings` on the recording thread now and every `every_seconds`, for ever."""
+    loop = asyncio.get_running_loop()
+    while True:
+        await loop.run_in_executor(recording_executor(), functools.partial(
+            recover_recordings, directory, idle_seconds=idle_seconds))
+        await asyncio.sleep(every_seconds)
 
 
 class CallRecorder:

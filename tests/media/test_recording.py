@@ -9,8 +9,12 @@ import base64
 import contextlib
 import io
 import json
+import logging
+import os
+import shutil
 import time
 import wave
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -21,7 +25,9 @@ import websockets
 
 from gateway.audio import TWILIO_FORMAT, VONAGE_FORMAT
 from gateway.media import signed_url
-from gateway.media.recording import RecordingTimeline, StereoConverter, WavFile, recording_enabled
+from gateway.media.recording import (
+    RecordingTimeline, StereoConverter, WavFile, publish_recording, recover_recordings, recording_enabled,
+)
 from support import TWILIO_SID, twilio_signature
 from media.test_bridge import RUN, WEBHOOK, AgentServer, TwilioClient, admin_call, speech_like, wait_for, vonage_jwt  # noqa: F401
 
@@ -103,6 +109,109 @@ def test_both_channels_are_converted_and_written_as_a_published_stereo_wav(tmp_p
     assert np.abs(data[:, 1]).max() == 0 and np.abs(data[2000:14000, 0]).max() > 6000
     chunked = np.frombuffer(b"".join([StereoConverter(TWILIO_FORMAT).convert(mulaw, b"\xff" * 8000)]), dtype="<i2")
     assert np.array_equal(chunked.reshape(-1, 2)[:, 0], data[:chunked.size // 2, 0])  # stretches join seamlessly
+
+
+def stereo(value: int, frames: int) -> bytes:
+    return np.full((frames, 2), value, dtype="<i2").tobytes()
+
+
+def wav_samples(path) -> np.ndarray:
+    with wave.open(str(path)) as wav:
+        assert (wav.getnchannels(), wav.getsampwidth(), wav.getframerate()) == (2, 2, 16000)
+        return np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2").reshape(-1, 2)
+
+
+def test_a_second_session_of_a_call_is_appended_to_its_recording_not_written_over(tmp_path):
+    path = tmp_path / "rec" / "r.wav"
+    first, second = WavFile(path), WavFile(path)  # a stream restarted while the first was still open
+    assert first.partial != second.partial
+    first.append(stereo(1, 1600))
+    second.append(stereo(2, 800))
+    assert first.finish(stereo(1, 400)) == 2000
+    assert len(wav_samples(path)) == 2000
+    assert second.finish(b"") == 800  # this session's frames
+    samples = wav_samples(path)
+    assert len(samples) == 2800 and (samples[:2000] == 1).all() and (samples[2000:] == 2).all()
+    assert sorted(p.name for p in path.parent.iterdir()) == ["r.wav"]  # no part or merge file left
+    third = WavFile(path)
+    assert third.finish(b"") == 0 and len(wav_samples(path)) == 2800  # an empty session adds nothing
+
+
+def crashed_part(tmp_path, run: str, frames: list[bytes], torn: bytes = b"") -> Path:
+    """The part file a recorder leaves when its process dies: flushed appends, no final header."""
+    live = WavFile(tmp_path / "live" / f"{run}.wav")
+    for chunk in frames:
+        live.append(chunk)
+    part = tmp_path / "recordings" / f"{run}.wav.0123456789ab.part"
+    part.parent.mkdir(exist_ok=True)
+    shutil.copyfile(live.partial, part)  # what is on disk while the writer is still open
+    live.abort()
+    with open(part, "ab") as f:
+        f.write(torn)
+    old = time.time() - 120
+    os.utime(part, (old, old))
+    return part
+
+
+def test_a_recording_whose_process_died_is_repaired_and_published(tmp_path, caplog):
+    part = crashed_part(tmp_path, "run-x", [stereo(3, 3200), stereo(4, 3200)], torn=b"\x01\x02\x03")
+    with wave.open(str(part)) as wav:
+        assert wav.getnframes() == 3200  # the header only knows the first write
+    with caplog.at_level(logging.WARNING, logger="gateway.media"):
+        recovered = recover_recordings(tmp_path / "recordings")
+    path = tmp_path / "recordings" / "run-x.wav"
+    assert recovered == [path] and not part.exists()
+    samples = wav_samples(path)
+    assert len(samples) == 6400 and (samples[:3200] == 3).all() and (samples[3200:] == 4).all()  # the torn frame is cut
+    assert "recovered 0.4 s" in caplog.text and "run-x.wav" in caplog.text
+
+
+def test_a_recovered_session_is_appended_to_the_calls_finished_recording(tmp_path):
+    path = tmp_path / "recordings" / "run-y.wav"
+    earlier = WavFile(path)
+    earlier.finish(stereo(5, 1000))
+    crashed_part(tmp_path, "run-y", [stereo(6, 500)])
+    assert recover_recordings(tmp_path / "recordings") == [path]
+    samples = wav_samples(path)
+    assert len(samples) == 1500 and (samples[:1000] == 5).all() and (samples[1000:] == 6).all()
+
+
+def test_recovery_leaves_live_and_foreign_files_alone(tmp_path, caplog):
+    folder = tmp_path / "recordings"
+    live = WavFile(folder / "run-live.wav")
+    live.append(stereo(7, 100))  # written to just now: its writer is alive
+    garbage = folder / "run-g.wav.0123456789ab.part"
+    garbage.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" + os.urandom(100))
+    truncated = folder / "run-t.wav.0123456789ab.part"
+    truncated.write_bytes(b"RIFF\x24\x00")
+    other_rate = folder / "run-r.wav.0123456789ab.part"
+    with wave.open(str(other_rate), "wb") as wav:
+        wav.setnchannels(2), wav.setsampwidth(2), wav.setframerate(8000)
+        wav.writeframes(stereo(1, 10))
+    old = time.time() - 120
+    for stale in (garbage, truncated, other_rate):
+        os.utime(stale, (old, old))
+    with caplog.at_level(logging.ERROR, logger="gateway.media"):
+        assert recover_recordings(folder) == []
+    assert live.partial.exists() and garbage.exists() and truncated.exists() and other_rate.exists()
+    assert caplog.text.count("could not recover the recording") == 3
+    assert recover_recordings(tmp_path / "absent") == []  # no recordings folder yet: nothing to do
+    live.finish(b"")
+    assert len(wav_samples(folder / "run-live.wav")) == 100
+
+
+def test_publishing_refuses_a_file_of_another_format_and_keeps_both(tmp_path):
+    path = tmp_path / "r.wav"
+    with wave.open(str(path), "wb") as wav:
+        wav.setnchannels(1), wav.setsampwidth(2), wav.setframerate(16000)
+        wav.writeframes(b"\x00\x00" * 10)
+    session = WavFile(path)
+    session.append(stereo(1, 10))
+    session._close()
+    with pytest.raises(ValueError, match="16 kHz stereo"):
+        publish_recording(session.partial, path)
+    assert session.partial.exists() and path.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".merge")] == []
 
 
 def test_signed_links_check_kind_run_and_expiry():
@@ -268,6 +377,36 @@ async def test_links_refuse_tampering_and_expiry_and_say_404_when_absent(gateway
     assert httpx.get(absent).status_code == 404
     absent = f"{server.url}/api/v1/transcripts/run-none.json?expires={future}&signature={signed_url.sign(KEY, 'transcript', 'run-none', future)}"
     assert httpx.get(absent).status_code == 404
+
+
+async def test_a_restarted_stream_adds_to_the_calls_recording(gateway_server, tmp_path):
+    server = gateway_server(recording=True)
+    lengths = []
+    for session in range(2):  # the provider restarts the stream mid-call: two media sessions, one call
+        client = await TwilioClient.open(server)
+        for _ in range(50):
+            await client.media(b"\xff" * 160)
+        await client.receive_json()
+        await client.send({"event": "stop", "stop": {}})
+        await client.ws.wait_closed()
+        call = await wait_for(lambda: (c := admin_call(server)) and
+                              sum(t["kind"] == "media.ended" for t in c["timeline"]) == session + 1 and c)
+        ended = [t for t in call["timeline"] if t["kind"] == "media.ended"][-1]["data"]
+        lengths.append(ended["recording_seconds"])
+        assert "recording_error" not in ended
+    (_, _, rate), data = read_wav(httpx.get(call["media"]["recording_url"]).content)
+    assert lengths[0] >= 1.0 and lengths[1] >= 1.0
+    assert len(data) / rate == pytest.approx(sum(lengths), abs=0.01)  # both sessions, the first kept
+    assert [p.name for p in (tmp_path / "recordings").iterdir()] == [f"{RUN}.wav"]
+
+
+async def test_the_gateway_recovers_an_interrupted_recording_when_it_starts(gateway_server, tmp_path):
+    part = crashed_part(tmp_path, "run-crashed", [stereo(9, 1600)])
+    server = gateway_server(recording=True)
+    path = tmp_path / "recordings" / "run-crashed.wav"
+    await wait_for(lambda: path.exists())
+    assert not part.exists() and len(wav_samples(path)) == 1600
+    assert server.app.state.gateway.config.recording is True
 
 
 async def test_recording_follows_the_workflow_list(gateway_server, tmp_path):
