@@ -288,8 +288,9 @@ class Store(abc.ABC):
         the endpoint's failure streak: one transaction. Returns the endpoint's health."""
 
     @abc.abstractmethod
-    async def release_leases(self, owner: str) -> int:
-        """Give up `owner`'s leases (graceful shutdown); returns how many."""
+    async def release_leases(self, owner: str, delivery_ids: Sequence[str] | None = None) -> int:
+        """Give up `owner`'s leases (graceful shutdown), or only those of `delivery_ids` (rows
+        claimed but not sent, due again at once); returns how many."""
 
     @abc.abstractmethod
     async def list_deliveries(self, *, status: str | None = None, subscription: str | None = None,

@@ -437,9 +437,13 @@ class PostgresStore(PostgresCampaigns, Store):
 
         return await self._tx(tx)
 
-    async def release_leases(self, owner: str) -> int:
+    async def release_leases(self, owner: str, delivery_ids: Sequence[str] | None = None) -> int:
         async def tx(conn: asyncpg.Connection) -> int:
-            status = await conn.execute("UPDATE deliveries SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = $1", owner)
+            sql = "UPDATE deliveries SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = $1"
+            if delivery_ids is None:
+                status = await conn.execute(sql, owner)
+            else:
+                status = await conn.execute(sql + " AND id = ANY($2::text[])", owner, list(delivery_ids))
             return int(status.split()[-1])
 
         return await self._tx(tx)

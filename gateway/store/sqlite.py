@@ -511,10 +511,15 @@ class SQLiteStore(SQLiteCampaigns, Store):
 
         return await self._write(tx)
 
-    async def release_leases(self, owner: str) -> int:
+    async def release_leases(self, owner: str, delivery_ids: Sequence[str] | None = None) -> int:
         def tx(conn: sqlite3.Connection) -> int:
-            return conn.execute("UPDATE deliveries SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = ?",
-                                (owner,)).rowcount
+            sql = "UPDATE deliveries SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = ?"
+            if delivery_ids is None:
+                return conn.execute(sql, (owner,)).rowcount
+            if not delivery_ids:
+                return 0
+            return conn.execute(sql + f" AND id IN ({','.join('?' * len(delivery_ids))})",
+                                (owner, *delivery_ids)).rowcount
 
         return await self._write(tx)
 

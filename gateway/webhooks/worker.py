@@ -217,6 +217,7 @@ class DeliveryWorker:
     async def _deliver(self, delivery: Delivery, claimed_at: float) -> None:
         RUN_ID.set(delivery.workflow_run_id)  # this task's log lines name the call
         released = False
+        stale = False
         try:
             try:
                 subscription = self.subscriptions.get(delivery.subscription)
@@ -225,20 +226,26 @@ class DeliveryWorker:
                 else:
                     async with self._slots[delivery.subscription]:
                         can_wait = self._can_wait(subscription)
-                        if can_wait and self.clock() - claimed_at > can_wait:
-                            self.stale_skipped += 1
-                            log.debug("delivery %s waited past its lease slack; it falls due again", delivery.id)
-                            return
-                        result = await self._attempt(delivery)
-                DELIVERIES.labels(delivery.subscription, result.status).inc()
-                if result.attempt.latency_ms is not None:
-                    ATTEMPT_LATENCY.labels(delivery.subscription).observe(result.attempt.latency_ms / 1000)
+                        stale = bool(can_wait) and self.clock() - claimed_at > can_wait
+                        if not stale:
+                            result = await self._attempt(delivery)
+                if not stale:
+                    DELIVERIES.labels(delivery.subscription, result.status).inc()
+                    if result.attempt.latency_ms is not None:
+                        ATTEMPT_LATENCY.labels(delivery.subscription).observe(result.attempt.latency_ms / 1000)
             finally:
                 # The endpoint's slot is free once its answer is in: recording the attempt is
                 # our bookkeeping, and the row stays leased (so unclaimable, and for an ordered
                 # subscription still pending, holding back the call's next event) until then.
                 self._release(delivery.subscription)
                 released = True
+            if stale:
+                # Not sent: a send begun now could outlive the lease. The row goes back, due again
+                # at once (in its place in the call's order), rather than when the lease ends.
+                self.stale_skipped += 1
+                log.debug("delivery %s waited past its lease slack; released unsent", delivery.id)
+                await self.store.release_leases(self.owner, [delivery.id])
+                return
             health = await self.store.finish_delivery(delivery, self.owner, result)
             if result.status == "succeeded":
                 self.delivered += 1

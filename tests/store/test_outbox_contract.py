@@ -76,6 +76,20 @@ async def test_retry_schedule_attempts_and_health(store):
     assert (await store.get_call("r")).gathered_context == {"crm_status_code": 200}
 
 
+async def test_named_leases_are_released_and_due_again_at_once(store):
+    attach(store, Route("crm", ("call.ringing",)))
+    for n, run in enumerate(("r1", "r2")):
+        await store.apply_update(upd(CallState.RINGING, call_id=f"CA{n}"), run_id=run)
+    held, kept = await store.claim_deliveries("w", now=now(), lease_seconds=30, capacity={"crm": 5})
+    assert await store.claim_deliveries("w2", now=now(), lease_seconds=30, capacity={"crm": 5}) == []  # both leased
+    assert await store.release_leases("w2", [held.id]) == 0  # not its lease
+    assert await store.release_leases("w", []) == 0
+    assert await store.release_leases("w", [held.id, "msg_absent"]) == 1
+    (again,) = await store.claim_deliveries("w2", now=now(), lease_seconds=30, capacity={"crm": 5})
+    assert again.id == held.id and again.attempts == 0  # released unsent: no attempt counted
+    assert await store.release_leases("w") == 1  # the other one, still w's
+
+
 async def test_disable_enable_retry_replay_and_stats(store):
     attach(store, Route("crm", ("call.*", "webhook.*")))
     await store.apply_update(upd(CallState.RINGING), run_id="r")
