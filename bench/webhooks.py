@@ -8,12 +8,16 @@ Run by hand (every phase is bounded in count and time and stops by itself):
     .venv/bin/python bench/webhooks.py --ceiling --rates ''     # only the gateway's own ceiling
     .venv/bin/python bench/webhooks.py --generator-ceiling      # the load generator's own ceiling
     .venv/bin/python bench/webhooks.py --rates 1500 --profile /tmp/prof   # py-spy on the gateway
+    .venv/bin/python bench/webhooks.py --reference --rates 500,1500 --ceiling   # the bare relay
 
 Three kinds of process, so that none of them shares an event loop with another:
 
 * the gateway: one (or, with `--instances N`, N) real `gateway serve` processes, sharing the
   store named by `--store` (default: a fresh SQLite file per rate), with one webhook
   subscription for `call.*` signed with a `whsec_` secret, pointed at the receiver;
+* or, with `--reference`, the bare relay (`_relay` role) in the gateway's place: Starlette on
+  the same uvicorn stack, form in, 204 out, a signed POST to the receiver; no check, no store.
+  The reference the gateway's numbers are ratios against;
 * the receiver (`_receiver` role): a raw ASGI app on uvicorn + httptools + uvloop. It verifies
   every delivery with the `standardwebhooks` package, and records (workflow_run_id, event type,
   webhook-id, receipt time). A bad signature is answered 400 and counted;
@@ -40,6 +44,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime
 import json
 import os
 import platform
@@ -53,7 +58,7 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -217,6 +222,67 @@ def receiver_main(args: argparse.Namespace) -> None:
 
     uvicorn.run(app, host="127.0.0.1", port=args.port, http="httptools", loop="uvloop", log_level="warning",
                 access_log=False, lifespan="on", backlog=4096, timeout_keep_alive=60)
+
+
+# --- reference role: a bare relay ---------------------------------------------------------------
+
+
+def relay_main(args: argparse.Namespace) -> None:
+    """The reference (`--reference`): the least any gateway must do per event, nothing more.
+
+    A bare Starlette app on the same uvicorn stack as the gateway: it parses the callback's form,
+    answers 204, and in a background task POSTs a Standard-Webhooks-signed JSON envelope to the
+    receiver over raw keep-alive HTTP/1.1 connections (no client library). No signature check
+    on the way in, no store, no retries, no ordering: an upper bound on what one Python process
+    can relay on this machine, measured under the same generator and receiver as the gateway.
+    """
+    import uvicorn
+    from standardwebhooks import Webhook
+    from starlette.applications import Starlette
+    from starlette.background import BackgroundTask
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    signer = Webhook(args.secret)
+    host, port = args.receiver.split("://", 1)[1].rsplit(":", 1)
+    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []  # keep-alive connections
+    slots = asyncio.Semaphore(args.concurrency)
+    counter = iter(range(1 << 62))
+
+    async def deliver(run_id: str, form: dict[str, str]) -> None:
+        now = time.time()
+        body = json.dumps({"type": "call.ringing", "timestamp": now, "workflow_run_id": run_id, "data": form},
+                          separators=(",", ":"))
+        msg_id = f"msg_{os.getpid()}_{next(counter)}"
+        when = datetime.datetime.fromtimestamp(int(now), tz=datetime.timezone.utc)
+        raw = body.encode()
+        head = (f"POST /hooks HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+                f"webhook-id: {msg_id}\r\nwebhook-timestamp: {int(now)}\r\n"
+                f"webhook-signature: {signer.sign(msg_id, when, body)}\r\nContent-Length: {len(raw)}\r\n\r\n")
+        async with slots:  # at most --concurrency connections to the receiver
+            try:
+                reader, writer = idle.pop() if idle else await asyncio.open_connection(host, int(port))
+                writer.write(head.encode() + raw)
+                _, keep = await _read_response(reader)
+            except (OSError, asyncio.IncompleteReadError):
+                return  # counted as lost by the analysis
+            if keep:
+                idle.append((reader, writer))
+            else:
+                writer.close()
+
+    async def callback(request: Request) -> Response:
+        form = dict(parse_qsl((await request.body()).decode("latin-1")))
+        return Response(status_code=204, background=BackgroundTask(deliver, request.path_params["run_id"], form))
+
+    async def ready(request: Request) -> Response:
+        return Response(b"ok")
+
+    app = Starlette(routes=[Route("/api/v1/telephony/status-callback/{run_id}", callback, methods=["POST"]),
+                            Route("/readyz", ready)])
+    uvicorn.run(app, host="127.0.0.1", port=args.port, http="httptools", loop="uvloop", log_level="warning",
+                access_log=False, backlog=4096, timeout_keep_alive=60)
 
 
 # --- load generator role ----------------------------------------------------------------------
@@ -499,8 +565,12 @@ class Run:
             for n in range(args.instances):
                 port = free_port()
                 log = self.workdir / f"gateway-{n}.log"
-                proc = self._spawn([PY, "-m", "gateway.cli", "serve", "--config", str(config_path),
-                                    "--host", "127.0.0.1", "--port", str(port)], log, gateway_root=args.gateway_root)
+                if args.reference:
+                    proc = self._spawn([PY, __file__, "_relay", "--port", str(port), "--receiver", receiver_url,
+                                        "--secret", WHSEC], log)
+                else:
+                    proc = self._spawn([PY, "-m", "gateway.cli", "serve", "--config", str(config_path),
+                                        "--host", "127.0.0.1", "--port", str(port)], log, gateway_root=args.gateway_root)
                 wait_http(f"http://127.0.0.1:{port}/readyz", proc, 30, f"gateway {n}", log)
                 gateways.append(proc)
                 targets.append(f"http://127.0.0.1:{port}")
@@ -549,9 +619,11 @@ class Run:
             stop_process(proc)
         dump = httpx.get(receiver_url + "/_bench/dump", timeout=30).json()
         outbox = None
-        if not args.generator_ceiling and store.startswith("sqlite:///"):
+        if args.generator_ceiling or args.reference:
+            pass  # no outbox: every event not received counts as lost
+        elif store.startswith("sqlite:///"):
             outbox = sqlite_outbox(store[len("sqlite:///"):], prefix)
-        elif not args.generator_ceiling and store.startswith(("postgresql://", "postgres://")):
+        elif store.startswith(("postgresql://", "postgres://")):
             outbox = asyncio.run(postgres_outbox(store, prefix, drop_schema=self.pg_schema))
         result = analyse(gen, dump, sampler, self.rate, outbox, subscriptions=args.subscriptions,
                          generator_ceiling=args.generator_ceiling)
@@ -752,6 +824,7 @@ def orchestrate(args: argparse.Namespace) -> int:
     rates = [float(r) for r in args.rates.split(",") if r.strip()]
     workdir = Path(tempfile.mkdtemp(prefix="bench-webhooks-"))
     print(f"# bench/webhooks.py  python {platform.python_version()}  cpus={os.cpu_count()}  store={args.store}  "
+          f"target={'reference (bare relay)' if args.reference else 'gateway'}  "
           f"instances={args.instances}  connections={args.connections}  duration={args.duration}s  set={args.set}")
     print(f"# workdir {workdir}", flush=True)
     results: list[dict[str, Any]] = []
@@ -805,6 +878,11 @@ def main(argv: list[str] | None = None) -> int:
     rec.add_argument("--port", type=int, required=True)
     rec.add_argument("--secret", required=True)
     rec.add_argument("--sink", action="store_true")
+    relay = sub.add_parser("_relay")
+    relay.add_argument("--port", type=int, required=True)
+    relay.add_argument("--receiver", required=True)
+    relay.add_argument("--secret", required=True)
+    relay.add_argument("--concurrency", type=int, default=64)
     gen = sub.add_parser("_loadgen")
     gen.add_argument("--target", action="append", required=True)
     gen.add_argument("--rate", type=float, required=True)
@@ -827,6 +905,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="webhook subscriptions for call.* (0: ingest only; N: every event delivered N times)")
     parser.add_argument("--ceiling", action="store_true", help="also flood closed-loop: the gateway's own ceiling")
     parser.add_argument("--flood-max", type=int, default=60000, help="callbacks pre-built for a closed-loop flood")
+    parser.add_argument("--reference", action="store_true",
+                        help="run the bare relay (no verification, no store) in place of the gateway: the reference")
     parser.add_argument("--generator-ceiling", action="store_true", help="measure the generator against a bare sink")
     parser.add_argument("--drain-timeout", type=float, default=60.0, help="max seconds to wait for deliveries after the load")
     parser.add_argument("--stall-timeout", type=float, default=10.0, help="stop draining after this long without progress")
@@ -844,6 +924,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.role == "_receiver":
         receiver_main(args)
+        return 0
+    if args.role == "_relay":
+        relay_main(args)
         return 0
     if args.role == "_loadgen":
         loadgen_main(args)
