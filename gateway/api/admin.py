@@ -1,4 +1,4 @@
-"""The admin API (bearer `api_key`): calls and their timelines."""
+"""The admin API (bearer `api_key`): calls and their timelines (with freshly signed media links)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from starlette.routing import Route
 
 from gateway.api.context import GatewayContext
 from gateway.api.problems import problem
+from gateway.api.recordings import with_fresh_links
 from gateway.calls.states import CallState
 from gateway.store.base import StoreError
 
@@ -43,7 +44,9 @@ async def list_calls(request: Request) -> Response:
         calls, cursor = await ctx.store.list_calls(state=state, limit=int(raw_limit), cursor=request.query_params.get("cursor") or None)
     except StoreError as exc:
         return problem(400, str(exc))
-    return JSONResponse({"calls": [call.to_dict() for call in calls], "next_cursor": cursor})
+    now = ctx.clock()
+    return JSONResponse({"calls": [with_fresh_links(call.to_dict(), ctx.secret_key, now=now) for call in calls],
+                         "next_cursor": cursor})
 
 
 async def get_call(request: Request) -> Response:
@@ -55,7 +58,7 @@ async def get_call(request: Request) -> Response:
     record = await ctx.store.get_call(run_id)
     if record is None:
         return problem(404, f"no call with workflow_run_id {run_id[:128]!r}")
-    body = record.to_dict()
+    body = with_fresh_links(record.to_dict(), ctx.secret_key, now=ctx.clock())
     body["timeline"] = [entry.to_dict() for entry in await ctx.store.get_timeline(run_id)]
     return JSONResponse(body)
 

@@ -33,6 +33,24 @@ def media_link(origin: str, key: bytes, kind: str, run_id: str, *, now: float, t
     return f"{origin}{path}?{signed_url.signed_query(key, kind, run_id, now=now, ttl=ttl)}"
 
 
+def with_fresh_links(record: dict[str, Any], key: bytes, *, now: float, ttl: int = signed_url.DEFAULT_TTL) -> dict[str, Any]:
+    """`record` (a call's JSON) with its recording and transcript links signed again from `now`.
+
+    The links stored with the call expire `ttl` after the media started; the admin API hands
+    out links that are good for `ttl` from the moment they are read, on the same path.
+    """
+    media = record.get("media")
+    run_id = record.get("workflow_run_id")
+    if not isinstance(media, dict) or not isinstance(run_id, str):
+        return record
+    fresh = dict(media)
+    for kind in signed_url.KINDS:
+        url = media.get(f"{kind}_url")
+        if isinstance(url, str) and url:
+            fresh[f"{kind}_url"] = f"{url.partition('?')[0]}?{signed_url.signed_query(key, kind, run_id, now=now, ttl=ttl)}"
+    return {**record, "media": fresh}
+
+
 def _refusal(request: Request, kind: str) -> Response | None:
     ctx: GatewayContext = request.app.state.gateway
     run_id = request.path_params["workflow_run_id"]

@@ -24,6 +24,7 @@ import soxr
 import websockets
 
 from gateway.audio import TWILIO_FORMAT, VONAGE_FORMAT
+from gateway.api.recordings import with_fresh_links
 from gateway.media import signed_url
 from gateway.media.recording import (
     RecordingTimeline, StereoConverter, WavFile, publish_recording, recover_recordings, recording_enabled,
@@ -407,6 +408,46 @@ async def test_the_gateway_recovers_an_interrupted_recording_when_it_starts(gate
     await wait_for(lambda: path.exists())
     assert not part.exists() and len(wav_samples(path)) == 1600
     assert server.app.state.gateway.config.recording is True
+
+
+def test_fresh_links_keep_the_path_and_sign_again_from_now():
+    stored = {"workflow_run_id": "run-1", "state": "completed", "media": {
+        "recording_url": "https://gw.example/api/v1/recordings/run-1.wav?expires=100&signature=old",
+        "transcript_url": "https://gw.example/api/v1/transcripts/run-1.json?expires=100&signature=old", "started": True}}
+    fresh = with_fresh_links(stored, KEY, now=5000, ttl=60)
+    assert stored["media"]["recording_url"].endswith("signature=old")  # the stored record is not touched
+    for kind, path in (("recording", "/api/v1/recordings/run-1.wav"), ("transcript", "/api/v1/transcripts/run-1.json")):
+        url = urlsplit(fresh["media"][f"{kind}_url"])
+        assert f"{url.scheme}://{url.netloc}{url.path}" == "https://gw.example" + path
+        query = {k: v[0] for k, v in parse_qs(url.query).items()}
+        assert query["expires"] == "5060"
+        assert signed_url.check(KEY, kind, "run-1", query["expires"], query["signature"], now=5059) is None
+    assert fresh["media"]["started"] is True and fresh["state"] == "completed"
+    without = {"workflow_run_id": "run-2", "media": {"transcript_url": None}}
+    assert with_fresh_links(without, KEY, now=1) == without
+    assert with_fresh_links({"workflow_run_id": "run-3", "media": None}, KEY, now=1)["media"] is None
+
+
+async def test_the_admin_api_hands_out_links_that_outlive_the_stored_ones(gateway_server):
+    server = gateway_server(recording=True)
+    client = await TwilioClient.open(server)
+    await client.media(b"\xff" * 160)
+    await client.receive_json()
+    await client.send({"event": "stop", "stop": {}})
+    await ended_call(server)
+    stored = (await server.app.state.gateway.store.get_call(RUN)).media
+    ctx = server.app.state.gateway
+    later = time.time() + 8 * 24 * 3600  # past the stored links' week
+    ctx.clock = lambda: later
+    expired = httpx.get(stored["recording_url"])
+    assert expired.status_code == 403 and "expired" in expired.json()["detail"]
+    media = admin_call(server)["media"]
+    assert media["recording_url"].split("?")[0] == stored["recording_url"].split("?")[0]
+    assert httpx.get(media["recording_url"]).status_code == 200
+    assert httpx.get(media["transcript_url"]).json() == {"workflow_run_id": RUN, "lines": []}
+    listed = httpx.get(server.url + "/api/v1/calls", headers={"Authorization": f"Bearer {ctx.config.api_key.get_secret_value()}"})
+    (call,) = listed.json()["calls"]
+    assert httpx.get(call["media"]["recording_url"]).status_code == 200
 
 
 async def test_recording_follows_the_workflow_list(gateway_server, tmp_path):
