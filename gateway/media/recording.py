@@ -16,6 +16,7 @@ waits on the disk.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
@@ -196,6 +197,8 @@ class StereoConverter:
 _WAV_HEADER_BYTES = 44  # what `wave` writes for PCM: RIFF, fmt (16 bytes), data
 _STEREO_FRAME_BYTES = 4
 _COPY_FRAMES = 1 << 16
+# Part files this process has open. Only the recording thread opens, closes and sweeps them.
+_open_parts: set[Path] = set()
 
 
 def _published_name(partial: Path) -> Path:
@@ -260,9 +263,11 @@ def repair_partial(partial: Path) -> int:
 def recover_recordings(directory: Path, *, idle_seconds: float = 30.0, now: Callable[[], float] = time.time) -> list[Path]:
     """Publish the `.part` files nobody has written for `idle_seconds` (their writer died).
 
-    A live recording is appended to every two seconds, so an idle one is abandoned. Each is
+    Part files this process has open are never touched; another instance's live recording
+    (a shared data directory) is appended to every two seconds, so an idle one is abandoned. Each is
     repaired and published like a finished session (appended to an existing recording of the
-    same call). A file that cannot be recovered is left in place and logged. Blocking: run it
+    same call). A file whose content cannot be recovered is logged and kept aside as
+    `<name>.unrecoverable`; one the disk refused is tried again next time. Blocking: run it
     on the recording thread. Returns the recordings written.
     """
     recovered: list[Path] = []
@@ -271,14 +276,22 @@ def recover_recordings(directory: Path, *, idle_seconds: float = 30.0, now: Call
     except OSError:
         return recovered
     for partial in candidates:
+        if partial in _open_parts:
+            continue  # ours and alive, however long the disk has kept it waiting
         try:
             if now() - partial.stat().st_mtime < idle_seconds:
                 continue
             frames = repair_partial(partial)
             path = _published_name(partial)
             publish_recording(partial, path)
-        except (OSError, ValueError, EOFError, wave.Error) as exc:
+        except OSError as exc:  # perhaps passing (permissions, a full disk): tried again next sweep
             log.error("could not recover the recording %s: %s", partial.name, exc)
+            continue
+        except (ValueError, EOFError, wave.Error) as exc:  # the content: set aside, said once
+            aside = partial.with_name(partial.name + ".unrecoverable")
+            with contextlib.suppress(OSError):
+                os.replace(partial, aside)
+            log.error("could not recover the recording %s: %s (kept as %s)", partial.name, exc, aside.name)
             continue
         log.warning("recovered %.1f s of an interrupted recording into %s",
                     frames / RECORDING_FORMAT.sample_rate, path.name)
@@ -330,6 +343,7 @@ class WavFile:
     def _open(self) -> None:
         self.partial.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.partial, "wb")
+        _open_parts.add(self.partial)
         wav = wave.open(self._file, "wb")
         wav.setnchannels(2)
         wav.setsampwidth(2)
@@ -345,6 +359,7 @@ class WavFile:
         finally:
             if file is not None:
                 file.close()
+            _open_parts.discard(self.partial)
 
 
 _executor: ThreadPoolExecutor | None = None

@@ -194,7 +194,13 @@ def test_recovery_leaves_live_and_foreign_files_alone(tmp_path, caplog):
         os.utime(stale, (old, old))
     with caplog.at_level(logging.ERROR, logger="gateway.media"):
         assert recover_recordings(folder) == []
-    assert live.partial.exists() and garbage.exists() and truncated.exists() and other_rate.exists()
+        # Ours and open, though the disk kept it waiting longer than another writer's would be.
+        os.utime(live.partial, (old, old))
+        assert recover_recordings(folder) == []
+    assert live.partial.exists()
+    for foreign in (garbage, truncated, other_rate):  # set aside whole, and said once
+        aside = foreign.with_name(foreign.name + ".unrecoverable")
+        assert not foreign.exists() and aside.exists() and f"kept as {aside.name}" in caplog.text
     assert caplog.text.count("could not recover the recording") == 3
     assert recover_recordings(tmp_path / "absent") == []  # no recordings folder yet: nothing to do
     live.finish(b"")
