@@ -92,12 +92,9 @@ class EdgeMiddleware:
             await self.app(scope, receive, capture)
         finally:
             if path not in ("/healthz", "/readyz", "/metrics"):
-                note = scope.get(LOG_NOTE)
-                if note is None:
-                    log.info("%s %s %d %.1fms", scope.get("method"), path, status["code"], (time.perf_counter() - started) * 1000)
-                else:
-                    log.info("%s %s %d %.1fms: %s", scope.get("method"), path, status["code"],
-                             (time.perf_counter() - started) * 1000, note[0], extra={"run_id": note[1]})
+                text, run_id = scope.get(LOG_NOTE) or ("", None)
+                log.info("%s %s %d %.1fms%s", scope.get("method"), path, status["code"], (time.perf_counter() - started) * 1000,
+                         f": {text}" if text else "", extra=None if run_id is None else {"run_id": run_id})
 
 
 def note_request(scope: Scope, text: str, run_id: str | None) -> None:

@@ -70,7 +70,7 @@ def _path_ids(request: Request, *names: str) -> list[str]:
 
 
 def _which_provider(request: Request) -> str:
-    named = request.query_params.get("provider") if b"provider" in request.scope.get("query_string", b"") else None
+    named = request.query_params.get("provider") if request.scope.get("query_string") else None
     if named is not None:
         if named not in PROVIDERS:
             raise Refusal(400, f"provider must be one of {', '.join(PROVIDERS)}, not {named[:40]!r}")

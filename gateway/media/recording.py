@@ -207,8 +207,8 @@ def _published_name(partial: Path) -> Path:
     return partial.with_name(name[: name.rindex(".wav.") + 4])
 
 
-def publish_recording(partial: Path, path: Path) -> int:
-    """Make the finished WAV `partial` the call's recording at `path`; the frames now in `path`.
+def publish_recording(partial: Path, path: Path) -> None:
+    """Make the finished WAV `partial` the call's recording at `path`.
 
     The first session's file is renamed into place. A later session of the same call is
     appended to what is there (through a temporary file and an atomic rename, so a reader
@@ -216,11 +216,9 @@ def publish_recording(partial: Path, path: Path) -> int:
     """
     if not path.exists():
         os.replace(partial, path)
-        with wave.open(str(path)) as done:
-            return done.getnframes()
+        return
     merged = path.with_name(f"{path.name}.{uuid.uuid4().hex[:12]}.merge")
     try:
-        frames = 0
         with wave.open(str(merged), "wb") as out:
             out.setnchannels(2)
             out.setsampwidth(2)
@@ -231,12 +229,10 @@ def publish_recording(partial: Path, path: Path) -> int:
                         raise ValueError(f"{source.name} is not 16 kHz stereo PCM16")
                     while chunk := wav.readframes(_COPY_FRAMES):
                         out.writeframesraw(chunk)
-                        frames += len(chunk) // _STEREO_FRAME_BYTES
         os.replace(merged, path)
     finally:
         merged.unlink(missing_ok=True)
     partial.unlink()
-    return frames
 
 
 def repair_partial(partial: Path) -> int:
@@ -321,7 +317,7 @@ class WavFile:
         assert self._wav is not None and self._file is not None
         self._wav.writeframesraw(frames)
         self._file.flush()  # on disk, not in a buffer, should the process die (`recover_recordings`)
-        self.frames += len(frames) // 4
+        self.frames += len(frames) // _STEREO_FRAME_BYTES
 
     def finish(self, frames: bytes) -> int:
         """Append the last frames, finalize the header and publish (`publish_recording`); this

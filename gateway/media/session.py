@@ -25,13 +25,13 @@ from gateway.calls.record import CallRecord
 from gateway.media.agent import AgentLink, AgentUnavailable
 from gateway.media.playback import FRAME, PlaybackQueue
 from gateway.media.registry import INSTANCE_ID
-from gateway.metrics import AGENT_CONNECT_FAILURES, CODEC_SECONDS
-
-CODEC_SAMPLE_EVERY = 50
 from gateway.media.provider_socket import AUDIO, BAD, DTMF, MARK, OTHER, STOP, ProviderSocket
+from gateway.metrics import AGENT_CONNECT_FAILURES, CODEC_SECONDS
 from gateway.store.base import Store, StoreError
 
 log = logging.getLogger("gateway.media")
+
+CODEC_SAMPLE_EVERY = 50  # one caller frame in this many is timed for the codec metric
 
 MAX_AGENT_MESSAGE_CHARS = 64 * 1024
 

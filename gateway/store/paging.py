@@ -5,10 +5,24 @@ from __future__ import annotations
 
 import base64
 import json
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable, Sequence
 
 from gateway.store.base import StoreError
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """How a backend spells the n-th placeholder and carries the cursor's creation time."""
+
+    mark: Callable[[int], str]
+    time_param: Callable[[str], Any]  # the cursor's time text -> a query parameter
+    time_text: Callable[[Any], str]  # a row's `created_at` -> the cursor's time text
+
+
+SQLITE = Dialect(mark=lambda n: "?", time_param=str, time_text=str)  # times are stored as RFC 3339 text
+POSTGRES = Dialect(mark=lambda n: f"${n}", time_param=datetime.fromisoformat, time_text=datetime.isoformat)
 
 
 def encode_cursor(created_at: str, key: str) -> str:
@@ -35,12 +49,12 @@ def page_query(
     keys: tuple[str, str],
     cursor: str | None,
     limit: int,
-    mark: Callable[[int], str],
-    time_param: Callable[[str], Any] = lambda text: text,
+    dialect: Dialect,
 ) -> tuple[str, list[Any]]:
     """SQL and parameters for one page: `select` filtered by the non-empty `filters`
     (column, value), after `cursor`, newest first, one row more than `limit` (to see if
-    another page follows). `mark(n)` spells the n-th placeholder in the backend's dialect."""
+    another page follows), in the backend's `dialect`."""
+    mark = dialect.mark
     where: list[str] = []
     params: list[Any] = []
     for column, value in filters:
@@ -49,7 +63,7 @@ def page_query(
             where.append(f"{column} = {mark(len(params))}")
     if cursor:
         created_at, key = decode_cursor(cursor)
-        params += [time_param(created_at), key]
+        params += [dialect.time_param(created_at), key]
         where.append(f"({keys[0]}, {keys[1]}) < ({mark(len(params) - 1)}, {mark(len(params))})")
     params.append(limit + 1)
     sql = select + (" WHERE " + " AND ".join(where) if where else "")
@@ -57,9 +71,9 @@ def page_query(
     return sql, params
 
 
-def split_page(rows: Sequence[Any], limit: int, *, key: str, time_text: Callable[[Any], str] = str) -> tuple[Sequence[Any], str | None]:
+def split_page(rows: Sequence[Any], limit: int, *, key: str, dialect: Dialect) -> tuple[Sequence[Any], str | None]:
     """(the page's rows, the next cursor or None) from the `limit + 1` rows `page_query` asked for."""
     if len(rows) <= limit:
         return rows, None
     rows = rows[:limit]
-    return rows, encode_cursor(time_text(rows[-1]["created_at"]), rows[-1][key])
+    return rows, encode_cursor(dialect.time_text(rows[-1]["created_at"]), rows[-1][key])

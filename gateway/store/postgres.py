@@ -37,7 +37,7 @@ from gateway.store.base import (
 )
 from gateway.store.migrations import MIGRATIONS
 from gateway.store.postgres_campaigns import PostgresCampaigns
-from gateway.store.paging import page_query, split_page
+from gateway.store.paging import POSTGRES, page_query, split_page
 
 DELIVERIES_CHANNEL = "gateway_deliveries"
 CONTROL_CHANNEL = "gateway_control"
@@ -51,14 +51,6 @@ _DELIVERY_SELECT = (
     "SELECT d.*, e.id AS e_id, e.type AS e_type, e.workflow_run_id AS e_run, e.occurred_at AS e_at,"
     " e.data AS e_data, e.seq AS e_seq FROM deliveries d JOIN events e ON e.seq = d.event_seq"
 )
-
-
-def _mark(n: int) -> str:
-    return f"${n}"
-
-
-def _iso(value: datetime) -> str:
-    return value.isoformat()
 
 
 def split_store_url(url: str) -> tuple[str, str | None]:
@@ -339,10 +331,10 @@ class PostgresStore(PostgresCampaigns, Store):
     async def list_calls(self, *, state: str | None = None, limit: int = 50, cursor: str | None = None) -> tuple[list[CallRecord], str | None]:
         limit = clamp_limit(limit)
         sql, params = page_query("SELECT * FROM calls", [("state", state)], keys=("created_at", "workflow_run_id"),
-                                 cursor=cursor, limit=limit, mark=_mark, time_param=datetime.fromisoformat)
+                                 cursor=cursor, limit=limit, dialect=POSTGRES)
 
         async def query(conn: asyncpg.Connection) -> tuple[list[CallRecord], str | None]:
-            rows, next_cursor = split_page(await conn.fetch(sql, *params), limit, key="workflow_run_id", time_text=_iso)
+            rows, next_cursor = split_page(await conn.fetch(sql, *params), limit, key="workflow_run_id", dialect=POSTGRES)
             return [_record(r) for r in rows], next_cursor
 
         return await self._query(query)
@@ -453,11 +445,11 @@ class PostgresStore(PostgresCampaigns, Store):
         limit = clamp_limit(limit)
         sql, params = page_query(
             _DELIVERY_SELECT, [("d.status", status), ("d.subscription", subscription), ("d.workflow_run_id", run_id)],
-            keys=("d.created_at", "d.id"), cursor=cursor, limit=limit, mark=_mark, time_param=datetime.fromisoformat,
+            keys=("d.created_at", "d.id"), cursor=cursor, limit=limit, dialect=POSTGRES,
         )
 
         async def query(conn: asyncpg.Connection) -> tuple[list[Delivery], str | None]:
-            rows, next_cursor = split_page(await conn.fetch(sql, *params), limit, key="id", time_text=_iso)
+            rows, next_cursor = split_page(await conn.fetch(sql, *params), limit, key="id", dialect=POSTGRES)
             return [_delivery(r, with_event=True) for r in rows], next_cursor
 
         return await self._query(query)

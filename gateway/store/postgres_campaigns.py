@@ -19,7 +19,7 @@ import asyncpg
 from gateway.calls.record import CallRecord
 from gateway.store.base import StoreError, clamp_limit
 from gateway.store.campaigns import Campaign, CampaignContact, CampaignEvent
-from gateway.store.paging import page_query, split_page
+from gateway.store.paging import POSTGRES, page_query, split_page
 from gateway.store.sqlite_campaigns import _CAMPAIGN_FIELDS, _UPDATABLE
 
 _INSERT_CAMPAIGN = (
@@ -247,10 +247,10 @@ class PostgresCampaigns:
                              cursor: str | None = None) -> tuple[list[Campaign], str | None]:
         limit = clamp_limit(limit)
         sql, params = page_query("SELECT * FROM campaigns", [("status", status)], keys=("created_at", "id"), cursor=cursor,
-                                 limit=limit, mark=lambda n: f"${n}", time_param=datetime.fromisoformat)
+                                 limit=limit, dialect=POSTGRES)
 
         async def query(conn: asyncpg.Connection) -> tuple[list[Campaign], str | None]:
-            rows, next_cursor = split_page(await conn.fetch(sql, *params), limit, key="id", time_text=lambda v: v.isoformat())
+            rows, next_cursor = split_page(await conn.fetch(sql, *params), limit, key="id", dialect=POSTGRES)
             return await self._fill(conn, [_campaign(row) for row in rows]), next_cursor
 
         return await self._query(query)

@@ -41,7 +41,7 @@ from gateway.store.base import (
     event_data,
 )
 from gateway.store.migrations import MIGRATIONS
-from gateway.store.paging import page_query, split_page
+from gateway.store.paging import SQLITE, page_query, split_page
 from gateway.store.sqlite_campaigns import SQLiteCampaigns
 
 T = TypeVar("T")
@@ -101,10 +101,6 @@ _UPSERT_CALL = (
     "ON CONFLICT (workflow_run_id) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in CALL_COLUMNS if c != "workflow_run_id")
 )
-
-
-def _mark(n: int) -> str:
-    return "?"
 
 
 class SQLiteStore(SQLiteCampaigns, Store):
@@ -418,10 +414,10 @@ class SQLiteStore(SQLiteCampaigns, Store):
     async def list_calls(self, *, state: str | None = None, limit: int = 50, cursor: str | None = None) -> tuple[list[CallRecord], str | None]:
         limit = clamp_limit(limit)
         sql, params = page_query("SELECT * FROM calls", [("state", state)], keys=("created_at", "workflow_run_id"),
-                                 cursor=cursor, limit=limit, mark=_mark)
+                                 cursor=cursor, limit=limit, dialect=SQLITE)
 
         def query(conn: sqlite3.Connection) -> tuple[list[CallRecord], str | None]:
-            rows, next_cursor = split_page(conn.execute(sql, params).fetchall(), limit, key="workflow_run_id")
+            rows, next_cursor = split_page(conn.execute(sql, params).fetchall(), limit, key="workflow_run_id", dialect=SQLITE)
             return [_row_to_record(row) for row in rows], next_cursor
 
         return await self._read(query)
@@ -530,11 +526,11 @@ class SQLiteStore(SQLiteCampaigns, Store):
             "SELECT d.*, e.id AS e_id, e.type AS e_type, e.workflow_run_id AS e_run, e.occurred_at AS e_at,"
             " e.data AS e_data, e.seq AS e_seq FROM deliveries d JOIN events e ON e.seq = d.event_seq",
             [("d.status", status), ("d.subscription", subscription), ("d.workflow_run_id", run_id)],
-            keys=("d.created_at", "d.id"), cursor=cursor, limit=limit, mark=_mark,
+            keys=("d.created_at", "d.id"), cursor=cursor, limit=limit, dialect=SQLITE,
         )
 
         def query(conn: sqlite3.Connection) -> tuple[list[Delivery], str | None]:
-            rows, next_cursor = split_page(conn.execute(sql, params).fetchall(), limit, key="id")
+            rows, next_cursor = split_page(conn.execute(sql, params).fetchall(), limit, key="id", dialect=SQLITE)
             return [_row_to_delivery(row, with_event=True) for row in rows], next_cursor
 
         return await self._read(query)

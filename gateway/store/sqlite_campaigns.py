@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence, TypeVar
 from gateway.calls.record import CallRecord
 from gateway.store.base import StoreError, clamp_limit
 from gateway.store.campaigns import Campaign, CampaignContact, CampaignEvent
-from gateway.store.paging import page_query, split_page
+from gateway.store.paging import SQLITE, page_query, split_page
 
 T = TypeVar("T")
 
@@ -242,10 +242,10 @@ class SQLiteCampaigns:
                              cursor: str | None = None) -> tuple[list[Campaign], str | None]:
         limit = clamp_limit(limit)
         sql, params = page_query("SELECT * FROM campaigns", [("status", status)], keys=("created_at", "id"),
-                                 cursor=cursor, limit=limit, mark=lambda n: "?")
+                                 cursor=cursor, limit=limit, dialect=SQLITE)
 
         def query(conn: sqlite3.Connection) -> tuple[list[Campaign], str | None]:
-            rows, next_cursor = split_page(conn.execute(sql, params).fetchall(), limit, key="id")
+            rows, next_cursor = split_page(conn.execute(sql, params).fetchall(), limit, key="id", dialect=SQLITE)
             return self._fill(conn, [_campaign(row) for row in rows]), next_cursor
 
         return await self._read(query)

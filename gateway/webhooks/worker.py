@@ -97,8 +97,8 @@ class DeliveryWorker:
     `prefetch` times that many rows, so that the next rows are at hand when a slot frees
     instead of one store round trip (a commit) away; under load that round trip, not the
     endpoint, would cap throughput. A claimed row waits for a slot only while its lease can
-    still cover a whole attempt; one that cannot is not sent and falls due again when its
-    lease ends (nothing is sent twice). Prefetch needs that slack: with a lease shorter than
+    still cover a whole attempt; one that cannot is not sent, and its lease is released so it
+    is due again at once (nothing is sent twice). Prefetch needs that slack: with a lease shorter than
     the timeout + 10 s, the worker claims only what it can send at once.
     """
 
