@@ -4,7 +4,7 @@ signed deliveries out to a local receiver that verifies every signature.
 Run by hand (every phase is bounded in count and time and stops by itself):
 
     .venv/bin/python bench/webhooks.py                          # 250..2000 ev/s, 12 s each
-    .venv/bin/python bench/webhooks.py --rates 500 --duration 10 --set store_synchronous=normal
+    .venv/bin/python bench/webhooks.py --rates 500 --duration 10 --store 'sqlite?synchronous=normal'
     .venv/bin/python bench/webhooks.py --ceiling --rates ''     # only the gateway's own ceiling
     .venv/bin/python bench/webhooks.py --generator-ceiling      # the load generator's own ceiling
     .venv/bin/python bench/webhooks.py --rates 1500 --profile /tmp/prof   # py-spy on the gateway
@@ -552,8 +552,8 @@ class Run:
         if args.generator_ceiling:
             targets = [receiver_url]
         else:
-            if store == "sqlite":
-                store = f"sqlite:///{self.workdir}/gateway.db"
+            if store == "sqlite" or store.startswith("sqlite?"):
+                store = f"sqlite:///{self.workdir}/gateway.db" + store[len("sqlite"):]
             elif store.startswith(("postgresql://", "postgres://")) and "schema=" not in store:
                 # a fresh schema per run (dropped afterwards), like a fresh SQLite file
                 self.pg_schema = f"bench_{os.getpid()}_{self.label.replace('.', '_')}"
@@ -622,7 +622,7 @@ class Run:
         if args.generator_ceiling or args.reference:
             pass  # no outbox: every event not received counts as lost
         elif store.startswith("sqlite:///"):
-            outbox = sqlite_outbox(store[len("sqlite:///"):], prefix)
+            outbox = sqlite_outbox(store[len("sqlite:///"):].partition("?")[0], prefix)
         elif store.startswith(("postgresql://", "postgres://")):
             outbox = asyncio.run(postgres_outbox(store, prefix, drop_schema=self.pg_schema))
         result = analyse(gen, dump, sampler, self.rate, outbox, subscriptions=args.subscriptions,
@@ -819,8 +819,9 @@ def table(results: list[dict[str, Any]]) -> str:
 def orchestrate(args: argparse.Namespace) -> int:
     if args.instances < 1:
         raise SystemExit("--instances must be at least 1")
-    if args.store != "sqlite" and not args.store.startswith(("sqlite:///", "postgresql://", "postgres://")):
-        raise SystemExit("--store is 'sqlite' (a fresh file per run), sqlite:///path or postgresql://...")
+    if args.store != "sqlite" and not args.store.startswith(("sqlite?", "sqlite:///", "postgresql://", "postgres://")):
+        raise SystemExit("--store is 'sqlite' (a fresh file per run, options as in 'sqlite?synchronous=normal'),"
+                         " sqlite:///path or postgresql://...")
     rates = [float(r) for r in args.rates.split(",") if r.strip()]
     workdir = Path(tempfile.mkdtemp(prefix="bench-webhooks-"))
     print(f"# bench/webhooks.py  python {platform.python_version()}  cpus={os.cpu_count()}  store={args.store}  "
@@ -896,7 +897,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rates", default="250,500,1000,1500,2000", help="target events/s, comma separated ('' for none)")
     parser.add_argument("--duration", type=float, default=12.0, help="seconds of load per rate")
     parser.add_argument("--repeat", type=int, default=1, help="runs per rate")
-    parser.add_argument("--store", default="sqlite", help="'sqlite' (fresh file per run), sqlite:///path or postgresql://...")
+    parser.add_argument("--store", default="sqlite",
+                        help="'sqlite' (fresh file per run; 'sqlite?synchronous=normal' with options), sqlite:///path or postgresql://...")
     parser.add_argument("--instances", type=int, default=1, help="gateway processes sharing the store")
     parser.add_argument("--connections", type=int, default=32, help="keep-alive connections of the generator")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=YAML",

@@ -23,10 +23,11 @@ from gateway.api.middleware import EdgeMiddleware
 from gateway.api.problems import problem
 from gateway.config import ConfigError, GatewayConfig, with_dev_secrets
 from gateway.dial.setup import DialSetupError, build_dial_services
-from gateway.events.fanout import EventFanout, Route
+from gateway.events.fanout import fanout_for
 from gateway.media.recording import RECORDINGS_DIR, sweep_recordings
 from gateway.store import Store, open_store_for
 from gateway.tunnel import detector_for
+from gateway.webhooks.processes import DeliveryProcesses
 from gateway.webhooks.worker import DeliveryWorker, WorkerSettings
 
 log = logging.getLogger("gateway")
@@ -46,19 +47,20 @@ def create_app(config: GatewayConfig, *, store: Store | None = None) -> Starlett
     """Build the app; the store opens (and migrates) when the app starts."""
     config = with_dev_secrets(config)
     store = store or open_store_for(config.store)
-    worker = DeliveryWorker(
-        store, config.webhooks, config.secret_values(),
-        settings=WorkerSettings(
-            concurrency=config.delivery.concurrency, prefetch=config.delivery.prefetch, lease_seconds=config.delivery.lease_seconds,
-            poll_seconds=config.delivery.poll_seconds, disable_after_failures=config.delivery.disable_after_failures,
-            disable_after_seconds=config.delivery.disable_after_seconds,
-        ),
-    )
-    store.set_fanout(
-        EventFanout(Route(s.name, tuple(s.events), s.ordered) for s in config.webhooks if s.enabled),
-        worker.wake,
-    )
-    ctx = GatewayContext(config=config, store=store, worker=worker)
+    # With delivery processes, they send the configured webhooks and this process's worker only
+    # the campaigns' inline ones (registered here at run time).
+    processes = DeliveryProcesses(config, config.delivery.processes) if config.delivery.processes else None
+    worker = DeliveryWorker(store, [] if processes else config.webhooks, config.secret_values(),
+                            settings=WorkerSettings.from_config(config.delivery))
+    if processes is None:
+        store.set_fanout(fanout_for(config.webhooks), worker.wake)
+    else:
+        def wake_all() -> None:
+            worker.wake()
+            processes.wake()
+
+        store.set_fanout(fanout_for(config.webhooks), wake_all)
+    ctx = GatewayContext(config=config, store=store, worker=worker, delivery_processes=processes)
     store.set_control_handler(ctx.sessions.handle_control)
     if config.public_url == "auto":
         ctx.tunnel = detector_for(config.tunnel)
@@ -72,6 +74,8 @@ def create_app(config: GatewayConfig, *, store: Store | None = None) -> Starlett
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await store.open()
         await worker.start()
+        if processes is not None:
+            await processes.start()
         if ctx.tunnel is not None:
             await ctx.tunnel.start()
         await dial.start()
@@ -87,6 +91,8 @@ def create_app(config: GatewayConfig, *, store: Store | None = None) -> Starlett
             await dial.stop()
             if ctx.tunnel is not None:
                 await ctx.tunnel.stop()
+            if processes is not None:
+                await processes.stop()
             await worker.stop()
             await store.close()
 

@@ -22,24 +22,21 @@ def _load(path: str | None) -> GatewayConfig:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config.delivery.processes:
+        # Before anything imports prometheus_client: every process then counts into shared files.
+        from gateway.webhooks.processes import share_metrics
+
+        share_metrics(config)
     from gateway.app import create_app
     from gateway.config import with_dev_secrets
     from gateway.logs import configure_logging
     from gateway.serve import run
 
-    config = _load(args.config)
-    secrets = []
-    for provider in (config.providers.twilio, config.providers.vonage):
-        for name in ("auth_token", "signature_secret", "private_key"):
-            value = getattr(provider, name, None) if provider else None
-            if value is not None:
-                secrets.append(value.get_secret_value())
-    secrets += list(config.secret_values().values())
-    secrets += [key for sub in config.webhooks for key in getattr(sub.signing, "secrets", [])]
-    redactor = configure_logging(fmt=config.log.format, level=config.log.level, secrets=secrets)
+    redactor = configure_logging(fmt=config.log.format, level=config.log.level, secrets=config.secret_strings())
     try:
         config = with_dev_secrets(config)
-        redactor.add(v.get_secret_value() for v in (config.api_key, config.secret_key) if v is not None)
+        redactor.add(config.secret_strings())
         app = create_app(config)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)

@@ -95,6 +95,7 @@ class DeliveryConfig(_Model):
     poll_seconds: float = Field(1.0, gt=0, le=60)
     disable_after_failures: int = Field(50, ge=1)  # consecutive failed attempts...
     disable_after_seconds: float = Field(3600, ge=0)  # ...spanning at least this long
+    processes: int = Field(0, ge=0, le=16)  # separate processes that send; 0: the gateway process sends itself
 
 
 class LogConfig(_Model):
@@ -227,6 +228,20 @@ class GatewayConfig(_Model):
         values.update({key[len(prefix):]: value for key, value in os.environ.items() if key.startswith(prefix)})
         return values
 
+    def secret_strings(self) -> list[str]:
+        """Every secret value the process may hold, for the log redactor: provider credentials,
+        `{{secret.NAME}}` values, signing secrets, `api_key` and `secret_key`."""
+        out: list[str] = []
+        for provider in (self.providers.twilio, self.providers.vonage):
+            for name in ("auth_token", "signature_secret", "private_key"):
+                value = getattr(provider, name, None) if provider else None
+                if value is not None:
+                    out.append(value.get_secret_value())
+        out += list(self.secret_values().values())
+        out += [key for sub in self.webhooks for key in getattr(sub.signing, "secrets", [])]
+        out += [v.get_secret_value() for v in (self.api_key, self.secret_key) if v is not None]
+        return out
+
     @field_validator("public_url")
     @classmethod
     def _public_url(cls, value: str | None) -> str | None:
@@ -242,14 +257,13 @@ class GatewayConfig(_Model):
     @classmethod
     def _store(cls, value: str) -> str:
         if value.startswith("sqlite:///"):
+            from gateway.store import sqlite_options
+
+            sqlite_options(value)  # raises ValueError naming a bad option
             return value
         if value.startswith(("postgresql://", "postgres://")):
             return value
         raise ValueError("must be sqlite:///relative/path.db, sqlite:////absolute/path.db or postgresql://user:pass@host:port/db")
-
-    def sqlite_path(self) -> str:
-        """Filesystem path of the SQLite database named by `store`."""
-        return self.store[len("sqlite:///"):]
 
 
 def _read_secrets_file(path: str) -> dict[str, str]:

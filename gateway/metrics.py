@@ -2,10 +2,16 @@
 
 Hot-path counts (frames) are not incremented per frame: live media sessions keep plain
 integers and a collector sums them (plus the totals of finished sessions) at scrape time.
+
+With delivery processes (`delivery.processes`), prometheus_client runs in multiprocess mode
+(`PROMETHEUS_MULTIPROC_DIR`, set before this module is imported): every process counts into
+files, and `exposition()` sums them; the media collector is added as is (media lives only in
+the gateway's own process).
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any, Iterable
 
@@ -27,8 +33,10 @@ DELIVERIES = Counter("gateway_deliveries_total", "Webhook delivery attempts by s
                      ["subscription", "outcome"], registry=REGISTRY)
 ATTEMPT_LATENCY = Histogram("gateway_delivery_attempt_seconds", "Webhook attempt latency", ["subscription"],
                             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=REGISTRY)
-OUTBOX_PENDING = Gauge("gateway_outbox_pending", "Deliveries waiting to be sent", registry=REGISTRY)
-OUTBOX_OLDEST = Gauge("gateway_outbox_oldest_pending_seconds", "Age of the oldest pending delivery", registry=REGISTRY)
+OUTBOX_PENDING = Gauge("gateway_outbox_pending", "Deliveries waiting to be sent", registry=REGISTRY,
+                       multiprocess_mode="mostrecent")
+OUTBOX_OLDEST = Gauge("gateway_outbox_oldest_pending_seconds", "Age of the oldest pending delivery", registry=REGISTRY,
+                      multiprocess_mode="mostrecent")
 CODEC_SECONDS = Histogram("gateway_codec_seconds", "Time to transcode one 20 ms frame (sampled 1 in 50)",
                           ["direction"], buckets=(5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3), registry=REGISTRY)
 
@@ -73,3 +81,17 @@ class MediaStats:
 
 MEDIA = MediaStats()
 REGISTRY.register(MEDIA)
+
+
+def exposition() -> bytes:
+    """The text exposition of every metric: this process's, or every process's when shared."""
+    from prometheus_client import generate_latest
+
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return generate_latest(REGISTRY)
+    from prometheus_client import multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    registry.register(MEDIA)
+    return generate_latest(registry)

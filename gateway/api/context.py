@@ -11,6 +11,7 @@ from gateway.media.registry import SessionRegistry
 from gateway.providers.vonage import ReplayGuard
 from gateway.store.base import Store
 from gateway.tunnel import TunnelDetector
+from gateway.webhooks.processes import DeliveryProcesses
 from gateway.webhooks.worker import DeliveryWorker
 
 
@@ -23,6 +24,7 @@ class GatewayContext:
     clock: Callable[[], float] = time.time
     replay_guard: ReplayGuard = field(default_factory=ReplayGuard)
     worker: DeliveryWorker | None = None
+    delivery_processes: DeliveryProcesses | None = None  # with `delivery.processes`: they send the configured webhooks
     tunnel: TunnelDetector | None = None  # set when public_url is auto
     sessions: SessionRegistry = field(default_factory=SessionRegistry)
     draining: bool = False  # set by the first SIGTERM: readiness false, new calls refused

@@ -26,12 +26,12 @@ async def readyz(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
-    """Prometheus text exposition of `gateway.metrics.REGISTRY` (outbox gauges refreshed here)."""
+    """Prometheus text exposition of the gateway's metrics (outbox gauges refreshed here)."""
     from datetime import datetime, timezone
 
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+    from prometheus_client import CONTENT_TYPE_LATEST
 
-    from gateway.metrics import OUTBOX_OLDEST, OUTBOX_PENDING, REGISTRY
+    from gateway.metrics import OUTBOX_OLDEST, OUTBOX_PENDING, exposition
 
     try:
         stats = await request.app.state.gateway.store.outbox_stats(now=datetime.now(timezone.utc))
@@ -39,7 +39,7 @@ async def metrics(request: Request) -> Response:
         OUTBOX_OLDEST.set(stats["oldest_pending_seconds"])
     except StoreError:
         pass
-    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+    return Response(exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
 routes = [

@@ -6,7 +6,7 @@ from __future__ import annotations
 import fnmatch
 import threading
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from gateway.events.envelope import Event
 
@@ -42,3 +42,8 @@ class EventFanout:
 
     def __call__(self, event: Event) -> Sequence[tuple[str, bool]]:
         return self.targets(event.type)
+
+
+def fanout_for(subscriptions: Iterable[Any]) -> EventFanout:
+    """The fan-out over the enabled ones of configured subscriptions (`webhooks:` entries)."""
+    return EventFanout(Route(s.name, tuple(s.events), s.ordered) for s in subscriptions if s.enabled)

@@ -45,6 +45,13 @@ class WorkerSettings:
     claim_limit: int = 200
     prefetch: int = 4  # rows claimed per subscription: up to prefetch x concurrency (see DeliveryWorker)
 
+    @classmethod
+    def from_config(cls, delivery: Any) -> "WorkerSettings":
+        """From the config's `delivery:` section."""
+        return cls(concurrency=delivery.concurrency, prefetch=delivery.prefetch, lease_seconds=delivery.lease_seconds,
+                   poll_seconds=delivery.poll_seconds, disable_after_failures=delivery.disable_after_failures,
+                   disable_after_seconds=delivery.disable_after_seconds)
+
 
 def delivery_context(event: Event, call: CallRecord | None, secrets_available: bool = True) -> dict[str, Any]:
     """The template context of DESIGN.md for one event (secrets are added by the renderer)."""
