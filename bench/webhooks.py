@@ -95,6 +95,26 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of `pid` (a gateway's delivery processes), from /proc."""
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                found = [int(x) for x in Path(f"/proc/{parent}/task/{task}/children").read_text().split()]
+            except OSError:
+                continue
+            out += found
+            todo += found
+    return out
+
+
 def system_busy() -> tuple[float, float]:
     """(busy, total) jiffies over all cores, from /proc/stat."""
     parts = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -104,7 +124,8 @@ def system_busy() -> tuple[float, float]:
 
 class CpuSampler:
     """Samples the CPU seconds of named pids (and the whole machine) every `period` seconds,
-    so the CPU of any wall-clock window can be read afterwards."""
+    so the CPU of any wall-clock window can be read afterwards. A named pid's descendants
+    (the gateway's delivery processes) count as that name, including ones that exited."""
 
     def __init__(self, pids: dict[str, list[int]], period: float = 0.2) -> None:
         self.pids = pids
@@ -120,6 +141,9 @@ class CpuSampler:
         return value
 
     def _sample(self) -> None:
+        for pids in list(self.pids.values()):
+            for pid in list(pids):
+                pids.extend(child for child in descendants(pid) if child not in pids)
         cpu = {name: sum(self._cpu(p) for p in list(pids)) for name, pids in list(self.pids.items())}
         self.samples.append((time.time(), cpu, system_busy()))
 
