@@ -43,6 +43,7 @@ class WorkerSettings:
     disable_after_failures: int = 50
     disable_after_seconds: float = 3600.0
     claim_limit: int = 200
+    health_refresh_seconds: float = 30.0  # re-read endpoint health: another instance may have enabled or disabled one
     prefetch: int = 4  # rows claimed per subscription: up to prefetch x concurrency (see DeliveryWorker)
 
     @classmethod
@@ -194,8 +195,15 @@ class DeliveryWorker:
         }
 
     async def _run(self) -> None:
+        health_read = self.clock()
         while not self._stopping:
             self._wake.clear()
+            if self.clock() - health_read >= self.settings.health_refresh_seconds:
+                health_read = self.clock()
+                try:
+                    await self.refresh_health()
+                except StoreError as exc:
+                    log.warning("re-reading endpoint health failed: %s", exc)
             try:
                 claimed = await self.store.claim_deliveries(
                     self.owner, now=_utc(self.clock()), lease_seconds=self.lease_seconds,

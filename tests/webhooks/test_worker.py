@@ -88,3 +88,35 @@ async def test_a_row_that_waited_past_its_lease_slack_is_released_unsent_and_sen
             await worker.stop()
             await store.close()
     assert sorted(r["path"] for r in receiver.requests) == ["/hooks/run-0", "/hooks/run-1", "/hooks/run-2"]
+
+
+async def test_endpoint_health_changed_elsewhere_reaches_the_worker(tmp_path: Path) -> None:
+    """A subscription re-enabled by another instance (here: straight in the shared store, not
+    through this worker) flows again at the worker's next health read, without a restart."""
+    from datetime import datetime, timezone
+
+    with Receiver() as receiver:
+        store = SQLiteStore(str(tmp_path / "gateway.db"))
+        await store.open()
+        await store.set_endpoint_disabled("crm", reason="disabled by an operator", now=datetime.now(timezone.utc))
+        await store.close()
+        store, worker = await _outbox(tmp_path, lambda store: DeliveryWorker(
+            store, [_subscription(receiver)], {},
+            settings=WorkerSettings(poll_seconds=0.05, health_refresh_seconds=0.3)))
+        try:
+            assert worker.disabled == {"crm"}
+            await _ring(store, 1)
+            await asyncio.sleep(0.5)
+            assert receiver.requests == []  # disabled: the row waits
+            other = SQLiteStore(str(tmp_path / "gateway.db"))  # another instance's enable
+            await other.open()
+            await other.set_endpoint_disabled("crm", reason=None, now=datetime.now(timezone.utc))
+            await other.close()
+            deadline = time.monotonic() + 10
+            while not receiver.requests and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            assert [r["path"] for r in receiver.requests] == ["/hooks/run-0"]
+            assert worker.disabled == set()
+        finally:
+            await worker.stop()
+            await store.close()
