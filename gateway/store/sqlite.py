@@ -9,7 +9,9 @@ fsync per callback, claim and finished attempt into one per batch.
 
 Several processes may share the file (the gateway and its delivery processes, the CLI). Each
 group takes an exclusive `flock` on `<path>.writelock` before `BEGIN IMMEDIATE` and drops it
-after the COMMIT: a waiting writer is woken by the kernel the moment the lock is free, where
+after the COMMIT, and takes its transactions from the queue only once it holds the lock, so
+that what queued up while another process wrote shares the next commit (and fsync) instead of
+queueing for a lock of its own. A waiting writer is woken by the kernel the moment the lock is free, where
 SQLite's own busy handler would sleep and poll (1, 2, 5, 10 ms...), which at hundreds of
 commits a second costs most of the throughput. `busy_timeout` still covers a process that does
 not take the lock. The kernel drops a dead process's lock; a live one stopped while it holds it
@@ -161,17 +163,35 @@ class SQLiteStore(SQLiteCampaigns, Store):
             raise StoreError(f"sqlite: {exc}") from exc
 
     def _drain(self) -> None:
-        """Writer thread: run what is queued, a group at a time, and answer each caller."""
-        with self._queued_lock:
-            batch = self._queued[: self.MAX_GROUP]
-            del self._queued[: self.MAX_GROUP]
-            if self._queued:
-                self._writer.submit(self._drain)  # the rest, after this group
+        """Writer thread: take the write lock, then everything queued by then, run it as one
+        group, and answer each caller. Taking the batch after the lock means that the longer
+        another process held the lock, the more this group carries into its one commit."""
+        lock_fd = self._lock_fd if self._wconn is not None else None
+        lock_error: StoreError | None = None
+        if lock_fd is not None:
+            try:
+                fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            except OSError as exc:  # answered like a failed BEGIN: nobody is left waiting
+                lock_error = StoreError(f"sqlite: cannot take the write lock {self.path}.writelock: {exc}")
+                lock_fd = None
+        try:
+            with self._queued_lock:
+                batch = self._queued[: self.MAX_GROUP]
+                del self._queued[: self.MAX_GROUP]
+                if self._queued:
+                    self._writer.submit(self._drain)  # the rest, after this group
+                else:
+                    self._drain_scheduled = False
+            if lock_error is not None:
+                outcomes: list[tuple[bool, Any]] = [(False, lock_error)] * len(batch)
             else:
-                self._drain_scheduled = False
-        if not batch:
-            return
-        outcomes = self._run_group([fn for fn, _ in batch])
+                outcomes = self._run_group([fn for fn, _ in batch]) if batch else []
+        finally:
+            if lock_fd is not None:
+                try:
+                    fcntl.flock(lock_fd, fcntl.LOCK_UN)
+                except OSError:  # the outcomes stand; the kernel drops the lock with the descriptor
+                    pass
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
         for (_, future), (ok, value) in zip(batch, outcomes):
             by_loop.setdefault(future.get_loop(), []).append((future, ok, value))
@@ -192,23 +212,6 @@ class SQLiteStore(SQLiteCampaigns, Store):
         conn = self._wconn
         if conn is None:
             return [(False, StoreError("store is closed"))] * len(fns)
-        lock_fd = self._lock_fd
-        if lock_fd is None:
-            return self._run_group_locked(conn, fns)
-        try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX)
-        except OSError as exc:  # answered like a failed BEGIN: nobody is left waiting
-            return [(False, StoreError(f"sqlite: cannot take the write lock {self.path}.writelock: {exc}"))] * len(fns)
-        try:
-            return self._run_group_locked(conn, fns)
-        finally:
-            try:
-                fcntl.flock(lock_fd, fcntl.LOCK_UN)
-            except OSError:  # the outcomes stand; the kernel drops the lock with the descriptor
-                pass
-
-    @staticmethod
-    def _run_group_locked(conn: sqlite3.Connection, fns: list[Callable[[sqlite3.Connection], Any]]) -> list[tuple[bool, Any]]:
         outcomes: list[tuple[bool, Any]] = []
         done: list[int] = []  # indexes whose writes sit in the open transaction
 
