@@ -50,7 +50,8 @@ def _received(receiver):
     return [(json.loads(r["body"])["workflow_run_id"], json.loads(r["body"])["type"], r["headers"]["webhook-id"]) for r in receiver.requests]
 
 
-def test_two_delivery_processes_send_everything_signed_in_order(gateway_process, tmp_path):
+def test_two_delivery_processes_send_everything_signed_in_order(store_config, gateway_process, tmp_path):
+    """On either store: every event once, in order per call, signed; /metrics sums the children."""
     verifier = Webhook(WHSEC)
     bad = []
 
@@ -66,7 +67,7 @@ def test_two_delivery_processes_send_everything_signed_in_order(gateway_process,
     receiverbox = []
     with Receiver(verify) as receiver:
         receiverbox.append(receiver)
-        proc = gateway_process(_config(tmp_path, receiver, 2))
+        proc = gateway_process(_config(tmp_path, receiver, 2, **store_config))
         children = _child_pids(proc, 2)
         assert proc.proc.pid not in children and len(set(children)) == 2
         runs = [f"run-{i}" for i in range(10)]
