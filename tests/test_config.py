@@ -89,3 +89,19 @@ def test_check_config_command_prints_the_same_message(tmp_path):
     path.write_text("listen: {port: 9000}\n")
     ok = subprocess.run([sys.executable, "-m", "gateway.cli", "check-config", "--config", str(path)], capture_output=True, text=True)
     assert ok.returncode == 0 and "config OK" in ok.stdout
+
+
+def test_the_readme_config_example_loads(tmp_path):
+    """The README's annotated config is a real config: it loads, with its `${VAR}`s set."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    start = readme.index("```yaml\npublic_url:") + len("```yaml\n")
+    block = readme[start:readme.index("```", start)]
+    path = tmp_path / "gateway.yaml"
+    path.write_text(block)
+    env = {"GATEWAY_API_KEY": "k" * 32, "GATEWAY_SECRET_KEY": "s" * 32, "TWILIO_AUTH_TOKEN": "t" * 32,
+           "VONAGE_SIGNATURE_SECRET": "v" * 32}
+    config = load_config(str(path), env=env)
+    assert config.providers.twilio.auth_token.get_secret_value() == "t" * 32
+    assert config.delivery.processes == 0 and config.store == "sqlite:///data/gateway.db"
