@@ -9,6 +9,7 @@ Run by hand (every phase is bounded in count and time and stops by itself):
     .venv/bin/python bench/webhooks.py --generator-ceiling      # the load generator's own ceiling
     .venv/bin/python bench/webhooks.py --rates 1500 --profile /tmp/prof   # py-spy on the gateway
     .venv/bin/python bench/webhooks.py --reference --rates 500,1500 --ceiling   # the bare relay
+    .venv/bin/python bench/webhooks.py --rates 500,1000 --ceiling --set delivery.processes=2
 
 Three kinds of process, so that none of them shares an event loop with another:
 
@@ -34,9 +35,10 @@ for a free connection, so an overloaded gateway cannot hide behind a slow genera
 (acknowledged but never received within the drain timeout), duplicated (a webhook-id
 received more than once) and CPU of the gateway, receiver and generator (100 % = one core).
 
-`--store postgresql://...` and `--instances N` are accepted by the CLI so the bench can cover
-them once the gateway supports them: the store URL is written into every instance's config
-and the generator spreads its connections round-robin over the instances.
+`--instances N` starts N gateways sharing the store named by `--store` (PostgreSQL; one SQLite
+file works too, as an experiment: a deployment runs one gateway per SQLite file and adds
+`delivery.processes`); the generator spreads its connections round-robin over them. A gateway's
+delivery processes (`--set delivery.processes=2`) count as the gateway's CPU.
 """
 
 from __future__ import annotations
