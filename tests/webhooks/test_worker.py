@@ -75,8 +75,10 @@ async def test_a_row_that_waited_past_its_lease_slack_is_released_unsent_and_sen
             settings=WorkerSettings(concurrency=1, prefetch=4, lease_seconds=60, poll_seconds=0.1)))
         try:
             await _ring(store, 3)
-            while not receiver.requests:  # the first row is on the wire, two more wait for the slot
-                await asyncio.sleep(0.01)
+            deadline = time.monotonic() + 10
+            while (not receiver.requests or worker.inflight["crm"] < 3) and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)  # the first row is on the wire, two more claimed and waiting for the slot
+            assert worker.inflight["crm"] == 3
             skew[0] += 55  # they have now waited longer than 60 - 5 - 5 s (past the lease slack), leases still on
             # Skipped, handed back and claimed afresh: sent long before their old leases (60 s) end.
             deadline = time.monotonic() + 10
