@@ -52,14 +52,13 @@ def create_app(config: GatewayConfig, *, store: Store | None = None) -> Starlett
     processes = DeliveryProcesses(config, config.delivery.processes) if config.delivery.processes else None
     worker = DeliveryWorker(store, [] if processes else config.webhooks, config.secret_values(),
                             settings=WorkerSettings.from_config(config.delivery))
-    if processes is None:
-        store.set_fanout(fanout_for(config.webhooks), worker.wake)
-    else:
-        def wake_all() -> None:
-            worker.wake()
+
+    def wake_senders() -> None:
+        worker.wake()
+        if processes is not None:
             processes.wake()
 
-        store.set_fanout(fanout_for(config.webhooks), wake_all)
+    store.set_fanout(fanout_for(config.webhooks), wake_senders)
     ctx = GatewayContext(config=config, store=store, worker=worker, delivery_processes=processes)
     store.set_control_handler(ctx.sessions.handle_control)
     if config.public_url == "auto":

@@ -131,6 +131,16 @@ def twilio_signature(url: str, params: dict[str, Any] | None = None, token: str 
     return RequestValidator(token).compute_signature(url, params or {})
 
 
+def twilio_status_callback(server: Any, run_id: str, status: str, sid: str | None = None, **extra: Any) -> "httpx.Response":
+    """POST a Twilio-signed status callback for `run_id` to a gateway (anything with `.url`); it must be acknowledged."""
+    params = {"CallSid": sid or ("CA" + run_id.encode().hex().ljust(32, "0")[:32]), "AccountSid": TWILIO_SID,
+              "CallStatus": status, "From": "+1555", "To": "+1666", **extra}
+    url = f"{server.url}/api/v1/telephony/status-callback/{run_id}"
+    response = httpx.post(url, data=params, headers={"X-Twilio-Signature": twilio_signature(url, params)}, timeout=10)
+    assert response.status_code == 204, response.text
+    return response
+
+
 def vonage_jwt(body: bytes = b"", *, secret: str = VONAGE_SECRET, iat: float | None = None, **claims: Any) -> str:
     """A Vonage signed-webhook JWT, built with pyjwt exactly as Vonage signs them."""
     import hashlib

@@ -12,16 +12,14 @@ import httpx
 import pytest
 
 from postgres_support import postgres_schema_url
-from support import TWILIO_SID, Receiver, base_config, twilio_signature
+from support import TWILIO_SID, Receiver, base_config, twilio_signature, twilio_status_callback
 
 pytestmark = pytest.mark.postgresql
 WHSEC = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
 def _callback(proc, run_id, status):
-    params = {"CallSid": "CA" + run_id.encode().hex().ljust(32, "0")[:32], "AccountSid": TWILIO_SID, "CallStatus": status}
-    url = f"{proc.url}/api/v1/telephony/status-callback/{run_id}"
-    return httpx.post(url, data=params, headers={"X-Twilio-Signature": twilio_signature(url, params)}, timeout=10).status_code
+    return twilio_status_callback(proc, run_id, status).status_code
 
 
 @pytest.fixture

@@ -171,9 +171,7 @@ class DeliveryProcesses:
                 continue
             try:
                 os.write(child.writer.fileno(), data)
-            except BlockingIOError:  # the pipe is full of wake-ups the child has yet to read
-                pass
-            except OSError:  # the child is gone; `_exited` deals with it
+            except OSError:  # a full pipe (wake-ups the child has yet to read) or a child gone (`_exited`)
                 pass
 
     # -- stopping -------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import socket
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from gateway.calls.record import CallRecord
 from gateway.events.envelope import Event
@@ -29,6 +29,9 @@ from gateway.webhooks.clients import EndpointClients
 from gateway.webhooks.policy import Outcome, map_response, next_delay
 from gateway.webhooks.sender import AttemptResult, RequestBuildError, build_request, send_attempt
 from gateway.webhooks.subscription import Subscription
+
+if TYPE_CHECKING:
+    from gateway.config import DeliveryConfig
 
 log = logging.getLogger("gateway.webhooks")
 
@@ -47,7 +50,7 @@ class WorkerSettings:
     prefetch: int = 4  # rows claimed per subscription: up to prefetch x concurrency (see DeliveryWorker)
 
     @classmethod
-    def from_config(cls, delivery: Any) -> "WorkerSettings":
+    def from_config(cls, delivery: "DeliveryConfig") -> "WorkerSettings":
         """From the config's `delivery:` section."""
         return cls(concurrency=delivery.concurrency, prefetch=delivery.prefetch, lease_seconds=delivery.lease_seconds,
                    poll_seconds=delivery.poll_seconds, disable_after_failures=delivery.disable_after_failures,

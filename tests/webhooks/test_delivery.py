@@ -11,7 +11,7 @@ import httpx
 import pytest
 from standardwebhooks import Webhook
 
-from support import API_KEY, TWILIO_SID, Receiver, base_config, twilio_signature, wait_until
+from support import API_KEY, Receiver, base_config, twilio_status_callback, wait_until
 
 WHSEC = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 FAST = {"schedule": [0.05, 0.05, 0.05, 0.05], "jitter": 0.0, "total_timeout": 60}
@@ -31,13 +31,7 @@ def subscription(receiver, **overrides):
     return sub
 
 
-def callback(server, run_id, status, sid=None, **extra):
-    params = {"CallSid": sid or ("CA" + run_id.encode().hex().ljust(32, "0")[:32]), "AccountSid": TWILIO_SID,
-              "CallStatus": status, "From": "+1555", "To": "+1666", **extra}
-    url = f"{server.url}/api/v1/telephony/status-callback/{run_id}"
-    response = httpx.post(url, data=params, headers={"X-Twilio-Signature": twilio_signature(url, params)})
-    assert response.status_code == 204, response.text
-    return response
+callback = twilio_status_callback
 
 
 def admin(server, method, path, **kw):

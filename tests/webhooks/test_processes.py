@@ -10,7 +10,7 @@ import signal
 import httpx
 from standardwebhooks.webhooks import Webhook
 
-from support import API_KEY, TWILIO_SID, Receiver, base_config, twilio_signature, wait_until
+from support import API_KEY, Receiver, base_config, twilio_status_callback, wait_until
 
 WHSEC = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 STEPS = ("call.ringing", "call.completed", "call.ended")
@@ -22,13 +22,6 @@ def _config(tmp_path, receiver, processes, **overrides):
             "retry": {"schedule": [0.2, 0.2, 0.2], "jitter": 0}}
     delivery = {"processes": processes, **overrides.pop("delivery", {})}
     return base_config(tmp_path, webhooks=[hook], delivery=delivery, **overrides)
-
-
-def _callback(proc, run_id, status):
-    params = {"CallSid": "CA" + run_id.encode().hex().ljust(32, "0")[:32], "AccountSid": TWILIO_SID, "CallStatus": status}
-    url = f"{proc.url}/api/v1/telephony/status-callback/{run_id}"
-    answer = httpx.post(url, data=params, headers={"X-Twilio-Signature": twilio_signature(url, params)}, timeout=10)
-    assert answer.status_code == 204, answer.text
 
 
 def _child_pids(proc, count):
@@ -73,7 +66,7 @@ def test_two_delivery_processes_send_everything_signed_in_order(store_config, ga
         runs = [f"run-{i}" for i in range(10)]
         for status in ("ringing", "completed"):
             for run in runs:
-                _callback(proc, run, status)
+                twilio_status_callback(proc, run, status)
         expected = {(run, kind) for run in runs for kind in STEPS}
         wait_until(lambda: {(r, k) for r, k, _ in _received(receiver)} >= expected, timeout=30, what="every event delivered")
         got = _received(receiver)
@@ -101,7 +94,7 @@ def test_a_killed_delivery_process_is_started_again_and_nothing_is_lost(gateway_
         (child,) = _child_pids(proc, 1)
         runs = [f"run-k{i}" for i in range(4)]
         for run in runs:
-            _callback(proc, run, "ringing")
+            twilio_status_callback(proc, run, "ringing")
         wait_until(lambda: receiver.requests, what="an attempt in flight")
         os.kill(child, signal.SIGKILL)
         slow["delay"] = 0.0
@@ -132,9 +125,9 @@ def test_enabling_a_subscription_reaches_the_delivery_processes(gateway_process,
         def health():
             return httpx.get(proc.url + "/api/v1/subscriptions", headers=headers, timeout=10).json()["subscriptions"][0]["health"]
 
-        _callback(proc, "run-g", "ringing")
+        twilio_status_callback(proc, "run-g", "ringing")
         wait_until(lambda: health()["disabled_at"], what="the 410 to disable the subscription")
-        _callback(proc, "run-g", "completed")
+        twilio_status_callback(proc, "run-g", "completed")
         pending = wait_until(lambda: {d["event_type"] for d in httpx.get(proc.url + "/api/v1/deliveries?status=pending", headers=headers,
                                                                          timeout=10).json()["deliveries"]} >= {"call.completed", "call.ended"},
                              what="the later events to wait")
