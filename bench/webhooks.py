@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import datetime
 import json
@@ -184,70 +185,114 @@ class CpuSampler:
 # --- receiver role -----------------------------------------------------------------------------
 
 
+def _split_head(head: bytes) -> tuple[str, str, dict[str, str]]:
+    """(method, path, headers with lower-case names) of a request head, for the harness's
+    own minimal HTTP/1.1 servers."""
+    lines = head.decode("latin-1").split("\r\n")
+    method, target, _ = lines[0].split(" ", 2)
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return method, target.split("?", 1)[0], headers
+
+
+class RequestReader:
+    """Splits a byte stream into HTTP/1.1 requests with Content-Length bodies (all the
+    gateway's HTTP client and httpx send here); `feed` returns the complete ones."""
+
+    def __init__(self) -> None:
+        self.buffer = b""
+
+    def feed(self, data: bytes) -> list[tuple[str, str, dict[str, str], bytes]]:
+        self.buffer += data
+        out = []
+        while True:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return out
+            method, path, headers = _split_head(self.buffer[:end])
+            if "chunked" in headers.get("transfer-encoding", ""):
+                raise ValueError("chunked request bodies are not expected here")
+            length = int(headers.get("content-length") or 0)
+            if len(self.buffer) < end + 4 + length:
+                return out
+            out.append((method, path, headers, self.buffer[end + 4:end + 4 + length]))
+            self.buffer = self.buffer[end + 4 + length:]
+
+
+def _response(status: int, body: bytes = b"", ctype: str = "application/json") -> bytes:
+    reason = {200: "OK", 204: "No Content", 400: "Bad Request", 404: "Not Found"}.get(status, "OK")
+    head = f"HTTP/1.1 {status} {reason}\r\ncontent-length: {len(body)}\r\n"
+    if body:
+        head += f"content-type: {ctype}\r\n"
+    return (head + "\r\n").encode("latin-1") + body
+
+
 def receiver_main(args: argparse.Namespace) -> None:
-    """A cheap receiver: raw ASGI on uvicorn/httptools/uvloop; verifies every signature."""
-    import uvicorn
+    """A cheap receiver: a bare asyncio protocol on uvloop (no HTTP framework, so that as
+    little as possible of the shared machine goes to the harness); verifies every signature
+    with the `standardwebhooks` package as each delivery arrives, and answers 400 to a bad one."""
+    import uvloop
     from standardwebhooks import Webhook, WebhookVerificationError
 
     verifier = Webhook(args.secret)
     records: list[tuple[str, str, str, float, str]] = []
     state = {"bad": 0, "errors": 0}
     sink = args.sink
+    ok = _response(200)
 
-    async def reply(send: Any, status: int, body: bytes = b"", ctype: bytes = b"application/json") -> None:
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", ctype), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
-
-    async def app(scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        if scope["type"] != "http":
-            return
-        received_at = time.time()
-        body = b""
-        more = True
-        while more:
-            message = await receive()
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-        path = scope["path"]
+    def handle(method: str, path: str, headers: dict[str, str], body: bytes, received_at: float) -> bytes:
         if path.startswith("/_bench/"):
             if path == "/_bench/stats":
-                data = {"received": len(records), **state}
+                data: dict[str, Any] = {"received": len(records), **state}
             elif path == "/_bench/dump":
                 data = {"records": records, **state}
             else:
                 data = {}
-            await reply(send, 200, json.dumps(data, separators=(",", ":")).encode())
-            return
+            return _response(200, json.dumps(data, separators=(",", ":")).encode())
         if sink:  # generator-ceiling mode: answer like the gateway does, nothing else
-            await send({"type": "http.response.start", "status": 204, "headers": []})
-            await send({"type": "http.response.body", "body": b""})
-            return
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+            return _response(204)
         try:
             payload = verifier.verify(body, headers)
         except WebhookVerificationError:
             state["bad"] += 1
-            await reply(send, 400, b'{"error":"bad signature"}')
-            return
+            return _response(400, b'{"error":"bad signature"}')
         except Exception:  # noqa: BLE001 - count and answer, never crash the receiver
             state["errors"] += 1
-            await reply(send, 400, b'{"error":"unreadable"}')
-            return
-        records.append((payload.get("workflow_run_id") or "", payload.get("type") or "", headers["webhook-id"], received_at,
-                        path))
-        await reply(send, 200)
+            return _response(400, b'{"error":"unreadable"}')
+        records.append((payload.get("workflow_run_id") or "", payload.get("type") or "", headers["webhook-id"],
+                        received_at, path))
+        return ok
 
-    uvicorn.run(app, host="127.0.0.1", port=args.port, http="httptools", loop="uvloop", log_level="warning",
-                access_log=False, lifespan="on", backlog=4096, timeout_keep_alive=60)
+    class Receiving(asyncio.Protocol):
+        def connection_made(self, transport: Any) -> None:
+            self.transport = transport
+            self.reader = RequestReader()
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+        def data_received(self, data: bytes) -> None:
+            received_at = time.time()
+            try:
+                requests = self.reader.feed(data)
+            except ValueError:
+                state["errors"] += 1
+                self.transport.write(_response(400))
+                self.transport.close()
+                return
+            if requests:
+                self.transport.write(b"".join(handle(*request, received_at) for request in requests))
+
+    async def serve() -> None:
+        server = await asyncio.get_running_loop().create_server(Receiving, "127.0.0.1", args.port, backlog=4096)
+        async with server:
+            await server.serve_forever()
+
+    uvloop.install()
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve())
 
 
 # --- reference role: a bare relay ---------------------------------------------------------------
@@ -355,7 +400,42 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
     return status, b"\r\nconnection: close" not in lower
 
 
+class _ResponseReader:
+    """Reads HTTP/1.1 responses off a connection: (status, keep-alive) of each complete one."""
+
+    def __init__(self) -> None:
+        self.buffer = b""
+
+    def feed(self, data: bytes) -> list[tuple[int, bool]]:
+        self.buffer += data
+        out = []
+        while True:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return out
+            head = self.buffer[:end].lower()
+            status = int(head[9:12])
+            at = head.find(b"\r\ncontent-length:")
+            if at != -1:
+                stop = head.find(b"\r\n", at + 2)
+                length = int(head[at + 17:stop if stop != -1 else len(head)])
+                if len(self.buffer) < end + 4 + length:
+                    return out
+                self.buffer = self.buffer[end + 4 + length:]
+            elif b"\r\ntransfer-encoding: chunked" in head:
+                stop = self.buffer.find(b"\r\n0\r\n\r\n", end)
+                if stop < 0:
+                    return out
+                self.buffer = self.buffer[stop + 7:]
+            else:
+                self.buffer = self.buffer[end + 4:]
+            out.append((status, b"\r\nconnection: close" not in head))
+
+
 async def loadgen_run(args: argparse.Namespace) -> dict[str, Any]:
+    """Send the pre-built callbacks: request i is due at t0 + i/rate (closed loop with rate 0),
+    each on the next idle keep-alive connection to its target, one request per connection at
+    a time. Bare asyncio protocols: a request costs the harness a write and a parse."""
     targets = args.target
     rate = args.rate
     count = args.count if rate == 0 else int(rate * args.duration)
@@ -364,72 +444,111 @@ async def loadgen_run(args: argparse.Namespace) -> dict[str, Any]:
     sent = [0.0] * count
     done = [0.0] * count
     status = [0] * count
-    queues = [asyncio.Queue() for _ in targets]  # one per instance: a connection serves one target
+    loop = asyncio.get_running_loop()
+    due: list[collections.deque[int]] = [collections.deque() for _ in targets]  # due, not yet sent
+    idle: list[list[Sending]] = [[] for _ in targets]
     addrs = [t.split("://", 1)[1].rsplit(":", 1) for t in targets]
-
-    async def connect(t: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        host, port = addrs[t]
-        reader, writer = await asyncio.open_connection(host, int(port))
-        sock = writer.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return reader, writer
-
     deadline = [float("inf")]
+    state = {"open": 0, "answered": 0}
 
-    async def worker(t: int) -> None:
-        reader, writer = await connect(t)
-        queue = queues[t]
-        try:
-            while True:
-                i = await queue.get()
-                if i is None or time.time() > deadline[0]:
+    class Sending(asyncio.Protocol):
+        def __init__(self, t: int) -> None:
+            self.t = t
+            self.reader = _ResponseReader()
+            self.current = -1
+            self.transport: Any = None
+
+        def connection_made(self, transport: Any) -> None:
+            self.transport = transport
+            transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+        def send(self, i: int) -> None:
+            self.current = i
+            sent[i] = time.time()
+            self.transport.write(requests[i])
+
+        def data_received(self, data: bytes) -> None:
+            for code, keep in self.reader.feed(data):
+                self.answered(code)
+                if not keep:
+                    self.transport.close()
                     return
-                sent[i] = time.time()
-                try:
-                    writer.write(requests[i])
-                    code, keep = await _read_response(reader)
-                except (OSError, asyncio.IncompleteReadError, ValueError):
-                    code, keep = -1, False
+            if self.current < 0:
+                pump(self)
+
+        def answered(self, code: int) -> None:
+            i, self.current = self.current, -1
+            if i >= 0:
                 done[i] = time.time()
                 status[i] = code
-                if not keep:
-                    writer.close()
-                    reader, writer = await connect(t)
-        finally:
-            writer.close()
+                state["answered"] += 1
 
-    workers = [asyncio.ensure_future(worker(k % len(targets))) for k in range(args.connections)]
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self.current >= 0:
+                self.answered(-1)
+            if self in idle[self.t]:
+                idle[self.t].remove(self)
+            state["open"] -= 1
+            if time.time() < deadline[0]:
+                asyncio.ensure_future(connect(self.t))
+
+    def pump(conn: Sending) -> None:
+        """`conn` is free: its next due request, else it waits in the idle list."""
+        queue = due[conn.t]
+        if queue and time.time() <= deadline[0]:
+            conn.send(queue.popleft())
+        elif queue:  # past the deadline: what is left was never sent
+            queue.clear()
+            idle[conn.t].append(conn)
+        else:
+            idle[conn.t].append(conn)
+
+    async def connect(t: int) -> None:
+        host, port = addrs[t]
+        _, conn = await loop.create_connection(lambda: Sending(t), host, int(port))
+        state["open"] += 1
+        pump(conn)
+
+    await asyncio.gather(*(connect(k % len(targets)) for k in range(args.connections)))
     await asyncio.sleep(0.3)  # connections open before the window
-    loop = asyncio.get_running_loop()
     wall0 = time.time() + 0.05
     mono0 = loop.time() + 0.05
     if rate == 0:  # closed loop: every connection busy until the deadline
         deadline[0] = wall0 + args.duration
+        await asyncio.sleep(0.05)
         for i in range(count):
             sched[i] = wall0
-            queues[target_of[i]].put_nowait(i)
-        await asyncio.sleep(0.05)
+            due[target_of[i]].append(i)
+        for t in range(len(targets)):
+            for conn in list(idle[t]):
+                idle[t].remove(conn)
+                pump(conn)
     else:
         i = 0
         step = 1.0 / rate
         while i < count:
             now = loop.time()
-            due = min(count, int((now - mono0) * rate) + 1) if now >= mono0 else 0
-            while i < due:
+            upto = min(count, int((now - mono0) * rate) + 1) if now >= mono0 else 0
+            while i < upto:
                 sched[i] = wall0 + i * step
-                queues[target_of[i]].put_nowait(i)
+                t = target_of[i]
+                due[t].append(i)
+                if idle[t]:
+                    pump(idle[t].pop())
                 i += 1
-            await asyncio.sleep(max(0.0, min(0.002, mono0 + i * step - loop.time())))
+            # at least 1 ms: uvloop rounds a shorter sleep down to none, and the loop would spin
+            await asyncio.sleep(max(0.001, min(0.002, mono0 + i * step - loop.time())))
         deadline[0] = time.time() + args.duration + 30  # bound the tail: an unanswered callback is an error
-    for queue in queues:
-        for _ in range(args.connections):
-            queue.put_nowait(None)
-    try:
-        await asyncio.wait_for(asyncio.gather(*workers, return_exceptions=True), args.duration + 60)
-    except asyncio.TimeoutError:
-        for w in workers:
-            w.cancel()
+    end = time.time() + args.duration + 60
+    while time.time() < end:  # until every request sent is answered (and, before the deadline, all are sent)
+        issued_now = sum(1 for x in sent if x)
+        if state["answered"] >= issued_now and (not any(due) or time.time() > deadline[0]):
+            break
+        await asyncio.sleep(0.05)
+    deadline[0] = 0.0
+    for t in range(len(targets)):
+        for conn in idle[t]:
+            conn.transport.close()
     issued = [i for i in range(count) if sent[i]]
     return {
         "count": count, "issued": len(issued), "rate": rate, "start": wall0,

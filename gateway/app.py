@@ -47,18 +47,14 @@ def create_app(config: GatewayConfig, *, store: Store | None = None) -> Starlett
     """Build the app; the store opens (and migrates) when the app starts."""
     config = with_dev_secrets(config)
     store = store or open_store_for(config.store)
-    # With delivery processes, they send the configured webhooks and this process's worker only
-    # the campaigns' inline ones (registered here at run time).
+    worker = DeliveryWorker(store, config.webhooks, config.secret_values(), settings=WorkerSettings.from_config(config.delivery))
+    # With delivery processes, they make the configured webhooks' attempts; this process's worker
+    # still leases and records every delivery, and makes the campaigns' inline webhooks' itself.
     processes = DeliveryProcesses(config, config.delivery.processes) if config.delivery.processes else None
-    worker = DeliveryWorker(store, [] if processes else config.webhooks, config.secret_values(),
-                            settings=WorkerSettings.from_config(config.delivery))
-
-    def wake_senders() -> None:
-        worker.wake()
-        if processes is not None:
-            processes.wake()
-
-    store.set_fanout(fanout_for(config.webhooks), wake_senders)
+    if processes is not None:
+        worker.send_through(processes.attempt_or_here(worker), processes.subscriptions)
+    store.set_fanout(fanout_for(config.webhooks), worker.wake)
+    store.set_dispatch(worker.direct_dispatch())
     ctx = GatewayContext(config=config, store=store, worker=worker, delivery_processes=processes)
     store.set_control_handler(ctx.sessions.handle_control)
     if config.public_url == "auto":
@@ -72,9 +68,9 @@ def create_app(config: GatewayConfig, *, store: Store | None = None) -> Starlett
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await store.open()
-        await worker.start()
         if processes is not None:
             await processes.start()
+        await worker.start()
         if ctx.tunnel is not None:
             await ctx.tunnel.start()
         await dial.start()
@@ -90,9 +86,9 @@ def create_app(config: GatewayConfig, *, store: Store | None = None) -> Starlett
             await dial.stop()
             if ctx.tunnel is not None:
                 await ctx.tunnel.stop()
+            await worker.stop()  # its attempts in the delivery processes finish first
             if processes is not None:
                 await processes.stop()
-            await worker.stop()
             await store.close()
 
     app = Starlette(
@@ -100,7 +96,8 @@ def create_app(config: GatewayConfig, *, store: Store | None = None) -> Starlett
                 *tunnel_api.routes],
         lifespan=lifespan,
         middleware=[Middleware(EdgeMiddleware, rate=config.limits.provider_requests_per_second,
-                               burst=config.limits.provider_burst, trusted=config.trusted_proxies)],
+                               burst=config.limits.provider_burst, trusted=config.trusted_proxies),
+                    Middleware(telephony.StatusCallbackFastPath)],
         exception_handlers={HTTPException: _http_error, Exception: _server_error},
     )
     app.state.gateway = ctx

@@ -23,11 +23,6 @@ def _load(path: str | None) -> GatewayConfig:
 
 def _serve(args: argparse.Namespace) -> int:
     config = _load(args.config)
-    if config.delivery.processes:
-        # Before anything imports prometheus_client: every process then counts into shared files.
-        from gateway.webhooks.processes import share_metrics
-
-        share_metrics(config)
     from gateway.app import create_app
     from gateway.config import with_dev_secrets
     from gateway.logs import configure_logging
@@ -125,7 +120,7 @@ async def _webhook_test(config: GatewayConfig, name: str, event_type: str | None
     from gateway.webhooks.clients import EndpointClients
     from gateway.webhooks.policy import map_response
     from gateway.webhooks.sender import RequestBuildError, build_request, send_attempt
-    from gateway.webhooks.worker import delivery_context
+    from gateway.webhooks.attempts import delivery_context
 
     subscription = next((s for s in config.webhooks if s.name == name), None)
     if subscription is None:

@@ -3,16 +3,17 @@
 Hot-path counts (frames) are not incremented per frame: live media sessions keep plain
 integers and a collector sums them (plus the totals of finished sessions) at scrape time.
 
-With delivery processes (`delivery.processes`), prometheus_client runs in multiprocess mode
-(`PROMETHEUS_MULTIPROC_DIR`, set before this module is imported): every process counts into
-files, and `exposition()` sums them; the media collector is added as is (media lives only in
-the gateway's own process).
+Every count is made in the gateway's own process (delivery processes make attempts; the
+gateway's worker counts them). When an operator runs prometheus_client's multiprocess mode
+(`PROMETHEUS_MULTIPROC_DIR` set before this module is imported), `exposition()` sums the
+processes' files and adds the media collector as is.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from functools import lru_cache
 from typing import Any, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -39,6 +40,13 @@ OUTBOX_OLDEST = Gauge("gateway_outbox_oldest_pending_seconds", "Age of the oldes
                       multiprocess_mode="mostrecent")
 CODEC_SECONDS = Histogram("gateway_codec_seconds", "Time to transcode one 20 ms frame (sampled 1 in 50)",
                           ["direction"], buckets=(5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3), registry=REGISTRY)
+
+
+@lru_cache(maxsize=1024)
+def labelled(metric: Any, *labels: str) -> Any:
+    """A metric's child for these label values, kept: `labels()` takes a lock and builds its
+    key every time, and the hot paths count the same few label sets over and over."""
+    return metric.labels(*labels)
 
 
 class MediaStats:

@@ -17,6 +17,7 @@ from typing import Any
 
 import uvicorn
 
+from gateway.heap import settle_heap
 from gateway.metrics import MEDIA
 
 log = logging.getLogger("gateway")
@@ -35,6 +36,10 @@ class DrainingServer(uvicorn.Server):
     async def serve(self, sockets: Any = None) -> None:
         self._loop = asyncio.get_running_loop()
         await super().serve(sockets)
+
+    async def startup(self, sockets: Any = None) -> None:
+        await super().startup(sockets)
+        settle_heap()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self._draining or self._loop is None:

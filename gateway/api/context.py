@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from gateway.api.urls import TrustedPeers
 from gateway.config import GatewayConfig
 from gateway.media.registry import SessionRegistry
 from gateway.providers.vonage import ReplayGuard
@@ -28,6 +29,10 @@ class GatewayContext:
     tunnel: TunnelDetector | None = None  # set when public_url is auto
     sessions: SessionRegistry = field(default_factory=SessionRegistry)
     draining: bool = False  # set by the first SIGTERM: readiness false, new calls refused
+    trusted_peers: TrustedPeers = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.trusted_peers = TrustedPeers(self.config.trusted_proxies)
 
     @property
     def secret_key(self) -> bytes:

@@ -151,8 +151,6 @@ async def enable_subscription(request: Request) -> Response:
     if ctx.worker is not None:
         await ctx.worker.refresh_health()
         ctx.worker.wake()
-    if ctx.delivery_processes is not None:
-        ctx.delivery_processes.refresh_health()
     return JSONResponse({"subscription": name, "enabled": True})
 
 

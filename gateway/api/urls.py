@@ -21,9 +21,32 @@ _WS_SCHEME = {"https": "wss", "http": "ws", "wss": "wss", "ws": "ws"}
 _HTTP_SCHEME = {"wss": "https", "ws": "http", "https": "https", "http": "http"}
 
 
+class TrustedPeers:
+    """The peers that may set `X-Forwarded-*` (`trusted_proxies`), each address's answer kept:
+    the same few peers call again and again, and testing one costs ipaddress parsing."""
+
+    def __init__(self, networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> None:
+        self.networks = tuple(networks)
+        self._known: dict[str, bool] = {}
+
+    def __contains__(self, peer: object) -> bool:
+        found = self._known.get(peer)  # type: ignore[arg-type]
+        if found is None:
+            found = bool(self.networks) and isinstance(peer, str) and _peer_in(peer, self.networks)
+            if len(self._known) >= 4096:
+                self._known.clear()
+            self._known[peer] = found  # type: ignore[index]
+        return found
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self.networks)
+
+
 def _trusted(peer: str | None, proxies: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
     if not peer:
         return False
+    if isinstance(proxies, TrustedPeers):
+        return peer in proxies
     proxies = tuple(proxies)
     return bool(proxies) and _peer_in(peer, proxies)
 
@@ -76,7 +99,7 @@ def _server_host(scope: dict) -> str:
 def gateway_origin(conn: HTTPConnection, ctx: "GatewayContext") -> str:
     """`public_origin` under this gateway's settings, `auto` resolved by its tunnel detector."""
     tunnel = ctx.tunnel.origin() if ctx.tunnel is not None else None
-    return public_origin(conn, ctx.config.public_url, ctx.config.trusted_proxies, tunnel_origin=tunnel)
+    return public_origin(conn, ctx.config.public_url, ctx.trusted_peers, tunnel_origin=tunnel)
 
 
 def as_websocket(origin: str) -> str:

@@ -16,6 +16,7 @@ import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
+from functools import lru_cache
 from urllib.parse import parse_qs, urlsplit
 
 from twilio.request_validator import (
@@ -83,20 +84,44 @@ def _items(params: Mapping[str, Sequence[str]]) -> list[tuple[object, object]]:
     return list(params.items())
 
 
-def _strip_userinfo(url: str) -> str:
-    """Drop `user:password@` from the URL: Twilio does before signing, and it must not be logged."""
+def _split_authority(url: str) -> tuple[str, str, str] | None:
+    """(scheme, authority, the rest from its first `/`, `?` or `#`), or None without `://`."""
     scheme, sep, rest = url.partition("://")
     if not sep:
-        return url
+        return None
     end = len(rest)
     for ch in "/?#":
         found = rest.find(ch)
         if found != -1:
             end = min(end, found)
-    netloc = rest[:end]
-    if "@" not in netloc:
+    return scheme, rest[:end], rest[end:]
+
+
+def _strip_userinfo(url: str) -> str:
+    """Drop `user:password@` from the URL: Twilio does before signing, and it must not be logged."""
+    parts = _split_authority(url)
+    if parts is None or "@" not in parts[1]:
         return url
-    return f"{scheme}://{netloc.rpartition('@')[2]}{rest[end:]}"
+    scheme, netloc, rest = parts
+    return f"{scheme}://{netloc.rpartition('@')[2]}{rest}"
+
+
+def _origin_of(url: str) -> str:
+    """`scheme://host[:port]` of a URL: what the URL checks below look at."""
+    parts = _split_authority(url)
+    return url if parts is None else f"{parts[0]}://{parts[1]}"
+
+
+@lru_cache(maxsize=256)
+def _origin_ok(origin: str) -> bool:
+    """Whether a URL with this origin can be checked: http(s)/ws(s), a host, a valid port (as
+    the SDK parses it). Cached: a gateway is called at very few origins."""
+    try:
+        parsed = urlsplit(origin)
+        parsed.port  # noqa: B018 - raises ValueError on a bad port, as the SDK would
+    except ValueError:
+        return False
+    return parsed.scheme.lower() in ("http", "https", "ws", "wss") and bool(parsed.netloc)
 
 
 def _with_trailing_slash(url: str) -> str | None:
@@ -144,17 +169,13 @@ def verify_twilio_signature(
     algorithm = get_signature_algorithm(signature_settings)
     if algorithm.upper() not in _SUPPORTED_ALGORITHMS:
         return refuse("unsupported signature algorithm")
-    try:
-        parsed = urlsplit(url)
-        parsed.port  # noqa: B018 - raises ValueError on a bad port, as the SDK would
-    except ValueError:
+    if not _origin_ok(_origin_of(url)):
         return refuse("invalid URL")
-    if parsed.scheme.lower() not in ("http", "https", "ws", "wss") or not parsed.netloc:
-        return refuse("invalid URL")
-    if form is not None and "bodySHA256" not in parsed.query and _matches_exactly(auth_token, url, form, signature, algorithm):
+    raw_query = url.partition("#")[0].partition("?")[2]
+    if form is not None and "bodySHA256" not in raw_query and _matches_exactly(auth_token, url, form, signature, algorithm):
         return Verdict(True, "", signed_url=signed_url)
     try:
-        query = parse_qs(parsed.query)
+        query = parse_qs(urlsplit(url).query)
     except ValueError:
         return refuse("invalid URL")
 

@@ -6,16 +6,19 @@ from gateway.store.base import AppliedUpdate, CallSeed, Store, StoreError, Timel
 from gateway.store.sqlite import SQLiteStore
 
 
-SQLITE_SYNCHRONOUS = ("full", "normal")
+SQLITE_OPTIONS = {"synchronous": ("full", "normal"), "writer": ("thread", "process")}
 
 
 def sqlite_options(url: str) -> tuple[str, dict[str, str]]:
-    """Split `sqlite:///path[?synchronous=full|normal]` into the path and its options.
+    """Split `sqlite:///path[?synchronous=full|normal][&writer=thread|process]` into the path
+    and its options.
 
     `synchronous=full` (the default) fsyncs the WAL at every commit: an acknowledged callback
     survives a power cut. `normal` fsyncs only at checkpoints: still safe against a killed
     process (the WAL is in the OS's hands at commit), faster, but a power cut or OS crash may lose
-    the last commits. Raises ValueError naming what is wrong.
+    the last commits. `writer=process` runs the busiest transactions in a process of their own
+    (`gateway.store.writer_process`); `thread` (the default) in a thread of the gateway's.
+    Raises ValueError naming what is wrong.
     """
     path, _, query = url[len("sqlite:///"):].partition("?")
     if not path:
@@ -28,18 +31,23 @@ def sqlite_options(url: str) -> tuple[str, dict[str, str]]:
     for name, value in pairs:
         if name in options:
             raise ValueError(f"sqlite option {name!r} is given twice")
-        if name != "synchronous":
-            raise ValueError(f"unknown sqlite option {name!r} (known: synchronous)")
-        if value.lower() not in SQLITE_SYNCHRONOUS:
-            raise ValueError(f"sqlite synchronous={value!r}: must be one of {', '.join(SQLITE_SYNCHRONOUS)}")
-        options[name] = value.upper()
+        if name not in SQLITE_OPTIONS:
+            raise ValueError(f"unknown sqlite option {name!r} (known: {', '.join(SQLITE_OPTIONS)})")
+        if value.lower() not in SQLITE_OPTIONS[name]:
+            raise ValueError(f"sqlite {name}={value!r}: must be one of {', '.join(SQLITE_OPTIONS[name])}")
+        options[name] = value.upper() if name == "synchronous" else value.lower()
     return path, options
 
 
-def open_store_for(url: str) -> Store:
-    """The backend named by a `store:` URL (validated by the config schema)."""
+def open_store_for(url: str, *, writer_process: bool = True) -> Store:
+    """The backend named by a `store:` URL (validated by the config schema). `writer_process`
+    false: never a writer process of its own (for a child process that only reads)."""
     if url.startswith("sqlite:///"):
         path, options = sqlite_options(url)
+        if options.pop("writer", "thread") == "process" and writer_process:
+            from gateway.store.writer_process import WriterProcessStore
+
+            return WriterProcessStore(path, **options)
         return SQLiteStore(path, **options)
     if url.startswith(("postgresql://", "postgres://")):
         from gateway.store.postgres import PostgresStore

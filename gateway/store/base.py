@@ -109,6 +109,7 @@ class Delivery:
     last_status: int | None = None
     last_error: str | None = None
     event: Event | None = None
+    order_key: str | None = None  # the call whose events go one at a time (ordered subscriptions)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -187,6 +188,26 @@ Fanout = Callable[[Event], Sequence[tuple[str, bool]]]
 """(subscription name, ordered) for every subscription an event goes to."""
 
 
+@dataclass(frozen=True)
+class DirectDispatch:
+    """A delivery worker in this process that takes new deliveries without claiming them.
+
+    A transaction that writes a delivery row (an event's fan-out) or finishes one whose call has
+    a next event waiting leases that row to `owner` in the same transaction, when
+    `accepts(subscription)` and the call's order allow, and after the commit hands the leased
+    rows to `deliver`. That spares each delivery a claim transaction; the rows it does not take
+    wait in the outbox for a claim, as before, and a lease still expires if the process dies.
+
+    `accepts` runs inside the store's transaction (on the SQLite writer's thread): it must be
+    cheap and safe to call from another thread. `deliver` runs on the event loop.
+    """
+
+    owner: str
+    lease_seconds: float
+    accepts: Callable[[str], bool]
+    deliver: Callable[[list[Delivery]], None]
+
+
 class Store(abc.ABC):
     """Durable calls, timelines, events and their deliveries. All methods are async and never
     block the loop. Events and their delivery rows are written in the same transaction."""
@@ -200,6 +221,12 @@ class Store(abc.ABC):
         self.fanout = fanout
         if on_deliveries is not None:
             self.on_deliveries = on_deliveries
+
+    dispatch: DirectDispatch | None = None
+
+    def set_dispatch(self, dispatch: DirectDispatch | None) -> None:
+        """Lease new deliveries to `dispatch` as they are written (None: every row waits for a claim)."""
+        self.dispatch = dispatch
 
     control_handler: Callable[[str, str, dict[str, Any]], None] | None = None
 
@@ -282,10 +309,17 @@ class Store(abc.ABC):
         An expired lease makes a row due again (at-least-once).
         """
 
-    @abc.abstractmethod
     async def finish_delivery(self, delivery: Delivery, owner: str, result: DeliveryResult) -> EndpointHealth:
-        """Record the attempt, move the row on, merge response mapping into the call, update
-        the endpoint's failure streak: one transaction. Returns the endpoint's health."""
+        """`finish_deliveries` for one delivery."""
+        return (await self.finish_deliveries(owner, [(delivery, result)]))[0]
+
+    @abc.abstractmethod
+    async def finish_deliveries(self, owner: str, items: Sequence[tuple[Delivery, DeliveryResult]]) -> list[EndpointHealth]:
+        """For each (delivery, result), in order: record the attempt, move the row on, merge
+        response mapping into the call, update the endpoint's failure streak; all in one
+        transaction. A delivery that reached its end (not `pending`) lets its call's next event
+        go: leased to the direct dispatch when it takes it, else woken for a claim. Returns each
+        item's endpoint health after the whole batch."""
 
     @abc.abstractmethod
     async def release_leases(self, owner: str, delivery_ids: Sequence[str] | None = None) -> int:
@@ -392,6 +426,35 @@ class Store(abc.ABC):
         raise self._no_campaigns()
 
 
+@dataclass
+class HealthChange:
+    """What a batch of finished attempts does to one endpoint's failure streak: restart it (a
+    success), then count the failures after the last success (all of them, without one)."""
+
+    subscription: str
+    reset: bool = False
+    failures: int = 0
+    first_failure_at: datetime | None = None
+
+
+def health_changes(items: Sequence[tuple[Delivery, DeliveryResult]]) -> list[HealthChange]:
+    """The net effect of `items`, in order, on each endpoint's streak (pure)."""
+    changes: dict[str, HealthChange] = {}
+    for delivery, result in items:
+        if result.endpoint_ok is None:
+            continue
+        change = changes.get(delivery.subscription)
+        if change is None:
+            change = changes[delivery.subscription] = HealthChange(delivery.subscription)
+        if result.endpoint_ok:
+            change.reset, change.failures, change.first_failure_at = True, 0, None
+        else:
+            change.failures += 1
+            if change.first_failure_at is None:
+                change.first_failure_at = result.attempt.attempted_at
+    return list(changes.values())
+
+
 def event_data(record: CallRecord, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The data of a `call.*` event: the whole call record, plus event-specific `detail`."""
     data = record.to_dict()
@@ -409,12 +472,15 @@ __all__ = [
     "AttemptRecord",
     "Delivery",
     "DeliveryResult",
+    "DirectDispatch",
     "EndpointHealth",
     "Fanout",
+    "HealthChange",
     "CallSeed",
     "Store",
     "StoreError",
     "TimelineEntry",
     "clamp_limit",
     "event_data",
+    "health_changes",
 ]

@@ -28,12 +28,15 @@ from gateway.store.base import (
     CallSeed,
     Delivery,
     DeliveryResult,
+    DirectDispatch,
     EndpointHealth,
+    HealthChange,
     Store,
     StoreError,
     TimelineEntry,
     clamp_limit,
     event_data,
+    health_changes,
 )
 from gateway.store.migrations import MIGRATIONS
 from gateway.store.postgres_campaigns import PostgresCampaigns
@@ -93,6 +96,22 @@ def _delivery(row: Mapping[str, Any], *, with_event: bool = False) -> Delivery:
         status=row["status"], attempts=row["attempts"], next_attempt_at=row["next_attempt_at"], created_at=row["created_at"],
         updated_at=row["updated_at"], first_attempt_at=row["first_attempt_at"], last_attempt_at=row["last_attempt_at"],
         last_status=row["last_status"], last_error=row["last_error"], event=_event(row, "e_") if with_event else None,
+        order_key=row["order_key"],
+    )
+
+
+async def _apply_health_change(conn: asyncpg.Connection, change: HealthChange) -> None:
+    if change.reset and not change.failures:
+        await conn.execute("UPDATE subscription_health SET consecutive_failures = 0, first_failure_at = NULL"
+                           " WHERE subscription = $1 AND consecutive_failures > 0", change.subscription)
+        return
+    streak = ("excluded.consecutive_failures, first_failure_at = excluded.first_failure_at" if change.reset else
+              "subscription_health.consecutive_failures + excluded.consecutive_failures,"
+              " first_failure_at = COALESCE(subscription_health.first_failure_at, excluded.first_failure_at)")
+    await conn.execute(
+        "INSERT INTO subscription_health (subscription, consecutive_failures, first_failure_at) VALUES ($1, $2, $3)"
+        f" ON CONFLICT (subscription) DO UPDATE SET consecutive_failures = {streak}",
+        change.subscription, change.failures, change.first_failure_at,
     )
 
 
@@ -241,28 +260,60 @@ class PostgresStore(PostgresCampaigns, Store):
             " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)", run_id, at, source, kind, outcome, raw_status, state, sequence, data,
         )
 
-    async def _insert_events(self, conn: asyncpg.Connection, events: list[Event]) -> int:
+    async def _insert_events(self, conn: asyncpg.Connection, events: list[Event], leased: list[Delivery] | None = None) -> int:
+        """Write events and one delivery row per subscription; NOTIFY when rows were queued for a
+        claim. Given a `leased` list, rows the direct dispatch takes are leased to it and added
+        there instead (see `DirectDispatch`)."""
         queued = 0
+        dispatch = self.dispatch if leased is not None else None
+        waiting: set[tuple[str, str]] = set()
         for event in events:
             event.seq = await conn.fetchval(
                 "INSERT INTO events (id, type, workflow_run_id, occurred_at, data) VALUES ($1, $2, $3, $4, $5) RETURNING seq",
                 event.id, event.type, event.workflow_run_id, event.occurred_at, event.data,
             )
             for subscription, ordered in self.fanout(event):
-                await self._insert_delivery(conn, event.seq, subscription, event.workflow_run_id, ordered, event.occurred_at)
-                queued += 1
+                key = event.workflow_run_id if ordered else None
+                take = dispatch is not None and dispatch.accepts(subscription)
+                if key is not None:
+                    if take and ((subscription, key) in waiting or await conn.fetchval(
+                            "SELECT 1 FROM deliveries WHERE status = 'pending' AND subscription = $1 AND order_key = $2 LIMIT 1",
+                            subscription, key)):
+                        take = False
+                    waiting.add((subscription, key))
+                delivery = await self._insert_delivery(conn, event.seq, subscription, event.workflow_run_id, ordered,
+                                                       event.occurred_at, lease=dispatch if take else None, event=event)
+                if take:
+                    assert leased is not None
+                    leased.append(delivery)
+                else:
+                    queued += 1
         if queued:
             await conn.execute(f"NOTIFY {DELIVERIES_CHANNEL}")
         return queued
 
     @staticmethod
     async def _insert_delivery(conn: asyncpg.Connection, event_seq: int, subscription: str, run_id: str | None,
-                               ordered: bool, now: datetime) -> None:
+                               ordered: bool, now: datetime, *, lease: DirectDispatch | None = None,
+                               event: Event | None = None) -> Delivery:
+        delivery_id = new_event_id("msg")
+        key = run_id if ordered else None
         await conn.execute(
             "INSERT INTO deliveries (id, event_seq, subscription, workflow_run_id, order_key, status, attempts,"
-            " next_attempt_at, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $6, $6)",
-            new_event_id("msg"), event_seq, subscription, run_id, run_id if ordered else None, now,
+            " next_attempt_at, lease_owner, lease_until, created_at, updated_at)"
+            " VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $7, $8, $6, $6)",
+            delivery_id, event_seq, subscription, run_id, key, now,
+            lease.owner if lease else None, now + timedelta(seconds=lease.lease_seconds) if lease else None,
         )
+        return Delivery(id=delivery_id, event_seq=event_seq, subscription=subscription, workflow_run_id=run_id,
+                        status="pending", attempts=0, next_attempt_at=now, created_at=now, updated_at=now,
+                        event=event, order_key=key)
+
+    def _handover(self, leased: list[Delivery]) -> None:
+        """After the commit: rows leased to the direct dispatch go to it."""
+        if leased:
+            assert self.dispatch is not None
+            self.dispatch.deliver(leased)
 
     async def apply_update(self, update: CallUpdate, *, run_id: str | None, seed: CallSeed | None = None) -> AppliedUpdate:
         async def tx(conn: asyncpg.Connection) -> AppliedUpdate:
@@ -287,10 +338,13 @@ class PostgresStore(PostgresCampaigns, Store):
                                         raw_status=update.raw_status, state=update.state.value if update.state else None,
                                         sequence=update.sequence, data=update.params)
             events = [Event(type=name, workflow_run_id=target, occurred_at=now, data=event_data(record)) for name in transition.events]
-            await self._insert_events(conn, events)
+            await self._insert_events(conn, events, leased)
             return AppliedUpdate(record=record, events=events, outcome=transition.outcome, created=current is None)
 
-        return await self._tx(tx)
+        leased: list[Delivery] = []
+        applied = await self._tx(tx)
+        self._handover(leased)
+        return applied
 
     async def record_activity(self, run_id: str, *, source: str, kind: str, data: dict[str, Any],
                               events: Sequence[tuple[str, dict[str, Any]]] = (), gathered_context: dict[str, Any] | None = None,
@@ -310,10 +364,13 @@ class PostgresStore(PostgresCampaigns, Store):
                                         state=None, sequence=None, data=data)
             emitted = [Event(type=name, workflow_run_id=run_id, occurred_at=now, data=event_data(record, extra))
                        for name, extra in events]
-            await self._insert_events(conn, emitted)
+            await self._insert_events(conn, emitted, leased)
             return emitted
 
-        return await self._tx(tx)
+        leased: list[Delivery] = []
+        emitted = await self._tx(tx)
+        self._handover(leased)
+        return emitted
 
     # -- reads ------------------------------------------------------------------------
     async def get_call(self, run_id: str) -> CallRecord | None:
@@ -390,44 +447,73 @@ class PostgresStore(PostgresCampaigns, Store):
 
         return await self._tx(tx)
 
-    async def finish_delivery(self, delivery: Delivery, owner: str, result: DeliveryResult) -> EndpointHealth:
-        attempt = result.attempt
+    async def finish_deliveries(self, owner: str, items: Sequence[tuple[Delivery, DeliveryResult]]) -> list[EndpointHealth]:
+        if not items:
+            return []
+        dispatch = self.dispatch if self.dispatch is not None and self.dispatch.owner == owner else None
 
-        async def tx(conn: asyncpg.Connection) -> EndpointHealth:
-            at = attempt.attempted_at
-            await conn.execute(
+        async def tx(conn: asyncpg.Connection) -> list[EndpointHealth]:
+            await conn.executemany(
                 "INSERT INTO delivery_attempts (delivery_id, attempted_at, outcome, status, latency_ms, error, response, request)"
                 " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                delivery.id, at, attempt.outcome, attempt.status, attempt.latency_ms, attempt.error, attempt.response, attempt.request,
+                [(d.id, r.attempt.attempted_at, r.attempt.outcome, r.attempt.status, r.attempt.latency_ms, r.attempt.error,
+                  r.attempt.response, r.attempt.request) for d, r in items],
             )
-            await conn.execute(
+            await conn.executemany(
                 "UPDATE deliveries SET status = $1, attempts = attempts + 1, next_attempt_at = COALESCE($2, next_attempt_at),"
                 " lease_owner = NULL, lease_until = NULL, first_attempt_at = COALESCE(first_attempt_at, $3),"
                 " last_attempt_at = $3, last_status = $4, last_error = $5, updated_at = $3 WHERE id = $6",
-                result.status, result.next_attempt_at, at, attempt.status, attempt.error, delivery.id,
+                [(r.status, r.next_attempt_at, r.attempt.attempted_at, r.attempt.status, r.attempt.error, d.id) for d, r in items],
             )
-            if result.gathered_context and delivery.workflow_run_id:
-                record = await self._load(conn, delivery.workflow_run_id, lock=True)
-                if record is not None:
-                    record.gathered_context.update(result.gathered_context)
-                    record.updated_at = at
-                    await conn.execute(_UPSERT_CALL, *_record_params(record))
-            if result.endpoint_ok is True:
-                await conn.execute("UPDATE subscription_health SET consecutive_failures = 0, first_failure_at = NULL"
-                                   " WHERE subscription = $1 AND consecutive_failures > 0", delivery.subscription)
-            elif result.endpoint_ok is False:
-                await conn.execute(
-                    "INSERT INTO subscription_health (subscription, consecutive_failures, first_failure_at) VALUES ($1, 1, $2)"
-                    " ON CONFLICT (subscription) DO UPDATE SET consecutive_failures = subscription_health.consecutive_failures + 1,"
-                    " first_failure_at = COALESCE(subscription_health.first_failure_at, excluded.first_failure_at)",
-                    delivery.subscription, at,
-                )
-            if result.status != "pending":
-                await conn.execute(f"NOTIFY {DELIVERIES_CHANNEL}")  # an ordered successor may be due now
-            row = await conn.fetchrow("SELECT * FROM subscription_health WHERE subscription = $1", delivery.subscription)
-            return _health(row) if row else EndpointHealth(delivery.subscription)
+            for delivery, result in items:
+                if result.gathered_context and delivery.workflow_run_id:
+                    record = await self._load(conn, delivery.workflow_run_id, lock=True)
+                    if record is not None:
+                        record.gathered_context.update(result.gathered_context)
+                        record.updated_at = result.attempt.attempted_at
+                        await conn.execute(_UPSERT_CALL, *_record_params(record))
+            for change in health_changes(items):
+                await _apply_health_change(conn, change)
+            rows = await conn.fetch("SELECT * FROM subscription_health WHERE subscription = ANY($1::text[])",
+                                    list({d.subscription for d, _ in items}))
+            health = {row["subscription"]: _health(row) for row in rows}
+            if await self._next_in_order(conn, items, dispatch, leased):
+                await conn.execute(f"NOTIFY {DELIVERIES_CHANNEL}")  # a call's next event is due for a claim
+            return [health.get(d.subscription) or EndpointHealth(d.subscription) for d, _ in items]
 
-        return await self._tx(tx)
+        leased: list[Delivery] = []
+        healths = await self._tx(tx)
+        self._handover(leased)
+        return healths
+
+    @staticmethod
+    async def _next_in_order(conn: asyncpg.Connection, items: Sequence[tuple[Delivery, DeliveryResult]],
+                             dispatch: DirectDispatch | None, leased: list[Delivery]) -> int:
+        """The call's next pending delivery after each ordered one that reached its end: leased
+        to `dispatch` when it is due, free and taken (added to `leased`); returns how many
+        others are due for a claim."""
+        queued = 0
+        now = utcnow()
+        for delivery, result in items:
+            if result.status == "pending" or delivery.order_key is None:
+                continue
+            row = await conn.fetchrow(
+                _DELIVERY_SELECT + " WHERE d.status = 'pending' AND d.subscription = $1 AND d.order_key = $2"
+                " ORDER BY d.event_seq LIMIT 1", delivery.subscription, delivery.order_key,
+            )
+            if row is None or row["next_attempt_at"] > now or (row["lease_until"] is not None and row["lease_until"] >= now):
+                continue
+            if dispatch is not None and dispatch.accepts(delivery.subscription):
+                # The lease test again on the row as it is now: another instance may be claiming it.
+                taken = await conn.execute(
+                    "UPDATE deliveries SET lease_owner = $1, lease_until = $2 WHERE id = $3 AND status = 'pending'"
+                    " AND (lease_until IS NULL OR lease_until < $4)",
+                    dispatch.owner, now + timedelta(seconds=dispatch.lease_seconds), row["id"], now)
+                if taken.endswith(" 1"):
+                    leased.append(_delivery(row, with_event=True))
+            else:
+                queued += 1
+        return queued
 
     async def release_leases(self, owner: str, delivery_ids: Sequence[str] | None = None) -> int:
         async def tx(conn: asyncpg.Connection) -> int:

@@ -1,10 +1,18 @@
-"""The delivery worker: claims due outbox rows, sends one attempt each, records the outcome.
+"""The delivery worker: takes outbox rows, sends one attempt each, records the outcome.
+
+Rows reach it two ways. New ones come straight from the transaction that wrote them (the
+store's `DirectDispatch`: leased to this worker there and handed over after the commit), and
+so does a call's next event when the one before it finished. The rest (retries falling due,
+rows another process's lease left behind, replays, rows written while the worker was full or
+had none of their subscription) it claims from the outbox, when told there are some and on a
+poll. Finished attempts are recorded in batches: one store transaction for all those that
+finished while the previous one was being written.
 
 At-least-once: a row is leased for longer than an attempt can take; a lease that expires
 (the process died mid-attempt) makes the row due again, with the same `webhook-id`. Per call
-and subscription, the store hands out an ordered subscription's rows one at a time, in event
-order. Each subscription has its own concurrency limit, and a subscription that keeps failing
-is disabled (its rows wait, nothing is dropped) until an operator enables it again.
+and subscription, an ordered subscription's rows go one at a time, in event order. Each
+subscription has its own concurrency limit, and a subscription that keeps failing is disabled
+(its rows wait, nothing is dropped) until an operator enables it again.
 """
 
 from __future__ import annotations
@@ -16,18 +24,16 @@ import random
 import socket
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping, Sequence
 
-from gateway.calls.record import CallRecord
-from gateway.events.envelope import Event
 from gateway.logs import RUN_ID
-from gateway.metrics import ATTEMPT_LATENCY, DELIVERIES
-from gateway.store.base import AttemptRecord, Delivery, DeliveryResult, Store, StoreError
+from gateway.metrics import ATTEMPT_LATENCY, DELIVERIES, labelled
+from gateway.store.base import Delivery, DeliveryResult, DirectDispatch, EndpointHealth, Store, StoreError
 from gateway.tasks import finish_tasks
+from gateway.webhooks.attempts import AttemptLost, AttemptMaker, delivery_context, utc, uses_template_context
 from gateway.webhooks.clients import EndpointClients
-from gateway.webhooks.policy import Outcome, map_response, next_delay
-from gateway.webhooks.sender import AttemptResult, RequestBuildError, build_request, send_attempt
+from gateway.webhooks.policy import Outcome
 from gateway.webhooks.subscription import Subscription
 
 if TYPE_CHECKING:
@@ -57,48 +63,21 @@ class WorkerSettings:
                    disable_after_seconds=delivery.disable_after_seconds)
 
 
-def delivery_context(event: Event, call: CallRecord | None, secrets_available: bool = True) -> dict[str, Any]:
-    """The template context of DESIGN.md for one event (secrets are added by the renderer)."""
-    record = call.to_dict() if call is not None else {}
-    media = record.get("media") or {}
-    return {
-        "workflow_run_id": event.workflow_run_id,
-        "workflow_run_name": None,
-        "workflow_id": record.get("workflow_id"),
-        "workflow_name": None,
-        "user_id": record.get("user_id"),
-        "event": event.envelope(),
-        "call": record,
-        "initial_context": record.get("initial_context", {}),
-        "gathered_context": record.get("gathered_context", {}),
-        "cost_info": record.get("cost_info", {}),
-        "annotations": record.get("annotations", {}),
-        "recording_url": media.get("recording_url"),
-        "transcript_url": media.get("transcript_url"),
-    }
+_utc = utc
+__all__ = ["DeliveryWorker", "WorkerSettings", "delivery_context", "uses_template_context"]
+
+RemoteAttempts = Callable[[Delivery], Awaitable[DeliveryResult]]
+"""Makes an attempt in another process (the sender processes): a `DeliveryResult`, or
+`AttemptLost` when that process ended before it answered."""
 
 
-def _utc(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, timezone.utc)
-
-
-def _has_placeholder(value: Any) -> bool:
-    if isinstance(value, str):
-        return "{{" in value
-    if isinstance(value, dict):
-        return any(_has_placeholder(k) or _has_placeholder(v) for k, v in value.items())
-    if isinstance(value, (list, tuple)):
-        return any(_has_placeholder(v) for v in value)
-    return False
-
-
-def uses_template_context(subscription: Subscription) -> bool:
-    """Whether any of the subscription's templates can read the call (conservatively: has a
-    placeholder at all). Without one, rendering never looks at the context, so the worker
-    need not load the call record for each attempt."""
-    parts = (subscription.url, subscription.headers, subscription.payload_template,
-             subscription.auth.model_dump(), subscription.signing.model_dump())
-    return any(_has_placeholder(part) for part in parts)
+def _settle(future: asyncio.Future[Any], outcome: Any) -> None:
+    if future.done():
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
 
 
 class DeliveryWorker:
@@ -126,23 +105,27 @@ class DeliveryWorker:
     ) -> None:
         self.store = store
         self.subscriptions: dict[str, Subscription] = {}
-        self._needs_call: dict[str, bool] = {}
-        self.secrets = dict(secrets)
         self.settings = settings or WorkerSettings()
-        self.clients = clients or EndpointClients()
+        self.attempts = AttemptMaker(store, secrets, clients=clients, clock=clock, rand=rand)
+        self.clients = self.attempts.clients
         self.clock = clock
-        self.rand = rand
+        self.remote: RemoteAttempts | None = None  # attempts made in the sender processes
+        self.remote_subscriptions: frozenset[str] = frozenset()
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self.lease_seconds = self.settings.lease_seconds or (max((s.timeout for s in subscriptions), default=30) + 30)
         self.disabled: set[str] = set()
         self.inflight: dict[str, int] = {}  # claimed, not yet answered
         self._slots: dict[str, asyncio.Semaphore] = {}
+        self._room: dict[str, int] = {}  # rows at hand per subscription: in flight + waiting for a slot
         self.stale_skipped = 0
         for subscription in subscriptions:
             self.add_subscription(subscription)
         self._wake = asyncio.Event()
+        self._backlog = True  # rows may wait in the outbox for a claim (unknown at start)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop_task: asyncio.Task[Any] | None = None
+        self._finished: list[tuple[Delivery, DeliveryResult, asyncio.Future[EndpointHealth]]] = []
+        self._recorder: asyncio.Task[None] | None = None
         self._stopping = False
         self.delivered = 0
 
@@ -151,34 +134,75 @@ class DeliveryWorker:
         await self.refresh_health()
         self._loop_task = asyncio.ensure_future(self._run())
 
+    def direct_dispatch(self) -> DirectDispatch:
+        """This worker as the store's direct dispatch (`Store.set_dispatch`)."""
+        return DirectDispatch(owner=self.owner, lease_seconds=self.lease_seconds, accepts=self._accepts,
+                              deliver=self._dispatch)
+
     async def stop(self, grace: float = 5.0) -> None:
         """Stop claiming, let in-flight attempts finish within `grace`, release the rest."""
         self._stopping = True
         self._wake.set()
         await finish_tasks(self._loop_task, self._tasks, grace)
+        if self._recorder is not None:  # the last batch of attempts being written
+            await asyncio.gather(self._recorder, return_exceptions=True)
         try:
             released = await self.store.release_leases(self.owner)
             if released:
                 log.info("released %d delivery leases", released)
         except StoreError as exc:
             log.warning("could not release delivery leases: %s", exc)
-        await self.clients.aclose()
+        await self.attempts.aclose()
 
     def add_subscription(self, subscription: Subscription) -> None:
         """Deliver to `subscription` from now on (a campaign's inline webhooks come and go)."""
         name = subscription.name
         self.subscriptions[name] = subscription
-        self._needs_call[name] = uses_template_context(subscription)
+        self.attempts.add(subscription)
         self.inflight.setdefault(name, 0)
         self._slots.setdefault(name, asyncio.Semaphore(self.settings.concurrency))
+        self._room[name] = self.settings.concurrency * (self.settings.prefetch if self._can_wait(subscription) else 1)
 
     def remove_subscription(self, name: str) -> None:
         """Stop claiming for `name`; rows already claimed finish (as no longer configured)."""
         self.subscriptions.pop(name, None)
+        self.attempts.remove(name)
+        self._room.pop(name, None)
+
+    def send_through(self, remote: RemoteAttempts, subscriptions: Sequence[str]) -> None:
+        """Make the attempts of `subscriptions` through `remote` (the sender processes); the
+        rest (a campaign's inline webhooks) in this process."""
+        self.remote = remote
+        self.remote_subscriptions = frozenset(subscriptions)
 
     def wake(self) -> None:
-        """New deliveries were queued (called on the loop by the store)."""
+        """Rows wait in the outbox for a claim (new ones the direct dispatch did not take, a
+        retry or replay asked for): claim now."""
+        self._backlog = True
         self._wake.set()
+
+    def _accepts(self, subscription: str) -> bool:
+        """Whether a new row of `subscription` may be leased to this worker as it is written.
+        Called by the store inside its transaction, possibly on another thread: reads only."""
+        room = self._room.get(subscription)
+        config = self.subscriptions.get(subscription)
+        return (room is not None and config is not None and config.enabled and not self._stopping
+                and self.inflight.get(subscription, 0) < room and subscription not in self.disabled)
+
+    def _dispatch(self, deliveries: list[Delivery]) -> None:
+        """Rows leased to this worker by the transaction that wrote them (on the loop, after it
+        committed): each goes out as if claimed now."""
+        if self._stopping:
+            return  # `stop()` releases this worker's leases
+        now = self.clock()
+        for delivery in deliveries:
+            self._start(delivery, now)
+
+    def _start(self, delivery: Delivery, claimed_at: float) -> None:
+        self.inflight[delivery.subscription] = self.inflight.get(delivery.subscription, 0) + 1
+        task = asyncio.ensure_future(self._deliver(delivery, claimed_at))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def refresh_health(self) -> None:
         health = await self.store.endpoint_health()
@@ -192,13 +216,15 @@ class DeliveryWorker:
 
     def _capacity(self) -> dict[str, int]:
         return {
-            name: self.settings.concurrency * (self.settings.prefetch if self._can_wait(sub) else 1) - self.inflight.get(name, 0)
+            name: self._room[name] - self.inflight.get(name, 0)
             for name, sub in self.subscriptions.items()
             if sub.enabled and name not in self.disabled
         }
 
     async def _run(self) -> None:
-        health_read = self.clock()
+        """Claim when rows wait in the outbox (`wake`, a slot freed while the last claim was
+        full) and every `poll_seconds` (retries falling due, leases that expired elsewhere)."""
+        health_read = claimed_at = self.clock()
         while not self._stopping:
             self._wake.clear()
             if self.clock() - health_read >= self.settings.health_refresh_seconds:
@@ -207,22 +233,27 @@ class DeliveryWorker:
                     await self.refresh_health()
                 except StoreError as exc:
                     log.warning("re-reading endpoint health failed: %s", exc)
-            try:
-                claimed = await self.store.claim_deliveries(
-                    self.owner, now=_utc(self.clock()), lease_seconds=self.lease_seconds,
-                    capacity=self._capacity(), limit=self.settings.claim_limit,
-                )
-            except StoreError as exc:
-                log.error("claiming deliveries failed: %s", exc)
-                claimed = []
-            claimed_at = self.clock()
-            for delivery in claimed:
-                self.inflight[delivery.subscription] = self.inflight.get(delivery.subscription, 0) + 1
-                task = asyncio.ensure_future(self._deliver(delivery, claimed_at))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-            if len(claimed) >= self.settings.claim_limit:
-                continue
+            if self._backlog or self.clock() - claimed_at >= self.settings.poll_seconds:
+                self._backlog = False  # a wake while the claim runs sets it again
+                capacity = self._capacity()
+                try:
+                    claimed = await self.store.claim_deliveries(
+                        self.owner, now=_utc(self.clock()), lease_seconds=self.lease_seconds,
+                        capacity=capacity, limit=self.settings.claim_limit,
+                    )
+                except StoreError as exc:
+                    log.error("claiming deliveries failed: %s", exc)
+                    claimed = []
+                claimed_at = self.clock()
+                taken: dict[str, int] = {}
+                for delivery in claimed:
+                    taken[delivery.subscription] = taken.get(delivery.subscription, 0) + 1
+                    self._start(delivery, claimed_at)
+                if len(claimed) >= self.settings.claim_limit or any(
+                        taken.get(name, 0) >= room for name, room in capacity.items() if room > 0):
+                    self._backlog = True  # a full claim: more may wait (taken when a slot frees)
+                if len(claimed) >= self.settings.claim_limit:
+                    continue
             try:
                 await asyncio.wait_for(self._wake.wait(), self.settings.poll_seconds)
             except asyncio.TimeoutError:
@@ -230,7 +261,8 @@ class DeliveryWorker:
 
     def _release(self, subscription: str) -> None:
         self.inflight[subscription] = max(0, self.inflight.get(subscription, 1) - 1)
-        self._wake.set()
+        if self._backlog:
+            self._wake.set()
 
     async def _deliver(self, delivery: Delivery, claimed_at: float) -> None:
         RUN_ID.set(delivery.workflow_run_id)  # this task's log lines name the call
@@ -240,17 +272,20 @@ class DeliveryWorker:
             try:
                 subscription = self.subscriptions.get(delivery.subscription)
                 if subscription is None:  # no longer configured: recorded as failed without sending
-                    result = await self._attempt(delivery)
+                    result = await self.attempts.make(delivery)
                 else:
                     async with self._slots[delivery.subscription]:
                         can_wait = self._can_wait(subscription)
                         stale = bool(can_wait) and self.clock() - claimed_at > can_wait
                         if not stale:
-                            result = await self._attempt(delivery)
+                            if self.remote is not None and delivery.subscription in self.remote_subscriptions:
+                                result = await self.remote(delivery)
+                            else:
+                                result = await self.attempts.make(delivery)
                 if not stale:
-                    DELIVERIES.labels(delivery.subscription, result.status).inc()
+                    labelled(DELIVERIES, delivery.subscription, result.status).inc()
                     if result.attempt.latency_ms is not None:
-                        ATTEMPT_LATENCY.labels(delivery.subscription).observe(result.attempt.latency_ms / 1000)
+                        labelled(ATTEMPT_LATENCY, delivery.subscription).observe(result.attempt.latency_ms / 1000)
             finally:
                 # The endpoint's slot is free once its answer is in: recording the attempt is
                 # our bookkeeping, and the row stays leased (so unclaimable, and for an ordered
@@ -263,71 +298,61 @@ class DeliveryWorker:
                 self.stale_skipped += 1
                 log.debug("delivery %s waited past its lease slack; released unsent", delivery.id)
                 await self.store.release_leases(self.owner, [delivery.id])
+                self.wake()
                 return
-            health = await self.store.finish_delivery(delivery, self.owner, result)
+            health = await self._record(delivery, result)
             if result.status == "succeeded":
                 self.delivered += 1
             if result.endpoint_ok is False:
                 await self._maybe_disable(delivery.subscription, health.consecutive_failures, health.first_failure_at,
                                           gone=result.attempt.outcome == Outcome.DISABLE.value)
+        except AttemptLost as exc:
+            # Sent or not, nobody knows: at least once, so it goes again, at once.
+            log.warning("delivery %s: %s; it is due again", delivery.id, exc)
+            try:
+                await self.store.release_leases(self.owner, [delivery.id])
+            except StoreError as error:
+                log.error("releasing delivery %s failed: %s (the lease will expire and it is retried)", delivery.id, error)
+            self.wake()
         except StoreError as exc:
             log.error("recording delivery %s failed: %s (the lease will expire and it is retried)", delivery.id, exc)
         except Exception:  # a bug must not kill the worker; the lease expiry retries the row
             log.exception("delivery %s crashed", delivery.id)
         finally:
-            if released:
-                self._wake.set()  # a recorded attempt may let the call's next event go
-            else:
+            if not released:
                 self._release(delivery.subscription)
 
-    async def _attempt(self, delivery: Delivery) -> DeliveryResult:
-        now = self.clock()
-        subscription = self.subscriptions.get(delivery.subscription)
-        if subscription is None:
-            return DeliveryResult("failed", AttemptRecord(_utc(now), "fail", error="subscription is no longer configured"))
-        call = None
-        if delivery.workflow_run_id and self._needs_call.get(subscription.name, True):
-            call = await self.store.get_call(delivery.workflow_run_id)
-        assert delivery.event is not None
-        try:
-            prepared = build_request(subscription, delivery.event.envelope(), delivery_context(delivery.event, call),
-                                     self.secrets, message_id=delivery.id, now=now)
-        except RequestBuildError as exc:
-            log.warning("delivery %s to %s cannot be built: %s", delivery.id, subscription.name, exc)
-            return DeliveryResult("failed", AttemptRecord(_utc(now), "fail", error=f"request could not be built: {exc}"),
-                                  endpoint_ok=None)
-        sent = await send_attempt(self.clients, prepared, subscription)
-        return self._decide(delivery, subscription, sent, now)
+    def _record(self, delivery: Delivery, result: DeliveryResult) -> asyncio.Future[EndpointHealth]:
+        """Queue the attempt for the next batch `finish_deliveries` writes; the future gives
+        the endpoint's health once it is stored."""
+        future: asyncio.Future[EndpointHealth] = asyncio.get_running_loop().create_future()
+        self._finished.append((delivery, result, future))
+        if self._recorder is None:
+            self._recorder = asyncio.ensure_future(self._write_finished())
+        return future
 
-    def _decide(self, delivery: Delivery, subscription: Subscription, sent: AttemptResult, now: float) -> DeliveryResult:
-        attempt = AttemptRecord(
-            attempted_at=_utc(now), outcome=sent.outcome.value, status=sent.status, latency_ms=sent.latency_ms,
-            error=sent.error, response=sent.response_text or None, request=sent.request,
-        )
-        status, next_at = "failed", None
-        if sent.outcome is Outcome.SUCCESS:
-            status = "succeeded"
-        elif sent.outcome is Outcome.RETRY:
-            first = delivery.first_attempt_at.timestamp() if delivery.first_attempt_at else now
-            delay = next_delay(subscription.retry, delivery.attempts + 1, first_attempt_at=first, now=now,
-                               status=sent.status, retry_after=sent.retry_after, random=self.rand)
-            if delay is None:
-                status = "dead"
-            else:
-                status, next_at = "pending", _utc(now + delay)
-        mapped = None
-        if status != "pending" and (subscription.response_mapping or subscription.store_raw_response):
-            mapped = map_response(subscription.name, sent.status, sent.response_json, subscription.response_mapping,
-                                  success=sent.success, raw_text=sent.response_text if subscription.store_raw_response else None)
-        # A success is one line per event at DEBUG (at thousands a second, INFO lines would
-        # cost more than the delivery); a retry stays at INFO, a failure at WARNING.
-        level = logging.DEBUG if status == "succeeded" else logging.INFO if status == "pending" else logging.WARNING
-        if log.isEnabledFor(level):
-            log.log(level, "delivery %s %s -> %s: %s (%s %s, %.0f ms)%s", delivery.id, delivery.event.type if delivery.event else "?",
-                    subscription.name, status, sent.status or sent.error, sent.outcome.value, sent.latency_ms,
-                    f", next in {(next_at - _utc(now)).total_seconds():.1f} s" if next_at else "")
-        return DeliveryResult(status=status, attempt=attempt, next_attempt_at=next_at, gathered_context=mapped,
-                              endpoint_ok=sent.outcome is Outcome.SUCCESS)
+    async def _write_finished(self) -> None:
+        """Write queued attempts, a batch at a time, until none are left. A batch the store
+        refuses is written again one by one, so that one bad row fails alone."""
+        try:
+            while self._finished:
+                batch, self._finished = self._finished, []
+                try:
+                    healths = await self.store.finish_deliveries(self.owner, [(d, r) for d, r, _ in batch])
+                except StoreError as exc:
+                    if len(batch) == 1:
+                        _settle(batch[0][2], exc)
+                        continue
+                    for delivery, result, future in batch:
+                        try:
+                            _settle(future, await self.store.finish_delivery(delivery, self.owner, result))
+                        except StoreError as one:
+                            _settle(future, one)
+                    continue
+                for (_, _, future), health in zip(batch, healths):
+                    _settle(future, health)
+        finally:
+            self._recorder = None
 
     async def _maybe_disable(self, name: str, failures: int, first_failure_at: datetime | None, *, gone: bool) -> None:
         if name in self.disabled:

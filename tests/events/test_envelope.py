@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import time
 from unittest import mock
 
 import pytest
 
+from gateway.events import envelope
 from gateway.events.envelope import new_event_id
 
 CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -26,11 +28,44 @@ def decode(ident: str) -> tuple[str, int]:
 @pytest.mark.parametrize("random_bytes", [bytes(10), b"\xff" * 10, bytes(range(10)), b"\x80" + bytes(9)])
 @pytest.mark.parametrize("now", [0.0, 1.5, 1764028800.123, (2**48 - 1) / 1000])
 def test_id_holds_the_millisecond_time_and_the_random_bits(now, random_bytes):
-    with mock.patch("gateway.events.envelope.os.urandom", return_value=random_bytes):
+    with mock.patch.object(envelope._RANDOM, "take", return_value=int.from_bytes(random_bytes, "big")):
         prefix, value = decode(new_event_id("msg", now))
     assert prefix == "msg"
     assert value >> 80 == int(now * 1000)
     assert value & ((1 << 80) - 1) == int.from_bytes(random_bytes, "big")
+
+
+def test_random_bits_come_from_the_os_ten_bytes_per_id_64_ids_per_read():
+    pool = bytes(range(200)) * 4  # 800 bytes: what the reads return, in order
+    reads = []
+
+    def urandom(n):
+        reads.append(n)
+        start = sum(reads[:-1])
+        return pool[start:start + n]
+
+    bits = envelope._RandomBits()
+    with mock.patch("gateway.events.envelope.os.urandom", side_effect=urandom):
+        taken = [bits.take() for _ in range(65)]
+    assert reads == [640, 640]  # one read for 64 ids, the next for the 65th
+    assert taken[:64] == [int.from_bytes(pool[i * 10:i * 10 + 10], "big") for i in range(64)]
+    assert taken[64] == int.from_bytes(pool[640:650], "big")
+
+
+def test_a_forked_child_does_not_repeat_its_parents_random_bits():
+    envelope._RANDOM.take()  # the parent's pool is filled
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next id's random bits, to the parent
+        os.close(read)
+        os.write(write, envelope._RANDOM.take().to_bytes(10, "big"))
+        os._exit(0)
+    os.close(write)
+    child = int.from_bytes(os.read(read, 10), "big")
+    os.waitpid(pid, 0)
+    os.close(read)
+    parent = envelope._RANDOM.take()  # the same slot of the pool the child would have reused
+    assert child != parent
 
 
 def test_ids_sort_by_time_and_do_not_repeat():
