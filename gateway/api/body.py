@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from starlette.requests import ClientDisconnect, Request
 
+from gateway.api.scope import headers_of
 from gateway.providers.base import MAX_BODY_BYTES
 
 
@@ -13,7 +14,7 @@ class BodyTooLarge(Exception):
 
 async def read_limited_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
     """The raw body, or `BodyTooLarge` as soon as it passes `limit` bytes."""
-    declared = request.headers.get("content-length")
+    declared = headers_of(request.scope).get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge(f"request body of {declared} bytes is over the {limit}-byte limit")
     chunks: list[bytes] = []

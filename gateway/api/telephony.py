@@ -20,6 +20,7 @@ from gateway.api.body import BodyTooLarge, read_limited_body
 from gateway.api.context import GatewayContext
 from gateway.api.middleware import note_request
 from gateway.api.problems import problem
+from gateway.api.scope import headers_of
 from gateway.api.urls import as_websocket, called_url, gateway_origin
 from gateway.calls.lifecycle import CallUpdate
 from gateway.logs import RUN_ID
@@ -75,9 +76,10 @@ def _which_provider(request: Request) -> str:
         if named not in PROVIDERS:
             raise Refusal(400, f"provider must be one of {', '.join(PROVIDERS)}, not {named[:40]!r}")
         return named
-    if "x-twilio-signature" in request.headers:
+    headers = headers_of(request.scope)
+    if "x-twilio-signature" in headers:
         return "twilio"
-    if request.headers.get("authorization", "").lower().startswith("bearer "):
+    if headers.get("authorization", "").lower().startswith("bearer "):
         return "vonage"
     raise Refusal(403, "unsigned request: no X-Twilio-Signature header and no Authorization bearer token")
 
@@ -86,7 +88,7 @@ def _twilio_fields(request: Request, body: bytes) -> tuple[dict[str, list[str]] 
     """(form to sign over, fields to read). JSON bodies are signed through `bodySHA256`."""
     raw_query = request.scope.get("query_string", b"")
     query = parse_qs(raw_query.decode("latin-1"), keep_blank_values=True) if raw_query else {}
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    content_type = headers_of(request.scope).get("content-type", "").split(";")[0].strip().lower()
     if request.method == "GET" or not body:
         return {}, query
     if content_type == "application/json":
@@ -109,17 +111,18 @@ async def verify_provider_request(request: Request, ctx: GatewayContext, body: b
     if settings is None:
         raise Refusal(403, f"{provider} is not configured on this gateway")
     url = called_url(request, origin)
+    headers = headers_of(request.scope)
     try:
         if provider == "twilio":
             form, fields = _twilio_fields(request, body)
             verdict = twilio.verify_twilio_signature(
                 settings.auth_token.get_secret_value(), url, form, body,
-                request.headers.get("x-twilio-signature"),
-                signature_settings=request.headers.get("x-twilio-webhooks-signature-settings"),
+                headers.get("x-twilio-signature"),
+                signature_settings=headers.get("x-twilio-webhooks-signature-settings"),
             )
         else:
             verdict = vonage.verify_vonage_jwt(
-                request.headers.get("authorization"), settings.signature_secret.get_secret_value(), body,
+                headers.get("authorization"), settings.signature_secret.get_secret_value(), body,
                 now=ctx.clock(), replay=ctx.replay_guard, window_seconds=settings.jwt_window,
                 api_key=settings.api_key, application_id=settings.application_id,
             )

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Iterable
 
 from starlette.requests import HTTPConnection
 
+from gateway.api.scope import headers_of
+
 if TYPE_CHECKING:
     from gateway.api.context import GatewayContext
 
@@ -75,11 +77,12 @@ def public_origin(conn: HTTPConnection, public_url: str | None, trusted_proxies:
         return tunnel_origin
     scope = conn.scope
     scheme = _HTTP_SCHEME.get(scope.get("scheme", "http"), "http")
-    host = conn.headers.get("host") or _server_host(scope)
+    headers = headers_of(scope)
+    host = headers.get("host") or _server_host(scope)
     peer = (scope.get("client") or (None,))[0]
     if _trusted(peer, trusted_proxies):
-        forwarded_proto = conn.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
-        forwarded_host = conn.headers.get("x-forwarded-host", "").split(",")[0].strip()
+        forwarded_proto = headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
+        forwarded_host = headers.get("x-forwarded-host", "").split(",")[0].strip()
         if forwarded_proto in ("http", "https"):
             scheme = forwarded_proto
         if forwarded_host:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
-from urllib.parse import parse_qs
+from urllib.parse import unquote_plus
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_FORM_FIELDS = 1000
@@ -63,19 +63,27 @@ def parse_form(raw: bytes) -> dict[str, list[str]]:
         return {}
     if text.count("&") + 1 > MAX_FORM_FIELDS:
         raise BadRequest(f"too many form fields (over {MAX_FORM_FIELDS})")
+    # What `urllib.parse.parse_qs(text, keep_blank_values=True, errors="strict")` does, field
+    # by field, percent-decoding only the fields that need it: parse_qs decoded every name and
+    # value in Python, a tenth of a status callback's handling.
+    form: dict[str, list[str]] = {}
     try:
-        return parse_qs(
-            text,
-            keep_blank_values=True,
-            strict_parsing=False,
-            encoding="utf-8",
-            errors="strict",
-            max_num_fields=MAX_FORM_FIELDS,
-        )
+        for pair in text.split("&"):
+            if not pair:
+                continue
+            name, _, value = pair.partition("=")
+            if "%" in name or "+" in name:
+                name = unquote_plus(name, errors="strict")
+            if "%" in value or "+" in value:
+                value = unquote_plus(value, errors="strict")
+            found = form.get(name)
+            if found is None:
+                form[name] = [value]
+            else:
+                found.append(value)
     except UnicodeDecodeError:
         raise BadRequest("form field is not valid UTF-8 after percent-decoding") from None
-    except ValueError as exc:  # max_num_fields, or anything else parse_qs refuses
-        raise BadRequest(f"malformed form body: {exc}") from None
+    return form
 
 
 def _reject_constant(name: str) -> Any:

@@ -10,7 +10,6 @@ computes two and parses the URL); anything else gets the SDK's full check.
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 import re
 from collections.abc import Mapping, Sequence
@@ -58,7 +57,7 @@ DIRECTIONS: dict[str, str] = {
     "outbound-dial": "outbound",
 }
 _SUPPORTED_ALGORITHMS = (HMAC_SHA1, HMAC_SHA256)
-_HASHES = {HMAC_SHA1: hashlib.sha1, HMAC_SHA256: hashlib.sha256}
+_HASHES = {HMAC_SHA1: "sha1", HMAC_SHA256: "sha256"}  # hmac.digest's one-shot names
 _VISIBLE_ASCII = re.compile(r"[\x21-\x7e]+")
 _DIGITS = re.compile(r"[0-9]{1,18}")
 # Characters XML 1.0 cannot carry, even escaped.
@@ -224,10 +223,13 @@ def _matches_exactly(auth_token: str, url: str, form: Mapping[str, Sequence[str]
             values = form[name]
             if type(values) is not list:
                 return False
+            if len(values) == 1:
+                parts += (name, values[0])
+                continue
             for value in sorted(set(values)):
                 parts += (name, value)
         text = "".join(parts)
-        expected = base64.b64encode(hmac.new(auth_token.encode("utf-8"), text.encode("utf-8"), digest).digest())
+        expected = base64.b64encode(hmac.digest(auth_token.encode("utf-8"), text.encode("utf-8"), digest))
     except (TypeError, UnicodeEncodeError):
         return False
     return hmac.compare_digest(expected, signature.encode("utf-8", "replace"))
@@ -265,12 +267,14 @@ def _flatten(params: Mapping[str, Sequence[str]]) -> dict[str, str | list[str]]:
     if len(params) > MAX_FIELDS:
         raise BadRequest(f"too many fields (over {MAX_FIELDS})")
     flat: dict[str, str | list[str]] = {}
-    for name, values in _items(params):
-        if not isinstance(name, str):
+    for name, values in params.items() if type(params) is dict else _items(params):
+        if type(name) is not str and not isinstance(name, str):
             raise BadRequest("field name is not text")
         if len(name) > MAX_NAME_CHARS:
             raise BadRequest(f"field name too long (over {MAX_NAME_CHARS} characters)")
-        if isinstance(values, str):
+        if type(values) is list:  # a parsed form's: checked as it is, copied only when kept as a list
+            items = values
+        elif isinstance(values, str):
             items = [values]
         elif isinstance(values, Sequence):
             items = list(values)
@@ -279,13 +283,13 @@ def _flatten(params: Mapping[str, Sequence[str]]) -> dict[str, str | list[str]]:
         if len(items) > MAX_FIELDS:
             raise BadRequest(f"{_label(name)} has too many values")
         for value in items:
-            if not isinstance(value, str):
+            if type(value) is not str and not isinstance(value, str):
                 raise BadRequest(f"{_label(name)} must be text")
             if len(value) > MAX_VALUE_CHARS:
                 raise BadRequest(f"{_label(name)} too long (over {MAX_VALUE_CHARS} characters)")
         if not items:
             continue
-        flat[name] = items[0] if len(items) == 1 else items
+        flat[name] = items[0] if len(items) == 1 else list(items)
     return flat
 
 

@@ -144,7 +144,8 @@ def run_writer(setup: dict[str, Any], conn: Connection) -> None:
 
 def _run(store: SQLiteStore, accepting: _Accepting, requests: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
     """One group commit of `requests`: each (token, (method, args, kwargs, accepting)); returns
-    (token, (ok, value or error, rows leased, rows queued)) for each."""
+    (token, (ok, value or error, rows leased, rows queued)) for each. The group takes the
+    subscriptions the worker accepted as of the last request (they change slowly)."""
     answers: list[tuple[int, Any]] = []
     fns = []
     tokens = []
@@ -152,12 +153,12 @@ def _run(store: SQLiteStore, accepting: _Accepting, requests: list[tuple[int, An
         try:
             if method not in REMOTE_METHODS:
                 raise StoreError(f"{method} is not run by the writer process")
-            fn = getattr(store, method + "_tx")(*args, **kwargs)
+            fns.append(getattr(store, method + "_tx")(*args, **kwargs))
         except Exception as exc:  # noqa: BLE001 - answered, as the store would raise it
             answers.append((token, (False, _as_store_error(exc), [], 0)))
             continue
-        fns.append(_accepting(fn, accepting, names))
         tokens.append(token)
+        accepting.names = names
     for token, (ok, value) in zip(tokens, store.run_locked(lambda: fns)):
         if ok:
             result, queued, leased = value
@@ -165,14 +166,6 @@ def _run(store: SQLiteStore, accepting: _Accepting, requests: list[tuple[int, An
         else:
             answers.append((token, (False, _as_store_error(value), [], 0)))
     return answers
-
-
-def _accepting(fn: Any, accepting: _Accepting, names: frozenset[str]) -> Any:
-    def run(conn: Any) -> Any:
-        accepting.names = names
-        return fn(conn)
-
-    return run
 
 
 def _as_store_error(exc: BaseException) -> StoreError:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import hmac
 from collections.abc import Sequence
 
@@ -48,13 +47,13 @@ def standard_signature(secret: str, message_id: str, timestamp: int, body: bytes
         raise ValueError("a webhook id may not contain '.'")
     key = decode_signing_secret(secret)
     signed = f"{message_id}.{int(timestamp)}.".encode() + body
-    digest = hmac.new(key, signed, hashlib.sha256).digest()
+    digest = hmac.digest(key, signed, "sha256")
     return "v1," + base64.b64encode(digest).decode("ascii")
 
 
 def hmac_sha256_hex(secret: str, body: bytes) -> str:
     """Hex HMAC-SHA256 of `body` keyed with the UTF-8 bytes of `secret`."""
-    return hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
+    return hmac.digest(secret.encode("utf-8"), body, "sha256").hex()
 
 
 def signature_headers(
