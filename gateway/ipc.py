@@ -111,7 +111,23 @@ class FrameChannel:
             self._close()
             return
         for payload in self._reader.feed(data):
+            if self.closed:  # closed by an earlier frame's handler
+                return
             self.on_items(pickle.loads(payload))
+
+    def drain(self) -> None:
+        """Hand over what the peer wrote that is still in the pipe (it has ended)."""
+        while not self.closed:
+            try:
+                data = os.read(self.fd, READ_SIZE)
+            except OSError:  # nothing more now (BlockingIOError), or the pipe is gone
+                return
+            if not data:
+                return
+            for payload in self._reader.feed(data):
+                if self.closed:
+                    return
+                self.on_items(pickle.loads(payload))
 
     def _close(self) -> None:
         if self.closed:
@@ -144,12 +160,11 @@ class ChildProcess:
     STABLE_AFTER = 60.0
 
     def __init__(self, label: str, target: Callable[..., None], args: tuple[Any, ...], *,
-                 lost: Callable[[str], BaseException], on_exit: Callable[[], None] | None = None) -> None:
+                 lost: Callable[[str], BaseException]) -> None:
         self.label = label
         self.target = target
         self.args = args
         self.lost = lost
-        self.on_exit = on_exit
         self.process: Any = None  # a multiprocessing SpawnProcess
         self._context = multiprocessing.get_context("spawn")
         self._conn: Any = None
@@ -221,12 +236,12 @@ class ChildProcess:
         process = self.process
         self._loop.remove_reader(process.sentinel)
         process.join(1.0)  # the sentinel closes while the child exits, a moment before it can be reaped
+        if self._channel is not None:
+            self._channel.drain()  # answers it sent before it ended still count
         self._close_channel()
         if self._waiting:
             log.warning("%s: exited with code %s with %d requests unanswered", self.label, process.exitcode, len(self._waiting))
         self._fail(f"exit code {process.exitcode}")
-        if self.on_exit is not None:
-            self.on_exit()
         if self._stopping:
             return
         ran = time.monotonic() - self._started_at

@@ -42,6 +42,8 @@ POSTGRES_PROBLEM = _reachable(POSTGRES_URL)
 if POSTGRES_PROBLEM and os.environ.get("CI") == "true":
     raise RuntimeError(f"CI must run the PostgreSQL half of the suite, but {POSTGRES_URL} is not usable: {POSTGRES_PROBLEM}")
 BACKENDS = ["sqlite"] if POSTGRES_PROBLEM else ["sqlite", "postgresql"]
+STORE_BACKENDS = ["sqlite", "sqlite-writer-process", *BACKENDS[1:]]
+"""For the store's own contract: SQLite with its hot transactions in a writer process too."""
 
 
 @contextlib.asynccontextmanager
@@ -62,13 +64,17 @@ async def postgres_schema_url() -> AsyncIterator[str]:
 
 @contextlib.asynccontextmanager
 async def open_store(backend: str, sqlite_path: str) -> AsyncIterator["Store"]:
-    """An opened store of `backend` ("sqlite": a file at `sqlite_path`; "postgresql": a fresh
-    schema), closed (and the schema dropped) afterwards."""
+    """An opened store of `backend` ("sqlite": a file at `sqlite_path`; "sqlite-writer-process":
+    the same with a writer process; "postgresql": a fresh schema), closed (and the schema
+    dropped) afterwards."""
     from gateway.store import SQLiteStore
+    from gateway.store.writer_process import WriterProcessStore
 
     async with contextlib.AsyncExitStack() as stack:
         if backend == "sqlite":
             store: Store = SQLiteStore(sqlite_path)
+        elif backend == "sqlite-writer-process":
+            store = WriterProcessStore(sqlite_path)
         else:
             from gateway.store.postgres import PostgresStore
 

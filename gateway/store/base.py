@@ -193,18 +193,20 @@ class DirectDispatch:
     """A delivery worker in this process that takes new deliveries without claiming them.
 
     A transaction that writes a delivery row (an event's fan-out) or finishes one whose call has
-    a next event waiting leases that row to `owner` in the same transaction, when
-    `accepts(subscription)` and the call's order allow, and after the commit hands the leased
-    rows to `deliver`. That spares each delivery a claim transaction; the rows it does not take
-    wait in the outbox for a claim, as before, and a lease still expires if the process dies.
+    a next event waiting leases that row to `owner` in the same transaction, when the worker has
+    `room(subscription)` for it and the call's order allows, and after the commit hands the
+    leased rows to `deliver`. That spares each delivery a claim transaction; the rows it does
+    not take wait in the outbox for a claim, as before, and a lease still expires if the process
+    dies. A store leases at most `room` rows of a subscription in one group commit; rows leased
+    by a commit whose hand-over the worker has not seen yet can add one group's worth.
 
-    `accepts` runs inside the store's transaction (on the SQLite writer's thread): it must be
-    cheap and safe to call from another thread. `deliver` runs on the event loop.
+    `room` runs inside the store's transaction (on the SQLite writer's thread): it must be cheap
+    and safe to call from another thread. `deliver` runs on the event loop.
     """
 
     owner: str
     lease_seconds: float
-    accepts: Callable[[str], bool]
+    room: Callable[[str], int]
     deliver: Callable[[list[Delivery]], None]
 
 

@@ -267,6 +267,7 @@ class PostgresStore(PostgresCampaigns, Store):
         queued = 0
         dispatch = self.dispatch if leased is not None else None
         waiting: set[tuple[str, str]] = set()
+        taken: dict[str, int] = {}  # leased in this transaction, by subscription
         for event in events:
             event.seq = await conn.fetchval(
                 "INSERT INTO events (id, type, workflow_run_id, occurred_at, data) VALUES ($1, $2, $3, $4, $5) RETURNING seq",
@@ -274,7 +275,7 @@ class PostgresStore(PostgresCampaigns, Store):
             )
             for subscription, ordered in self.fanout(event):
                 key = event.workflow_run_id if ordered else None
-                take = dispatch is not None and dispatch.accepts(subscription)
+                take = dispatch is not None and dispatch.room(subscription) > taken.get(subscription, 0)
                 if key is not None:
                     if take and ((subscription, key) in waiting or await conn.fetchval(
                             "SELECT 1 FROM deliveries WHERE status = 'pending' AND subscription = $1 AND order_key = $2 LIMIT 1",
@@ -285,6 +286,7 @@ class PostgresStore(PostgresCampaigns, Store):
                                                        event.occurred_at, lease=dispatch if take else None, event=event)
                 if take:
                     assert leased is not None
+                    taken[subscription] = taken.get(subscription, 0) + 1
                     leased.append(delivery)
                 else:
                     queued += 1
@@ -494,6 +496,7 @@ class PostgresStore(PostgresCampaigns, Store):
         others are due for a claim."""
         queued = 0
         now = utcnow()
+        taken: dict[str, int] = {}
         for delivery, result in items:
             if result.status == "pending" or delivery.order_key is None:
                 continue
@@ -503,13 +506,14 @@ class PostgresStore(PostgresCampaigns, Store):
             )
             if row is None or row["next_attempt_at"] > now or (row["lease_until"] is not None and row["lease_until"] >= now):
                 continue
-            if dispatch is not None and dispatch.accepts(delivery.subscription):
+            if dispatch is not None and dispatch.room(delivery.subscription) > taken.get(delivery.subscription, 0):
                 # The lease test again on the row as it is now: another instance may be claiming it.
-                taken = await conn.execute(
+                status = await conn.execute(
                     "UPDATE deliveries SET lease_owner = $1, lease_until = $2 WHERE id = $3 AND status = 'pending'"
                     " AND (lease_until IS NULL OR lease_until < $4)",
                     dispatch.owner, now + timedelta(seconds=dispatch.lease_seconds), row["id"], now)
-                if taken.endswith(" 1"):
+                if status.endswith(" 1"):
+                    taken[delivery.subscription] = taken.get(delivery.subscription, 0) + 1
                     leased.append(_delivery(row, with_event=True))
             else:
                 queued += 1

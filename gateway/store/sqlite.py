@@ -148,6 +148,7 @@ class SQLiteStore(SQLiteCampaigns, Store):
         self._queued_lock = threading.Lock()
         self._drain_scheduled = False
         self._lock_fd: int | None = None  # the cross-process write lock, see the module docstring
+        self._leases: dict[str, int] = {}  # rows leased to the direct dispatch in this group, by subscription
 
     # -- plumbing ---------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -225,6 +226,7 @@ class SQLiteStore(SQLiteCampaigns, Store):
             fns = take()
             if lock_error is not None:
                 return [(False, lock_error)] * len(fns)
+            self._leases = {}
             return self._run_group(fns) if fns else []
         finally:
             if lock_fd is not None:
@@ -265,16 +267,7 @@ class SQLiteStore(SQLiteCampaigns, Store):
                     values = runner(conn, [fn.batch[1] for fn in unit])  # type: ignore[attr-defined]
                     conn.execute("RELEASE batch")
                 except BaseException as exc:  # noqa: BLE001 - each is run alone next
-                    if conn.in_transaction:
-                        try:
-                            conn.execute("ROLLBACK TO batch")
-                            conn.execute("RELEASE batch")
-                        except sqlite3.Error as rollback_error:
-                            fail_done(rollback_error)
-                            if conn.in_transaction:
-                                conn.execute("ROLLBACK")
-                    else:
-                        fail_done(exc)
+                    _undo(conn, "batch", exc, fail_done)
                 else:
                     for value in values:
                         done.append(len(outcomes))
@@ -309,19 +302,7 @@ class SQLiteStore(SQLiteCampaigns, Store):
                     conn.execute("RELEASE tx")
             except BaseException as exc:  # noqa: BLE001 - handed to the caller
                 outcomes.append((False, exc))
-                if conn.in_transaction:
-                    try:
-                        if single:
-                            conn.execute("ROLLBACK")
-                        else:
-                            conn.execute("ROLLBACK TO tx")
-                            conn.execute("RELEASE tx")
-                    except sqlite3.Error as rollback_error:
-                        fail_done(rollback_error)
-                        if conn.in_transaction:
-                            conn.execute("ROLLBACK")
-                else:
-                    fail_done(exc)
+                _undo(conn, None if single else "tx", exc, fail_done)
                 continue
             done.append(len(outcomes))
             outcomes.append((True, value))
@@ -430,10 +411,15 @@ class SQLiteStore(SQLiteCampaigns, Store):
             (run_id, _ts(at), source, kind, outcome, raw_status, state, sequence, _dumps(data)),
         )
 
+    def _has_room(self, dispatch: DirectDispatch, subscription: str) -> bool:
+        """Whether the direct dispatch takes one more row of `subscription`, counting the rows
+        this group commit leased it already (it gets them only after the commit)."""
+        return dispatch.room(subscription) > self._leases.get(subscription, 0)
+
     def _insert_events(self, conn: sqlite3.Connection, events: list[Event], leased: list[Delivery] | None = None) -> int:
         """Write events and, in the same transaction, one delivery row per subscription.
 
-        Given a `leased` list, the rows the direct dispatch takes (it accepts the subscription,
+        Given a `leased` list, the rows the direct dispatch takes (it has room for the subscription,
         and no earlier event of the call is still pending for it) are leased to it and added to
         that list; the others are counted as queued, for a claim."""
         queued = 0
@@ -448,13 +434,14 @@ class SQLiteStore(SQLiteCampaigns, Store):
             event.seq = int(cursor.lastrowid)
             for subscription, ordered in self.fanout(event):
                 key = event.workflow_run_id if ordered else None
-                take = dispatch is not None and dispatch.accepts(subscription)
+                take = dispatch is not None and self._has_room(dispatch, subscription)
                 if key is not None:
                     if take and ((subscription, key) in waiting or _has_pending(conn, subscription, key)):
                         take = False
                     waiting.add((subscription, key))
                 if take:
                     assert dispatch is not None and leased is not None
+                    self._leases[subscription] = self._leases.get(subscription, 0) + 1
                     leased.append(self._insert_delivery(conn, event.seq, subscription, event.workflow_run_id, ordered,
                                                         event.occurred_at, at=at, lease=dispatch, event=event))
                 else:
@@ -601,7 +588,7 @@ class SQLiteStore(SQLiteCampaigns, Store):
                 for subscription, ordered in self.fanout(event):
                     run = event.workflow_run_id
                     key = run if ordered else None
-                    take = dispatch is not None and dispatch.accepts(subscription)
+                    take = dispatch is not None and self._has_room(dispatch, subscription)
                     if key is not None:
                         if take and ((subscription, key) in waiting or (key in existed and _has_pending(conn, subscription, key))):
                             take = False
@@ -609,6 +596,7 @@ class SQLiteStore(SQLiteCampaigns, Store):
                     delivery_id = new_event_id("msg")
                     if take:
                         assert dispatch is not None
+                        self._leases[subscription] = self._leases.get(subscription, 0) + 1
                         delivery_rows.append((delivery_id, seq, subscription, run, key, at, dispatch.owner, lease_until, at, at))
                         leased.append(Delivery(id=delivery_id, event_seq=seq, subscription=subscription, workflow_run_id=run,
                                                status="pending", attempts=0, next_attempt_at=now, created_at=now,
@@ -800,8 +788,7 @@ class SQLiteStore(SQLiteCampaigns, Store):
 
         return tx
 
-    @staticmethod
-    def _next_in_order(conn: sqlite3.Connection, items: Sequence[tuple[Delivery, DeliveryResult]],
+    def _next_in_order(self, conn: sqlite3.Connection, items: Sequence[tuple[Delivery, DeliveryResult]],
                        dispatch: DirectDispatch | None) -> tuple[int, list[Delivery]]:
         """The call's next pending delivery after each ordered one that reached its end: leased
         to `dispatch` when it is due, free and taken; else counted, so that claimers wake."""
@@ -817,7 +804,8 @@ class SQLiteStore(SQLiteCampaigns, Store):
             ).fetchone()
             if row is None or row["next_attempt_at"] > at or (row["lease_until"] is not None and row["lease_until"] >= at):
                 continue  # nothing waits, or it is not due yet (a claim or the poll takes it then)
-            if dispatch is not None and dispatch.accepts(delivery.subscription):
+            if dispatch is not None and self._has_room(dispatch, delivery.subscription):
+                self._leases[delivery.subscription] = self._leases.get(delivery.subscription, 0) + 1
                 conn.execute("UPDATE deliveries SET lease_owner = ?, lease_until = ? WHERE id = ?",
                              (dispatch.owner, _ts(now + timedelta(seconds=dispatch.lease_seconds)), row["id"]))
                 leased.append(_row_to_delivery(row, with_event=True))
@@ -941,6 +929,26 @@ class SQLiteStore(SQLiteCampaigns, Store):
             return {"pending": row["n"], "oldest_pending_seconds": (now - oldest).total_seconds() if oldest else 0.0}
 
         return await self._read(query)
+
+
+def _undo(conn: sqlite3.Connection, savepoint: str | None, error: BaseException,
+          fail_done: Callable[[BaseException], None]) -> None:
+    """Roll back what failed with `error`: to `savepoint`, or the whole transaction (None).
+    If SQLite ended the transaction itself (an I/O error, a full disk), the group's earlier
+    work is gone with it: `fail_done` answers those with the error."""
+    if not conn.in_transaction:
+        fail_done(error)
+        return
+    try:
+        if savepoint is None:
+            conn.execute("ROLLBACK")
+        else:
+            conn.execute(f"ROLLBACK TO {savepoint}")
+            conn.execute(f"RELEASE {savepoint}")
+    except sqlite3.Error as rollback_error:
+        fail_done(rollback_error)
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
 
 
 def _units(fns: list[Callable[[sqlite3.Connection], Any]]) -> list[list[Callable[[sqlite3.Connection], Any]]]:

@@ -50,12 +50,14 @@ class WriterProcessStore(SQLiteStore):
 
     def __init__(self, path: str, *, synchronous: str = "FULL") -> None:
         super().__init__(path, synchronous=synchronous)
-        self.routes: tuple[Route, ...] = ()
+        self.routes: tuple[Route, ...] | None = ()  # None: a fan-out the writer process cannot rebuild
         self.writer: ChildProcess | None = None
+        self._routing_sent: tuple[Any, Any] = (None, None)  # (the process told, what it was told)
 
     def set_fanout(self, fanout: Any, on_deliveries: Any = None) -> None:
         super().set_fanout(fanout, on_deliveries)
-        self.routes = tuple(getattr(fanout, "routes", self.routes))  # the writer process builds its own from these
+        routes = getattr(fanout, "routes", None)  # the writer process rebuilds an EventFanout from its routes
+        self.routes = tuple(routes) if routes is not None else None
 
     @property
     def writer_pid(self) -> int | None:
@@ -64,10 +66,7 @@ class WriterProcessStore(SQLiteStore):
 
     async def open(self) -> None:
         await super().open()  # migrations, this process's reader and fallback writer
-        dispatch = self.dispatch
-        setup = {"path": self.path, "synchronous": self.synchronous, "routes": self.routes,
-                 "owner": dispatch.owner if dispatch else None, "lease_seconds": dispatch.lease_seconds if dispatch else 0.0}
-        self.writer = ChildProcess("store writer process", run_writer, (setup,),
+        self.writer = ChildProcess("store writer process", run_writer, ({"path": self.path, "synchronous": self.synchronous},),
                                    lost=lambda why: WriterGone(f"sqlite: the store writer process ended before it answered ({why})"))
         self.writer.start()
         log.info("store writer process started: pid %s", self.writer.pid)
@@ -78,13 +77,24 @@ class WriterProcessStore(SQLiteStore):
         await super().close()
 
     # -- the forwarded transactions ------------------------------------------------------
+    def _routing(self) -> Any:
+        """The fan-out and direct dispatch the writer process needs, when it has not had them
+        yet (a new process, or they changed since): None otherwise."""
+        dispatch = self.dispatch
+        routing = (self.routes, dispatch.owner if dispatch else None, dispatch.lease_seconds if dispatch else 0.0)
+        assert self.writer is not None
+        if self._routing_sent[0] is self.writer.process and self._routing_sent[1] == routing:
+            return None
+        self._routing_sent = (self.writer.process, routing)
+        return routing
+
     async def _forward(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         writer = self.writer
-        if writer is None or not writer.up:
-            return await getattr(super(), method)(*args, **kwargs)  # no writer process: write here
+        if writer is None or not writer.up or self.routes is None:
+            return await getattr(super(), method)(*args, **kwargs)  # no writer process (or it could not fan out): here
         dispatch = self.dispatch
-        accepting = frozenset(r.name for r in self.routes if dispatch.accepts(r.name)) if dispatch else frozenset()
-        ok, value, leased, queued = await writer.request((method, args, kwargs, accepting))
+        rooms = {r.name: dispatch.room(r.name) for r in self.routes} if dispatch else {}
+        ok, value, leased, queued = await writer.request((method, args, kwargs, rooms, self._routing()))
         if not ok:
             raise value
         return self._notify((value, queued, leased))
@@ -109,32 +119,27 @@ class WriterProcessStore(SQLiteStore):
 # -- the writer process -------------------------------------------------------------------
 
 
-class _Accepting:
-    """Which subscriptions the gateway's worker takes, as the request being run said."""
+class _Rooms:
+    """How many rows of each subscription the gateway's worker takes, as the last request said."""
 
-    names: frozenset[str] = frozenset()
+    rooms: dict[str, int] = {}
 
 
 def run_writer(setup: dict[str, Any], conn: Connection) -> None:
     """The writer process's main: run the transactions the gateway sends, a group commit per
     read of the pipe, until the pipe closes. One thread, no event loop: it reads, writes the
     group, answers, and reads again; what arrives meanwhile is the next group."""
-
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)  # the gateway decides; its pipe closing ends this process
     store = SQLiteStore(setup["path"], synchronous=setup["synchronous"])
-    store.set_fanout(EventFanout(setup["routes"]))
-    accepting = _Accepting()
-    if setup["owner"]:
-        store.set_dispatch(DirectDispatch(owner=setup["owner"], lease_seconds=setup["lease_seconds"],
-                                          accepts=lambda name: name in accepting.names, deliver=lambda rows: None))
+    rooms = _Rooms()
     store.open_here()
     settle_heap()
 
     def handle(requests: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
         answers: list[tuple[int, Any]] = []
         for start in range(0, len(requests), SQLiteStore.MAX_GROUP):
-            answers += _run(store, accepting, requests[start:start + SQLiteStore.MAX_GROUP])
+            answers += _run(store, rooms, requests[start:start + SQLiteStore.MAX_GROUP])
         return answers
 
     serve_frames(conn, handle)
@@ -142,14 +147,25 @@ def run_writer(setup: dict[str, Any], conn: Connection) -> None:
     os._exit(0)  # the pipe is gone: nothing left to tell anyone
 
 
-def _run(store: SQLiteStore, accepting: _Accepting, requests: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
-    """One group commit of `requests`: each (token, (method, args, kwargs, accepting)); returns
-    (token, (ok, value or error, rows leased, rows queued)) for each. The group takes the
-    subscriptions the worker accepted as of the last request (they change slowly)."""
+def _route(store: SQLiteStore, rooms: _Rooms, routing: Any) -> None:
+    """Fan out and lease as the gateway's store would: `routing` is (routes, owner, lease seconds)."""
+    routes, owner, lease_seconds = routing
+    store.set_fanout(EventFanout(routes))
+    store.set_dispatch(DirectDispatch(owner=owner, lease_seconds=lease_seconds, room=lambda name: rooms.rooms.get(name, 0),
+                                      deliver=lambda rows: None) if owner else None)
+
+
+def _run(store: SQLiteStore, rooms: _Rooms, requests: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
+    """One group commit of `requests`: each (token, (method, args, kwargs, rooms, routing));
+    returns (token, (ok, value or error, rows leased, rows queued)) for each. The group leases as
+    the worker's room was when the first request was sent: what the worker had room for then,
+    less what the group leases (the later requests' room does not know of those yet)."""
     answers: list[tuple[int, Any]] = []
     fns = []
     tokens = []
-    for token, (method, args, kwargs, names) in requests:
+    for token, (method, args, kwargs, room, routing) in requests:
+        if routing is not None:
+            _route(store, rooms, routing)
         try:
             if method not in REMOTE_METHODS:
                 raise StoreError(f"{method} is not run by the writer process")
@@ -157,8 +173,9 @@ def _run(store: SQLiteStore, accepting: _Accepting, requests: list[tuple[int, An
         except Exception as exc:  # noqa: BLE001 - answered, as the store would raise it
             answers.append((token, (False, _as_store_error(exc), [], 0)))
             continue
+        if not tokens:
+            rooms.rooms = room
         tokens.append(token)
-        accepting.names = names
     for token, (ok, value) in zip(tokens, store.run_locked(lambda: fns)):
         if ok:
             result, queued, leased = value

@@ -136,7 +136,7 @@ class DeliveryWorker:
 
     def direct_dispatch(self) -> DirectDispatch:
         """This worker as the store's direct dispatch (`Store.set_dispatch`)."""
-        return DirectDispatch(owner=self.owner, lease_seconds=self.lease_seconds, accepts=self._accepts,
+        return DirectDispatch(owner=self.owner, lease_seconds=self.lease_seconds, room=self._room_for,
                               deliver=self._dispatch)
 
     async def stop(self, grace: float = 5.0) -> None:
@@ -181,13 +181,14 @@ class DeliveryWorker:
         self._backlog = True
         self._wake.set()
 
-    def _accepts(self, subscription: str) -> bool:
-        """Whether a new row of `subscription` may be leased to this worker as it is written.
+    def _room_for(self, subscription: str) -> int:
+        """How many more rows of `subscription` may be leased to this worker as they are written.
         Called by the store inside its transaction, possibly on another thread: reads only."""
         room = self._room.get(subscription)
         config = self.subscriptions.get(subscription)
-        return (room is not None and config is not None and config.enabled and not self._stopping
-                and self.inflight.get(subscription, 0) < room and subscription not in self.disabled)
+        if room is None or config is None or not config.enabled or self._stopping or subscription in self.disabled:
+            return 0
+        return room - self.inflight.get(subscription, 0)
 
     def _dispatch(self, deliveries: list[Delivery]) -> None:
         """Rows leased to this worker by the transaction that wrote them (on the loop, after it
@@ -249,9 +250,8 @@ class DeliveryWorker:
                 for delivery in claimed:
                     taken[delivery.subscription] = taken.get(delivery.subscription, 0) + 1
                     self._start(delivery, claimed_at)
-                if len(claimed) >= self.settings.claim_limit or any(
-                        taken.get(name, 0) >= room for name, room in capacity.items() if room > 0):
-                    self._backlog = True  # a full claim: more may wait (taken when a slot frees)
+                if len(claimed) >= self.settings.claim_limit or any(taken.get(name, 0) >= room for name, room in capacity.items()):
+                    self._backlog = True  # a full claim, or no room to claim: more may wait (taken when a slot frees)
                 if len(claimed) >= self.settings.claim_limit:
                     continue
             try:

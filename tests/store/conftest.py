@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from postgres_support import BACKENDS, open_store
+from postgres_support import STORE_BACKENDS, open_store
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=STORE_BACKENDS)
 async def store(request, tmp_path):
     async with open_store(request.param, str(tmp_path / "gateway.db")) as backend:
         yield backend

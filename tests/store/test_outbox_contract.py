@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 from gateway.calls import CallState, CallUpdate
 from gateway.events.fanout import EventFanout, Route
 from gateway.store import StoreError
-from gateway.store.base import AttemptRecord, DeliveryResult
+from gateway.store.base import AttemptRecord, DeliveryResult, DirectDispatch
 
 
 def upd(state, call_id="CA1"):
@@ -117,3 +117,124 @@ async def test_disable_enable_retry_replay_and_stats(store):
         pass
     else:
         raise AssertionError("a bad cursor must be refused")
+
+
+class Taker:
+    """A direct dispatch for the tests: room for the subscriptions in `names`, keeps what it got."""
+
+    def __init__(self, store, owner="w", names=("crm",), lease_seconds=30):
+        self.names = set(names)
+        self.got = []
+        self.dispatch = DirectDispatch(owner=owner, lease_seconds=lease_seconds, room=lambda name: 1000 if name in self.names else 0,
+                                       deliver=self.got.extend)
+        store.set_dispatch(self.dispatch)
+
+
+def ok(at=None):
+    return DeliveryResult("succeeded", AttemptRecord(at or now(), "success", status=200, latency_ms=1.0, request={}),
+                          endpoint_ok=True)
+
+
+def failed(at=None, status="pending"):
+    return DeliveryResult(status, AttemptRecord(at or now(), "retry", status=503, request={}),
+                          next_attempt_at=now() + timedelta(hours=1) if status == "pending" else None, endpoint_ok=False)
+
+
+async def test_a_new_delivery_is_leased_to_the_direct_dispatch_in_its_transaction(store):
+    woke = attach(store, Route("crm", ("call.*",)), Route("audit", ("call.*",), ordered=False))
+    taker = Taker(store)
+    applied = await store.apply_update(upd(CallState.RINGING), run_id="r1")
+    (leased,) = taker.got  # handed over after the commit, with its event
+    assert leased.subscription == "crm" and leased.event.type == "call.ringing" and leased.event.seq == applied.events[0].seq
+    assert leased.order_key == "r1" and leased.status == "pending" and leased.attempts == 0
+    # Leased: nobody else can claim it; the subscription it does not take waits for a claim.
+    others = await store.claim_deliveries("other", now=now(), lease_seconds=30, capacity={"crm": 5, "audit": 5})
+    assert [d.subscription for d in others] == ["audit"]
+    await asyncio.sleep(0.05)
+    assert woke  # the claimers were told about the row it did not take
+    # A lease that expires makes the row claimable again (the worker died).
+    (again,) = await store.claim_deliveries("other", now=now() + timedelta(seconds=31), lease_seconds=30, capacity={"crm": 5})
+    assert again.id == leased.id
+
+
+async def test_the_direct_dispatch_keeps_a_calls_order_and_takes_the_next_one_when_it_finishes(store):
+    attach(store, Route("crm", ("call.*",)))
+    taker = Taker(store)
+    await store.apply_update(upd(CallState.RINGING), run_id="r1")
+    await store.apply_update(upd(CallState.COMPLETED), run_id="r1")  # call.completed and call.ended wait
+    (first,) = taker.got
+    assert first.event.type == "call.ringing"
+    assert await store.claim_deliveries("other", now=now(), lease_seconds=30, capacity={"crm": 5}) == []
+    taker.got.clear()
+    await store.finish_deliveries("w", [(first, ok())])
+    (second,) = taker.got  # its successor, leased in the finishing transaction
+    assert second.event.type == "call.completed" and second.event.data["state"] == "completed"
+    taker.got.clear()
+    await store.finish_deliveries("w", [(second, failed(status="failed"))])  # failed for good: the next goes
+    (third,) = taker.got
+    assert third.event.type == "call.ended"
+    taker.got.clear()
+    await store.finish_deliveries("w", [(third, ok())])
+    assert taker.got == []
+
+
+async def test_a_retry_holds_the_calls_next_event_and_a_full_worker_leaves_it_for_a_claim(store):
+    woke = attach(store, Route("crm", ("call.*",)))
+    taker = Taker(store)
+    await store.apply_update(upd(CallState.RINGING), run_id="r1")
+    await store.apply_update(upd(CallState.ANSWERED), run_id="r1")
+    (first,) = taker.got
+    taker.got.clear()
+    await store.finish_deliveries("w", [(first, failed())])  # pending again, due in an hour
+    assert taker.got == []  # the next event still waits behind it
+    woke.clear()
+    taker.names.clear()  # the worker is full now
+    await store.finish_deliveries("w", [(first, ok())])
+    assert taker.got == []
+    await asyncio.sleep(0.05)
+    assert woke  # the successor is due: the claimers are told
+    (claimed,) = await store.claim_deliveries("other", now=now(), lease_seconds=30, capacity={"crm": 5})
+    assert claimed.event.type == "call.answered"
+
+
+async def test_finishing_for_another_owner_leases_nothing_to_the_direct_dispatch(store):
+    attach(store, Route("crm", ("call.*",)))
+    await store.apply_update(upd(CallState.RINGING), run_id="r1")
+    await store.apply_update(upd(CallState.ANSWERED), run_id="r1")
+    (first,) = await store.claim_deliveries("claimer", now=now(), lease_seconds=30, capacity={"crm": 5})
+    taker = Taker(store)
+    await store.finish_deliveries("claimer", [(first, ok())])
+    assert taker.got == []  # the successor is left for a claim, not leased to someone else's worker
+    (nxt,) = await store.claim_deliveries("claimer", now=now(), lease_seconds=30, capacity={"crm": 5})
+    assert nxt.event.type == "call.answered"
+
+
+async def test_a_batch_of_finished_attempts_is_recorded_with_each_endpoints_net_streak(store):
+    attach(store, Route("crm", ("call.*",), ordered=False), Route("billing", ("call.*",), ordered=False))
+    for n in range(3):
+        await store.apply_update(upd(CallState.RINGING, call_id=f"CA{n}"), run_id=f"r{n}")
+    rows = await store.claim_deliveries("w", now=now(), lease_seconds=30, capacity={"crm": 5, "billing": 5})
+    crm = sorted((d for d in rows if d.subscription == "crm"), key=lambda d: d.workflow_run_id)
+    billing = sorted((d for d in rows if d.subscription == "billing"), key=lambda d: d.workflow_run_id)
+    t0 = now()
+    # crm: fail, fail, then a success: the streak ends. billing: success, then two failures: a
+    # streak of two that started with the first of them.
+    items = [(crm[0], failed(t0)), (billing[0], ok(t0)), (crm[1], failed(t0 + timedelta(seconds=1))),
+             (billing[1], failed(t0 + timedelta(seconds=2))), (crm[2], ok(t0 + timedelta(seconds=3))),
+             (billing[2], failed(t0 + timedelta(seconds=4)))]
+    healths = await store.finish_deliveries("w", items)
+    assert [h.subscription for h in healths] == [d.subscription for d, _ in items]
+    by_name = {h.subscription: h for h in healths}
+    assert by_name["crm"].consecutive_failures == 0 and by_name["crm"].first_failure_at is None
+    assert by_name["billing"].consecutive_failures == 2
+    assert abs((by_name["billing"].first_failure_at - (t0 + timedelta(seconds=2))).total_seconds()) < 0.001
+    for delivery, result in items:
+        found, attempts = await store.get_delivery(delivery.id)
+        assert found.status == result.status and [a.status for a in attempts] == [result.attempt.status]
+    # Another batch of failures adds to billing's streak and keeps when it began.
+    (again,) = [d for d in await store.claim_deliveries("w", now=now() + timedelta(hours=2), lease_seconds=30,
+                                                        capacity={"billing": 1})]
+    (health,) = await store.finish_deliveries("w", [(again, failed(t0 + timedelta(seconds=9)))])
+    assert health.consecutive_failures == 3
+    assert abs((health.first_failure_at - (t0 + timedelta(seconds=2))).total_seconds()) < 0.001
+    assert await store.finish_deliveries("w", []) == []

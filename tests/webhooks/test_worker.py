@@ -122,3 +122,110 @@ async def test_endpoint_health_changed_elsewhere_reaches_the_worker(tmp_path: Pa
         finally:
             await worker.stop()
             await store.close()
+
+
+class CountingStore(SQLiteStore):
+    """A real SQLite store that counts the worker's claims and finish batches."""
+
+    claims = 0
+    finishes: list[int]
+
+    async def claim_deliveries(self, *args, **kwargs):
+        self.claims += 1
+        return await super().claim_deliveries(*args, **kwargs)
+
+    async def finish_deliveries(self, owner, items):
+        self.finishes.append(len(items))
+        return await super().finish_deliveries(owner, items)
+
+
+async def _direct(tmp_path: Path, worker_of) -> tuple[CountingStore, DeliveryWorker]:
+    store = CountingStore(str(tmp_path / "gateway.db"))
+    store.finishes = []
+    worker = worker_of(store)
+    store.set_fanout(EventFanout([Route("crm", ("call.*",), True)]), worker.wake)
+    store.set_dispatch(worker.direct_dispatch())
+    await store.open()
+    await worker.start()
+    return store, worker
+
+
+async def _wait(predicate, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert predicate()
+
+
+async def test_new_rows_go_out_without_a_claim_and_their_attempts_are_recorded_in_batches(tmp_path: Path) -> None:
+    with Receiver(lambda n, path: (200, {}, b"{}", 0.05)) as receiver:
+        store, worker = await _direct(tmp_path, lambda store: DeliveryWorker(
+            store, [_subscription(receiver)], {}, settings=WorkerSettings(concurrency=8, poll_seconds=30)))
+        try:
+            await _wait(lambda: store.claims == 1)  # the claim at start (the outbox may hold rows from before)
+            claims_at_start = store.claims
+            await asyncio.gather(*(_ring_one(store, i) for i in range(30)))  # within its room (8 x 4)
+            await _wait(lambda: len(receiver.requests) == 30 and worker.delivered == 30)
+            assert store.claims == claims_at_start  # every row came with the transaction that wrote it
+            assert sum(store.finishes) == 30 and max(store.finishes) > 1  # recorded a batch at a time
+            rows, _ = await store.list_deliveries(limit=100)
+            assert {d.status for d in rows} == {"succeeded"} and len(rows) == 30
+        finally:
+            await worker.stop()
+            await store.close()
+
+
+async def _ring_one(store: SQLiteStore, i: int) -> None:
+    update = CallUpdate(provider="twilio", provider_call_id=f"CA{i:032d}", raw_status="ringing", state=CallState.RINGING)
+    await store.apply_update(update, run_id=f"run-{i}")
+
+
+async def test_rows_a_full_worker_left_in_the_outbox_are_claimed_as_slots_free(tmp_path: Path) -> None:
+    with Receiver(lambda n, path: (200, {}, b"{}", 0.1)) as receiver:
+        store, worker = await _direct(tmp_path, lambda store: DeliveryWorker(
+            store, [_subscription(receiver)], {}, settings=WorkerSettings(concurrency=2, prefetch=1, poll_seconds=30)))
+        try:
+            most = [0]
+
+            async def watch() -> None:
+                while True:
+                    most[0] = max(most[0], worker.inflight["crm"])
+                    await asyncio.sleep(0.005)
+
+            watching = asyncio.ensure_future(watch())
+            await asyncio.gather(*(_ring_one(store, i) for i in range(12)))  # room for 2: 10 wait for a claim
+            await _wait(lambda: len(receiver.requests) == 12)
+            watching.cancel()
+            assert store.claims > 1  # taken as the slots freed, long before the 30 s poll
+            assert 2 <= most[0] <= 4  # its room, and at most one group commit's worth more
+            assert sorted(r["path"] for r in receiver.requests) == sorted(f"/hooks/run-{i}" for i in range(12))
+        finally:
+            await worker.stop()
+            await store.close()
+
+
+async def test_an_attempt_lost_with_its_process_is_sent_again(tmp_path: Path) -> None:
+    from gateway.webhooks.attempts import AttemptLost
+
+    with Receiver() as receiver:
+        store, worker = await _direct(tmp_path, lambda store: DeliveryWorker(
+            store, [_subscription(receiver)], {}, settings=WorkerSettings(poll_seconds=30)))
+        lost = []
+
+        async def remote(delivery):
+            if not lost:
+                lost.append(delivery.id)
+                raise AttemptLost("the delivery process ended before it answered")
+            return await worker.attempts.make(delivery)
+
+        worker.send_through(remote, ["crm"])
+        try:
+            await _ring_one(store, 0)
+            await _wait(lambda: len(receiver.requests) == 1 and worker.delivered == 1)
+            (row,), _ = await store.list_deliveries(limit=10)
+            assert row.id == lost[0] and row.status == "succeeded"  # the same row, released and sent again
+            _, attempts = await store.get_delivery(row.id)
+            assert [a.status for a in attempts] == [200]  # the lost try left no attempt behind
+        finally:
+            await worker.stop()
+            await store.close()

@@ -1,0 +1,124 @@
+"""Callbacks that wait together for the SQLite writer are written as one batch (`_apply_batch`):
+the same calls, timelines, events and deliveries as writing them one at a time, and when a
+batch fails, each callback alone."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+
+from gateway.calls import CallState, CallUpdate
+from gateway.events.fanout import EventFanout, Route
+from gateway.store import SQLiteStore
+from gateway.store.base import DirectDispatch
+
+STATES = [CallState.INITIATED, CallState.RINGING, CallState.ANSWERED, CallState.COMPLETED, CallState.BUSY,
+          CallState.NO_ANSWER, CallState.FAILED]
+
+
+def script(seed: int, n: int = 120) -> list[tuple[CallUpdate, str | None]]:
+    """Callbacks for a dozen calls in a random order: repeats, late and out-of-order states,
+    sequence numbers, AMD results, and some addressed by the provider's call id only."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        call = rng.randrange(12)
+        state = rng.choice(STATES)
+        update = CallUpdate(provider="twilio", provider_call_id=f"CA{call:032d}", raw_status=state.value, state=state,
+                            sequence=rng.choice([None, rng.randrange(20)]),
+                            answered_by=rng.choice([None, None, "human", "machine_start"]),
+                            voicemail=None, params={"CallSid": f"CA{call:032d}", "n": str(rng.random())})
+        if update.answered_by == "machine_start":
+            update = CallUpdate(**{**update.__dict__, "voicemail": True})
+        run = f"run-{call}" if rng.random() < 0.8 or call >= 6 else None  # None: match by CallSid
+        out.append((update, run))
+    return out
+
+
+async def opened(path: Path, taken: list) -> SQLiteStore:
+    store = SQLiteStore(str(path))
+    store.set_fanout(EventFanout([Route("crm", ("call.*",)), Route("audit", ("call.ended",), ordered=False)]))
+    store.set_dispatch(DirectDispatch(owner="w", lease_seconds=60, room=lambda name: 1000 if name == "crm" else 0, deliver=taken.extend))
+    await store.open()
+    return store
+
+
+async def snapshot(store: SQLiteStore) -> dict:
+    """Everything the callbacks wrote, by the provider's call id (a run id the gateway minted
+    differs between stores), without ids and times."""
+    calls, _ = await store.list_calls(limit=500)
+    out: dict = {}
+    names = {call.workflow_run_id: call.provider_call_id for call in calls}
+    for call in calls:
+        record = call.to_dict()
+        for name in ("workflow_run_id", "created_at", "updated_at", "started_at", "answered_at", "ended_at", "duration"):
+            record.pop(name)
+        timeline = [(t.outcome, t.raw_status, t.state, t.sequence) for t in await store.get_timeline(call.workflow_run_id)]
+        events = [e.type for e in await store.list_events(run_id=call.workflow_run_id, limit=500)]
+        out[call.provider_call_id] = (call.workflow_run_id.startswith("run-"), record, timeline, events)
+    deliveries, _ = await store.list_deliveries(limit=500)
+    out["deliveries"] = sorted((names[d.workflow_run_id], d.subscription, d.event.type, d.status) for d in deliveries)
+    return out
+
+
+async def test_a_batch_writes_what_the_callbacks_write_one_at_a_time(tmp_path: Path) -> None:
+    for seed in range(3):
+        callbacks = script(seed)
+        one_taken: list = []
+        batch_taken: list = []
+        one = await opened(tmp_path / f"one-{seed}.db", one_taken)
+        batched = await opened(tmp_path / f"batch-{seed}.db", batch_taken)
+        sizes: list[int] = []
+        real = batched._apply_batch
+
+        def counting(conn, items):
+            sizes.append(len(items))
+            return real(conn, items)
+
+        batched._apply_batch = counting  # type: ignore[method-assign]
+        try:
+            alone = [await one.apply_update(update, run_id=run) for update, run in callbacks]
+            together = []
+            for wave in range(0, len(callbacks), 30):  # later waves find calls (and rows) of earlier ones
+                together += await asyncio.gather(*(batched.apply_update(update, run_id=run)
+                                                   for update, run in callbacks[wave:wave + 30]))
+            assert max(sizes) > 10  # they did wait together
+            assert [(a.outcome, a.created, [e.type for e in a.events], a.record.state) for a in alone] == \
+                   [(b.outcome, b.created, [e.type for e in b.events], b.record.state) for b in together]
+            assert await snapshot(one) == await snapshot(batched)
+            assert sorted((d.event.data["provider_call_id"], d.event.type) for d in one_taken) == \
+                   sorted((d.event.data["provider_call_id"], d.event.type) for d in batch_taken)
+            events = await batched.list_events(limit=500)
+            assert [e.seq for e in events] == list(range(1, len(events) + 1))  # the batch's own numbering
+        finally:
+            await one.close()
+            await batched.close()
+
+
+async def test_a_batch_that_fails_is_written_one_callback_at_a_time(tmp_path: Path) -> None:
+    taken: list = []
+    store = await opened(tmp_path / "gateway.db", taken)
+    failures = []
+
+    def broken(conn, results, existed, now):
+        failures.append(len(results))
+        conn.execute("INSERT INTO events (seq, id, type, occurred_at, data) VALUES (1, 'x', 'x', 'x', '{}')")
+        raise RuntimeError("the batch breaks after writing")
+
+    store._insert_event_batch = broken  # type: ignore[method-assign]
+    try:
+        callbacks = script(7, n=40)
+        applied = await asyncio.gather(*(store.apply_update(update, run_id=run) for update, run in callbacks))
+        assert failures and max(failures) > 1  # a batch was tried and failed
+        assert len(applied) == 40
+        reference_taken: list = []
+        reference = await opened(tmp_path / "reference.db", reference_taken)
+        try:
+            for update, run in callbacks:
+                await reference.apply_update(update, run_id=run)
+            assert await snapshot(store) == await snapshot(reference)  # nothing of the broken batch stayed
+        finally:
+            await reference.close()
+    finally:
+        await store.close()
