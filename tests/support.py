@@ -215,6 +215,17 @@ class Receiver:
         return [_json.loads(r["body"]) for r in self.requests if r["body"]]
 
 
+async def eventually(predicate: Any, timeout: float = 10.0, what: str = "condition") -> Any:
+    """`wait_until` for async tests: polls without blocking the event loop."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{what} not reached within {timeout} s")
+
+
 def wait_until(predicate: Any, timeout: float = 10.0, what: str = "condition") -> Any:
     """Poll `predicate` until it returns something truthy (returned), or fail after `timeout`."""
     deadline = time.monotonic() + timeout

@@ -15,8 +15,10 @@ import time
 
 import pytest
 
-from gateway.ipc import ChildProcess, FrameChannel, FrameReader, frame
 from ipc_children import echo_child, last_words_child, moody_child
+from support import eventually
+
+from gateway.ipc import ChildProcess, FrameChannel, FrameReader, frame
 
 
 class Lost(Exception):
@@ -25,15 +27,6 @@ class Lost(Exception):
 
 class FastChild(ChildProcess):
     RESTART_MIN = 0.05  # read in __init__: lowering it on an instance afterwards is too late
-
-
-async def wait_for(predicate, timeout: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"{what} not reached within {timeout} s")
 
 
 def raw(payload: bytes) -> bytes:
@@ -120,14 +113,14 @@ async def test_items_sent_in_one_turn_arrive_as_one_list_in_order(make_pair):
     a, b = make_pair()
     for item in [(0, "x"), (1, b"y"), (2, {"z": 1})]:
         a.channel.send(item)
-    await wait_for(lambda: b.got, what="a frame")
+    await eventually(lambda: b.got, what="a frame")
     await asyncio.sleep(0.05)
     assert b.got == [[(0, "x"), (1, b"y"), (2, {"z": 1})]]
     for n in range(20):
         a.channel.send(n)
         b.channel.send(-n)
         await asyncio.sleep(0)
-    await wait_for(lambda: len(b.items()) == 23 and len(a.items()) == 20, what="all items")
+    await eventually(lambda: len(b.items()) == 23 and len(a.items()) == 20, what="all items")
     assert b.items()[3:] == list(range(20)) and a.items() == [-n for n in range(20)]
 
 
@@ -139,7 +132,7 @@ async def test_a_frame_larger_than_the_socket_buffer_is_written_in_parts(make_pa
     await asyncio.sleep(0)  # the flush ran; what the socket buffer could not take waits for add_writer
     assert a.channel._unsent
     a.channel.send("next turn")  # appended behind the unsent part
-    await wait_for(lambda: len(b.got) == 2, what="both frames")
+    await eventually(lambda: len(b.got) == 2, what="both frames")
     assert b.got[0] == [big, "after"] and b.got[1] == ["next turn"]
     assert not a.channel._unsent and a.closed == b.closed == 0
 
@@ -148,7 +141,7 @@ async def test_peer_closing_calls_on_closed_once_then_send_does_nothing(make_pai
     a, b = make_pair()
     b.channel.close()
     b.sock.close()
-    await wait_for(lambda: a.closed, what="on_closed")
+    await eventually(lambda: a.closed, what="on_closed")
     a.channel.send("ignored")
     await asyncio.sleep(0.05)
     assert a.closed == 1 and a.channel.closed and a.got == [] and not a.channel._queued
@@ -159,7 +152,7 @@ async def test_a_write_error_calls_on_closed_once(make_pair):
     b.channel.close()
     b.sock.close()
     a.channel.send("into a closed pipe")  # flushed before the loop polls and sees end-of-file
-    await wait_for(lambda: a.closed, what="on_closed")
+    await eventually(lambda: a.closed, what="on_closed")
     await asyncio.sleep(0.05)
     assert a.closed == 1 and a.channel._unsent  # the write failed (EPIPE); nothing was queued after
 
@@ -213,7 +206,7 @@ async def test_a_child_that_dies_fails_its_requests_and_is_restarted(children, c
     for future in doomed:
         with pytest.raises(Lost):
             await asyncio.wait_for(future, 10)
-    await wait_for(lambda: child.process is not first and child.up and child.pid, what="restart")
+    await eventually(lambda: child.process is not first and child.up and child.pid, what="restart")
     assert first.exitcode == 3 and child.pid != first_pid
     assert await asyncio.wait_for(child.request("again"), 10) == ("echo", "again")
     assert any("exited with code 3" in r.getMessage() and "starting it again" in r.getMessage()

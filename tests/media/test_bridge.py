@@ -17,7 +17,7 @@ import websockets
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import serve
 
-from support import API_KEY, TWILIO_SID, twilio_signature, vonage_jwt
+from support import API_KEY, TWILIO_SID, eventually, twilio_signature, vonage_jwt
 
 RUN = "run-media"
 WEBHOOK = f"/api/v1/telephony/webhook/wf-m/user-m/{RUN}"
@@ -103,16 +103,6 @@ def admin_call(server, run_id=RUN):
     return httpx.get(f"{server.url}/api/v1/calls/{run_id}", headers={"Authorization": f"Bearer {API_KEY}"}).json()
 
 
-async def wait_for(predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not reached")
-
-
 async def test_twilio_echo_round_trip_in_real_time(gateway_server):
     server = gateway_server()
     client = await TwilioClient.open(server)
@@ -140,7 +130,7 @@ async def test_twilio_echo_round_trip_in_real_time(gateway_server):
     assert best_correlation(signal, echoed) > 0.95
     await client.send({"event": "stop", "stop": {"accountSid": TWILIO_SID, "callSid": "CA" + "7" * 32}})
     await client.ws.wait_closed()
-    call = await wait_for(lambda: (c := admin_call(server)) and any(t["kind"] == "media.ended" for t in c["timeline"]) and c)
+    call = await eventually(lambda: (c := admin_call(server)) and any(t["kind"] == "media.ended" for t in c["timeline"]) and c)
     kinds = [t["kind"] for t in call["timeline"]]
     assert "media.started" in kinds and "media.ended" in kinds
     ended = next(t for t in call["timeline"] if t["kind"] == "media.ended")["data"]
@@ -171,7 +161,7 @@ async def test_vonage_echo_round_trip(gateway_server):
         echoed = np.frombuffer(bytes(got), dtype=np.int16)
         assert best_correlation(signal, echoed) > 0.99
         await ws.send(json.dumps({"event": "websocket:dtmf", "digit": "5", "duration": 260}))
-        await wait_for(lambda: any(t["kind"] == "dtmf" for t in admin_call(server)["timeline"]))
+        await eventually(lambda: any(t["kind"] == "dtmf" for t in admin_call(server)["timeline"]))
 
 
 class AgentServer:
@@ -321,7 +311,7 @@ async def test_agent_messages_update_the_call(gateway_server):
         server = gateway_server(agent={"url": agent.url})
         client = await TwilioClient.open(server)
         await client.ws.wait_closed()  # the agent hung up: the provider socket closes
-        call = await wait_for(lambda: (c := admin_call(server)) and any(t["kind"] == "media.ended" for t in c["timeline"]) and c)
+        call = await eventually(lambda: (c := admin_call(server)) and any(t["kind"] == "media.ended" for t in c["timeline"]) and c)
     assert call["gathered_context"] == {"resolution": "booked", "party_size": 4}
     assert call["annotations"] == {"sentiment": "positive"}
     ended = next(t for t in call["timeline"] if t["kind"] == "media.ended")["data"]
@@ -337,7 +327,7 @@ async def test_unreachable_agent_fails_call_cleanly(gateway_server):
     server = gateway_server(agent={"url": f"ws://127.0.0.1:{free_port()}/nobody", "connect_timeout": 1})
     client = await TwilioClient.open(server)
     await asyncio.wait_for(client.ws.wait_closed(), 5)
-    call = await wait_for(lambda: (c := admin_call(server)) and any(t["kind"] == "agent.failed" for t in c["timeline"]) and c)
+    call = await eventually(lambda: (c := admin_call(server)) and any(t["kind"] == "agent.failed" for t in c["timeline"]) and c)
     failed = next(t for t in call["timeline"] if t["kind"] == "agent.failed")
     assert "cannot connect to agent" in failed["data"]["reason"]
     stored = [e.type for e in await server.app.state.gateway.store.list_events(run_id=RUN)]
@@ -352,7 +342,7 @@ async def test_agent_disconnect_mid_call_with_keep_stays_on_line(gateway_server)
         server = gateway_server(agent={"url": agent.url, "on_failure": "keep"})
         client = await TwilioClient.open(server)
         await asyncio.wait_for(agent.done.wait(), 3)
-        await wait_for(lambda: any(t["kind"] == "agent.failed" for t in admin_call(server)["timeline"]))
+        await eventually(lambda: any(t["kind"] == "agent.failed" for t in admin_call(server)["timeline"]))
         await client.media(b"\xff" * 160)  # the call is still up
         await asyncio.sleep(0.1)
         assert client.ws.state.name == "OPEN"
@@ -383,7 +373,7 @@ async def test_bad_input_is_counted_and_the_session_goes_on(gateway_server):
     got = await client.receive_json()
     assert got["event"] == "media"
     await client.send({"event": "stop", "stop": {}})
-    call = await wait_for(lambda: (c := admin_call(server)) and any(t["kind"] == "media.ended" for t in c["timeline"]) and c)
+    call = await eventually(lambda: (c := admin_call(server)) and any(t["kind"] == "media.ended" for t in c["timeline"]) and c)
     ended = next(t for t in call["timeline"] if t["kind"] == "media.ended")["data"]
     assert ended["bad_messages"] == 4 and ended["misframed"] == 1 and ended["frames_in"] == 2
 

@@ -13,6 +13,8 @@ import textwrap
 import time
 from pathlib import Path
 
+from support import eventually
+
 from gateway.calls import CallState, CallUpdate
 from gateway.events.fanout import EventFanout, Route
 from gateway.store import StoreError, open_store_for
@@ -22,16 +24,6 @@ from gateway.store.writer_process import WriterProcessStore
 
 def ringing(n: int) -> CallUpdate:
     return CallUpdate(provider="twilio", provider_call_id=f"CA{n:032d}", raw_status="ringing", state=CallState.RINGING)
-
-
-async def until(predicate, timeout: float = 15.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def gone(pid: int) -> bool:
@@ -97,14 +89,14 @@ async def test_a_killed_writer_loses_nothing_acknowledged_and_comes_back(tmp_pat
                 await asyncio.gather(*(callback(wave * 25 + k) for k in range(25)))
 
         loading = asyncio.ensure_future(load())
-        await until(lambda: len(acknowledged) > 100, what="callbacks to flow")
+        await eventually(lambda: len(acknowledged) > 100, what="callbacks to flow")
         os.kill(first, signal.SIGKILL)
         await loading
         assert len(acknowledged) + refused == 1000
         for run in acknowledged:
             assert await store.get_call(run) is not None, run  # acknowledged means stored
         # The gateway wrote while the writer was down, and a new writer took over.
-        second = await until(lambda: store.writer_pid not in (None, first) and store.writer.up and store.writer_pid,
+        second = await eventually(lambda: store.writer_pid not in (None, first) and store.writer.up and store.writer_pid,
                              what="the writer process to be started again")
         await store.apply_update(ringing(5000), run_id="after")
         assert await store.get_call("after") is not None

@@ -4,23 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 import pytest
 
-from support import free_port
+from support import eventually, free_port
 from gateway.tunnel import TunnelDetector
 
 HOST = "silly-words-here-ok.trycloudflare.com"
-
-
-async def wait_until(predicate, timeout=8.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not reached")
 
 
 async def test_quicktunnel_endpoint_gives_the_hostname(fake_cloudflared):
@@ -103,7 +93,7 @@ async def test_background_refresh_picks_up_a_restart_by_itself(fake_cloudflared)
     try:
         assert detector.origin() == "https://before.trycloudflare.com"  # start() waits for the first lookup
         fake.restart("after.trycloudflare.com")
-        await wait_until(lambda: detector.origin() == "https://after.trycloudflare.com")
+        await eventually(lambda: detector.origin() == "https://after.trycloudflare.com")
     finally:
         await detector.stop()
 
@@ -115,7 +105,7 @@ async def test_start_without_a_tunnel_then_one_appears(fake_cloudflared):
     try:
         assert detector.origin() is None and "connection refused" in detector.status.error
         fake_cloudflared(HOST, port=port)
-        await wait_until(lambda: detector.origin() == f"https://{HOST}")
+        await eventually(lambda: detector.origin() == f"https://{HOST}")
     finally:
         await detector.stop()
 
@@ -129,7 +119,7 @@ async def test_nudge_looks_again_at_once(fake_cloudflared):
         await asyncio.sleep(0.3)
         assert detector.origin() == "https://old-one.trycloudflare.com"  # nothing looks for 300 s...
         detector.nudge()  # ...unless nudged
-        await wait_until(lambda: detector.origin() == "https://new-one.trycloudflare.com", timeout=5)
+        await eventually(lambda: detector.origin() == "https://new-one.trycloudflare.com", timeout=5)
     finally:
         await detector.stop()
 

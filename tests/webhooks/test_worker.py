@@ -8,7 +8,7 @@ import asyncio
 import time
 from pathlib import Path
 
-from support import Receiver
+from support import Receiver, eventually
 
 from gateway.calls.lifecycle import CallUpdate
 from gateway.calls.states import CallState
@@ -150,22 +150,15 @@ async def _direct(tmp_path: Path, worker_of) -> tuple[CountingStore, DeliveryWor
     return store, worker
 
 
-async def _wait(predicate, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate() and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)
-    assert predicate()
-
-
 async def test_new_rows_go_out_without_a_claim_and_their_attempts_are_recorded_in_batches(tmp_path: Path) -> None:
     with Receiver(lambda n, path: (200, {}, b"{}", 0.05)) as receiver:
         store, worker = await _direct(tmp_path, lambda store: DeliveryWorker(
             store, [_subscription(receiver)], {}, settings=WorkerSettings(concurrency=8, poll_seconds=30)))
         try:
-            await _wait(lambda: store.claims == 1)  # the claim at start (the outbox may hold rows from before)
+            await eventually(lambda: store.claims == 1)  # the claim at start (the outbox may hold rows from before)
             claims_at_start = store.claims
             await asyncio.gather(*(_ring_one(store, i) for i in range(30)))  # within its room (8 x 4)
-            await _wait(lambda: len(receiver.requests) == 30 and worker.delivered == 30)
+            await eventually(lambda: len(receiver.requests) == 30 and worker.delivered == 30)
             assert store.claims == claims_at_start  # every row came with the transaction that wrote it
             assert sum(store.finishes) == 30 and max(store.finishes) > 1  # recorded a batch at a time
             rows, _ = await store.list_deliveries(limit=100)
@@ -194,7 +187,7 @@ async def test_rows_a_full_worker_left_in_the_outbox_are_claimed_as_slots_free(t
 
             watching = asyncio.ensure_future(watch())
             await asyncio.gather(*(_ring_one(store, i) for i in range(12)))  # room for 2: 10 wait for a claim
-            await _wait(lambda: len(receiver.requests) == 12)
+            await eventually(lambda: len(receiver.requests) == 12)
             watching.cancel()
             assert store.claims > 1  # taken as the slots freed, long before the 30 s poll
             assert 2 <= most[0] <= 4  # its room, and at most one group commit's worth more
@@ -221,7 +214,7 @@ async def test_an_attempt_lost_with_its_process_is_sent_again(tmp_path: Path) ->
         worker.send_through(remote, ["crm"])
         try:
             await _ring_one(store, 0)
-            await _wait(lambda: len(receiver.requests) == 1 and worker.delivered == 1)
+            await eventually(lambda: len(receiver.requests) == 1 and worker.delivered == 1)
             (row,), _ = await store.list_deliveries(limit=10)
             assert row.id == lost[0] and row.status == "succeeded"  # the same row, released and sent again
             _, attempts = await store.get_delivery(row.id)
