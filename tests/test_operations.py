@@ -50,6 +50,21 @@ def test_json_log_lines_carry_run_id_and_never_secrets():
     assert line["level"] == "info" and line["logger"] == "gateway.x" and line["ts"].endswith("Z")
 
 
+def test_a_message_is_formatted_once_between_the_redaction_and_the_line():
+    class Counted:
+        calls = 0
+
+        def __str__(self) -> str:
+            Counted.calls += 1
+            return "value"
+
+    record = logging.LogRecord("gateway.x", logging.INFO, __file__, 1, "it is %s", (Counted(),), None)
+    RunIdFilter().filter(record)
+    RedactSecrets(["sup3r-secret-value"]).filter(record)
+    assert json.loads(JsonFormatter().format(record))["message"] == "it is value"
+    assert Counted.calls == 1
+
+
 def test_process_logs_are_json_one_line_per_request_without_secrets(gateway_process, tmp_path):
     proc = gateway_process(base_config(tmp_path, log={"format": "json"}))
     assert _signed_post(proc.url + "/api/v1/telephony/status-callback/run-log", _params()).status_code == 204

@@ -28,7 +28,7 @@ from gateway.metrics import CALL_TRANSITIONS, PROVIDER_REQUESTS, SIGNATURE_FAILU
 from gateway.media.token import mint_stream_token
 from gateway.providers import twilio, vonage
 from gateway.providers.base import BadRequest, parse_form, parse_json_object
-from gateway.store.base import CallSeed
+from gateway.store.base import AppliedUpdate, CallSeed, StoreError
 
 log = logging.getLogger("gateway.telephony")
 
@@ -160,6 +160,17 @@ def _parse_update(verified: ProviderRequest, *, answer: bool) -> CallUpdate:
         raise Refusal(400, f"malformed {verified.provider} callback: {exc}") from None
 
 
+async def _store(ctx: GatewayContext, update: CallUpdate, *, run_id: str | None, seed: CallSeed | None = None) -> AppliedUpdate:
+    """`apply_update`, with a store failure answered 503: not accepted, so the provider may send
+    it again (a 2xx is only ever given for what was written)."""
+    try:
+        return await ctx.store.apply_update(update, run_id=run_id, seed=seed)
+    except StoreError as exc:
+        log.error("could not store %s %s for call %s: %s", update.provider, update.kind, update.provider_call_id, exc)
+        raise Refusal(503, f"the gateway could not store this {update.kind} callback ({exc}); it was not accepted,"
+                           " send it again") from None
+
+
 def _answer_response(ctx: GatewayContext, verified: ProviderRequest, workflow_id: str, user_id: str, run_id: str) -> Response:
     ws_url = as_websocket(verified.origin) + WS_PATH.format(workflow_id=workflow_id, user_id=user_id, workflow_run_id=run_id)
     token = mint_stream_token(ctx.secret_key, run_id, now=ctx.clock(), ttl=ctx.config.stream_token_ttl)
@@ -192,7 +203,7 @@ async def _answer(request: Request, workflow_id: str, user_id: str, run_id: str 
         workflow_id=workflow_id, user_id=user_id, provider=verified.provider,
         direction="inbound" if run_id is None else None,
     )
-    applied = await ctx.store.apply_update(update, run_id=run_id, seed=seed)
+    applied = await _store(ctx, update, run_id=run_id, seed=seed)
     record = applied.record
     RUN_ID.set(record.workflow_run_id)
     _count(verified, "answer", applied.outcome, applied.events)
@@ -225,7 +236,7 @@ async def status_callback(request: Request, body: bytes | None = None) -> Respon
         ctx = _context(request)
         verified = await verify_provider_request(request, ctx, body)
         update = _parse_update(verified, answer=False)
-        applied = await ctx.store.apply_update(update, run_id=None if run_id in PROVIDERS else run_id)
+        applied = await _store(ctx, update, run_id=None if run_id in PROVIDERS else run_id)
     except Refusal as exc:
         labelled(PROVIDER_REQUESTS, "unknown", "status", f"refused_{exc.status}").inc()
         return problem(exc.status, exc.detail)

@@ -158,6 +158,52 @@ def test_signed_but_malformed_callback_is_400(gateway_server):
     assert response.status_code == 400 and "CallSid" in response.json()["detail"]
 
 
+def test_status_callbacks_taken_ahead_of_the_router_keep_its_answers(gateway_server):
+    """The fast path for status callbacks answers what the routed handler would: 413 over the
+    body limit (the declared length, or a body that runs past it), 400 for a bad run id, 405
+    for another method, 404 for a longer path; 204 and the call stored on success."""
+    server = gateway_server()
+    status = "/api/v1/telephony/status-callback/"
+    big = httpx.post(server.url + status + "run-1", content=b"a=" + b"x" * 70000,
+                     headers={"X-Twilio-Signature": "x", "Content-Type": "application/x-www-form-urlencoded"})
+    assert big.status_code == 413 and "over the" in big.json()["detail"]
+
+    def chunks():
+        yield b"a=" + b"y" * 40000
+        yield b"z" * 40000  # no Content-Length: the limit is found while reading
+
+    streamed = httpx.post(server.url + status + "run-1", content=chunks(),
+                          headers={"X-Twilio-Signature": "x", "Content-Type": "application/x-www-form-urlencoded"})
+    assert streamed.status_code == 413
+    bad_id = twilio_post(server, status + "run%20one", call_params())
+    assert bad_id.status_code == 400 and "workflow_run_id" in bad_id.json()["detail"]
+    assert httpx.put(server.url + status + "run-1").status_code == 405
+    assert twilio_post(server, status + "run-1/extra", call_params()).status_code == 404
+    assert twilio_post(server, status, call_params()).status_code in (404, 405)
+    ok = twilio_post(server, status + "run-1", call_params())
+    assert ok.status_code == 204 and ok.content == b""
+    assert admin_get(server, "/api/v1/calls/run-1").json()["state"] == "ringing"
+
+
+def test_a_store_that_cannot_write_answers_503_and_accepts_nothing(gateway_server):
+    from gateway.store import StoreError
+
+    server = gateway_server()
+    store = server.app.state.gateway.store
+
+    async def broken(*args, **kwargs):
+        raise StoreError("sqlite: disk I/O error")
+
+    store.apply_update = broken
+    for path in ("/api/v1/telephony/status-callback/run-1", WEBHOOK):
+        response = twilio_post(server, path, call_params())
+        assert response.status_code == 503, response.text
+        assert "could not store" in response.json()["detail"] and "disk I/O error" in response.json()["detail"]
+        assert "send it again" in response.json()["detail"]
+    del store.apply_update  # the real one again
+    assert twilio_post(server, "/api/v1/telephony/status-callback/run-1", call_params()).status_code == 204
+
+
 def test_bad_path_ids_are_400(gateway_server):
     server = gateway_server()
     response = twilio_post(server, "/api/v1/telephony/webhook/wf%20x/u/r", call_params())

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from starlette.requests import Request
 
-from gateway.api.urls import called_url, public_origin
+from gateway.api.urls import TrustedPeers, _peer_in, called_url, public_origin
 
 PROXIES = [ipaddress.ip_network("10.0.0.0/8")]
 
@@ -48,3 +48,26 @@ def test_forwarded_headers_only_from_trusted_proxies(client: str, trusted: bool)
 def test_configured_public_url_wins() -> None:
     assert public_origin(_request({"Host": "x"}), "https://public.example.com", PROXIES) == "https://public.example.com"
     assert public_origin(_request({"Host": "x"}), "auto", PROXIES, tunnel_origin="https://t.trycloudflare.com") == "https://t.trycloudflare.com"
+
+
+@pytest.mark.parametrize("peer", ["10.1.2.3", "203.0.113.9", "::ffff:10.0.0.7", "::1", "not-an-address", ""])
+def test_trusted_peers_answer_as_the_networks_do_and_keep_the_answer(peer: str) -> None:
+    peers = TrustedPeers(PROXIES)
+    want = bool(peer) and _peer_in(peer, tuple(PROXIES))
+    assert (peer in peers) is want and (peer in peers) is want  # the second answer comes from the cache
+    assert list(peers) == PROXIES
+    assert ("10.1.2.3" in TrustedPeers([])) is False
+
+
+def test_trusted_peers_forget_rather_than_grow_without_bound() -> None:
+    peers = TrustedPeers(PROXIES)
+    for n in range(5000):
+        assert f"198.51.{n // 256 % 256}.{n % 256}" not in peers
+    assert len(peers._known) <= 4096
+    assert "10.0.0.1" in peers
+
+
+def test_public_origin_takes_trusted_peers_as_well_as_a_list() -> None:
+    request = _request({"Host": "internal:8000", "X-Forwarded-Proto": "https", "X-Forwarded-Host": "gw.example.com"},
+                       client="10.9.9.9")
+    assert public_origin(request, None, TrustedPeers(PROXIES)) == public_origin(request, None, PROXIES) == "https://gw.example.com"

@@ -29,8 +29,8 @@ from gateway.media import signed_url
 from gateway.media.recording import (
     RecordingTimeline, StereoConverter, WavFile, publish_recording, recover_recordings, recording_enabled,
 )
-from support import TWILIO_SID, twilio_signature
-from media.test_bridge import RUN, WEBHOOK, AgentServer, TwilioClient, admin_call, speech_like, wait_for, vonage_jwt  # noqa: F401
+from support import TWILIO_SID, eventually, twilio_signature
+from media.test_bridge import RUN, WEBHOOK, AgentServer, TwilioClient, admin_call, speech_like, vonage_jwt  # noqa: F401
 
 KEY = b"test-secret-key"  # base_config's secret_key
 
@@ -260,7 +260,7 @@ def read_wav(content: bytes) -> tuple[tuple[int, int, int], np.ndarray]:
 
 
 async def ended_call(server):
-    return await wait_for(lambda: (c := admin_call(server)) and any(t["kind"] == "media.ended" for t in c["timeline"]) and c)
+    return await eventually(lambda: (c := admin_call(server)) and any(t["kind"] == "media.ended" for t in c["timeline"]) and c)
 
 
 async def test_twilio_call_is_recorded_in_stereo_and_time_aligned(gateway_server):
@@ -359,7 +359,7 @@ async def test_links_refuse_tampering_and_expiry_and_say_404_when_absent(gateway
     for _ in range(10):
         await client.media(b"\xff" * 160)
     await client.receive_json()  # the echo is flowing
-    call = await wait_for(lambda: (c := admin_call(server)) and c["media"].get("recording_url") and c)
+    call = await eventually(lambda: (c := admin_call(server)) and c["media"].get("recording_url") and c)
     early = httpx.get(call["media"]["recording_url"])
     assert early.status_code == 404 and "yet" in early.json()["detail"]  # published when the media ends
     await client.send({"event": "stop", "stop": {}})
@@ -398,7 +398,7 @@ async def test_a_restarted_stream_adds_to_the_calls_recording(gateway_server, tm
         await client.receive_json()
         await client.send({"event": "stop", "stop": {}})
         await client.ws.wait_closed()
-        call = await wait_for(lambda: (c := admin_call(server)) and
+        call = await eventually(lambda: (c := admin_call(server)) and
                               sum(t["kind"] == "media.ended" for t in c["timeline"]) == session + 1 and c)
         ended = [t for t in call["timeline"] if t["kind"] == "media.ended"][-1]["data"]
         lengths.append(ended["recording_seconds"])
@@ -413,7 +413,7 @@ async def test_the_gateway_recovers_an_interrupted_recording_when_it_starts(gate
     part = crashed_part(tmp_path, "run-crashed", [stereo(9, 1600)])
     server = gateway_server(recording=True)
     path = tmp_path / "recordings" / "run-crashed.wav"
-    await wait_for(lambda: path.exists())
+    await eventually(lambda: path.exists())
     assert not part.exists() and len(wav_samples(path)) == 1600
     assert server.app.state.gateway.config.recording is True
 

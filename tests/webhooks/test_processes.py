@@ -1,16 +1,20 @@
-"""`delivery.processes`: real `gateway serve` processes whose webhooks go out from child processes."""
+"""`delivery.processes`: real `gateway serve` processes whose webhook attempts are made in child
+processes; and SQLite's writer process (`?writer=process`) under the same load."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
 import signal
 
 import httpx
+import pytest
 from standardwebhooks.webhooks import Webhook
 
-from support import API_KEY, Receiver, base_config, twilio_status_callback, wait_until
+from postgres_support import STORE_BACKENDS, postgres_schema_url
+from support import API_KEY, TWILIO_SID, Receiver, base_config, twilio_signature, twilio_status_callback, wait_until
 
 WHSEC = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 STEPS = ("call.ringing", "call.completed", "call.ended")
@@ -43,8 +47,23 @@ def _received(receiver):
     return [(json.loads(r["body"])["workflow_run_id"], json.loads(r["body"])["type"], r["headers"]["webhook-id"]) for r in receiver.requests]
 
 
-def test_two_delivery_processes_send_everything_signed_in_order(store_config, gateway_process, tmp_path):
-    """On either store: every event once, in order per call, signed; /metrics sums the children."""
+@pytest.fixture(params=STORE_BACKENDS)
+def pipeline(request, tmp_path):
+    """Config overrides naming the store: each backend, and SQLite with its writer process."""
+    if request.param == "postgresql":
+        context = postgres_schema_url()
+        url = asyncio.run(context.__aenter__())
+        try:
+            yield {"store": url}
+        finally:
+            asyncio.run(context.__aexit__(None, None, None))
+        return
+    yield {"store": f"sqlite:///{tmp_path}/gateway.db" + ("?writer=process" if request.param == "sqlite-writer-process" else "")}
+
+
+def test_two_delivery_processes_send_everything_signed_in_order(pipeline, gateway_process, tmp_path):
+    """On either store (and SQLite's writer process): every event once, in order per call,
+    signed; /metrics counts each delivery once (the gateway's worker counts the children's)."""
     verifier = Webhook(WHSEC)
     bad = []
 
@@ -60,7 +79,7 @@ def test_two_delivery_processes_send_everything_signed_in_order(store_config, ga
     receiverbox = []
     with Receiver(verify) as receiver:
         receiverbox.append(receiver)
-        proc = gateway_process(_config(tmp_path, receiver, 2, **store_config))
+        proc = gateway_process(_config(tmp_path, receiver, 2, **pipeline))
         children = _child_pids(proc, 2)
         assert proc.proc.pid not in children and len(set(children)) == 2
         runs = [f"run-{i}" for i in range(10)]
@@ -75,7 +94,7 @@ def test_two_delivery_processes_send_everything_signed_in_order(store_config, ga
         for run in runs:
             assert [k for r, k, _ in got if r == run] == list(STEPS)
 
-        # /metrics sums the children's counters (the gateway's own worker sends none of these).
+        # /metrics counts what the children sent, once each.
         metrics = httpx.get(proc.url + "/metrics", timeout=10).text
         sent = re.search(r'^gateway_deliveries_total\{outcome="succeeded",subscription="crm"\} (\S+)$', metrics, re.M)
         assert sent and float(sent.group(1)) == len(expected), metrics[-2000:]
@@ -136,3 +155,37 @@ def test_enabling_a_subscription_reaches_the_delivery_processes(gateway_process,
         assert httpx.post(proc.url + "/api/v1/subscriptions/crm/enable", headers=headers, timeout=10).status_code == 200
         wait_until(lambda: {k for _, k, _ in _received(receiver)} >= {"call.completed", "call.ended", "webhook.endpoint_disabled"},
                    what="the waiting events to flow once enabled")
+
+
+def _writer_pid(proc):
+    found = wait_until(lambda: re.findall(r"store writer process started(?: again)?: pid (\d+)", proc.log()),
+                       what="the writer process")
+    return int(found[-1])
+
+
+def test_a_killed_writer_process_loses_no_acknowledged_event(gateway_process, tmp_path):
+    """kill -9 of the store's writer process under load: each callback is acknowledged or
+    refused with 503 (not stored: the provider sends it again); every acknowledged one's event
+    is delivered, and the gateway writes itself until the writer is back."""
+    with Receiver() as receiver:
+        proc = gateway_process(_config(tmp_path, receiver, 1, store=f"sqlite:///{tmp_path}/gateway.db?writer=process"))
+        writer = _writer_pid(proc)
+        acknowledged, refused = [], []
+        with httpx.Client(timeout=10) as client:
+            for n in range(300):
+                if n == 100:
+                    os.kill(writer, signal.SIGKILL)
+                run = f"run-w{n}"
+                url = f"{proc.url}/api/v1/telephony/status-callback/{run}"
+                params = {"CallSid": f"CA{n:032d}", "AccountSid": TWILIO_SID, "CallStatus": "ringing"}
+                status = client.post(url, data=params, headers={"X-Twilio-Signature": twilio_signature(url, params)}).status_code
+                assert status in (204, 503), status
+                (acknowledged if status == 204 else refused).append(run)
+        assert len(acknowledged) >= 200
+        wait_until(lambda: "store writer process started again" in proc.log(), timeout=30,
+                   what="the writer process to be started again")
+        delivered = wait_until(lambda: (got := {r for r, k, _ in _received(receiver) if k == "call.ringing"}) >= set(acknowledged) and got,
+                               timeout=60, what="every acknowledged event delivered")
+        assert set(acknowledged) <= delivered
+        assert _gone(writer) and _writer_pid(proc) != writer
+        assert proc.stop() == 0

@@ -202,3 +202,13 @@ async def test_refused_destination_error_names_host_not_secrets(counter):
     assert result.outcome is Outcome.FAIL
     assert "localhost" in result.error and "127.0.0.1" in result.error
     assert SECRETS["QUERY_KEY"] not in repr(result)
+
+
+async def test_an_attempts_record_shows_a_rendered_body_and_not_the_event_envelope(receiver):
+    receiver.handler = lambda received: receiver.reply(200, "{}")
+    _prepared, enveloped = await send(subscription(receiver.url("/default")))
+    assert enveloped.request["body"] is None  # the event envelope: the delivery's event, stored once
+    assert enveloped.request["method"] == "POST" and enveloped.request["headers"]["webhook-id"] == "msg_send"
+    assert receiver.on("/default")[0].body  # it was sent, whole
+    _prepared, templated = await send(subscription(receiver.url("/templated"), payload_template={"run": "{{workflow_run_id}}"}))
+    assert templated.request["body"] == '{"run":"run-42"}'
