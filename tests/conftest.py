@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import pytest
 
-from postgres_support import BACKENDS, postgres_schema_url
+from postgres_support import BACKENDS, postgres_schema_url_sync
 from support import GatewayProcess, ServerThread, base_config
 
 
@@ -53,12 +52,8 @@ def store_config(request):
     if request.param == "sqlite":
         yield {}
         return
-    context = postgres_schema_url()
-    url = asyncio.run(context.__aenter__())
-    try:
+    with postgres_schema_url_sync() as url:
         yield {"store": url}
-    finally:
-        asyncio.run(context.__aexit__(None, None, None))
 
 
 def pytest_configure(config):

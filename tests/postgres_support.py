@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import os
 import uuid
-from typing import TYPE_CHECKING, AsyncIterator
+from typing import TYPE_CHECKING, AsyncIterator, Iterator
 
 if TYPE_CHECKING:
     from gateway.store.base import Store
@@ -60,6 +60,17 @@ async def postgres_schema_url() -> AsyncIterator[str]:
             await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         finally:
             await conn.close()
+
+
+@contextlib.contextmanager
+def postgres_schema_url_sync() -> Iterator[str]:
+    """`postgres_schema_url` for synchronous fixtures (it runs the async steps to completion)."""
+    context = postgres_schema_url()
+    url = asyncio.run(context.__aenter__())
+    try:
+        yield url
+    finally:
+        asyncio.run(context.__aexit__(None, None, None))
 
 
 @contextlib.asynccontextmanager

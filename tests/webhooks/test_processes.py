@@ -3,7 +3,6 @@ processes; and SQLite's writer process (`?writer=process`) under the same load."
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
@@ -13,7 +12,7 @@ import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from postgres_support import STORE_BACKENDS, postgres_schema_url
+from postgres_support import STORE_BACKENDS, postgres_schema_url_sync
 from support import API_KEY, TWILIO_SID, Receiver, base_config, twilio_signature, twilio_status_callback, wait_until
 
 WHSEC = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -51,12 +50,8 @@ def _received(receiver):
 def pipeline(request, tmp_path):
     """Config overrides naming the store: each backend, and SQLite with its writer process."""
     if request.param == "postgresql":
-        context = postgres_schema_url()
-        url = asyncio.run(context.__aenter__())
-        try:
+        with postgres_schema_url_sync() as url:
             yield {"store": url}
-        finally:
-            asyncio.run(context.__aexit__(None, None, None))
         return
     yield {"store": f"sqlite:///{tmp_path}/gateway.db" + ("?writer=process" if request.param == "sqlite-writer-process" else "")}
 
