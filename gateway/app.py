@@ -6,10 +6,9 @@ import asyncio
 import contextlib
 import logging
 from pathlib import Path
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -41,6 +40,24 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 async def _server_error(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return problem(500, "internal error; the gateway logged the details")
+
+
+class GatewayApp(Starlette):
+    """The gateway's Starlette app, with `edge` (one log line per request, the provider rate
+    limit, the status-callback route taken directly) in front of its whole stack."""
+
+    edge: EdgeMiddleware | None = None
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        scope["app"] = self
+        if self.edge is None:
+            await self.routed(scope, receive, send)
+        else:
+            await self.edge(scope, receive, send)
+
+    async def routed(self, scope: dict, receive: Any, send: Any) -> None:
+        """Starlette's own handling: its middleware, router and routes."""
+        await Starlette.__call__(self, scope, receive, send)
 
 
 def create_app(config: GatewayConfig, *, store: Store | None = None) -> Starlette:
@@ -91,15 +108,14 @@ def create_app(config: GatewayConfig, *, store: Store | None = None) -> Starlett
                 await processes.stop()
             await store.close()
 
-    app = Starlette(
+    app = GatewayApp(
         routes=[*health.routes, *telephony.routes, *media.routes, *calls_api.routes, *campaigns_api.routes, *admin.routes, *deliveries.routes, *recordings.routes,
                 *tunnel_api.routes],
         lifespan=lifespan,
-        middleware=[Middleware(EdgeMiddleware, rate=config.limits.provider_requests_per_second,
-                               burst=config.limits.provider_burst, trusted=config.trusted_proxies),
-                    Middleware(telephony.StatusCallbackFastPath)],
         exception_handlers={HTTPException: _http_error, Exception: _server_error},
     )
+    app.edge = EdgeMiddleware(app.routed, rate=config.limits.provider_requests_per_second, burst=config.limits.provider_burst,
+                              trusted=config.trusted_proxies, direct=telephony.direct_route)
     app.state.gateway = ctx
     app.state.dial = dial
     return app

@@ -4,6 +4,7 @@ per-request Starlette objects)."""
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import time
@@ -15,6 +16,8 @@ log = logging.getLogger("gateway.http")
 
 Scope = dict[str, Any]
 ASGIApp = Callable[[Scope, Callable[..., Awaitable[Any]], Callable[..., Awaitable[Any]]], Awaitable[None]]
+Handler = Callable[[Scope, Any, Any], Awaitable[int]]
+"""A route taken directly: answers the request and returns the status it answered with."""
 PROVIDER_PREFIX = "/api/v1/telephony/"
 LOG_NOTE = "gateway.log_note"  # scope key: (text, run_id) a route adds to the request's log line
 
@@ -53,14 +56,19 @@ def client_ip(scope: Scope, trusted: Iterable[ipaddress.IPv4Network | ipaddress.
 
 
 class EdgeMiddleware:
-    """Logs `method path status ms` for every HTTP request; 429s provider floods per IP."""
+    """Logs `method path status ms` for every HTTP request; 429s provider floods per IP.
+
+    `direct(scope)` may name a handler that answers a request itself, ahead of `app` (for the
+    app factory: status callbacks, most of what providers send, skip Starlette's stack). Its
+    errors are answered 500 and logged here, as Starlette's would be."""
 
     def __init__(self, app: ASGIApp, *, rate: float, burst: float, trusted: Iterable[Any],
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, direct: Callable[[Scope], Handler | None] | None = None) -> None:
         self.app = app
         self.bucket = TokenBucket(rate, burst) if rate > 0 else None
         self.trusted = list(trusted)
         self.clock = clock
+        self.direct = direct
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -81,6 +89,18 @@ class EdgeMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
+        handler = self.direct(scope) if self.direct is not None else None
+        if handler is not None:
+            code = 500
+            try:
+                code = await handler(scope, receive, send)
+            except Exception:  # noqa: BLE001 - answered and logged, as Starlette's ServerErrorMiddleware does
+                log.exception("unhandled error on %s %s", scope.get("method"), path)
+                with contextlib.suppress(Exception):  # the answer may have begun: then the connection just ends
+                    await _internal_error(send)
+            finally:
+                self._log(scope, path, code, started)
+            return
         status = {"code": 500}
 
         async def capture(message: dict[str, Any]) -> None:
@@ -91,15 +111,26 @@ class EdgeMiddleware:
         try:
             await self.app(scope, receive, capture)
         finally:
-            if path not in ("/healthz", "/readyz", "/metrics"):
-                text, run_id = scope.get(LOG_NOTE) or ("", None)
-                log.info("%s %s %d %.1fms%s", scope.get("method"), path, status["code"], (time.perf_counter() - started) * 1000,
-                         f": {text}" if text else "", extra=None if run_id is None else {"run_id": run_id})
+            self._log(scope, path, status["code"], started)
+
+    @staticmethod
+    def _log(scope: Scope, path: str, code: int, started: float) -> None:
+        if path not in ("/healthz", "/readyz", "/metrics"):
+            text, run_id = scope.get(LOG_NOTE) or ("", None)
+            log.info("%s %s %d %.1fms%s", scope.get("method"), path, code, (time.perf_counter() - started) * 1000,
+                     f": {text}" if text else "", extra=None if run_id is None else {"run_id": run_id})
 
 
 def note_request(scope: Scope, text: str, run_id: str | None) -> None:
     """Add what a route did to the request's one log line (instead of a second line)."""
     scope[LOG_NOTE] = (text, run_id)
+
+
+async def _internal_error(send: Any) -> None:
+    body = b'{"type":"about:blank","title":"Internal Server Error","status":500,"detail":"internal error; the gateway logged the details"}'
+    await send({"type": "http.response.start", "status": 500,
+                "headers": [(b"content-type", b"application/problem+json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def _too_many(send: Any) -> None:

@@ -253,39 +253,35 @@ _NO_CONTENT = {"type": "http.response.start", "status": 204, "headers": []}
 _EMPTY_BODY = {"type": "http.response.body", "body": b""}
 
 
-class StatusCallbackFastPath:
-    """ASGI middleware that answers status callbacks itself, ahead of Starlette's routing.
+def direct_route(scope: dict[str, Any]) -> Any:
+    """The status-callback route, taken ahead of Starlette's stack (`EdgeMiddleware.direct`):
+    status callbacks are most of what providers send, and Starlette's error and exception
+    middleware, router and response classes cost more per callback than the rest of its
+    handling in the loop. The handling is `status_callback`'s own. None for other requests."""
+    path = scope["path"]
+    if scope["type"] == "http" and path.startswith(STATUS_PREFIX) and scope["method"] in ("POST", "GET"):
+        run_id = path[len(STATUS_PREFIX):]
+        if run_id and "/" not in run_id:  # the route's `{workflow_run_id}`: one path segment
+            return _status_callback_direct
+    return None
 
-    Status callbacks are most of what providers send (several per call); Starlette's router,
-    its exception middleware and the response classes cost more per callback than the rest of
-    its handling in the loop. The handling is `status_callback`'s own; only the way to it is
-    shorter. Everything else goes on to the app.
-    """
 
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        path = scope.get("path", "")
-        if scope["type"] == "http" and path.startswith(STATUS_PREFIX) and scope["method"] in ("POST", "GET"):
-            run_id = path[len(STATUS_PREFIX):]
-            if run_id and "/" not in run_id:  # the route's `{workflow_run_id}`: one path segment
-                scope["path_params"] = {"workflow_run_id": run_id}
-                request = Request(scope, receive)
-                try:
-                    body = await read_limited_body(request)
-                except BodyTooLarge as exc:
-                    labelled(PROVIDER_REQUESTS, "unknown", "status", "refused_413").inc()
-                    await problem(413, str(exc))(scope, receive, send)
-                    return
-                response = await status_callback(request, body)
-                if response.status_code == 204:
-                    await send(_NO_CONTENT)
-                    await send(_EMPTY_BODY)
-                else:
-                    await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+async def _status_callback_direct(scope: dict[str, Any], receive: Any, send: Any) -> int:
+    scope["path_params"] = {"workflow_run_id": scope["path"][len(STATUS_PREFIX):]}
+    request = Request(scope, receive)
+    try:
+        body = await read_limited_body(request)
+    except BodyTooLarge as exc:
+        labelled(PROVIDER_REQUESTS, "unknown", "status", "refused_413").inc()
+        await problem(413, str(exc))(scope, receive, send)
+        return 413
+    response = await status_callback(request, body)
+    if response.status_code == 204:
+        await send(_NO_CONTENT)
+        await send(_EMPTY_BODY)
+    else:
+        await response(scope, receive, send)
+    return response.status_code
 
 
 routes = [

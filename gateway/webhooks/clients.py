@@ -67,6 +67,12 @@ class _Target:
     target: bytes  # path and query, as they go on the request line
 
 
+@lru_cache(maxsize=1)
+def _default_tls() -> ssl.SSLContext:
+    """The TLS client context of endpoints without a client certificate (certifi's CAs)."""
+    return ssl_context_for(None)
+
+
 @lru_cache(maxsize=4096)
 def _target(url: str) -> _Target:
     parsed = httpx.URL(url)
@@ -97,6 +103,7 @@ class _Connection:
 
 class Http1Pool:
     """Keep-alive HTTP/1.1 connections for one subscription, every one behind the SSRF guard.
+    `ssl_context` None: the default context (`_default_tls`), made at the first https connection.
 
     `request` sends one request and reads the whole answer (the body cut at `max_body`); the
     caller bounds it in time (`asyncio.timeout`), and a connection interrupted in any way is
@@ -105,7 +112,7 @@ class Http1Pool:
     `ConnectError` / `RemoteProtocolError` / `UnsupportedProtocol`, `OSError`, `TimeoutError`.
     """
 
-    def __init__(self, allow_networks: tuple[Network, ...], ssl_context: ssl.SSLContext, *,
+    def __init__(self, allow_networks: tuple[Network, ...], ssl_context: ssl.SSLContext | None, *,
                  resolver: Resolver = system_resolve, max_connections: int = MAX_CONNECTIONS) -> None:
         self._allow = allow_networks
         self._ssl = ssl_context
@@ -194,7 +201,7 @@ class Http1Pool:
         for address in addresses:
             try:
                 reader, writer = await asyncio.open_connection(
-                    address, target.port, ssl=self._ssl if secure else None,
+                    address, target.port, ssl=(self._ssl or _default_tls()) if secure else None,
                     server_hostname=target.host if secure else None, limit=256 * 1024,
                 )
             except OSError as error:
@@ -300,19 +307,25 @@ class EndpointClients:
         self._resolver = resolver
         self._clients: dict[str, tuple[tuple[object, ...], httpx.AsyncClient]] = {}
         self._retired: list[httpx.AsyncClient] = []
-        self._pools: dict[str, tuple[tuple[object, ...], Http1Pool]] = {}
+        self._pools: dict[str, tuple[tuple[object, ...], Http1Pool, Subscription, ClientCertificate | None]] = {}
         self._retired_pools: list[Http1Pool] = []
 
     def pool_for(self, subscription: Subscription, certificate: ClientCertificate | None = None) -> Http1Pool:
         """The endpoint's connection pool, created on first use; AuthError when mTLS files are unusable."""
-        key = (tuple(str(n) for n in subscription.allow_networks), certificate)
         current = self._pools.get(subscription.name)
+        if current is not None and current[2] is subscription and current[3] == certificate:
+            return current[1]  # the same configuration object as last time: its key is the same
+        key = (tuple(str(n) for n in subscription.allow_networks), certificate)
         if current is not None and current[0] == key:
+            self._pools[subscription.name] = (key, current[1], subscription, certificate)
             return current[1]
         if current is not None:
             self._retired_pools.append(current[1])
-        pool = Http1Pool(tuple(subscription.allow_networks), ssl_context_for(certificate), resolver=self._resolver)
-        self._pools[subscription.name] = (key, pool)
+        # Without a client certificate, the default TLS context: made at the first https connection
+        # (loading the CA bundle took ~35 ms, on the first delivery of every endpoint).
+        tls = ssl_context_for(certificate) if certificate is not None else None
+        pool = Http1Pool(tuple(subscription.allow_networks), tls, resolver=self._resolver)
+        self._pools[subscription.name] = (key, pool, subscription, certificate)
         return pool
 
     def client_for(
@@ -342,7 +355,7 @@ class EndpointClients:
     async def aclose(self) -> None:
         """Close every client."""
         clients = [client for _key, client in self._clients.values()] + self._retired
-        pools = [pool for _key, pool in self._pools.values()] + self._retired_pools
+        pools = [entry[1] for entry in self._pools.values()] + self._retired_pools
         self._clients.clear()
         self._retired.clear()
         self._pools.clear()

@@ -204,6 +204,24 @@ def test_a_store_that_cannot_write_answers_503_and_accepts_nothing(gateway_serve
     assert twilio_post(server, "/api/v1/telephony/status-callback/run-1", call_params()).status_code == 204
 
 
+def test_a_bug_on_the_direct_route_answers_500_and_the_connection_stays(gateway_server, caplog):
+    server = gateway_server()
+    store = server.app.state.gateway.store
+
+    async def buggy(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    store.apply_update = buggy
+    with httpx.Client() as client:
+        url = server.url + "/api/v1/telephony/status-callback/run-1"
+        params = call_params()
+        headers = {"X-Twilio-Signature": twilio_signature(url, params)}
+        response = client.post(url, data=params, headers=headers)
+        assert response.status_code == 500 and "logged the details" in response.json()["detail"]
+        del store.apply_update
+        assert client.post(url, data=params, headers=headers).status_code == 204  # the same connection
+
+
 def test_bad_path_ids_are_400(gateway_server):
     server = gateway_server()
     response = twilio_post(server, "/api/v1/telephony/webhook/wf%20x/u/r", call_params())
