@@ -29,7 +29,7 @@ test: $(VENV)/.test-deps
 
 bench: $(BIN)/gateway
 	$(BIN)/pip install --quiet -e '.[bench,test]'
-	@echo "benchmarks: $(BIN)/python bench/codec.py | bench/media.py | bench/webhooks.py"
+	@echo "benchmarks: $(BIN)/python bench/codec.py | bench/media.py | bench/webhooks.py | bench/store.py"
 
 clean:
 	rm -rf $(VENV) .pytest_cache
