@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,9 +69,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, float]:
                 continue
             batch = leased[:]
             del leased[:]
-            now = time.time()
-            from datetime import datetime, timezone
-            at = datetime.fromtimestamp(now, timezone.utc)
+            at = datetime.now(timezone.utc)
             request = {"method": "POST", "url": "http://127.0.0.1:9/hooks",
                        "headers": {"Content-Type": "application/json", "webhook-id": "msg_x", "webhook-timestamp": "1",
                                    "webhook-signature": "v1,[redacted]"}}

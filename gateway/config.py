@@ -90,12 +90,12 @@ class DeliveryConfig(_Model):
     """The webhook delivery engine."""
 
     concurrency: int = Field(8, ge=1, le=256)  # in-flight attempts per subscription
-    prefetch: int = Field(4, ge=1, le=64)  # rows claimed ahead per subscription: prefetch x concurrency
+    prefetch: int = Field(4, ge=1, le=64)  # rows taken ahead per subscription: prefetch x concurrency
     lease_seconds: float = Field(0, ge=0)  # 0: the subscription's timeout + 30 s
     poll_seconds: float = Field(1.0, gt=0, le=60)
     disable_after_failures: int = Field(50, ge=1)  # consecutive failed attempts...
     disable_after_seconds: float = Field(3600, ge=0)  # ...spanning at least this long
-    processes: int = Field(0, ge=0, le=16)  # separate processes that send; 0: the gateway process sends itself
+    processes: int = Field(0, ge=0, le=16)  # processes that make the attempts; 0: the gateway process makes them
 
 
 class LogConfig(_Model):

@@ -22,6 +22,7 @@ from gateway.api.middleware import note_request
 from gateway.api.problems import problem
 from gateway.api.scope import headers_of
 from gateway.api.urls import as_websocket, called_url, gateway_origin
+from gateway.calls.events import STATE_EVENT
 from gateway.calls.lifecycle import CallUpdate
 from gateway.logs import RUN_ID
 from gateway.metrics import CALL_TRANSITIONS, PROVIDER_REQUESTS, SIGNATURE_FAILURES, labelled
@@ -186,11 +187,13 @@ def _answer_response(ctx: GatewayContext, verified: ProviderRequest, workflow_id
     return JSONResponse(ncco, media_type=vonage.NCCO_CONTENT_TYPE)
 
 
-def _count(verified: ProviderRequest | None, route: str, outcome: str, events: list | None = None) -> None:
-    labelled(PROVIDER_REQUESTS, verified.provider if verified else "unknown", route, outcome).inc()
-    for event in events or ():
-        if event.type.startswith("call.") and event.type not in ("call.ended", "call.voicemail_detected"):
-            labelled(CALL_TRANSITIONS, event.data.get("state", "?")).inc()
+_STATE_EVENTS = frozenset(STATE_EVENT.values())
+
+
+def _count(verified: ProviderRequest | None, route: str, applied: AppliedUpdate) -> None:
+    labelled(PROVIDER_REQUESTS, verified.provider if verified else "unknown", route, applied.outcome).inc()
+    if any(event.type in _STATE_EVENTS for event in applied.events):  # one state reached: the record's
+        labelled(CALL_TRANSITIONS, applied.record.state.value).inc()
 
 
 async def _answer(request: Request, workflow_id: str, user_id: str, run_id: str | None) -> Response:
@@ -206,7 +209,7 @@ async def _answer(request: Request, workflow_id: str, user_id: str, run_id: str 
     applied = await _store(ctx, update, run_id=run_id, seed=seed)
     record = applied.record
     RUN_ID.set(record.workflow_run_id)
-    _count(verified, "answer", applied.outcome, applied.events)
+    _count(verified, "answer", applied)
     log.info("answered %s call %s run=%s state=%s", verified.provider, update.provider_call_id, record.workflow_run_id, record.state.value)
     return _answer_response(ctx, verified, record.workflow_id or workflow_id, record.user_id or user_id, record.workflow_run_id)
 
@@ -242,7 +245,7 @@ async def status_callback(request: Request, body: bytes | None = None) -> Respon
         return problem(exc.status, exc.detail)
     run = applied.record.workflow_run_id
     RUN_ID.set(run)
-    _count(verified, "status", applied.outcome, applied.events)
+    _count(verified, "status", applied)
     note_request(request.scope, f"{verified.provider} callback run={run} status={update.raw_status} outcome={applied.outcome}"
                  f" events={','.join(e.type for e in applied.events) or '-'}", run)
     return Response(status_code=204)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 import threading
 import time
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from gateway import jsontext
 from gateway.calls.record import isoformat
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -46,16 +46,38 @@ def new_event_id(prefix: str = "evt", now: float | None = None) -> str:
     return prefix + "_" + "".join([_PAIRS[(value >> shift) & 1023] for shift in _SHIFTS])
 
 
-@dataclass
 class Event:
-    """One emitted event. `seq` is the store's global order (0 until stored)."""
+    """One emitted event. `seq` is the store's global order (0 until stored).
 
-    type: str
-    workflow_run_id: str | None
-    occurred_at: datetime
-    data: dict[str, Any]
-    id: str = field(default_factory=new_event_id)
-    seq: int = 0
+    Its data is a dict, or the JSON text it was stored as (`data_json`), read into a dict only
+    when asked. Between processes an event travels as that text (a call record as a dict cost
+    several times as much to pickle), and the default webhook body is written around it
+    (`envelope_json`) without writing the data again. The data is not changed once the event
+    is made: the text and the dict are the same data."""
+
+    __slots__ = ("type", "workflow_run_id", "occurred_at", "id", "seq", "_data", "_json")
+
+    def __init__(self, type: str, workflow_run_id: str | None, occurred_at: datetime, data: dict[str, Any] | None = None,
+                 id: str | None = None, seq: int = 0, *, data_json: str | None = None) -> None:
+        self.type = type
+        self.workflow_run_id = workflow_run_id
+        self.occurred_at = occurred_at
+        self.id = id or new_event_id()
+        self.seq = seq
+        self._data = {} if data is None and data_json is None else data
+        self._json = data_json
+
+    @property
+    def data(self) -> dict[str, Any]:
+        if self._data is None:
+            self._data = jsontext.loads(self._json)  # type: ignore[arg-type]
+        return self._data
+
+    def data_json(self) -> str:
+        """The data as compact JSON text (as stored)."""
+        if self._json is None:
+            self._json = jsontext.dumps(self._data)
+        return self._json
 
     def envelope(self) -> dict[str, Any]:
         """The default webhook body: `{"type", "timestamp", "data"}` plus the id and run."""
@@ -66,3 +88,26 @@ class Event:
             "workflow_run_id": self.workflow_run_id,
             "data": self.data,
         }
+
+    def envelope_json(self) -> bytes:
+        """`envelope()` as `jsontext.dumps_bytes` writes it, around the data's stored text."""
+        dumps = jsontext.dumps
+        return (f'{{"id":{dumps(self.id)},"type":{dumps(self.type)},"timestamp":{dumps(isoformat(self.occurred_at))},'
+                f'"workflow_run_id":{dumps(self.workflow_run_id)},"data":{self.data_json()}}}').encode("utf-8")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_event, (self.type, self.workflow_run_id, self.occurred_at, self.id, self.seq, self.data_json()))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Event):
+            return NotImplemented
+        return (self.type, self.workflow_run_id, self.occurred_at, self.id, self.seq, self.data) == \
+               (other.type, other.workflow_run_id, other.occurred_at, other.id, other.seq, other.data)
+
+    def __repr__(self) -> str:
+        return (f"Event(type={self.type!r}, workflow_run_id={self.workflow_run_id!r}, occurred_at={self.occurred_at!r},"
+                f" id={self.id!r}, seq={self.seq!r})")
+
+
+def _event(type: str, workflow_run_id: str | None, occurred_at: datetime, id: str, seq: int, data_json: str) -> Event:
+    return Event(type, workflow_run_id, occurred_at, id=id, seq=seq, data_json=data_json)

@@ -429,7 +429,7 @@ class SQLiteStore(SQLiteCampaigns, Store):
             at = _ts(event.occurred_at)
             cursor = conn.execute(
                 "INSERT INTO events (id, type, workflow_run_id, occurred_at, data) VALUES (?, ?, ?, ?, ?)",
-                (event.id, event.type, event.workflow_run_id, at, _dumps(event.data)),
+                (event.id, event.type, event.workflow_run_id, at, event.data_json()),
             )
             event.seq = int(cursor.lastrowid)
             for subscription, ordered in self.fanout(event):
@@ -584,7 +584,7 @@ class SQLiteStore(SQLiteCampaigns, Store):
             for event in events:
                 seq += 1
                 event.seq = seq
-                event_rows.append((seq, event.id, event.type, event.workflow_run_id, at, _dumps(event.data)))
+                event_rows.append((seq, event.id, event.type, event.workflow_run_id, at, event.data_json()))
                 for subscription, ordered in self.fanout(event):
                     run = event.workflow_run_id
                     key = run if ordered else None
@@ -978,7 +978,7 @@ def _settle(answers: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
 def _row_to_event(row: sqlite3.Row, prefix: str = "") -> Event:
     p = prefix
     return Event(type=row[f"{p}type"], workflow_run_id=row[f"{p}run" if p else "workflow_run_id"],
-                 occurred_at=_parse_ts(row[f"{p}at" if p else "occurred_at"]), data=jsontext.loads(row[f"{p}data"]),
+                 occurred_at=_parse_ts(row[f"{p}at" if p else "occurred_at"]), data_json=row[f"{p}data"],
                  id=row[f"{p}id"], seq=row[f"{p}seq"])
 
 

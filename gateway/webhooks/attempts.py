@@ -103,13 +103,18 @@ class AttemptMaker:
         subscription = self.subscriptions.get(delivery.subscription)
         if subscription is None:
             return DeliveryResult("failed", AttemptRecord(utc(now), "fail", error="subscription is no longer configured"))
-        call = None
-        if delivery.workflow_run_id and self._needs_call.get(subscription.name, True) and self.store is not None:
-            call = await self.store.get_call(delivery.workflow_run_id)
-        assert delivery.event is not None
+        event = delivery.event
+        assert event is not None
+        if self._needs_call.get(subscription.name, True):  # its templates read the call or the event
+            call = None
+            if delivery.workflow_run_id and self.store is not None:
+                call = await self.store.get_call(delivery.workflow_run_id)
+            envelope, context = event.envelope(), delivery_context(event, call)
+        else:  # nothing to render: the body is the envelope as stored
+            envelope, context = None, {}
         try:
-            prepared = build_request(subscription, delivery.event.envelope(), delivery_context(delivery.event, call),
-                                     self.secrets, message_id=delivery.id, now=now)
+            prepared = build_request(subscription, envelope, context, self.secrets, message_id=delivery.id, now=now,
+                                     envelope_body=event.envelope_json())
         except RequestBuildError as exc:
             log.warning("delivery %s to %s cannot be built: %s", delivery.id, subscription.name, exc)
             return DeliveryResult("failed", AttemptRecord(utc(now), "fail", error=f"request could not be built: {exc}"),

@@ -166,20 +166,24 @@ def _signing_secrets(subscription: Subscription, renderer: Renderer) -> list[str
 
 def build_request(
     subscription: Subscription,
-    event_envelope: Mapping[str, Any],
+    event_envelope: Mapping[str, Any] | None,
     context: Mapping[str, Any],
     secrets: Mapping[str, str],
     *,
     message_id: str,
     now: float,
+    envelope_body: bytes | None = None,
 ) -> PreparedRequest:
     """Render, authenticate and sign one attempt of `event_envelope` for `subscription`.
 
     `now` is Unix seconds (the `webhook-timestamp`); `message_id` is stable across retries.
+    `envelope_body`, when given, is the envelope as JSON already (`Event.envelope_json`): the
+    default body as it is. `event_envelope` may then be None if no template reads `event`.
     Raises `RequestBuildError` (message free of secret values) when it cannot be built.
     """
     full_context = dict(context)
-    full_context.setdefault("event", dict(event_envelope))
+    if event_envelope is not None:
+        full_context.setdefault("event", dict(event_envelope))
     renderer = Renderer(full_context, secrets)
     try:
         url = renderer.url(subscription.url, "url")
@@ -187,7 +191,7 @@ def build_request(
         if subscription.payload_template is not None:
             body = _json_bytes(renderer.value(subscription.payload_template, "payload_template"))
         elif subscription.method in BODY_METHODS:
-            body = _json_bytes(dict(event_envelope))
+            body = envelope_body if envelope_body is not None else _json_bytes(dict(event_envelope or {}))
         else:
             body = b""
         headers: dict[str, str] = {}

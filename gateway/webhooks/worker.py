@@ -53,7 +53,7 @@ class WorkerSettings:
     disable_after_seconds: float = 3600.0
     claim_limit: int = 200
     health_refresh_seconds: float = 30.0  # re-read endpoint health: another instance may have enabled or disabled one
-    prefetch: int = 4  # rows claimed per subscription: up to prefetch x concurrency (see DeliveryWorker)
+    prefetch: int = 4  # rows taken per subscription: up to prefetch x concurrency (see DeliveryWorker)
 
     @classmethod
     def from_config(cls, delivery: "DeliveryConfig") -> "WorkerSettings":
@@ -63,11 +63,10 @@ class WorkerSettings:
                    disable_after_seconds=delivery.disable_after_seconds)
 
 
-_utc = utc
 __all__ = ["DeliveryWorker", "WorkerSettings", "delivery_context", "uses_template_context"]
 
 RemoteAttempts = Callable[[Delivery], Awaitable[DeliveryResult]]
-"""Makes an attempt in another process (the sender processes): a `DeliveryResult`, or
+"""Makes an attempt in another process (the delivery processes): a `DeliveryResult`, or
 `AttemptLost` when that process ended before it answered."""
 
 
@@ -83,13 +82,14 @@ def _settle(future: asyncio.Future[Any], outcome: Any) -> None:
 class DeliveryWorker:
     """One per process; `start()` in the app's lifespan, `stop()` on shutdown.
 
-    A subscription has at most `concurrency` attempts on the wire. The worker claims up to
-    `prefetch` times that many rows, so that the next rows are at hand when a slot frees
-    instead of one store round trip (a commit) away; under load that round trip, not the
-    endpoint, would cap throughput. A claimed row waits for a slot only while its lease can
-    still cover a whole attempt; one that cannot is not sent, and its lease is released so it
-    is due again at once (nothing is sent twice). Prefetch needs that slack: with a lease shorter than
-    the timeout + 10 s, the worker claims only what it can send at once.
+    A subscription has at most `concurrency` attempts on the wire. The worker takes up to
+    `prefetch` times that many rows (leased to it as they are written, or claimed), so that the
+    next rows are at hand when a slot frees instead of one store round trip (a commit) away;
+    under load that round trip, not the endpoint, would cap throughput. A row waits for a slot
+    only while its lease can still cover a whole attempt; one that cannot is not sent, and its
+    lease is released so it is due again at once (nothing is sent twice). Prefetch needs that
+    slack: with a lease shorter than the timeout + 10 s, the worker takes only what it can send
+    at once.
     """
 
     def __init__(
@@ -109,12 +109,12 @@ class DeliveryWorker:
         self.attempts = AttemptMaker(store, secrets, clients=clients, clock=clock, rand=rand)
         self.clients = self.attempts.clients
         self.clock = clock
-        self.remote: RemoteAttempts | None = None  # attempts made in the sender processes
+        self.remote: RemoteAttempts | None = None  # attempts made in the delivery processes
         self.remote_subscriptions: frozenset[str] = frozenset()
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self.lease_seconds = self.settings.lease_seconds or (max((s.timeout for s in subscriptions), default=30) + 30)
         self.disabled: set[str] = set()
-        self.inflight: dict[str, int] = {}  # claimed, not yet answered
+        self.inflight: dict[str, int] = {}  # taken (leased or claimed), not yet answered
         self._slots: dict[str, asyncio.Semaphore] = {}
         self._room: dict[str, int] = {}  # rows at hand per subscription: in flight + waiting for a slot
         self.stale_skipped = 0
@@ -239,7 +239,7 @@ class DeliveryWorker:
                 capacity = self._capacity()
                 try:
                     claimed = await self.store.claim_deliveries(
-                        self.owner, now=_utc(self.clock()), lease_seconds=self.lease_seconds,
+                        self.owner, now=utc(self.clock()), lease_seconds=self.lease_seconds,
                         capacity=capacity, limit=self.settings.claim_limit,
                     )
                 except StoreError as exc:
@@ -360,10 +360,10 @@ class DeliveryWorker:
         if gone:
             reason = "the endpoint answered 410 Gone"
         else:
-            span = (_utc(self.clock()) - first_failure_at) if first_failure_at else timedelta(0)
+            span = (utc(self.clock()) - first_failure_at) if first_failure_at else timedelta(0)
             if failures < self.settings.disable_after_failures or span.total_seconds() < self.settings.disable_after_seconds:
                 return
             reason = f"{failures} consecutive failed attempts over {span.total_seconds():.0f} s"
         self.disabled.add(name)
-        await self.store.set_endpoint_disabled(name, reason=reason, now=_utc(self.clock()))
+        await self.store.set_endpoint_disabled(name, reason=reason, now=utc(self.clock()))
         log.error("webhook subscription %s disabled: %s (its deliveries wait until it is enabled again)", name, reason)

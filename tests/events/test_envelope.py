@@ -7,6 +7,8 @@ import time
 from unittest import mock
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.events import envelope
 from gateway.events.envelope import new_event_id
@@ -74,3 +76,41 @@ def test_ids_sort_by_time_and_do_not_repeat():
     assert ids == sorted(ids)
     assert len(set(ids)) == len(ids)
     assert new_event_id().startswith("evt_")
+
+
+def _event(data, **kw):
+    from datetime import datetime, timezone
+
+    from gateway.events.envelope import Event
+
+    return Event(type=kw.get("type", "call.ringing"), workflow_run_id=kw.get("run", "run-1"),
+                 occurred_at=datetime(2026, 12, 6, 21, 0, 0, 123456, tzinfo=timezone.utc), data=data)
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8) | st.floats(allow_nan=False),
+                           lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=6), kids, max_size=3),
+                           max_leaves=12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.text(max_size=8), json_values, max_size=5), st.sampled_from(["call.ringing", 'odd "type"']),
+       st.sampled_from(["run-1", None, 'rün,"2']))
+def test_the_envelope_written_around_the_stored_data_is_the_envelope(data, kind, run):
+    from gateway import jsontext
+
+    event = _event(data, type=kind, run=run)
+    assert event.envelope_json() == jsontext.dumps_bytes(event.envelope())
+
+
+def test_an_event_travels_as_its_json_text_and_reads_it_when_asked():
+    import pickle
+
+    from gateway.events.envelope import Event
+
+    event = _event({"state": "ringing", "initial_context": {"tenant": "t1"}})
+    copy = pickle.loads(pickle.dumps(event))
+    assert copy._data is None and copy._json == event.data_json()  # the text came, not a dict
+    assert copy.data == event.data and copy == event and copy.envelope() == event.envelope()
+    stored = Event(type="call.ringing", workflow_run_id="r", occurred_at=event.occurred_at, data_json='{"a":[1,2]}')
+    assert stored.data == {"a": [1, 2]} and stored.data_json() == '{"a":[1,2]}'
+    assert Event(type="x", workflow_run_id=None, occurred_at=event.occurred_at).data == {}
