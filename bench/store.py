@@ -43,8 +43,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, float]:
     store = open_store_for(url)
     leased: list = []
     store.set_fanout(EventFanout([Route("bench", ("call.*",), True)]))
-    if hasattr(store, "set_dispatch"):
-        store.set_dispatch(DirectDispatch(owner="bench", lease_seconds=60, accepts=lambda name: True, deliver=leased.extend))
+    store.set_dispatch(DirectDispatch(owner="bench", lease_seconds=60, room=lambda name: 1 << 30, deliver=leased.extend))
     await store.open()
     params = {"CallSid": "", "AccountSid": "AC" + "b" * 32, "CallStatus": "ringing", "From": "+15550100",
               "To": "+15550199", "Direction": "outbound-api", "ApiVersion": "2010-04-01"}
