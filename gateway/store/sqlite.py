@@ -31,7 +31,7 @@ from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 from operator import attrgetter
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Container, Mapping, Sequence, TypeVar
 
 from gateway import jsontext
 from gateway.calls.lifecycle import CallUpdate, decide_transition
@@ -124,6 +124,13 @@ _DELIVERY_COLUMNS = ("SELECT d.*, e.id AS e_id, e.type AS e_type, e.workflow_run
                      " e.data AS e_data, e.seq AS e_seq")
 _DELIVERY_SELECT = _DELIVERY_COLUMNS + " FROM deliveries d JOIN events e ON e.seq = d.event_seq"
 """A delivery row with its event's columns (`e_*`), as `_row_to_delivery(..., with_event=True)` reads it."""
+
+_INSERT_DELIVERY = (
+    "INSERT INTO deliveries (id, event_seq, subscription, workflow_run_id, order_key, status, attempts,"
+    " next_attempt_at, lease_owner, lease_until, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?, ?, ?)"
+)
+"""A pending delivery row: (id, event seq, subscription, run, order key, due at, lease owner,
+lease until, created at, updated at)."""
 
 _UPSERT_CALL = (
     f"INSERT INTO calls ({', '.join(CALL_COLUMNS)}) VALUES ({', '.join('?' for _ in CALL_COLUMNS)}) "
@@ -417,63 +424,72 @@ class SQLiteStore(SQLiteCampaigns, Store):
         return dispatch.room(subscription) > self._leases.get(subscription, 0)
 
     def _insert_events(self, conn: sqlite3.Connection, events: list[Event], leased: list[Delivery] | None = None) -> int:
-        """Write events and, in the same transaction, one delivery row per subscription.
-
-        Given a `leased` list, the rows the direct dispatch takes (it has room for the subscription,
-        and no earlier event of the call is still pending for it) are leased to it and added to
-        that list; the others are counted as queued, for a claim."""
-        queued = 0
-        dispatch = self.dispatch if leased is not None else None
-        waiting: set[tuple[str, str]] = set()  # (subscription, call) that has a pending row now
-        for event in events:
-            at = _ts(event.occurred_at)
-            cursor = conn.execute(
-                "INSERT INTO events (id, type, workflow_run_id, occurred_at, data) VALUES (?, ?, ?, ?, ?)",
-                (event.id, event.type, event.workflow_run_id, at, event.data_json()),
-            )
-            event.seq = int(cursor.lastrowid)
-            for subscription, ordered in self.fanout(event):
-                key = event.workflow_run_id if ordered else None
-                take = dispatch is not None and self._has_room(dispatch, subscription)
-                if key is not None:
-                    if take and ((subscription, key) in waiting or _has_pending(conn, subscription, key)):
-                        take = False
-                    waiting.add((subscription, key))
-                if take:
-                    assert dispatch is not None and leased is not None
-                    self._leases[subscription] = self._leases.get(subscription, 0) + 1
-                    leased.append(self._insert_delivery(conn, event.seq, subscription, event.workflow_run_id, ordered,
-                                                        event.occurred_at, at=at, lease=dispatch, event=event))
-                else:
-                    self._insert_delivery(conn, event.seq, subscription, event.workflow_run_id, ordered, event.occurred_at, at=at)
-                    queued += 1
+        """Write events and, in the same transaction, one delivery row per subscription; returns
+        how many rows wait for a claim. Given a `leased` list, the rows the direct dispatch takes
+        are leased to it and added there (see `_write_events`)."""
+        ((queued, taken),) = self._write_events(conn, [events], lease=leased is not None)
+        if leased is not None:
+            leased += taken
         return queued
+
+    def _write_events(self, conn: sqlite3.Connection, groups: Sequence[Sequence[Event]], *, lease: bool,
+                      new_calls: Container[str] = ()) -> list[tuple[int, list[Delivery]]]:
+        """Write the events of each group (one transaction's, in order) and one delivery row per
+        subscription, one statement per table; returns (rows queued for a claim, rows leased)
+        per group.
+
+        With `lease`, a row the direct dispatch takes (it has room for the subscription, and no
+        earlier event of the call is still pending for it) is leased to it. Sequence numbers are
+        given here: the writer holds the write lock. `new_calls` are calls these groups made,
+        which cannot have deliveries pending from before (no need to look)."""
+        if not any(groups):
+            return [(0, []) for _ in groups]
+        dispatch = self.dispatch if lease else None
+        lease_until = _ts(utcnow() + timedelta(seconds=dispatch.lease_seconds)) if dispatch is not None else None
+        seq = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
+        event_rows: list[tuple[Any, ...]] = []
+        delivery_rows: list[tuple[Any, ...]] = []
+        waiting: set[tuple[str, str]] = set()  # (subscription, call) that has a pending row now
+        out: list[tuple[int, list[Delivery]]] = []
+        for events in groups:
+            queued, leased = 0, []
+            for event in events:
+                seq += 1
+                event.seq = seq
+                run, at = event.workflow_run_id, _ts(event.occurred_at)
+                event_rows.append((seq, event.id, event.type, run, at, event.data_json()))
+                for subscription, ordered in self.fanout(event):
+                    key = run if ordered else None
+                    take = dispatch is not None and self._has_room(dispatch, subscription)
+                    if key is not None:
+                        if take and ((subscription, key) in waiting or (key not in new_calls and _has_pending(conn, subscription, key))):
+                            take = False
+                        waiting.add((subscription, key))
+                    delivery_id = new_event_id("msg")
+                    if take:
+                        assert dispatch is not None
+                        self._leases[subscription] = self._leases.get(subscription, 0) + 1
+                        delivery_rows.append((delivery_id, seq, subscription, run, key, at, dispatch.owner, lease_until, at, at))
+                        leased.append(Delivery(id=delivery_id, event_seq=seq, subscription=subscription, workflow_run_id=run,
+                                               status="pending", attempts=0, next_attempt_at=event.occurred_at,
+                                               created_at=event.occurred_at, updated_at=event.occurred_at, event=event,
+                                               order_key=key))
+                    else:
+                        delivery_rows.append((delivery_id, seq, subscription, run, key, at, None, None, at, at))
+                        queued += 1
+            out.append((queued, leased))
+        conn.executemany("INSERT INTO events (seq, id, type, workflow_run_id, occurred_at, data) VALUES (?, ?, ?, ?, ?, ?)",
+                         event_rows)
+        conn.executemany(_INSERT_DELIVERY, delivery_rows)
+        return out
 
     @staticmethod
     def _insert_delivery(conn: sqlite3.Connection, event_seq: int, subscription: str, run_id: str | None,
-                         ordered: bool, now: datetime, *, at: str | None = None, lease: DirectDispatch | None = None,
-                         event: Event | None = None) -> Delivery:
-        """A pending delivery row; leased to `lease`'s owner when given. Returns it (with `event`)."""
-        at = at or _ts(now)
-        delivery_id = new_event_id("msg")
-        key = run_id if ordered else None
-        if lease is None:
-            conn.execute(
-                "INSERT INTO deliveries (id, event_seq, subscription, workflow_run_id, order_key, status, attempts,"
-                " next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?)",
-                (delivery_id, event_seq, subscription, run_id, key, at, at, at),
-            )
-        else:
-            conn.execute(
-                "INSERT INTO deliveries (id, event_seq, subscription, workflow_run_id, order_key, status, attempts,"
-                " next_attempt_at, lease_owner, lease_until, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?, ?, ?)",
-                (delivery_id, event_seq, subscription, run_id, key, at, lease.owner,
-                 _ts(now + timedelta(seconds=lease.lease_seconds)), at, at),
-            )
-        return Delivery(id=delivery_id, event_seq=event_seq, subscription=subscription, workflow_run_id=run_id,
-                        status="pending", attempts=0, next_attempt_at=now, created_at=now, updated_at=now,
-                        event=event, order_key=key)
+                         ordered: bool, now: datetime) -> None:
+        """A pending delivery row, for a claim."""
+        at = _ts(now)
+        conn.execute(_INSERT_DELIVERY, (new_event_id("msg"), event_seq, subscription, run_id, run_id if ordered else None,
+                                        at, None, None, at, at))
 
     async def apply_update(self, update: CallUpdate, *, run_id: str | None, seed: CallSeed | None = None) -> AppliedUpdate:
         return self._notify(await self._write(self.apply_update_tx(update, run_id=run_id, seed=seed)))
@@ -543,7 +559,7 @@ class SQLiteStore(SQLiteCampaigns, Store):
         existed = set(found)  # calls from before this batch: only theirs can have deliveries pending
         changed: dict[str, CallRecord] = {}
         timeline: list[tuple[Any, ...]] = []
-        results: list[tuple[AppliedUpdate, list[Event]]] = []
+        results: list[AppliedUpdate] = []
         for update, run_id, seed in items:
             current = found.get(run_id) if run_id else None
             if current is None and update.provider_call_id:
@@ -560,58 +576,13 @@ class SQLiteStore(SQLiteCampaigns, Store):
             timeline.append((target, _ts(now), update.provider, update.kind, transition.outcome, update.raw_status,
                              update.state.value if update.state else None, update.sequence, _dumps(update.params)))
             events = [Event(type=name, workflow_run_id=target, occurred_at=now, data=event_data(record)) for name in transition.events]
-            results.append((AppliedUpdate(record=record, events=events, outcome=transition.outcome, created=current is None), events))
+            results.append(AppliedUpdate(record=record, events=events, outcome=transition.outcome, created=current is None))
         conn.executemany(_UPSERT_CALL, [_record_params(record) for record in changed.values()])
         conn.executemany(
             "INSERT INTO call_timeline (workflow_run_id, received_at, source, kind, outcome, raw_status, state, sequence, data)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", timeline)
-        return self._insert_event_batch(conn, results, existed, now)
-
-    def _insert_event_batch(self, conn: sqlite3.Connection, results: list[tuple[AppliedUpdate, list[Event]]],
-                            existed: set[str], now: datetime) -> list[tuple[AppliedUpdate, int, list[Delivery]]]:
-        """`_insert_events` for a batch: the events of each result, their delivery rows, one
-        statement per table. Sequence numbers are given here (the batch holds the write lock)."""
-        at = _ts(now)
-        dispatch = self.dispatch
-        seq = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
-        event_rows: list[tuple[Any, ...]] = []
-        delivery_rows: list[tuple[Any, ...]] = []
-        waiting: set[tuple[str, str]] = set()
-        out: list[tuple[AppliedUpdate, int, list[Delivery]]] = []
-        lease_until = _ts(now + timedelta(seconds=dispatch.lease_seconds)) if dispatch is not None else None
-        for applied, events in results:
-            queued, leased = 0, []
-            for event in events:
-                seq += 1
-                event.seq = seq
-                event_rows.append((seq, event.id, event.type, event.workflow_run_id, at, event.data_json()))
-                for subscription, ordered in self.fanout(event):
-                    run = event.workflow_run_id
-                    key = run if ordered else None
-                    take = dispatch is not None and self._has_room(dispatch, subscription)
-                    if key is not None:
-                        if take and ((subscription, key) in waiting or (key in existed and _has_pending(conn, subscription, key))):
-                            take = False
-                        waiting.add((subscription, key))
-                    delivery_id = new_event_id("msg")
-                    if take:
-                        assert dispatch is not None
-                        self._leases[subscription] = self._leases.get(subscription, 0) + 1
-                        delivery_rows.append((delivery_id, seq, subscription, run, key, at, dispatch.owner, lease_until, at, at))
-                        leased.append(Delivery(id=delivery_id, event_seq=seq, subscription=subscription, workflow_run_id=run,
-                                               status="pending", attempts=0, next_attempt_at=now, created_at=now,
-                                               updated_at=now, event=event, order_key=key))
-                    else:
-                        delivery_rows.append((delivery_id, seq, subscription, run, key, at, None, None, at, at))
-                        queued += 1
-            out.append((applied, queued, leased))
-        conn.executemany("INSERT INTO events (seq, id, type, workflow_run_id, occurred_at, data) VALUES (?, ?, ?, ?, ?, ?)",
-                         event_rows)
-        conn.executemany(
-            "INSERT INTO deliveries (id, event_seq, subscription, workflow_run_id, order_key, status, attempts,"
-            " next_attempt_at, lease_owner, lease_until, created_at, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?, ?, ?)", delivery_rows)
-        return out
+        written = self._write_events(conn, [applied.events for applied in results], lease=True, new_calls=changed.keys() - existed)
+        return [(applied, queued, leased) for applied, (queued, leased) in zip(results, written)]
 
     def _notify(self, result: tuple[Any, ...]) -> Any:
         """After a commit: hand rows leased to the direct dispatch over, and wake the claimers

@@ -65,7 +65,7 @@ class SQLiteCampaigns:
     _read: Callable[..., Any]
     _load: Callable[..., Any]
     _insert_events: Callable[..., int]
-    _insert_delivery: Callable[..., Any]
+    _insert_delivery: Callable[..., None]
     _notify: Callable[..., Any]
 
     # -- helpers --------------------------------------------------------------------------

@@ -98,6 +98,9 @@ class _FailingCommit:
             raise sqlite3.OperationalError("database or disk is full")
         return self._conn.execute(sql, *args)
 
+    def executemany(self, sql: str, rows):
+        return self._conn.executemany(sql, rows)
+
 
 async def test_a_failed_commit_answers_every_member_with_the_error(store):
     real = store._wconn
