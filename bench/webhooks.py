@@ -195,40 +195,56 @@ class CpuSampler:
 # --- receiver role -----------------------------------------------------------------------------
 
 
-def _split_head(head: bytes) -> tuple[str, str, dict[str, str]]:
-    """(method, path, headers with lower-case names) of a request head, for the harness's
-    own minimal HTTP/1.1 servers."""
-    lines = head.decode("latin-1").split("\r\n")
-    method, target, _ = lines[0].split(" ", 2)
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return method, target.split("?", 1)[0], headers
-
-
-class RequestReader:
-    """Splits a byte stream into HTTP/1.1 requests with Content-Length bodies (all the
-    gateway's HTTP client and httpx send here); `feed` returns the complete ones."""
+class MessageReader:
+    """Splits a byte stream into HTTP/1.1 messages, for the harness's own minimal servers and
+    clients: `feed` returns (head, body) of each complete one. A body is framed by
+    Content-Length, or by chunked encoding (kept as sent, not decoded), or is empty."""
 
     def __init__(self) -> None:
         self.buffer = b""
 
-    def feed(self, data: bytes) -> list[tuple[str, str, dict[str, str], bytes]]:
+    def feed(self, data: bytes) -> list[tuple[bytes, bytes]]:
         self.buffer += data
         out = []
         while True:
             end = self.buffer.find(b"\r\n\r\n")
             if end < 0:
                 return out
-            method, path, headers = _split_head(self.buffer[:end])
-            if "chunked" in headers.get("transfer-encoding", ""):
-                raise ValueError("chunked request bodies are not expected here")
-            length = int(headers.get("content-length") or 0)
-            if len(self.buffer) < end + 4 + length:
+            lower = self.buffer[:end].lower()
+            at = lower.find(b"\r\ncontent-length:")
+            if at != -1:
+                stop = lower.find(b"\r\n", at + 2)
+                last = end + 4 + int(lower[at + 17:stop if stop != -1 else end])
+            elif b"\r\ntransfer-encoding: chunked" in lower:
+                stop = self.buffer.find(b"\r\n0\r\n\r\n", end)
+                if stop < 0:
+                    return out
+                last = stop + 7
+            else:
+                last = end + 4
+            if len(self.buffer) < last:
                 return out
-            out.append((method, path, headers, self.buffer[end + 4:end + 4 + length]))
-            self.buffer = self.buffer[end + 4 + length:]
+            out.append((self.buffer[:end], self.buffer[end + 4:last]))
+            self.buffer = self.buffer[last:]
+
+
+def _request(head: bytes, body: bytes) -> tuple[str, str, dict[str, str], bytes]:
+    """(method, path, headers with lower-case names, body) of a request; ValueError for a
+    chunked one (all the gateway's HTTP client and httpx send here use Content-Length)."""
+    lines = head.decode("latin-1").split("\r\n")
+    method, target, _ = lines[0].split(" ", 2)
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    if "chunked" in headers.get("transfer-encoding", ""):
+        raise ValueError("chunked request bodies are not expected here")
+    return method, target.split("?", 1)[0], headers, body
+
+
+def _status(head: bytes) -> tuple[int, bool]:
+    """(status, keep-alive) of a response head."""
+    return int(head[9:12]), b"\r\nconnection: close" not in head.lower()
 
 
 def _response(status: int, body: bytes = b"", ctype: str = "application/json") -> bytes:
@@ -278,7 +294,7 @@ def receiver_main(args: argparse.Namespace) -> None:
     class Receiving(asyncio.Protocol):
         def connection_made(self, transport: Any) -> None:
             self.transport = transport
-            self.reader = RequestReader()
+            self.reader = MessageReader()
             sock = transport.get_extra_info("socket")
             if sock is not None:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -286,7 +302,7 @@ def receiver_main(args: argparse.Namespace) -> None:
         def data_received(self, data: bytes) -> None:
             received_at = time.time()
             try:
-                requests = self.reader.feed(data)
+                requests = [_request(head, body) for head, body in self.reader.feed(data)]
             except ValueError:
                 state["errors"] += 1
                 self.transport.write(_response(400))
@@ -394,52 +410,14 @@ def build_requests(targets: list[str], prefix: str, count: int, token: str) -> t
 
 
 async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
-    """(status, keep-alive) of one HTTP/1.1 response; the body is read and dropped."""
-    head = await reader.readuntil(b"\r\n\r\n")
-    status = int(head[9:12])
-    lower = head.lower()
-    length = 0
-    at = lower.find(b"\r\ncontent-length:")
-    if at != -1:
-        end = lower.find(b"\r\n", at + 2)
-        length = int(lower[at + 17:end])
-    elif b"\r\ntransfer-encoding: chunked" in lower:
-        await reader.readuntil(b"0\r\n\r\n")
-    if length:
-        await reader.readexactly(length)
-    return status, b"\r\nconnection: close" not in lower
-
-
-class _ResponseReader:
-    """Reads HTTP/1.1 responses off a connection: (status, keep-alive) of each complete one."""
-
-    def __init__(self) -> None:
-        self.buffer = b""
-
-    def feed(self, data: bytes) -> list[tuple[int, bool]]:
-        self.buffer += data
-        out = []
-        while True:
-            end = self.buffer.find(b"\r\n\r\n")
-            if end < 0:
-                return out
-            head = self.buffer[:end].lower()
-            status = int(head[9:12])
-            at = head.find(b"\r\ncontent-length:")
-            if at != -1:
-                stop = head.find(b"\r\n", at + 2)
-                length = int(head[at + 17:stop if stop != -1 else len(head)])
-                if len(self.buffer) < end + 4 + length:
-                    return out
-                self.buffer = self.buffer[end + 4 + length:]
-            elif b"\r\ntransfer-encoding: chunked" in head:
-                stop = self.buffer.find(b"\r\n0\r\n\r\n", end)
-                if stop < 0:
-                    return out
-                self.buffer = self.buffer[stop + 7:]
-            else:
-                self.buffer = self.buffer[end + 4:]
-            out.append((status, b"\r\nconnection: close" not in head))
+    """(status, keep-alive) of the one HTTP/1.1 response a connection owes; its body is dropped."""
+    messages = MessageReader()
+    while True:
+        data = await reader.read(65536)
+        if not data:
+            raise asyncio.IncompleteReadError(messages.buffer, None)
+        for head, _ in messages.feed(data):
+            return _status(head)
 
 
 async def loadgen_run(args: argparse.Namespace) -> dict[str, Any]:
@@ -464,7 +442,7 @@ async def loadgen_run(args: argparse.Namespace) -> dict[str, Any]:
     class Sending(asyncio.Protocol):
         def __init__(self, t: int) -> None:
             self.t = t
-            self.reader = _ResponseReader()
+            self.reader = MessageReader()
             self.current = -1
             self.transport: Any = None
 
@@ -478,7 +456,8 @@ async def loadgen_run(args: argparse.Namespace) -> dict[str, Any]:
             self.transport.write(requests[i])
 
         def data_received(self, data: bytes) -> None:
-            for code, keep in self.reader.feed(data):
+            for head, _ in self.reader.feed(data):
+                code, keep = _status(head)
                 self.answered(code)
                 if not keep:
                     self.transport.close()
