@@ -115,7 +115,7 @@ def create_app(config: GatewayConfig, *, store: Store | None = None) -> Starlett
         exception_handlers={HTTPException: _http_error, Exception: _server_error},
     )
     app.edge = EdgeMiddleware(app.routed, rate=config.limits.provider_requests_per_second, burst=config.limits.provider_burst,
-                              trusted=config.trusted_proxies, direct=telephony.direct_route)
+                              trusted=ctx.trusted_peers, direct=telephony.direct_route)
     app.state.gateway = ctx
     app.state.dial = dial
     return app

@@ -10,6 +10,7 @@ import logging
 import time
 from typing import Any, Awaitable, Callable, Iterable
 
+from gateway.api.urls import TrustedPeers
 from gateway.metrics import REFUSALS
 
 log = logging.getLogger("gateway.http")
@@ -41,14 +42,10 @@ class TokenBucket:
         return allowed
 
 
-def client_ip(scope: Scope, trusted: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> str:
+def client_ip(scope: Scope, trusted: TrustedPeers | Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> str:
     """The caller's address; the first X-Forwarded-For hop only when the peer is a trusted proxy."""
     peer = (scope.get("client") or ("", 0))[0]
-    try:
-        address = ipaddress.ip_address(peer)
-    except ValueError:
-        return peer
-    if any(address in network for network in trusted):
+    if peer in TrustedPeers.of(trusted):
         for name, value in scope.get("headers", ()):
             if name == b"x-forwarded-for":
                 return value.decode("latin-1").split(",")[0].strip() or peer
@@ -66,7 +63,7 @@ class EdgeMiddleware:
                  clock: Callable[[], float] = time.monotonic, direct: Callable[[Scope], Handler | None] | None = None) -> None:
         self.app = app
         self.bucket = TokenBucket(rate, burst) if rate > 0 else None
-        self.trusted = list(trusted)
+        self.trusted = TrustedPeers.of(trusted)
         self.clock = clock
         self.direct = direct
 

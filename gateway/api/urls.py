@@ -8,7 +8,6 @@ honoured only from `trusted_proxies`.
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 from typing import TYPE_CHECKING, Iterable
 
@@ -24,38 +23,34 @@ _HTTP_SCHEME = {"wss": "https", "ws": "http", "https": "https", "http": "http"}
 
 
 class TrustedPeers:
-    """The peers that may set `X-Forwarded-*` (`trusted_proxies`), each address's answer kept:
-    the same few peers call again and again, and testing one costs ipaddress parsing."""
+    """The peers that may set `X-Forwarded-*` (`trusted_proxies`): the one test of that, for the
+    public URL and the client address alike. Each address's answer is kept: the same few peers
+    call again and again, and testing one costs ipaddress parsing."""
 
     def __init__(self, networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> None:
         self.networks = tuple(networks)
-        self._known: dict[str, bool] = {}
+        self._known: dict[object, bool] = {}
+
+    @classmethod
+    def of(cls, trusted: "TrustedPeers | Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]") -> "TrustedPeers":
+        """`trusted` itself, or its networks as `TrustedPeers`."""
+        return trusted if isinstance(trusted, TrustedPeers) else cls(trusted)
 
     def __contains__(self, peer: object) -> bool:
-        found = self._known.get(peer)  # type: ignore[arg-type]
+        found = self._known.get(peer)
         if found is None:
-            found = bool(self.networks) and isinstance(peer, str) and _peer_in(peer, self.networks)
+            found = bool(self.networks) and isinstance(peer, str) and bool(peer) and _peer_in(peer, self.networks)
             if len(self._known) >= 4096:
                 self._known.clear()
-            self._known[peer] = found  # type: ignore[index]
+            self._known[peer] = found
         return found
 
     def __iter__(self):  # type: ignore[no-untyped-def]
         return iter(self.networks)
 
 
-def _trusted(peer: str | None, proxies: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
-    if not peer:
-        return False
-    if isinstance(proxies, TrustedPeers):
-        return peer in proxies
-    proxies = tuple(proxies)
-    return bool(proxies) and _peer_in(peer, proxies)
-
-
-@functools.lru_cache(maxsize=4096)
 def _peer_in(peer: str, proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
-    """Whether `peer` is inside one of `proxies` (cached: the same few peers call again and again)."""
+    """Whether `peer` is inside one of `proxies` (IPv4-mapped IPv6 addresses as their IPv4)."""
     try:
         address = ipaddress.ip_address(peer)
     except ValueError:
@@ -65,7 +60,7 @@ def _peer_in(peer: str, proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Net
     return any(address in network for network in proxies)
 
 
-def public_origin(conn: HTTPConnection, public_url: str | None, trusted_proxies: Iterable, *,
+def public_origin(conn: HTTPConnection, public_url: str | None, trusted_proxies: "TrustedPeers | Iterable", *,
                   tunnel_origin: str | None = None) -> str:
     """`scheme://host[:port][/prefix]` (http/https) the caller used to reach the gateway.
 
@@ -80,7 +75,7 @@ def public_origin(conn: HTTPConnection, public_url: str | None, trusted_proxies:
     headers = headers_of(scope)
     host = headers.get("host") or _server_host(scope)
     peer = (scope.get("client") or (None,))[0]
-    if _trusted(peer, trusted_proxies):
+    if peer in TrustedPeers.of(trusted_proxies):
         forwarded_proto = headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
         forwarded_host = headers.get("x-forwarded-host", "").split(",")[0].strip()
         if forwarded_proto in ("http", "https"):
