@@ -69,7 +69,7 @@ def create_app(config: GatewayConfig, *, store: Store | None = None) -> Starlett
     # still leases and records every delivery, and makes the campaigns' inline webhooks' itself.
     processes = DeliveryProcesses(config, config.delivery.processes) if config.delivery.processes else None
     if processes is not None:
-        worker.send_through(processes.attempt_or_here(worker), processes.subscriptions)
+        worker.send_through(processes.attempt_or_here(worker.attempts.make), processes.subscriptions)
     store.set_fanout(fanout_for(config.webhooks), worker.wake)
     store.set_dispatch(worker.direct_dispatch())
     ctx = GatewayContext(config=config, store=store, worker=worker, delivery_processes=processes)

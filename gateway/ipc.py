@@ -110,10 +110,7 @@ class FrameChannel:
         if not data:
             self._close()
             return
-        for payload in self._reader.feed(data):
-            if self.closed:  # closed by an earlier frame's handler
-                return
-            self.on_items(pickle.loads(payload))
+        self._hand_over(data)
 
     def drain(self) -> None:
         """Hand over what the peer wrote that is still in the pipe (it has ended)."""
@@ -124,18 +121,19 @@ class FrameChannel:
                 return
             if not data:
                 return
-            for payload in self._reader.feed(data):
-                if self.closed:
-                    return
-                self.on_items(pickle.loads(payload))
+            self._hand_over(data)
+
+    def _hand_over(self, data: bytes) -> None:
+        for payload in self._reader.feed(data):
+            if self.closed:  # closed by an earlier frame's handler
+                return
+            self.on_items(pickle.loads(payload))
 
     def _close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self.loop.remove_reader(self.fd)
-        self.loop.remove_writer(self.fd)
-        self.on_closed()
+        """The stream ended (or failed): stop, and tell `on_closed`."""
+        if not self.closed:
+            self.close()
+            self.on_closed()
 
     def close(self) -> None:
         """Stop reading and writing (the caller closes the descriptor)."""

@@ -267,8 +267,8 @@ def _flatten(params: Mapping[str, Sequence[str]]) -> dict[str, str | list[str]]:
     if len(params) > MAX_FIELDS:
         raise BadRequest(f"too many fields (over {MAX_FIELDS})")
     flat: dict[str, str | list[str]] = {}
-    for name, values in params.items() if type(params) is dict else _items(params):
-        if type(name) is not str and not isinstance(name, str):
+    for name, values in _items(params):
+        if not isinstance(name, str):
             raise BadRequest("field name is not text")
         if len(name) > MAX_NAME_CHARS:
             raise BadRequest(f"field name too long (over {MAX_NAME_CHARS} characters)")
@@ -283,7 +283,7 @@ def _flatten(params: Mapping[str, Sequence[str]]) -> dict[str, str | list[str]]:
         if len(items) > MAX_FIELDS:
             raise BadRequest(f"{_label(name)} has too many values")
         for value in items:
-            if type(value) is not str and not isinstance(value, str):
+            if not isinstance(value, str):
                 raise BadRequest(f"{_label(name)} must be text")
             if len(value) > MAX_VALUE_CHARS:
                 raise BadRequest(f"{_label(name)} too long (over {MAX_VALUE_CHARS} characters)")

@@ -119,12 +119,6 @@ class WriterProcessStore(SQLiteStore):
 # -- the writer process -------------------------------------------------------------------
 
 
-class _Rooms:
-    """How many rows of each subscription the gateway's worker takes, as the last request said."""
-
-    rooms: dict[str, int] = {}
-
-
 def run_writer(setup: dict[str, Any], conn: Connection) -> None:
     """The writer process's main: run the transactions the gateway sends, a group commit per
     read of the pipe, until the pipe closes. One thread, no event loop: it reads, writes the
@@ -132,7 +126,7 @@ def run_writer(setup: dict[str, Any], conn: Connection) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)  # the gateway decides; its pipe closing ends this process
     store = SQLiteStore(setup["path"], synchronous=setup["synchronous"])
-    rooms = _Rooms()
+    rooms: dict[str, int] = {}  # how many rows of each subscription the worker takes, as the group's first request said
     store.open_here()
     settle_heap()
 
@@ -147,15 +141,15 @@ def run_writer(setup: dict[str, Any], conn: Connection) -> None:
     os._exit(0)  # the pipe is gone: nothing left to tell anyone
 
 
-def _route(store: SQLiteStore, rooms: _Rooms, routing: Any) -> None:
+def _route(store: SQLiteStore, rooms: dict[str, int], routing: Any) -> None:
     """Fan out and lease as the gateway's store would: `routing` is (routes, owner, lease seconds)."""
     routes, owner, lease_seconds = routing
     store.set_fanout(EventFanout(routes))
-    store.set_dispatch(DirectDispatch(owner=owner, lease_seconds=lease_seconds, room=lambda name: rooms.rooms.get(name, 0),
+    store.set_dispatch(DirectDispatch(owner=owner, lease_seconds=lease_seconds, room=lambda name: rooms.get(name, 0),
                                       deliver=lambda rows: None) if owner else None)
 
 
-def _run(store: SQLiteStore, rooms: _Rooms, requests: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
+def _run(store: SQLiteStore, rooms: dict[str, int], requests: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
     """One group commit of `requests`: each (token, (method, args, kwargs, rooms, routing));
     returns (token, (ok, value or error, rows leased, rows queued)) for each. The group leases as
     the worker's room was when the first request was sent: what the worker had room for then,
@@ -174,7 +168,8 @@ def _run(store: SQLiteStore, rooms: _Rooms, requests: list[tuple[int, Any]]) -> 
             answers.append((token, (False, _as_store_error(exc), [], 0)))
             continue
         if not tokens:
-            rooms.rooms = room
+            rooms.clear()
+            rooms.update(room)
         tokens.append(token)
     for token, (ok, value) in zip(tokens, store.run_locked(lambda: fns)):
         if ok:

@@ -109,7 +109,8 @@ class AttemptMaker:
             call = None
             if delivery.workflow_run_id and self.store is not None:
                 call = await self.store.get_call(delivery.workflow_run_id)
-            envelope, context = event.envelope(), delivery_context(event, call)
+            context = delivery_context(event, call)
+            envelope = context["event"]
         else:  # nothing to render: the body is the envelope as stored
             envelope, context = None, {}
         try:

@@ -68,26 +68,20 @@ class DeliveryProcesses:
             child.start()
         log.info("started %d delivery processes: pids %s", len(self.children), ", ".join(map(str, self.pids)))
 
-    def attempt(self, delivery: "Delivery") -> "asyncio.Future[Any]":
-        """Have a delivery process make `delivery`'s attempt (the next one that is up, in turn):
-        the future gets the `DeliveryResult`, or fails with `AttemptLost` if that process ends
-        first. `AttemptLost` at once when none is up."""
-        for _ in self.children:
-            child = self.children[next(self._turn)]
-            if child.up:
-                return child.request(delivery)
-        raise AttemptLost("no delivery process is running")
-
-    def attempt_or_here(self, worker: Any) -> Callable[["Delivery"], Awaitable["DeliveryResult"]]:
-        """The worker's remote attempts: in a delivery process, or in the worker's own process
-        while none is up (between a crash and its restart)."""
+    def attempt_or_here(self, here: Callable[["Delivery"], Awaitable["DeliveryResult"]]
+                        ) -> Callable[["Delivery"], Awaitable["DeliveryResult"]]:
+        """The worker's remote attempts: made by the next delivery process that is up, in turn
+        (`AttemptLost` if it ends before it answers), or by `here` (the worker's own
+        `AttemptMaker`) while none is up, between a crash and its restart."""
         async def make(delivery: "Delivery") -> "DeliveryResult":
-            if any(child.up for child in self.children):
-                answer = await self.attempt(delivery)
-                if isinstance(answer, BaseException):
-                    raise answer
-                return answer
-            return await worker.attempts.make(delivery)
+            for _ in self.children:
+                child = self.children[next(self._turn)]
+                if child.up:
+                    answer = await child.request(delivery)
+                    if isinstance(answer, BaseException):
+                        raise answer
+                    return answer
+            return await here(delivery)
 
         return make
 

@@ -182,8 +182,8 @@ def build_request(
     Raises `RequestBuildError` (message free of secret values) when it cannot be built.
     """
     full_context = dict(context)
-    if event_envelope is not None:
-        full_context.setdefault("event", dict(event_envelope))
+    if event_envelope is not None and "event" not in full_context:
+        full_context["event"] = dict(event_envelope)
     renderer = Renderer(full_context, secrets)
     try:
         url = renderer.url(subscription.url, "url")

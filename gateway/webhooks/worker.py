@@ -216,11 +216,9 @@ class DeliveryWorker:
         return slack if slack >= 5.0 else 0.0
 
     def _capacity(self) -> dict[str, int]:
-        return {
-            name: self._room[name] - self.inflight.get(name, 0)
-            for name, sub in self.subscriptions.items()
-            if sub.enabled and name not in self.disabled
-        }
+        """Rows a claim may take, for each subscription that is sending."""
+        return {name: self._room_for(name) for name, sub in self.subscriptions.items()
+                if sub.enabled and name not in self.disabled}
 
     async def _run(self) -> None:
         """Claim when rows wait in the outbox (`wake`, a slot freed while the last claim was
