@@ -18,6 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
+from gateway.media.agent import AgentProtocol
 from gateway.webhooks.signing import decode_signing_secret
 from gateway.webhooks.subscription import (
     RetryPolicy,
@@ -73,10 +74,23 @@ class AgentAudioConfig(_Model):
 
 class AgentConfig(_Model):
     url: str = "echo"
+    protocol: AgentProtocol = AgentProtocol.NATIVE  # twilio: the agent speaks Twilio Media Streams
     headers: dict[str, str] = Field(default_factory=dict)
     audio: AgentAudioConfig = AgentAudioConfig()
     on_failure: Literal["hangup", "keep"] = "hangup"
     connect_timeout: float = Field(5.0, gt=0, le=60)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _twilio_audio(cls, data: Any) -> Any:
+        """Twilio Media Streams carry mu-law at 8 kHz, always: that is the agent's format."""
+        if isinstance(data, dict) and data.get("protocol") == AgentProtocol.TWILIO.value:
+            audio = data.get("audio")
+            if audio is not None and (not isinstance(audio, dict) or
+                                      (audio.get("encoding", "mulaw"), audio.get("sample_rate", 8000)) != ("mulaw", 8000)):
+                raise ValueError("audio must be mulaw at 8000 Hz with protocol twilio (or left unset)")
+            data = {**data, "audio": {"encoding": "mulaw", "sample_rate": 8000}}
+        return data
 
     @field_validator("url")
     @classmethod

@@ -105,3 +105,14 @@ def test_the_readme_config_example_loads(tmp_path):
     config = load_config(str(path), env=env)
     assert config.providers.twilio.auth_token.get_secret_value() == "t" * 32
     assert config.delivery.processes == 0 and config.store == "sqlite:///data/gateway.db"
+
+
+def test_a_twilio_speaking_agent_gets_twilio_audio_and_nothing_else():
+    config = parse_config({"agent": {"url": "ws://127.0.0.1:1/bot", "protocol": "twilio"}}, env={})
+    assert config.agent.protocol.value == "twilio"
+    assert (config.agent.audio.encoding, config.agent.audio.sample_rate) == ("mulaw", 8000)
+    with pytest.raises(ConfigError, match=r"agent: audio must be mulaw at 8000 Hz with protocol twilio"):
+        parse_config({"agent": {"url": "ws://127.0.0.1:1/bot", "protocol": "twilio",
+                                "audio": {"encoding": "pcm16", "sample_rate": 16000}}}, env={})
+    with pytest.raises(ConfigError, match=r"agent\.protocol"):
+        parse_config({"agent": {"url": "ws://127.0.0.1:1/bot", "protocol": "sip"}}, env={})

@@ -99,6 +99,7 @@ async def media_socket(ws: WebSocket, receive: Receive | None = None, send: Send
             await ws.close(code=exc.code, reason=exc.reason[:120])
         return
     agent = ctx.config.agent
+    twilio = ctx.config.providers.twilio  # a Twilio-speaking agent is told this account's sid
     origin = gateway_origin(ws, ctx)
     recording = recording_enabled(ctx.config.recording, record.workflow_id)
 
@@ -119,7 +120,8 @@ async def media_socket(ws: WebSocket, receive: Receive | None = None, send: Send
     session = MediaSession(
         record=record,
         provider=provider,
-        agent_factory=lambda: agent_link_for(agent.url, headers=agent.headers, connect_timeout=agent.connect_timeout),
+        agent_factory=lambda: agent_link_for(agent.url, headers=agent.headers, connect_timeout=agent.connect_timeout,
+                                             protocol=agent.protocol, account_sid=twilio.account_sid if twilio else None),
         agent_format=AudioFormat(agent.audio.encoding, agent.audio.sample_rate),
         store=ctx.store,
         options=SessionOptions(on_agent_failure=agent.on_failure),

@@ -22,7 +22,7 @@ from typing import Any, Awaitable, Callable, Mapping, Protocol
 from gateway.audio import AudioFormat, Reframer, Transcoder
 from gateway.calls import events as ev
 from gateway.calls.record import CallRecord
-from gateway.media.agent import AgentLink, AgentUnavailable
+from gateway.media.agent import AgentLink, AgentMessageError, AgentUnavailable
 from gateway.media.playback import FRAME, PlaybackQueue
 from gateway.media.registry import INSTANCE_ID
 from gateway.media.provider_socket import AUDIO, BAD, DTMF, MARK, OTHER, STOP, ProviderSocket
@@ -328,6 +328,9 @@ class MediaSession:
             except AgentUnavailable as exc:
                 self._lost_agent(agent, str(exc))
                 return
+            except AgentMessageError as exc:  # a protocol the link translates refused it
+                self._agent_bad(str(exc))
+                continue
             if isinstance(message, bytes):
                 for frame in self.reframer.push(self.to_provider.process(message)):
                     if not self.playback.push_frame(frame):

@@ -16,7 +16,8 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping
 
-from gateway.calls.record import CallRecord
+from gateway.calls.disposition import call_disposition
+from gateway.calls.record import CallRecord, channel_link
 from gateway.events.envelope import Event
 from gateway.store.base import AttemptRecord, Delivery, DeliveryResult, Store
 from gateway.webhooks.clients import EndpointClients
@@ -28,22 +29,39 @@ log = logging.getLogger("gateway.webhooks")
 
 
 def delivery_context(event: Event, call: CallRecord | None, secrets_available: bool = True) -> dict[str, Any]:
-    """The template context of DESIGN.md for one event (secrets are added by the renderer)."""
+    """The template context of DESIGN.md for one event (secrets are added by the renderer),
+    with Dograh's variables in Dograh's meaning: `campaign_id` (the campaign that placed the
+    call, else None), `call_time` (when the call record was made), `cost_info.call_duration_seconds`,
+    `gathered_context.call_disposition` (`calls.disposition`), and `user_recording_url` /
+    `bot_recording_url` (the caller's and the agent's channel of the recording)."""
     record = call.to_dict() if call is not None else {}
     media = record.get("media") or {}
+    gathered = dict(record.get("gathered_context") or {})
+    cost_info = dict(record.get("cost_info") or {})
+    if call is not None:
+        if (disposition := call_disposition(call)) is not None:
+            gathered.setdefault("call_disposition", disposition)
+        if call.duration is not None:
+            cost_info.setdefault("call_duration_seconds", call.duration)
+    campaign = (record.get("initial_context") or {}).get("campaign")
+    recording_url = media.get("recording_url")
     return {
         "workflow_run_id": event.workflow_run_id,
         "workflow_run_name": None,
         "workflow_id": record.get("workflow_id"),
         "workflow_name": None,
         "user_id": record.get("user_id"),
+        "campaign_id": campaign.get("id") if isinstance(campaign, dict) else None,
+        "call_time": record.get("created_at"),
         "event": event.envelope(),
         "call": record,
         "initial_context": record.get("initial_context", {}),
-        "gathered_context": record.get("gathered_context", {}),
-        "cost_info": record.get("cost_info", {}),
+        "gathered_context": gathered,
+        "cost_info": cost_info,
         "annotations": record.get("annotations", {}),
-        "recording_url": media.get("recording_url"),
+        "recording_url": recording_url,
+        "user_recording_url": channel_link(recording_url, "caller"),
+        "bot_recording_url": channel_link(recording_url, "agent"),
         "transcript_url": media.get("transcript_url"),
     }
 

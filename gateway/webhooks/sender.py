@@ -42,6 +42,7 @@ from gateway.webhooks.auth import (
     client_certificate,
     oauth2_grant,
 )
+from gateway.webhooks import ecmascript_json
 from gateway.webhooks.clients import Answer, EndpointClients, Http1Pool
 from gateway.webhooks.policy import (
     Outcome,
@@ -52,6 +53,7 @@ from gateway.webhooks.policy import (
 from gateway.webhooks.signing import DEFAULT_HEX_HEADER, signature_headers
 from gateway.webhooks.ssrf import DestinationRefused
 from gateway.webhooks.subscription import (
+    DialgenSigning,
     HeaderAuth,
     HexSigning,
     MtlsAuth,
@@ -164,6 +166,16 @@ def _signing_secrets(subscription: Subscription, renderer: Renderer) -> list[str
     return []
 
 
+def _payload(subscription: Subscription, renderer: Renderer) -> Any:
+    """The rendered `payload_template`, with `payload_defaults` filling keys it left unset."""
+    value = renderer.value(subscription.payload_template, "payload_template")
+    if isinstance(value, dict):
+        for key, template in subscription.payload_defaults.items():
+            if key not in value:
+                value[key] = renderer.value(template, f"payload_defaults.{key}")
+    return value
+
+
 def build_request(
     subscription: Subscription,
     event_envelope: Mapping[str, Any] | None,
@@ -188,12 +200,17 @@ def build_request(
     try:
         url = renderer.url(subscription.url, "url")
         _check_url(url)
+        # Dialgen's receivers sign `JSON.stringify(req.body)`: write what that gives back.
+        as_js = isinstance(subscription.signing, DialgenSigning)
+        encode = ecmascript_json.dumps if as_js else _json_bytes
         if subscription.payload_template is not None:
-            body = _json_bytes(renderer.value(subscription.payload_template, "payload_template"))
-        elif subscription.method in BODY_METHODS:
-            body = envelope_body if envelope_body is not None else _json_bytes(dict(event_envelope or {}))
-        else:
+            body = encode(_payload(subscription, renderer))
+        elif subscription.method not in BODY_METHODS:
             body = b""
+        elif envelope_body is not None:
+            body = ecmascript_json.dumps(jsontext.loads(envelope_body)) if as_js else envelope_body
+        else:
+            body = encode(dict(event_envelope or {}))
         headers: dict[str, str] = {}
         if body:
             headers["Content-Type"] = "application/json"

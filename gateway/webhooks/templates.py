@@ -5,9 +5,10 @@ Syntax, inside any string of a subscription's `url`, `headers`, `payload_templat
 - `{{path}}`: a dotted path into the template context, e.g. `{{initial_context.tenant}}`,
   `{{call.duration}}`, `{{gathered_context.items.0.sku}}` (a number indexes a list).
   Roots: `workflow_run_id`, `workflow_run_name`, `workflow_id`, `workflow_name`, `user_id`,
-  `event` (the event envelope: `type`, `timestamp`, `data`), `call`, `initial_context`,
-  `gathered_context`, `cost_info`, `annotations`, `recording_url`, `transcript_url`, and
-  `secret.NAME` (from the secrets mapping, never from the context).
+  `campaign_id`, `call_time`, `event` (the event envelope: `type`, `timestamp`, `data`), `call`,
+  `initial_context`, `gathered_context`, `cost_info`, `annotations`, `recording_url`,
+  `user_recording_url`, `bot_recording_url`, `transcript_url`, and `secret.NAME` (from the
+  secrets mapping, never from the context).
 - `{{path | default}}`: the default when the path is missing or null. The default is a literal:
   a quoted string (`"n/a"` or `'n/a'`), a number, `true`/`false`/`null`, or bare text; the
   Jinja spelling `{{path | default('n/a')}}` (as in Dograh templates) means the same.
@@ -42,6 +43,8 @@ CONTEXT_ROOTS: frozenset[str] = frozenset(
         "workflow_id",
         "workflow_name",
         "user_id",
+        "campaign_id",
+        "call_time",
         "event",
         "call",
         "initial_context",
@@ -49,6 +52,8 @@ CONTEXT_ROOTS: frozenset[str] = frozenset(
         "cost_info",
         "annotations",
         "recording_url",
+        "user_recording_url",
+        "bot_recording_url",
         "transcript_url",
         "secret",
     }

@@ -330,7 +330,8 @@ def test_dograh_workflow_webhook_nodes_deliver_call_ended(gateway_server, tmp_pa
         callback(server, "run-dg", "completed", CallDuration="17")
         request = receiver.wait_for(1)[0]
         assert request["path"] == "/dograh/run-dg"
-        assert json.loads(request["body"]) == {"run": "run-dg", "outcome": "none", "duration": 17}
+        assert json.loads(request["body"]) == {"run": "run-dg", "outcome": "none", "duration": 17,
+                                               "call_disposition": "completed"}  # Dograh adds it when unset
         assert request["headers"]["x-source"] == "gateway" and request["headers"]["authorization"] == "Bearer dograh-token"
         time.sleep(0.3)
         assert len(receiver.requests) == 1  # only call.ended
