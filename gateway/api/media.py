@@ -15,6 +15,7 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from gateway.api.context import GatewayContext
+from gateway.api.middleware import POLICY_VIOLATION
 from gateway.logs import RUN_ID
 from gateway.metrics import MEDIA, REFUSALS
 from gateway.api.recordings import media_link
@@ -29,8 +30,6 @@ from gateway.media.token import check_stream_token
 from gateway.providers import twilio, vonage
 
 log = logging.getLogger("gateway.media")
-
-POLICY_VIOLATION = 1008
 
 
 def _upgrade_refusal(ws: WebSocket, ctx: GatewayContext) -> tuple[str | None, str]:
