@@ -116,9 +116,12 @@ class LogConfig(_Model):
 class LimitsConfig(_Model):
     """Limits that protect the process; each refusal is logged and counted in /metrics."""
 
-    max_media_sessions: int = Field(1000, ge=1)
-    provider_requests_per_second: float = Field(200.0, ge=0)  # per client IP; 0 turns the limit off
+    max_media_sessions: int = Field(1000, ge=1)  # live media sockets, those still presenting their token included
+    provider_requests_per_second: float = Field(200.0, ge=0)  # refused provider requests per client IP; 0: no limit
     provider_burst: float = Field(400.0, ge=1)
+    read_timeout_seconds: float = Field(15.0, gt=0, le=3600)  # a request's headers and body must arrive within this
+    media_token_seconds: float = Field(5.0, gt=0, le=60)  # a media socket must present a valid stream token within this
+    max_unverified_media_sockets: int = Field(100, ge=1)  # media sockets at once that have not yet done so
 
 
 class ShutdownConfig(_Model):

@@ -18,6 +18,7 @@ from typing import Any
 import uvicorn
 
 from gateway.heap import settle_heap
+from gateway.http_protocol import http_protocol
 from gateway.metrics import MEDIA
 
 log = logging.getLogger("gateway")
@@ -62,8 +63,8 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
-def run(app: Any, *, host: str, port: int, drain_seconds: float) -> None:
-    """Serve `app` until drained; uvloop and httptools when installed."""
+def run(app: Any, *, host: str, port: int, drain_seconds: float, read_timeout: float) -> None:
+    """Serve `app` until drained, each request read within `read_timeout` seconds; uvloop when installed."""
     config = uvicorn.Config(app, host=host, port=port, log_config=None, proxy_headers=False, server_header=False,
-                            ws_max_size=1 << 20, lifespan="on", timeout_graceful_shutdown=5)
+                            ws_max_size=1 << 20, lifespan="on", timeout_graceful_shutdown=5, http=http_protocol(read_timeout))
     DrainingServer(config, gateway=app.state.gateway, drain_seconds=drain_seconds).run()

@@ -29,6 +29,7 @@ class GatewayContext:
     tunnel: TunnelDetector | None = None  # set when public_url is auto
     sessions: SessionRegistry = field(default_factory=SessionRegistry)
     draining: bool = False  # set by the first SIGTERM: readiness false, new calls refused
+    unverified_sockets: int = 0  # media sockets accepted that have not yet presented a valid stream token
     trusted_peers: TrustedPeers = field(init=False)
 
     def __post_init__(self) -> None:

@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.api.body import BodyTooLarge, read_limited_body
 from gateway.api.context import GatewayContext
-from gateway.api.middleware import note_request
+from gateway.api.middleware import body_cut_short, note_request
 from gateway.api.problems import problem
 from gateway.api.scope import headers_of
 from gateway.api.urls import as_websocket, called_url, gateway_origin
@@ -274,6 +274,8 @@ async def _status_callback_direct(scope: dict[str, Any], receive: Any, send: Any
     request = Request(scope, receive)
     try:
         body = await read_limited_body(request)
+    except ClientDisconnect:
+        return body_cut_short(scope)  # nothing to answer: the client is gone
     except BodyTooLarge as exc:
         labelled(PROVIDER_REQUESTS, "unknown", "status", "refused_413").inc()
         await problem(413, str(exc))(scope, receive, send)
