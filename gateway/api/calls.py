@@ -87,6 +87,7 @@ async def place_call(request: Request) -> Response:
         record = await dial.dialer.place_call(call, origin=gateway_origin(request, ctx))
     except DialError as error:
         return _dial_problem(error)
+    ctx.live_calls.note(record)
     return JSONResponse(record.to_dict(), status_code=201,
                         headers={"Location": f"/api/v1/calls/{record.workflow_run_id}"})
 

@@ -101,6 +101,7 @@ async def media_socket(ws: WebSocket, receive: Receive | None = None, send: Send
         record = await ctx.store.get_call(run_id)
         if record is None:
             raise HandshakeError("no such call")
+        ctx.live_calls.note(record)
     except HandshakeError as exc:
         log.warning("closed %s media socket run=%s before audio: %s", provider_name, run_id[:64], exc.reason)
         if not provider.peer_closed:
