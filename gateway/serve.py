@@ -75,7 +75,6 @@ class DrainingServer(uvicorn.Server):
         if MEDIA.active:
             log.warning("drain timeout: ending %d live media sessions", MEDIA.active)
         if len(live):
-            await live.settle(self.gateway.store)
             await live.mark_unfinished(self.gateway.store, self.drain_seconds)
         else:
             log.info("drained: every live call has ended")

@@ -145,20 +145,16 @@ class _Answer:
 
 
 class _ChargedSocket:
-    """The `send` of a provider media socket: a refused upgrade (closed before accept) or a
-    policy-violation close (no valid stream token) is charged to the caller's address."""
+    """The `send` of a provider media socket: a policy-violation close (a refused upgrade, no
+    valid stream token) is charged to the caller's address; a close for a limit is not."""
 
-    __slots__ = ("edge", "scope", "send", "accepted")
+    __slots__ = ("edge", "scope", "send")
 
     def __init__(self, edge: EdgeMiddleware, scope: Scope, send: Any) -> None:
         self.edge, self.scope, self.send = edge, scope, send
-        self.accepted = False
 
     async def __call__(self, message: dict[str, Any]) -> None:
-        kind = message["type"]
-        if kind == "websocket.accept":
-            self.accepted = True
-        elif kind == "websocket.close" and (not self.accepted or message.get("code") == POLICY_VIOLATION):
+        if message["type"] == "websocket.close" and message.get("code") == POLICY_VIOLATION:
             self.edge.charge(self.scope)
         await self.send(message)
 

@@ -17,6 +17,7 @@ from gateway.store.base import Store, StoreError
 log = logging.getLogger("gateway")
 
 SHUTDOWN_UNFINISHED = "shutdown.unfinished"  # the timeline entry of a call still live when the process exits
+MAX_MARKED = 1000  # calls marked at exit one by one (a write each): the rest are counted in one line
 
 
 class LiveCalls:
@@ -47,9 +48,10 @@ class LiveCalls:
     def runs(self) -> list[str]:
         return list(self._runs)
 
-    async def settle(self, store: Store) -> None:
-        """Forget the calls the store has seen end (through another instance, a reconciliation)."""
-        for run_id in self.runs():
+    async def settle(self, store: Store, limit: int = MAX_MARKED) -> None:
+        """Forget the calls the store has seen end (through another instance, a reconciliation);
+        the oldest `limit` are looked up."""
+        for run_id in self.runs()[:limit]:
             try:
                 record = await store.get_call(run_id)
             except StoreError:
@@ -57,10 +59,12 @@ class LiveCalls:
             if record is None or record.state.terminal:
                 self._runs.pop(run_id, None)
 
-    async def mark_unfinished(self, store: Store, drain_seconds: float) -> None:
-        """At exit: each call still live gets a timeline entry and a log line, so an operator
-        can find the calls whose ending this process did not see."""
-        for run_id in self.runs():
+    async def mark_unfinished(self, store: Store, drain_seconds: float, limit: int = MAX_MARKED) -> None:
+        """At exit: each call still live (up to `limit`, oldest first; then one line with the
+        count) gets a timeline entry and a log line, so an operator can find the calls whose
+        ending this process did not see."""
+        runs = self.runs()
+        for run_id in runs[:limit]:
             data: dict[str, Any] = {"reason": f"the gateway shut down before the call ended (drain_seconds {drain_seconds:g})"}
             try:
                 record = await store.get_call(run_id)
@@ -72,3 +76,6 @@ class LiveCalls:
                 log.warning("could not mark call run=%s unfinished at shutdown: %s", run_id, exc)
             log.warning("call run=%s is still %s at shutdown: its ending was not seen by this process",
                         run_id, data.get("state", "live"), extra={"run_id": run_id})
+        if len(runs) > limit:
+            log.warning("%d more calls were still live at shutdown and are not marked (newest first: %s)",
+                        len(runs) - limit, ", ".join(reversed(runs[-5:])))
