@@ -79,6 +79,8 @@ def test_a_body_cut_short_is_one_log_line_without_a_traceback(proc):
     log = proc.log()
     assert log.count("went away before its whole body arrived") == 3
     assert "Traceback" not in log and "ERROR" not in log and "unhandled error" not in log
+    for path in ("/api/v1/telephony/status-callback/run-cut", "/api/v1/telephony/webhook/wf/u/run-cut", "/api/v1/calls"):
+        assert f"POST {path} 400 " in log  # the request's one line says how it ended
     assert "gateway_bodies_cut_short_total 3.0" in httpx.get(proc.url + "/metrics").text
 
 

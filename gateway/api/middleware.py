@@ -101,7 +101,7 @@ class EdgeMiddleware:
         try:
             if handler is not None:
                 try:
-                    await handler(scope, receive, answer)
+                    answer.unsent(await handler(scope, receive, answer))
                 except Exception:  # noqa: BLE001 - answered and logged, as Starlette's ServerErrorMiddleware does
                     log.exception("unhandled error on %s %s", scope.get("method"), path)
                     with contextlib.suppress(Exception):  # the answer may have begun: then the connection just ends
@@ -109,7 +109,7 @@ class EdgeMiddleware:
             else:
                 await self.app(scope, receive, answer)
         finally:
-            self._log(scope, path, answer.status, started)
+            self._log(scope, path, answer.status or 500, started)
 
     @staticmethod
     def _log(scope: Scope, path: str, code: int, started: float) -> None:
@@ -128,7 +128,7 @@ class _Answer:
 
     def __init__(self, edge: EdgeMiddleware | None, scope: Scope, send: Any) -> None:
         self.edge, self.scope, self.send = edge, scope, send
-        self.status = 500
+        self.status: int | None = None  # none yet
         self.refused = False
 
     async def __call__(self, message: dict[str, Any]) -> None:
@@ -136,12 +136,23 @@ class _Answer:
             return
         if message["type"] == "http.response.start":
             status = message["status"]
-            if 400 <= status < 500 and self.edge is not None and not self.edge.charge(self.scope):
+            if self._charged(status):
                 self.status, self.refused = 429, True
                 await _too_many(self.send)
                 return
             self.status = status
         await self.send(message)
+
+    def unsent(self, status: int) -> None:
+        """A route that answered nothing (its client was gone) but says how it ended: counted
+        (and charged) as if it had been sent."""
+        if self.status is None:
+            self.status = status
+            self._charged(status)
+
+    def _charged(self, status: int) -> bool:
+        """True when the status is a refusal and the caller's address is over its budget."""
+        return 400 <= status < 500 and self.edge is not None and not self.edge.charge(self.scope)
 
 
 class _ChargedSocket:
