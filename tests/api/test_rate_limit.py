@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import pytest
 
 from support import TWILIO_SID, twilio_signature, vonage_jwt
 
@@ -73,3 +74,17 @@ async def test_other_addresses_keep_their_own_budget(gateway_server):
         assert flood[-1] == 429
         other = await client.post(url, data={}, headers={"X-Forwarded-For": "203.0.113.6"})
         assert other.status_code == 403
+
+
+async def test_refused_media_upgrades_are_charged_too(gateway_server):
+    import websockets
+    from websockets.asyncio.client import connect
+
+    server = gateway_server(limits=LIMITS)
+    ws_url = server.url.replace("http", "ws") + "/api/v1/telephony/ws/wf/u/run-ws"
+    for _ in range(10):  # forged upgrades: refused (403) and each charged
+        with pytest.raises(websockets.InvalidStatus):
+            await connect(ws_url, additional_headers={"X-Twilio-Signature": "bm9wZQ=="}, proxy=None)
+    async with httpx.AsyncClient(timeout=30) as client:
+        answer = await client.post(server.url + "/api/v1/telephony/status-callback/run-ws", data={})
+    assert answer.status_code == 429  # the address's budget is spent

@@ -27,3 +27,27 @@ def test_the_oldest_calls_are_forgotten_past_the_cap():
     for run in "abcde":
         live.note(_record(run, CallState.RINGING))
     assert live.runs() == ["c", "d", "e"]
+
+
+async def test_settle_forgets_calls_the_store_saw_end_and_marking_writes_a_timeline_entry(tmp_path):
+    from gateway.calls.lifecycle import CallUpdate
+    from gateway.store import open_store_for
+
+    store = open_store_for(f"sqlite:///{tmp_path}/live.db")
+    await store.open()
+    live = LiveCalls()
+    try:
+        for run, sid in (("ended-elsewhere", "CA1"), ("still-live", "CA2")):
+            applied = await store.apply_update(CallUpdate(provider="twilio", provider_call_id=sid, raw_status="in-progress",
+                                                          state=CallState.ANSWERED), run_id=run)
+            live.note(applied.record)
+        # another instance (or a reconciliation) takes the ending: this process never sees it
+        await store.apply_update(CallUpdate(provider="twilio", provider_call_id="CA1", raw_status="completed",
+                                            state=CallState.COMPLETED), run_id="ended-elsewhere")
+        await live.settle(store)
+        assert live.runs() == ["still-live"]
+        await live.mark_unfinished(store, drain_seconds=5)
+        (entry,) = [e for e in await store.get_timeline("still-live") if e.kind == "shutdown.unfinished"]
+        assert entry.source == "gateway" and entry.data["state"] == "answered"
+    finally:
+        await store.close()
