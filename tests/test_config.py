@@ -44,6 +44,9 @@ def test_unset_variable_names_key_and_variable():
         ({"public_url": "gw.example.com"}, r"public_url: "),
         ({"store": "mysql://x"}, r"store: "),
         ({"trusted_proxies": ["not-a-cidr"]}, r"trusted_proxies\[0\]"),
+        ({"limits": {"read_timeout_seconds": 0}}, r"limits\.read_timeout_seconds: "),
+        ({"limits": {"media_token_seconds": "soon"}}, r"limits\.media_token_seconds: "),
+        ({"limits": {"max_unverified_media_sockets": 0}}, r"limits\.max_unverified_media_sockets: "),
         ([1, 2], r"must be a mapping"),
     ],
 )
