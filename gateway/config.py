@@ -13,10 +13,10 @@ import os
 import re
 import secrets
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from gateway.media.agent import AgentProtocol
 from gateway.webhooks.signing import decode_signing_secret
@@ -42,6 +42,16 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _not_empty(value: SecretStr) -> SecretStr:
+    if not value.get_secret_value().strip():
+        raise ValueError("must not be empty (an empty secret would refuse every request it guards)")
+    return value
+
+
+Secret = Annotated[SecretStr, AfterValidator(_not_empty)]
+"""A credential: set and not blank (an empty one passed validation and then failed every check)."""
+
+
 class ListenConfig(_Model):
     host: str = "0.0.0.0"
     port: int = Field(8000, ge=0, le=65535)
@@ -49,14 +59,14 @@ class ListenConfig(_Model):
 
 class TwilioConfig(_Model):
     account_sid: str
-    auth_token: SecretStr
+    auth_token: Secret
     api_base_url: str | None = None  # REST API base; tests point it at a local stand-in
 
 
 class VonageConfig(_Model):
-    signature_secret: SecretStr
+    signature_secret: Secret
     application_id: str | None = None
-    private_key: SecretStr | None = None  # a path or the PEM text
+    private_key: Secret | None = None  # a path or the PEM text
     api_key: str | None = None
     jwt_window: int = Field(300, ge=1, le=3600)  # seconds either side of `iat`
     api_base_url: str | None = None
@@ -120,9 +130,12 @@ class LogConfig(_Model):
 class LimitsConfig(_Model):
     """Limits that protect the process; each refusal is logged and counted in /metrics."""
 
-    max_media_sessions: int = Field(1000, ge=1)
-    provider_requests_per_second: float = Field(200.0, ge=0)  # per client IP; 0 turns the limit off
+    max_media_sessions: int = Field(1000, ge=1)  # live media sockets, those still presenting their token included
+    provider_requests_per_second: float = Field(200.0, ge=0)  # refused provider requests per client IP; 0: no limit
     provider_burst: float = Field(400.0, ge=1)
+    read_timeout_seconds: float = Field(15.0, gt=0, le=3600)  # a request's headers and body must arrive within this
+    media_token_seconds: float = Field(5.0, gt=0, le=60)  # a media socket must present a valid stream token within this
+    max_unverified_media_sockets: int = Field(100, ge=1)  # media sockets at once that have not yet done so
 
 
 class ShutdownConfig(_Model):
@@ -168,7 +181,7 @@ class DialConfig(_Model):
     orphan_seconds: float = Field(120.0, ge=0)  # a dial cut short by a restart waits this long for a callback
     reconcile_seconds: float = Field(600.0, ge=1)  # ask the provider about a call silent this long
     max_consecutive_refusals: int = Field(10, ge=1)  # a campaign fails after this many refused dials in a row
-    webhook_secret: SecretStr | None = None  # signs campaigns' inline webhooks; unset: one per campaign
+    webhook_secret: Secret | None = None  # signs campaigns' inline webhooks; unset: one per campaign
     webhook_timeout: float = Field(30.0, gt=0, le=300)
     webhook_retry: RetryPolicy = RetryPolicy()
     webhook_allow_networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(default_factory=list)
@@ -196,8 +209,8 @@ class GatewayConfig(_Model):
     listen: ListenConfig = ListenConfig()
     store: str = DEFAULT_STORE
     data_dir: str = "data"
-    api_key: SecretStr | None = None
-    secret_key: SecretStr | None = None  # signs stream tokens and recording URLs
+    api_key: Secret | None = None
+    secret_key: Secret | None = None  # signs stream tokens and recording URLs
     trusted_proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(
         default_factory=lambda: [ipaddress.ip_network("127.0.0.1/32")]
     )
@@ -207,7 +220,7 @@ class GatewayConfig(_Model):
     recording: bool | list[str] = False  # true: every call; a list: the calls of these workflow ids
     webhooks: list[Subscription] = Field(default_factory=list)
     workflows: list[WorkflowSource] = Field(default_factory=list)
-    secrets: dict[str, SecretStr] = Field(default_factory=dict)  # {{secret.NAME}} values
+    secrets: dict[str, Secret] = Field(default_factory=dict)  # {{secret.NAME}} values
     secrets_file: str | None = None  # a YAML/JSON mapping of more secrets
     delivery: DeliveryConfig = DeliveryConfig()
     tunnel: TunnelConfig = TunnelConfig()  # used when public_url is auto
@@ -349,6 +362,9 @@ def _with_workflows(config: GatewayConfig) -> GatewayConfig:
                     f"webhooks[{index}] ({subscription.name}): secret {name!r} is not set "
                     f"(add it under secrets:, to secrets_file, or as GATEWAY_SECRET_{name})"
                 )
+            if not available[name].strip():
+                raise ConfigError(f"webhooks[{index}] ({subscription.name}): secret {name!r} is empty "
+                                  "(an empty secret would fail every delivery it signs or authenticates)")
     return config
 
 

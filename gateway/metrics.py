@@ -28,6 +28,8 @@ PROVIDER_REQUESTS = Counter("gateway_provider_requests_total", "Provider request
 SIGNATURE_FAILURES = Counter("gateway_signature_failures_total", "Provider requests refused for their signature",
                              ["provider"], registry=REGISTRY)
 REFUSALS = Counter("gateway_refusals_total", "Requests refused by a protective limit", ["limit"], registry=REGISTRY)
+BODIES_CUT_SHORT = Counter("gateway_bodies_cut_short_total", "Requests whose client went away before its whole body arrived",
+                           registry=REGISTRY)
 AGENT_CONNECT_FAILURES = Counter("gateway_agent_connect_failures_total", "Agent connections that failed or dropped",
                                  registry=REGISTRY)
 DELIVERIES = Counter("gateway_deliveries_total", "Webhook delivery attempts by subscription and outcome",

@@ -44,11 +44,40 @@ def test_unset_variable_names_key_and_variable():
         ({"public_url": "gw.example.com"}, r"public_url: "),
         ({"store": "mysql://x"}, r"store: "),
         ({"trusted_proxies": ["not-a-cidr"]}, r"trusted_proxies\[0\]"),
+        ({"limits": {"read_timeout_seconds": 0}}, r"limits\.read_timeout_seconds: "),
+        ({"limits": {"media_token_seconds": "soon"}}, r"limits\.media_token_seconds: "),
+        ({"limits": {"max_unverified_media_sockets": 0}}, r"limits\.max_unverified_media_sockets: "),
         ([1, 2], r"must be a mapping"),
     ],
 )
 def test_errors_name_the_key(data, message):
     with pytest.raises(ConfigError, match=message):
+        parse_config(data, env={})
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"providers": {"twilio": {"account_sid": "AC1", "auth_token": ""}}}, r"providers\.twilio\.auth_token: must not be empty"),
+        ({"providers": {"vonage": {"signature_secret": "  "}}}, r"providers\.vonage\.signature_secret: must not be empty"),
+        ({"providers": {"vonage": {"signature_secret": "s", "private_key": ""}}}, r"providers\.vonage\.private_key: must not be empty"),
+        ({"api_key": ""}, r"api_key: must not be empty"),
+        ({"secret_key": ""}, r"secret_key: must not be empty"),
+        ({"dial": {"webhook_secret": ""}}, r"dial\.webhook_secret: must not be empty"),
+        ({"secrets": {"CRM": ""}}, r"secrets\.CRM: must not be empty"),
+        ({"api_key": "${KEY:-}"}, r"api_key: must not be empty"),
+    ],
+)
+def test_an_empty_secret_is_refused_naming_its_key(data, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_config(data, env={})
+
+
+def test_an_empty_webhook_secret_from_the_environment_is_refused_naming_it(monkeypatch):
+    data = {"webhooks": [{"name": "crm", "events": ["call.*"], "url": "https://crm.example.com/x",
+                          "auth": {"type": "bearer_token", "token": "{{secret.CRM}}"}}]}
+    monkeypatch.setenv("GATEWAY_SECRET_CRM", "")
+    with pytest.raises(ConfigError, match=r"webhooks\[0\] \(crm\): secret 'CRM' is empty"):
         parse_config(data, env={})
 
 
@@ -86,6 +115,10 @@ def test_check_config_command_prints_the_same_message(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 2
     assert "providers.twilio.auth_token: required key is missing" in result.stderr
+    path.write_text("providers:\n  twilio: {account_sid: AC1, auth_token: ''}\n")
+    empty = subprocess.run([sys.executable, "-m", "gateway.cli", "check-config", "--config", str(path)],
+                           capture_output=True, text=True)
+    assert empty.returncode == 2 and "providers.twilio.auth_token: must not be empty" in empty.stderr
     path.write_text("listen: {port: 9000}\n")
     ok = subprocess.run([sys.executable, "-m", "gateway.cli", "check-config", "--config", str(path)], capture_output=True, text=True)
     assert ok.returncode == 0 and "config OK" in ok.stdout

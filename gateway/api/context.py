@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from gateway.api.urls import TrustedPeers
+from gateway.calls.live import LiveCalls
 from gateway.config import GatewayConfig
 from gateway.media.registry import SessionRegistry
 from gateway.providers.vonage import ReplayGuard
@@ -29,6 +30,8 @@ class GatewayContext:
     tunnel: TunnelDetector | None = None  # set when public_url is auto
     sessions: SessionRegistry = field(default_factory=SessionRegistry)
     draining: bool = False  # set by the first SIGTERM: readiness false, new calls refused
+    live_calls: LiveCalls = field(default_factory=LiveCalls)  # what a drain waits for
+    unverified_sockets: int = 0  # media sockets accepted that have not yet presented a valid stream token
     trusted_peers: TrustedPeers = field(init=False)
 
     def __post_init__(self) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timezone
 from typing import Any
 
@@ -11,6 +10,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.api.admin import authorized
+from gateway.api.body import BadBody, json_body
 from gateway.api.context import GatewayContext
 from gateway.api.problems import problem
 from gateway.store.base import StoreError
@@ -93,9 +93,10 @@ async def replay(request: Request) -> Response:
         return denied
     ctx = _ctx(request)
     try:
-        body = json.loads(await request.body() or b"{}")
-        if not isinstance(body, dict):
-            raise ValueError("body must be a JSON object")
+        body = await json_body(request, optional=True)
+    except BadBody as exc:
+        return problem(exc.status, exc.detail)
+    try:
         name = body.get("subscription")
         subscription = next((s for s in ctx.config.webhooks if s.name == name), None)
         if subscription is None:

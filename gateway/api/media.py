@@ -8,6 +8,7 @@ valid token is closed before any audio is read.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from starlette.routing import WebSocketRoute
@@ -15,6 +16,7 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from gateway.api.context import GatewayContext
+from gateway.api.middleware import POLICY_VIOLATION
 from gateway.logs import RUN_ID
 from gateway.metrics import MEDIA, REFUSALS
 from gateway.api.recordings import media_link
@@ -22,15 +24,13 @@ from gateway.api.telephony import _PATH_ID, WS_PATH
 from gateway.api.urls import called_url, gateway_origin
 from gateway.audio import AudioFormat
 from gateway.media.agent import agent_link_for
-from gateway.media.provider_socket import HandshakeError, ProviderSocket, TwilioSocket, VonageSocket
+from gateway.media.provider_socket import HandshakeError, ProviderSocket, StreamStart, TwilioSocket, VonageSocket
 from gateway.media.recording import CallRecorder, recording_enabled, recording_path
 from gateway.media.session import MediaSession, SessionOptions
 from gateway.media.token import check_stream_token
 from gateway.providers import twilio, vonage
 
 log = logging.getLogger("gateway.media")
-
-POLICY_VIOLATION = 1008
 
 
 def _upgrade_refusal(ws: WebSocket, ctx: GatewayContext) -> tuple[str | None, str]:
@@ -76,28 +76,39 @@ async def media_socket(ws: WebSocket, receive: Receive | None = None, send: Send
         await ws.close(code=POLICY_VIOLATION, reason=refusal[:120])
         return
     run_id = ws.path_params["workflow_run_id"]
-    if MEDIA.active >= ctx.config.limits.max_media_sessions:
+    limits = ctx.config.limits
+    if MEDIA.active + ctx.unverified_sockets >= limits.max_media_sessions:
         REFUSALS.labels("max_media_sessions").inc()
         log.warning("refused media socket run=%s: %d live sessions is the limit", run_id[:64], MEDIA.active)
         await ws.close(code=1013, reason="too many live media sessions")
         return
+    if ctx.unverified_sockets >= limits.max_unverified_media_sockets:
+        REFUSALS.labels("max_unverified_media_sockets").inc()
+        log.warning("refused media socket run=%s: %d sockets without a stream token yet is the limit",
+                    run_id[:64], ctx.unverified_sockets)
+        await ws.close(code=1013, reason="too many media sockets without a stream token")
+        return
     RUN_ID.set(run_id)
-    await ws.accept()
     socket_class = TwilioSocket if provider_name == "twilio" else VonageSocket
     provider: ProviderSocket = socket_class(receive or ws.receive, send or ws.send)
+    ctx.unverified_sockets += 1  # until the token is checked: bounded, and closed after media_token_seconds
     try:
-        start = await provider.handshake()
+        await ws.accept()
+        start = await _handshake(provider, limits.media_token_seconds)
         problem = check_stream_token(ctx.secret_key, run_id, start.token, now=ctx.clock())
         if problem is not None:
             raise HandshakeError(problem)
         record = await ctx.store.get_call(run_id)
         if record is None:
             raise HandshakeError("no such call")
+        ctx.live_calls.note(record)
     except HandshakeError as exc:
         log.warning("closed %s media socket run=%s before audio: %s", provider_name, run_id[:64], exc.reason)
         if not provider.peer_closed:
             await ws.close(code=exc.code, reason=exc.reason[:120])
         return
+    finally:
+        ctx.unverified_sockets -= 1
     agent = ctx.config.agent
     twilio = ctx.config.providers.twilio  # a Twilio-speaking agent is told this account's sid
     origin = gateway_origin(ws, ctx)
@@ -144,6 +155,15 @@ async def media_socket(ws: WebSocket, receive: Receive | None = None, send: Send
                 await ws.close(code=1000)
             except (RuntimeError, OSError):  # the provider left meanwhile
                 pass
+
+
+async def _handshake(provider: ProviderSocket, seconds: float) -> StreamStart:
+    """The provider's opening messages, or `HandshakeError` when they have not come in `seconds`
+    (a socket that never presents a token would otherwise stay open, uncounted)."""
+    try:
+        return await asyncio.wait_for(provider.handshake(), seconds)
+    except asyncio.TimeoutError:
+        raise HandshakeError(f"no stream token within {seconds:g} s") from None
 
 
 class MediaEndpoint:

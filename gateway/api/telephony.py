@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.api.body import BodyTooLarge, read_limited_body
 from gateway.api.context import GatewayContext
-from gateway.api.middleware import note_request
+from gateway.api.middleware import body_cut_short, note_request
 from gateway.api.problems import problem
 from gateway.api.scope import headers_of
 from gateway.api.urls import as_websocket, called_url, gateway_origin
@@ -196,11 +196,25 @@ def _count(verified: ProviderRequest | None, route: str, applied: AppliedUpdate)
         labelled(CALL_TRANSITIONS, applied.record.state.value).inc()
 
 
+async def _live_before_the_drain(ctx: GatewayContext, run_id: str | None) -> bool:
+    """A call placed before the drain began (its answer is not a new call): known live here,
+    or in the store and not ended."""
+    if run_id is None:
+        return False
+    if run_id in ctx.live_calls:
+        return True
+    try:
+        record = await ctx.store.get_call(run_id)
+    except StoreError:
+        return False
+    return record is not None and not record.state.terminal
+
+
 async def _answer(request: Request, workflow_id: str, user_id: str, run_id: str | None) -> Response:
     ctx = _context(request)
-    if ctx.draining:
-        raise Refusal(503, "this gateway instance is draining; new calls go to another instance")
     verified = await verify_provider_request(request, ctx)
+    if ctx.draining and not await _live_before_the_drain(ctx, run_id):
+        raise Refusal(503, "this gateway instance is draining; new calls go to another instance")
     update = _parse_update(verified, answer=True)
     seed = CallSeed(
         workflow_id=workflow_id, user_id=user_id, provider=verified.provider,
@@ -208,6 +222,7 @@ async def _answer(request: Request, workflow_id: str, user_id: str, run_id: str 
     )
     applied = await _store(ctx, update, run_id=run_id, seed=seed)
     record = applied.record
+    ctx.live_calls.note(record)
     RUN_ID.set(record.workflow_run_id)
     _count(verified, "answer", applied)
     log.info("answered %s call %s run=%s state=%s", verified.provider, update.provider_call_id, record.workflow_run_id, record.state.value)
@@ -243,6 +258,7 @@ async def status_callback(request: Request, body: bytes | None = None) -> Respon
     except Refusal as exc:
         labelled(PROVIDER_REQUESTS, "unknown", "status", f"refused_{exc.status}").inc()
         return problem(exc.status, exc.detail)
+    ctx.live_calls.note(applied.record)
     run = applied.record.workflow_run_id
     RUN_ID.set(run)
     _count(verified, "status", applied)
@@ -274,6 +290,8 @@ async def _status_callback_direct(scope: dict[str, Any], receive: Any, send: Any
     request = Request(scope, receive)
     try:
         body = await read_limited_body(request)
+    except ClientDisconnect:
+        return body_cut_short(scope)  # nothing to answer: the client is gone
     except BodyTooLarge as exc:
         labelled(PROVIDER_REQUESTS, "unknown", "status", "refused_413").inc()
         await problem(413, str(exc))(scope, receive, send)

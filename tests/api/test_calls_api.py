@@ -186,7 +186,7 @@ async def test_bad_requests_name_the_problem(gateway, fakes):
     no_from = await asyncio.to_thread(place, server, **{"from": None})
     assert no_from.status_code == 400 and "from: required" in no_from.json()["detail"]
     not_json = await asyncio.to_thread(api, server, "POST", "/api/v1/calls", content=b"to=1")
-    assert not_json.status_code == 400 and "not valid JSON" in not_json.json()["detail"]
+    assert not_json.status_code == 400 and "invalid JSON" in not_json.json()["detail"]
     unauthenticated = await asyncio.to_thread(httpx.post, server.url + "/api/v1/calls", json={})
     assert unauthenticated.status_code == 401
     assert twilio.of("create") == []
