@@ -45,11 +45,20 @@ def test_unset_variable_names_key_and_variable():
         ({"store": "mysql://x"}, r"store: "),
         ({"trusted_proxies": ["not-a-cidr"]}, r"trusted_proxies\[0\]"),
         ([1, 2], r"must be a mapping"),
+        ({"delivery": {"lease_seconds": 35}, "webhooks": [{"name": "slow", "events": ["call.*"], "url": "https://h.example/x",
+                                                         "timeout": 30}]},
+         r"delivery\.lease_seconds: 35 is shorter than the longest webhook timeout \(slow: 30 s\) \+ 10 s"),
     ],
 )
 def test_errors_name_the_key(data, message):
     with pytest.raises(ConfigError, match=message):
         parse_config(data, env={})
+
+
+def test_a_lease_that_covers_the_longest_timeout_is_accepted():
+    hook = {"name": "slow", "events": ["call.*"], "url": "https://h.example/x", "timeout": 30}
+    assert parse_config({"delivery": {"lease_seconds": 40}, "webhooks": [hook]}, env={}).delivery.lease_seconds == 40
+    assert parse_config({"delivery": {"lease_seconds": 0}, "webhooks": [hook]}, env={}).delivery.lease_seconds == 0
 
 
 def test_bad_yaml_and_missing_file(tmp_path):
