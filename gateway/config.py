@@ -19,6 +19,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from gateway.media.agent import AgentProtocol
+from gateway.webhooks.deadlines import LEASE_MARGIN, shortest_lease
 from gateway.webhooks.signing import decode_signing_secret
 from gateway.webhooks.subscription import (
     RetryPolicy,
@@ -115,7 +116,7 @@ class DeliveryConfig(_Model):
 
     concurrency: int = Field(8, ge=1, le=256)  # in-flight attempts per subscription
     prefetch: int = Field(4, ge=1, le=64)  # rows taken ahead per subscription: prefetch x concurrency
-    lease_seconds: float = Field(0, ge=0)  # 0: the subscription's timeout + 30 s
+    lease_seconds: float = Field(0, ge=0)  # 0: the longest webhook timeout + 30 s; else at least that timeout + 10 s
     poll_seconds: float = Field(1.0, gt=0, le=60)
     disable_after_failures: int = Field(50, ge=1)  # consecutive failed attempts...
     disable_after_seconds: float = Field(3600, ge=0)  # ...spanning at least this long
@@ -354,6 +355,14 @@ def _with_workflows(config: GatewayConfig) -> GatewayConfig:
     if duplicates:
         raise ConfigError(f"webhooks: subscription name {duplicates[0]!r} is used twice (workflows included)")
     config = config.model_copy(update={"webhooks": subscriptions})
+    lease = config.delivery.lease_seconds
+    if lease and lease < (shortest := shortest_lease(s.timeout for s in subscriptions)):
+        slowest = max(subscriptions, key=lambda s: s.timeout)
+        raise ConfigError(
+            f"delivery.lease_seconds: {lease:g} is shorter than the longest webhook timeout ({slowest.name}: "
+            f"{slowest.timeout:g} s) + {LEASE_MARGIN:g} s; an attempt could outlive its lease and the delivery be "
+            f"sent twice (use at least {shortest:g}, or 0 for the timeout + 30 s)"
+        )
     available = config.secret_values()
     for index, subscription in enumerate(subscriptions):
         for name in sorted(subscription.secret_names()):

@@ -48,6 +48,9 @@ def test_unset_variable_names_key_and_variable():
         ({"limits": {"media_token_seconds": "soon"}}, r"limits\.media_token_seconds: "),
         ({"limits": {"max_unverified_media_sockets": 0}}, r"limits\.max_unverified_media_sockets: "),
         ([1, 2], r"must be a mapping"),
+        ({"delivery": {"lease_seconds": 35}, "webhooks": [{"name": "slow", "events": ["call.*"], "url": "https://h.example/x",
+                                                         "timeout": 30}]},
+         r"delivery\.lease_seconds: 35 is shorter than the longest webhook timeout \(slow: 30 s\) \+ 10 s"),
     ],
 )
 def test_errors_name_the_key(data, message):
@@ -79,6 +82,12 @@ def test_an_empty_webhook_secret_from_the_environment_is_refused_naming_it(monke
     monkeypatch.setenv("GATEWAY_SECRET_CRM", "")
     with pytest.raises(ConfigError, match=r"webhooks\[0\] \(crm\): secret 'CRM' is empty"):
         parse_config(data, env={})
+
+
+def test_a_lease_that_covers_the_longest_timeout_is_accepted():
+    hook = {"name": "slow", "events": ["call.*"], "url": "https://h.example/x", "timeout": 30}
+    assert parse_config({"delivery": {"lease_seconds": 40}, "webhooks": [hook]}, env={}).delivery.lease_seconds == 40
+    assert parse_config({"delivery": {"lease_seconds": 0}, "webhooks": [hook]}, env={}).delivery.lease_seconds == 0
 
 
 def test_bad_yaml_and_missing_file(tmp_path):

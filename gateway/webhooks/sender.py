@@ -16,10 +16,16 @@ envelope, which is the delivery's event (the API shows it with the delivery).
 The template context gets `event` (the envelope) unless the caller already set it.
 
 `send_attempt` sends through the endpoint's guarded connection pool (`clients.Http1Pool`),
-without following redirects, within the subscription's timeout, reads at most `MAX_BODY_BYTES`
-of the answer and classifies it. For OAuth2 it gets the token first (through the endpoint's
-guarded httpx client) and, after a 401, invalidates it and sends once more; `latency_ms` covers
-the whole attempt, token fetch included.
+without following redirects, reads at most `MAX_BODY_BYTES` of the answer and classifies it.
+For OAuth2 it gets the token first (through the endpoint's guarded httpx client) and, after a
+401, invalidates it and sends once more. The whole attempt, token fetch, waiting for another
+attempt's fetch and the resend included, ends within the subscription's timeout (an attempt
+must end inside its lease); `latency_ms` covers all of it.
+
+Whatever the endpoint answers is data: the body is parsed as JSON only within bounds
+(`MAX_BODY_BYTES`, `MAX_JSON_DEPTH` levels); a body that is not (or not readable) JSON leaves the
+success rule and response mapping nothing to look at, and the attempt's record says so when
+either wanted it.
 """
 
 from __future__ import annotations
@@ -65,6 +71,7 @@ from gateway.webhooks.templates import Redactor, Renderer, TemplateError
 
 RESPONSE_TEXT_LIMIT = 2048
 MAX_BODY_BYTES = 256 * 1024
+MAX_JSON_DEPTH = 64  # deeper answers are not parsed (and could not be stored: orjson writes 255 levels at most)
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
@@ -120,6 +127,7 @@ class AttemptResult:
     error: str | None
     retry_after: float | None
     request: dict[str, Any]
+    unparsed: str | None = None  # why a non-empty answer was not read as JSON (too deep, too long, not JSON)
 
     @property
     def success(self) -> bool:
@@ -262,20 +270,14 @@ def build_request(
     )
 
 
-async def _exchange(
-    pool: Http1Pool, prepared: PreparedRequest, headers: Mapping[str, str], timeout: float
-) -> Answer:
-    async with asyncio.timeout(timeout):
-        return await pool.request(prepared.method, prepared.url, headers, prepared.body, max_body=MAX_BODY_BYTES)
-
-
-def _parse_json(body: bytes) -> Any:
+def _parse_json(body: bytes) -> tuple[Any, str | None]:
+    """The answer's JSON, or None and why not (None for an empty body: nothing to say)."""
     if not body.strip():
-        return None
+        return None, None
     try:
-        return jsontext.loads(body)
-    except ValueError:
-        return None
+        return jsontext.loads_bounded(body, max_depth=MAX_JSON_DEPTH, max_bytes=MAX_BODY_BYTES), None
+    except ValueError as error:
+        return None, str(error)
 
 
 def _error_kind(error: BaseException) -> str:
@@ -299,13 +301,14 @@ async def _exchange_with_token(
     tokens: list[str],
 ) -> Answer:
     """One exchange, first setting a (cached) OAuth2 bearer token when the grant needs one
-    (the token request goes through the endpoint's guarded httpx client)."""
+    (the token request goes through the endpoint's guarded httpx client). The caller bounds
+    it in time."""
     if prepared.oauth2 is not None:
         client = clients.client_for(subscription, prepared.certificate)
         token = await clients.tokens.token(prepared.oauth2, client, timeout=subscription.timeout)
         tokens.append(token)
         headers["Authorization"] = f"Bearer {token}"
-    return await _exchange(pool, prepared, headers, subscription.timeout)
+    return await pool.request(prepared.method, prepared.url, headers, prepared.body, max_body=MAX_BODY_BYTES)
 
 
 async def send_attempt(
@@ -318,16 +321,17 @@ async def send_attempt(
     answer: Answer | None = None
     failure: BaseException | None = None
     try:
-        pool = clients.pool_for(subscription, prepared.certificate)
-        answer = await _exchange_with_token(
-            clients, pool, prepared, subscription, headers, tokens
-        )
-        if answer.status == 401 and prepared.oauth2 is not None:
-            clients.tokens.invalidate(prepared.oauth2, tokens[-1])
-            answer = None
+        async with asyncio.timeout(subscription.timeout):  # the whole attempt, token fetches included
+            pool = clients.pool_for(subscription, prepared.certificate)
             answer = await _exchange_with_token(
                 clients, pool, prepared, subscription, headers, tokens
             )
+            if answer.status == 401 and prepared.oauth2 is not None:
+                clients.tokens.invalidate(prepared.oauth2, tokens[-1])
+                answer = None
+                answer = await _exchange_with_token(
+                    clients, pool, prepared, subscription, headers, tokens
+                )
     except (DestinationRefused, AuthError, httpx.HTTPError, TimeoutError, OSError) as error:
         failure = error
     latency_ms = round((time.perf_counter() - started) * 1000, 3)
@@ -349,7 +353,7 @@ async def send_attempt(
             request=request_view,
         )
     text = redactor.text(answer.body.decode("utf-8", "replace"))[:RESPONSE_TEXT_LIMIT]
-    body_json = _parse_json(answer.body)
+    body_json, unparsed = _parse_json(answer.body)
     return AttemptResult(
         outcome=classify_response(answer.status, body_json, subscription.success),
         status=answer.status,
@@ -359,4 +363,5 @@ async def send_attempt(
         error=None,
         retry_after=parse_retry_after(answer.headers.get("retry-after"), time.time()),
         request=request_view,
+        unparsed=unparsed,
     )

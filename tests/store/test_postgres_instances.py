@@ -90,3 +90,28 @@ async def test_one_leader_per_database_and_takeover():
             assert await b.hold_leadership("campaign-runner") is True
         finally:
             await b.close()
+
+
+async def test_two_instances_claim_fairly_past_one_subscriptions_backlog():
+    """900 due rows of a slow endpoint (room 2 on each instance) and 5 of another (room 10):
+    the two instances claiming at once take 2 + 2 of the first and all 5 of the second,
+    none twice."""
+    async with postgres_schema_url() as url:
+        a, b = await two_stores(url)
+        try:
+            routes = [Route("slow", ("backlog.slow",), ordered=False), Route("fast", ("backlog.fast",), ordered=False)]
+            for store in (a, b):
+                store.set_fanout(EventFanout(routes))
+            await a.apply_update(CallUpdate(provider="twilio", provider_call_id="C1", raw_status="ringing",
+                                            state=CallState.RINGING, params={}), run_id="r1")
+            await a.record_activity("r1", source="test", kind="backlog", data={}, events=[("backlog.slow", {})] * 900)
+            await b.record_activity("r1", source="test", kind="backlog", data={}, events=[("backlog.fast", {})] * 5)
+            now = datetime.now(timezone.utc)
+            claims = await asyncio.gather(*(
+                store.claim_deliveries(owner, now=now, lease_seconds=60, capacity={"slow": 2, "fast": 10})
+                for store, owner in ((a, "wa"), (b, "wb"))))
+            got = [d for batch in claims for d in batch]
+            assert len({d.id for d in got}) == len(got)
+            assert sorted(d.subscription for d in got) == ["fast"] * 5 + ["slow"] * 4
+        finally:
+            await asyncio.gather(a.close(), b.close())

@@ -267,8 +267,8 @@ def test_retry_and_replay_through_the_api(gateway_server):
 def test_kill_9_mid_delivery_then_restart_delivers_everything(gateway_process, tmp_path):
     slow = {"delay": 3.0}
     with Receiver(lambda n, path: (200, {}, b"{}", slow["delay"])) as receiver:
-        config = base_config(tmp_path, webhooks=[subscription(receiver, timeout=10)],
-                             delivery={"lease_seconds": 2})
+        config = base_config(tmp_path, webhooks=[subscription(receiver, timeout=4)],
+                             delivery={"lease_seconds": 14})  # the shortest the timeout allows: the killed leases end soon
         proc = gateway_process(config)
         runs = [f"run-k{i}" for i in range(5)]
         for run in runs:
