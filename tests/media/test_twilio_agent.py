@@ -16,6 +16,9 @@ import numpy as np
 import pytest
 import uvicorn
 from hypothesis import given, settings
+from pipecat.frames.frames import InputAudioRawFrame, InputDTMFFrame, OutputAudioRawFrame
+from pipecat.runner.utils import parse_telephony_websocket
+from pipecat.serializers.twilio import TwilioFrameSerializer
 from hypothesis import strategies as st
 from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
@@ -115,10 +118,6 @@ class PipecatBot:
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
 
     async def handler(self, websocket) -> None:
-        from pipecat.frames.frames import InputAudioRawFrame, InputDTMFFrame, OutputAudioRawFrame
-        from pipecat.runner.utils import parse_telephony_websocket
-        from pipecat.serializers.twilio import TwilioFrameSerializer
-
         await websocket.accept()
         transport, call = await parse_telephony_websocket(websocket)
         self.detected.append((transport, call))
