@@ -43,6 +43,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
+    from gateway.redact import redact_url
+
     config = _load(args.config)
     providers = [name for name in ("twilio", "vonage") if getattr(config.providers, name)]
     print("config OK")
@@ -55,9 +57,9 @@ def _check_config(args: argparse.Namespace) -> int:
         if config.tunnel.log_file:
             where += f", then {config.tunnel.log_file}"
         print(f"  tunnel: cloudflared quick tunnel looked for at {where}")
-    print(f"  store: {config.store}")
+    print(f"  store: {redact_url(config.store)}")
     print(f"  providers: {', '.join(providers) or 'none configured'}")
-    print(f"  agent: {config.agent.url} ({config.agent.audio.encoding}/{config.agent.audio.sample_rate})")
+    print(f"  agent: {redact_url(config.agent.url)} ({config.agent.audio.encoding}/{config.agent.audio.sample_rate})")
     print(f"  api_key: {'set' if config.api_key else 'not set (development secret will be generated)'}")
     print(f"  webhooks: {len(config.webhooks)}")
     return 0

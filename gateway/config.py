@@ -18,6 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
+from gateway.redact import credential_forms, is_credential_header, url_secrets
 from gateway.webhooks.signing import decode_signing_secret
 from gateway.webhooks.subscription import (
     RetryPolicy,
@@ -230,7 +231,8 @@ class GatewayConfig(_Model):
 
     def secret_strings(self) -> list[str]:
         """Every secret value the process may hold, for the log redactor: provider credentials,
-        `{{secret.NAME}}` values, signing secrets, `api_key` and `secret_key`."""
+        `{{secret.NAME}}` values, signing secrets, `api_key` and `secret_key`, the credentials in
+        the store and agent URLs and the agent's credential headers."""
         out: list[str] = []
         for provider in (self.providers.twilio, self.providers.vonage):
             for name in ("auth_token", "signature_secret", "private_key"):
@@ -240,6 +242,9 @@ class GatewayConfig(_Model):
         out += list(self.secret_values().values())
         out += [key for sub in self.webhooks for key in getattr(sub.signing, "secrets", [])]
         out += [v.get_secret_value() for v in (self.api_key, self.secret_key) if v is not None]
+        out += url_secrets(self.store) + url_secrets(self.agent.url)  # a user:pass@ or ?token= in a URL
+        out += [form for name, value in self.agent.headers.items() if is_credential_header(name)
+                for form in credential_forms(value)]
         return out
 
     @field_validator("public_url")

@@ -27,6 +27,7 @@ from gateway.media.recording import CallRecorder, recording_enabled, recording_p
 from gateway.media.session import MediaSession, SessionOptions
 from gateway.media.token import check_stream_token
 from gateway.providers import twilio, vonage
+from gateway.redact import redact_url
 
 log = logging.getLogger("gateway.media")
 
@@ -127,7 +128,7 @@ async def media_socket(ws: WebSocket, receive: Receive | None = None, send: Send
         links=links,
         on_hangup=hang_up,
     )
-    log.info("media started run=%s provider=%s stream=%s agent=%s", run_id, provider_name, provider.stream_id, agent.url)
+    log.info("media started run=%s provider=%s stream=%s agent=%s", run_id, provider_name, provider.stream_id, redact_url(agent.url))
     MEDIA.add(session.counters)
     ctx.sessions.add(run_id, session)
     try:

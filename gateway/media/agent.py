@@ -14,6 +14,7 @@ from typing import Any, Mapping
 import websockets
 
 from gateway.media.agent_socket import AgentSocket, SocketClosed
+from gateway.redact import Redactor, credential_forms, is_credential_header, redact_url, url_secrets
 
 
 class AgentUnavailable(Exception):
@@ -55,6 +56,10 @@ class WebSocketAgentLink(AgentLink):
                  max_message_bytes: int = 1 << 20, write_limit: int = 64 * 1024) -> None:
         self.url = url
         self.headers = dict(headers or {})
+        # Its failures become log lines, the timeline's `agent.failed` and `call.agent_failed`:
+        # the URL's and the credential headers' secrets are taken out of their text first.
+        self._redactor = Redactor([*url_secrets(url), *(form for name, value in self.headers.items()
+                                                        if is_credential_header(name) for form in credential_forms(value))])
         self.connect_timeout = connect_timeout
         self.max_message_bytes = max_message_bytes
         self.write_limit = write_limit
@@ -68,19 +73,22 @@ class WebSocketAgentLink(AgentLink):
             self._socket.send_text(json.dumps(start))
         except (OSError, asyncio.TimeoutError, SocketClosed, websockets.exceptions.WebSocketException) as exc:
             await self.close()
-            raise AgentUnavailable(f"cannot connect to agent at {self.url}: {type(exc).__name__}: {exc}") from None
+            raise self._unavailable(f"cannot connect to agent at {redact_url(self.url)}: {type(exc).__name__}: {exc}") from None
+
+    def _unavailable(self, reason: str) -> AgentUnavailable:
+        return AgentUnavailable(self._redactor.text(reason))
 
     def send_audio(self, frame: bytes) -> None:
         try:
             self._socket.send_bytes(frame)  # type: ignore[union-attr]
         except (SocketClosed, AttributeError) as exc:
-            raise AgentUnavailable(str(exc) or "agent link is closed") from None
+            raise self._unavailable(str(exc) or "agent link is closed") from None
 
     async def send_message(self, message: Mapping[str, Any]) -> None:
         try:
             self._socket.send_text(json.dumps(message))  # type: ignore[union-attr]
         except (SocketClosed, AttributeError) as exc:
-            raise AgentUnavailable(str(exc) or "agent link is closed") from None
+            raise self._unavailable(str(exc) or "agent link is closed") from None
 
     def congested(self) -> bool:
         return self._socket is not None and self._socket.buffered() > self.write_limit
@@ -91,7 +99,7 @@ class WebSocketAgentLink(AgentLink):
         try:
             return await self._socket.receive()
         except SocketClosed as exc:
-            raise AgentUnavailable(str(exc)) from None
+            raise self._unavailable(str(exc)) from None
 
     async def close(self) -> None:
         if self._socket is not None:
