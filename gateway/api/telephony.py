@@ -174,7 +174,8 @@ async def _store(ctx: GatewayContext, update: CallUpdate, *, run_id: str | None,
 
 def _answer_response(ctx: GatewayContext, verified: ProviderRequest, workflow_id: str, user_id: str, run_id: str) -> Response:
     ws_url = as_websocket(verified.origin) + WS_PATH.format(workflow_id=workflow_id, user_id=user_id, workflow_run_id=run_id)
-    token = mint_stream_token(ctx.secret_key, run_id, now=ctx.clock(), ttl=ctx.config.stream_token_ttl)
+    token = mint_stream_token(ctx.secret_key, run_id, now=ctx.clock(), ttl=ctx.config.stream_token_ttl,
+                              workflow_id=workflow_id, user_id=user_id)
     parameters = {"workflow_id": workflow_id, "user_id": user_id, "workflow_run_id": run_id, "stream_token": token}
     insecure = ws_url.startswith("ws://")
     if insecure:

@@ -280,9 +280,14 @@ class Store(abc.ABC):
         gathered_context: dict[str, Any] | None = None,
         annotations: dict[str, Any] | None = None,
         media: dict[str, Any] | None = None,
+        session: str | None = None,
     ) -> list[Event]:
         """Append a gateway-side timeline entry (media start/end, agent messages), merge
-        context, and write `events` (type, extra data) in one transaction. Unknown run: StoreError."""
+        context, and write `events` (type, extra data) in one transaction. Unknown run: StoreError.
+
+        `session`: the media session writing, held to `gateway.store.activity.admit_activity`
+        (one session per call, nothing changes after the call's end; `media.connected` to a
+        finished call raises `CallEnded`). Returns the events written."""
 
     @abc.abstractmethod
     async def get_call(self, run_id: str) -> CallRecord | None:

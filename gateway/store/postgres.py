@@ -38,6 +38,7 @@ from gateway.store.base import (
     event_data,
     health_changes,
 )
+from gateway.store.activity import admit_activity
 from gateway.store.migrations import MIGRATIONS
 from gateway.store.postgres_campaigns import PostgresCampaigns
 from gateway.store.paging import POSTGRES, page_query, split_page
@@ -350,22 +351,27 @@ class PostgresStore(PostgresCampaigns, Store):
 
     async def record_activity(self, run_id: str, *, source: str, kind: str, data: dict[str, Any],
                               events: Sequence[tuple[str, dict[str, Any]]] = (), gathered_context: dict[str, Any] | None = None,
-                              annotations: dict[str, Any] | None = None, media: dict[str, Any] | None = None) -> list[Event]:
+                              annotations: dict[str, Any] | None = None, media: dict[str, Any] | None = None,
+                              session: str | None = None) -> list[Event]:
         async def tx(conn: asyncpg.Connection) -> list[Event]:
             now = utcnow()
             record = await self._load(conn, run_id, lock=True)
             if record is None:
                 raise StoreError(f"unknown workflow_run_id {run_id!r}")
-            if gathered_context or annotations or media:
-                record.gathered_context.update(gathered_context or {})
-                record.annotations.update(annotations or {})
-                record.media.update(media or {})
+            admitted = admit_activity(record, kind=kind, session=session, events=events,
+                                      gathered_context=gathered_context, annotations=annotations, media=media)
+            if admitted is None:
+                return []
+            if admitted.gathered_context or admitted.annotations or admitted.media:
+                record.gathered_context.update(admitted.gathered_context or {})
+                record.annotations.update(admitted.annotations or {})
+                record.media.update(admitted.media or {})
                 record.updated_at = now
                 await conn.execute(_UPSERT_CALL, *_record_params(record))
             await self._insert_timeline(conn, run_id, now, source=source, kind=kind, outcome="recorded", raw_status=None,
                                         state=None, sequence=None, data=data)
             emitted = [Event(type=name, workflow_run_id=run_id, occurred_at=now, data=event_data(record, extra))
-                       for name, extra in events]
+                       for name, extra in admitted.events]
             await self._insert_events(conn, emitted, leased)
             return emitted
 

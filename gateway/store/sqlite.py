@@ -57,6 +57,7 @@ from gateway.store.base import (
     event_data,
     health_changes,
 )
+from gateway.store.activity import admit_activity
 from gateway.store.migrations import MIGRATIONS
 from gateway.store.paging import SQLITE, page_query, split_page
 from gateway.store.sqlite_campaigns import SQLiteCampaigns
@@ -609,6 +610,7 @@ class SQLiteStore(SQLiteCampaigns, Store):
         gathered_context: dict[str, Any] | None = None,
         annotations: dict[str, Any] | None = None,
         media: dict[str, Any] | None = None,
+        session: str | None = None,
     ) -> Transaction:
         """`record_activity`'s transaction: (events, rows queued, rows leased)."""
         def tx(conn: sqlite3.Connection) -> tuple[list[Event], int, list[Delivery]]:
@@ -616,17 +618,21 @@ class SQLiteStore(SQLiteCampaigns, Store):
             record = self._load(conn, run_id)
             if record is None:
                 raise StoreError(f"unknown workflow_run_id {run_id!r}")
-            if gathered_context or annotations or media:
-                record.gathered_context.update(gathered_context or {})
-                record.annotations.update(annotations or {})
-                record.media.update(media or {})
+            admitted = admit_activity(record, kind=kind, session=session, events=events,
+                                      gathered_context=gathered_context, annotations=annotations, media=media)
+            if admitted is None:
+                return [], 0, []
+            if admitted.gathered_context or admitted.annotations or admitted.media:
+                record.gathered_context.update(admitted.gathered_context or {})
+                record.annotations.update(admitted.annotations or {})
+                record.media.update(admitted.media or {})
                 record.updated_at = now
                 conn.execute(_UPSERT_CALL, _record_params(record))
             self._insert_timeline(conn, run_id, now, source=source, kind=kind, outcome="recorded",
                                   raw_status=None, state=None, sequence=None, data=data)
             emitted = [
                 Event(type=name, workflow_run_id=run_id, occurred_at=now, data=event_data(record, extra))
-                for name, extra in events
+                for name, extra in admitted.events
             ]
             leased: list[Delivery] = []
             return emitted, self._insert_events(conn, emitted, leased), leased

@@ -52,8 +52,9 @@ def test_twilio_initial_webhook_answers_twiml_and_creates_call(gateway_server):
     assert url == f"ws://127.0.0.1:{server.port}/api/v1/telephony/ws/wf-1/user-1/run-1"
     assert params["workflow_id"] == "wf-1" and params["user_id"] == "user-1" and params["workflow_run_id"] == "run-1"
     key = server.app.state.gateway.secret_key
-    assert check_stream_token(key, "run-1", params["stream_token"], now=__import__("time").time()) is None
-    assert check_stream_token(key, "run-2", params["stream_token"], now=__import__("time").time()) is not None
+    ids = {"workflow_id": "wf-1", "user_id": "user-1", "now": __import__("time").time()}
+    assert check_stream_token(key, "run-1", params["stream_token"], **ids) is None
+    assert check_stream_token(key, "run-2", params["stream_token"], **ids) is not None
     call = admin_get(server, "/api/v1/calls/run-1").json()
     assert call["state"] == "ringing" and call["provider"] == "twilio" and call["workflow_id"] == "wf-1"
     assert call["from"] == "+15551230000" and call["provider_call_id"] == "CA" + "a" * 32
