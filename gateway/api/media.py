@@ -40,7 +40,7 @@ log = logging.getLogger("gateway.media")
 POLICY_VIOLATION = 1008
 
 
-def _upgrade_refusal(ws: WebSocket, ctx: GatewayContext) -> tuple[str | None, str]:
+async def _upgrade_refusal(ws: WebSocket, ctx: GatewayContext) -> tuple[str | None, str]:
     """(refusal reason or None, provider name) for the upgrade request."""
     for name in ("workflow_id", "user_id", "workflow_run_id"):
         if not _PATH_ID.match(ws.path_params[name]):
@@ -62,9 +62,15 @@ def _upgrade_refusal(ws: WebSocket, ctx: GatewayContext) -> tuple[str | None, st
         if settings is None:
             return "vonage is not configured on this gateway", "vonage"
         verdict = vonage.verify_vonage_jwt(
-            authorization, settings.signature_secret.get_secret_value(), b"", now=ctx.clock(), replay=ctx.replay_guard,
+            authorization, settings.signature_secret.get_secret_value(), b"", now=ctx.clock(), replay=None,
             window_seconds=settings.jwt_window, api_key=settings.api_key, application_id=settings.application_id,
         )
+        if verdict.ok:
+            try:
+                verdict = await ctx.unreplayed(verdict, settings.jwt_window)
+            except StoreError as exc:
+                log.error("could not check a vonage media upgrade for replay: %s", exc)
+                return "the gateway could not check the token for replay", "vonage"
         if not verdict.ok:
             log.warning("refused vonage media upgrade %s: %s", ws.url.path, verdict.reason)
             return f"vonage signature check failed: {verdict.reason}", "vonage"
@@ -114,7 +120,7 @@ async def media_socket(ws: WebSocket, receive: Receive | None = None, send: Send
     terminal state gets none.
     """
     ctx: GatewayContext = ws.app.state.gateway
-    refusal, provider_name = _upgrade_refusal(ws, ctx)
+    refusal, provider_name = await _upgrade_refusal(ws, ctx)
     if refusal is not None:
         await ws.close(code=POLICY_VIOLATION, reason=refusal[:120])
         return

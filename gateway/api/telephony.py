@@ -124,12 +124,18 @@ async def verify_provider_request(request: Request, ctx: GatewayContext, body: b
         else:
             verdict = vonage.verify_vonage_jwt(
                 headers.get("authorization"), settings.signature_secret.get_secret_value(), body,
-                now=ctx.clock(), replay=ctx.replay_guard, window_seconds=settings.jwt_window,
+                now=ctx.clock(), replay=None, window_seconds=settings.jwt_window,
                 api_key=settings.api_key, application_id=settings.application_id,
             )
             fields = {}
     except BadRequest as exc:
         raise Refusal(400, f"malformed {provider} request: {exc}") from None
+    if verdict.ok and provider == "vonage":  # before anything of the request is stored
+        try:
+            verdict = await ctx.unreplayed(verdict, settings.jwt_window)
+        except StoreError as exc:
+            log.error("could not check a vonage token for replay: %s", exc)
+            raise Refusal(503, f"the gateway could not check this request for replay ({exc}); send it again") from None
     if not verdict.ok:
         SIGNATURE_FAILURES.labels(provider).inc()
         log.warning(

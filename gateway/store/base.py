@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Callable, Mapping, Sequence
 
 from gateway.calls.lifecycle import CallUpdate
@@ -12,6 +12,8 @@ from gateway.calls.record import CallRecord, isoformat
 from gateway.events.envelope import Event
 from gateway.store.campaigns import Campaign, CampaignContact, CampaignEvent
 
+
+NONCE_PRUNE_EVERY = timedelta(seconds=60)  # how often a claim also deletes the expired ones
 
 CALL_JSON_FIELDS = ("initial_context", "gathered_context", "annotations", "cost_info", "media")
 CALL_TIME_FIELDS = ("started_at", "answered_at", "ended_at", "created_at", "updated_at")
@@ -288,6 +290,13 @@ class Store(abc.ABC):
         `session`: the media session writing, held to `gateway.store.activity.admit_activity`
         (one session per call, nothing changes after the call's end; `media.connected` to a
         finished call raises `CallEnded`). Returns the events written."""
+
+    @abc.abstractmethod
+    async def claim_nonce(self, nonce: str, *, expires_at: datetime, now: datetime) -> bool:
+        """True the first time `nonce` (a signed request's one-time id, e.g. a Vonage JWT's
+        `jti`) is claimed, or once its earlier claim expired; False for a replay. Claims hold
+        until `expires_at` across restarts and instances; expired ones are pruned as new ones
+        are made."""
 
     @abc.abstractmethod
     async def get_call(self, run_id: str) -> CallRecord | None:

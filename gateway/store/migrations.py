@@ -169,8 +169,17 @@ CREATE TABLE campaign_calls (
 CREATE INDEX campaign_calls_campaign ON campaign_calls (campaign_id, position);
 """
 
+_NONCES = """
+CREATE TABLE seen_nonces (
+    nonce             TEXT PRIMARY KEY,
+    expires_at        {ts} NOT NULL
+);
+CREATE INDEX seen_nonces_expiry ON seen_nonces (expires_at);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "calls, timeline, events", _CALLS.format(**_SQLITE), _CALLS.format(**_POSTGRES)),
     Migration(2, "webhook deliveries, attempts, endpoint health", _DELIVERIES.format(**_SQLITE), _DELIVERIES.format(**_POSTGRES)),
     Migration(3, "campaigns, their contacts and calls", _CAMPAIGNS.format(**_SQLITE), _CAMPAIGNS.format(**_POSTGRES)),
+    Migration(4, "signed-request ids seen (replay protection)", _NONCES.format(**_SQLITE), _NONCES.format(**_POSTGRES)),
 )

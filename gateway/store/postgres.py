@@ -23,6 +23,7 @@ from gateway.calls.states import CallState
 from gateway.events.envelope import Event, new_event_id
 from gateway.store.base import (
     CALL_COLUMNS,
+    NONCE_PRUNE_EVERY,
     AppliedUpdate,
     AttemptRecord,
     CallSeed,
@@ -139,6 +140,7 @@ class PostgresStore(PostgresCampaigns, Store):
         self.min_size, self.max_size = min_size, max_size
         self._pool: asyncpg.Pool | None = None
         self._listener: asyncpg.Connection | None = None
+        self._nonces_pruned: datetime | None = None
 
     # -- plumbing ---------------------------------------------------------------------
     @property
@@ -379,6 +381,19 @@ class PostgresStore(PostgresCampaigns, Store):
         emitted = await self._tx(tx)
         self._handover(leased)
         return emitted
+
+    async def claim_nonce(self, nonce: str, *, expires_at: datetime, now: datetime) -> bool:
+        async def tx(conn: asyncpg.Connection) -> bool:
+            if self._nonces_pruned is None or now - self._nonces_pruned >= NONCE_PRUNE_EVERY:
+                await conn.execute("DELETE FROM seen_nonces WHERE expires_at < $1", now)
+                self._nonces_pruned = now
+            inserted = await conn.fetchval(
+                "INSERT INTO seen_nonces (nonce, expires_at) VALUES ($1, $2) ON CONFLICT (nonce) DO UPDATE"
+                " SET expires_at = excluded.expires_at WHERE seen_nonces.expires_at < $3 RETURNING 1", nonce, expires_at, now,
+            )
+            return inserted == 1
+
+        return await self._tx(tx)
 
     # -- reads ------------------------------------------------------------------------
     async def get_call(self, run_id: str) -> CallRecord | None:

@@ -42,6 +42,7 @@ from gateway.store.base import (
     CALL_COLUMNS,
     CALL_JSON_FIELDS,
     CALL_TIME_FIELDS,
+    NONCE_PRUNE_EVERY,
     AppliedUpdate,
     AttemptRecord,
     CallSeed,
@@ -157,6 +158,7 @@ class SQLiteStore(SQLiteCampaigns, Store):
         self._drain_scheduled = False
         self._lock_fd: int | None = None  # the cross-process write lock, see the module docstring
         self._leases: dict[str, int] = {}  # rows leased to the direct dispatch in this group, by subscription
+        self._nonces_pruned: datetime | None = None
 
     # -- plumbing ---------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -638,6 +640,19 @@ class SQLiteStore(SQLiteCampaigns, Store):
             return emitted, self._insert_events(conn, emitted, leased), leased
 
         return tx
+
+    async def claim_nonce(self, nonce: str, *, expires_at: datetime, now: datetime) -> bool:
+        def tx(conn: sqlite3.Connection) -> bool:
+            at = _ts(now)
+            if self._nonces_pruned is None or now - self._nonces_pruned >= NONCE_PRUNE_EVERY:
+                conn.execute("DELETE FROM seen_nonces WHERE expires_at < ?", (at,))
+                self._nonces_pruned = now
+            return conn.execute(
+                "INSERT INTO seen_nonces (nonce, expires_at) VALUES (?, ?) ON CONFLICT (nonce) DO UPDATE"
+                " SET expires_at = excluded.expires_at WHERE seen_nonces.expires_at < ?", (nonce, _ts(expires_at), at),
+            ).rowcount == 1
+
+        return await self._write(tx)
 
     # -- reads ------------------------------------------------------------------------
     async def get_call(self, run_id: str) -> CallRecord | None:

@@ -126,6 +126,51 @@ async def test_one_media_session_owns_a_call_and_a_finished_call_stays_finished(
     assert [e.type for e in await store.list_events(run_id="m")][-2:] == [ev.CALL_COMPLETED, ev.CALL_ENDED]
 
 
+def another_instance(store):
+    """A second store on the same data: another gateway instance, or the same one restarted."""
+    from gateway.store.postgres import PostgresStore
+
+    return PostgresStore(store.url) if isinstance(store, PostgresStore) else SQLiteStore(store.path)
+
+
+async def test_a_nonce_is_claimed_once_across_instances_until_it_expires(store):
+    from datetime import datetime, timedelta, timezone
+
+    t0 = datetime(2026, 12, 7, 12, 0, tzinfo=timezone.utc)
+    until = t0 + timedelta(seconds=300)
+    assert await store.claim_nonce("vonage-jti:a", expires_at=until, now=t0)
+    assert not await store.claim_nonce("vonage-jti:a", expires_at=until, now=t0 + timedelta(seconds=1))
+    other = another_instance(store)
+    await other.open()
+    try:
+        assert not await other.claim_nonce("vonage-jti:a", expires_at=until, now=t0 + timedelta(seconds=299))
+        assert await other.claim_nonce("vonage-jti:b", expires_at=until, now=t0)
+        assert not await store.claim_nonce("vonage-jti:b", expires_at=until, now=t0)
+        later = until + timedelta(seconds=1)  # expired: claimable again, and the expired rows are pruned
+        assert await other.claim_nonce("vonage-jti:a", expires_at=later + timedelta(seconds=300), now=later)
+        assert not await store.claim_nonce("vonage-jti:a", expires_at=later + timedelta(seconds=300), now=later)
+        much_later = later + timedelta(seconds=3600)
+        assert await other.claim_nonce("vonage-jti:c", expires_at=much_later + timedelta(seconds=300), now=much_later)
+    finally:
+        await other.close()
+    restarted = another_instance(store)
+    await restarted.open()
+    try:
+        assert not await restarted.claim_nonce("vonage-jti:c", expires_at=much_later, now=much_later)
+        assert await nonces_left(restarted) == ["vonage-jti:c"]  # a and b expired and were pruned
+    finally:
+        await restarted.close()
+
+
+async def nonces_left(store) -> list[str]:
+    from gateway.store.postgres import PostgresStore
+
+    if isinstance(store, PostgresStore):
+        rows = await store._query(lambda conn: conn.fetch("SELECT nonce FROM seen_nonces ORDER BY nonce"))
+        return [r["nonce"] for r in rows]
+    return await store._read(lambda conn: [r["nonce"] for r in conn.execute("SELECT nonce FROM seen_nonces ORDER BY nonce")])
+
+
 async def test_data_survives_reopen_and_migrations_are_idempotent(tmp_path):
     path = str(tmp_path / "g.db")
     first = SQLiteStore(path)
