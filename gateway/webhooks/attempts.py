@@ -18,6 +18,7 @@ from typing import Any, Callable, Mapping
 
 from gateway.calls.record import CallRecord
 from gateway.events.envelope import Event
+from gateway.metrics import UNBUILDABLE, labelled
 from gateway.store.base import AttemptRecord, Delivery, DeliveryResult, Store
 from gateway.webhooks.clients import EndpointClients
 from gateway.webhooks.policy import Outcome, map_response, next_delay
@@ -118,6 +119,7 @@ class AttemptMaker:
                                      envelope_body=event.envelope_json())
         except RequestBuildError as exc:
             log.warning("delivery %s to %s cannot be built: %s", delivery.id, subscription.name, exc)
+            labelled(UNBUILDABLE, subscription.name).inc()
             return DeliveryResult("failed", AttemptRecord(utc(now), "fail", error=f"request could not be built: {exc}"),
                                   endpoint_ok=None)
         sent = await send_attempt(self.clients, prepared, subscription)

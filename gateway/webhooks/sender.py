@@ -25,6 +25,7 @@ the whole attempt, token fetch included.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -126,11 +127,25 @@ class AttemptResult:
         return self.outcome is Outcome.SUCCESS
 
 
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f]")  # RFC 9110 5.5: a field value has no control character but HTAB
+
+
+def header_value_problem(value: str) -> str | None:
+    """Why `value` cannot be sent as a header value (a line break would end the header and
+    start another: a smuggled header), or None."""
+    found = _CONTROL.search(value)
+    if found is None:
+        return None
+    return (f"the value has a control character (U+{ord(found.group()):04X} at {found.start()}), e.g. a line break"
+            " in call data it was rendered from; it was not sent")
+
+
 def _set_header(headers: dict[str, str], name: str, value: str) -> None:
     for existing in [key for key in headers if key.lower() == name.lower()]:
         del headers[existing]
-    if any(char in value for char in "\r\n\0"):
-        raise RequestBuildError(f"header {name}: value contains a line break or NUL")
+    problem = header_value_problem(value)
+    if problem is not None:
+        raise RequestBuildError(f"header {name}: {problem}")
     headers[name] = value
 
 
