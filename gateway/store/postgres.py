@@ -129,6 +129,12 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
                                   decoder=json.loads, schema="pg_catalog")
 
 
+async def _lock_runs(conn: asyncpg.Connection, run_ids: Sequence[str]) -> None:
+    """Take the calls' transaction-scoped run locks, in sorted order (every writer of a call's
+    events holds its lock: callbacks, media activity, replays)."""
+    await conn.executemany("SELECT pg_advisory_xact_lock(hashtext($1))", [(f"run:{run_id}",) for run_id in sorted(set(run_ids))])
+
+
 class PostgresStore(PostgresCampaigns, Store):
     """The scale-out store (campaigns: `PostgresCampaigns`)."""
 
@@ -326,7 +332,7 @@ class PostgresStore(PostgresCampaigns, Store):
             if update.provider_call_id:
                 await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"{update.provider}:{update.provider_call_id}")
             if run_id:
-                await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"run:{run_id}")
+                await _lock_runs(conn, [run_id])
             now = utcnow()
             current = await self._load(conn, run_id, lock=True) if run_id else None
             if current is None and update.provider_call_id:
@@ -356,6 +362,7 @@ class PostgresStore(PostgresCampaigns, Store):
                               annotations: dict[str, Any] | None = None, media: dict[str, Any] | None = None,
                               session: str | None = None) -> list[Event]:
         async def tx(conn: asyncpg.Connection) -> list[Event]:
+            await _lock_runs(conn, [run_id])  # as a callback of this call, and a replay, do
             now = utcnow()
             record = await self._load(conn, run_id, lock=True)
             if record is None:
@@ -594,6 +601,12 @@ class PostgresStore(PostgresCampaigns, Store):
     async def replay_deliveries(self, subscription: str, *, since: datetime, until: datetime, now: datetime,
                                 matches: Callable[[str], bool], ordered: bool) -> int:
         async def tx(conn: asyncpg.Connection) -> int:
+            # The calls' run locks first, as their callbacks take them: a callback writing a newer
+            # event of one of these calls waits for the replayed rows, so an ordered subscription
+            # queues it after them. Sorted, so two replays cannot deadlock.
+            runs = await conn.fetch("SELECT DISTINCT workflow_run_id FROM events WHERE occurred_at >= $1 AND occurred_at < $2"
+                                    " AND workflow_run_id IS NOT NULL", since, until)
+            await _lock_runs(conn, [r["workflow_run_id"] for r in runs])
             rows = await conn.fetch(
                 "SELECT e.seq, e.type, e.workflow_run_id, d.id AS delivery_id FROM events e"
                 " LEFT JOIN deliveries d ON d.event_seq = e.seq AND d.subscription = $1"
