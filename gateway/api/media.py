@@ -102,7 +102,8 @@ async def _claim(ctx: GatewayContext, record: CallRecord, session_id: str, start
     try:
         await ctx.store.record_activity(run_id, source="gateway", kind=MEDIA_CONNECTED, session=session_id,
                                         data={"stream_id": start.stream_id, "provider": provider_name,
-                                              "instance": INSTANCE_ID, "replaces": previous})
+                                              "instance": INSTANCE_ID, "replaces": previous},
+                                        media={"instance": INSTANCE_ID})
     except CallEnded as exc:
         raise HandshakeError(str(exc)) from None
     except StoreError as exc:
