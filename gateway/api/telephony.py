@@ -22,7 +22,7 @@ from gateway.api.middleware import note_request
 from gateway.api.problems import problem
 from gateway.api.scope import headers_of
 from gateway.api.urls import as_websocket, called_url, gateway_origin
-from gateway.calls.events import STATE_EVENT
+from gateway.calls.events import CALL_ENDED, STATE_EVENT
 from gateway.calls.lifecycle import CallUpdate
 from gateway.logs import RUN_ID
 from gateway.metrics import CALL_TRANSITIONS, PROVIDER_REQUESTS, SIGNATURE_FAILURES, labelled
@@ -253,9 +253,22 @@ async def status_callback(request: Request, body: bytes | None = None) -> Respon
     run = applied.record.workflow_run_id
     RUN_ID.set(run)
     _count(verified, "status", applied)
+    await _end_live_media(ctx, applied)
     note_request(request.scope, f"{verified.provider} callback run={run} status={update.raw_status} outcome={applied.outcome}"
                  f" events={','.join(e.type for e in applied.events) or '-'}", run)
     return Response(status_code=204)
+
+
+async def _end_live_media(ctx: GatewayContext, applied: AppliedUpdate) -> None:
+    """The call has just ended: its live media session, on whichever instance, ends too (the
+    provider closes the socket anyway; a socket that stays open must not go on recording)."""
+    media = applied.record.media
+    if not media.get("session") or media.get("ended") or not any(e.type == CALL_ENDED for e in applied.events):
+        return
+    try:
+        await ctx.store.publish_control(applied.record.workflow_run_id, "hangup", {"reason": "call ended"})
+    except StoreError as exc:  # the callback is stored: the provider's own close ends the session
+        log.warning("could not ask the media session of run=%s to end: %s", applied.record.workflow_run_id, exc)
 
 
 STATUS_PREFIX = STATUS_PATH.split("{", 1)[0]
