@@ -18,7 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
-from gateway.redact import credential_forms, is_credential_header, url_secrets
+from gateway.redact import header_secrets, url_secrets
 from gateway.webhooks.signing import decode_signing_secret
 from gateway.webhooks.subscription import (
     RetryPolicy,
@@ -243,8 +243,7 @@ class GatewayConfig(_Model):
         out += [key for sub in self.webhooks for key in getattr(sub.signing, "secrets", [])]
         out += [v.get_secret_value() for v in (self.api_key, self.secret_key) if v is not None]
         out += url_secrets(self.store) + url_secrets(self.agent.url)  # a user:pass@ or ?token= in a URL
-        out += [form for name, value in self.agent.headers.items() if is_credential_header(name)
-                for form in credential_forms(value)]
+        out += header_secrets(self.agent.headers)
         return out
 
     @field_validator("public_url")

@@ -117,6 +117,11 @@ def credential_forms(value: str) -> list[str]:
     return [v for v in out if v]
 
 
+def header_secrets(headers: Mapping[str, str]) -> list[str]:
+    """Every form of the credentials in `headers` (those whose name says they carry one)."""
+    return [form for name, value in headers.items() if is_credential_header(name) for form in credential_forms(value)]
+
+
 def basic_forms(username: str, password: str) -> list[str]:
     """A Basic credential's forms as it is sent (`base64(user:pass)`) and as it is known."""
     encoded = base64.b64encode(f"{username}:{password}".encode("utf-8")).decode("ascii")
@@ -157,13 +162,3 @@ class Redactor:
         if isinstance(value, (list, tuple)):
             return [self.value(v) for v in value]
         return value
-
-
-def url_redactor(url: str | None) -> Redactor:
-    """A `Redactor` for the credentials in `url` (userinfo password, credential query values)."""
-    return Redactor(url_secrets(url))
-
-
-def redact_in_url(text: str, url: str | None) -> str:
-    """`text` (which may quote `url`) with `url`'s credentials replaced."""
-    return url_redactor(url).text(text)

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 import websockets
 
 from gateway.media.agent_socket import AgentSocket, SocketClosed
-from gateway.redact import Redactor, credential_forms, is_credential_header, redact_url, url_secrets
+from gateway.redact import Redactor, header_secrets, redact_url, url_secrets
 
 
 class AgentUnavailable(Exception):
@@ -58,8 +58,7 @@ class WebSocketAgentLink(AgentLink):
         self.headers = dict(headers or {})
         # Its failures become log lines, the timeline's `agent.failed` and `call.agent_failed`:
         # the URL's and the credential headers' secrets are taken out of their text first.
-        self._redactor = Redactor([*url_secrets(url), *(form for name, value in self.headers.items()
-                                                        if is_credential_header(name) for form in credential_forms(value))])
+        self._redactor = Redactor([*url_secrets(url), *header_secrets(self.headers)])
         self.connect_timeout = connect_timeout
         self.max_message_bytes = max_message_bytes
         self.write_limit = write_limit
