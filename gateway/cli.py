@@ -8,6 +8,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.redact import redact_url
 
 if TYPE_CHECKING:
     from gateway.calls.record import CallRecord
@@ -43,8 +44,6 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    from gateway.redact import redact_url
-
     config = _load(args.config)
     providers = [name for name in ("twilio", "vonage") if getattr(config.providers, name)]
     print("config OK")
@@ -137,7 +136,7 @@ async def _webhook_test(config: GatewayConfig, name: str, event_type: str | None
         finally:
             await store.close()
         if call is None:
-            print(f"no call with workflow_run_id {run_id!r} in {config.store}", file=sys.stderr)
+            print(f"no call with workflow_run_id {run_id!r} in {redact_url(config.store)}", file=sys.stderr)
             return 2
     call = call or _sample_call("sample-run")
     kind = event_type or next((e for e in subscription.events if "*" not in e and "?" not in e), "call.ended")

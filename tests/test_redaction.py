@@ -171,3 +171,17 @@ def test_check_config_shows_no_credential(tmp_path):
     assert f"store: postgresql://gw:{REDACTED}@db.internal:5432/gw" in out.stdout
     assert f"agent: wss://agentuser:{REDACTED}@agent.example/ws?token={REDACTED}" in out.stdout
     assert "PgPw-5b1c9e77" not in out.stdout + out.stderr and not leaks(out.stdout + out.stderr)
+
+
+@pytest.mark.postgresql
+def test_webhooks_test_names_the_store_without_its_password(tmp_path):
+    from postgres_support import postgres_schema_url_sync
+
+    with postgres_schema_url_sync() as url:
+        hooks = [{"name": "crm", "events": ["call.ended"], "url": "http://127.0.0.1:9/hook", "allow_networks": ["127.0.0.0/8"]}]
+        path = tmp_path / "gateway.yaml"
+        path.write_text(yaml.safe_dump(base_config(tmp_path, store=url, webhooks=hooks)))
+        out = subprocess.run([sys.executable, "-m", "gateway.cli", "webhooks", "test", "crm", "--run", "no-such-run",
+                              "--config", str(path)], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert out.returncode == 2 and f"in {redact_url(url)}" in out.stderr and REDACTED in out.stderr, out.stderr
+    assert url.split("@")[0] not in out.stderr  # user:password@
