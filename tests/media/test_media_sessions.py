@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from support import API_KEY, TWILIO_SID, eventually, twilio_signature, twilio_status_callback
 from media.test_bridge import RUN, TwilioClient, admin_call, twilio_answer
@@ -135,3 +135,26 @@ async def test_the_live_session_ends_with_the_call_and_nothing_changes_after(gat
     assert ended["reason"] == "call ended" and call["media"]["frames_in"] == ended["frames_in"]
     types = await event_types(server)
     assert types[-1] == "call.ended" and types.count("call.started") == 1
+
+
+async def test_a_replayed_vonage_upgrade_jwt_is_refused_by_another_instance(gateway_server, store_config):
+    """A signed media upgrade's `jti` is claimed in the store like a callback's."""
+    from support import vonage_jwt
+
+    first = gateway_server(**store_config)
+    second = gateway_server(**store_config)
+    async with httpx.AsyncClient() as http:
+        answer = await http.get(first.url + f"/api/v1/telephony/webhook/wf-m/user-m/{RUN}",
+                                params={"uuid": "aaaaaaaa-0000-0000-0000-000000000002", "to": "1", "from": "2"},
+                                headers={"Authorization": f"Bearer {vonage_jwt(b'')}"})
+    endpoint = answer.json()[0]["endpoint"][0]
+    upgrade = {"Authorization": f"Bearer {vonage_jwt(b'')}"}  # the NCCO asked for signed upgrades
+    async with connect(endpoint["uri"], additional_headers=upgrade, compression=None, proxy=None) as ws:
+        await ws.send(json.dumps({"event": "websocket:connected", "content-type": endpoint["content-type"], **endpoint["headers"]}))
+        await ws.send(bytes(640))
+        await eventually(lambda: "media.connected" in kinds(admin_call(first)))
+    replayed_uri = endpoint["uri"].replace(first.url.replace("http", "ws"), second.url.replace("http", "ws"))
+    with pytest.raises(InvalidStatus) as refused:  # refused before the upgrade is accepted
+        await connect(replayed_uri, additional_headers=upgrade, compression=None, proxy=None)
+    assert refused.value.response.status_code == 403
+    assert kinds(admin_call(first)).count("media.connected") == 1
