@@ -158,3 +158,28 @@ async def test_a_replayed_vonage_upgrade_jwt_is_refused_by_another_instance(gate
         await connect(replayed_uri, additional_headers=upgrade, compression=None, proxy=None)
     assert refused.value.response.status_code == 403
     assert kinds(admin_call(first)).count("media.connected") == 1
+
+
+@pytest.mark.postgresql
+async def test_a_reconnect_to_another_instance_ends_the_session_on_the_first(gateway_server):
+    from postgres_support import postgres_schema_url
+
+    async with postgres_schema_url() as url:
+        first = gateway_server(store=url)
+        second = gateway_server(store=url)
+        ws_url, params = await twilio_answer(first)
+        old = await open_stream(ws_url, params, stream_sid="MZ" + "a" * 32)
+        for _ in range(3):
+            await old.media(FRAME)
+        await eventually(lambda: "media.started" in kinds(admin_call(first)))
+        new = await open_stream(ws_url.replace(f":{first.port}/", f":{second.port}/"), params, stream_sid="MZ" + "b" * 32)
+        assert await closed_code(old) == 1000  # told through the store (NOTIFY): replaced
+        await new.media(FRAME)
+        assert json.loads(await asyncio.wait_for(new.ws.recv(), 5))["streamSid"] == "MZ" + "b" * 32
+        await new.send({"event": "stop", "stop": {"accountSid": TWILIO_SID, "callSid": CALL_SID}})
+        await new.ws.wait_closed()
+        call = await eventually(lambda: (c := admin_call(second)) and c["media"].get("ended") and c)
+        assert call["media"]["stream_id"] == "MZ" + "b" * 32 and call["media"]["frames_in"] == 1
+        assert kinds(call).count("media.ended") == 1 and (await event_types(first)).count("call.started") == 1
+        for server in (first, second):
+            server.__exit__(None, None, None)
