@@ -22,18 +22,17 @@ from gateway.api.recordings import media_link
 from gateway.api.telephony import _PATH_ID, WS_PATH
 from gateway.api.urls import called_url, gateway_origin
 from gateway.audio import AudioFormat
-from gateway.media.agent import agent_link_for
 from gateway.calls.record import CallRecord
+from gateway.media.agent import agent_link_for
 from gateway.media.provider_socket import HandshakeError, ProviderSocket, StreamStart, TwilioSocket, VonageSocket
-from gateway.media.registry import INSTANCE_ID
 from gateway.media.recording import CallRecorder, recording_enabled, recording_path
+from gateway.media.registry import INSTANCE_ID
 from gateway.media.session import MediaSession, SessionOptions
 from gateway.media.token import check_stream_token
 from gateway.providers import twilio, vonage
 from gateway.redact import redact_url
 from gateway.store.activity import MEDIA_CONNECTED, CallEnded
 from gateway.store.base import StoreError
-from gateway.redact import redact_url
 
 log = logging.getLogger("gateway.media")
 

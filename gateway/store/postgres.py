@@ -132,7 +132,11 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 async def _lock_runs(conn: asyncpg.Connection, run_ids: Sequence[str]) -> None:
     """Take the calls' transaction-scoped run locks, in sorted order (every writer of a call's
     events holds its lock: callbacks, media activity, replays)."""
-    await conn.executemany("SELECT pg_advisory_xact_lock(hashtext($1))", [(f"run:{run_id}",) for run_id in sorted(set(run_ids))])
+    keys = [(f"run:{run_id}",) for run_id in sorted(set(run_ids))]
+    if len(keys) == 1:  # a callback's one lock: the plain statement it always was
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", *keys[0])
+    elif keys:
+        await conn.executemany("SELECT pg_advisory_xact_lock(hashtext($1))", keys)
 
 
 class PostgresStore(PostgresCampaigns, Store):
