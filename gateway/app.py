@@ -24,6 +24,7 @@ from gateway.config import ConfigError, GatewayConfig, with_dev_secrets
 from gateway.dial.setup import DialSetupError, build_dial_services
 from gateway.events.fanout import fanout_for
 from gateway.media.recording import RECORDINGS_DIR, sweep_recordings
+from gateway.redact import redact_url
 from gateway.store import Store, open_store_for
 from gateway.tunnel import detector_for
 from gateway.webhooks.processes import DeliveryProcesses
@@ -96,7 +97,7 @@ def create_app(config: GatewayConfig, *, store: Store | None = None) -> Starlett
             await ctx.tunnel.start()
         await dial.start()
         sweeper = asyncio.create_task(sweep_recordings(Path(config.data_dir) / RECORDINGS_DIR), name="recording-sweeper")
-        log.info("gateway ready: store=%s agent=%s providers=%s webhooks=%d", config.store, config.agent.url,
+        log.info("gateway ready: store=%s agent=%s providers=%s webhooks=%d", redact_url(config.store), redact_url(config.agent.url),
                  ",".join(name for name in ("twilio", "vonage") if getattr(config.providers, name)) or "none",
                  len(config.webhooks))
         try:

@@ -20,6 +20,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, Va
 
 from gateway.media.agent import AgentProtocol
 from gateway.webhooks.deadlines import LEASE_MARGIN, shortest_lease
+from gateway.redact import header_secrets, url_secrets
 from gateway.webhooks.signing import decode_signing_secret
 from gateway.webhooks.subscription import (
     RetryPolicy,
@@ -258,7 +259,8 @@ class GatewayConfig(_Model):
 
     def secret_strings(self) -> list[str]:
         """Every secret value the process may hold, for the log redactor: provider credentials,
-        `{{secret.NAME}}` values, signing secrets, `api_key` and `secret_key`."""
+        `{{secret.NAME}}` values, signing secrets, `api_key` and `secret_key`, the credentials in
+        the store and agent URLs and the agent's credential headers."""
         out: list[str] = []
         for provider in (self.providers.twilio, self.providers.vonage):
             for name in ("auth_token", "signature_secret", "private_key"):
@@ -268,6 +270,8 @@ class GatewayConfig(_Model):
         out += list(self.secret_values().values())
         out += [key for sub in self.webhooks for key in getattr(sub.signing, "secrets", [])]
         out += [v.get_secret_value() for v in (self.api_key, self.secret_key) if v is not None]
+        out += url_secrets(self.store) + url_secrets(self.agent.url)  # a user:pass@ or ?token= in a URL
+        out += header_secrets(self.agent.headers)
         return out
 
     @field_validator("public_url")

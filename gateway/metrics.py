@@ -37,6 +37,9 @@ DELIVERIES = Counter("gateway_deliveries_total", "Webhook delivery attempts by s
 LATE_FINISHES = Counter("gateway_delivery_late_finishes_total",
                         "Attempts that finished after their lease was lost: recorded as history, the delivery unchanged",
                         ["subscription"], registry=REGISTRY)
+UNBUILDABLE = Counter("gateway_deliveries_unbuildable_total", "Deliveries failed with no request sent: it could not be"
+                      " built (a missing secret; a header rendered from call data with a line break)", ["subscription"],
+                      registry=REGISTRY)
 ATTEMPT_LATENCY = Histogram("gateway_delivery_attempt_seconds", "Webhook attempt latency", ["subscription"],
                             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=REGISTRY)
 OUTBOX_PENDING = Gauge("gateway_outbox_pending", "Deliveries waiting to be sent", registry=REGISTRY,

@@ -14,11 +14,11 @@ from gateway.api.body import BadBody, json_body
 from gateway.api.context import GatewayContext
 from gateway.api.problems import problem
 from gateway.store.base import StoreError
+from gateway.redact import REDACTED, Redactor, redact_url
 from gateway.webhooks.subscription import Subscription
-from gateway.webhooks.templates import Redactor
 
 STATUSES = ("pending", "succeeded", "failed", "dead")
-REDACTED = "[redacted]"
+
 _PUBLIC_AUTH_FIELDS = {"type", "header", "name", "token_url", "scope", "client_auth", "cert", "ca_bundle"}
 
 
@@ -121,6 +121,9 @@ def subscription_view(subscription: Subscription, redactor: Redactor) -> dict[st
         signing["secrets"] = [REDACTED for _ in signing["secrets"]]
     if "secret" in signing:
         signing["secret"] = REDACTED
+    data["url"] = redact_url(data["url"])
+    if isinstance(data["auth"].get("token_url"), str):
+        data["auth"]["token_url"] = redact_url(data["auth"]["token_url"])
     return redactor.value(data)
 
 

@@ -22,7 +22,7 @@ from gateway.api.middleware import body_cut_short, note_request
 from gateway.api.problems import problem
 from gateway.api.scope import headers_of
 from gateway.api.urls import as_websocket, called_url, gateway_origin
-from gateway.calls.events import STATE_EVENT
+from gateway.calls.events import CALL_ENDED, STATE_EVENT
 from gateway.calls.lifecycle import CallUpdate
 from gateway.logs import RUN_ID
 from gateway.metrics import CALL_TRANSITIONS, PROVIDER_REQUESTS, SIGNATURE_FAILURES, labelled
@@ -124,12 +124,18 @@ async def verify_provider_request(request: Request, ctx: GatewayContext, body: b
         else:
             verdict = vonage.verify_vonage_jwt(
                 headers.get("authorization"), settings.signature_secret.get_secret_value(), body,
-                now=ctx.clock(), replay=ctx.replay_guard, window_seconds=settings.jwt_window,
+                now=ctx.clock(), replay=None, window_seconds=settings.jwt_window,
                 api_key=settings.api_key, application_id=settings.application_id,
             )
             fields = {}
     except BadRequest as exc:
         raise Refusal(400, f"malformed {provider} request: {exc}") from None
+    if verdict.ok and provider == "vonage":  # before anything of the request is stored
+        try:
+            verdict = await ctx.unreplayed(verdict, settings.jwt_window)
+        except StoreError as exc:
+            log.error("could not check a vonage token for replay: %s", exc)
+            raise Refusal(503, f"the gateway could not check this request for replay ({exc}); send it again") from None
     if not verdict.ok:
         SIGNATURE_FAILURES.labels(provider).inc()
         log.warning(
@@ -174,7 +180,8 @@ async def _store(ctx: GatewayContext, update: CallUpdate, *, run_id: str | None,
 
 def _answer_response(ctx: GatewayContext, verified: ProviderRequest, workflow_id: str, user_id: str, run_id: str) -> Response:
     ws_url = as_websocket(verified.origin) + WS_PATH.format(workflow_id=workflow_id, user_id=user_id, workflow_run_id=run_id)
-    token = mint_stream_token(ctx.secret_key, run_id, now=ctx.clock(), ttl=ctx.config.stream_token_ttl)
+    token = mint_stream_token(ctx.secret_key, run_id, now=ctx.clock(), ttl=ctx.config.stream_token_ttl,
+                              workflow_id=workflow_id, user_id=user_id)
     parameters = {"workflow_id": workflow_id, "user_id": user_id, "workflow_run_id": run_id, "stream_token": token}
     insecure = ws_url.startswith("ws://")
     if insecure:
@@ -262,9 +269,22 @@ async def status_callback(request: Request, body: bytes | None = None) -> Respon
     run = applied.record.workflow_run_id
     RUN_ID.set(run)
     _count(verified, "status", applied)
+    await _end_live_media(ctx, applied)
     note_request(request.scope, f"{verified.provider} callback run={run} status={update.raw_status} outcome={applied.outcome}"
                  f" events={','.join(e.type for e in applied.events) or '-'}", run)
     return Response(status_code=204)
+
+
+async def _end_live_media(ctx: GatewayContext, applied: AppliedUpdate) -> None:
+    """The call has just ended: its live media session, on whichever instance, ends too (the
+    provider closes the socket anyway; a socket that stays open must not go on recording)."""
+    media = applied.record.media
+    if not media.get("session") or media.get("ended") or not any(e.type == CALL_ENDED for e in applied.events):
+        return
+    try:
+        await ctx.store.publish_control(applied.record.workflow_run_id, "hangup", {"reason": "call ended"})
+    except StoreError as exc:  # the callback is stored: the provider's own close ends the session
+        log.warning("could not ask the media session of run=%s to end: %s", applied.record.workflow_run_id, exc)
 
 
 STATUS_PREFIX = STATUS_PATH.split("{", 1)[0]

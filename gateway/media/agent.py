@@ -19,6 +19,7 @@ import websockets
 from gateway import jsontext
 from gateway.media.agent_socket import AgentSocket, SocketClosed
 from gateway.media.twilio_agent import PLACEHOLDER_ACCOUNT_SID, AgentMessageError, TwilioAgentProtocol
+from gateway.redact import Redactor, header_secrets, redact_url, url_secrets
 
 __all__ = ["AgentLink", "AgentMessageError", "AgentProtocol", "AgentUnavailable", "EchoAgentLink", "TwilioAgentLink",
            "WebSocketAgentLink", "agent_link_for"]
@@ -71,6 +72,9 @@ class WebSocketAgentLink(AgentLink):
                  max_message_bytes: int = 1 << 20, write_limit: int = 64 * 1024) -> None:
         self.url = url
         self.headers = dict(headers or {})
+        # Its failures become log lines, the timeline's `agent.failed` and `call.agent_failed`:
+        # the URL's and the credential headers' secrets are taken out of their text first.
+        self._redactor = Redactor([*url_secrets(url), *header_secrets(self.headers)])
         self.connect_timeout = connect_timeout
         self.max_message_bytes = max_message_bytes
         self.write_limit = write_limit
@@ -85,7 +89,10 @@ class WebSocketAgentLink(AgentLink):
                 self._socket.send_text(text)
         except (OSError, asyncio.TimeoutError, SocketClosed, websockets.exceptions.WebSocketException) as exc:
             await self.close()
-            raise AgentUnavailable(f"cannot connect to agent at {self.url}: {type(exc).__name__}: {exc}") from None
+            raise self._unavailable(f"cannot connect to agent at {redact_url(self.url)}: {type(exc).__name__}: {exc}") from None
+
+    def _unavailable(self, reason: str) -> AgentUnavailable:
+        return AgentUnavailable(self._redactor.text(reason))
 
     def _opening(self, start: Mapping[str, Any]) -> list[str]:
         """The texts sent first, once connected."""
@@ -95,13 +102,13 @@ class WebSocketAgentLink(AgentLink):
         try:
             self._socket.send_bytes(frame)  # type: ignore[union-attr]
         except (SocketClosed, AttributeError) as exc:
-            raise AgentUnavailable(str(exc) or "agent link is closed") from None
+            raise self._unavailable(str(exc) or "agent link is closed") from None
 
     async def send_message(self, message: Mapping[str, Any]) -> None:
         try:
             self._socket.send_text(json.dumps(message))  # type: ignore[union-attr]
         except (SocketClosed, AttributeError) as exc:
-            raise AgentUnavailable(str(exc) or "agent link is closed") from None
+            raise self._unavailable(str(exc) or "agent link is closed") from None
 
     def congested(self) -> bool:
         return self._socket is not None and self._socket.buffered() > self.write_limit
@@ -112,7 +119,7 @@ class WebSocketAgentLink(AgentLink):
         try:
             return await self._socket.receive()
         except SocketClosed as exc:
-            raise AgentUnavailable(str(exc)) from None
+            raise self._unavailable(str(exc)) from None
 
     async def close(self) -> None:
         if self._socket is not None:

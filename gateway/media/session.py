@@ -86,8 +86,10 @@ class MediaSession:
         recorder: Recorder | None = None,
         links: Callable[[], dict[str, Any]] | None = None,
         on_hangup: Callable[[str], Awaitable[None]] | None = None,
+        session_id: str | None = None,
     ) -> None:
         self.record = record
+        self.session_id = session_id  # the store's `media.session`: writes of a replaced session change nothing
         self.run_id = record.workflow_run_id
         self.provider = provider
         self.agent_factory = agent_factory
@@ -483,7 +485,7 @@ class MediaSession:
                 await self.store.record_activity(
                     self.run_id, source=source.get(kind, "agent"), kind=kind, data=payload.get("data", {}),
                     events=payload.get("events", ()), gathered_context=payload.get("gathered_context"),
-                    annotations=payload.get("annotations"), media=payload.get("media"),
+                    annotations=payload.get("annotations"), media=payload.get("media"), session=self.session_id,
                 )
             except StoreError as exc:
                 log.error("could not record %s for run=%s: %s", kind, self.run_id, exc)

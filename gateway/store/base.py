@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 import secrets
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 from gateway.calls.lifecycle import CallUpdate
@@ -13,6 +13,8 @@ from gateway.calls.record import CallRecord, isoformat
 from gateway.events.envelope import Event, new_event_id
 from gateway.store.campaigns import Campaign, CampaignContact, CampaignEvent
 
+
+NONCE_PRUNE_EVERY = timedelta(seconds=60)  # how often a claim also deletes the expired ones
 
 CALL_JSON_FIELDS = ("initial_context", "gathered_context", "annotations", "cost_info", "media")
 CALL_TIME_FIELDS = ("started_at", "answered_at", "ended_at", "created_at", "updated_at")
@@ -284,9 +286,21 @@ class Store(abc.ABC):
         gathered_context: dict[str, Any] | None = None,
         annotations: dict[str, Any] | None = None,
         media: dict[str, Any] | None = None,
+        session: str | None = None,
     ) -> list[Event]:
         """Append a gateway-side timeline entry (media start/end, agent messages), merge
-        context, and write `events` (type, extra data) in one transaction. Unknown run: StoreError."""
+        context, and write `events` (type, extra data) in one transaction. Unknown run: StoreError.
+
+        `session`: the media session writing, held to `gateway.store.activity.admit_activity`
+        (one session per call, nothing changes after the call's end; `media.connected` to a
+        finished call raises `CallEnded`). Returns the events written."""
+
+    @abc.abstractmethod
+    async def claim_nonce(self, nonce: str, *, expires_at: datetime, now: datetime) -> bool:
+        """True the first time `nonce` (a signed request's one-time id, e.g. a Vonage JWT's
+        `jti`) is claimed, or once its earlier claim expired; False for a replay. Claims hold
+        until `expires_at` across restarts and instances; expired ones are pruned as new ones
+        are made."""
 
     @abc.abstractmethod
     async def get_call(self, run_id: str) -> CallRecord | None:

@@ -24,6 +24,7 @@ from gateway.calls.states import CallState
 from gateway.events.envelope import Event, new_event_id
 from gateway.store.base import (
     CALL_COLUMNS,
+    NONCE_PRUNE_EVERY,
     AppliedUpdate,
     AttemptRecord,
     CallSeed,
@@ -42,6 +43,7 @@ from gateway.store.base import (
     new_lease_id,
     share_out,
 )
+from gateway.store.activity import admit_activity
 from gateway.store.migrations import MIGRATIONS
 from gateway.store.postgres_campaigns import PostgresCampaigns
 from gateway.store.paging import POSTGRES, page_query, split_page
@@ -150,6 +152,16 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
                                   decoder=json.loads, schema="pg_catalog")
 
 
+async def _lock_runs(conn: asyncpg.Connection, run_ids: Sequence[str]) -> None:
+    """Take the calls' transaction-scoped run locks, in sorted order (every writer of a call's
+    events holds its lock: callbacks, media activity, replays)."""
+    keys = [(f"run:{run_id}",) for run_id in sorted(set(run_ids))]
+    if len(keys) == 1:  # a callback's one lock: the plain statement it always was
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", *keys[0])
+    elif keys:
+        await conn.executemany("SELECT pg_advisory_xact_lock(hashtext($1))", keys)
+
+
 class PostgresStore(PostgresCampaigns, Store):
     """The scale-out store (campaigns: `PostgresCampaigns`)."""
 
@@ -161,6 +173,7 @@ class PostgresStore(PostgresCampaigns, Store):
         self.min_size, self.max_size = min_size, max_size
         self._pool: asyncpg.Pool | None = None
         self._listener: asyncpg.Connection | None = None
+        self._nonces_pruned: datetime | None = None
 
     # -- plumbing ---------------------------------------------------------------------
     @property
@@ -351,7 +364,7 @@ class PostgresStore(PostgresCampaigns, Store):
             if update.provider_call_id:
                 await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"{update.provider}:{update.provider_call_id}")
             if run_id:
-                await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"run:{run_id}")
+                await _lock_runs(conn, [run_id])
             now = utcnow()
             current = await self._load(conn, run_id, lock=True) if run_id else None
             if current is None and update.provider_call_id:
@@ -378,22 +391,28 @@ class PostgresStore(PostgresCampaigns, Store):
 
     async def record_activity(self, run_id: str, *, source: str, kind: str, data: dict[str, Any],
                               events: Sequence[tuple[str, dict[str, Any]]] = (), gathered_context: dict[str, Any] | None = None,
-                              annotations: dict[str, Any] | None = None, media: dict[str, Any] | None = None) -> list[Event]:
+                              annotations: dict[str, Any] | None = None, media: dict[str, Any] | None = None,
+                              session: str | None = None) -> list[Event]:
         async def tx(conn: asyncpg.Connection) -> list[Event]:
+            await _lock_runs(conn, [run_id])  # as a callback of this call, and a replay, do
             now = utcnow()
             record = await self._load(conn, run_id, lock=True)
             if record is None:
                 raise StoreError(f"unknown workflow_run_id {run_id!r}")
-            if gathered_context or annotations or media:
-                record.gathered_context.update(gathered_context or {})
-                record.annotations.update(annotations or {})
-                record.media.update(media or {})
+            admitted = admit_activity(record, kind=kind, session=session, events=events,
+                                      gathered_context=gathered_context, annotations=annotations, media=media)
+            if admitted is None:
+                return []
+            if admitted.gathered_context or admitted.annotations or admitted.media:
+                record.gathered_context.update(admitted.gathered_context or {})
+                record.annotations.update(admitted.annotations or {})
+                record.media.update(admitted.media or {})
                 record.updated_at = now
                 await conn.execute(_UPSERT_CALL, *_record_params(record))
             await self._insert_timeline(conn, run_id, now, source=source, kind=kind, outcome="recorded", raw_status=None,
                                         state=None, sequence=None, data=data)
             emitted = [Event(type=name, workflow_run_id=run_id, occurred_at=now, data=event_data(record, extra))
-                       for name, extra in events]
+                       for name, extra in admitted.events]
             await self._insert_events(conn, emitted, leased)
             return emitted
 
@@ -401,6 +420,19 @@ class PostgresStore(PostgresCampaigns, Store):
         emitted = await self._tx(tx)
         self._handover(leased)
         return emitted
+
+    async def claim_nonce(self, nonce: str, *, expires_at: datetime, now: datetime) -> bool:
+        async def tx(conn: asyncpg.Connection) -> bool:
+            if self._nonces_pruned is None or now - self._nonces_pruned >= NONCE_PRUNE_EVERY:
+                await conn.execute("DELETE FROM seen_nonces WHERE expires_at < $1", now)
+                self._nonces_pruned = now
+            inserted = await conn.fetchval(
+                "INSERT INTO seen_nonces (nonce, expires_at) VALUES ($1, $2) ON CONFLICT (nonce) DO UPDATE"
+                " SET expires_at = excluded.expires_at WHERE seen_nonces.expires_at < $3 RETURNING 1", nonce, expires_at, now,
+            )
+            return inserted == 1
+
+        return await self._tx(tx)
 
     # -- reads ------------------------------------------------------------------------
     async def get_call(self, run_id: str) -> CallRecord | None:
@@ -622,6 +654,12 @@ class PostgresStore(PostgresCampaigns, Store):
     async def replay_deliveries(self, subscription: str, *, since: datetime, until: datetime, now: datetime,
                                 matches: Callable[[str], bool], ordered: bool) -> int:
         async def tx(conn: asyncpg.Connection) -> int:
+            # The calls' run locks first, as their callbacks take them: a callback writing a newer
+            # event of one of these calls waits for the replayed rows, so an ordered subscription
+            # queues it after them. Sorted, so two replays cannot deadlock.
+            runs = await conn.fetch("SELECT DISTINCT workflow_run_id FROM events WHERE occurred_at >= $1 AND occurred_at < $2"
+                                    " AND workflow_run_id IS NOT NULL", since, until)
+            await _lock_runs(conn, [r["workflow_run_id"] for r in runs])
             rows = await conn.fetch(
                 "SELECT e.seq, e.type, e.workflow_run_id, d.id AS delivery_id FROM events e"
                 " LEFT JOIN deliveries d ON d.event_seq = e.seq AND d.subscription = $1"

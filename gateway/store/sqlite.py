@@ -43,6 +43,7 @@ from gateway.store.base import (
     CALL_COLUMNS,
     CALL_JSON_FIELDS,
     CALL_TIME_FIELDS,
+    NONCE_PRUNE_EVERY,
     AppliedUpdate,
     AttemptRecord,
     CallSeed,
@@ -61,6 +62,7 @@ from gateway.store.base import (
     new_lease_id,
     share_out,
 )
+from gateway.store.activity import admit_activity
 from gateway.store.migrations import MIGRATIONS
 from gateway.store.paging import SQLITE, page_query, split_page
 from gateway.store.sqlite_campaigns import SQLiteCampaigns
@@ -172,6 +174,7 @@ class SQLiteStore(SQLiteCampaigns, Store):
         self._drain_scheduled = False
         self._lock_fd: int | None = None  # the cross-process write lock, see the module docstring
         self._leases: dict[str, int] = {}  # rows leased to the direct dispatch in this group, by subscription
+        self._nonces_pruned: datetime | None = None
 
     # -- plumbing ---------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -636,6 +639,7 @@ class SQLiteStore(SQLiteCampaigns, Store):
         annotations: dict[str, Any] | None = None,
         media: dict[str, Any] | None = None,
         lease_id: str | None = None,
+        session: str | None = None,
     ) -> Transaction:
         """`record_activity`'s transaction: (events, rows queued, rows leased under `lease_id`)."""
         def tx(conn: sqlite3.Connection) -> tuple[list[Event], int, list[Delivery]]:
@@ -643,22 +647,39 @@ class SQLiteStore(SQLiteCampaigns, Store):
             record = self._load(conn, run_id)
             if record is None:
                 raise StoreError(f"unknown workflow_run_id {run_id!r}")
-            if gathered_context or annotations or media:
-                record.gathered_context.update(gathered_context or {})
-                record.annotations.update(annotations or {})
-                record.media.update(media or {})
+            admitted = admit_activity(record, kind=kind, session=session, events=events,
+                                      gathered_context=gathered_context, annotations=annotations, media=media)
+            if admitted is None:
+                return [], 0, []
+            if admitted.gathered_context or admitted.annotations or admitted.media:
+                record.gathered_context.update(admitted.gathered_context or {})
+                record.annotations.update(admitted.annotations or {})
+                record.media.update(admitted.media or {})
                 record.updated_at = now
                 conn.execute(_UPSERT_CALL, _record_params(record))
             self._insert_timeline(conn, run_id, now, source=source, kind=kind, outcome="recorded",
                                   raw_status=None, state=None, sequence=None, data=data)
             emitted = [
                 Event(type=name, workflow_run_id=run_id, occurred_at=now, data=event_data(record, extra))
-                for name, extra in events
+                for name, extra in admitted.events
             ]
             leased: list[Delivery] = []
             return emitted, self._insert_events(conn, emitted, leased, lease_id), leased
 
         return tx
+
+    async def claim_nonce(self, nonce: str, *, expires_at: datetime, now: datetime) -> bool:
+        def tx(conn: sqlite3.Connection) -> bool:
+            at = _ts(now)
+            if self._nonces_pruned is None or now - self._nonces_pruned >= NONCE_PRUNE_EVERY:
+                conn.execute("DELETE FROM seen_nonces WHERE expires_at < ?", (at,))
+                self._nonces_pruned = now
+            return conn.execute(
+                "INSERT INTO seen_nonces (nonce, expires_at) VALUES (?, ?) ON CONFLICT (nonce) DO UPDATE"
+                " SET expires_at = excluded.expires_at WHERE seen_nonces.expires_at < ?", (nonce, _ts(expires_at), at),
+            ).rowcount == 1
+
+        return await self._write(tx)
 
     # -- reads ------------------------------------------------------------------------
     async def get_call(self, run_id: str) -> CallRecord | None:

@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping
 from gateway.calls.disposition import call_disposition
 from gateway.calls.record import CallRecord, channel_link
 from gateway.events.envelope import Event
+from gateway.metrics import UNBUILDABLE, labelled
 from gateway.store.base import AttemptRecord, Delivery, DeliveryResult, Store
 from gateway.webhooks.clients import EndpointClients
 from gateway.webhooks.policy import Outcome, map_response, next_delay
@@ -169,6 +170,7 @@ class AttemptMaker:
                                      envelope_body=event.envelope_json())
         except RequestBuildError as exc:
             log.warning("delivery %s to %s cannot be built: %s", delivery.id, subscription.name, exc)
+            labelled(UNBUILDABLE, subscription.name).inc()
             return DeliveryResult("failed", AttemptRecord(utc(now), "fail", error=f"request could not be built: {exc}"),
                                   endpoint_ok=None)
         sent = await send_attempt(self.clients, prepared, subscription)

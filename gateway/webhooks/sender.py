@@ -31,6 +31,7 @@ either wanted it.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -67,7 +68,8 @@ from gateway.webhooks.subscription import (
     StandardSigning,
     Subscription,
 )
-from gateway.webhooks.templates import Redactor, Renderer, TemplateError
+from gateway.redact import Redactor, basic_forms, credential_forms, is_credential_header, redact_url, url_secrets
+from gateway.webhooks.templates import Renderer, TemplateError
 
 RESPONSE_TEXT_LIMIT = 2048
 MAX_BODY_BYTES = 256 * 1024
@@ -106,7 +108,7 @@ class PreparedRequest:
         shown = self.headers if headers is None else headers
         return {
             "method": self.method,
-            "url": redactor.text(self.url),
+            "url": redact_url(redactor.text(self.url)),
             "headers": {name: redactor.text(value) for name, value in shown.items()},
             "body": redactor.text(self.body.decode("utf-8", "replace")) if body else None,
         }
@@ -135,11 +137,25 @@ class AttemptResult:
         return self.outcome is Outcome.SUCCESS
 
 
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f]")  # RFC 9110 5.5: a field value has no control character but HTAB
+
+
+def header_value_problem(value: str) -> str | None:
+    """Why `value` cannot be sent as a header value (a line break would end the header and
+    start another: a smuggled header), or None."""
+    found = _CONTROL.search(value)
+    if found is None:
+        return None
+    return (f"the value has a control character (U+{ord(found.group()):04X} at {found.start()}), e.g. a line break"
+            " in call data it was rendered from; it was not sent")
+
+
 def _set_header(headers: dict[str, str], name: str, value: str) -> None:
     for existing in [key for key in headers if key.lower() == name.lower()]:
         del headers[existing]
-    if any(char in value for char in "\r\n\0"):
-        raise RequestBuildError(f"header {name}: value contains a line break or NUL")
+    problem = header_value_problem(value)
+    if problem is not None:
+        raise RequestBuildError(f"header {name}: {problem}")
     headers[name] = value
 
 
@@ -222,15 +238,20 @@ def build_request(
         headers: dict[str, str] = {}
         if body:
             headers["Content-Type"] = "application/json"
+        sensitive: set[str] = set(url_secrets(url))  # a literal user:pass@ or ?token= in the URL
         for name, template in subscription.headers.items():
-            _set_header(headers, name, renderer.text(template, f"headers.{name}"))
-        sensitive: set[str] = set()
+            value = renderer.text(template, f"headers.{name}")
+            _set_header(headers, name, value)
+            if is_credential_header(name):
+                sensitive.update(credential_forms(value))
         for name, value in auth_headers(
             subscription.auth, renderer, method=subscription.method, url=url, body=body, now=now
         ).items():
             _set_header(headers, name, value)
             if not isinstance(subscription.auth, HeaderAuth):
-                sensitive.add(value)  # the whole credential, literal or encoded (Basic)
+                # The whole credential, literal or encoded, and each form an endpoint may echo
+                # it in: the bearer token alone, Basic's base64, `user:pass` and the password.
+                sensitive.update(credential_forms(value))
         keys = _signing_secrets(subscription, renderer)
         sensitive.update(keys)
         try:
@@ -249,7 +270,7 @@ def build_request(
         grant = certificate = None
         if isinstance(subscription.auth, OAuth2ClientCredentialsAuth):
             grant = oauth2_grant(subscription.auth, renderer)
-            sensitive.add(grant.client_secret)
+            sensitive.update([*basic_forms(grant.client_id, grant.client_secret), *url_secrets(grant.token_url)])
         elif isinstance(subscription.auth, MtlsAuth):
             certificate = client_certificate(subscription.auth, renderer)
             if certificate.password:

@@ -238,7 +238,8 @@ async def test_vonage_inline_ncco_connects_straight_to_the_media_socket(gateway,
     assert connect_action["eventUrl"] == [f"{server.url}/api/v1/telephony/status-callback/{run_id}"]
     headers = endpoint["headers"]
     assert headers["workflow_run_id"] == run_id
-    assert check_stream_token(b"test-secret-key", run_id, headers["stream_token"], now=time.time()) is None
+    assert check_stream_token(b"test-secret-key", run_id, headers["stream_token"], now=time.time(),
+                              workflow_id="wf-1", user_id="user-1") is None
 
 
 # -- hanging up --------------------------------------------------------------------------------
