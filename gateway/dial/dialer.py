@@ -45,6 +45,7 @@ class CallRequest:
     machine_detection: str | None = None  # None | "detect" | "message_end"
     ring_timeout: int | None = None
     run_id: str | None = None  # None: minted here
+    claim: tuple[str, int] | None = None  # a campaign's (id, contact position): see `CallSeed.claim`
 
 
 class DialError(Exception):
@@ -130,7 +131,8 @@ class Dialer:
     async def place_call(self, request: CallRequest, *, origin: str) -> CallRecord:
         """Create the record, dial, store the provider's call id; the record as stored.
 
-        `DialError` (with `.record` when one was written) if the call was not placed. The
+        `DialError` (with `.record` when one was written) if the call was not placed;
+        `ClaimLost` (nothing written, nothing dialed) if a campaign claim no longer holds. The
         work is shielded: a cancelled caller does not leave a dialed call unrecorded.
         """
         reason = self.refusal_for(request.provider)
@@ -144,7 +146,7 @@ class Dialer:
         seed = CallSeed(
             workflow_id=request.workflow_id, user_id=request.user_id, provider=request.provider,
             direction="outbound", from_number=request.from_, to_number=request.to,
-            initial_context=dict(request.initial_context),
+            initial_context=dict(request.initial_context), claim=request.claim,
         )
         dial_params = {"to": request.to, "from": request.from_, "machine_detection": request.machine_detection}
         created = await self.store.apply_update(

@@ -39,11 +39,12 @@ from gateway.dial.policy import Pacer, after_call, classify, quota_reached, wind
 from gateway.dial.spec import CampaignOptions
 from gateway.events.envelope import Event
 from gateway.providers.rest import ProviderRefused
-from gateway.store.base import Store, StoreError
+from gateway.store.base import ClaimLost, Store, StoreError
 from gateway.store.campaigns import Campaign, CampaignContact, CampaignEvent
 from gateway.tasks import finish_tasks
 
 log = logging.getLogger("gateway.dial")
+LEADERSHIP = "campaign-runner"
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,7 @@ class CampaignRunner:
             self._wake.clear()
             try:
                 # One campaign runner per database: with several instances, the others wait.
-                if not await self.store.hold_leadership("campaign-runner"):
+                if not await self.store.hold_leadership(LEADERSHIP):
                     if leading or not hasattr(self, "_follower_logged"):
                         log.info("another gateway instance runs the campaigns; this one stands by")
                         self._follower_logged = True
@@ -137,10 +138,12 @@ class CampaignRunner:
                 pass
 
     async def tick(self) -> None:
-        """One pass: settle calls in progress, then drive every running campaign."""
+        """One pass: settle calls in progress, then drive every running campaign. Leadership is
+        confirmed again before the claims and dials (settling can take a while); a dial whose
+        claim was taken back meanwhile is refused by the store all the same (`ClaimLost`)."""
         cache: dict[str, Campaign | None] = {}
         await self._settle(cache)
-        if self._stopping:
+        if self._stopping or not await self.store.hold_leadership(LEADERSHIP):
             return
         for campaign in await self.store.active_campaigns():
             await self._drive(campaign)
@@ -285,9 +288,12 @@ class CampaignRunner:
                     "contact_name": contact.name, "attempt": contact.attempts,
                 }},
                 machine_detection=options.machine_detection or None, ring_timeout=options.ring_timeout, run_id=run_id,
+                claim=(campaign.id, contact.position),
             )
             await self.dialer.place_call(request, origin=self.origin() or campaign.origin)
             self._refusals[campaign.id] = 0
+        except ClaimLost as lost:  # another instance took the contact back: it dials it, not this one
+            log.warning("%s", lost)
         except DialError as error:
             await self._refused(campaign, contact, error)
         except Exception:  # noqa: BLE001 - the next tick settles whatever state this left

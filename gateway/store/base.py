@@ -27,6 +27,16 @@ class StoreError(Exception):
     """The store could not do what was asked (unreachable, corrupt, bad cursor...)."""
 
 
+class ClaimLost(StoreError):
+    """A campaign call's record was not written because its contact's claim no longer holds
+    the call's run id (another instance released or settled it): the call must not be dialed."""
+
+
+def claim_lost(claim: tuple[str, int], run_id: str | None) -> ClaimLost:
+    """The `ClaimLost` for campaign `claim` (campaign id, position) and its run id."""
+    return ClaimLost(f"campaign {claim[0]} contact {claim[1]} no longer holds run {run_id}: not dialed")
+
+
 @dataclass
 class CallSeed:
     """What the gateway knows of a call before or besides the provider's callbacks.
@@ -42,6 +52,10 @@ class CallSeed:
     from_number: str | None = None
     to_number: str | None = None
     initial_context: dict[str, Any] = field(default_factory=dict)
+    claim: tuple[str, int] | None = None
+    """(campaign id, contact position) of a campaign dial: the record is created only while that
+    contact is still `dialing` this run id, checked in the transaction that writes it (else
+    `ClaimLost`). This fences a dial against a claim another instance released meanwhile."""
 
     def fill(self, record: CallRecord) -> None:
         """Write every seed value whose record field is still empty."""

@@ -9,7 +9,9 @@ that queue deliveries `NOTIFY gateway_deliveries`, so idle workers everywhere wa
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import uuid
 from datetime import datetime, timedelta
 from typing import Any, Callable, Mapping, Sequence
@@ -26,6 +28,7 @@ from gateway.store.base import (
     AppliedUpdate,
     AttemptRecord,
     CallSeed,
+    claim_lost,
     Delivery,
     DeliveryResult,
     DirectDispatch,
@@ -42,9 +45,18 @@ from gateway.store.migrations import MIGRATIONS
 from gateway.store.postgres_campaigns import PostgresCampaigns
 from gateway.store.paging import POSTGRES, page_query, split_page
 
+log = logging.getLogger("gateway.store")
+
 DELIVERIES_CHANNEL = "gateway_deliveries"
 CONTROL_CHANNEL = "gateway_control"
 _MIGRATION_LOCK = 0x6761746577  # "gatew": one migrator at a time across instances
+_LEADER_KEY = "hashtext(current_database() || '.' || current_schema() || ':' || $1)::bigint"  # one leader per database and schema
+_TAKE_LOCK = f"SELECT pg_try_advisory_lock({_LEADER_KEY})"
+_HOLDS_LOCK = (  # a bigint advisory key shows in pg_locks as classid (high 32 bits), objid (low 32 bits), objsubid 1
+    f"SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid = pg_backend_pid()"
+    f" AND objsubid = 1 AND classid::bigint = (({_LEADER_KEY} >> 32) & 4294967295)"
+    f" AND objid::bigint = ({_LEADER_KEY} & 4294967295))"
+)
 _UPSERT_CALL = (
     f"INSERT INTO calls ({', '.join(CALL_COLUMNS)}) VALUES ({', '.join(f'${i}' for i in range(1, len(CALL_COLUMNS) + 1))}) "
     "ON CONFLICT (workflow_run_id) DO UPDATE SET "
@@ -132,12 +144,20 @@ class PostgresStore(PostgresCampaigns, Store):
 
     supports_campaigns = True
 
-    def __init__(self, url: str, *, min_size: int = 2, max_size: int = 10) -> None:
+    def __init__(self, url: str, *, min_size: int = 2, max_size: int = 10, listener_check_seconds: float = 5.0,
+                 reconnect_backoff: Sequence[float] = (0.1, 0.5, 1.0, 2.0, 5.0)) -> None:
         self.url = url
         self.dsn, self.schema = split_store_url(url)
         self.min_size, self.max_size = min_size, max_size
+        self.listener_check_seconds = listener_check_seconds
+        self.reconnect_backoff = tuple(reconnect_backoff)
         self._pool: asyncpg.Pool | None = None
         self._listener: asyncpg.Connection | None = None
+        self._listener_lock = asyncio.Lock()  # one query at a time on the listener connection
+        self._listener_lost = asyncio.Event()
+        self._watchdog: asyncio.Task[None] | None = None
+        self._leading: set[str] = set()  # names whose lock the current listener session holds
+        self.listener_connects = 0  # how many times the listener (re)connected
 
     # -- plumbing ---------------------------------------------------------------------
     @property
@@ -146,8 +166,11 @@ class PostgresStore(PostgresCampaigns, Store):
             raise StoreError("store is closed")
         return self._pool
 
+    @property
+    def _settings(self) -> dict[str, str]:
+        return {"search_path": self.schema} if self.schema else {}
+
     async def open(self) -> None:
-        settings = {"search_path": self.schema} if self.schema else {}
         try:
             if self.schema:
                 conn = await asyncpg.connect(self.dsn)
@@ -158,33 +181,107 @@ class PostgresStore(PostgresCampaigns, Store):
                 finally:
                     await conn.close()
             self._pool = await asyncpg.create_pool(self.dsn, min_size=self.min_size, max_size=self.max_size,
-                                                   init=_init_connection, server_settings=settings)
+                                                   init=_init_connection, server_settings=self._settings)
             async with self.pool.acquire() as conn:
                 await self._migrate(conn)
-            self._listener = await asyncpg.connect(self.dsn, server_settings=settings)
-            await self._listener.add_listener(DELIVERIES_CHANNEL, lambda *args: self.on_deliveries())
-            await self._listener.add_listener(CONTROL_CHANNEL, self._on_control)
+            await self._connect_listener()
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             await self.close()
             raise StoreError(f"cannot open PostgreSQL store: {type(exc).__name__}: {exc}") from exc
+        self._watchdog = asyncio.ensure_future(self._watch_listener())
+
+    # -- the listener: NOTIFY wake-ups, control requests, leadership ------------------------
+    async def _connect_listener(self) -> None:
+        """A dedicated connection that LISTENs and holds the session advisory locks of leadership."""
+        conn = await asyncpg.connect(self.dsn, server_settings=self._settings)
+        try:
+            await conn.add_listener(DELIVERIES_CHANNEL, lambda *args: self.on_deliveries())
+            await conn.add_listener(CONTROL_CHANNEL, self._on_control)
+        except BaseException:
+            conn.terminate()
+            raise
+        conn.add_termination_listener(self._on_listener_closed)
+        self._listener = conn
+        self._listener_lost.clear()
+        self.listener_connects += 1
+
+    def _on_listener_closed(self, conn: asyncpg.Connection) -> None:
+        if conn is self._listener:
+            self._lose_listener("the connection closed")
+
+    def _lose_listener(self, why: str) -> None:
+        """The listener's session is gone, and with it every lock it held: lead nothing until
+        the watchdog has a new session and the runner takes the lock again."""
+        conn, self._listener = self._listener, None
+        if self._leading:
+            log.warning("lost leadership of %s: the PostgreSQL listener session ended (%s)", ", ".join(sorted(self._leading)), why)
+        self._leading.clear()
+        if conn is not None and not conn.is_closed():
+            conn.terminate()
+        self._listener_lost.set()
+
+    async def _watch_listener(self) -> None:
+        """Reconnect the listener when it is lost (with backoff), and every
+        `listener_check_seconds` ask it a question, so a connection that died silently (a
+        network drop, no RST) is found and replaced too. NOTIFYs sent while no session
+        listened are lost: after a reconnect the delivery workers are woken to claim."""
+        failures = 0
+        while True:
+            if self._listener is None:
+                delay = self.reconnect_backoff[min(failures, len(self.reconnect_backoff) - 1)] if failures else 0.0
+                await asyncio.sleep(delay)
+                try:
+                    async with self._listener_lock:
+                        if self._listener is None:
+                            await asyncio.wait_for(self._connect_listener(), self.listener_check_seconds + 5)
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError) as exc:
+                    failures += 1
+                    log.warning("PostgreSQL listener reconnect failed (%s: %s); trying again", type(exc).__name__, exc)
+                    continue
+                failures = 0
+                log.info("PostgreSQL listener reconnected (LISTEN %s, %s)", DELIVERIES_CHANNEL, CONTROL_CHANNEL)
+                self.on_deliveries()  # wake-ups may have been missed meanwhile
+                continue
+            try:
+                await asyncio.wait_for(self._listener_lost.wait(), self.listener_check_seconds)
+                continue  # lost: reconnect at once
+            except asyncio.TimeoutError:
+                pass
+            async with self._listener_lock:
+                conn = self._listener
+                if conn is None:
+                    continue
+                try:
+                    await asyncio.wait_for(conn.fetchval("SELECT 1"), self.listener_check_seconds + 5)
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError) as exc:
+                    if conn is self._listener:
+                        self._lose_listener(f"{type(exc).__name__}: {exc}")
 
     async def hold_leadership(self, name: str) -> bool:
-        """A session advisory lock on the listener connection: held until this process (or its
-        connection) goes away, then another instance's next call takes it over."""
-        if self._listener is None:
-            return False
-        held = getattr(self, "_leading", set())
-        if name in held:
-            return True
-        try:
-            got = await self._listener.fetchval(  # one leader per database and schema
-                "SELECT pg_try_advisory_lock(hashtext(current_database() || '.' || current_schema() || ':' || $1))", f"leader:{name}")
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            raise StoreError(f"postgresql: {exc}") from exc
-        if got:
-            held.add(name)
-            self._leading = held
-        return bool(got)
+        """A session advisory lock on the listener connection, held until that session ends.
+        Asked again before every use: a lock already taken is confirmed held by this live
+        session (`pg_locks`); a session that does not answer is dropped (the watchdog
+        reconnects), and until another one takes the lock this instance does not lead."""
+        async with self._listener_lock:
+            conn = self._listener
+            if conn is None or conn.is_closed():
+                self._leading.discard(name)
+                return False
+            try:
+                if name in self._leading:
+                    held = await asyncio.wait_for(conn.fetchval(_HOLDS_LOCK, f"leader:{name}"), self.listener_check_seconds + 5)
+                    if not held:
+                        log.warning("lost leadership of %s: its lock is no longer held", name)
+                        self._leading.discard(name)
+                    return bool(held)
+                got = await asyncio.wait_for(conn.fetchval(_TAKE_LOCK, f"leader:{name}"), self.listener_check_seconds + 5)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError) as exc:
+                if conn is self._listener:
+                    self._lose_listener(f"{type(exc).__name__}: {exc}")
+                return False
+            if got:
+                self._leading.add(name)
+            return bool(got)
 
     def _on_control(self, connection: Any, pid: int, channel: str, payload: str) -> None:
         try:
@@ -215,6 +312,11 @@ class PostgresStore(PostgresCampaigns, Store):
                                        migration.version, migration.name, utcnow())
 
     async def close(self) -> None:
+        if self._watchdog is not None:
+            watchdog, self._watchdog = self._watchdog, None
+            watchdog.cancel()
+            await asyncio.gather(watchdog, return_exceptions=True)
+        self._leading.clear()
         if self._listener is not None:
             listener, self._listener = self._listener, None
             try:
@@ -330,6 +432,13 @@ class PostgresStore(PostgresCampaigns, Store):
                 row = await conn.fetchrow("SELECT * FROM calls WHERE provider = $1 AND provider_call_id = $2 FOR UPDATE",
                                           update.provider, update.provider_call_id)
                 current = None if row is None else _record(row)
+            if current is None and seed is not None and seed.claim is not None:
+                # Under the run's lock, as `release_campaign_claim` checks for the record: one of
+                # the two wins, so a released claim is never dialed.
+                if await conn.fetchval(
+                        "SELECT 1 FROM campaign_contacts WHERE campaign_id = $1 AND position = $2 AND status = 'dialing'"
+                        " AND workflow_run_id = $3", seed.claim[0], seed.claim[1], run_id) is None:
+                    raise claim_lost(seed.claim, run_id)
             target = current.workflow_run_id if current else (run_id or str(uuid.uuid4()))
             transition = decide_transition(current, update, run_id=target, now=now)
             record = transition.record
