@@ -53,7 +53,7 @@ class RunnerSettings:
     orphan_seconds: float = 120.0
     reconcile_seconds: float = 600.0
     max_consecutive_refusals: int = 10
-    webhook_retention_seconds: float = 2 * 86400.0  # re-register inline webhooks of campaigns ended this recently
+    webhook_sync_seconds: float = 2.0  # how often every instance syncs campaigns' inline webhooks (inline.InlineRegistry.sync)
 
 
 class CampaignRunner:
@@ -87,6 +87,7 @@ class CampaignRunner:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[Any] | None = None
+        self._webhooks_task: asyncio.Task[Any] | None = None
         self._stopping = False
         self.enabled = False
 
@@ -95,17 +96,19 @@ class CampaignRunner:
         if not getattr(self.store, "supports_campaigns", False):
             log.info("campaigns are off: the %s store does not support them yet", type(self.store).__name__)
             return
-        since = self.now() - timedelta(seconds=self.settings.webhook_retention_seconds)
-        for campaign in await self.store.campaigns_for_webhooks(since=since):
-            self.manager.registry.register(campaign)
+        await self.manager.registry.sync(self.store)
         self.enabled = True
         self._loop_task = asyncio.ensure_future(self._run())
+        self._webhooks_task = asyncio.ensure_future(self._sync_webhooks())
 
     async def stop(self, grace: float = 15.0) -> None:
         """Stop claiming; let dials in progress finish within `grace` (a dial cut short is
         found again at the next start)."""
         self._stopping = True
         self._wake.set()
+        if self._webhooks_task is not None:
+            self._webhooks_task.cancel()
+            await asyncio.gather(self._webhooks_task, return_exceptions=True)
         await finish_tasks(self._loop_task, self._tasks, grace)
 
     def wake(self) -> None:
@@ -136,6 +139,17 @@ class CampaignRunner:
                 await asyncio.wait_for(self._wake.wait(), self.settings.poll_seconds)
             except asyncio.TimeoutError:
                 pass
+
+    async def _sync_webhooks(self) -> None:
+        """On every instance, leader or not: campaigns' inline webhooks come and go here."""
+        while not self._stopping:
+            await asyncio.sleep(self.settings.webhook_sync_seconds)
+            try:
+                await self.manager.registry.sync(self.store)
+            except StoreError as error:
+                log.warning("syncing campaigns' inline webhooks failed: %s", error)
+            except Exception:  # noqa: BLE001 - the loop must outlive a bug in one pass
+                log.exception("syncing campaigns' inline webhooks crashed")
 
     async def tick(self) -> None:
         """One pass: settle calls in progress, then drive every running campaign. Leadership is

@@ -374,6 +374,10 @@ class Store(abc.ABC):
     async def outbox_stats(self, *, now: datetime) -> dict[str, Any]:
         """Pending count and the age in seconds of the oldest pending delivery."""
 
+    @abc.abstractmethod
+    async def pending_subscriptions(self) -> set[str]:
+        """The subscriptions that have pending deliveries (whatever their lease)."""
+
 
     # -- campaigns (gateway.dial) ----------------------------------------------------------
     # Not abstract: a backend without them refuses campaigns with a StoreError, calls work.
@@ -405,8 +409,9 @@ class Store(abc.ABC):
         """Running and paused campaigns, with counts."""
         raise self._no_campaigns()
 
-    async def campaigns_for_webhooks(self, *, since: datetime) -> list["Campaign"]:
-        """Campaigns with inline webhooks that are active or ended at or after `since`."""
+    async def campaigns_for_webhooks(self, ids: Sequence[str] = ()) -> list["Campaign"]:
+        """Campaigns with inline webhooks that can still cause events (active, or a contact
+        being dialed), and those of `ids` (e.g. with deliveries still pending)."""
         raise self._no_campaigns()
 
     async def campaign_calls_in_flight(self) -> list[tuple["CampaignContact", CallRecord | None]]:

@@ -729,6 +729,10 @@ class PostgresStore(PostgresCampaigns, Store):
 
         return await self._tx(tx)
 
+    async def pending_subscriptions(self) -> set[str]:
+        rows = await self._query(lambda conn: conn.fetch("SELECT DISTINCT subscription FROM deliveries WHERE status = 'pending'"))
+        return {row["subscription"] for row in rows}
+
     async def outbox_stats(self, *, now: datetime) -> dict[str, Any]:
         row = await self._query(lambda conn: conn.fetchrow(
             "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM deliveries WHERE status = 'pending'"))

@@ -904,6 +904,10 @@ class SQLiteStore(SQLiteCampaigns, Store):
         self.on_deliveries()
         return events
 
+    async def pending_subscriptions(self) -> set[str]:
+        return await self._read(lambda conn: {row[0] for row in conn.execute(
+            "SELECT DISTINCT subscription FROM deliveries WHERE status = 'pending'")})
+
     async def outbox_stats(self, *, now: datetime) -> dict[str, Any]:
         def query(conn: sqlite3.Connection) -> dict[str, Any]:
             row = conn.execute("SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM deliveries WHERE status = 'pending'").fetchone()
