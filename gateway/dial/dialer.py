@@ -21,7 +21,7 @@ from gateway.calls.lifecycle import CallUpdate
 from gateway.calls.record import CallRecord
 from gateway.calls.states import CallState, normalize_status
 from gateway.dial import urls
-from gateway.providers.rest import DialSpec, ProviderRefused, ProviderRest
+from gateway.providers.rest import DialSpec, ProviderCall, ProviderRefused, ProviderRest
 from gateway.store.base import CallSeed, Store, StoreError
 
 log = logging.getLogger("gateway.dial")
@@ -266,10 +266,10 @@ class Dialer:
             log.warning("could not record %s for run=%s: %s", kind, run_id, error)
 
     # -- asking -------------------------------------------------------------------------
-    async def provider_state(self, record: CallRecord) -> tuple[str | None, CallState | None]:
-        """The provider's status word for a call and its normalized state (reconciliation)."""
+    async def provider_state(self, record: CallRecord) -> tuple[ProviderCall | None, CallState | None]:
+        """The call as its provider reports it and its normalized state (reconciliation)."""
         rest = self.providers.get(record.provider or "")
         if rest is None or not record.provider_call_id:
             return None, None
-        status = await self._blocking(rest.fetch_status, record.provider_call_id)
-        return status, normalize_status(record.provider or "", status)
+        call = await self._blocking(rest.fetch_call, record.provider_call_id)
+        return call, normalize_status(record.provider or "", call.status)

@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 from gateway.calls import events as ev
 from gateway.calls.lifecycle import CallUpdate
-from gateway.calls.record import CallRecord, utcnow
+from gateway.calls.record import CallRecord, isoformat, utcnow
 from gateway.calls.states import CallState
 from gateway.dial import inline, payloads
 from gateway.dial.campaigns import CampaignManager
@@ -235,16 +235,22 @@ class CampaignRunner:
             return
         self._checked[run_id] = self.monotonic()
         try:
-            status, state = await self.dialer.provider_state(record)
+            call, state = await self.dialer.provider_state(record)
         except ProviderRefused as refusal:
             log.warning("could not ask %s about run %s: %s", refusal.provider, run_id, refusal.reason)
             return
-        if state is not None and state != record.state:
-            log.info("run %s: %s reports %s while the gateway had %s", run_id, record.provider, status, record.state.value)
+        if call is not None and state is not None and state != record.state:
+            log.info("run %s: %s reports %s while the gateway had %s", run_id, record.provider, call.status,
+                     record.state.value)
+            # The provider's end time and duration, not the time it was asked: a call that ended
+            # long before it was reconciled did not talk all that while.
             await self.store.apply_update(
                 CallUpdate(provider=record.provider or campaign.provider, kind="reconcile",
-                           provider_call_id=record.provider_call_id, raw_status=status, state=state,
-                           params={"status": status, "source": "provider REST API"}),
+                           provider_call_id=record.provider_call_id, raw_status=call.status, state=state,
+                           occurred_at=call.ended_at if state.terminal else None,
+                           duration=call.duration if state.terminal else None,
+                           params={"status": call.status, "source": "provider REST API",
+                                   "end_time": isoformat(call.ended_at), "duration": call.duration}),
                 run_id=run_id,
             )
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+from email.utils import format_datetime
 from datetime import timedelta
 
 import pytest
@@ -102,6 +103,30 @@ async def test_a_call_silent_too_long_is_asked_of_the_provider(store, twilio):
     (contact,) = await store.list_campaign_contacts(campaign.id)
     timeline = await store.get_timeline(contact.workflow_run_id)
     assert timeline[-1].kind == "reconcile" and timeline[-1].state == "completed"
+
+
+async def test_reconciliation_stores_the_providers_end_time_and_duration(store, twilio):
+    """A 30 s call whose final callback was lost, reconciled long after it ended: stored with the
+    provider's end time and duration, not as if it had talked until it was asked."""
+    dialer, manager, runner = parts(store, twilio, reconcile_seconds=0.2)
+    campaign = await new_campaign(manager, n=1)
+    await runner.start()
+    try:
+        (sent,) = await asyncio.to_thread(twilio.wait_for, "create", 1)
+        (contact,) = await until(lambda: _contacts(store, campaign.id, "dialing"))
+        answered = utcnow().replace(microsecond=0) - timedelta(seconds=605)
+        await store.apply_update(CallUpdate(provider="twilio", provider_call_id=sent["sid"], raw_status="in-progress",
+                                            state=CallState.ANSWERED, occurred_at=answered), run_id=contact.workflow_run_id)
+        twilio.statuses[sent["sid"]] = "completed"
+        twilio.details[sent["sid"]] = {"end_time": format_datetime(answered + timedelta(seconds=30)), "duration": "30"}
+        await until(lambda: _contacts(store, campaign.id, "succeeded"))
+    finally:
+        await runner.stop()
+        await dialer.close()
+    record = await store.get_call(contact.workflow_run_id)
+    assert record.state == CallState.COMPLETED and record.answered_at == answered
+    assert record.ended_at == answered + timedelta(seconds=30) and record.duration == 30
+    assert (await store.get_campaign(campaign.id)).minutes_used == 0.5
 
 
 async def _status(store, campaign_id, status):
