@@ -50,6 +50,8 @@ log = logging.getLogger("gateway.store")
 DELIVERIES_CHANNEL = "gateway_deliveries"
 CONTROL_CHANNEL = "gateway_control"
 _MIGRATION_LOCK = 0x6761746577  # "gatew": one migrator at a time across instances
+_LISTENER_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, asyncio.TimeoutError)
+"""What a dead or dying listener session raises (a terminated session can leave asyncpg mid-protocol)."""
 _LEADER_KEY = "hashtext(current_database() || '.' || current_schema() || ':' || $1)::bigint"  # one leader per database and schema
 _TAKE_LOCK = f"SELECT pg_try_advisory_lock({_LEADER_KEY})"
 _HOLDS_LOCK = (  # a bigint advisory key shows in pg_locks as classid (high 32 bits), objid (low 32 bits), objsubid 1
@@ -234,7 +236,7 @@ class PostgresStore(PostgresCampaigns, Store):
                     async with self._listener_lock:
                         if self._listener is None:
                             await asyncio.wait_for(self._connect_listener(), self.listener_check_seconds + 5)
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError) as exc:
+                except _LISTENER_ERRORS as exc:
                     failures += 1
                     log.warning("PostgreSQL listener reconnect failed (%s: %s); trying again", type(exc).__name__, exc)
                     continue
@@ -253,7 +255,7 @@ class PostgresStore(PostgresCampaigns, Store):
                     continue
                 try:
                     await asyncio.wait_for(conn.fetchval("SELECT 1"), self.listener_check_seconds + 5)
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError) as exc:
+                except _LISTENER_ERRORS as exc:
                     if conn is self._listener:
                         self._lose_listener(f"{type(exc).__name__}: {exc}")
 
@@ -275,7 +277,7 @@ class PostgresStore(PostgresCampaigns, Store):
                         self._leading.discard(name)
                     return bool(held)
                 got = await asyncio.wait_for(conn.fetchval(_TAKE_LOCK, f"leader:{name}"), self.listener_check_seconds + 5)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError) as exc:
+            except _LISTENER_ERRORS as exc:
                 if conn is self._listener:
                     self._lose_listener(f"{type(exc).__name__}: {exc}")
                 return False

@@ -104,6 +104,7 @@ async def test_a_leader_whose_session_is_terminated_stops_leading_and_listens_ag
             woke = asyncio.Event()
             a.set_control_handler(lambda *args: controls.append(args))
             a.set_fanout(EventFanout([Route("crm", ("call.*",))]), woke.set)
+            b.set_fanout(EventFanout([Route("crm", ("call.*",))]))
             assert await a.hold_leadership("campaign-runner") is True
             assert await b.hold_leadership("campaign-runner") is False
             (pid,) = await leader_pids(url, "campaign-runner")
@@ -112,11 +113,14 @@ async def test_a_leader_whose_session_is_terminated_stops_leading_and_listens_ag
             async def leaders() -> list[bool]:
                 return [await a.hold_leadership("campaign-runner"), await b.hold_leadership("campaign-runner")]
 
-            await _until(leaders, lambda got: got == [False, True], "b leads alone")
-            for _ in range(5):  # and it stays that way: a does not take it back, nor think it leads
-                assert await leaders() == [False, True]
+            # a's session is gone, and its lock with it: whoever asks first leads (a, reconnected,
+            # or b), the other does not, and the lock is held by a live session
+            got = await _until(leaders, lambda got: sorted(got) == [False, True], "exactly one leads")
+            for _ in range(5):
+                assert await leaders() == got
             (holder,) = await leader_pids(url, "campaign-runner")
             assert holder != pid
+            assert a.listener_connects == 2
 
             woke.clear()  # LISTEN works on a's new session: a wake-up and a control request reach it
             await _until(lambda: _publish(b, controls), bool, "a control request reaches a")
@@ -124,8 +128,9 @@ async def test_a_leader_whose_session_is_terminated_stops_leading_and_listens_ag
                                             state=CallState.RINGING, params={}), run_id="r9")
             await asyncio.wait_for(woke.wait(), 5)
 
-            await b.close()  # b goes away: a takes over on its new session
-            await _until(lambda: a.hold_leadership("campaign-runner"), bool, "a leads again")
+            leader, other = (a, b) if got[0] else (b, a)
+            await leader.close()  # the leader goes away: the other takes over
+            await _until(lambda: other.hold_leadership("campaign-runner"), bool, "the other leads")
         finally:
             await asyncio.gather(a.close(), b.close())
 
