@@ -93,6 +93,8 @@ def subscriptions(campaign: Campaign, settings: InlineSettings) -> list[Subscrip
 
 
 class SubscriptionHost(Protocol):
+    inflight: dict[str, int]
+
     def add_subscription(self, subscription: Subscription) -> None: ...
 
     def remove_subscription(self, name: str) -> None: ...
@@ -128,10 +130,17 @@ class InlineRegistry:
         if self.worker is None:
             return
         self._fresh = set()
+        # Campaigns first, pending rows after: a row written meanwhile by a campaign seen as over
+        # (its last call finished) is then seen pending, so its subscription is kept.
+        campaigns = {c.id: c for c in await store.campaigns_for_webhooks()}
         pending = await store.pending_subscriptions()
-        ids = sorted({campaign_id for campaign_id in map(campaign_of, pending) if campaign_id})
-        wanted = {s.name: s for c in await store.campaigns_for_webhooks(ids) for s in subscriptions(c, self.settings)}
+        more = sorted({campaign_id for campaign_id in map(campaign_of, pending) if campaign_id} - campaigns.keys())
+        if more:
+            campaigns.update((c.id, c) for c in await store.campaigns_for_webhooks(more))
+        wanted = {s.name: s for c in campaigns.values() for s in subscriptions(c, self.settings)}
         for name in self.registered - wanted.keys() - pending - self._fresh:
+            if self.worker.inflight.get(name):
+                continue  # an attempt is under way: let it finish first
             self.worker.remove_subscription(name)
             self.registered.discard(name)
         new = [s for name, s in wanted.items() if name not in self.registered]

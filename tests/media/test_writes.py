@@ -5,6 +5,7 @@ where that loses nothing, flushed at the end and what is left logged."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from gateway.calls import CallState, CallUpdate
@@ -33,19 +34,19 @@ def line(n):
     return {"data": {"role": "agent", "text": f"line {n}"}, "events": [("conversation.transcript", {"n": n})]}
 
 
-async def _store_with_call(path):
-    context = open_store("sqlite", path)
-    store = await context.__aenter__()
-    await store.apply_update(CallUpdate(provider="twilio", provider_call_id="CA1", state=CallState.ANSWERED), run_id=RUN)
-    return context, store
+@contextlib.asynccontextmanager
+async def held_writer(tmp_path, **options):
+    """A real store with the call, its writes held by a `Gate`, and a started `SessionWriter`."""
+    async with open_store("sqlite", str(tmp_path / "gateway.db")) as store:
+        await store.apply_update(CallUpdate(provider="twilio", provider_call_id="CA1", state=CallState.ANSWERED), run_id=RUN)
+        gate = Gate(store)
+        writer = SessionWriter(store, RUN, source=lambda kind: "agent", **options)
+        writer.start()
+        yield store, gate, writer
 
 
 async def test_the_queue_is_bounded_and_the_agent_waits_for_room_losing_nothing(tmp_path):
-    context, store = await _store_with_call(str(tmp_path / "g.db"))
-    try:
-        gate = Gate(store)
-        writer = SessionWriter(store, RUN, source=lambda kind: "agent", max_queued=8)
-        writer.start()
+    async with held_writer(tmp_path, max_queued=8) as (store, gate, writer):
         longest = 0
 
         async def agent():
@@ -68,16 +69,10 @@ async def test_the_queue_is_bounded_and_the_agent_waits_for_room_losing_nothing(
         assert [t.data.get("text") for t in timeline if t.kind == "transcript"] == [f"line {n}" for n in range(50)]
         assert timeline[-1].kind == "media.ended"
         assert len([e for e in await store.list_events(run_id=RUN) if e.type == "conversation.transcript"]) == 50
-    finally:
-        await context.__aexit__(None, None, None)
 
 
 async def test_only_adjacent_context_writes_coalesce_and_are_counted(tmp_path):
-    context, store = await _store_with_call(str(tmp_path / "g.db"))
-    try:
-        gate = Gate(store)
-        writer = SessionWriter(store, RUN, source=lambda kind: "agent", max_queued=2)
-        writer.start()
+    async with held_writer(tmp_path, max_queued=2) as (store, gate, writer):
         await writer.put("transcript", line(0))  # taken by the writer, held at the store
         await eventually(lambda: len(writer) == 0)
         await writer.put("transcript", line(1))
@@ -91,16 +86,10 @@ async def test_only_adjacent_context_writes_coalesce_and_are_counted(tmp_path):
         kinds = [t.kind for t in await store.get_timeline(RUN)]
         assert kinds[-3:] == ["transcript", "transcript", "agent.context"]
         assert (await store.get_call(RUN)).gathered_context == {"a": 1, "b": 2, "c": 3}
-    finally:
-        await context.__aexit__(None, None, None)
 
 
 async def test_writes_left_at_the_deadline_are_logged_and_flushed_at_shutdown(tmp_path, caplog):
-    context, store = await _store_with_call(str(tmp_path / "g.db"))
-    try:
-        gate = Gate(store)
-        writer = SessionWriter(store, RUN, source=lambda kind: "agent")
-        writer.start()
+    async with held_writer(tmp_path) as (store, gate, writer):
         for n in range(3):
             await writer.put("transcript", line(n))
         writer.put_nowait("media.ended", {"data": {"reason": "test"}})
@@ -112,5 +101,3 @@ async def test_writes_left_at_the_deadline_are_logged_and_flushed_at_shutdown(tm
         await flush_all(10)
         kinds = [t.kind for t in await store.get_timeline(RUN)]
         assert kinds[-4:] == ["transcript", "transcript", "transcript", "media.ended"]
-    finally:
-        await context.__aexit__(None, None, None)
