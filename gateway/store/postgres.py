@@ -4,14 +4,13 @@ gateway instances sharing one database.
 Callbacks for one call serialize on transaction-scoped advisory locks keyed by the run id
 and the provider's call id, so the lifecycle rules hold exactly as on one instance. Delivery
 workers on every instance claim due rows with `FOR UPDATE SKIP LOCKED` and a lease. Commits
-that queue deliveries `NOTIFY gateway_deliveries`, so idle workers everywhere wake at once.
+that queue deliveries `NOTIFY gateway_deliveries`, so idle workers everywhere wake at once
+(each instance's `PostgresListener` LISTENs, and holds leadership, on a session it keeps alive).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
 import uuid
 from datetime import datetime, timedelta
 from typing import Any, Callable, Mapping, Sequence
@@ -43,22 +42,10 @@ from gateway.store.base import (
 )
 from gateway.store.migrations import MIGRATIONS
 from gateway.store.postgres_campaigns import PostgresCampaigns
+from gateway.store.postgres_listener import CONTROL_CHANNEL, DELIVERIES_CHANNEL, PostgresListener
 from gateway.store.paging import POSTGRES, page_query, split_page
 
-log = logging.getLogger("gateway.store")
-
-DELIVERIES_CHANNEL = "gateway_deliveries"
-CONTROL_CHANNEL = "gateway_control"
 _MIGRATION_LOCK = 0x6761746577  # "gatew": one migrator at a time across instances
-_LISTENER_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, asyncio.TimeoutError)
-"""What a dead or dying listener session raises (a terminated session can leave asyncpg mid-protocol)."""
-_LEADER_KEY = "hashtext(current_database() || '.' || current_schema() || ':' || $1)::bigint"  # one leader per database and schema
-_TAKE_LOCK = f"SELECT pg_try_advisory_lock({_LEADER_KEY})"
-_HOLDS_LOCK = (  # a bigint advisory key shows in pg_locks as classid (high 32 bits), objid (low 32 bits), objsubid 1
-    f"SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid = pg_backend_pid()"
-    f" AND objsubid = 1 AND classid::bigint = (({_LEADER_KEY} >> 32) & 4294967295)"
-    f" AND objid::bigint = ({_LEADER_KEY} & 4294967295))"
-)
 _UPSERT_CALL = (
     f"INSERT INTO calls ({', '.join(CALL_COLUMNS)}) VALUES ({', '.join(f'${i}' for i in range(1, len(CALL_COLUMNS) + 1))}) "
     "ON CONFLICT (workflow_run_id) DO UPDATE SET "
@@ -146,20 +133,12 @@ class PostgresStore(PostgresCampaigns, Store):
 
     supports_campaigns = True
 
-    def __init__(self, url: str, *, min_size: int = 2, max_size: int = 10, listener_check_seconds: float = 5.0,
-                 reconnect_backoff: Sequence[float] = (0.1, 0.5, 1.0, 2.0, 5.0)) -> None:
+    def __init__(self, url: str, *, min_size: int = 2, max_size: int = 10) -> None:
         self.url = url
         self.dsn, self.schema = split_store_url(url)
         self.min_size, self.max_size = min_size, max_size
-        self.listener_check_seconds = listener_check_seconds
-        self.reconnect_backoff = tuple(reconnect_backoff)
         self._pool: asyncpg.Pool | None = None
-        self._listener: asyncpg.Connection | None = None
-        self._listener_lock = asyncio.Lock()  # one query at a time on the listener connection
-        self._listener_lost = asyncio.Event()
-        self._watchdog: asyncio.Task[None] | None = None
-        self._leading: set[str] = set()  # names whose lock the current listener session holds
-        self.listener_connects = 0  # how many times the listener (re)connected
+        self.listener: PostgresListener | None = None
 
     # -- plumbing ---------------------------------------------------------------------
     @property
@@ -168,11 +147,8 @@ class PostgresStore(PostgresCampaigns, Store):
             raise StoreError("store is closed")
         return self._pool
 
-    @property
-    def _settings(self) -> dict[str, str]:
-        return {"search_path": self.schema} if self.schema else {}
-
     async def open(self) -> None:
+        settings = {"search_path": self.schema} if self.schema else {}
         try:
             if self.schema:
                 conn = await asyncpg.connect(self.dsn)
@@ -183,107 +159,20 @@ class PostgresStore(PostgresCampaigns, Store):
                 finally:
                     await conn.close()
             self._pool = await asyncpg.create_pool(self.dsn, min_size=self.min_size, max_size=self.max_size,
-                                                   init=_init_connection, server_settings=self._settings)
+                                                   init=_init_connection, server_settings=settings)
             async with self.pool.acquire() as conn:
                 await self._migrate(conn)
-            await self._connect_listener()
+            self.listener = PostgresListener(self.dsn, settings, on_deliveries=lambda: self.on_deliveries(),
+                                             on_control=self._on_control)
+            await self.listener.start()
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             await self.close()
             raise StoreError(f"cannot open PostgreSQL store: {type(exc).__name__}: {exc}") from exc
-        self._watchdog = asyncio.ensure_future(self._watch_listener())
-
-    # -- the listener: NOTIFY wake-ups, control requests, leadership ------------------------
-    async def _connect_listener(self) -> None:
-        """A dedicated connection that LISTENs and holds the session advisory locks of leadership."""
-        conn = await asyncpg.connect(self.dsn, server_settings=self._settings)
-        try:
-            await conn.add_listener(DELIVERIES_CHANNEL, lambda *args: self.on_deliveries())
-            await conn.add_listener(CONTROL_CHANNEL, self._on_control)
-        except BaseException:
-            conn.terminate()
-            raise
-        conn.add_termination_listener(self._on_listener_closed)
-        self._listener = conn
-        self._listener_lost.clear()
-        self.listener_connects += 1
-
-    def _on_listener_closed(self, conn: asyncpg.Connection) -> None:
-        if conn is self._listener:
-            self._lose_listener("the connection closed")
-
-    def _lose_listener(self, why: str) -> None:
-        """The listener's session is gone, and with it every lock it held: lead nothing until
-        the watchdog has a new session and the runner takes the lock again."""
-        conn, self._listener = self._listener, None
-        if self._leading:
-            log.warning("lost leadership of %s: the PostgreSQL listener session ended (%s)", ", ".join(sorted(self._leading)), why)
-        self._leading.clear()
-        if conn is not None and not conn.is_closed():
-            conn.terminate()
-        self._listener_lost.set()
-
-    async def _watch_listener(self) -> None:
-        """Reconnect the listener when it is lost (with backoff), and every
-        `listener_check_seconds` ask it a question, so a connection that died silently (a
-        network drop, no RST) is found and replaced too. NOTIFYs sent while no session
-        listened are lost: after a reconnect the delivery workers are woken to claim."""
-        failures = 0
-        while True:
-            if self._listener is None:
-                delay = self.reconnect_backoff[min(failures, len(self.reconnect_backoff) - 1)] if failures else 0.0
-                await asyncio.sleep(delay)
-                try:
-                    async with self._listener_lock:
-                        if self._listener is None:
-                            await asyncio.wait_for(self._connect_listener(), self.listener_check_seconds + 5)
-                except _LISTENER_ERRORS as exc:
-                    failures += 1
-                    log.warning("PostgreSQL listener reconnect failed (%s: %s); trying again", type(exc).__name__, exc)
-                    continue
-                failures = 0
-                log.info("PostgreSQL listener reconnected (LISTEN %s, %s)", DELIVERIES_CHANNEL, CONTROL_CHANNEL)
-                self.on_deliveries()  # wake-ups may have been missed meanwhile
-                continue
-            try:
-                await asyncio.wait_for(self._listener_lost.wait(), self.listener_check_seconds)
-                continue  # lost: reconnect at once
-            except asyncio.TimeoutError:
-                pass
-            async with self._listener_lock:
-                conn = self._listener
-                if conn is None:
-                    continue
-                try:
-                    await asyncio.wait_for(conn.fetchval("SELECT 1"), self.listener_check_seconds + 5)
-                except _LISTENER_ERRORS as exc:
-                    if conn is self._listener:
-                        self._lose_listener(f"{type(exc).__name__}: {exc}")
 
     async def hold_leadership(self, name: str) -> bool:
-        """A session advisory lock on the listener connection, held until that session ends.
-        Asked again before every use: a lock already taken is confirmed held by this live
-        session (`pg_locks`); a session that does not answer is dropped (the watchdog
-        reconnects), and until another one takes the lock this instance does not lead."""
-        async with self._listener_lock:
-            conn = self._listener
-            if conn is None or conn.is_closed():
-                self._leading.discard(name)
-                return False
-            try:
-                if name in self._leading:
-                    held = await asyncio.wait_for(conn.fetchval(_HOLDS_LOCK, f"leader:{name}"), self.listener_check_seconds + 5)
-                    if not held:
-                        log.warning("lost leadership of %s: its lock is no longer held", name)
-                        self._leading.discard(name)
-                    return bool(held)
-                got = await asyncio.wait_for(conn.fetchval(_TAKE_LOCK, f"leader:{name}"), self.listener_check_seconds + 5)
-            except _LISTENER_ERRORS as exc:
-                if conn is self._listener:
-                    self._lose_listener(f"{type(exc).__name__}: {exc}")
-                return False
-            if got:
-                self._leading.add(name)
-            return bool(got)
+        """A session advisory lock on the listener's session, confirmed live at every call (see
+        `PostgresListener`): one leader per database and schema, and none while its session is gone."""
+        return self.listener is not None and await self.listener.hold(name)
 
     def _on_control(self, connection: Any, pid: int, channel: str, payload: str) -> None:
         try:
@@ -314,17 +203,9 @@ class PostgresStore(PostgresCampaigns, Store):
                                        migration.version, migration.name, utcnow())
 
     async def close(self) -> None:
-        if self._watchdog is not None:
-            watchdog, self._watchdog = self._watchdog, None
-            watchdog.cancel()
-            await asyncio.gather(watchdog, return_exceptions=True)
-        self._leading.clear()
-        if self._listener is not None:
-            listener, self._listener = self._listener, None
-            try:
-                await listener.close()
-            except (OSError, asyncpg.InterfaceError):
-                pass
+        if self.listener is not None:
+            listener, self.listener = self.listener, None
+            await listener.close()
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await pool.close()

@@ -99,7 +99,7 @@ async def test_a_leader_whose_session_is_terminated_stops_leading_and_listens_ag
     async with postgres_schema_url() as url:
         a, b = await two_stores(url)
         try:
-            a.listener_check_seconds = b.listener_check_seconds = 0.5
+            a.listener.check_seconds = b.listener.check_seconds = 0.5
             controls: list[tuple] = []
             woke = asyncio.Event()
             a.set_control_handler(lambda *args: controls.append(args))
@@ -120,7 +120,7 @@ async def test_a_leader_whose_session_is_terminated_stops_leading_and_listens_ag
                 assert await leaders() == got
             (holder,) = await leader_pids(url, "campaign-runner")
             assert holder != pid
-            assert a.listener_connects == 2
+            assert a.listener.connects == 2
 
             woke.clear()  # LISTEN works on a's new session: a wake-up and a control request reach it
             await _until(lambda: _publish(b, controls), bool, "a control request reaches a")
