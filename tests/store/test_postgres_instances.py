@@ -99,7 +99,6 @@ async def test_a_leader_whose_session_is_terminated_stops_leading_and_listens_ag
     async with postgres_schema_url() as url:
         a, b = await two_stores(url)
         try:
-            a.listener.check_seconds = b.listener.check_seconds = 0.5
             controls: list[tuple] = []
             woke = asyncio.Event()
             a.set_control_handler(lambda *args: controls.append(args))
