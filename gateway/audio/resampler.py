@@ -110,7 +110,7 @@ class PolyphaseStream:
         the bound gather and product, a memmove of the history, ``quantize``. Anything else
         takes ``feed``, with the same result.
         """
-        memory, history, block, feed = self._memory, self._history_bytes, self._block_bytes, self.feed
+        memory, history, block = self._memory, self._history_bytes, self._block_bytes
         steady: dict[int, tuple[slice, Callable[[], object], Callable[[], object], np.ndarray, slice, int]] = {}
 
         def process(data: bytes) -> bytes:
@@ -130,7 +130,7 @@ class PolyphaseStream:
                 gather, multiply, y = self._frames.get(blocks) or self._frame(blocks)
                 if len(steady) < _CACHED_FRAME_SHAPES:
                     steady[size] = (slice(history, history + size), gather, multiply, y, slice(size, size + history), blocks)
-            y = feed(data)
+            y = self.feed(data)
             return b"" if y is None else quantize(y)
 
         return process
@@ -200,6 +200,7 @@ class StreamingResampler:
         self.dst_rate = dst_rate
         self._stream = None if src_rate == dst_rate else PolyphaseStream(polyphase_bank(src_rate, dst_rate), Pcm16Decoder())
         self._encoder = Pcm16Encoder()
+        self._kernel = None if self._stream is None else self._stream.kernel(self._encoder.quantize)
 
     @property
     def passthrough(self) -> bool:
@@ -223,10 +224,9 @@ class StreamingResampler:
         """As ``process``, for PCM16 little-endian bytes (an even number of them)."""
         if len(data) % 2:
             raise ValueError(f"PCM16 data must have an even number of bytes, got {len(data)}")
-        if self._stream is None:
+        if self._kernel is None:
             return bytes(data)
-        y = self._stream.feed(data)
-        return b"" if y is None else self._encoder.quantize(y)
+        return self._kernel(data)
 
     def flush(self) -> np.ndarray:
         """End of stream: the remaining ``delay``-long tail; the resampler is then fresh again."""
