@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import soxr
 
+from audio.test_transcoder import speech_like  # broadband, speech-shaped, 0.7 of full scale
 from gateway.audio import TWILIO_FORMAT, VONAGE_FORMAT, AudioFormat, StreamingResampler, Transcoder, polyphase_bank
 
 with warnings.catch_warnings():
@@ -40,15 +41,6 @@ LEGS = [
 
 def leg_id(value: object) -> str:
     return str(value)
-
-
-def speech_like(rate: int, seconds: float, seed: int = 3) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(rate * seconds)) / rate
-    phase = 2 * np.pi * np.cumsum(120 + 45 * np.sin(2 * np.pi * 0.8 * t)) / rate
-    x = sum(np.sin(k * phase + rng.uniform(0, 6.3)) / k for k in range(1, 70) if k * 165 < 0.47 * rate)
-    x = x * (0.5 + 0.5 * np.sin(2 * np.pi * 2.9 * t) ** 2) + 0.03 * rng.standard_normal(t.size)
-    return np.round(x / np.abs(x).max() * 0.9 * 32767).astype(np.int16)
 
 
 def tone(freq: float, rate: int, seconds: float) -> np.ndarray:
