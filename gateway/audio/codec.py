@@ -3,8 +3,7 @@
 A decoder turns wire bytes into samples two ways: ``decode`` gives int16 samples (no resampling
 needed); ``gather`` (a C-level callable) fills the resampler's float32 window matrix straight from
 a strided view of the raw wire samples, so G.711 decoding costs nothing beyond the gather the
-filter does anyway; ``gatherer`` binds that view and a preallocated matrix into a zero-argument
-C-level callable, so a stream's steady frames allocate nothing.
+filter does anyway.
 An encoder is the mirror: ``encode`` takes int16 samples, ``quantize`` takes the filter's float
 output and rounds, saturates to int16 and encodes, in as few vector passes as possible.
 
@@ -72,8 +71,6 @@ def _wide_table(law: str) -> np.ndarray:
 
 Gather = Callable[[np.ndarray], np.ndarray]
 """Strided window view of raw wire samples -> contiguous float32 matrix of linear samples."""
-Filler = Callable[[], object]
-"""A bound gather: refills its preallocated float32 matrix from its window view, no Python frame."""
 
 
 class Pcm16Decoder:
@@ -91,10 +88,6 @@ class Pcm16Decoder:
         """Even-length PCM16 bytes -> int16 samples (a read-only view, no copy)."""
         return np.frombuffer(data, dtype=_PCM16)
 
-    def gatherer(self, windows: np.ndarray, out: np.ndarray) -> Filler:
-        """A zero-argument callable that converts ``windows`` into ``out`` (float32, same shape)."""
-        return partial(out.__setitem__, Ellipsis, windows)
-
 
 class _G711Decoder:
     sample_width = 1
@@ -110,12 +103,6 @@ class _G711Decoder:
     def decode(self, data: bytes) -> np.ndarray:
         """Code bytes -> int16 samples."""
         return self._table.take(np.frombuffer(data, dtype=np.uint8))
-
-    def gatherer(self, windows: np.ndarray, out: np.ndarray) -> Filler:
-        """A zero-argument callable that decodes ``windows`` into ``out`` (float32, same shape)."""
-        # mode="wrap" lets ``take`` write straight into ``out`` without a safety copy (a code byte
-        # is always in range); measured cheaper than both "clip" and allocating a new matrix.
-        return partial(self._float_table.take, windows, out=out, mode="wrap")
 
 
 class MulawDecoder(_G711Decoder):

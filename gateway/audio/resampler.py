@@ -2,11 +2,9 @@
 
 ``PolyphaseStream`` is the engine: it keeps the last few raw wire samples as filter history in
 a fixed buffer, sees every complete block of input through a strided window view of that
-buffer, gathers the windows into a preallocated float32 matrix through a decoder (which is where
-G.711 gets decoded), and multiplies by the bank in one BLAS call into a preallocated output: per
-steady frame, two numpy calls and no array allocated.
-``StreamingResampler`` is the public int16 face of it; ``Transcoder`` drives it directly with
-wire bytes.
+buffer, gathers the windows into a float32 matrix through a decoder (which is where G.711 gets
+decoded), and multiplies by the bank in one BLAS call. ``StreamingResampler`` is the public
+int16 face of it; ``Transcoder`` drives it directly with wire bytes.
 
 Counting is pure integer arithmetic on totals: after T input samples the stream has emitted
 ``(T // C) * P`` outputs, so every 10 or 20 ms frame yields exactly 10 or 20 ms, for ever; the
@@ -15,9 +13,6 @@ finished stream of T samples is exactly ``ceil(T * L / M) + delay`` samples long
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
-from functools import partial
 
 import numpy as np
 
@@ -44,7 +39,6 @@ class PolyphaseStream:
 
     def __init__(self, bank: PolyphaseBank, decoder: Decoder) -> None:
         self.bank = bank
-        self._decoder = decoder
         self._gather = decoder.gather
         self._dtype = decoder.dtype
         self._width = width = decoder.sample_width
@@ -58,8 +52,8 @@ class PolyphaseStream:
         self._buffer = bytearray((bank.window + _BUFFERED_FRAMES_10MS * ten_ms) * width)
         self._capacity = len(self._buffer)
         self._memory = memoryview(self._buffer)
-        # Per block count: the bound gather and matrix product over fixed buffers, and the output.
-        self._frames: dict[int, tuple[Callable[[], object], Callable[[], object], np.ndarray]] = {}
+        # Per block count: the window view over the buffer and the output scratch it fills.
+        self._frames: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.reset()
 
     def reset(self) -> None:
@@ -92,58 +86,19 @@ class PolyphaseStream:
             return None
         frame = self._frames.get(blocks)
         if frame is None:
-            frame = self._frame(blocks)
-        gather, multiply, y = frame
-        gather()
-        multiply()
+            frame = (
+                np.ndarray((blocks, self.bank.window), self._dtype, self._buffer, 0, self._strides),
+                np.empty((blocks, self.bank.block_out), dtype=np.float32),
+            )
+            if len(self._frames) < _CACHED_FRAME_SHAPES:
+                self._frames[blocks] = frame
+        windows, y = frame
+        _dot(self._gather(windows), self._matrix, y)
         used = blocks * self._block_bytes
         memory[: end - used] = memory[used:end]
         self._fill = end - used
         self._blocks_out += blocks
         return y
-
-    def kernel(self, quantize: Callable[[np.ndarray], bytes]) -> Callable[[bytes], bytes]:
-        """``feed`` then ``quantize`` as one callable: the whole per-frame path of one direction.
-
-        A chunk of whole blocks arriving when no partial block is pending (every 10 or 20 ms
-        frame of a steady stream) goes straight through this size's fixed buffers: a memcpy in,
-        the bound gather and product, a memmove of the history, ``quantize``. Anything else
-        takes ``feed``, with the same result.
-        """
-        memory, history, block = self._memory, self._history_bytes, self._block_bytes
-        steady: dict[int, tuple[slice, Callable[[], object], Callable[[], object], np.ndarray, slice, int]] = {}
-
-        def process(data: bytes) -> bytes:
-            frame = steady.get(len(data))
-            if frame is not None and self._fill == history:
-                into, gather, multiply, y, kept, blocks = frame
-                memory[into] = data
-                gather()
-                multiply()
-                memory[:history] = memory[kept]
-                self._bytes_in += blocks * block
-                self._blocks_out += blocks
-                return quantize(y)
-            size = len(data)
-            if self._fill == history and size and not size % block and history + size <= self._capacity:
-                blocks = size // block
-                gather, multiply, y = self._frames.get(blocks) or self._frame(blocks)
-                if len(steady) < _CACHED_FRAME_SHAPES:
-                    steady[size] = (slice(history, history + size), gather, multiply, y, slice(size, size + history), blocks)
-            y = self.feed(data)
-            return b"" if y is None else quantize(y)
-
-        return process
-
-    def _frame(self, blocks: int) -> tuple[Callable[[], object], Callable[[], object], np.ndarray]:
-        """The bound steps for ``blocks`` blocks: window view, gather into x, x @ matrix into y."""
-        windows = np.ndarray((blocks, self.bank.window), self._dtype, self._buffer, 0, self._strides)
-        x = np.empty(windows.shape, dtype=np.float32)
-        y = np.empty((blocks, self.bank.block_out), dtype=np.float32)
-        frame = (self._decoder.gatherer(windows, x), partial(_dot, x, self._matrix, y), y)
-        if len(self._frames) < _CACHED_FRAME_SHAPES:
-            self._frames[blocks] = frame
-        return frame
 
     def drain(self) -> np.ndarray:
         """Pad with silence to the end of the delayed signal, return the float tail, and reset.
@@ -200,7 +155,6 @@ class StreamingResampler:
         self.dst_rate = dst_rate
         self._stream = None if src_rate == dst_rate else PolyphaseStream(polyphase_bank(src_rate, dst_rate), Pcm16Decoder())
         self._encoder = Pcm16Encoder()
-        self._kernel = None if self._stream is None else self._stream.kernel(self._encoder.quantize)
 
     @property
     def passthrough(self) -> bool:
@@ -224,9 +178,10 @@ class StreamingResampler:
         """As ``process``, for PCM16 little-endian bytes (an even number of them)."""
         if len(data) % 2:
             raise ValueError(f"PCM16 data must have an even number of bytes, got {len(data)}")
-        if self._kernel is None:
+        if self._stream is None:
             return bytes(data)
-        return self._kernel(data)
+        y = self._stream.feed(data)
+        return b"" if y is None else self._encoder.quantize(y)
 
     def flush(self) -> np.ndarray:
         """End of stream: the remaining ``delay``-long tail; the resampler is then fresh again."""

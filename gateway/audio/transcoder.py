@@ -18,8 +18,8 @@ class Transcoder:
     whatever output is complete; resampling lags by the filter's delay, which ``flush`` returns
     at end of stream. The result is exactly "decode to int16, ``StreamingResampler``, encode"
     fed the same chunks, but decoding happens inside the resampler's window gather, and rounding,
-    saturation and encoding in one table lookup, into buffers kept per stream: a steady 20 ms
-    frame is one closure (``PolyphaseStream.kernel``) making six numpy calls (see bench/codec.py).
+    saturation and encoding in one table lookup, so a 20 ms frame costs a handful of vector
+    operations.
     (One nuance: A-law has no zero code, so from A-law the filter starts from, and ends padded
     with, A-law silence, +8, rather than 0; only the first and last few ms can differ, by a few LSB.)
     """
@@ -40,9 +40,9 @@ class Transcoder:
         self._carry = b""  # a PCM16 byte whose partner has not arrived yet
         if self._stream is not None:
             # The per-frame path, chosen once: bound methods save the lookups on every frame.
+            self._feed = self._stream.feed
             self._quantize = self._encoder.quantize
-            self._kernel = self._stream.kernel(self._quantize)
-            self.process = self._resample_pcm16 if self._width == 2 else self._kernel  # type: ignore[method-assign]
+            self.process = self._resample_pcm16 if self._width == 2 else self._resample  # type: ignore[method-assign]
 
     @property
     def passthrough(self) -> bool:
@@ -61,16 +61,23 @@ class Transcoder:
         if self._width == 2:
             data = self._align(data)
         if self._stream is not None:
-            return self._kernel(data)
+            y = self._stream.feed(data)
+            return b"" if y is None else self._encoder.quantize(y)
         if self._translate is not None:
             return bytes(data).translate(self._translate)
         return self._encoder.encode(self._decoder.decode(data))
+
+    def _resample(self, data: bytes) -> bytes:
+        """``process`` for resampling from G.711."""
+        y = self._feed(data)
+        return b"" if y is None else self._quantize(y)
 
     def _resample_pcm16(self, data: bytes) -> bytes:
         """``process`` for resampling from PCM16, which may split a sample across calls."""
         if self._carry or len(data) & 1:
             data = self._align(data)
-        return self._kernel(data)
+        y = self._feed(data)
+        return b"" if y is None else self._quantize(y)
 
     def _align(self, data: bytes) -> bytes:
         """Whole PCM16 samples only: keep a trailing odd byte for the next call."""
@@ -86,7 +93,7 @@ class Transcoder:
         if self._stream is None:
             return b""
         tail = self._stream.drain()
-        return self._quantize(tail) if tail.size else b""
+        return self._encoder.quantize(tail) if tail.size else b""
 
     def reset(self) -> None:
         """Drop filter history and any half sample at once (barge-in)."""
