@@ -44,6 +44,8 @@ async def json_body(request: Request, *, limit: int = 64 * 1024, optional: bool 
         raise BadBody(400, "the body must be a JSON object")
     try:
         data = json.loads(raw)
+    except RecursionError:
+        raise BadBody(400, "the body is not valid JSON: nested too deeply") from None
     except ValueError as error:
         raise BadBody(400, f"the body is not valid JSON: {error}") from None
     if not isinstance(data, dict):

@@ -13,6 +13,7 @@ from starlette.routing import Route
 from gateway.api.admin import authorized
 from gateway.api.context import GatewayContext
 from gateway.api.problems import problem
+from gateway.api.query import int_param
 from gateway.store.base import StoreError
 from gateway.webhooks.subscription import Subscription
 from gateway.webhooks.templates import Redactor
@@ -38,13 +39,13 @@ async def list_deliveries(request: Request) -> Response:
     status = query.get("status") or None
     if status is not None and status not in STATUSES:
         return problem(400, f"status must be one of {', '.join(STATUSES)}")
-    limit = query.get("limit", "50")
-    if not limit.isdigit() or not 1 <= int(limit) <= 500:
+    limit = int_param(query.get("limit", "50"), low=1, high=500)
+    if limit is None:
         return problem(400, "limit must be an integer from 1 to 500")
     try:
         rows, cursor = await _ctx(request).store.list_deliveries(
             status=status, subscription=query.get("subscription") or None, run_id=query.get("run") or None,
-            limit=int(limit), cursor=query.get("cursor") or None,
+            limit=limit, cursor=query.get("cursor") or None,
         )
     except StoreError as exc:
         return problem(400, str(exc))
@@ -104,6 +105,8 @@ async def replay(request: Request) -> Response:
         until = _parse_time(body.get("until", _now().isoformat()), "until")
         if until <= since:
             raise ValueError("until must be after since")
+    except RecursionError:
+        return problem(400, "the body is nested too deeply")
     except ValueError as exc:
         return problem(400, str(exc))
     count = await ctx.store.replay_deliveries(subscription.name, since=since, until=until, now=_now(),

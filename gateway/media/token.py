@@ -28,7 +28,7 @@ def check_stream_token(key: bytes, run_id: str, token: object, *, now: float) ->
     if not isinstance(token, str) or not token:
         return "missing stream token"
     parts = token.split(".")
-    if len(parts) != 3 or parts[0] != _VERSION or not parts[1].isdigit() or len(parts[1]) > 12:
+    if len(parts) != 3 or parts[0] != _VERSION or not (parts[1].isascii() and parts[1].isdigit()) or len(parts[1]) > 12:
         return "malformed stream token"
     expires = int(parts[1])
     if not hmac.compare_digest(_mac(key, run_id, expires), parts[2]):
