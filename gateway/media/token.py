@@ -31,7 +31,7 @@ def check_stream_token(key: bytes, run_id: str, token: object, *, now: float) ->
     if len(parts) != 3 or parts[0] != _VERSION or not (parts[1].isascii() and parts[1].isdigit()) or len(parts[1]) > 12:
         return "malformed stream token"
     expires = int(parts[1])
-    if not hmac.compare_digest(_mac(key, run_id, expires), parts[2]):
+    if not hmac.compare_digest(_mac(key, run_id, expires).encode(), parts[2].encode("utf-8", "replace")):  # str: ASCII only
         return "stream token does not match this call"
     if expires < now:
         return "stream token expired"

@@ -204,6 +204,7 @@ def test_signed_vonage_jwt_with_any_claims_gives_a_verdict(claims, body, extra_h
 @example(b"k", "run", "v1.00000000001.x", 0.0)
 @example(b"k", "run", "v1.\u0661\u0662.x", 0.0)  # non-ASCII digits
 @example(b"k", "run", "v1.\u00b2.x", 0.0)  # "²".isdigit() but int("²") raised ValueError
+@example(b"k", "run", "v1.1.\u00e9", 0.0)  # hmac.compare_digest raised TypeError on a non-ASCII str
 def test_stream_token_check_is_none_or_a_reason(key, run_id, token, now):
     result = check_stream_token(key, run_id, token, now=now)
     assert result is None or isinstance(result, str)
