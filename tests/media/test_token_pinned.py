@@ -55,3 +55,8 @@ def test_twelve_digit_expiry_is_still_read():
 def test_non_ascii_mac_part_does_not_pass():  # compare_digest raised TypeError on non-ASCII str
     token = expected_token("run-1", 1060)
     assert check_stream_token(KEY, "run-1", token[:-1] + "\u00e9", now=0) == "stream token does not match this call"
+
+
+def test_a_lone_surrogate_in_the_mac_part_does_not_raise():
+    token = expected_token("run-1", 1060)
+    assert check_stream_token(KEY, "run-1", token[:-1] + "\ud800", now=0) == "stream token does not match this call"

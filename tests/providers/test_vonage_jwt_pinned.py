@@ -111,9 +111,9 @@ def test_replay_is_refused_and_only_good_tokens_are_remembered():
 
 
 def test_replay_guard_settings():
-    with pytest.raises(ValueError, match="window_seconds must be >= 0 and max_entries >= 1"):
+    with pytest.raises(ValueError, match=r"^window_seconds must be >= 0 and max_entries >= 1$"):
         ReplayGuard(window_seconds=-1)
-    with pytest.raises(ValueError, match="window_seconds must be >= 0 and max_entries >= 1"):
+    with pytest.raises(ValueError, match=r"^window_seconds must be >= 0 and max_entries >= 1$"):
         ReplayGuard(max_entries=0)
     guard = ReplayGuard(window_seconds=0, max_entries=1)
     assert guard.window_seconds == 0.0 and guard.max_entries == 1
