@@ -212,3 +212,9 @@ def test_the_one_hmac_shortcut_answers_true_for_the_common_case():
     assert _matches_exactly(TOKEN, GW, {"A": [1]}, signature, HMAC_SHA1) is False
     assert _matches_exactly(TOKEN, GW, {"A": ["\ud800"]}, signature, HMAC_SHA1) is False
     assert _matches_exactly(TOKEN, GW, FORM, signature, "HMAC_MD5") is False
+
+
+def test_a_signature_that_is_not_even_utf8_is_refused_not_raised():
+    assert _matches_exactly(TOKEN, GW, FORM, "\ud800", HMAC_SHA1) is False
+    verdict = check(GW, signature="\ud800abc")
+    assert verdict.ok is False and verdict.reason == "signature does not match"
