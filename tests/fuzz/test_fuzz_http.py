@@ -5,6 +5,7 @@ is logged at ERROR (no unhandled exception), and input that is refused writes no
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import itertools
 import json
@@ -16,7 +17,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from support import API_KEY, TWILIO_SID, ServerThread, base_config, twilio_signature, vonage_jwt
+from fuzz_support import ErrorLog, json_values
+from support import API_KEY, ServerThread, base_config, twilio_signature, vonage_jwt
 
 ADMIN = {"Authorization": f"Bearer {API_KEY}"}
 STATUS = "/api/v1/telephony/status-callback/"
@@ -24,8 +26,6 @@ WEBHOOK = "/api/v1/telephony/webhook/wf-f/user-f/"
 RUNS = itertools.count()
 SHARED = settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
-json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20)
-json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=10)
 TWILIO_NAMES = ["CallSid", "CallStatus", "AnsweredBy", "SequenceNumber", "Direction", "Timestamp", "From", "To", "CallDuration"]
 form_values = st.sampled_from(["", "completed", "in-progress", "ringing", "-1", "\u00b2", "machine_start"]) | st.text(max_size=30)
 forms = st.dictionaries(st.sampled_from(TWILIO_NAMES) | st.text(min_size=1, max_size=10), form_values, max_size=8)
@@ -35,21 +35,6 @@ header_values = st.text(st.characters(codec="latin-1", exclude_categories=["Cc"]
 # Query-parameter values: digits of every kind (int() refuses some that str.isdigit() accepts), huge numbers, anything.
 query_values = st.sampled_from(["", "0", "1", "500", "501", "-1", "--5", "\u00b2", "\u0661", "9" * 5000, "99999999999999999999", " 5"]) | st.text(max_size=30)
 
-
-class ErrorLog(logging.Handler):
-    """Every record at ERROR or above, from any thread: an unhandled exception leaves one."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def take(self) -> list[str]:
-        found = [f"{r.name}: {r.getMessage()}" for r in self.records]
-        self.records.clear()
-        return found
 
 
 @pytest.fixture(scope="module")
@@ -196,7 +181,7 @@ def test_listing_query_parameters(server, path, query):
 
 
 @SHARED
-@given(cursor=st.text(max_size=60) | json_values.map(lambda v: __import__("base64").urlsafe_b64encode(json.dumps(v).encode()).decode()))
+@given(cursor=st.text(max_size=60) | json_values.map(lambda v: base64.urlsafe_b64encode(json.dumps(v).encode()).decode()))
 @example(cursor="WyIyMDI2LTAxLTAxVDAwOjAwOjAwKzAwOjAwIiwieCJd")  # ["2026-01-01T00:00:00+00:00","x"]: well-formed
 @example(cursor="WyIyMDI2LTAxLTAxIiwgMV0")  # ["2026-01-01", 1]
 def test_pagination_cursors(server, cursor):

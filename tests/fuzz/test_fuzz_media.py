@@ -23,24 +23,15 @@ from hypothesis import strategies as st
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import serve
 
-from support import API_KEY, TWILIO_SID, ServerThread, base_config, eventually, free_port, twilio_signature, vonage_jwt
+from fuzz_support import ErrorLog, json_values
+from support import API_KEY, TWILIO_SID, ServerThread, base_config, free_port, twilio_signature, vonage_jwt
 
 RUNS = itertools.count()
 CALLS = settings(max_examples=max(5, settings.default.max_examples // 5),
                  suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
-json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20)
-json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=10)
 b64 = st.binary(max_size=400).map(lambda b: base64.b64encode(b).decode())
 
-
-class ErrorLog(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.records: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(f"{record.name}: {record.getMessage()}")
 
 
 def start_server(tmp_path_factory, **overrides):
@@ -146,7 +137,7 @@ def test_twilio_media_stream(echo_server, errors, messages):
     run_id = f"fz-mt-{next(RUNS)}"
     ended, close_code = asyncio.run(twilio_call(echo_server, run_id, messages))
     assert close_code != 1011
-    assert errors.records == []
+    assert errors.take() == []
     assert ended["frames_in"] >= 0
 
 
@@ -165,7 +156,7 @@ def test_twilio_stream_token_is_checked_not_crashed_on(echo_server, errors, toke
         return info.value.rcvd.code if info.value.rcvd else None
 
     assert asyncio.run(scenario()) == 1008
-    assert errors.records == []
+    assert errors.take() == []
 
 
 # --- Vonage -----------------------------------------------------------------------------------
@@ -210,7 +201,7 @@ def test_vonage_media_stream(echo_server, errors, messages):
     run_id = f"fz-mv-{next(RUNS)}"
     ended, close_code = asyncio.run(vonage_call(echo_server, run_id, messages))
     assert close_code != 1011
-    assert errors.records == []
+    assert errors.take() == []
     assert ended["frames_in"] >= 0
 
 
@@ -273,5 +264,5 @@ def test_agent_messages(agent_server, errors, messages):
     run_id = f"fz-ma-{next(RUNS)}"
     result = asyncio.run(agent_call(agent_server, run_id, messages))
     assert result["close_code"] != 1011
-    assert errors.records == []
+    assert errors.take() == []
     assert result["ended"]["reason"] == "agent hangup"
