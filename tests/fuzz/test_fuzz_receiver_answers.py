@@ -55,7 +55,7 @@ async def answer_with(raw: bytes) -> object:
 @example(status="HTTP/1.1 200 OK", headers=[("Content-Length", "\u00b2")], body=b"")
 @example(status="HTTP/1.1 200 OK", headers=[("Content-Length", "9" * 5000)], body=b"")  # int() refuses 4300+ digits
 @example(status="HTTP/1.1 503 Busy", headers=[("Retry-After", "\u00b2")], body=b"")
-@example(status="HTTP/1.1 200 OK", headers=[("Transfer-Encoding", "chunked")], body=b"\u00b2\r\nxx\r\n0\r\n\r\n".decode("latin-1").encode("latin-1"))
+@example(status="HTTP/1.1 200 OK", headers=[("Transfer-Encoding", "chunked")], body="\u00b2\r\nxx\r\n0\r\n\r\n".encode("latin-1"))
 def test_any_answer_is_an_outcome(status, headers, body):
     head = "\r\n".join([status, *(f"{name}: {value}" for name, value in headers)]) + "\r\n\r\n"
     result = asyncio.run(answer_with(head.encode("latin-1") + body))

@@ -167,3 +167,148 @@ async def test_guarded_transport_maps_connect_failures_to_httpx_errors():
                 await client.get(f"http://127.0.0.1:{free_port()}/")
     finally:
         await transport.aclose()
+
+
+# --- the transport's plumbing: what it hands httpcore and what it hands back ------------------
+
+
+
+async def _loopback(host, port):
+    return ["127.0.0.1"]
+
+
+@pytest.mark.parametrize("address", ["4000::1", "1::1", "fe00::1"])
+def test_reserved_ipv6_is_refused_as_reserved(address):
+    assert address_problem(ipaddress.ip_address(address)) == "reserved"
+
+
+def test_only_the_first_scope_id_separator_counts():
+    with pytest.raises(DestinationRefused) as info:
+        vet_address("h", "fe80::1%a%b")
+    assert info.value.address == "fe80::1"
+
+
+async def test_backend_hands_the_port_to_the_resolver(counter):
+    seen = []
+
+    async def resolver(host, port):
+        seen.append((host, port))
+        return ["127.0.0.1"]
+
+    stream = await GuardedNetworkBackend(LOOPBACK, resolver=resolver).connect_tcp("r.test", counter.port, timeout=5)
+    await stream.aclose()
+    assert seen == [("r.test", counter.port)]
+
+
+async def test_backend_passes_local_address_and_socket_options():
+    import asyncio
+    import socket
+
+    peers = []
+
+    async def handle(reader, writer):
+        peers.append(writer.get_extra_info("peername")[0])
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        backend = GuardedNetworkBackend(LOOPBACK, resolver=_loopback)
+        stream = await backend.connect_tcp("r.test", port, timeout=5, local_address="127.0.0.3",
+                                           socket_options=[(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)])
+        sock = stream.get_extra_info("socket")
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        await stream.aclose()
+        for _ in range(100):
+            if peers:
+                break
+            await asyncio.sleep(0.02)
+        assert peers == ["127.0.0.3"]
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def raw_server(answer: bytes):
+    import asyncio
+
+    async def handle(reader, writer):
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(answer)
+            await writer.drain()
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def test_transport_hands_back_reason_phrase_and_http_version():
+    server, port = await raw_server(b"HTTP/1.0 203 Fine By Me\r\nContent-Length: 2\r\n\r\nok")
+    transport = GuardedTransport(LOOPBACK, resolver=_loopback)
+    try:
+        async with httpx.AsyncClient(transport=transport) as client:
+            response = await client.get(f"http://r.test:{port}/")
+        assert (response.status_code, response.reason_phrase, response.http_version, response.text) == (203, "Fine By Me", "HTTP/1.0", "ok")
+    finally:
+        await transport.aclose()
+        server.close()
+
+
+async def test_errors_reading_the_body_are_httpx_errors_naming_the_request():
+    server, port = await raw_server(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly-ten-b")
+    transport = GuardedTransport(LOOPBACK, resolver=_loopback)
+    try:
+        async with httpx.AsyncClient(transport=transport) as client:
+            with pytest.raises(httpx.HTTPError) as info:
+                await client.get(f"http://r.test:{port}/body")
+        assert str(info.value.request.url) == f"http://r.test:{port}/body"
+        from support import free_port
+
+        async with httpx.AsyncClient(transport=transport) as client:
+            with pytest.raises(httpx.ConnectError) as info:
+                await client.get(f"http://r.test:{free_port()}/dead")
+        assert info.value.request.url.path == "/dead"
+    finally:
+        await transport.aclose()
+        server.close()
+
+
+async def test_request_timeouts_reach_the_connection(receiver):
+    receiver.handler = lambda received: receiver.reply(200, b"late", delay=3)
+    transport = GuardedTransport(LOOPBACK, resolver=_loopback)
+    try:
+        async with httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(5, read=0.3)) as client:
+            with pytest.raises(httpx.ReadTimeout):
+                await client.get(receiver.url("/slow", host="r.test"))
+    finally:
+        await transport.aclose()
+
+
+async def test_max_connections_bounds_the_pool_and_closed_responses_free_it(receiver):
+    transport = GuardedTransport(LOOPBACK, resolver=_loopback, max_connections=1)
+    try:
+        async with httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(5, pool=0.3)) as client:
+            for _ in range(3):  # each closed response gives its connection back
+                assert (await client.get(receiver.url("/a", host="r.test"))).status_code == 200
+            async with client.stream("GET", receiver.url("/held", host="r.test")) as held:
+                assert held.status_code == 200
+                with pytest.raises(httpx.PoolTimeout):
+                    await client.get(receiver.url("/b", host="r.test"))
+    finally:
+        await transport.aclose()
+
+
+async def test_the_given_tls_context_is_the_one_used(mtls_receiver, pki):
+    import ssl
+
+    context = ssl.create_default_context(cafile=str(pki.ca))
+    context.load_cert_chain(str(pki.client_cert), str(pki.client_key), password=pki.client_key_password)
+    transport = GuardedTransport(LOOPBACK, ssl_context=context, resolver=_loopback)
+    try:
+        async with httpx.AsyncClient(transport=transport) as client:
+            response = await client.get(mtls_receiver.url("/tls", host="localhost"))
+        assert response.status_code == 200
+    finally:
+        await transport.aclose()
