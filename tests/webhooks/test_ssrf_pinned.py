@@ -312,3 +312,32 @@ async def test_the_given_tls_context_is_the_one_used(mtls_receiver, pki):
         assert response.status_code == 200
     finally:
         await transport.aclose()
+
+
+async def test_the_transport_itself_names_the_request_in_its_errors():
+    """Called directly (httpx's client would fill a missing request in on its own)."""
+    from support import free_port
+
+    server, port = await raw_server(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly-ten-b")
+    transport = GuardedTransport(LOOPBACK, resolver=_loopback)
+    try:
+        request = httpx.Request("GET", f"http://r.test:{port}/body")
+        response = await transport.handle_async_request(request)
+        with pytest.raises(httpx.HTTPError) as info:
+            async for _ in response.stream:
+                pass
+        assert info.value.request is request
+        await response.aclose()
+        dead = httpx.Request("GET", f"http://r.test:{free_port()}/dead")
+        with pytest.raises(httpx.ConnectError) as info:
+            await transport.handle_async_request(dead)
+        assert info.value.request is dead
+    finally:
+        await transport.aclose()
+        server.close()
+
+
+async def test_backend_honours_the_connect_timeout(counter):
+    backend = GuardedNetworkBackend(LOOPBACK, resolver=_loopback)
+    with pytest.raises(httpcore.ConnectTimeout):
+        await backend.connect_tcp("r.test", counter.port, timeout=0)
