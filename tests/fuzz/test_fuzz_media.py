@@ -93,20 +93,24 @@ twilio_message = st.one_of(
 )
 
 
-async def twilio_call(server, run_id: str, messages: list) -> tuple[dict, int | None]:
+async def twilio_answer(server, run_id: str) -> tuple[str, dict[str, str], str]:
+    """Answer a Twilio call for `run_id`: (stream URL, its <Parameter>s, the CallSid)."""
     url = f"{server.url}/api/v1/telephony/webhook/wf-z/user-z/{run_id}"
     params = {"CallSid": "CA" + run_id.encode().hex().ljust(32, "0")[:32], "AccountSid": TWILIO_SID, "CallStatus": "in-progress"}
     async with httpx.AsyncClient() as http:
         answer = await http.post(url, data=params, headers={"X-Twilio-Signature": twilio_signature(url, params)})
     assert answer.status_code == 200, answer.text
     stream = ET.fromstring(answer.text).find("./Connect/Stream")
-    ws_url, custom = stream.get("url"), {p.get("name"): p.get("value") for p in stream.findall("Parameter")}
+    return stream.get("url"), {p.get("name"): p.get("value") for p in stream.findall("Parameter")}, params["CallSid"]
+
+
+async def twilio_call(server, run_id: str, messages: list) -> tuple[dict, int | None]:
+    ws_url, custom, call_sid = await twilio_answer(server, run_id)
     sid = "MZ" + "5" * 32
-    close_code = None
     async with connect(ws_url, additional_headers={"X-Twilio-Signature": twilio_signature(ws_url, {})}, compression=None, proxy=None) as ws:
         await ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
         await ws.send(json.dumps({"event": "start", "streamSid": sid, "start": {
-            "streamSid": sid, "accountSid": TWILIO_SID, "callSid": params["CallSid"], "tracks": ["inbound"],
+            "streamSid": sid, "accountSid": TWILIO_SID, "callSid": call_sid, "tracks": ["inbound"],
             "customParameters": custom, "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}}))
         try:
             for message in messages:
@@ -233,12 +237,7 @@ async def agent_call(server, run_id: str, messages: list) -> dict:
             done.set()
 
     async with serve(handler, "127.0.0.1", AGENT_PORT, compression=None):
-        url = f"{server.url}/api/v1/telephony/webhook/wf-z/user-z/{run_id}"
-        params = {"CallSid": "CA" + run_id.encode().hex().ljust(32, "0")[:32], "AccountSid": TWILIO_SID, "CallStatus": "in-progress"}
-        async with httpx.AsyncClient() as http:
-            answer = await http.post(url, data=params, headers={"X-Twilio-Signature": twilio_signature(url, params)})
-        stream = ET.fromstring(answer.text).find("./Connect/Stream")
-        ws_url, custom = stream.get("url"), {p.get("name"): p.get("value") for p in stream.findall("Parameter")}
+        ws_url, custom, _ = await twilio_answer(server, run_id)
         async with connect(ws_url, additional_headers={"X-Twilio-Signature": twilio_signature(ws_url, {})}, compression=None, proxy=None) as ws:
             await ws.send(json.dumps({"event": "start", "streamSid": "MZ9", "start": {"streamSid": "MZ9", "customParameters": custom}}))
             await ws.send(json.dumps({"event": "media", "streamSid": "MZ9", "media": {"payload": base64.b64encode(b"\xff" * 160).decode()}}))
