@@ -186,16 +186,16 @@ def test_signed_vonage_jwt_with_any_claims_gives_a_verdict(claims, body, extra_h
 
 @given(st.binary(max_size=32), st.text(max_size=20), st.none() | st.integers() | st.text(max_size=40) | st.binary(max_size=10),
        st.floats(allow_nan=False, allow_infinity=False, min_value=-1e12, max_value=1e12))
-@example(b"k", "run", "v1.00000000001.x", 0.0)
-@example(b"k", "run", "v1.\u0661\u0662.x", 0.0)  # non-ASCII digits
-@example(b"k", "run", "v1.\u00b2.x", 0.0)  # "²".isdigit() but int("²") raised ValueError
-@example(b"k", "run", "v1.1.\u00e9", 0.0)  # hmac.compare_digest raised TypeError on a non-ASCII str
+@example(b"k", "run", "v2.00000000001.x", 0.0)
+@example(b"k", "run", "v2.\u0661\u0662.x", 0.0)  # non-ASCII digits
+@example(b"k", "run", "v2.\u00b2.x", 0.0)  # "²".isdigit() but int("²") raised ValueError
+@example(b"k", "run", "v2.1.\u00e9", 0.0)  # hmac.compare_digest raised TypeError on a non-ASCII str
 def test_stream_token_check_is_none_or_a_reason(key, run_id, token, now):
-    result = check_stream_token(key, run_id, token, now=now)
+    result = check_stream_token(key, run_id, token, now=now, workflow_id="wf", user_id="user")
     assert result is None or isinstance(result, str)
     if result is None:
         expires = int(token.split(".")[1])  # only the token minted for this run passes
-        assert token == mint_stream_token(key, run_id, now=expires, ttl=0) and expires >= now
+        assert token == mint_stream_token(key, run_id, now=expires, ttl=0, workflow_id="wf", user_id="user") and expires >= now
 
 
 # --- media socket messages ------------------------------------------------------------------
