@@ -129,3 +129,10 @@ def test_replay_guard_forgets_the_oldest_when_full_and_expired_entries_in_time()
     assert guard.first_use("c", 12) is False  # remembered until 12 inclusive
     assert guard.first_use("c", 12.5) is True
     assert len(guard) == 2  # the expired "c" was purged, "a" (until 13) kept
+
+
+def test_without_a_replay_guard_the_caller_claims_the_jti():
+    good = f"Bearer {token()}"
+    for _ in range(2):
+        verdict = verify_vonage_jwt(good, SECRET, b"", now=NOW, replay=None)
+        assert verdict.ok is True and verdict.claims["jti"] == "jti-1"
