@@ -10,7 +10,7 @@ import pytest
 
 from gateway.providers.vonage import MAX_JTI_CHARS, MAX_TOKEN_CHARS, ReplayGuard, verify_vonage_jwt
 
-SECRET = "pinned-vonage-secret"
+SECRET = "pinned-vonage-signature-secret-0123456789"
 NOW = 1_700_000_000
 
 
