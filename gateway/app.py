@@ -20,6 +20,7 @@ from gateway.api import tunnel as tunnel_api
 from gateway.api.context import GatewayContext
 from gateway.api.middleware import EdgeMiddleware
 from gateway.api.problems import problem
+from gateway.console import routes as console_routes
 from gateway.config import ConfigError, GatewayConfig, with_dev_secrets
 from gateway.dial.setup import DialSetupError, build_dial_services
 from gateway.events.fanout import fanout_for
@@ -110,7 +111,7 @@ def create_app(config: GatewayConfig, *, store: Store | None = None) -> Starlett
 
     app = GatewayApp(
         routes=[*health.routes, *telephony.routes, *media.routes, *calls_api.routes, *campaigns_api.routes, *admin.routes, *deliveries.routes, *recordings.routes,
-                *tunnel_api.routes],
+                *tunnel_api.routes, *console_routes],
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_error, Exception: _server_error},
     )
