@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.api import admin, deliveries, health, media, recordings, telephony
+from gateway.api import admin, deliveries, health, media, openapi, recordings, telephony
 from gateway.api import calls as calls_api
 from gateway.api import campaigns as campaigns_api
 from gateway.api import tunnel as tunnel_api
@@ -111,7 +111,7 @@ def create_app(config: GatewayConfig, *, store: Store | None = None) -> Starlett
 
     app = GatewayApp(
         routes=[*health.routes, *telephony.routes, *media.routes, *calls_api.routes, *campaigns_api.routes, *admin.routes, *deliveries.routes, *recordings.routes,
-                *tunnel_api.routes, *console_routes],
+                *tunnel_api.routes, *openapi.routes, *console_routes],
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_error, Exception: _server_error},
     )

@@ -46,6 +46,8 @@ async def json_body(request: Request, *, limit: int = 64 * 1024, optional: bool 
         data = json.loads(raw)
     except ValueError as error:
         raise BadBody(400, f"the body is not valid JSON: {error}") from None
+    except RecursionError:
+        raise BadBody(400, "the body is not usable JSON: it is nested too deeply") from None
     if not isinstance(data, dict):
         raise BadBody(400, "the body must be a JSON object")
     return data

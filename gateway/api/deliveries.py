@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from datetime import datetime, timezone
 from typing import Any
@@ -88,7 +87,10 @@ def _parse_time(value: Any, name: str) -> datetime:
         raise ValueError(f"{name} is not an RFC 3339 time: {value[:40]!r}") from None
     if parsed.tzinfo is None:
         raise ValueError(f"{name} must carry a time zone (e.g. Z)")
-    return parsed.astimezone(timezone.utc)
+    try:
+        return parsed.astimezone(timezone.utc)
+    except OverflowError:
+        raise ValueError(f"{name} is out of range: {value[:40]!r}") from None
 
 
 async def replay(request: Request) -> Response:
@@ -97,9 +99,10 @@ async def replay(request: Request) -> Response:
         return denied
     ctx = _ctx(request)
     try:
-        body = json.loads(await request.body() or b"{}")
-        if not isinstance(body, dict):
-            raise ValueError("body must be a JSON object")
+        body = await json_body(request)
+    except BadBody as error:
+        return problem(error.status, error.detail)
+    try:
         name = body.get("subscription")
         subscription = next((s for s in ctx.config.webhooks if s.name == name), None)
         if subscription is None:

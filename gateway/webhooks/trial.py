@@ -70,6 +70,8 @@ def trial_context(event: Event, call: CallRecord, inputs: Mapping[str, Any]) -> 
     context = delivery_context(event, call)
     for path, value in inputs.items():
         _place(context, path, value)
+    if not isinstance(context["event"], dict):  # the envelope: the default body is made of it
+        raise TrialInputError("inputs.event: the event envelope must stay an object (set event.data.NAME instead)")
     return context
 
 
