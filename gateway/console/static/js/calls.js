@@ -1,6 +1,6 @@
 // Calls: the newest first with a state filter, updated while calls progress; a call's page.
 import { api, local, query } from './api.js';
-import { ago, badge, clear, code, empty, field, h, header, link, section, select, time } from './dom.js';
+import { ago, badge, changes, clear, clock, code, empty, field, h, header, link, section, select, time } from './dom.js';
 
 export const STATES = ['initiated', 'ringing', 'answered', 'completed', 'busy', 'no-answer', 'failed', 'canceled'];
 const TERMINAL = new Set(['completed', 'busy', 'no-answer', 'failed', 'canceled']);
@@ -62,7 +62,7 @@ function timelineTable(entries) {
   return h('table', { class: 'table compact', 'aria-label': 'Timeline' },
     h('thead', {}, h('tr', {}, ['Received', 'Source', 'Kind', 'Outcome', 'Provider status', 'State', 'Data'].map((t) => h('th', { scope: 'col' }, t)))),
     h('tbody', {}, entries.map((e) => h('tr', {},
-      h('td', { class: 'nowrap' }, time(e.received_at)),
+      h('td', { class: 'nowrap mono' }, clock(e.received_at)),
       h('td', {}, e.source),
       h('td', {}, e.kind),
       h('td', {}, badge(e.outcome)),
@@ -78,7 +78,7 @@ function eventsTable(events) {
     h('tbody', {}, events.map((e) => h('tr', {},
       h('td', {}, String(e.seq)),
       h('td', {}, h('strong', {}, e.type)),
-      h('td', { class: 'nowrap' }, time(e.timestamp)),
+      h('td', { class: 'nowrap mono' }, clock(e.timestamp)),
       h('td', { class: 'mono small' }, e.id),
       h('td', {}, h('details', {}, h('summary', {}, 'envelope'), code(e)))))));
 }
@@ -121,7 +121,7 @@ function recordingBlock(call) {
   const url = call.media?.recording_url;
   if (!url) return empty(call.media?.started ? 'No recording: recording is off for this call, or its media has not ended.' : 'No recording: the call had no media.');
   return h('div', { class: 'stack' },
-    h('audio', { controls: true, preload: 'none', src: local(url), 'aria-label': 'Recording' }),
+    h('audio', { controls: true, preload: 'metadata', src: local(url), 'aria-label': 'Recording' }),
     h('p', { class: 'muted small' }, 'Stereo WAV: caller left, agent right. The link is signed and expires.'));
 }
 
@@ -137,6 +137,7 @@ export async function callPage(view, ctx) {
     section('Timeline', timeline), section('Events', events), section('Deliveries', deliveries));
   let lastState = null;
   let finished = false;
+  const changed = changes();
 
   async function refresh() {
     if (finished) return;
@@ -145,7 +146,7 @@ export async function callPage(view, ctx) {
       api(`/api/v1/calls/${encodeURIComponent(runId)}/events?limit=500`),
       api(`/api/v1/deliveries${query({ run: runId, limit: 200 })}`),
     ]);
-    if (!ctx.alive) return;
+    if (!ctx.alive || !changed([call.state, call.updated_at, call.timeline?.length, evts.events.length, dels.deliveries])) return;
     clear(head, header(`${call.from ?? 'unknown'} → ${call.to ?? 'unknown'}`, `${call.direction ?? ''} call through ${call.provider}`, badge(call.state)));
     clear(summary, h('section', { class: 'card' }, h('dl', { class: 'facts' },
       field('Run', h('span', { class: 'mono' }, call.workflow_run_id)),

@@ -1,6 +1,6 @@
 // Deliveries: status and subscription filters; a delivery's attempts, Retry, and Replay of a time range.
 import { api, query } from './api.js';
-import { badge, clear, code, empty, field, h, header, link, section, select, time } from './dom.js';
+import { badge, changes, clear, code, empty, field, h, header, link, section, select, time } from './dom.js';
 import { deliveriesTable } from './calls.js';
 
 export const STATUSES = ['pending', 'succeeded', 'failed', 'dead'];
@@ -68,12 +68,15 @@ export async function listPage(view, ctx) {
 function requestView(request, eventEnvelope) {
   if (!request || !request.method) return empty('No request was made.');
   const headers = Object.entries(request.headers || {});
-  const body = request.body ?? (eventEnvelope ? JSON.stringify(eventEnvelope) : null);
+  let body = h('p', { class: 'muted' }, 'No body.');
+  if (request.body) body = code(request.body, 'Request body');
+  else if (eventEnvelope && request.method !== 'GET' && request.method !== 'DELETE') {
+    body = h('details', {}, h('summary', {}, 'Body: the event envelope'), code(eventEnvelope, 'Request body'));
+  }
   return h('div', { class: 'stack' },
     h('p', { class: 'mono request-line' }, h('strong', {}, request.method), ' ', request.url),
     headers.length ? h('table', { class: 'table kv', 'aria-label': 'Request headers' }, h('tbody', {}, headers.map(([k, v]) => h('tr', {}, h('th', { scope: 'row' }, k), h('td', { class: 'mono' }, v))))) : null,
-    body ? code(body, 'Request body') : h('p', { class: 'muted' }, 'No body.'),
-    request.body === null && eventEnvelope ? h('p', { class: 'muted small' }, 'The body is the event envelope.') : null);
+    body);
 }
 
 function responseView(attempt) {
@@ -118,9 +121,10 @@ export async function deliveryPage(view, ctx) {
     }
   });
 
+  const changed = changes();
   async function refresh() {
     const d = await api(`/api/v1/deliveries/${encodeURIComponent(id)}`);
-    if (!ctx.alive) return;
+    if (!ctx.alive || !changed(d)) return;
     clear(head, header(d.event_type ? `${d.event_type} → ${d.subscription}` : d.subscription, `Delivery ${d.id}`, badge(d.status), retry));
     clear(facts, h('section', { class: 'card' }, h('dl', { class: 'facts' },
       field('Status', badge(d.status)), field('Subscription', d.subscription),

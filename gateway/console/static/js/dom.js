@@ -58,6 +58,15 @@ export function ago(iso) {
   return `${Math.floor(seconds / 86400)} d ago`;
 }
 
+/** The time of day with milliseconds (for timelines), the full date as its title. */
+export function clock(iso) {
+  if (!iso) return '—';
+  const date = new Date(iso);
+  if (Number.isNaN(date.getTime())) return String(iso);
+  const text = date.toLocaleTimeString(undefined, { hour12: false }) + '.' + String(date.getMilliseconds()).padStart(3, '0');
+  return h('time', { datetime: iso, title: when(iso) }, text);
+}
+
 export function time(iso) {
   return h('time', { datetime: iso || null, title: iso ? when(iso) : null }, iso ? `${when(iso)}` : '—');
 }
@@ -100,4 +109,16 @@ export function select(label, id, options, current, onchange) {
   return h('label', { class: 'filter', for: id }, label,
     h('select', { id, onchange: (e) => onchange(e.target.value) },
       options.map(([value, text]) => h('option', { value, selected: value === (current || '') }, text))));
+}
+
+/** A function that answers whether `value` differs from what it was given last (by its JSON):
+ * polled pages re-render only what changed, so open <details> and focus stay put. */
+export function changes() {
+  let last = null;
+  return (value) => {
+    const text = JSON.stringify(value);
+    if (text === last) return false;
+    last = text;
+    return true;
+  };
 }
