@@ -139,15 +139,12 @@ def main() -> None:
                 sign_in(driver, proc.url, API_KEY)
                 wait_for(driver, lambda d: "run-7f3a" in d.find_element(By.ID, "view").text, what="calls")
                 shoot(driver, "calls", 900)
-                driver.get(f"{proc.url}/console/#/calls/{simulated['workflow_run_id']}")
-                wait_for(driver, lambda d: "Tuesday at 10:30" in d.find_element(By.ID, "view").text, what="the call's transcript")
-                shoot(driver, "call")
-                driver.get(f"{proc.url}/console/#/deliveries")
-                wait_for(driver, lambda d: "billing" in d.find_element(By.ID, "view").text, what="deliveries")
-                shoot(driver, "deliveries", 1100)
-                driver.get(f"{proc.url}/console/#/deliveries/{failed['id']}")
-                wait_for(driver, lambda d: "Attempt 2" in d.find_element(By.ID, "view").text, what="the delivery's attempts")
-                shoot(driver, "delivery")
+                for route, text, name, height in ((f"calls/{simulated['workflow_run_id']}", "Tuesday at 10:30", "call", None),
+                                                  ("deliveries", "billing", "deliveries", 1100),
+                                                  (f"deliveries/{failed['id']}", "Attempt 2", "delivery", None)):
+                    driver.get(f"{proc.url}/console/#/{route}")
+                    wait_for(driver, lambda d: text in d.find_element(By.ID, "view").text, what=name)
+                    shoot(driver, name, height)
                 driver.get(f"{proc.url}/console/#/webhooks/crm")
                 wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "input[data-path='initial_context.tenant']"), what="the test panel")
                 for path, value in (("initial_context.tenant", "acme-east"), ("call.from", "+14155550123"), ("call.duration", "95")):

@@ -127,8 +127,8 @@ class HangupRequested(_Out):
     provider_status: str | None
 
 
-class Delivery(_Out):
-    """`Delivery.to_dict()`."""
+class _DeliveryRow(_Out):
+    """`Delivery.to_dict()` but for `attempts`."""
 
     id: str
     subscription: str
@@ -136,7 +136,6 @@ class Delivery(_Out):
     event_id: str | None
     event_type: str | None
     status: DeliveryStatus
-    attempts: int
     next_attempt_at: Time | None
     first_attempt_at: Time | None
     last_attempt_at: Time | None
@@ -144,6 +143,12 @@ class Delivery(_Out):
     last_error: str | None
     created_at: Time | None
     updated_at: Time | None
+
+
+class Delivery(_DeliveryRow):
+    """`Delivery.to_dict()`."""
+
+    attempts: int
 
 
 class DeliveryPage(_Out):
@@ -172,23 +177,10 @@ class Attempt(_Out):
     request: SentRequest | dict[str, Any]
 
 
-class DeliveryDetail(_Out):
+class DeliveryDetail(_DeliveryRow):
     """`GET /api/v1/deliveries/{delivery_id}`: the row, its event and every attempt. (`attempts`
     is the list of attempts here, where a listing row carries their number.)"""
 
-    id: str
-    subscription: str
-    workflow_run_id: str | None
-    event_id: str | None
-    event_type: str | None
-    status: DeliveryStatus
-    next_attempt_at: Time | None
-    first_attempt_at: Time | None
-    last_attempt_at: Time | None
-    last_status: int | None
-    last_error: str | None
-    created_at: Time | None
-    updated_at: Time | None
     event: Event | None
     attempts: list[Attempt]
 

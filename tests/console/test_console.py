@@ -77,6 +77,7 @@ def test_console_serves_its_files_with_a_strict_policy(gateway):
     assert script.headers["content-security-policy"] == policy
     assert httpx.get(gateway.url + "/console/nope.js").status_code == 404
     assert "set-cookie" not in page.headers
+    assert httpx.get(gateway.url + "/console", follow_redirects=True).url.path == "/console/"
 
 
 def test_sign_in_calls_live_a_call_retry_and_attacker_text(gateway, receiver, browser):
