@@ -10,7 +10,7 @@ import httpx
 import pytest
 from selenium.webdriver.common.by import By
 
-from console.browser import button, chromium, sign_in, wait_for
+from console.browser import button, chromium, follow, press, sign_in, wait_for
 from support import API_KEY, Receiver, base_config, twilio_status_callback, wait_until
 
 XSS = "<img src=x onerror=alert(1)>"
@@ -96,9 +96,8 @@ def test_sign_in_calls_live_a_call_retry_and_attacker_text(gateway, receiver, br
 
     # A call appears and completes while the page is open (no reload).
     twilio_status_callback(gateway, "run-live", "ringing", From=XSS, To=SCRIPT)
-    row = wait_for(browser, lambda d: next((r for r in d.find_elements(By.CSS_SELECTOR, "tbody tr") if "run-live" in r.text), None),
-                   what="the new call's row")
-    assert "ringing" in row.text
+    wait_for(browser, lambda d: any("run-live" in r.text and "ringing" in r.text for r in d.find_elements(By.CSS_SELECTOR, "tbody tr")),
+             what="the new call's row, ringing")
     twilio_status_callback(gateway, "run-live", "in-progress", From=XSS, To=SCRIPT)
     twilio_status_callback(gateway, "run-live", "completed", From=XSS, To=SCRIPT, CallDuration="7")
     wait_for(browser, lambda d: any("run-live" in r.text and "completed" in r.text and "7 s" in r.text
@@ -106,7 +105,7 @@ def test_sign_in_calls_live_a_call_retry_and_attacker_text(gateway, receiver, br
     assert XSS in text_of(browser) and SCRIPT in text_of(browser)
 
     # Its page: the timeline, its events and the delivery it caused, the attacker's text as text.
-    browser.find_element(By.LINK_TEXT, "run-live").click()
+    follow(browser, "run-live")
     wait_for(browser, lambda d: "call.ended" in text_of(d) and "succeeded" in text_of(d), what="the call's page with its delivery")
     view = text_of(browser)
     assert f"{XSS} → {SCRIPT}" in view and "call.completed" in view and "in-progress" in view
@@ -119,12 +118,12 @@ def test_sign_in_calls_live_a_call_retry_and_attacker_text(gateway, receiver, br
     failed = wait_until(lambda: admin(gateway, "GET", "/api/v1/deliveries?status=failed").json()["deliveries"], 20, "a failed delivery")[0]
     browser.get(f"{gateway.url}/console/#/deliveries?status=failed")
     wait_for(browser, lambda d: failed["id"] in text_of(d), what="the failed delivery in the list")
-    browser.find_element(By.LINK_TEXT, failed["id"]).click()
+    follow(browser, failed["id"])
     wait_for(browser, lambda d: "HTTP 400" in text_of(d) and "Attempt 1" in text_of(d), what="the failed attempt")
     view = text_of(browser)
     assert "Request sent" in view and "Answer received" in view and "not today" in view
     assert TOKEN not in view and WHSEC not in view and "[redacted]" in view
-    button(browser, "Retry").click()
+    press(browser, "Retry")
     wait_for(browser, lambda d: "Attempt 2" in text_of(d) and "succeeded" in text_of(d), what="the retried delivery succeeded")
     assert len(receiver.requests) == 3
     assert button(browser, "Replay").accessible_name == "Replay"
@@ -135,7 +134,7 @@ def test_sign_in_calls_live_a_call_retry_and_attacker_text(gateway, receiver, br
 
 def test_webhooks_test_panel_enable_and_replay(gateway, receiver, browser):
     sign_in(browser, gateway.url, API_KEY)
-    wait_for(browser, lambda d: d.find_element(By.LINK_TEXT, "Webhooks")).click()
+    follow(browser, "Webhooks")
     wait_for(browser, lambda d: "healthy" in text_of(d) and "Inputs" in text_of(d), what="the webhooks page")
     view = text_of(browser)
     assert "bearer_token" in view and TOKEN not in view
@@ -143,7 +142,7 @@ def test_webhooks_test_panel_enable_and_replay(gateway, receiver, browser):
     assert tenant.accessible_name == "initial_context.tenant"
     tenant.send_keys("acme")
     browser.find_element(By.CSS_SELECTOR, "input[data-path='workflow_run_id']").send_keys("run-test")
-    button(browser, "Send test").click()
+    press(browser, "Send test")
     result = wait_for(browser, lambda d: (r := d.find_elements(By.ID, "test-result")) and r[0], what="the test result")
     text = result.text
     assert "Success" in text and "HTTP 200" in text
@@ -158,7 +157,7 @@ def test_webhooks_test_panel_enable_and_replay(gateway, receiver, browser):
     receiver.wait_for(2)
     browser.get(f"{gateway.url}/console/#/deliveries")
     wait_for(browser, lambda d: "run-replay" in text_of(d), what="the delivery listed")
-    button(browser, "Replay").click()
+    press(browser, "Replay")
     wait_for(browser, lambda d: "1 delivery queued again for crm" in text_of(d), what="the replay's answer")
     receiver.wait_for(3)
 
@@ -180,7 +179,7 @@ def test_webhooks_test_panel_enable_and_replay(gateway, receiver, browser):
     asyncio.run(disable())
     browser.get(f"{gateway.url}/console/#/webhooks/crm")
     wait_for(browser, lambda d: "HTTP 410 from the endpoint" in text_of(d), what="the disabled state")
-    button(browser, "Enable").click()
+    press(browser, "Enable")
     wait_for(browser, lambda d: "healthy" in text_of(d) and not [b for b in d.find_elements(By.TAG_NAME, "button") if b.text == "Enable"],
              what="the endpoint enabled")
     assert admin(gateway, "GET", "/api/v1/subscriptions").json()["subscriptions"][0]["health"]["disabled_at"] is None
@@ -206,15 +205,15 @@ def test_campaigns_progress_pause_resume_cancel(gateway_process, tmp_path, brows
         made_name = made["name"] or made["id"]
         twilio.wait_for("create", 1)
         sign_in(browser, proc.url, API_KEY)
-        wait_for(browser, lambda d: d.find_element(By.LINK_TEXT, "Campaigns")).click()
+        follow(browser, "Campaigns")
         wait_for(browser, lambda d: made_name in text_of(d) and "running" in text_of(d), what="the running campaign")
         view = text_of(browser)
         assert "0 of 3" in view and "Calls placed" in view
-        button(browser, "Pause").click()
+        press(browser, "Pause")
         wait_for(browser, lambda d: "paused" in text_of(d), what="paused")
-        button(browser, "Resume").click()
+        press(browser, "Resume")
         wait_for(browser, lambda d: "running" in text_of(d), what="running again")
-        button(browser, "Cancel").click()
+        press(browser, "Cancel")
         browser.switch_to.alert.accept()  # "Cancel campaign ...?"
         wait_for(browser, lambda d: "canceled" in text_of(d) and not d.find_elements(By.XPATH, "//button[.='Pause']"), what="canceled")
         assert admin(proc, "GET", f"/api/v1/campaigns/{made['id']}").json()["status"] == "canceled"

@@ -40,9 +40,13 @@ export async function listPage(view, ctx) {
   view.append(header('Calls', 'Every call the gateway has seen, newest first. Updates live.', filter),
     h('div', { class: 'card flush' }, table, h('div', { class: 'table-foot' }, count, more)));
 
+  const changed = changes();
   async function refresh() {
     const page = await api(`/api/v1/calls${query({ state, limit })}`);
-    if (!ctx.alive) return;
+    // Rows are rebuilt when a call changed (or every 10 s, for their ages), not on every poll.
+    // (Not the whole page: its recording links are signed afresh on every read.)
+    const rows = page.calls.map((c) => [c.workflow_run_id, c.state, c.updated_at]);
+    if (!ctx.alive || !changed([state, limit, rows, page.next_cursor, Math.floor(Date.now() / 10000)])) return;
     next = page.next_cursor;
     clear(body, ...page.calls.map(callRow));
     if (!page.calls.length) body.append(h('tr', {}, h('td', { colspan: 8 }, empty(state ? `No ${state} calls.` : 'No calls yet.'))));

@@ -1,6 +1,6 @@
 // Campaigns: progress and statistics, Pause / Resume / Cancel.
 import { api, ApiError } from './api.js';
-import { badge, clear, empty, field, h, header, time } from './dom.js';
+import { badge, changes, clear, empty, field, h, header, time } from './dom.js';
 
 const ACTIONS = { running: ['Pause', 'Cancel'], paused: ['Resume', 'Cancel'] };
 
@@ -46,6 +46,7 @@ function card(ctx, campaign, reload) {
 export async function listPage(view, ctx) {
   const list = h('div', { class: 'stack' });
   view.append(header('Campaigns', 'Outbound campaigns: progress, statistics and controls.'), list);
+  const changed = changes();
   async function reload() {
     let page;
     try {
@@ -57,7 +58,7 @@ export async function listPage(view, ctx) {
       }
       throw error;
     }
-    if (!ctx.alive) return;
+    if (!ctx.alive || !changed(page)) return;
     clear(list, page.campaigns.length ? page.campaigns.map((c) => card(ctx, c, reload)) : empty('No campaigns yet.'));
   }
   await ctx.poll(reload, 3000);
