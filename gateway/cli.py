@@ -7,6 +7,7 @@ import asyncio
 import sys
 
 from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.redact import redact_url
 
 
 def _load(path: str | None) -> GatewayConfig:
@@ -34,7 +35,7 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     host = args.host or config.listen.host
     port = config.listen.port if args.port is None else args.port
-    run(app, host=host, port=port, drain_seconds=config.shutdown.drain_seconds)
+    run(app, host=host, port=port, drain_seconds=config.shutdown.drain_seconds, read_timeout=config.limits.read_timeout_seconds)
     return 0
 
 
@@ -51,9 +52,9 @@ def _check_config(args: argparse.Namespace) -> int:
         if config.tunnel.log_file:
             where += f", then {config.tunnel.log_file}"
         print(f"  tunnel: cloudflared quick tunnel looked for at {where}")
-    print(f"  store: {config.store}")
+    print(f"  store: {redact_url(config.store)}")
     print(f"  providers: {', '.join(providers) or 'none configured'}")
-    print(f"  agent: {config.agent.url} ({config.agent.audio.encoding}/{config.agent.audio.sample_rate})")
+    print(f"  agent: {redact_url(config.agent.url)} ({config.agent.audio.encoding}/{config.agent.audio.sample_rate})")
     print(f"  api_key: {'set' if config.api_key else 'not set (development secret will be generated)'}")
     print(f"  webhooks: {len(config.webhooks)}")
     return 0
@@ -109,7 +110,7 @@ async def _webhook_test(config: GatewayConfig, name: str, event_type: str | None
         finally:
             await store.close()
         if call is None:
-            print(f"no call with workflow_run_id {run_id!r} in {config.store}", file=sys.stderr)
+            print(f"no call with workflow_run_id {run_id!r} in {redact_url(config.store)}", file=sys.stderr)
             return 2
     try:
         trial = await run_trial(subscription, config.secret_values(), event_type=event_type, call=call)

@@ -11,17 +11,17 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.api.admin import authorized
-from gateway.api.calls import BadBody, json_body
+from gateway.api.body import BadBody, json_body
 from gateway.api.context import GatewayContext
 from gateway.api.problems import problem
 from gateway.store.base import StoreError
+from gateway.redact import REDACTED, Redactor, redact_url
 from gateway.webhooks.sender import RequestBuildError
 from gateway.webhooks.subscription import Subscription
-from gateway.webhooks.templates import Redactor
 from gateway.webhooks.trial import TrialInputError, default_event_type, run_trial
 
 STATUSES = ("pending", "succeeded", "failed", "dead")
-REDACTED = "[redacted]"
+
 _PUBLIC_AUTH_FIELDS = {"type", "header", "name", "token_url", "scope", "client_auth", "cert", "ca_bundle"}
 
 
@@ -99,9 +99,9 @@ async def replay(request: Request) -> Response:
         return denied
     ctx = _ctx(request)
     try:
-        body = await json_body(request)
-    except BadBody as error:
-        return problem(error.status, error.detail)
+        body = await json_body(request, optional=True)
+    except BadBody as exc:
+        return problem(exc.status, exc.detail)
     try:
         name = body.get("subscription")
         subscription = next((s for s in ctx.config.webhooks if s.name == name), None)
@@ -127,6 +127,9 @@ def subscription_view(subscription: Subscription, redactor: Redactor) -> dict[st
         signing["secrets"] = [REDACTED for _ in signing["secrets"]]
     if "secret" in signing:
         signing["secret"] = REDACTED
+    data["url"] = redact_url(data["url"])
+    if isinstance(data["auth"].get("token_url"), str):
+        data["auth"]["token_url"] = redact_url(data["auth"]["token_url"])
     return redactor.value(data)
 
 

@@ -168,6 +168,7 @@ class SentRequest(_Out):
 class Attempt(_Out):
     """`AttemptRecord.to_dict()` (redacted by the sender)."""
 
+    id: str
     attempted_at: Time | None
     outcome: str
     status: int | None
@@ -222,6 +223,7 @@ class SubscriptionView(_Out):
     url: str
     headers: dict[str, str]
     payload_template: Any
+    payload_defaults: dict[str, Any]
     auth: dict[str, Any]
     signing: dict[str, Any]
     timeout: float

@@ -113,3 +113,16 @@ def test_a_missing_secret_is_a_clear_422(gateway_server):
         ctx.config = ctx.config.model_copy(update={"secrets": {}})
         answer = admin(server, "POST", "/api/v1/subscriptions/crm/test", json={})
         assert answer.status_code == 422 and "CRM_TOKEN" in answer.json()["detail"]
+
+
+def test_payload_defaults_are_templates_too():
+    """Their placeholders are inputs of a test send, their secrets are checked at start-up, and
+    an attempt loads the call for them even when the template itself is static."""
+    from gateway.webhooks.attempts import uses_template_context
+    from gateway.webhooks.subscription import Subscription
+
+    sub = Subscription(name="d", events=["call.ended"], url="https://x.example/h", payload_template={"static": True},
+                       payload_defaults={"disposition": "{{gathered_context.call_disposition}}", "key": "{{secret.K}}"})
+    assert sub.inputs() == ["gathered_context.call_disposition"]
+    assert sub.secret_names() == {"K"}
+    assert uses_template_context(sub)
