@@ -82,6 +82,9 @@ def test_the_admin_api_holds_to_its_document(api_schema, served, method, path, m
               suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate, Phase.shrink])
     @given(case=operation.as_strategy(generation_mode=mode))
     def check(case):
+        # The operations take no header parameters; invalid header names the negative mode makes
+        # up are refused by the HTTP server (uvicorn's 400, text/plain) before the app sees them.
+        case.headers = {}
         case.call_and_validate(base_url=served.url, headers={"Authorization": f"Bearer {API_KEY}"}, checks=CHECKS,
                                timeout=30)
 
