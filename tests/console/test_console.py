@@ -1,6 +1,7 @@
 """The operator console in a real headless Chromium against a real `gateway serve` with a
 webhook subscription to a real receiver: sign-in, calls updating live, a call's page, Retry,
-Replay, a test send, Enable, campaigns' Pause/Resume/Cancel, and attacker-controlled text."""
+Replay, a test send, Enable, campaigns' Pause/Resume/Cancel, attacker-controlled text, and a
+simulated call's recording played by the page."""
 
 from __future__ import annotations
 
@@ -218,3 +219,30 @@ def test_campaigns_progress_pause_resume_cancel(gateway_process, tmp_path, brows
         wait_for(browser, lambda d: "canceled" in text_of(d) and not d.find_elements(By.XPATH, "//button[.='Pause']"), what="canceled")
         assert admin(proc, "GET", f"/api/v1/campaigns/{made['id']}").json()["status"] == "canceled"
         assert severe(browser) == []
+
+
+def test_a_simulated_calls_recording_plays_from_the_console(gateway_process, tmp_path, browser):
+    import subprocess
+    import sys
+
+    proc = gateway_process(base_config(tmp_path, recording=True))
+    result = subprocess.run([sys.executable, "-m", "gateway.cli", "simulate", "--seconds", "1", "--config", str(proc.config_path),
+                             "--url", proc.url], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    [call] = admin(proc, "GET", "/api/v1/calls").json()["calls"]
+    sign_in(browser, proc.url, API_KEY)
+    wait_for(browser, lambda d: call["workflow_run_id"] in text_of(d), what="the simulated call")
+    follow(browser, call["workflow_run_id"])
+    audio = wait_for(browser, lambda d: d.find_elements(By.TAG_NAME, "audio"), what="the recording's player")[0]
+    assert audio.accessible_name == "Recording"
+    src = audio.get_attribute("src")
+    assert src.startswith(proc.url + "/api/v1/recordings/") and "signature=" in src
+    # The page itself fetches it (same origin, under its policy): a stereo WAV.
+    answer = browser.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "fetch(arguments[0], {cache: 'no-store'}).then(r => r.arrayBuffer().then(b => done([r.status, r.headers.get('content-type'), b.byteLength])))"
+        ".catch(e => done(String(e)));", src)
+    assert answer[0] == 200 and answer[1] == "audio/wav" and answer[2] > 44
+    wait_for(browser, lambda d: d.execute_script("return arguments[0].readyState", audio) >= 1, what="the player read the WAV")
+    assert browser.execute_script("return arguments[0].duration", audio) > 0.5
+    assert severe(browser) == []
