@@ -21,6 +21,7 @@ from gateway.api.context import GatewayContext
 from gateway.api.middleware import EdgeMiddleware
 from gateway.api.problems import problem
 from gateway.config import ConfigError, GatewayConfig, with_dev_secrets
+from gateway.dial.urls import log_console_urls
 from gateway.dial.setup import DialSetupError, build_dial_services
 from gateway.events.fanout import fanout_for
 from gateway.media.recording import RECORDINGS_DIR, sweep_recordings
@@ -95,6 +96,8 @@ def create_app(config: GatewayConfig, *, store: Store | None = None) -> Starlett
         log.info("gateway ready: store=%s agent=%s providers=%s webhooks=%d", config.store, config.agent.url,
                  ",".join(name for name in ("twilio", "vonage") if getattr(config.providers, name)) or "none",
                  len(config.webhooks))
+        if config.public_url and config.public_url != "auto":
+            log_console_urls(log, config.public_url)
         try:
             yield
         finally:

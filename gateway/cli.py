@@ -241,9 +241,9 @@ async def _deliveries(config: GatewayConfig, args: argparse.Namespace) -> int:
             if args.json:
                 emit_json({"subscription": subscription.name, "queued": count})
             else:
-                emit(f"queued {count} deliveries to {subscription.name}: every event from {since.isoformat()} to "
-                     f"{until.isoformat()} it matches, sent before or not (events from before it existed included); "
-                     f"a running gateway sends them within {config.delivery.poll_seconds:g} s")
+                emit(f"queued {count} {'delivery' if count == 1 else 'deliveries'} to {subscription.name}: every event "
+                     f"of the range it matches, sent to it before or not; a running gateway sends them within "
+                     f"{config.delivery.poll_seconds:g} s")
     except StoreError as exc:
         raise CommandError(f"store error: {exc}", 1) from None
     finally:

@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from gateway.webhooks.signing import decode_signing_secret
+from gateway.webhooks.ssrf import configured_destination_problem
 from gateway.webhooks.subscription import (
     RetryPolicy,
     Subscription,
@@ -329,6 +330,9 @@ def _with_workflows(config: GatewayConfig) -> GatewayConfig:
     config = config.model_copy(update={"webhooks": subscriptions})
     available = config.secret_values()
     for index, subscription in enumerate(subscriptions):
+        refused = configured_destination_problem(subscription.url, subscription.allow_networks)
+        if refused:
+            raise ConfigError(f"webhooks[{index}] ({subscription.name}).url: {refused}")
         for name in sorted(subscription.secret_names()):
             if name not in available:
                 raise ConfigError(
