@@ -85,7 +85,18 @@ def _check_config(args: argparse.Namespace) -> int:
     print(f"  agent: {config.agent.url} ({config.agent.audio.encoding}/{config.agent.audio.sample_rate})")
     print(f"  api_key: {'set' if config.api_key else 'not set (development secret will be generated)'}")
     print(f"  webhooks: {len(config.webhooks)}")
+    for warning in asyncio.run(_destination_warnings(config)):
+        print(f"warning: {warning}")
     return 0
+
+
+async def _destination_warnings(config: GatewayConfig) -> list[str]:
+    """Webhook host names the SSRF guard would refuse if a request went out now (resolved here)."""
+    from gateway.webhooks.ssrf import named_destination_problem
+
+    problems = await asyncio.gather(*(named_destination_problem(s.url, s.allow_networks) for s in config.webhooks))
+    return [f"webhooks[{index}] ({s.name}).url: {problem}"
+            for index, (s, problem) in enumerate(zip(config.webhooks, problems)) if problem]
 
 
 def _tunnel(args: argparse.Namespace) -> int:

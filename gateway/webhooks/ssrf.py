@@ -338,3 +338,33 @@ def configured_destination_problem(
             return (f"the SSRF guard refuses {shown}: {refused.reason}; if this endpoint is meant to be "
                     f"reached, list it: allow_networks: [{suggestion}]")
     return None
+
+
+async def named_destination_problem(url: str, allow_networks: Sequence[Network] = (), *, timeout: float = 3.0,
+                                    resolver: Resolver = system_resolve) -> str | None:
+    """What the guard would say of `url`'s host name if a request were sent now (DNS answers may
+    change by then, so `gateway check-config` reports this as a warning, start-up does not look)."""
+    from urllib.parse import urlsplit
+
+    authority = url.split("//", 1)[-1].split("/", 1)[0]
+    if "{{" in authority:
+        return None
+    split = urlsplit(url)
+    host = split.hostname
+    if not host:
+        return None
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+        return None  # a literal address is judged when the configuration loads
+    except ValueError:
+        pass
+    try:
+        port = split.port or (443 if split.scheme == "https" else 80)
+        await asyncio.wait_for(resolve_destination(host, port, allow_networks, resolver), timeout)
+    except DestinationRefused as refused:
+        return f"{host} resolves to {refused.address} now, which the SSRF guard refuses: {refused.reason}"
+    except (httpcore.ConnectError, ValueError) as exc:
+        return str(exc) or f"cannot resolve {host}"
+    except asyncio.TimeoutError:
+        return f"cannot resolve {host}: no answer in {timeout:g} s"
+    return None
