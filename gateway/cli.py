@@ -327,9 +327,11 @@ def _webhooks_listen(args: argparse.Namespace) -> int:
 def _admin_key(args: argparse.Namespace) -> int:
     from gateway.config import dev_secrets_path
 
-    configured = _load(args.config)
-    config = _load_dev(args.config)
-    source = "the configuration" if configured.api_key is not None else f"the development secrets in {dev_secrets_path(config)}"
+    config = _load(args.config)
+    source = "the configuration"
+    if config.api_key is None:
+        config = _load_dev(args.config)
+        source = f"the development secrets in {dev_secrets_path(config)}"
     key = config.api_key.get_secret_value() if config.api_key else ""
     if args.json:
         emit_json({"api_key": key, "source": source})
