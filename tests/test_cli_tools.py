@@ -170,3 +170,12 @@ def test_json_output_of_listings(tmp_path, command):
     (tmp_path / "g.yaml").write_text(f"store: sqlite:///{tmp_path}/g.db\n")
     result = cli(*command, "--json", "--config", str(tmp_path / "g.yaml"))
     assert result.returncode == 0 and json.loads(result.stdout)[command[0]] == []
+
+
+def test_start_up_prints_the_urls_for_the_provider_consoles(gateway_process, tmp_path):
+    proc = gateway_process(base_config(tmp_path, public_url="https://gw.example.com"))
+    log = wait_until(lambda: "Event URL" in proc.log() and proc.log(), timeout=20, what="the console URLs")
+    assert "'A call comes in' (Webhook, HTTP POST): https://gw.example.com/api/v1/telephony/inbound/WORKFLOW/USER" in log
+    assert "'Call status changes': https://gw.example.com/api/v1/telephony/status-callback/twilio" in log
+    assert "Answer URL: https://gw.example.com/api/v1/telephony/inbound/WORKFLOW/USER" in log
+    assert "Event URL (HTTP POST): https://gw.example.com/api/v1/telephony/status-callback/vonage" in log
