@@ -207,6 +207,8 @@ async def _webhook_test(config: GatewayConfig, name: str, event_type: str | None
         mapped = map_response(subscription.name, result.status, result.response_json, subscription.response_mapping, success=result.success)
         print("mapped into gathered_context:")
         print(json.dumps(mapped, indent=2, default=str))
+        print(f"({subscription.name}_status_code and {subscription.name}_action_success are always added: the answer's "
+              "status and the verdict, named as OpenDialog names its webhook attributes; see docs/webhooks.md)")
     return 0 if result.success else 1
 
 

@@ -39,6 +39,7 @@ def test_webhooks_test_prints_request_answer_verdict_and_mapping(tmp_path):
         assert "webhook-signature: [redacted]" in out.lower() or "webhook-signature" in out.lower()
         assert "< 200" in out and "verdict: success" in out
         assert '"tier": "gold"' in out and '"crm_action_success": true' in out
+        assert "crm_status_code and crm_action_success are always added" in out  # the keys explain themselves
         request = receiver.requests[0]
         assert request["headers"]["authorization"] == "Bearer tok-secret-123"
         assert json.loads(request["body"])["type"] == "call.ended"
