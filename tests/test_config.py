@@ -101,7 +101,8 @@ def test_the_readme_config_example_loads(tmp_path):
     path = tmp_path / "gateway.yaml"
     path.write_text(block)
     env = {"GATEWAY_API_KEY": "k" * 32, "GATEWAY_SECRET_KEY": "s" * 32, "TWILIO_AUTH_TOKEN": "t" * 32,
-           "VONAGE_SIGNATURE_SECRET": "v" * 32}
+           "VONAGE_SIGNATURE_SECRET": "v" * 32, "CRM_WEBHOOK_SECRET": "whsec_" + "w" * 32}
     config = load_config(str(path), env=env)
     assert config.providers.twilio.auth_token.get_secret_value() == "t" * 32
+    assert config.webhooks[0].name == "crm" and config.secret_values()["CRM_WEBHOOK_SECRET"].startswith("whsec_")
     assert config.delivery.processes == 0 and config.store == "sqlite:///data/gateway.db"

@@ -188,3 +188,29 @@ def test_no_gateway_and_no_secrets_are_one_line(tmp_path, fresh):
     empty = gateway("simulate", cwd=tmp_path)  # a directory where the gateway never ran
     assert empty.returncode == 2 and "no development secrets" in empty.stderr and "Traceback" not in empty.stderr
     assert not (tmp_path / "data").exists()  # the simulator never generates secrets the gateway does not have
+
+
+def test_the_readmes_quick_start_commands_run_as_written(fresh):
+    """Every `gateway` command in the README's quick start, as written (plus `--url`, for the port)."""
+    import shlex
+
+    from support import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### Try it with no phone and no account"):readme.index("## Provider setup")]
+    commands = [line.split("#", 1)[0].strip() for line in section.splitlines() if line.startswith(".venv/bin/gateway ")]
+    assert any(c.endswith("simulate") for c in commands) and any("--provider vonage" in c for c in commands)
+    root, url = fresh
+    write_wav(root / "hello.wav", 44100, 2, 2)  # the README's hello.wav: the most common kind of WAV
+    ran = 0
+    for command in commands:
+        args = shlex.split(command)[1:]
+        if args[:2] == ["events", "tail"]:
+            continue  # follows forever: tests/test_cli_tools.py runs it
+        if args[0] == "simulate":
+            args += ["--url", url]
+        result = gateway(*args, cwd=root)
+        assert result.returncode == 0, (command, result.stderr)
+        assert "Traceback" not in result.stderr
+        ran += 1
+    assert ran >= 7
