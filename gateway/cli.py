@@ -11,13 +11,9 @@ import argparse
 import asyncio
 import os
 import sys
-from typing import TYPE_CHECKING
 
 from gateway.commands.output import CommandError, emit, emit_json
 from gateway.config import ConfigError, GatewayConfig, config_file, load_config, with_dev_secrets
-
-if TYPE_CHECKING:
-    from gateway.calls.record import CallRecord
 
 
 def _load(path: str | None) -> GatewayConfig:
@@ -36,6 +32,21 @@ def _load_dev(path: str | None) -> GatewayConfig:
         return with_dev_secrets(config, from_file=config_file(path) is not None, create=False, warn=False)
     except ConfigError as exc:
         raise CommandError(str(exc)) from None
+
+
+def _await_dev_secrets(path: str | None, wait: float) -> GatewayConfig:
+    """`_load_dev`, waiting up to `wait` seconds for a gateway just started (`make run &`) to
+    write its development secrets."""
+    import time
+
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return _load_dev(path)
+        except CommandError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.25)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -129,89 +140,6 @@ def _tunnel(args: argparse.Namespace) -> int:
     return run_quick_tunnel(command, args.log_file or config.tunnel.log_file)
 
 
-def _sample_call(run_id: str) -> "CallRecord":
-    from datetime import timedelta
-
-    from gateway.calls.record import CallRecord, utcnow
-    from gateway.calls.states import CallState
-
-    now = utcnow()
-    return CallRecord(
-        workflow_run_id=run_id, workflow_id="sample-workflow", user_id="sample-user", provider="twilio",
-        provider_call_id="CA" + "0" * 32, state=CallState.COMPLETED, from_number="+15550100", to_number="+15550199",
-        direction="outbound", started_at=now - timedelta(seconds=75), answered_at=now - timedelta(seconds=60),
-        ended_at=now, duration=60, initial_context={"customer": "sample"}, gathered_context={"resolution": "sample"},
-        created_at=now - timedelta(seconds=75), updated_at=now,
-    )
-
-
-async def _webhook_test(config: GatewayConfig, name: str, event_type: str | None, run_id: str | None) -> int:
-    import json
-    import time
-
-    from gateway.calls.record import utcnow
-    from gateway.events.envelope import Event, new_event_id
-    from gateway.store import open_store_for
-    from gateway.store.base import event_data
-    from gateway.webhooks.clients import EndpointClients
-    from gateway.webhooks.policy import map_response
-    from gateway.webhooks.sender import RequestBuildError, build_request, send_attempt
-    from gateway.webhooks.attempts import delivery_context
-
-    subscription = next((s for s in config.webhooks if s.name == name), None)
-    if subscription is None:
-        print(f"no webhook named {name!r}; configured: {', '.join(s.name for s in config.webhooks) or 'none'}", file=sys.stderr)
-        return 2
-    call = None
-    if run_id:
-        store = open_store_for(config.store)
-        await store.open()
-        try:
-            call = await store.get_call(run_id)
-        finally:
-            await store.close()
-        if call is None:
-            print(f"no call with workflow_run_id {run_id!r} in {config.store}", file=sys.stderr)
-            return 2
-    call = call or _sample_call("sample-run")
-    kind = event_type or next((e for e in subscription.events if "*" not in e and "?" not in e), "call.ended")
-    event = Event(type=kind, workflow_run_id=call.workflow_run_id, occurred_at=utcnow(), data=event_data(call))
-    try:
-        prepared = build_request(subscription, event.envelope(), delivery_context(event, call), config.secret_values(),
-                                 message_id=new_event_id("msg"), now=time.time())
-    except RequestBuildError as exc:
-        print(f"request could not be built: {exc}", file=sys.stderr)
-        return 1
-    shown = prepared.redacted()
-    print(f"> {shown['method']} {shown['url']}")
-    for header, value in shown["headers"].items():
-        print(f"> {header}: {value}")
-    if shown["body"]:
-        print(">")
-        print(shown["body"])
-    clients = EndpointClients()
-    try:
-        result = await send_attempt(clients, prepared, subscription)
-    finally:
-        await clients.aclose()
-    print()
-    if result.status is None:
-        print(f"< no answer: {result.error}")
-    else:
-        print(f"< {result.status} in {result.latency_ms:.0f} ms")
-        if result.response_text:
-            print(result.response_text)
-    print()
-    print(f"verdict: {result.outcome.value} ({'success' if result.success else 'not a success'} by the rule {subscription.success.model_dump()})")
-    if subscription.response_mapping:
-        mapped = map_response(subscription.name, result.status, result.response_json, subscription.response_mapping, success=result.success)
-        print("mapped into gathered_context:")
-        print(json.dumps(mapped, indent=2, default=str))
-        print(f"({subscription.name}_status_code and {subscription.name}_action_success are always added: the answer's "
-              "status and the verdict, named as OpenDialog names its webhook attributes; see docs/webhooks.md)")
-    return 0 if result.success else 1
-
-
 async def _deliveries(config: GatewayConfig, args: argparse.Namespace) -> int:
     from datetime import datetime, timezone
 
@@ -270,7 +198,7 @@ def _simulate(args: argparse.Namespace) -> int:
     from gateway.simulate import CallPlan, Outcome, SimulationError, provider_format, report, simulate
     from gateway.simulate_audio import AudioFileError, read_wav, write_wav
 
-    config = _load_dev(args.config)
+    config = _await_dev_secrets(args.config, args.wait)
     base = args.url or f"http://127.0.0.1:{config.listen.port}"
     try:
         context = json.loads(args.initial_context) if args.initial_context else {}
@@ -314,6 +242,12 @@ def _events_tail(args: argparse.Namespace) -> int:
     from gateway.commands.inspect import events_tail
 
     return asyncio.run(events_tail(_load(args.config), run_id=args.run, last=args.last, as_json=args.json, poll=args.poll))
+
+
+def _webhooks_test(args: argparse.Namespace) -> int:
+    from gateway.commands.webhook_test import webhook_test
+
+    return asyncio.run(webhook_test(_load(args.config), args.name, args.event, args.run, as_json=args.json))
 
 
 def _webhooks_listen(args: argparse.Namespace) -> int:
@@ -425,7 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("--event", help="event type to send (default: the subscription's first)")
     test.add_argument("--run", help="use this stored call instead of a sample call")
     _config_flag(test)
-    test.set_defaults(func=lambda a: asyncio.run(_webhook_test(_load(a.config), a.name, a.event, a.run)))
+    _json_flag(test)
+    test.set_defaults(func=_webhooks_test)
     receiver = webhook_commands.add_parser("listen", help="a local receiver that verifies signatures and prints what arrives")
     receiver.add_argument("--port", type=int, default=9000, help="default: 9000")
     receiver.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1")

@@ -185,7 +185,7 @@ def test_no_gateway_and_no_secrets_are_one_line(tmp_path, fresh):
     down = gateway("simulate", "--url", f"http://127.0.0.1:{free_port()}", "--wait", "0.5", cwd=root)
     assert down.returncode == 1 and "cannot reach the gateway" in down.stderr and "make run" in down.stderr
     assert "Traceback" not in down.stderr and len(down.stderr.strip().splitlines()) == 1
-    empty = gateway("simulate", cwd=tmp_path)  # a directory where the gateway never ran
+    empty = gateway("simulate", "--wait", "0.5", cwd=tmp_path)  # a directory where the gateway never ran
     assert empty.returncode == 2 and "no development secrets" in empty.stderr and "Traceback" not in empty.stderr
     assert not (tmp_path / "data").exists()  # the simulator never generates secrets the gateway does not have
 
@@ -214,3 +214,20 @@ def test_the_readmes_quick_start_commands_run_as_written(fresh):
         assert "Traceback" not in result.stderr
         ran += 1
     assert ran >= 7
+
+
+def test_simulate_right_after_starting_the_gateway(tmp_path):
+    """`make run &` then `gateway simulate` at once: the simulator waits for the gateway's
+    development secrets and readiness instead of failing on a gateway still starting."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "GATEWAY_CONFIG"}
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        result = gateway("simulate", "--url", f"http://127.0.0.1:{port}", "--seconds", "0.3", "--wait", "60", cwd=tmp_path,
+                         timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert "state=completed" in result.stdout
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)

@@ -43,6 +43,11 @@ def test_webhooks_test_prints_request_answer_verdict_and_mapping(tmp_path):
         request = receiver.requests[0]
         assert request["headers"]["authorization"] == "Bearer tok-secret-123"
         assert json.loads(request["body"])["type"] == "call.ended"
+        as_json = run_cli("webhooks", "test", "crm", "--json", config=config)
+        report = json.loads(as_json.stdout)
+        assert as_json.returncode == 0 and report["status"] == 200 and report["success"] is True
+        assert report["gathered_context"] == {"tier": "gold", "crm_status_code": 200, "crm_action_success": True}
+        assert "tok-secret-123" not in as_json.stdout
 
 
 def test_webhooks_test_reports_failure_and_unknown_names(tmp_path):
