@@ -286,6 +286,13 @@ def _config_flag(parser: argparse.ArgumentParser, help: str = "YAML config file 
     parser.add_argument("--config", help=help)
 
 
+def _tool(parser: argparse.ArgumentParser, func: object) -> None:
+    """An operator's command: `--config`, `--json`, and what it runs."""
+    _config_flag(parser)
+    _json_flag(parser)
+    parser.set_defaults(func=func)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from gateway.simulate import Outcome
 
@@ -297,9 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="listen port (overrides listen.port)")
     serve.set_defaults(func=_serve)
     check = commands.add_parser("check-config", help="validate the configuration and print a summary")
-    _config_flag(check)
-    _json_flag(check)
-    check.set_defaults(func=_check_config)
+    _tool(check, _check_config)
     tunnel = commands.add_parser("tunnel", help="start a cloudflared quick tunnel to this gateway (for public_url: auto)")
     _config_flag(tunnel)
     tunnel.add_argument("--port", type=int, help="the gateway's local port (default: listen.port)")
@@ -338,9 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     call_show = call_commands.add_parser("show", help="one call: its record, timeline and deliveries")
     call_show.add_argument("run_id", metavar="RUN", help="the workflow_run_id")
     for sub in (call_list, call_show):
-        _config_flag(sub)
-        _json_flag(sub)
-        sub.set_defaults(func=_calls)
+        _tool(sub, _calls)
 
     events = commands.add_parser("events", help="follow events and webhook deliveries live")
     event_commands = events.add_subparsers(dest="action", required=True)
@@ -348,9 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--run", help="only this call's events and deliveries")
     tail.add_argument("--last", type=int, default=0, help="start with the last N events (default: only new ones)")
     tail.add_argument("--poll", type=float, default=0.5, help="seconds between looks (default: 0.5)")
-    _config_flag(tail)
-    _json_flag(tail)
-    tail.set_defaults(func=_events_tail)
+    _tool(tail, _events_tail)
 
     webhooks = commands.add_parser("webhooks", help="outbound webhook tools")
     webhook_commands = webhooks.add_subparsers(dest="webhooks_command", required=True)
@@ -358,9 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("name", help="the subscription's name")
     test.add_argument("--event", help="event type to send (default: the subscription's first)")
     test.add_argument("--run", help="use this stored call instead of a sample call")
-    _config_flag(test)
-    _json_flag(test)
-    test.set_defaults(func=_webhooks_test)
+    _tool(test, _webhooks_test)
     receiver = webhook_commands.add_parser("listen", help="a local receiver that verifies signatures and prints what arrives")
     receiver.add_argument("--port", type=int, default=9000, help="default: 9000")
     receiver.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1")
@@ -384,14 +383,10 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--since", required=True, help="RFC 3339 time, e.g. 2026-11-25T00:00:00Z")
     replay.add_argument("--until", help="RFC 3339 time (default: now)")
     for sub in (listing, retry, replay):
-        _config_flag(sub)
-        _json_flag(sub)
-        sub.set_defaults(func=lambda a: asyncio.run(_deliveries(_load(a.config), a)))
+        _tool(sub, lambda a: asyncio.run(_deliveries(_load(a.config), a)))
 
     admin_key = commands.add_parser("admin-key", help="print the admin API key (the configured one, or the development one)")
-    _config_flag(admin_key)
-    _json_flag(admin_key)
-    admin_key.set_defaults(func=_admin_key)
+    _tool(admin_key, _admin_key)
     return parser
 
 

@@ -352,6 +352,8 @@ async def create_run(config: GatewayConfig, run_id: str, plan: CallPlan) -> None
 
 def report(result: SimulationResult) -> str:
     """The human summary `gateway simulate` prints."""
+    from gateway.commands.inspect import delivery_line, timeline_line
+
     call = result.call
     lines = [f"call {result.run_id}: state={call.get('state', '?')} duration={call.get('duration')}"
              + (" voicemail" if call.get("voicemail") else ""),
@@ -362,12 +364,9 @@ def report(result: SimulationResult) -> str:
         if call.get(name):
             lines.append(f"{name}: {json.dumps(call[name], sort_keys=True)}")
     lines.append("timeline:")
-    for entry in call.get("timeline", []):
-        lines.append(f"  {entry['received_at']}  {entry['source']:<7} {entry['kind']:<16} {entry.get('raw_status') or '':<12} {entry['outcome']}")
+    lines += ["  " + timeline_line(entry) for entry in call.get("timeline", [])]
     lines.append(f"deliveries ({len(result.deliveries)}):")
-    for delivery in result.deliveries:
-        lines.append(f"  {delivery['id']}  {delivery['subscription']:<14} {delivery['event_type']:<26} {delivery['status']}"
-                     f" attempts={delivery['attempts']} last={delivery['last_status'] or delivery['last_error'] or '-'}")
+    lines += ["  " + delivery_line(delivery) for delivery in result.deliveries]
     if not result.deliveries:
         lines.append("  none (no webhooks configured, or none matched)")
     return "\n".join(lines)

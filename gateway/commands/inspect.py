@@ -51,6 +51,12 @@ def delivery_line(delivery: dict[str, Any]) -> str:
             f"last={delivery.get('last_status') or delivery.get('last_error') or '-'}")
 
 
+def timeline_line(entry: dict[str, Any]) -> str:
+    """One timeline entry as a line (`calls show`, `simulate`)."""
+    return (f"{short_time(entry['received_at'])}  {entry['source']:<7} {entry['kind']:<16} "
+            f"{entry.get('raw_status') or '':<12} {entry['outcome']}")
+
+
 def event_line(event: Event) -> str:
     """One event as a line of `gateway events tail`."""
     return f"{short_time(_iso(event))}  event     {event.type:<28} run={event.workflow_run_id or '-'}  ({event.id})"
@@ -96,8 +102,7 @@ async def calls_show(config: GatewayConfig, run_id: str, *, as_json: bool) -> in
             emit(f"  {name + ':':<18}{jsontext.dumps(record[name])}")
     emit("timeline:")
     for entry in timeline:
-        emit(f"  {short_time(entry['received_at'])}  {entry['source']:<7} {entry['kind']:<16} "
-             f"{entry.get('raw_status') or '':<12} {entry['outcome']}")
+        emit("  " + timeline_line(entry))
     emit(f"deliveries ({len(record['deliveries'])}):")
     for delivery in record["deliveries"]:
         emit("  " + delivery_line(delivery))
