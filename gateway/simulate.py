@@ -120,6 +120,7 @@ class ProviderSimulator:
         self.audio = plan.audio if plan.audio is not None else generated_audio(plan.seconds, fmt)
         self.frame_bytes = fmt.frame_bytes()
         self.sequence = 0
+        self.origin = self.base
         settings = getattr(config.providers, self.provider)
         if settings is None:
             raise SimulationError(f"providers.{self.provider} is not configured in the gateway's configuration "
@@ -128,8 +129,18 @@ class ProviderSimulator:
 
     # -- signing, as each provider signs ---------------------------------------------------
     def _signed_url(self, path: str) -> str:
-        public = self.config.public_url if self.config.public_url not in (None, "auto") else self.base
-        return public.rstrip("/") + path  # providers sign the public URL they called
+        return self.origin.rstrip("/") + path  # providers sign the public URL they called
+
+    async def find_origin(self, client: httpx.AsyncClient) -> None:
+        """The origin the gateway checks signatures over: it says so at `GET /api/v1/tunnel`
+        (public_url, the tunnel it found, or the request's own host); else from the config."""
+        self.origin = self.config.public_url if self.config.public_url not in (None, "auto") else self.base
+        if self.config.api_key is None:
+            return
+        answer = await client.get(f"{self.base}/api/v1/tunnel",
+                                  headers={"Authorization": f"Bearer {self.config.api_key.get_secret_value()}"})
+        if answer.status_code == 200:
+            self.origin = answer.json().get("origin") or self.origin
 
     def _twilio(self, path: str, params: dict[str, str]) -> httpx.Request:
         signature = RequestValidator(self.settings.auth_token.get_secret_value()).compute_signature(self._signed_url(path), params)
@@ -162,6 +173,7 @@ class ProviderSimulator:
         return f"{TELEPHONY}/status-callback/{self.provider if self.plan.inbound else self.run_id}"
 
     async def run(self, client: httpx.AsyncClient) -> SimulationResult:
+        await self.find_origin(client)
         if self.plan.initial_context:
             await create_run(self.config, self.run_id, self.plan)
         words = UNANSWERED[self.provider].get(self.plan.outcome)
