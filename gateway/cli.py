@@ -14,6 +14,7 @@ import sys
 
 from gateway.commands.output import CommandError, emit, emit_json
 from gateway.config import ConfigError, GatewayConfig, config_file, load_config, with_dev_secrets
+from gateway.redact import redact_url
 
 
 def _load(path: str | None) -> GatewayConfig:
@@ -65,7 +66,7 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     host = args.host or config.listen.host
     port = config.listen.port if args.port is None else args.port
-    run(app, host=host, port=port, drain_seconds=config.shutdown.drain_seconds)
+    run(app, host=host, port=port, drain_seconds=config.shutdown.drain_seconds, read_timeout=config.limits.read_timeout_seconds)
     return 0
 
 
@@ -74,7 +75,7 @@ def _check_config(args: argparse.Namespace) -> int:
     providers = [name for name in ("twilio", "vonage") if getattr(config.providers, name)]
     if args.json:
         emit_json({"ok": True, "file": config_file(args.config), "listen": config.listen.model_dump(),
-                   "public_url": config.public_url, "store": config.store, "providers": providers,
+                   "public_url": config.public_url, "store": redact_url(config.store), "providers": providers,
                    "agent": config.agent.url, "api_key_set": config.api_key is not None,
                    "webhooks": [s.name for s in config.webhooks]})
         return 0
@@ -91,9 +92,9 @@ def _check_config(args: argparse.Namespace) -> int:
         if config.tunnel.log_file:
             where += f", then {config.tunnel.log_file}"
         print(f"  tunnel: cloudflared quick tunnel looked for at {where}")
-    print(f"  store: {config.store}")
+    print(f"  store: {redact_url(config.store)}")
     print(f"  providers: {', '.join(providers) or 'none configured'}")
-    print(f"  agent: {config.agent.url} ({config.agent.audio.encoding}/{config.agent.audio.sample_rate})")
+    print(f"  agent: {redact_url(config.agent.url)} ({config.agent.audio.encoding}/{config.agent.audio.sample_rate})")
     print(f"  api_key: {'set' if config.api_key else 'not set (development secret will be generated)'}")
     print(f"  webhooks: {len(config.webhooks)}")
     for warning in asyncio.run(_destination_warnings(config)):

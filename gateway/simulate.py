@@ -32,6 +32,7 @@ from websockets.exceptions import InvalidStatus, WebSocketException
 
 from gateway.audio import TWILIO_FORMAT, VONAGE_FORMAT, AudioFormat
 from gateway.config import GatewayConfig
+from gateway.redact import redact_url
 from gateway.simulate_audio import generated_audio
 
 TELEPHONY = "/api/v1/telephony"
@@ -357,7 +358,7 @@ async def create_run(config: GatewayConfig, run_id: str, plan: CallPlan) -> None
         await store.apply_update(CallUpdate(provider=plan.provider, kind="dial", state=CallState.INITIATED, raw_status="dialing",
                                             params={"to": plan.to, "from": plan.from_}), run_id=run_id, seed=seed)
     except (StoreError, OSError) as exc:
-        raise SimulationError(f"--initial-context: cannot write the run into the gateway's store {config.store}: {exc}") from None
+        raise SimulationError(f"--initial-context: cannot write the run into the gateway's store {redact_url(config.store)}: {exc}") from None
     finally:
         await store.close()
 

@@ -15,6 +15,7 @@ from typing import Any
 from gateway import jsontext
 from gateway.commands.output import CommandError, emit, emit_json, short_time
 from gateway.config import GatewayConfig
+from gateway.redact import redact_url
 from gateway.events.envelope import Event
 from gateway.store.base import Delivery, Store
 
@@ -28,7 +29,7 @@ async def opened_store(config: GatewayConfig) -> AsyncIterator[Store]:
     try:
         await store.open()
     except (StoreError, OSError) as exc:
-        raise CommandError(f"cannot open the store {config.store}: {exc}", 1) from None
+        raise CommandError(f"cannot open the store {redact_url(config.store)}: {exc}", 1) from None
     try:
         yield store
     finally:
@@ -84,7 +85,7 @@ async def calls_show(config: GatewayConfig, run_id: str, *, as_json: bool) -> in
     async with opened_store(config) as store:
         call = await store.get_call(run_id)
         if call is None:
-            raise CommandError(f"no call with workflow_run_id {run_id!r} in {config.store}")
+            raise CommandError(f"no call with workflow_run_id {run_id!r} in {redact_url(config.store)}")
         timeline = [entry.to_dict() for entry in await store.get_timeline(run_id)]
         deliveries, _ = await store.list_deliveries(run_id=run_id, limit=200)
     record = {**call.to_dict(), "timeline": timeline, "deliveries": [d.to_dict() for d in deliveries]}
@@ -151,7 +152,7 @@ async def events_tail(config: GatewayConfig, *, run_id: str | None, last: int, a
         if not last:
             watch.changed(recent)  # already there: only changes from now on are shown
         if not as_json:
-            emit(f"following events and deliveries in {config.store} (Ctrl-C to stop)")
+            emit(f"following events and deliveries in {redact_url(config.store)} (Ctrl-C to stop)")
         while not stop():
             events = await store.list_events(after_seq=after, limit=500, run_id=run_id)
             for event in events:

@@ -13,6 +13,7 @@ from gateway.calls.states import CallState
 from gateway.commands.inspect import opened_store
 from gateway.commands.output import CommandError, emit, emit_json
 from gateway.config import GatewayConfig
+from gateway.redact import redact_url
 
 
 def sample_call(run_id: str) -> CallRecord:
@@ -45,7 +46,7 @@ async def webhook_test(config: GatewayConfig, name: str, event_type: str | None,
         async with opened_store(config) as store:
             call = await store.get_call(run_id)
         if call is None:
-            raise CommandError(f"no call with workflow_run_id {run_id!r} in {config.store}")
+            raise CommandError(f"no call with workflow_run_id {run_id!r} in {redact_url(config.store)}")
     call = call or sample_call("sample-run")
     kind = event_type or next((e for e in subscription.events if "*" not in e and "?" not in e), "call.ended")
     event = Event(type=kind, workflow_run_id=call.workflow_run_id, occurred_at=utcnow(), data=event_data(call))
