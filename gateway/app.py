@@ -20,7 +20,8 @@ from gateway.api import tunnel as tunnel_api
 from gateway.api.context import GatewayContext
 from gateway.api.middleware import EdgeMiddleware, body_cut_short
 from gateway.api.problems import problem
-from gateway.config import ConfigError, GatewayConfig, with_dev_secrets
+from gateway.config import ConfigError, GatewayConfig
+from gateway.dev_secrets import with_dev_secrets
 from gateway.dial.urls import log_console_urls
 from gateway.dial.setup import DialSetupError, build_dial_services
 from gateway.events.fanout import fanout_for

@@ -13,7 +13,8 @@ import os
 import sys
 
 from gateway.commands.output import CommandError, emit, emit_json
-from gateway.config import ConfigError, GatewayConfig, config_file, load_config, with_dev_secrets
+from gateway.config import ConfigError, GatewayConfig, config_file, load_config
+from gateway.dev_secrets import with_dev_secrets
 from gateway.redact import redact_url
 
 
@@ -262,7 +263,7 @@ def _webhooks_listen(args: argparse.Namespace) -> int:
 
 
 def _admin_key(args: argparse.Namespace) -> int:
-    from gateway.config import dev_secrets_path
+    from gateway.dev_secrets import dev_secrets_path
 
     config = _load(args.config)
     source = "the configuration"

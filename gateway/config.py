@@ -7,11 +7,9 @@ a message naming the key (`ConfigError`); `gateway check-config` prints the same
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
 import os
 import re
-import secrets
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -404,11 +402,6 @@ def load_config(path: str | os.PathLike[str] | None = None, env: dict[str, str] 
     return parse_config(data, environ)
 
 
-DEV_SECRETS_FILE = "dev-secrets.json"
-DEV_TWILIO_ACCOUNT_SID = "AC" + "de7" * 10 + "00"  # 34 characters, like a real one; no real account
-DEV_VONAGE_APPLICATION_ID = "00000000-0000-4000-8000-00000000de7e"
-
-
 def config_file(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None) -> str | None:
     """The config file `load_config` reads: `path`, else `$GATEWAY_CONFIG`, else None (none at all)."""
     environ = os.environ if env is None else env
@@ -416,101 +409,13 @@ def config_file(path: str | os.PathLike[str] | None = None, env: dict[str, str] 
     return None if found is None else str(found)
 
 
-def dev_secrets_path(config: GatewayConfig) -> Path:
-    """Where the generated development secrets live: `<data_dir>/dev-secrets.json`."""
-    return Path(config.data_dir) / DEV_SECRETS_FILE
+_DEV_NAMES = frozenset({"DEV_SECRETS_FILE", "DevSecrets", "dev_secrets_path", "with_dev_secrets", "apply_dev_secrets"})
 
 
-class DevSecrets:
-    """The development secrets file, generated once: keys the gateway needs, and (for running
-    with no config file at all) test credentials for both providers so `gateway simulate` and
-    the gateway agree. Development only: a config file's values always win, and with a config
-    file the provider credentials here are never used."""
+def __getattr__(name: str) -> Any:
+    """The development secrets live in `gateway.dev_secrets`; importing them from here still works."""
+    if name in _DEV_NAMES:
+        from gateway import dev_secrets
 
-    KEYS = ("api_key", "secret_key", "twilio_auth_token", "vonage_signature_secret")
-
-    def __init__(self, path: Path, values: dict[str, str]) -> None:
-        self.path = path
-        self.values = values
-
-    @classmethod
-    def read(cls, path: Path) -> "DevSecrets | None":
-        """The stored secrets, or None when the file does not exist."""
-        if not path.exists():
-            return None
-        try:
-            values = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            values = None
-        if not isinstance(values, dict):
-            raise ConfigError(f"{path}: unreadable development secrets; delete the file to regenerate it")
-        return cls(path, {str(k): str(v) for k, v in values.items()})
-
-    @classmethod
-    def ensure(cls, path: Path) -> "DevSecrets":
-        """The stored secrets with every missing one generated and written (mode 0600)."""
-        found = cls.read(path) or cls(path, {})
-        missing = [key for key in cls.KEYS if not found.values.get(key)]
-        if missing:
-            for key in missing:
-                found.values[key] = secrets.token_urlsafe(32)
-            found.values["_note"] = "generated for development by gateway serve; never use these in production"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(found.values, handle, indent=2)
-        return found
-
-    def providers(self) -> ProvidersConfig:
-        """Test credentials for both providers (for `gateway simulate`; no real account)."""
-        return ProvidersConfig(
-            twilio=TwilioConfig(account_sid=DEV_TWILIO_ACCOUNT_SID, auth_token=SecretStr(self.values["twilio_auth_token"])),
-            vonage=VonageConfig(signature_secret=SecretStr(self.values["vonage_signature_secret"]),
-                                application_id=DEV_VONAGE_APPLICATION_ID),
-        )
-
-
-def needs_dev_secrets(config: GatewayConfig, *, from_file: bool) -> bool:
-    """Whether `with_dev_secrets` has anything to fill."""
-    return config.api_key is None or config.secret_key is None or not from_file
-
-
-def apply_dev_secrets(config: GatewayConfig, stored: DevSecrets, *, from_file: bool) -> GatewayConfig:
-    """`config` with its unset `api_key`/`secret_key` (and, with no config file, its providers)
-    taken from `stored`. Pure: the caller reads or generates the file."""
-    update: dict[str, Any] = {k: SecretStr(stored.values[k]) for k in ("api_key", "secret_key")
-                              if getattr(config, k) is None and stored.values.get(k)}
-    if not from_file and config.providers == ProvidersConfig():
-        update["providers"] = stored.providers()
-    return config.model_copy(update=update)
-
-
-def with_dev_secrets(config: GatewayConfig, *, from_file: bool = True, create: bool = True, warn: bool = True) -> GatewayConfig:
-    """Fill what a development gateway needs from `<data_dir>/dev-secrets.json`, generating it once.
-
-    `api_key`/`secret_key` when the configuration leaves them unset; with no config file at all
-    (`from_file=False`), test credentials for both providers too. `create=False` (the simulator,
-    the admin tools) only reads the file and raises `ConfigError` when it is not there.
-    A deployment sets both keys itself and has a config file, and then nothing is read.
-    """
-    if not needs_dev_secrets(config, from_file=from_file):
-        return config
-    path = dev_secrets_path(config)
-    if create:
-        stored = DevSecrets.ensure(path)
-    else:
-        found = DevSecrets.read(path)
-        if found is None:
-            raise ConfigError(f"no development secrets at {path}: start the gateway (make run) from this directory "
-                              "first, or pass the gateway's --config")
-        stored = found
-    filled = apply_dev_secrets(config, stored, from_file=from_file)
-    if warn:
-        missing = [k for k in ("api_key", "secret_key") if getattr(config, k) is None]
-        if missing:
-            log.warning("*** DEVELOPMENT SECRETS *** %s not configured; using generated values from %s. "
-                        "Set them in the config before exposing this gateway.", " and ".join(missing), path)
-        if filled.providers is not config.providers:
-            log.warning("*** DEVELOPMENT PROVIDERS *** no config file: Twilio and Vonage accept only requests signed "
-                        "with the test credentials in %s (for gateway simulate); real providers need a config file", path)
-    return filled
+        return getattr(dev_secrets, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
