@@ -20,8 +20,10 @@ from gateway.api import tunnel as tunnel_api
 from gateway.api.context import GatewayContext
 from gateway.api.middleware import EdgeMiddleware, body_cut_short
 from gateway.api.problems import problem
+from gateway.config import ConfigError, GatewayConfig
 from gateway.console import routes as console_routes
-from gateway.config import ConfigError, GatewayConfig, with_dev_secrets
+from gateway.dev_secrets import with_dev_secrets
+from gateway.dial.urls import log_console_urls
 from gateway.dial.setup import DialSetupError, build_dial_services
 from gateway.events.fanout import fanout_for
 from gateway.media.recording import RECORDINGS_DIR, sweep_recordings
@@ -102,6 +104,8 @@ def create_app(config: GatewayConfig, *, store: Store | None = None) -> Starlett
         log.info("gateway ready: store=%s agent=%s providers=%s webhooks=%d", redact_url(config.store), redact_url(config.agent.url),
                  ",".join(name for name in ("twilio", "vonage") if getattr(config.providers, name)) or "none",
                  len(config.webhooks))
+        if config.public_url and config.public_url != "auto":
+            log_console_urls(log, config.public_url)
         try:
             yield
         finally:

@@ -121,12 +121,13 @@ class Delivery:
     next_attempt_at: datetime
     created_at: datetime
     updated_at: datetime
-    first_attempt_at: datetime | None = None
+    first_attempt_at: datetime | None = None  # the current schedule's first attempt (a retry or replay starts one)
     last_attempt_at: datetime | None = None
     last_status: int | None = None
     last_error: str | None = None
     event: Event | None = None
     order_key: str | None = None  # the call whose events go one at a time (ordered subscriptions)
+    first_attempted_at: datetime | None = None  # the very first attempt, whatever retries came after (read views only)
     lease_id: str | None = None  # the lease it was handed out under: its finish counts only under it
 
     def to_dict(self) -> dict[str, Any]:
@@ -139,7 +140,8 @@ class Delivery:
             "status": self.status,
             "attempts": self.attempts,
             "next_attempt_at": isoformat(self.next_attempt_at) if self.status == "pending" else None,
-            "first_attempt_at": isoformat(self.first_attempt_at),
+            "first_attempt_at": isoformat(self.first_attempted_at or self.first_attempt_at),
+            "schedule_started_at": isoformat(self.first_attempt_at),  # total_timeout counts from here
             "last_attempt_at": isoformat(self.last_attempt_at),
             "last_status": self.last_status,
             "last_error": self.last_error,

@@ -61,6 +61,10 @@ _DELIVERY_SELECT = (
     "SELECT d.*, e.id AS e_id, e.type AS e_type, e.workflow_run_id AS e_run, e.occurred_at AS e_at,"
     " e.data AS e_data, e.seq AS e_seq FROM deliveries d JOIN events e ON e.seq = d.event_seq"
 )
+_DELIVERY_VIEW = _DELIVERY_SELECT.replace(
+    " FROM deliveries d", ", (SELECT MIN(a.attempted_at) FROM delivery_attempts a WHERE a.delivery_id = d.id) AS first_attempted"
+    " FROM deliveries d")
+"""`_DELIVERY_SELECT` with the very first attempt's time, for the listings people read."""
 _LEASE_FREE = "(lease_until IS NULL OR lease_until < now())"
 """Not leased, on the database's clock: instances whose clocks differ agree on when a lease ends."""
 _LEASE = "lease_owner = $1, lease_until = now() + $2 * interval '1 second', lease_id = $3, resend = FALSE"
@@ -108,6 +112,7 @@ def _delivery(row: Mapping[str, Any], *, with_event: bool = False) -> Delivery:
         updated_at=row["updated_at"], first_attempt_at=row["first_attempt_at"], last_attempt_at=row["last_attempt_at"],
         last_status=row["last_status"], last_error=row["last_error"], event=_event(row, "e_") if with_event else None,
         order_key=row["order_key"], lease_id=row["lease_id"],
+        first_attempted_at=row["first_attempted"] if "first_attempted" in row.keys() else None,
     )
 
 
@@ -610,7 +615,7 @@ class PostgresStore(PostgresCampaigns, Store):
                               run_id: str | None = None, limit: int = 50, cursor: str | None = None) -> tuple[list[Delivery], str | None]:
         limit = clamp_limit(limit)
         sql, params = page_query(
-            _DELIVERY_SELECT, [("d.status", status), ("d.subscription", subscription), ("d.workflow_run_id", run_id)],
+            _DELIVERY_VIEW, [("d.status", status), ("d.subscription", subscription), ("d.workflow_run_id", run_id)],
             keys=("d.created_at", "d.id"), cursor=cursor, limit=limit, dialect=POSTGRES,
         )
 
@@ -622,7 +627,7 @@ class PostgresStore(PostgresCampaigns, Store):
 
     async def get_delivery(self, delivery_id: str) -> tuple[Delivery, list[AttemptRecord]] | None:
         async def query(conn: asyncpg.Connection) -> tuple[Delivery, list[AttemptRecord]] | None:
-            row = await conn.fetchrow(_DELIVERY_SELECT + " WHERE d.id = $1", delivery_id)
+            row = await conn.fetchrow(_DELIVERY_VIEW + " WHERE d.id = $1", delivery_id)
             if row is None:
                 return None
             attempts = [

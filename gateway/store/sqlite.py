@@ -138,6 +138,9 @@ _DELIVERY_COLUMNS = ("SELECT d.*, e.id AS e_id, e.type AS e_type, e.workflow_run
                      " e.data AS e_data, e.seq AS e_seq")
 _DELIVERY_SELECT = _DELIVERY_COLUMNS + " FROM deliveries d JOIN events e ON e.seq = d.event_seq"
 """A delivery row with its event's columns (`e_*`), as `_row_to_delivery(..., with_event=True)` reads it."""
+_DELIVERY_VIEW = (_DELIVERY_COLUMNS + ", (SELECT MIN(a.attempted_at) FROM delivery_attempts a WHERE a.delivery_id = d.id)"
+                  " AS first_attempted FROM deliveries d JOIN events e ON e.seq = d.event_seq")
+"""`_DELIVERY_SELECT` with the very first attempt's time, for the listings people read."""
 
 _INSERT_DELIVERY = (
     "INSERT INTO deliveries (id, event_seq, subscription, workflow_run_id, order_key, status, attempts,"
@@ -892,7 +895,7 @@ class SQLiteStore(SQLiteCampaigns, Store):
                               run_id: str | None = None, limit: int = 50, cursor: str | None = None) -> tuple[list[Delivery], str | None]:
         limit = clamp_limit(limit)
         sql, params = page_query(
-            _DELIVERY_SELECT,
+            _DELIVERY_VIEW,
             [("d.status", status), ("d.subscription", subscription), ("d.workflow_run_id", run_id)],
             keys=("d.created_at", "d.id"), cursor=cursor, limit=limit, dialect=SQLITE,
         )
@@ -905,7 +908,7 @@ class SQLiteStore(SQLiteCampaigns, Store):
 
     async def get_delivery(self, delivery_id: str) -> tuple[Delivery, list[AttemptRecord]] | None:
         def query(conn: sqlite3.Connection) -> tuple[Delivery, list[AttemptRecord]] | None:
-            row = conn.execute(_DELIVERY_SELECT + " WHERE d.id = ?", (delivery_id,)).fetchone()
+            row = conn.execute(_DELIVERY_VIEW + " WHERE d.id = ?", (delivery_id,)).fetchone()
             if row is None:
                 return None
             attempts = [
@@ -1044,6 +1047,7 @@ def _row_to_delivery(row: sqlite3.Row, *, with_event: bool = False) -> Delivery:
         first_attempt_at=_parse_ts(row["first_attempt_at"]), last_attempt_at=_parse_ts(row["last_attempt_at"]),
         last_status=row["last_status"], last_error=row["last_error"],
         event=_row_to_event(row, "e_") if with_event else None, order_key=row["order_key"],
+        first_attempted_at=_parse_ts(row["first_attempted"]) if "first_attempted" in row.keys() else None,
     )
 
 

@@ -250,6 +250,29 @@ async def test_a_batch_of_finished_attempts_is_recorded_with_each_endpoints_net_
     assert await store.finish_deliveries("w", []) == []
 
 
+async def test_first_attempt_at_stays_the_first_after_a_retry(store):
+    """A retry starts a new schedule (its total_timeout counts from the retry's first attempt),
+    but the delivery's first attempt is still the first one made."""
+    from gateway.calls.record import isoformat
+
+    attach(store, Route("crm", ("call.ringing",)))
+    await store.apply_update(upd(CallState.RINGING), run_id="r")
+    first_at = now() - timedelta(minutes=5)
+    (d,) = await store.claim_deliveries("w", now=now(), lease_seconds=30, capacity={"crm": 5})
+    await store.finish_delivery(d, "w", DeliveryResult("failed", AttemptRecord(first_at, "fail", status=400, request={})))
+    await store.retry_delivery(d.id, now=now())
+    (again,) = await store.claim_deliveries("w", now=now(), lease_seconds=30, capacity={"crm": 5})
+    retried_at = now()
+    await store.finish_delivery(again, "w", DeliveryResult("succeeded", AttemptRecord(retried_at, "success", status=200, request={})))
+    found, attempts = await store.get_delivery(d.id)
+    (listed,), _ = await store.list_deliveries(run_id="r")
+    for view in (found.to_dict(), listed.to_dict()):
+        assert view["first_attempt_at"] == isoformat(first_at)
+        assert view["schedule_started_at"] == isoformat(retried_at)
+        assert view["last_attempt_at"] == isoformat(retried_at)
+    assert len(attempts) == 2
+
+
 # -- leases: a finish counts only under the lease it was sent under ---------------------------
 
 
