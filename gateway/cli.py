@@ -221,12 +221,11 @@ async def _deliveries(config: GatewayConfig, args: argparse.Namespace) -> int:
 
 def _simulate(args: argparse.Namespace) -> int:
     from gateway.config import with_dev_secrets
-    from gateway.simulate import SimulationError, read_wav, report, simulate
-    from gateway.audio import TWILIO_FORMAT, VONAGE_FORMAT
+    from gateway.simulate import WIRE_FORMATS, SimulationError, read_wav, report, simulate
 
     config = with_dev_secrets(_load(args.config))
     base = args.url or f"http://127.0.0.1:{config.listen.port}"
-    audio = read_wav(args.audio, TWILIO_FORMAT if args.provider == "twilio" else VONAGE_FORMAT) if args.audio else None
+    audio = read_wav(args.audio, WIRE_FORMATS[args.provider]) if args.audio else None
     try:
         result = asyncio.run(simulate(config, base, provider=args.provider, to=args.to, from_=args.from_,
                                       workflow_id=args.workflow, user_id=args.user, seconds=args.seconds, audio=audio))
@@ -257,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     tunnel.set_defaults(func=_tunnel)
 
     sim = commands.add_parser("simulate", help="play Twilio or Vonage against a running gateway (no phone needed)")
-    sim.add_argument("--provider", choices=["twilio", "vonage"], default="twilio")
+    sim.add_argument("--provider", choices=["twilio", "vonage", "telnyx"], default="twilio")
     sim.add_argument("--audio", help="a 16-bit mono WAV file to speak (default: a built-in speech-like signal)")
     sim.add_argument("--seconds", type=float, default=3.0, help="length of the built-in signal")
     sim.add_argument("--to", default="+15550100")

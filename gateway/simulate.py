@@ -25,8 +25,13 @@ import numpy as np
 from twilio.request_validator import RequestValidator
 from websockets.asyncio.client import connect
 
-from gateway.audio import TWILIO_FORMAT, VONAGE_FORMAT, AudioFormat, Transcoder
+from gateway.audio import TELNYX_FORMAT, TWILIO_FORMAT, VONAGE_FORMAT, AudioFormat, Transcoder
 from gateway.config import GatewayConfig
+
+WIRE_FORMATS = {"twilio": TWILIO_FORMAT, "vonage": VONAGE_FORMAT, "telnyx": TELNYX_FORMAT}
+TELNYX_KEY_ENV = "GATEWAY_SIMULATE_TELNYX_KEY"
+"""The base64 Ed25519 private key (32-byte seed) the Telnyx simulation signs with; the
+gateway's `providers.telnyx.public_key` must be its public half."""
 
 
 class SimulationError(Exception):
@@ -82,8 +87,8 @@ class ProviderSimulator:
         self.to, self.from_ = to, from_
         self.workflow_id, self.user_id = workflow_id, user_id
         self.run_id = f"sim-{uuid.uuid4().hex[:12]}"
-        self.call_id = ("CA" + uuid.uuid4().hex) if provider == "twilio" else str(uuid.uuid4())
-        fmt = TWILIO_FORMAT if provider == "twilio" else VONAGE_FORMAT
+        self.call_id = {"twilio": "CA" + uuid.uuid4().hex, "telnyx": "v3:" + uuid.uuid4().hex}.get(provider, str(uuid.uuid4()))
+        fmt = WIRE_FORMATS[provider]
         self.audio = audio if audio is not None else Transcoder(AudioFormat("pcm16", 8000), fmt).process(speech_like_signal(seconds).tobytes())
         self.frame_bytes = fmt.frame_bytes()
         self.sequence = 0
@@ -122,7 +127,9 @@ class ProviderSimulator:
         result = SimulationResult(self.run_id)
         webhook = f"/api/v1/telephony/webhook/{self.workflow_id}/{self.user_id}/{self.run_id}"
         status_path = f"/api/v1/telephony/status-callback/{self.run_id}"
-        if self.provider == "twilio":
+        if self.provider == "telnyx":
+            await run_telnyx(self, client, webhook, status_path, result)
+        elif self.provider == "twilio":
             await self._status(client, status_path, "initiated")
             await self._status(client, status_path, "ringing")
             answer = await client.send(self._twilio("POST", webhook, self._twilio_params("in-progress")))
@@ -157,6 +164,9 @@ class ProviderSimulator:
                 "SequenceNumber": str(self.sequence), "CallbackSource": "call-progress-events", **extra}
 
     async def _status(self, client: httpx.AsyncClient, path: str, status: str) -> None:
+        if self.provider == "telnyx":
+            await telnyx_status(self, client, path, status)
+            return
         if self.provider == "twilio":
             extra = {"CallDuration": str(int(len(self.audio) / 8000))} if status == "completed" else {}
             request = self._twilio("POST", path, self._twilio_params(status, **extra))
@@ -239,6 +249,94 @@ class ProviderSimulator:
         deliveries = await client.get(f"{self.base}/api/v1/deliveries", params={"run": self.run_id}, headers=headers)
         if deliveries.status_code == 200:
             result.deliveries = deliveries.json()["deliveries"]
+
+
+# -- Telnyx (TeXML) ----------------------------------------------------------------------------
+
+
+def _telnyx_post(sim: ProviderSimulator, path: str, params: dict[str, str]) -> httpx.Request:
+    """A form POST signed as Telnyx signs: Ed25519 over `timestamp|body`."""
+    import os
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    if sim.config.providers.telnyx is None:
+        raise SimulationError("providers.telnyx is not configured in this gateway's config")
+    seed = os.environ.get(TELNYX_KEY_ENV)
+    if not seed:
+        raise SimulationError(f"set {TELNYX_KEY_ENV} to the base64 private key whose public half is providers.telnyx.public_key")
+    try:
+        key = Ed25519PrivateKey.from_private_bytes(base64.b64decode(seed, validate=True))
+    except ValueError:
+        raise SimulationError(f"{TELNYX_KEY_ENV} is not a base64 32-byte Ed25519 private key") from None
+    body = httpx.QueryParams(params).__str__().encode()
+    stamp = str(int(time.time()))
+    signature = base64.b64encode(key.sign(stamp.encode() + b"|" + body)).decode()
+    return httpx.Request("POST", sim.base + path, content=body, headers={
+        "Content-Type": "application/x-www-form-urlencoded", "telnyx-signature-ed25519": signature, "telnyx-timestamp": stamp})
+
+
+def _telnyx_params(sim: ProviderSimulator, status: str, **extra: str) -> dict[str, str]:
+    sim.sequence += 1
+    return {"CallSid": sim.call_id, "AccountSid": "simulated", "From": sim.from_, "To": sim.to, "CallStatus": status,
+            "Direction": "outbound", "SequenceNumber": str(sim.sequence), **extra}
+
+
+async def telnyx_status(sim: ProviderSimulator, client: httpx.AsyncClient, path: str, status: str) -> None:
+    extra = {"CallDuration": str(int(len(sim.audio) / 8000))} if status == "completed" else {}
+    response = await client.send(_telnyx_post(sim, path, _telnyx_params(sim, status, **extra)))
+    if response.status_code >= 300:
+        raise SimulationError(f"status callback {status!r} answered {response.status_code}: {response.text[:300]}")
+
+
+async def run_telnyx(sim: ProviderSimulator, client: httpx.AsyncClient, webhook: str, status_path: str,
+                     result: SimulationResult) -> None:
+    """Telnyx's side of a call: TeXML fetch, `<Connect><Stream>` media, status callbacks."""
+    await sim._status(client, status_path, "initiated")
+    await sim._status(client, status_path, "ringing")
+    answer = await client.send(_telnyx_post(sim, webhook, _telnyx_params(sim, "in-progress")))
+    if answer.status_code != 200:
+        raise SimulationError(f"TeXML webhook answered {answer.status_code}: {answer.text[:300]}")
+    stream = ET.fromstring(answer.text).find("./Connect/Stream")
+    if stream is None:
+        raise SimulationError("the TeXML has no <Connect><Stream>")
+    parameters = {p.get("name"): p.get("value") for p in stream.findall("Parameter")}
+    await sim._status(client, status_path, "in-progress")
+    stream_id = str(uuid.uuid4())
+    codec = stream.get("codec") or "PCMU"
+    if codec == "PCMA":  # the stream's codec, as Telnyx would send it
+        sim.audio = Transcoder(TELNYX_FORMAT, AudioFormat("alaw", 8000)).process(sim.audio)
+    async with connect(sim._local(stream.get("url") or ""), proxy=None, compression=None) as ws:
+        await ws.send(json.dumps({"event": "connected", "version": "1.0.0"}))
+        await ws.send(json.dumps({"event": "start", "sequence_number": "1", "stream_id": stream_id, "start": {
+            "call_control_id": sim.call_id, "from": sim.from_, "to": sim.to, "custom_parameters": parameters,
+            "media_format": {"encoding": codec, "sample_rate": 8000, "channels": 1}}}))
+        reader = asyncio.create_task(_read_telnyx(ws, result))
+        started = time.monotonic()
+        for index in range(0, len(sim.audio) - sim.frame_bytes + 1, sim.frame_bytes):
+            result.frames_sent += 1
+            await ws.send(json.dumps({"event": "media", "sequence_number": str(result.frames_sent + 1), "stream_id": stream_id,
+                                      "media": {"track": "inbound", "chunk": str(result.frames_sent),
+                                                "timestamp": str(result.frames_sent * 20),
+                                                "payload": base64.b64encode(sim.audio[index:index + sim.frame_bytes]).decode()}}))
+            await asyncio.sleep(max(0.0, started + result.frames_sent * 0.02 - time.monotonic()))
+        await asyncio.sleep(0.5)
+        await ws.send(json.dumps({"event": "stop", "stream_id": stream_id, "stop": {"call_control_id": sim.call_id}}))
+        await asyncio.sleep(0.2)
+        reader.cancel()
+    result.agent_audio_seconds = result.frames_received * 0.02
+
+
+async def _read_telnyx(ws: Any, result: SimulationResult) -> None:
+    async for message in ws:
+        data = json.loads(message)
+        if data.get("event") == "media":
+            result.frames_received += 1
+        elif data.get("event") == "mark":  # Telnyx echoes a mark once the audio before it has played
+            result.marks.append(data["mark"]["name"])
+            await ws.send(json.dumps({"event": "mark", "mark": data["mark"]}))
+        elif data.get("event") == "clear":
+            result.clears += 1
 
 
 def report(result: SimulationResult) -> str:

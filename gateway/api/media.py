@@ -22,7 +22,14 @@ from gateway.api.telephony import _PATH_ID, WS_PATH
 from gateway.api.urls import called_url, gateway_origin
 from gateway.audio import AudioFormat
 from gateway.media.agent import agent_link_for
-from gateway.media.provider_socket import HandshakeError, ProviderSocket, TwilioSocket, VonageSocket
+from gateway.media.provider_socket import (
+    HandshakeError,
+    ProviderSocket,
+    Receive as SocketReceive,
+    TelnyxSocket,
+    TwilioSocket,
+    VonageSocket,
+)
 from gateway.media.recording import CallRecorder, recording_enabled, recording_path
 from gateway.media.session import MediaSession, SessionOptions
 from gateway.media.token import check_stream_token
@@ -61,7 +68,30 @@ def _upgrade_refusal(ws: WebSocket, ctx: GatewayContext) -> tuple[str | None, st
         if not verdict.ok:
             log.warning("refused vonage media upgrade %s: %s", ws.url.path, verdict.reason)
             return f"vonage signature check failed: {verdict.reason}", "vonage"
-    return None, "vonage"
+        return None, "vonage"
+    return None, UNSIGNED
+
+
+UNSIGNED = "unsigned"  # Telnyx, and Vonage without a signed upgrade: told apart by the first message
+_SOCKETS: dict[str, type[ProviderSocket]] = {"twilio": TwilioSocket, "vonage": VonageSocket, "telnyx": TelnyxSocket}
+
+
+async def _sniff(receive: SocketReceive) -> tuple[str, SocketReceive]:
+    """(provider, a receive that hands back the first message first) for an unsigned socket.
+
+    Vonage opens with `websocket:connected`; Telnyx with `connected` then `start`. Neither
+    is trusted for it: the stream token in the opening messages is what admits the socket."""
+    first = await receive()
+    text = first.get("text") or ""
+    provider = "vonage" if text.lstrip().startswith("{") and '"websocket:connected"' in text else "telnyx"
+    if first.get("type") == "websocket.disconnect" or first.get("bytes") is not None:
+        provider = "vonage"
+    pending = [first]
+
+    async def replay() -> dict[str, object]:
+        return pending.pop() if pending else await receive()
+
+    return provider, replay  # type: ignore[return-value]
 
 
 async def media_socket(ws: WebSocket, receive: Receive | None = None, send: Send | None = None) -> None:
@@ -83,8 +113,10 @@ async def media_socket(ws: WebSocket, receive: Receive | None = None, send: Send
         return
     RUN_ID.set(run_id)
     await ws.accept()
-    socket_class = TwilioSocket if provider_name == "twilio" else VonageSocket
-    provider: ProviderSocket = socket_class(receive or ws.receive, send or ws.send)
+    socket_receive: SocketReceive = receive or ws.receive
+    if provider_name == UNSIGNED:
+        provider_name, socket_receive = await _sniff(socket_receive)
+    provider: ProviderSocket = _SOCKETS[provider_name](socket_receive, send or ws.send)
     try:
         start = await provider.handshake()
         problem = check_stream_token(ctx.secret_key, run_id, start.token, now=ctx.clock())

@@ -59,6 +59,19 @@ PROVIDER_STATUS: dict[str, dict[str, CallState]] = {
         "cancelled": CallState.CANCELED,
         "failed": CallState.FAILED,
     },
+    # TeXML status callbacks: Twilio's words (the CallResource's statuses plus queued/initiated).
+    "telnyx": {
+        "queued": CallState.INITIATED,
+        "initiated": CallState.INITIATED,
+        "ringing": CallState.RINGING,
+        "in-progress": CallState.ANSWERED,
+        "answered": CallState.ANSWERED,
+        "completed": CallState.COMPLETED,
+        "busy": CallState.BUSY,
+        "no-answer": CallState.NO_ANSWER,
+        "canceled": CallState.CANCELED,
+        "failed": CallState.FAILED,
+    },
     # Events about the websocket leg an NCCO `connect` opens (sent to its eventUrl). Its
     # started/ringing/answered say nothing about the caller's leg; when it ends or cannot
     # connect, the NCCO is over and so is the call.

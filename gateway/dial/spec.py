@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from gateway.webhooks.subscription import describe_validation_error
 
-PROVIDERS = ("twilio", "vonage")
+PROVIDERS = ("twilio", "vonage", "telnyx", "plivo")
 PATH_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~:@-]{0,127}$")
 _PHONE = re.compile(r"^\+?[1-9]\d{6,14}$")
 _CLOCK = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
@@ -71,7 +71,7 @@ Phone = Annotated[str, Field(min_length=1)]
 class CallSpec(_Model):
     """`POST /api/v1/calls`."""
 
-    provider: Literal["twilio", "vonage"] | None = None
+    provider: Literal["twilio", "vonage", "telnyx", "plivo"] | None = None
     to: Phone
     from_: Phone | None = Field(None, alias="from")
     workflow_id: str
@@ -193,7 +193,7 @@ class CampaignSpec(_Model):
     name: str | None = Field(None, max_length=200)
     workflow_id: str
     user_id: str
-    provider: Literal["twilio", "vonage"] | None = None
+    provider: Literal["twilio", "vonage", "telnyx", "plivo"] | None = None
     from_: str | None = Field(None, alias="from")
     contacts: list[ContactSpec] = Field(default_factory=list, max_length=MAX_CONTACTS)
     contacts_csv: str | None = None

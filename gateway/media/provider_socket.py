@@ -14,8 +14,9 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
-from gateway.audio import TWILIO_FORMAT, VONAGE_FORMAT, AudioFormat
-from gateway.providers import twilio_media, vonage_media
+from gateway.audio import TELNYX_FORMAT, TWILIO_FORMAT, VONAGE_FORMAT, AudioFormat
+from gateway.providers import telnyx_media, twilio_media, vonage_media
+from gateway.providers.media_json import MediaMessage, MediaMessageError
 
 log = logging.getLogger("gateway.media")
 
@@ -160,6 +161,101 @@ class TwilioSocket(ProviderSocket):
 
     async def send_clear(self) -> None:
         await self._send_message({"type": "websocket.send", "text": twilio_media.render_clear(self.stream_id)})
+
+
+class JsonStreamSocket(ProviderSocket):
+    """A provider whose stream is JSON text frames parsed into `MediaMessage`s (Telnyx, Plivo).
+
+    Subclasses name the parser, the opening events to skip and the renderers.
+    """
+
+    opening: frozenset[str] = frozenset()
+
+    @abc.abstractmethod
+    def parse(self, text: str) -> MediaMessage:
+        """One inbound text frame; `MediaMessageError` when malformed."""
+
+    def started(self, start: MediaMessage) -> StreamStart:
+        """Take the stream's format and ids from its `start` message."""
+        self.stream_id = start.stream_id
+        if start.encoding is not None and start.sample_rate is not None:
+            self.audio_format = AudioFormat(start.encoding, start.sample_rate)  # type: ignore[arg-type]
+        return StreamStart(start.stream_id, start.parameters.get("stream_token"), start.call_id, dict(start.parameters))
+
+    async def handshake(self) -> StreamStart:
+        for _ in range(4):
+            message = await self._receive_message()
+            if message["type"] == "websocket.disconnect":
+                raise HandshakeError("socket closed before start", 1000)
+            text = message.get("text")
+            if text is None:
+                raise HandshakeError(f"binary frame before start: not a {self.name} media stream")
+            try:
+                parsed = self.parse(text)
+            except MediaMessageError as exc:
+                raise HandshakeError(f"not a {self.name} media stream: {exc}") from None
+            if parsed.event in self.opening:
+                continue
+            if parsed.event != "start":
+                raise HandshakeError(f"expected start, got {parsed.event[:32]!r}")
+            return self.started(parsed)
+        raise HandshakeError("no start message")
+
+    async def receive(self) -> tuple[str, Any]:
+        message = await self._receive_message()
+        if message["type"] == "websocket.disconnect":
+            return STOP, f"socket closed ({message.get('code', 1005)})"
+        text = message.get("text")
+        if text is None:
+            return BAD, f"binary frame on a {self.name} stream"
+        try:
+            parsed = self.parse(text)
+        except MediaMessageError as exc:
+            return BAD, str(exc)
+        return self.kind_of(parsed)
+
+    def kind_of(self, parsed: MediaMessage) -> tuple[str, Any]:
+        event = parsed.event
+        if event == "media":
+            if parsed.track not in (None, "inbound", "inbound_track"):
+                return OTHER, "media." + parsed.track
+            return AUDIO, parsed.audio
+        if event == "dtmf":
+            return DTMF, parsed.digit
+        if event == "stop":
+            return STOP, "provider sent stop"
+        return OTHER, event[:32]
+
+    async def _send_text(self, text: str) -> None:
+        await self._send_message({"type": "websocket.send", "text": text})
+
+
+class TelnyxSocket(JsonStreamSocket):
+    """Telnyx media streaming (bidirectional RTP mode): JSON text frames, base64 8 kHz G.711."""
+
+    name = "telnyx"
+    audio_format = TELNYX_FORMAT
+    echoes_marks = True
+    opening = frozenset({"connected"})
+
+    def parse(self, text: str) -> MediaMessage:
+        return telnyx_media.parse_telnyx_message(text)
+
+    def kind_of(self, parsed: MediaMessage) -> tuple[str, Any]:
+        if parsed.event == "mark":
+            return MARK, parsed.name
+        if parsed.event == "error":
+            return BAD, f"telnyx reported an error: {parsed.name}"
+        return super().kind_of(parsed)
+
+    async def send_frame(self, frame: bytes) -> None:
+        await self._send_text(telnyx_media.render_media(frame))
+
+    async def send_mark(self, name: str) -> None:
+        await self._send_text(telnyx_media.render_mark(name))
+
+    async def send_clear(self) -> None:
+        await self._send_text(telnyx_media.CLEAR_MESSAGE)
 
 
 class VonageSocket(ProviderSocket):
