@@ -93,7 +93,7 @@ def create_app(config: GatewayConfig, *, store: Store | None = None) -> Starlett
         await dial.start()
         sweeper = asyncio.create_task(sweep_recordings(Path(config.data_dir) / RECORDINGS_DIR), name="recording-sweeper")
         log.info("gateway ready: store=%s agent=%s providers=%s webhooks=%d", config.store, config.agent.url,
-                 ",".join(name for name in ("twilio", "vonage") if getattr(config.providers, name)) or "none",
+                 ",".join(name for name in type(config.providers).model_fields if getattr(config.providers, name)) or "none",
                  len(config.webhooks))
         try:
             yield

@@ -44,7 +44,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _check_config(args: argparse.Namespace) -> int:
     config = _load(args.config)
-    providers = [name for name in ("twilio", "vonage") if getattr(config.providers, name)]
+    providers = [name for name in type(config.providers).model_fields if getattr(config.providers, name)]
     print("config OK")
     print(f"  listen: {config.listen.host}:{config.listen.port}")
     print(f"  public_url: {config.public_url or '(from each request)'}")
@@ -255,8 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     tunnel.add_argument("--dry-run", action="store_true", help="print the cloudflared command instead of running it")
     tunnel.set_defaults(func=_tunnel)
 
-    sim = commands.add_parser("simulate", help="play Twilio or Vonage against a running gateway (no phone needed)")
-    sim.add_argument("--provider", choices=["twilio", "vonage", "telnyx"], default="twilio")
+    sim = commands.add_parser("simulate", help="play Twilio, Vonage, Telnyx or Plivo against a running gateway (no phone needed)")
+    sim.add_argument("--provider", choices=["twilio", "vonage", "telnyx", "plivo"], default="twilio")
     sim.add_argument("--audio", help="a 16-bit mono WAV file to speak (default: a built-in speech-like signal)")
     sim.add_argument("--seconds", type=float, default=3.0, help="length of the built-in signal")
     sim.add_argument("--to", default="+15550100")

@@ -25,10 +25,10 @@ import numpy as np
 from twilio.request_validator import RequestValidator
 from websockets.asyncio.client import connect
 
-from gateway.audio import TELNYX_FORMAT, TWILIO_FORMAT, VONAGE_FORMAT, AudioFormat, Transcoder
+from gateway.audio import PLIVO_FORMAT, TELNYX_FORMAT, TWILIO_FORMAT, VONAGE_FORMAT, AudioFormat, Transcoder
 from gateway.config import GatewayConfig
 
-WIRE_FORMATS = {"twilio": TWILIO_FORMAT, "vonage": VONAGE_FORMAT, "telnyx": TELNYX_FORMAT}
+WIRE_FORMATS = {"twilio": TWILIO_FORMAT, "vonage": VONAGE_FORMAT, "telnyx": TELNYX_FORMAT, "plivo": PLIVO_FORMAT}
 TELNYX_KEY_ENV = "GATEWAY_SIMULATE_TELNYX_KEY"
 """The base64 Ed25519 private key (32-byte seed) the Telnyx simulation signs with; the
 gateway's `providers.telnyx.public_key` must be its public half."""
@@ -129,6 +129,8 @@ class ProviderSimulator:
         status_path = f"/api/v1/telephony/status-callback/{self.run_id}"
         if self.provider == "telnyx":
             await run_telnyx(self, client, webhook, status_path, result)
+        elif self.provider == "plivo":
+            await run_plivo(self, client, webhook, status_path, result)
         elif self.provider == "twilio":
             await self._status(client, status_path, "initiated")
             await self._status(client, status_path, "ringing")
@@ -166,6 +168,9 @@ class ProviderSimulator:
     async def _status(self, client: httpx.AsyncClient, path: str, status: str) -> None:
         if self.provider == "telnyx":
             await telnyx_status(self, client, path, status)
+            return
+        if self.provider == "plivo":
+            await plivo_status(self, client, path, status)
             return
         if self.provider == "twilio":
             extra = {"CallDuration": str(int(len(self.audio) / 8000))} if status == "completed" else {}
@@ -337,6 +342,82 @@ async def _read_telnyx(ws: Any, result: SimulationResult) -> None:
             await ws.send(json.dumps({"event": "mark", "mark": data["mark"]}))
         elif data.get("event") == "clear":
             result.clears += 1
+
+
+# -- Plivo ------------------------------------------------------------------------------------
+
+
+def _plivo_signed(sim: ProviderSimulator, method: str, url: str, params: dict[str, str]) -> dict[str, str]:
+    """The V3 headers Plivo sends, over the public URL it calls."""
+    from gateway.providers.plivo import signature_v3
+
+    settings = sim.config.providers.plivo
+    if settings is None:
+        raise SimulationError("providers.plivo is not configured in this gateway's config")
+    nonce = str(uuid.uuid4().int)[:20]
+    signature = signature_v3(settings.auth_token.get_secret_value(), method, url, params, nonce)
+    return {"X-Plivo-Signature-V3": signature, "X-Plivo-Signature-V3-Nonce": nonce}
+
+
+def _plivo_post(sim: ProviderSimulator, path: str, params: dict[str, str]) -> httpx.Request:
+    public = sim.config.public_url if sim.config.public_url not in (None, "auto") else sim.base
+    headers = _plivo_signed(sim, "POST", public.rstrip("/") + path, params)
+    return httpx.Request("POST", sim.base + path, data=params, headers=headers)
+
+
+def _plivo_params(sim: ProviderSimulator, status: str, **extra: str) -> dict[str, str]:
+    return {"CallUUID": sim.call_id, "From": sim.from_.lstrip("+"), "To": sim.to.lstrip("+"), "CallStatus": status,
+            "Direction": "outbound", **extra}
+
+
+async def plivo_status(sim: ProviderSimulator, client: httpx.AsyncClient, path: str, status: str) -> None:
+    extra = {"Event": "Hangup", "Duration": str(int(len(sim.audio) / 8000))} if status == "completed" else {"Event": "Ring"}
+    response = await client.send(_plivo_post(sim, path, _plivo_params(sim, status, **extra)))
+    if response.status_code >= 300:
+        raise SimulationError(f"status callback {status!r} answered {response.status_code}: {response.text[:300]}")
+
+
+async def run_plivo(sim: ProviderSimulator, client: httpx.AsyncClient, webhook: str, status_path: str,
+                    result: SimulationResult) -> None:
+    """Plivo's side of a call: ring, answer XML, a signed bidirectional `<Stream>`, hangup."""
+    await sim._status(client, status_path, "ringing")
+    answer = await client.send(_plivo_post(sim, webhook, _plivo_params(sim, "in-progress", Event="StartApp")))
+    if answer.status_code != 200:
+        raise SimulationError(f"answer URL answered {answer.status_code}: {answer.text[:300]}")
+    stream = ET.fromstring(answer.text).find("./Stream")
+    if stream is None or not stream.text:
+        raise SimulationError("the answer XML has no <Stream>")
+    stream_id = str(uuid.uuid4())
+    headers = _plivo_signed(sim, "GET", stream.text, {})  # Plivo signs the upgrade too
+    async with connect(sim._local(stream.text), additional_headers=headers, proxy=None, compression=None) as ws:
+        await ws.send(json.dumps({"event": "start", "sequenceNumber": 1, "extra_headers": stream.get("extraHeaders", ""),
+                                  "start": {"callId": sim.call_id, "streamId": stream_id, "accountId": "simulated",
+                                            "tracks": ["inbound"], "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000}}}))
+        reader = asyncio.create_task(_read_plivo(ws, result))
+        started = time.monotonic()
+        for index in range(0, len(sim.audio) - sim.frame_bytes + 1, sim.frame_bytes):
+            result.frames_sent += 1
+            await ws.send(json.dumps({"event": "media", "sequenceNumber": result.frames_sent + 1, "streamId": stream_id,
+                                      "media": {"track": "inbound", "timestamp": str(int(time.time() * 1000)),
+                                                "chunk": result.frames_sent,
+                                                "payload": base64.b64encode(sim.audio[index:index + sim.frame_bytes]).decode()}}))
+            await asyncio.sleep(max(0.0, started + result.frames_sent * 0.02 - time.monotonic()))
+        await asyncio.sleep(0.5)
+        reader.cancel()
+    result.agent_audio_seconds = result.frames_received * 0.02
+
+
+async def _read_plivo(ws: Any, result: SimulationResult) -> None:
+    async for message in ws:
+        data = json.loads(message)
+        if data.get("event") == "playAudio":
+            result.frames_received += 1
+        elif data.get("event") == "checkpoint":  # Plivo answers when the audio before it has played
+            result.marks.append(data["name"])
+            await ws.send(json.dumps({"event": "playedStream", "streamId": data.get("streamId"), "name": data["name"]}))
+        elif data.get("event") == "clearAudio":
+            result.clears += 1
+            await ws.send(json.dumps({"event": "clearedAudio", "streamId": data.get("streamId")}))
 
 
 def report(result: SimulationResult) -> str:

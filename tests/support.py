@@ -102,6 +102,19 @@ def base_config(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
     return config
 
 
+def plivo_headers(method: str, url: str, params: dict[str, str] | None = None, *, token: str = PLIVO_TOKEN,
+                  nonce: str | None = None) -> dict[str, str]:
+    """The V3 headers Plivo signs a request with, computed by the plivo SDK's own functions."""
+    import uuid
+
+    from plivo.utils.signature_v3 import construct_get_url, construct_post_url, get_signature_v3
+
+    nonce = nonce or str(uuid.uuid4().int)[:20]
+    base = construct_post_url(url, dict(params)) if method == "POST" and params else construct_get_url(url, {})
+    signature = get_signature_v3(token.encode(), base.decode(), nonce.encode()).decode()
+    return {"X-Plivo-Signature-V3": signature, "X-Plivo-Signature-V3-Nonce": nonce}
+
+
 def telnyx_config(**overrides: Any) -> dict[str, Any]:
     """`providers.telnyx` of the test account (REST to a closed loopback port unless overridden)."""
     return {"public_key": telnyx_public_key(), "api_key": "KEY-test-telnyx", "account_sid": "acct-telnyx",

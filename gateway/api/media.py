@@ -2,8 +2,9 @@
 
 Twilio signs the upgrade (`X-Twilio-Signature` over the `wss://` URL) and carries the stream
 token in `start.customParameters`; Vonage carries it in the `websocket:connected` message's
-headers (and signs the upgrade with a JWT when the NCCO asks it to). A socket without a
-valid token is closed before any audio is read.
+headers (and signs the upgrade with a JWT when the NCCO asks it to); Telnyx (unsigned
+upgrade) in `start.custom_parameters`; Plivo (upgrade signed with X-Plivo-Signature-V3) in
+`start`'s `extra_headers`. A socket without a valid token is closed before any audio is read.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from gateway.audio import AudioFormat
 from gateway.media.agent import agent_link_for
 from gateway.media.provider_socket import (
     HandshakeError,
+    PlivoSocket,
     ProviderSocket,
     Receive as SocketReceive,
     TelnyxSocket,
@@ -33,7 +35,7 @@ from gateway.media.provider_socket import (
 from gateway.media.recording import CallRecorder, recording_enabled, recording_path
 from gateway.media.session import MediaSession, SessionOptions
 from gateway.media.token import check_stream_token
-from gateway.providers import twilio, vonage
+from gateway.providers import plivo, twilio, vonage
 
 log = logging.getLogger("gateway.media")
 
@@ -56,6 +58,21 @@ def _upgrade_refusal(ws: WebSocket, ctx: GatewayContext) -> tuple[str | None, st
             log.warning("refused twilio media upgrade %s: %s (signature checked over %s)", ws.url.path, verdict.reason, verdict.signed_url or url)
             return f"twilio signature check failed: {verdict.reason}", "twilio"
         return None, "twilio"
+    plivo_signatures = [ws.headers.get(plivo.SIGNATURE_HEADER), ws.headers.get(plivo.MAIN_SIGNATURE_HEADER)]
+    if any(plivo_signatures):
+        settings = ctx.config.providers.plivo
+        if settings is None:
+            return "plivo is not configured on this gateway", "plivo"
+        url = called_url(ws, gateway_origin(ws, ctx))
+        # Plivo signs the upgrade as a GET; whether over the wss:// or the https:// spelling
+        # of the URL is not documented (its stream SDK rebuilds an https:// one): both count.
+        urls = [url, "https" + url[3:] if url.startswith("wss") else "http" + url[2:]]
+        verdict = plivo.verify_plivo_signature(settings.auth_token.get_secret_value(), "GET", urls, None,
+                                               plivo_signatures, ws.headers.get(plivo.NONCE_HEADER))
+        if not verdict.ok:
+            log.warning("refused plivo media upgrade %s: %s (signature checked over %s)", ws.url.path, verdict.reason, verdict.signed_url)
+            return f"plivo signature check failed: {verdict.reason}", "plivo"
+        return None, "plivo"
     authorization = ws.headers.get("authorization")
     if authorization is not None:
         settings = ctx.config.providers.vonage
@@ -72,18 +89,24 @@ def _upgrade_refusal(ws: WebSocket, ctx: GatewayContext) -> tuple[str | None, st
     return None, UNSIGNED
 
 
-UNSIGNED = "unsigned"  # Telnyx, and Vonage without a signed upgrade: told apart by the first message
+UNSIGNED = "unsigned"  # Telnyx, and Vonage or Plivo without a signed upgrade: told apart by the first message
 _SOCKETS: dict[str, type[ProviderSocket]] = {"twilio": TwilioSocket, "vonage": VonageSocket, "telnyx": TelnyxSocket}
 
 
 async def _sniff(receive: SocketReceive) -> tuple[str, SocketReceive]:
     """(provider, a receive that hands back the first message first) for an unsigned socket.
 
-    Vonage opens with `websocket:connected`; Telnyx with `connected` then `start`. Neither
-    is trusted for it: the stream token in the opening messages is what admits the socket."""
+    Vonage opens with `websocket:connected`; Plivo with a `start` naming its `streamId`;
+    Telnyx with `connected` then `start`. None is trusted for it: the stream token in the
+    opening messages is what admits the socket."""
     first = await receive()
     text = first.get("text") or ""
-    provider = "vonage" if text.lstrip().startswith("{") and '"websocket:connected"' in text else "telnyx"
+    if '"websocket:connected"' in text:
+        provider = "vonage"
+    elif '"streamId"' in text:  # Plivo's start (camelCase); Telnyx's is stream_id
+        provider = "plivo"
+    else:
+        provider = "telnyx"
     if first.get("type") == "websocket.disconnect" or first.get("bytes") is not None:
         provider = "vonage"
     pending = [first]
@@ -116,7 +139,10 @@ async def media_socket(ws: WebSocket, receive: Receive | None = None, send: Send
     socket_receive: SocketReceive = receive or ws.receive
     if provider_name == UNSIGNED:
         provider_name, socket_receive = await _sniff(socket_receive)
-    provider: ProviderSocket = _SOCKETS[provider_name](socket_receive, send or ws.send)
+    if provider_name == "plivo":
+        provider: ProviderSocket = PlivoSocket(socket_receive, send or ws.send, upgrade_headers=dict(ws.headers))
+    else:
+        provider = _SOCKETS[provider_name](socket_receive, send or ws.send)
     try:
         start = await provider.handshake()
         problem = check_stream_token(ctx.secret_key, run_id, start.token, now=ctx.clock())

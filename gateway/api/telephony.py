@@ -27,7 +27,7 @@ from gateway.calls.lifecycle import CallUpdate
 from gateway.logs import RUN_ID
 from gateway.metrics import CALL_TRANSITIONS, PROVIDER_REQUESTS, SIGNATURE_FAILURES, labelled
 from gateway.media.token import mint_stream_token
-from gateway.providers import telnyx, twilio, vonage
+from gateway.providers import plivo, telnyx, twilio, vonage
 from gateway.providers.base import BadRequest, parse_form, parse_json_object
 from gateway.store.base import AppliedUpdate, CallSeed, StoreError
 
@@ -82,6 +82,8 @@ def _which_provider(request: Request) -> str:
         return "twilio"
     if telnyx.SIGNATURE_HEADER in headers:
         return "telnyx"
+    if plivo.SIGNATURE_HEADER in headers or plivo.MAIN_SIGNATURE_HEADER in headers:
+        return "plivo"
     if headers.get("authorization", "").lower().startswith("bearer "):
         return "vonage"
     raise Refusal(403, "unsigned request: no X-Twilio-Signature, telnyx-signature-ed25519 or X-Plivo-Signature-V3 header"
@@ -123,6 +125,12 @@ async def verify_provider_request(request: Request, ctx: GatewayContext, body: b
                 settings.auth_token.get_secret_value(), url, form, body,
                 headers.get("x-twilio-signature"),
                 signature_settings=headers.get("x-twilio-webhooks-signature-settings"),
+            )
+        elif provider == "plivo":
+            form, fields = _twilio_fields(request, body)
+            verdict = plivo.verify_plivo_signature(
+                settings.auth_token.get_secret_value(), request.method, [url], form,
+                [headers.get(plivo.SIGNATURE_HEADER), headers.get(plivo.MAIN_SIGNATURE_HEADER)], headers.get(plivo.NONCE_HEADER),
             )
         elif provider == "telnyx":
             verdict = telnyx.verify_telnyx_signature(
@@ -170,6 +178,8 @@ def _parse_update(verified: ProviderRequest, *, answer: bool) -> CallUpdate:
             return twilio.parse_twilio_callback(verified.fields, kind="answer" if answer else "status")
         if verified.provider == "telnyx":
             return telnyx.parse_telnyx_callback(verified.fields, kind="answer" if answer else "status")
+        if verified.provider == "plivo":
+            return plivo.parse_plivo_callback(verified.fields, kind="answer" if answer else "status")
         if answer:
             return vonage.parse_vonage_answer(verified.fields)
         return vonage.parse_vonage_event(verified.fields)
@@ -201,6 +211,9 @@ def _answer_response(ctx: GatewayContext, verified: ProviderRequest, workflow_id
     if verified.provider == "telnyx":
         texml = telnyx.render_connect_texml(ws_url, parameters, codec=ctx.config.providers.telnyx.codec, allow_insecure=insecure)
         return Response(texml, media_type=telnyx.TEXML_CONTENT_TYPE)
+    if verified.provider == "plivo":
+        xml = plivo.render_stream_xml(ws_url, token, allow_insecure=insecure)
+        return Response(xml, media_type=plivo.XML_CONTENT_TYPE)
     event_url = verified.origin + STATUS_PATH.format(workflow_run_id=run_id)
     ncco = vonage.render_connect_ncco(ws_url, parameters, event_url, allow_insecure=insecure)
     return JSONResponse(ncco, media_type=vonage.NCCO_CONTENT_TYPE)

@@ -14,6 +14,7 @@ from gateway.dial.runner import CampaignRunner, RunnerSettings
 from gateway.media.token import mint_stream_token
 from gateway.providers import vonage
 from gateway.providers.rest import ProviderRest
+from gateway.providers.plivo_rest import PlivoRest
 from gateway.providers.telnyx_rest import TelnyxRest
 from gateway.providers.twilio_rest import TwilioRest
 from gateway.providers.vonage_rest import PrivateKeyError, VonageRest
@@ -64,6 +65,10 @@ def rest_clients(config: "GatewayConfig") -> dict[str, ProviderRest]:
     if telnyx is not None and telnyx.api_key is not None and telnyx.account_sid and telnyx.application_id:
         clients["telnyx"] = TelnyxRest(telnyx.api_key.get_secret_value(), telnyx.account_sid, telnyx.application_id,
                                        api_base_url=telnyx.api_base_url, timeout=timeout)
+    plivo = config.providers.plivo
+    if plivo is not None:
+        clients["plivo"] = PlivoRest(plivo.auth_id, plivo.auth_token.get_secret_value(), api_base_url=plivo.api_base_url,
+                                     timeout=timeout)
     return clients
 
 

@@ -14,8 +14,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
-from gateway.audio import TELNYX_FORMAT, TWILIO_FORMAT, VONAGE_FORMAT, AudioFormat
-from gateway.providers import telnyx_media, twilio_media, vonage_media
+from gateway.audio import PLIVO_FORMAT, TELNYX_FORMAT, TWILIO_FORMAT, VONAGE_FORMAT, AudioFormat
+from gateway.providers import plivo_media, telnyx_media, twilio_media, vonage_media
 from gateway.providers.media_json import MediaMessage, MediaMessageError
 
 log = logging.getLogger("gateway.media")
@@ -256,6 +256,46 @@ class TelnyxSocket(JsonStreamSocket):
 
     async def send_clear(self) -> None:
         await self._send_text(telnyx_media.CLEAR_MESSAGE)
+
+
+class PlivoSocket(JsonStreamSocket):
+    """Plivo audio streaming (`<Stream bidirectional="true">`): JSON text frames, base64 8 kHz mu-law.
+
+    `upgrade_headers`: the upgrade request's headers, where the stream token is looked for
+    when `start.extra_headers` does not carry it.
+    """
+
+    name = "plivo"
+    audio_format = PLIVO_FORMAT
+    echoes_marks = True
+
+    def __init__(self, receive: Receive, send: Send, upgrade_headers: dict[str, str] | None = None) -> None:
+        super().__init__(receive, send)
+        self.upgrade_headers = upgrade_headers or {}
+
+    def parse(self, text: str) -> MediaMessage:
+        return plivo_media.parse_plivo_message(text)
+
+    def started(self, start: MediaMessage) -> StreamStart:
+        if "stream_token" not in start.parameters:
+            token = plivo_media.stream_token(self.upgrade_headers)
+            if token is not None:
+                start.parameters["stream_token"] = token
+        return super().started(start)
+
+    def kind_of(self, parsed: MediaMessage) -> tuple[str, Any]:
+        if parsed.event == "playedStream":
+            return MARK, parsed.name
+        return super().kind_of(parsed)
+
+    async def send_frame(self, frame: bytes) -> None:
+        await self._send_text(plivo_media.render_play_audio(frame))
+
+    async def send_mark(self, name: str) -> None:
+        await self._send_text(plivo_media.render_checkpoint(self.stream_id or "", name))
+
+    async def send_clear(self) -> None:
+        await self._send_text(plivo_media.render_clear(self.stream_id or ""))
 
 
 class VonageSocket(ProviderSocket):

@@ -84,3 +84,54 @@ def test_dialing_a_carrier_without_its_rest_keys_names_them(gateway_server, tmp_
                                                              "workflow_id": "wf", "user_id": "u"})
     assert refused.status_code == 400
     assert "set providers.telnyx.api_key, account_sid and application_id" in refused.json()["detail"]
+
+
+def plivo_api():
+    """A stand-in of Plivo's Voice API: creates answered as Plivo answers them, hang-ups with 204."""
+    fired = json.dumps({"api_id": "a", "message": "call fired", "request_uuid": "r-1"}).encode()
+    return Receiver(lambda n, path: (201, {}, fired, 0.0))
+
+
+def plivo_callback(url, call_uuid, status, **extra):
+    from support import plivo_headers
+
+    fields = {"CallUUID": call_uuid, "CallStatus": status, "From": "14155550199", "Direction": "outbound", **extra}
+    response = httpx.post(url, data=fields, headers=plivo_headers("POST", url, fields), timeout=10)
+    assert response.status_code == 204, response.text
+
+
+def test_a_plivo_call_placed_through_the_api_then_hung_up(gateway_server, tmp_path):
+    with plivo_api() as stand_in:
+        server = gateway_server(**dialing(tmp_path, "plivo", stand_in))
+        placed = api(server.url, "POST", "/api/v1/calls", json={"to": "+14155550100", "workflow_id": "wf", "user_id": "u",
+                                                                  "machine_detection": "detect"})
+        assert placed.status_code == 201, placed.text
+        run = placed.json()["workflow_run_id"]
+        body = json.loads(stand_in.requests[0]["body"])
+        assert stand_in.requests[0]["path"] == "/v1/Account/MAXXXXXXXXXXXXXXXXXX/Call/"
+        assert body["answer_url"] == f"{server.url}/api/v1/telephony/webhook/wf/u/{run}"
+        assert body["hangup_url"] == body["ring_url"] == body["machine_detection_url"] == \
+            f"{server.url}/api/v1/telephony/status-callback/{run}"
+        plivo_callback(body["ring_url"], "c-77", "ringing", Event="Ring")
+        plivo_callback(body["machine_detection_url"], "c-77", "in-progress", Machine="true", Event="MachineDetection")
+        hung = api(server.url, "POST", f"/api/v1/calls/{run}/hangup")
+        assert hung.status_code == 202 and hung.json()["provider_call_id"] == "c-77"
+        assert (stand_in.requests[1]["method"], stand_in.requests[1]["path"]) == \
+            ("DELETE", "/v1/Account/MAXXXXXXXXXXXXXXXXXX/Call/c-77/")
+        plivo_callback(body["hangup_url"], "c-77", "completed", Event="Hangup", Duration="4")
+        call = api(server.url, "GET", f"/api/v1/calls/{run}").json()
+        assert call["state"] == "completed" and call["voicemail"] is True and call["provider"] == "plivo"
+        assert "test-plivo-auth-token" not in json.dumps(call)
+
+
+def test_a_plivo_campaign_dials_everyone_and_completes(gateway_server, tmp_path):
+    with plivo_api() as stand_in:
+        server = gateway_server(**dialing(tmp_path, "plivo", stand_in))
+        numbers = phones(3)
+        made = create(server.url, numbers, concurrency=3, calls_per_second=50)
+        bodies = [json.loads(r["body"]) for r in stand_in.wait_for(3)]
+        assert sorted("+" + b["to"] for b in bodies) == numbers
+        for index, body in enumerate(bodies):
+            plivo_callback(body["hangup_url"], f"c-{index}", "completed", Event="Hangup", Duration="30")
+        done = wait_status(server.url, made["id"], "completed")
+        assert done["statistics"]["total"] == 3 and done["statistics"]["processed"] == 3

@@ -100,3 +100,74 @@ def test_telnyx_refusals_carry_status_code_and_detail():
         TelnyxRest("KEY-1", "acct-1", "app-9", api_base_url="http://127.0.0.1:9").create_call(SPEC)
     assert caught.value.status is None and caught.value.retryable and not caught.value.maybe_sent
     assert "KEY-1" not in str(caught.value)
+
+
+# -- Plivo -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def plivo_sdk(monkeypatch):
+    """The plivo SDK's client, its voice API base pointed at a stand-in."""
+    import plivo
+    import plivo.rest.client as client_module
+
+    def make(url):
+        monkeypatch.setattr(client_module, "API_VOICE_BASE_URI", url + "/v1/Account")
+        return plivo.RestClient("MAXXXXXXXXXXXXXXXXXX", "token-1")
+
+    return make
+
+
+def test_plivo_create_is_the_sdks_request(plivo_sdk):
+    from gateway.providers.plivo_rest import PlivoRest
+
+    fired = {"api_id": "a-1", "message": "call fired", "request_uuid": "r-1"}
+    spec = DialSpec(**{**SPEC.__dict__, "machine_detection": "detect", "ring_timeout": 30})
+    with scripted((201, fired)) as stand_in:
+        result = PlivoRest("MAXXXXXXXXXXXXXXXXXX", "token-1", api_base_url=stand_in.url).create_call(spec)
+        plivo_sdk(stand_in.url).calls.create(
+            from_="14155550199", to_="14155550100", answer_url=SPEC.answer_url, answer_method="POST",
+            ring_url=SPEC.status_url, hangup_url=SPEC.status_url, machine_detection="true",
+            machine_detection_url=SPEC.status_url, ring_timeout=30)
+    ours, sdk = (request_shape(r) for r in stand_in.requests)
+    assert ours[:3] == sdk[:3] and ours[3] == sdk[3] and ours[4] == sdk[4]
+    assert ours[1] == "/v1/Account/MAXXXXXXXXXXXXXXXXXX/Call/"
+    assert ours[3].startswith("Basic ") and ours[4] == "application/json"
+    assert ours[2]["answer_url"] == SPEC.answer_url and ours[2]["hangup_url"] == ours[2]["ring_url"] == SPEC.status_url
+    assert ours[2]["machine_detection"] == "true" and ours[2]["to"] == "14155550100"
+    assert result.provider_call_id is None and result.raw["request_uuid"] == "r-1"
+
+
+def test_plivo_hangup_and_status_are_the_sdks_requests(plivo_sdk):
+    from gateway.providers.plivo_rest import PlivoRest
+
+    answers = [(204, {}), (204, {}), (200, {"call_status": "in-progress", "call_uuid": "c-1"}),
+               (200, {"call_status": "in-progress", "call_uuid": "c-1"}), (404, {"error": "not found"}), (404, {"error": "x"})]
+    with scripted(*answers) as stand_in:
+        rest = PlivoRest("MAXXXXXXXXXXXXXXXXXX", "token-1", api_base_url=stand_in.url)
+        sdk = plivo_sdk(stand_in.url)
+        assert rest.hangup("c-1", answered=True) is None
+        sdk.calls.delete("c-1")
+        assert rest.fetch_status("c-1") == "in-progress"
+        sdk.live_calls.get("c-1")
+        assert rest.hangup("c-1", answered=True) == "completed"  # 404: already ended
+        assert rest.fetch_status("c-1") == "completed"
+    shapes = [(r["method"], r["path"], r["query"], r["headers"].get("authorization")) for r in stand_in.requests]
+    assert shapes[0] == shapes[1] == ("DELETE", "/v1/Account/MAXXXXXXXXXXXXXXXXXX/Call/c-1/", "", shapes[0][3])
+    assert shapes[2] == shapes[3] and shapes[2][:3] == ("GET", "/v1/Account/MAXXXXXXXXXXXXXXXXXX/Call/c-1/", "status=live")
+
+
+def test_plivo_refusals_carry_status_and_error():
+    from gateway.providers.plivo_rest import PlivoRest
+
+    with scripted((400, {"api_id": "a", "error": "invalid 'to' number"})) as stand_in:
+        with pytest.raises(ProviderRefused) as caught:
+            PlivoRest("MAXXXXXXXXXXXXXXXXXX", "token-1", api_base_url=stand_in.url).create_call(SPEC)
+    assert (caught.value.provider, caught.value.status, caught.value.reason) == ("plivo", 400, "invalid 'to' number")
+    with scripted((401, {"error": "authentication failed"})) as stand_in:
+        with pytest.raises(ProviderRefused) as caught:
+            PlivoRest("MAXXXXXXXXXXXXXXXXXX", "bad", api_base_url=stand_in.url).hangup("c-1", answered=False)
+    assert caught.value.auth_failed
+    with pytest.raises(ProviderRefused) as caught:
+        PlivoRest("MAXXXXXXXXXXXXXXXXXX", "token-1", api_base_url="http://127.0.0.1:9").create_call(SPEC)
+    assert caught.value.retryable and "token-1" not in str(caught.value)
