@@ -259,6 +259,15 @@ class ProviderSimulator:
 # -- Telnyx (TeXML) ----------------------------------------------------------------------------
 
 
+async def _send_paced(sim: ProviderSimulator, result: SimulationResult, ws: Any, message: Any) -> None:
+    """Send the audio in real time, one frame each 20 ms; `message(n, frame)` is the n-th frame's text."""
+    started = time.monotonic()
+    for index in range(0, len(sim.audio) - sim.frame_bytes + 1, sim.frame_bytes):
+        result.frames_sent += 1
+        await ws.send(message(result.frames_sent, sim.audio[index:index + sim.frame_bytes]))
+        await asyncio.sleep(max(0.0, started + result.frames_sent * 0.02 - time.monotonic()))
+
+
 def _telnyx_post(sim: ProviderSimulator, path: str, params: dict[str, str]) -> httpx.Request:
     """A form POST signed as Telnyx signs: Ed25519 over `timestamp|body`."""
     import os
@@ -317,14 +326,9 @@ async def run_telnyx(sim: ProviderSimulator, client: httpx.AsyncClient, webhook:
             "call_control_id": sim.call_id, "from": sim.from_, "to": sim.to, "custom_parameters": parameters,
             "media_format": {"encoding": codec, "sample_rate": 8000, "channels": 1}}}))
         reader = asyncio.create_task(_read_telnyx(ws, result))
-        started = time.monotonic()
-        for index in range(0, len(sim.audio) - sim.frame_bytes + 1, sim.frame_bytes):
-            result.frames_sent += 1
-            await ws.send(json.dumps({"event": "media", "sequence_number": str(result.frames_sent + 1), "stream_id": stream_id,
-                                      "media": {"track": "inbound", "chunk": str(result.frames_sent),
-                                                "timestamp": str(result.frames_sent * 20),
-                                                "payload": base64.b64encode(sim.audio[index:index + sim.frame_bytes]).decode()}}))
-            await asyncio.sleep(max(0.0, started + result.frames_sent * 0.02 - time.monotonic()))
+        await _send_paced(sim, result, ws, lambda n, frame: json.dumps({
+            "event": "media", "sequence_number": str(n + 1), "stream_id": stream_id,
+            "media": {"track": "inbound", "chunk": str(n), "timestamp": str(n * 20), "payload": base64.b64encode(frame).decode()}}))
         await asyncio.sleep(0.5)
         await ws.send(json.dumps({"event": "stop", "stream_id": stream_id, "stop": {"call_control_id": sim.call_id}}))
         await asyncio.sleep(0.2)
@@ -394,14 +398,10 @@ async def run_plivo(sim: ProviderSimulator, client: httpx.AsyncClient, webhook: 
                                   "start": {"callId": sim.call_id, "streamId": stream_id, "accountId": "simulated",
                                             "tracks": ["inbound"], "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000}}}))
         reader = asyncio.create_task(_read_plivo(ws, result))
-        started = time.monotonic()
-        for index in range(0, len(sim.audio) - sim.frame_bytes + 1, sim.frame_bytes):
-            result.frames_sent += 1
-            await ws.send(json.dumps({"event": "media", "sequenceNumber": result.frames_sent + 1, "streamId": stream_id,
-                                      "media": {"track": "inbound", "timestamp": str(int(time.time() * 1000)),
-                                                "chunk": result.frames_sent,
-                                                "payload": base64.b64encode(sim.audio[index:index + sim.frame_bytes]).decode()}}))
-            await asyncio.sleep(max(0.0, started + result.frames_sent * 0.02 - time.monotonic()))
+        await _send_paced(sim, result, ws, lambda n, frame: json.dumps({
+            "event": "media", "sequenceNumber": n + 1, "streamId": stream_id,
+            "media": {"track": "inbound", "timestamp": str(int(time.time() * 1000)), "chunk": n,
+                      "payload": base64.b64encode(frame).decode()}}))
         await asyncio.sleep(0.5)
         reader.cancel()
     result.agent_audio_seconds = result.frames_received * 0.02

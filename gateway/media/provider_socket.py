@@ -81,6 +81,28 @@ class ProviderSocket(abc.ABC):
     async def send_clear(self) -> None:
         """Ask the provider to drop the audio it has buffered."""
 
+    async def _read_start(self, parse: Callable[[str], Any], errors: type[Exception], opening: frozenset[str],
+                          label: str) -> Any:
+        """The parsed `start` of a JSON-text stream, the `opening` events before it skipped
+        (at most four messages); `HandshakeError` for anything else."""
+        for _ in range(4):
+            message = await self._receive_message()
+            if message["type"] == "websocket.disconnect":
+                raise HandshakeError("socket closed before start", 1000)
+            text = message.get("text")
+            if text is None:
+                raise HandshakeError(f"binary frame before start: not a {label} media stream")
+            try:
+                parsed = parse(text)
+            except errors as exc:
+                raise HandshakeError(f"not a {label} media stream: {exc}") from None
+            if parsed.event in opening:
+                continue
+            if parsed.event != "start":
+                raise HandshakeError(f"expected start, got {parsed.event[:32]!r}")
+            return parsed
+        raise HandshakeError("no start message")
+
     async def _receive_message(self) -> dict[str, Any]:
         if self.peer_closed:
             return {"type": "websocket.disconnect", "code": 1006}
@@ -98,6 +120,23 @@ class ProviderSocket(abc.ABC):
             self.peer_closed = True
 
 
+def classify(parsed: MediaMessage | twilio_media.StreamMessage) -> tuple[str, Any]:
+    """The inbound kind of a parsed JSON stream message: the caller's audio (other tracks are
+    OTHER), a DTMF digit, a mark echo, the provider's stop; anything else OTHER."""
+    event = parsed.event
+    if event == "media":
+        if parsed.track not in (None, "inbound", "inbound_track"):
+            return OTHER, "media." + parsed.track
+        return AUDIO, parsed.audio
+    if event == "dtmf":
+        return DTMF, parsed.digit
+    if event == "mark":
+        return MARK, parsed.name
+    if event == "stop":
+        return STOP, "provider sent stop"
+    return OTHER, event[:32]
+
+
 class TwilioSocket(ProviderSocket):
     """Twilio Media Streams: JSON text frames, base64 8 kHz mu-law."""
 
@@ -106,25 +145,11 @@ class TwilioSocket(ProviderSocket):
     echoes_marks = True
 
     async def handshake(self) -> StreamStart:
-        for _ in range(4):
-            message = await self._receive_message()
-            if message["type"] == "websocket.disconnect":
-                raise HandshakeError("socket closed before start", 1000)
-            text = message.get("text")
-            if text is None:
-                raise HandshakeError("binary frame before start: not a Twilio media stream")
-            try:
-                parsed = twilio_media.parse_stream_message(text)
-            except twilio_media.StreamMessageError as exc:
-                raise HandshakeError(f"not a Twilio media stream: {exc}") from None
-            if parsed.event == "connected":
-                continue
-            if parsed.event != "start":
-                raise HandshakeError(f"expected start, got {parsed.event[:32]!r}")
-            self.stream_id = parsed.stream_sid
-            return StreamStart(parsed.stream_sid, parsed.custom_parameters.get("stream_token"), parsed.call_sid,
-                               dict(parsed.custom_parameters))
-        raise HandshakeError("no start message")
+        parsed = await self._read_start(twilio_media.parse_stream_message, twilio_media.StreamMessageError,
+                                        frozenset({"connected"}), "Twilio")
+        self.stream_id = parsed.stream_sid
+        return StreamStart(parsed.stream_sid, parsed.custom_parameters.get("stream_token"), parsed.call_sid,
+                           dict(parsed.custom_parameters))
 
     async def receive(self) -> tuple[str, Any]:
         message = await self._receive_message()
@@ -140,18 +165,7 @@ class TwilioSocket(ProviderSocket):
             parsed = twilio_media.parse_stream_message(text)
         except twilio_media.StreamMessageError as exc:
             return BAD, str(exc)
-        event = parsed.event
-        if event == "media":
-            if parsed.track not in (None, "inbound", "inbound_track"):
-                return OTHER, "media." + parsed.track
-            return AUDIO, parsed.audio
-        if event == "dtmf":
-            return DTMF, parsed.digit
-        if event == "mark":
-            return MARK, parsed.name
-        if event == "stop":
-            return STOP, "provider sent stop"
-        return OTHER, event[:32]
+        return classify(parsed)
 
     async def send_frame(self, frame: bytes) -> None:
         await self._send_message({"type": "websocket.send", "text": twilio_media.render_media(self.stream_id, frame)})
@@ -183,23 +197,7 @@ class JsonStreamSocket(ProviderSocket):
         return StreamStart(start.stream_id, start.parameters.get("stream_token"), start.call_id, dict(start.parameters))
 
     async def handshake(self) -> StreamStart:
-        for _ in range(4):
-            message = await self._receive_message()
-            if message["type"] == "websocket.disconnect":
-                raise HandshakeError("socket closed before start", 1000)
-            text = message.get("text")
-            if text is None:
-                raise HandshakeError(f"binary frame before start: not a {self.name} media stream")
-            try:
-                parsed = self.parse(text)
-            except MediaMessageError as exc:
-                raise HandshakeError(f"not a {self.name} media stream: {exc}") from None
-            if parsed.event in self.opening:
-                continue
-            if parsed.event != "start":
-                raise HandshakeError(f"expected start, got {parsed.event[:32]!r}")
-            return self.started(parsed)
-        raise HandshakeError("no start message")
+        return self.started(await self._read_start(self.parse, MediaMessageError, self.opening, self.name.capitalize()))
 
     async def receive(self) -> tuple[str, Any]:
         message = await self._receive_message()
@@ -215,16 +213,8 @@ class JsonStreamSocket(ProviderSocket):
         return self.kind_of(parsed)
 
     def kind_of(self, parsed: MediaMessage) -> tuple[str, Any]:
-        event = parsed.event
-        if event == "media":
-            if parsed.track not in (None, "inbound", "inbound_track"):
-                return OTHER, "media." + parsed.track
-            return AUDIO, parsed.audio
-        if event == "dtmf":
-            return DTMF, parsed.digit
-        if event == "stop":
-            return STOP, "provider sent stop"
-        return OTHER, event[:32]
+        """The inbound kind of a parsed message (subclasses add their own events)."""
+        return classify(parsed)
 
     async def _send_text(self, text: str) -> None:
         await self._send_message({"type": "websocket.send", "text": text})
@@ -242,8 +232,6 @@ class TelnyxSocket(JsonStreamSocket):
         return telnyx_media.parse_telnyx_message(text)
 
     def kind_of(self, parsed: MediaMessage) -> tuple[str, Any]:
-        if parsed.event == "mark":
-            return MARK, parsed.name
         if parsed.event == "error":
             return BAD, f"telnyx reported an error: {parsed.name}"
         return super().kind_of(parsed)

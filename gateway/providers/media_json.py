@@ -91,3 +91,16 @@ def text_map(value: Any, what: str, error: type[MediaMessageError]) -> dict[str,
         return {}
     value = need_object(value, what, error)
     return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in value.items()}
+
+
+def media_message(data: dict[str, Any], stream_id: str | None, error: type[MediaMessageError]) -> MediaMessage:
+    """A `media` message: `media.payload` decoded, `media.track` kept."""
+    media = need_object(data.get("media"), "media", error)
+    track = optional_text(media.get("track"), "media.track", error, 32)
+    return MediaMessage("media", stream_id, audio=audio_payload(media, error), track=track)
+
+
+def dtmf_message(data: dict[str, Any], stream_id: str | None, error: type[MediaMessageError]) -> MediaMessage:
+    """A `dtmf` message: `dtmf.digit` checked."""
+    digit = need_object(data.get("dtmf"), "dtmf", error).get("digit")
+    return MediaMessage("dtmf", stream_id, digit=dtmf_digit(digit, error))

@@ -15,9 +15,9 @@ import json
 from gateway.providers.media_json import (
     MediaMessage,
     MediaMessageError,
-    audio_payload,
-    dtmf_digit,
+    dtmf_message,
     load_message,
+    media_message,
     need_object,
     optional_text,
 )
@@ -55,9 +55,7 @@ def parse_plivo_message(text: str) -> MediaMessage:
     data, event = load_message(text, PlivoMessageError)
     stream_id = optional_text(data.get("streamId"), "streamId", PlivoMessageError)
     if event == "media":
-        media = need_object(data.get("media"), "media", PlivoMessageError)
-        track = optional_text(media.get("track"), "media.track", PlivoMessageError, 32)
-        return MediaMessage(event, stream_id, audio=audio_payload(media, PlivoMessageError), track=track)
+        return media_message(data, stream_id, PlivoMessageError)
     if event == "start":
         start = need_object(data.get("start"), "start", PlivoMessageError)
         stream_id = optional_text(start.get("streamId"), "start.streamId", PlivoMessageError) or stream_id
@@ -78,8 +76,7 @@ def parse_plivo_message(text: str) -> MediaMessage:
         return MediaMessage(event, stream_id, encoding="mulaw", sample_rate=8000, parameters=parameters,
                             call_id=optional_text(start.get("callId"), "start.callId", PlivoMessageError))
     if event == "dtmf":
-        digit = need_object(data.get("dtmf"), "dtmf", PlivoMessageError).get("digit")
-        return MediaMessage(event, stream_id, digit=dtmf_digit(digit, PlivoMessageError))
+        return dtmf_message(data, stream_id, PlivoMessageError)
     if event in PLAYED:
         name = data.get("name")
         if not isinstance(name, str):

@@ -14,9 +14,9 @@ import json
 from gateway.providers.media_json import (
     MediaMessage,
     MediaMessageError,
-    audio_payload,
-    dtmf_digit,
+    dtmf_message,
     load_message,
+    media_message,
     need_object,
     optional_text,
     text_map,
@@ -35,9 +35,7 @@ def parse_telnyx_message(text: str) -> MediaMessage:
     data, event = load_message(text, TelnyxMessageError)
     stream_id = optional_text(data.get("stream_id"), "stream_id", TelnyxMessageError)
     if event == "media":
-        media = need_object(data.get("media"), "media", TelnyxMessageError)
-        track = optional_text(media.get("track"), "media.track", TelnyxMessageError, 32)
-        return MediaMessage(event, stream_id, audio=audio_payload(media, TelnyxMessageError), track=track)
+        return media_message(data, stream_id, TelnyxMessageError)
     if event == "start":
         if not stream_id:
             raise TelnyxMessageError("start has no stream_id")
@@ -56,8 +54,7 @@ def parse_telnyx_message(text: str) -> MediaMessage:
             parameters=text_map(start.get("custom_parameters"), "start.custom_parameters", TelnyxMessageError),
         )
     if event == "dtmf":
-        digit = need_object(data.get("dtmf"), "dtmf", TelnyxMessageError).get("digit")
-        return MediaMessage(event, stream_id, digit=dtmf_digit(digit, TelnyxMessageError))
+        return dtmf_message(data, stream_id, TelnyxMessageError)
     if event == "mark":
         name = need_object(data.get("mark"), "mark", TelnyxMessageError).get("name")
         if not isinstance(name, str):

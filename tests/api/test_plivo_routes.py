@@ -224,3 +224,20 @@ async def test_an_unsigned_plivo_socket_is_told_by_its_start_and_admitted_by_its
     await stream.media(b"\xff" * 160, 1)
     assert json.loads(await asyncio.wait_for(stream.ws.recv(), 5))["event"] == "playAudio"
     await stream.ws.close()
+
+
+def test_inbound_call_then_hangup_to_the_provider_path_match_by_call_uuid(server):
+    answer = post(server, "/api/v1/telephony/inbound/wf-p/user-p", params("in-progress", CallUUID="in-1"))
+    assert answer.status_code == 200
+    assert post(server, "/api/v1/telephony/status-callback/plivo", params("completed", CallUUID="in-1", Event="Hangup",
+                                                                         Duration="3")).status_code == 204
+    (call,) = [c for c in admin(server, "/api/v1/calls?limit=10").json()["calls"] if c["provider_call_id"] == "in-1"]
+    assert call["state"] == "completed" and call["direction"] == "inbound" and call["duration"] == 3
+
+
+def test_oversized_and_unconfigured_are_refused(server, gateway_server):
+    big = {"CallUUID": "x", "Pad": "x" * 70_000}
+    assert post(server, STATUS, big).status_code == 413
+    bare = gateway_server()
+    refused = post(bare, WEBHOOK, params())
+    assert refused.status_code == 403 and "plivo is not configured" in refused.json()["detail"]

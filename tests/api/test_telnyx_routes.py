@@ -189,3 +189,19 @@ async def test_a_socket_without_a_valid_start_is_closed_before_audio(server, fir
         await ws.send(json.dumps(first))
         await ws.wait_closed()
     assert ws.close_code == 1008 and reason in ws.close_reason
+
+
+def test_inbound_call_then_callbacks_to_the_provider_path_match_by_call_sid(server):
+    answer = post(server, "/api/v1/telephony/inbound/wf-t/user-t", params("ringing", CallSid="v3:inbound-1"))
+    run = stream_of(answer.text)[1]["workflow_run_id"]
+    assert post(server, "/api/v1/telephony/status-callback/telnyx", params("completed", CallSid="v3:inbound-1")).status_code == 204
+    call = admin(server, f"/api/v1/calls/{run}").json()
+    assert call["state"] == "completed" and call["direction"] == "inbound" and call["provider"] == "telnyx"
+
+
+def test_oversized_and_unconfigured_are_refused(server, gateway_server, tmp_path):
+    big = b"CallSid=x&Pad=" + b"x" * 70_000
+    assert post(server, STATUS, {}, body=big, headers=telnyx_headers(big)).status_code == 413
+    bare = gateway_server()  # Twilio and Vonage only
+    refused = post(bare, WEBHOOK, params())
+    assert refused.status_code == 403 and "telnyx is not configured" in refused.json()["detail"]

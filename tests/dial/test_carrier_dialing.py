@@ -7,9 +7,8 @@ import json
 from urllib.parse import urlencode
 
 import httpx
-import pytest
 
-from dial.campaign_support import FAST_RETRY, api, create, phones, wait_status, wait_until
+from dial.campaign_support import FAST_RETRY, api, create, phones, wait_status
 from support import Receiver, carrier_config, plivo_config, telnyx_config, telnyx_headers
 
 

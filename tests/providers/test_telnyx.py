@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from telnyx.lib.webhook_verification import WebhookVerificationError, verify_webhook_signature
 
-from support import TELNYX_SEED, telnyx_headers, telnyx_public_key
+from support import telnyx_headers, telnyx_public_key
 from gateway.calls.states import CallState
 from gateway.providers.base import BadRequest
 from gateway.providers.media_json import MediaMessage
