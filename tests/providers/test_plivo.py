@@ -250,3 +250,24 @@ def test_fuzzed_text_parses_or_raises_the_documented_error(text):
 
 def test_a_bare_string_value_is_one_value():
     assert signed_base("POST", URL, {"To": "+14155"}) == signed_base("POST", URL, {"To": ["+14155"]}) == URL + "?To+14155"
+
+
+field_text = st.text(max_size=40)
+
+
+@settings(max_examples=200, deadline=None)
+@given(fields=st.dictionaries(st.sampled_from(["CallUUID", "CallStatus", "Machine", "Duration", "Direction", "From", "To"])
+                              | field_text, st.lists(field_text, min_size=1, max_size=3), max_size=8))
+def test_fuzzed_callbacks_parse_or_raise_bad_request(fields):
+    try:
+        update = parse_plivo_callback(fields)
+    except BadRequest:
+        return
+    assert update.provider == "plivo" and update.provider_call_id
+
+
+@settings(max_examples=200, deadline=None)
+@given(url=st.text(max_size=60), signature=st.none() | st.text(max_size=60), nonce=st.none() | st.text(max_size=30),
+       form=st.none() | forms)
+def test_fuzzed_requests_never_crash_and_never_pass(url, signature, nonce, form):
+    assert not verify_plivo_signature(TOKEN, "POST", [url], form, [signature], nonce).ok

@@ -240,3 +240,24 @@ def test_fuzzed_text_parses_or_raises_the_documented_error(text):
         parse_telnyx_message(text)
     except TelnyxMessageError:
         pass
+
+
+field_text = st.text(max_size=40)
+
+
+@settings(max_examples=200, deadline=None)
+@given(fields=st.dictionaries(st.sampled_from(["CallSid", "CallStatus", "SequenceNumber", "Timestamp", "CallDuration",
+                                               "AnsweredBy", "Direction", "From", "To"]) | field_text,
+                              st.lists(field_text, min_size=1, max_size=3), max_size=8))
+def test_fuzzed_callbacks_parse_or_raise_bad_request(fields):
+    try:
+        update = parse_telnyx_callback(fields)
+    except BadRequest:
+        return
+    assert update.provider == "telnyx" and update.provider_call_id
+
+
+@settings(max_examples=200, deadline=None)
+@given(body=st.binary(max_size=64), signature=st.none() | st.text(max_size=100), timestamp=st.none() | st.text(max_size=20))
+def test_fuzzed_signature_headers_never_crash_and_never_pass(body, signature, timestamp):
+    assert not verify_telnyx_signature(PUBLIC, body, signature, timestamp, now=time.time()).ok
