@@ -1,7 +1,8 @@
 """Provider-facing routes: the initial call webhook, inbound minting, status callbacks.
 
-Every request is verified (Twilio HMAC over the URL it called, Vonage JWT) before anything
-reads it; a refused request stores nothing. Paths are fixed by the product's documentation.
+Every request is verified (Twilio HMAC over the URL it called, Vonage JWT, Telnyx Ed25519
+over timestamp and body, Plivo V3 HMAC over URL, parameters and nonce) before anything reads
+it; a refused request stores nothing. Paths are fixed by the product's documentation.
 """
 
 from __future__ import annotations
@@ -27,13 +28,12 @@ from gateway.calls.lifecycle import CallUpdate
 from gateway.logs import RUN_ID
 from gateway.metrics import CALL_TRANSITIONS, PROVIDER_REQUESTS, SIGNATURE_FAILURES, labelled
 from gateway.media.token import mint_stream_token
-from gateway.providers import plivo, telnyx, twilio, vonage
+from gateway.providers import PROVIDERS, plivo, telnyx, twilio, vonage
 from gateway.providers.base import BadRequest, parse_form, parse_json_object
 from gateway.store.base import AppliedUpdate, CallSeed, StoreError
 
 log = logging.getLogger("gateway.telephony")
 
-PROVIDERS = ("twilio", "vonage", "telnyx", "plivo")
 _PATH_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~:@-]{0,127}$")
 WS_PATH = "/api/v1/telephony/ws/{workflow_id}/{user_id}/{workflow_run_id}"
 STATUS_PATH = "/api/v1/telephony/status-callback/{workflow_run_id}"
@@ -50,7 +50,7 @@ class Refusal(Exception):
 
 @dataclass
 class ProviderRequest:
-    """A verified provider request: who sent it and its fields (Twilio: lists; Vonage: JSON)."""
+    """A verified provider request: who sent it and its fields (form fields as lists; Vonage: JSON)."""
 
     provider: str
     fields: dict[str, Any]

@@ -16,9 +16,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gateway.providers import PROVIDERS  # noqa: F401 - the names a request may give
 from gateway.webhooks.subscription import describe_validation_error
 
-PROVIDERS = ("twilio", "vonage", "telnyx", "plivo")
 PATH_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~:@-]{0,127}$")
 _PHONE = re.compile(r"^\+?[1-9]\d{6,14}$")
 _CLOCK = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
