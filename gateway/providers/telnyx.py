@@ -25,7 +25,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.calls.lifecycle import CallUpdate
-from gateway.providers.base import Verdict
+from gateway.providers.base import BadRequest, Verdict
 from gateway.providers.twilio import parse_twilio_callback
 
 PROVIDER = "telnyx"
@@ -107,8 +107,12 @@ def _parse_iso(value: str) -> datetime | None:
 def parse_telnyx_callback(params: Mapping[str, Sequence[str]], *, kind: str = "status") -> CallUpdate:
     """Normalize a TeXML instruction fetch, status or AMD callback into a `CallUpdate`.
 
-    The fields are Twilio's; `Timestamp` may be RFC 2822 or ISO 8601. `BadRequest` only.
+    The fields are Twilio's; `Timestamp` may be RFC 2822 or ISO 8601. A Call Control event
+    (a JSON `{"data": {"event_type": ...}}`) is refused by name: the gateway speaks TeXML.
+    `BadRequest` only.
     """
+    if "CallSid" not in params and "data" in params:
+        raise BadRequest("this is a Call Control event (JSON); the gateway speaks TeXML: point a TeXML application at it")
     update = parse_twilio_callback(params, kind=kind, provider=PROVIDER, max_call_sid_chars=MAX_CALL_ID_CHARS)
     stamp = update.params.get("Timestamp")
     if update.occurred_at is None and isinstance(stamp, str) and stamp:

@@ -205,3 +205,11 @@ def test_oversized_and_unconfigured_are_refused(server, gateway_server, tmp_path
     bare = gateway_server()  # Twilio and Vonage only
     refused = post(bare, WEBHOOK, params())
     assert refused.status_code == 403 and "telnyx is not configured" in refused.json()["detail"]
+
+
+def test_a_call_control_event_is_refused_by_name(server):
+    body = json.dumps({"data": {"record_type": "event", "event_type": "call.initiated", "id": "e-1",
+                                "occurred_at": "2026-12-07T10:00:00Z", "payload": {"call_control_id": "v3:x"}}}).encode()
+    response = httpx.post(server.url + STATUS, content=body, headers={"Content-Type": "application/json", **telnyx_headers(body)})
+    assert response.status_code == 400 and "Call Control event" in response.json()["detail"]
+    assert admin(server, f"/api/v1/calls/{RUN}").status_code == 404
