@@ -23,7 +23,7 @@ from urllib.parse import parse_qs, urlparse, urlunparse
 from gateway.calls.lifecycle import CallUpdate
 from gateway.calls.states import normalize_status
 from gateway.providers.base import BadRequest, Verdict
-from gateway.providers.twilio import _flatten, _single
+from gateway.providers.twilio import flatten_fields, single_field
 
 PROVIDER = "plivo"
 XML_CONTENT_TYPE = "text/xml"
@@ -119,16 +119,16 @@ def parse_plivo_callback(params: Mapping[str, Sequence[str]], *, kind: str = "st
     `Machine` (`true`/`false`) marks voicemail; `Duration` is the call's seconds. Plivo sends
     no sequence numbers: disorder is handled by the states' order alone. `BadRequest` only.
     """
-    flat = _flatten(params)
-    call_id = _single(flat, "CallUUID")
+    flat = flatten_fields(params)
+    call_id = single_field(flat, "CallUUID")
     if not call_id:
         raise BadRequest("missing CallUUID")
     if len(call_id) > MAX_CALL_ID_CHARS or not _VISIBLE_ASCII.fullmatch(call_id):
         raise BadRequest("CallUUID is not a valid identifier")
-    raw_status = _single(flat, "CallStatus") or None
-    machine = _single(flat, "Machine")
+    raw_status = single_field(flat, "CallStatus") or None
+    machine = single_field(flat, "Machine")
     voicemail = MACHINE.get(machine.strip().lower()) if machine else None
-    direction = (_single(flat, "Direction") or "").strip().lower()
+    direction = (single_field(flat, "Direction") or "").strip().lower()
     return CallUpdate(
         provider=PROVIDER,
         kind="amd" if machine else kind,
@@ -137,10 +137,10 @@ def parse_plivo_callback(params: Mapping[str, Sequence[str]], *, kind: str = "st
         state=normalize_status(PROVIDER, raw_status),
         voicemail=voicemail,
         answered_by=("machine" if voicemail else "human") if voicemail is not None else None,
-        from_number=_single(flat, "From") or None,
-        to_number=_single(flat, "To") or None,
+        from_number=single_field(flat, "From") or None,
+        to_number=single_field(flat, "To") or None,
         direction=direction if direction in DIRECTIONS else None,
-        duration=_seconds(_single(flat, "Duration")),
+        duration=_seconds(single_field(flat, "Duration")),
         params=flat,
     )
 

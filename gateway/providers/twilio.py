@@ -305,6 +305,10 @@ def _single(flat: Mapping[str, str | list[str]], name: str) -> str | None:
     return value
 
 
+flatten_fields = _flatten  # the same form-field checks for Plivo's callbacks
+single_field = _single
+
+
 def _parse_rfc2822(value: str | None) -> datetime | None:
     """RFC 2822 date -> aware UTC datetime; None when absent or unparseable (not an error)."""
     if not value:
