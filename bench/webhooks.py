@@ -596,9 +596,11 @@ def gateway_config(workdir: Path, store: str, receiver_url: str, sets: list[str]
 
 def gateway_defaults(root: str | None) -> list[str]:
     """Config the bench needs whatever the gateway version: no per-IP limit on provider
-    requests (every callback comes from 127.0.0.1), when that version has one."""
+    requests (every callback comes from 127.0.0.1) when that version has one that refuses
+    signed callbacks too (since the limit charges only refused requests, the default config)."""
     probe = ("from gateway.config import GatewayConfig as G; f = G.model_fields.get('limits');"
-             " print(bool(f and 'provider_requests_per_second' in f.annotation.model_fields))")
+             " from gateway.api.middleware import EdgeMiddleware as E;"
+             " print(bool(f and 'provider_requests_per_second' in f.annotation.model_fields and not hasattr(E, 'charge')))")
     env = {**os.environ, **({"PYTHONPATH": root} if root else {})}
     out = subprocess.run([PY, "-c", probe], cwd=root or ROOT, env=env, capture_output=True, text=True, timeout=60)
     return ["limits.provider_requests_per_second=0"] if out.stdout.strip() == "True" else []
@@ -624,10 +626,14 @@ def stop_process(proc: subprocess.Popen | None, timeout: float = 15) -> None:
         return
     proc.send_signal(signal.SIGTERM)
     try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=5)
+        proc.wait(timeout=2)
+    except subprocess.TimeoutExpired:  # a gateway draining its (never ended) bench calls: a second signal ends it at once
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
 
 
 def wait_quiet(limit: float, max_wait: float) -> float:

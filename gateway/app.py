@@ -10,7 +10,7 @@ from typing import Any, AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from gateway.api import admin, deliveries, health, media, recordings, telephony
@@ -18,12 +18,13 @@ from gateway.api import calls as calls_api
 from gateway.api import campaigns as campaigns_api
 from gateway.api import tunnel as tunnel_api
 from gateway.api.context import GatewayContext
-from gateway.api.middleware import EdgeMiddleware
+from gateway.api.middleware import EdgeMiddleware, body_cut_short
 from gateway.api.problems import problem
 from gateway.config import ConfigError, GatewayConfig, with_dev_secrets
 from gateway.dial.setup import DialSetupError, build_dial_services
 from gateway.events.fanout import fanout_for
 from gateway.media.recording import RECORDINGS_DIR, sweep_recordings
+from gateway.redact import redact_url
 from gateway.store import Store, open_store_for
 from gateway.tunnel import detector_for
 from gateway.webhooks.processes import DeliveryProcesses
@@ -35,6 +36,10 @@ log = logging.getLogger("gateway")
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     return problem(exc.status_code, exc.detail, headers=getattr(exc, "headers", None))
+
+
+async def _body_cut_short(request: Request, exc: Exception) -> Response:
+    return problem(body_cut_short(request.scope), "the request body ended before its declared length")
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:
@@ -92,7 +97,7 @@ def create_app(config: GatewayConfig, *, store: Store | None = None) -> Starlett
             await ctx.tunnel.start()
         await dial.start()
         sweeper = asyncio.create_task(sweep_recordings(Path(config.data_dir) / RECORDINGS_DIR), name="recording-sweeper")
-        log.info("gateway ready: store=%s agent=%s providers=%s webhooks=%d", config.store, config.agent.url,
+        log.info("gateway ready: store=%s agent=%s providers=%s webhooks=%d", redact_url(config.store), redact_url(config.agent.url),
                  ",".join(name for name in type(config.providers).model_fields if getattr(config.providers, name)) or "none",
                  len(config.webhooks))
         try:
@@ -112,7 +117,7 @@ def create_app(config: GatewayConfig, *, store: Store | None = None) -> Starlett
         routes=[*health.routes, *telephony.routes, *media.routes, *calls_api.routes, *campaigns_api.routes, *admin.routes, *deliveries.routes, *recordings.routes,
                 *tunnel_api.routes],
         lifespan=lifespan,
-        exception_handlers={HTTPException: _http_error, Exception: _server_error},
+        exception_handlers={HTTPException: _http_error, ClientDisconnect: _body_cut_short, Exception: _server_error},
     )
     app.edge = EdgeMiddleware(app.routed, rate=config.limits.provider_requests_per_second, burst=config.limits.provider_burst,
                               trusted=ctx.trusted_peers, direct=telephony.direct_route)

@@ -8,6 +8,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.redact import redact_url
 
 if TYPE_CHECKING:
     from gateway.calls.record import CallRecord
@@ -38,7 +39,7 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     host = args.host or config.listen.host
     port = config.listen.port if args.port is None else args.port
-    run(app, host=host, port=port, drain_seconds=config.shutdown.drain_seconds)
+    run(app, host=host, port=port, drain_seconds=config.shutdown.drain_seconds, read_timeout=config.limits.read_timeout_seconds)
     return 0
 
 
@@ -55,9 +56,9 @@ def _check_config(args: argparse.Namespace) -> int:
         if config.tunnel.log_file:
             where += f", then {config.tunnel.log_file}"
         print(f"  tunnel: cloudflared quick tunnel looked for at {where}")
-    print(f"  store: {config.store}")
+    print(f"  store: {redact_url(config.store)}")
     print(f"  providers: {', '.join(providers) or 'none configured'}")
-    print(f"  agent: {config.agent.url} ({config.agent.audio.encoding}/{config.agent.audio.sample_rate})")
+    print(f"  agent: {redact_url(config.agent.url)} ({config.agent.audio.encoding}/{config.agent.audio.sample_rate})")
     print(f"  api_key: {'set' if config.api_key else 'not set (development secret will be generated)'}")
     print(f"  webhooks: {len(config.webhooks)}")
     return 0
@@ -135,7 +136,7 @@ async def _webhook_test(config: GatewayConfig, name: str, event_type: str | None
         finally:
             await store.close()
         if call is None:
-            print(f"no call with workflow_run_id {run_id!r} in {config.store}", file=sys.stderr)
+            print(f"no call with workflow_run_id {run_id!r} in {redact_url(config.store)}", file=sys.stderr)
             return 2
     call = call or _sample_call("sample-run")
     kind = event_type or next((e for e in subscription.events if "*" not in e and "?" not in e), "call.ended")

@@ -13,11 +13,14 @@ import os
 import re
 import secrets
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
+from gateway.media.agent import AgentProtocol
+from gateway.webhooks.deadlines import LEASE_MARGIN, shortest_lease
+from gateway.redact import header_secrets, url_secrets
 from gateway.webhooks.signing import decode_signing_secret
 from gateway.webhooks.subscription import (
     RetryPolicy,
@@ -41,6 +44,16 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _not_empty(value: SecretStr) -> SecretStr:
+    if not value.get_secret_value().strip():
+        raise ValueError("must not be empty (an empty secret would refuse every request it guards)")
+    return value
+
+
+Secret = Annotated[SecretStr, AfterValidator(_not_empty)]
+"""A credential: set and not blank (an empty one passed validation and then failed every check)."""
+
+
 class ListenConfig(_Model):
     host: str = "0.0.0.0"
     port: int = Field(8000, ge=0, le=65535)
@@ -48,14 +61,14 @@ class ListenConfig(_Model):
 
 class TwilioConfig(_Model):
     account_sid: str
-    auth_token: SecretStr
+    auth_token: Secret
     api_base_url: str | None = None  # REST API base; tests point it at a local stand-in
 
 
 class VonageConfig(_Model):
-    signature_secret: SecretStr
+    signature_secret: Secret
     application_id: str | None = None
-    private_key: SecretStr | None = None  # a path or the PEM text
+    private_key: Secret | None = None  # a path or the PEM text
     api_key: str | None = None
     jwt_window: int = Field(300, ge=1, le=3600)  # seconds either side of `iat`
     api_base_url: str | None = None
@@ -113,10 +126,23 @@ class AgentAudioConfig(_Model):
 
 class AgentConfig(_Model):
     url: str = "echo"
+    protocol: AgentProtocol = AgentProtocol.NATIVE  # twilio: the agent speaks Twilio Media Streams
     headers: dict[str, str] = Field(default_factory=dict)
     audio: AgentAudioConfig = AgentAudioConfig()
     on_failure: Literal["hangup", "keep"] = "hangup"
     connect_timeout: float = Field(5.0, gt=0, le=60)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _twilio_audio(cls, data: Any) -> Any:
+        """Twilio Media Streams carry mu-law at 8 kHz, always: that is the agent's format."""
+        if isinstance(data, dict) and data.get("protocol") == AgentProtocol.TWILIO.value:
+            audio = data.get("audio")
+            if audio is not None and (not isinstance(audio, dict) or
+                                      (audio.get("encoding", "mulaw"), audio.get("sample_rate", 8000)) != ("mulaw", 8000)):
+                raise ValueError("audio must be mulaw at 8000 Hz with protocol twilio (or left unset)")
+            data = {**data, "audio": {"encoding": "mulaw", "sample_rate": 8000}}
+        return data
 
     @field_validator("url")
     @classmethod
@@ -131,7 +157,7 @@ class DeliveryConfig(_Model):
 
     concurrency: int = Field(8, ge=1, le=256)  # in-flight attempts per subscription
     prefetch: int = Field(4, ge=1, le=64)  # rows taken ahead per subscription: prefetch x concurrency
-    lease_seconds: float = Field(0, ge=0)  # 0: the subscription's timeout + 30 s
+    lease_seconds: float = Field(0, ge=0)  # 0: the longest webhook timeout + 30 s; else at least that timeout + 10 s
     poll_seconds: float = Field(1.0, gt=0, le=60)
     disable_after_failures: int = Field(50, ge=1)  # consecutive failed attempts...
     disable_after_seconds: float = Field(3600, ge=0)  # ...spanning at least this long
@@ -146,9 +172,12 @@ class LogConfig(_Model):
 class LimitsConfig(_Model):
     """Limits that protect the process; each refusal is logged and counted in /metrics."""
 
-    max_media_sessions: int = Field(1000, ge=1)
-    provider_requests_per_second: float = Field(200.0, ge=0)  # per client IP; 0 turns the limit off
+    max_media_sessions: int = Field(1000, ge=1)  # live media sockets, those still presenting their token included
+    provider_requests_per_second: float = Field(200.0, ge=0)  # refused provider requests per client IP; 0: no limit
     provider_burst: float = Field(400.0, ge=1)
+    read_timeout_seconds: float = Field(15.0, gt=0, le=3600)  # a request's headers and body must arrive within this
+    media_token_seconds: float = Field(5.0, gt=0, le=60)  # a media socket must present a valid stream token within this
+    max_unverified_media_sockets: int = Field(100, ge=1)  # media sockets at once that have not yet done so
 
 
 class ShutdownConfig(_Model):
@@ -194,7 +223,7 @@ class DialConfig(_Model):
     orphan_seconds: float = Field(120.0, ge=0)  # a dial cut short by a restart waits this long for a callback
     reconcile_seconds: float = Field(600.0, ge=1)  # ask the provider about a call silent this long
     max_consecutive_refusals: int = Field(10, ge=1)  # a campaign fails after this many refused dials in a row
-    webhook_secret: SecretStr | None = None  # signs campaigns' inline webhooks; unset: one per campaign
+    webhook_secret: Secret | None = None  # signs campaigns' inline webhooks; unset: one per campaign
     webhook_timeout: float = Field(30.0, gt=0, le=300)
     webhook_retry: RetryPolicy = RetryPolicy()
     webhook_allow_networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(default_factory=list)
@@ -222,8 +251,8 @@ class GatewayConfig(_Model):
     listen: ListenConfig = ListenConfig()
     store: str = DEFAULT_STORE
     data_dir: str = "data"
-    api_key: SecretStr | None = None
-    secret_key: SecretStr | None = None  # signs stream tokens and recording URLs
+    api_key: Secret | None = None
+    secret_key: Secret | None = None  # signs stream tokens and recording URLs
     trusted_proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(
         default_factory=lambda: [ipaddress.ip_network("127.0.0.1/32")]
     )
@@ -233,7 +262,7 @@ class GatewayConfig(_Model):
     recording: bool | list[str] = False  # true: every call; a list: the calls of these workflow ids
     webhooks: list[Subscription] = Field(default_factory=list)
     workflows: list[WorkflowSource] = Field(default_factory=list)
-    secrets: dict[str, SecretStr] = Field(default_factory=dict)  # {{secret.NAME}} values
+    secrets: dict[str, Secret] = Field(default_factory=dict)  # {{secret.NAME}} values
     secrets_file: str | None = None  # a YAML/JSON mapping of more secrets
     delivery: DeliveryConfig = DeliveryConfig()
     tunnel: TunnelConfig = TunnelConfig()  # used when public_url is auto
@@ -270,7 +299,8 @@ class GatewayConfig(_Model):
 
     def secret_strings(self) -> list[str]:
         """Every secret value the process may hold, for the log redactor: provider credentials,
-        `{{secret.NAME}}` values, signing secrets, `api_key` and `secret_key`."""
+        `{{secret.NAME}}` values, signing secrets, `api_key` and `secret_key`, the credentials in
+        the store and agent URLs and the agent's credential headers."""
         out: list[str] = []
         for provider in (self.providers.twilio, self.providers.vonage, self.providers.telnyx, self.providers.plivo):
             for name in ("auth_token", "signature_secret", "private_key", "api_key"):
@@ -280,6 +310,8 @@ class GatewayConfig(_Model):
         out += list(self.secret_values().values())
         out += [key for sub in self.webhooks for key in getattr(sub.signing, "secrets", [])]
         out += [v.get_secret_value() for v in (self.api_key, self.secret_key) if v is not None]
+        out += url_secrets(self.store) + url_secrets(self.agent.url)  # a user:pass@ or ?token= in a URL
+        out += header_secrets(self.agent.headers)
         return out
 
     @field_validator("public_url")
@@ -367,6 +399,14 @@ def _with_workflows(config: GatewayConfig) -> GatewayConfig:
     if duplicates:
         raise ConfigError(f"webhooks: subscription name {duplicates[0]!r} is used twice (workflows included)")
     config = config.model_copy(update={"webhooks": subscriptions})
+    lease = config.delivery.lease_seconds
+    if lease and lease < (shortest := shortest_lease(s.timeout for s in subscriptions)):
+        slowest = max(subscriptions, key=lambda s: s.timeout)
+        raise ConfigError(
+            f"delivery.lease_seconds: {lease:g} is shorter than the longest webhook timeout ({slowest.name}: "
+            f"{slowest.timeout:g} s) + {LEASE_MARGIN:g} s; an attempt could outlive its lease and the delivery be "
+            f"sent twice (use at least {shortest:g}, or 0 for the timeout + 30 s)"
+        )
     available = config.secret_values()
     for index, subscription in enumerate(subscriptions):
         for name in sorted(subscription.secret_names()):
@@ -375,6 +415,9 @@ def _with_workflows(config: GatewayConfig) -> GatewayConfig:
                     f"webhooks[{index}] ({subscription.name}): secret {name!r} is not set "
                     f"(add it under secrets:, to secrets_file, or as GATEWAY_SECRET_{name})"
                 )
+            if not available[name].strip():
+                raise ConfigError(f"webhooks[{index}] ({subscription.name}): secret {name!r} is empty "
+                                  "(an empty secret would fail every delivery it signs or authenticates)")
     return config
 
 

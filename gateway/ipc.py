@@ -52,14 +52,18 @@ def frame(items: list[Any]) -> bytes:
 class FrameChannel:
     """One end of a socket pair, on an event loop: `send` queues items, which go out in one
     frame per loop turn; `on_items` gets each incoming frame's items; `on_closed` the end of
-    the stream (or an error on it)."""
+    the stream (or an error on it). An item that cannot be pickled does not take the others of
+    its turn down with it: `unsendable(item, error)` gives what goes in its place (by default
+    nothing: it is logged and dropped)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, on_items: Callable[[list[Any]], None],
-                 on_closed: Callable[[], None]) -> None:
+                 on_closed: Callable[[], None], *,
+                 unsendable: Callable[[Any, BaseException], Any] | None = None) -> None:
         self.loop = loop
         self.fd = fd
         self.on_items = on_items
         self.on_closed = on_closed
+        self.unsendable = unsendable
         self._reader = FrameReader()
         self._queued: list[Any] = []
         self._unsent = b""
@@ -79,9 +83,26 @@ class FrameChannel:
             return
         items, self._queued = self._queued, []
         waiting = bool(self._unsent)
-        self._unsent += frame(items)
-        if not waiting:
+        try:
+            self._unsent += frame(items)
+        except Exception:  # noqa: BLE001 - one item that cannot be pickled: frame the others alone
+            self._unsent += b"".join(self._frame_each(items))
+        if self._unsent and not waiting:
             self._write()
+
+    def _frame_each(self, items: list[Any]) -> list[bytes]:
+        frames = []
+        for item in items:
+            try:
+                frames.append(frame([item]))
+            except Exception as exc:  # noqa: BLE001 - replaced, or dropped
+                log.error("an item could not be sent to the other process: %s", type(exc).__name__)
+                if self.unsendable is not None:
+                    try:
+                        frames.append(frame([self.unsendable(item, exc)]))
+                    except Exception as again:  # noqa: BLE001 - nothing more to try
+                        log.error("its replacement could not be sent either: %s", type(again).__name__)
+        return frames
 
     def _write(self) -> None:
         try:

@@ -15,7 +15,9 @@ types, dataclasses, datetimes) goes to the standard library instead. Three diffe
 
 Reading: orjson, except for text with a number of 19 or more digits (orjson reads an integer
 beyond 64 bits as a float and would lose its digits) or what orjson refuses and `json.loads`
-reads (`NaN`): the standard library then.
+reads (`NaN`): the standard library then. Either way what cannot be read is a ValueError (the
+standard library's RecursionError on deep nesting included). Text from outside (an endpoint's
+answer) is read with `loads_bounded`: its size and nesting depth are checked before it is parsed.
 """
 
 from __future__ import annotations
@@ -71,11 +73,48 @@ def dumps_bytes(value: Any) -> bytes:
 
 
 def loads(text: str | bytes) -> Any:
-    """Parse JSON text (see the module for which reader)."""
+    """Parse JSON text (see the module for which reader); ValueError when it cannot be read."""
     raw = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
-    if _LONG_NUMBER.search(raw):
-        return json.loads(text)
     try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return json.loads(text)
+        if _LONG_NUMBER.search(raw):
+            return json.loads(text)
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply to read") from None
+
+
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def nesting_depth(raw: bytes) -> int:
+    """How deeply arrays and objects nest in JSON text (brackets inside strings do not count).
+    Linear in the text and never recursive, whatever the text is."""
+    brackets = raw.translate(None, _NOT_BRACKETS)
+    if len(brackets) <= 1:
+        return len(brackets)
+    brackets = _STRING.sub(b"", raw).translate(None, _NOT_BRACKETS)
+    depth = deepest = 0
+    for byte in brackets:
+        if byte in b"[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
+
+
+def loads_bounded(raw: bytes, *, max_depth: int, max_bytes: int) -> Any:
+    """Parse JSON that came from outside within bounds: ValueError, saying why, for text longer
+    than `max_bytes`, nested deeper than `max_depth`, or not JSON."""
+    if len(raw) > max_bytes:
+        raise ValueError(f"longer than {max_bytes} bytes")
+    if raw.count(b"[") + raw.count(b"{") > max_depth and nesting_depth(raw) > max_depth:
+        raise ValueError(f"nested deeper than {max_depth} levels")
+    try:
+        return loads(raw)
+    except ValueError as exc:
+        raise ValueError(f"not JSON: {str(exc)[:120]}") from None

@@ -10,36 +10,34 @@ from contextvars import ContextVar
 from typing import Iterable
 
 from gateway import jsontext
+from gateway.redact import REDACTED, Redactor  # noqa: F401 - REDACTED: the log mark, for importers
 
 RUN_ID: ContextVar[str | None] = ContextVar("run_id", default=None)
-REDACTED = "[redacted]"
 
 
 class RedactSecrets(logging.Filter):
-    """Replaces every configured secret value (8+ characters) in the rendered message."""
+    """Replaces every configured secret value (8+ characters, in any encoding `Redactor` knows)
+    in the rendered message and exception text."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
         super().__init__()
         self.secrets: list[str] = []
+        self._redactor = Redactor()
         self.add(secrets)
 
     def add(self, secrets: Iterable[str]) -> None:
         """Redact these values too (e.g. development secrets generated after start-up)."""
         self.secrets = sorted({*self.secrets, *(s for s in secrets if s and len(s) >= 8)}, key=len, reverse=True)
+        self._redactor = Redactor(self.secrets)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not self.secrets:
+        if not self._redactor:
             return True
-        cleaned = record.getMessage()
-        for secret in self.secrets:
-            if secret in cleaned:
-                cleaned = cleaned.replace(secret, REDACTED)
-        record.msg, record.args = cleaned, None  # formatted once: the formatter reads it as is
+        record.msg, record.args = self._redactor.text(record.getMessage()), None  # formatted once: the formatter reads it as is
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
-            for secret in self.secrets:
-                record.exc_text = record.exc_text.replace(secret, REDACTED)
+            record.exc_text = self._redactor.text(record.exc_text)
         return True
 
 

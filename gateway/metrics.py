@@ -28,10 +28,18 @@ PROVIDER_REQUESTS = Counter("gateway_provider_requests_total", "Provider request
 SIGNATURE_FAILURES = Counter("gateway_signature_failures_total", "Provider requests refused for their signature",
                              ["provider"], registry=REGISTRY)
 REFUSALS = Counter("gateway_refusals_total", "Requests refused by a protective limit", ["limit"], registry=REGISTRY)
+BODIES_CUT_SHORT = Counter("gateway_bodies_cut_short_total", "Requests whose client went away before its whole body arrived",
+                           registry=REGISTRY)
 AGENT_CONNECT_FAILURES = Counter("gateway_agent_connect_failures_total", "Agent connections that failed or dropped",
                                  registry=REGISTRY)
 DELIVERIES = Counter("gateway_deliveries_total", "Webhook delivery attempts by subscription and outcome",
                      ["subscription", "outcome"], registry=REGISTRY)
+LATE_FINISHES = Counter("gateway_delivery_late_finishes_total",
+                        "Attempts that finished after their lease was lost: recorded as history, the delivery unchanged",
+                        ["subscription"], registry=REGISTRY)
+UNBUILDABLE = Counter("gateway_deliveries_unbuildable_total", "Deliveries failed with no request sent: it could not be"
+                      " built (a missing secret; a header rendered from call data with a line break)", ["subscription"],
+                      registry=REGISTRY)
 ATTEMPT_LATENCY = Histogram("gateway_delivery_attempt_seconds", "Webhook attempt latency", ["subscription"],
                             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=REGISTRY)
 OUTBOX_PENDING = Gauge("gateway_outbox_pending", "Deliveries waiting to be sent", registry=REGISTRY,

@@ -1,9 +1,12 @@
 """Running the app under uvicorn with a graceful drain.
 
-First SIGTERM (or SIGINT): readiness turns false and new calls are refused, live media
-sessions may finish for up to `shutdown.drain_seconds`, then the server stops: delivery
-leases are released in the app's shutdown and the process exits 0. A second signal ends
-whatever is left at once.
+First SIGTERM (or SIGINT): readiness turns false and new calls are refused (503), while the
+calls already live keep everything they need: their media, status callbacks (the provider's
+`completed` comes a moment after the audio ends) and answer webhooks. The server stops when
+every live call has ended and its media closed, or after `shutdown.drain_seconds`; a call
+still live then gets a `shutdown.unfinished` timeline entry and a log line. Delivery leases
+are released in the app's shutdown and the process exits 0. A second signal ends whatever is
+left at once.
 """
 
 from __future__ import annotations
@@ -18,9 +21,12 @@ from typing import Any
 import uvicorn
 
 from gateway.heap import settle_heap
+from gateway.http_protocol import http_protocol
 from gateway.metrics import MEDIA
 
 log = logging.getLogger("gateway")
+
+SETTLE_SECONDS = 2.0  # how often a drain asks the store which of its live calls have ended
 
 
 class DrainingServer(uvicorn.Server):
@@ -49,21 +55,34 @@ class DrainingServer(uvicorn.Server):
             return
         self._draining = True
         self.gateway.draining = True
-        log.info("%s: draining (readiness false, new calls refused); %d live media sessions may run up to %.0f s",
-                 signal.Signals(sig).name, MEDIA.active, self.drain_seconds)
+        log.info("%s: draining (readiness false, new calls refused); %d live calls and %d media sessions may run up to %.0f s",
+                 signal.Signals(sig).name, len(self.gateway.live_calls), MEDIA.active, self.drain_seconds)
         self._loop.call_soon_threadsafe(lambda: self._loop.create_task(self._drain()))
 
     async def _drain(self) -> None:
+        live = self.gateway.live_calls
         deadline = time.monotonic() + self.drain_seconds
-        while MEDIA.active and time.monotonic() < deadline and not self.should_exit:
-            await asyncio.sleep(0.2)
+        settled = 0.0
+        while not self.should_exit and time.monotonic() < deadline:
+            if time.monotonic() - settled >= SETTLE_SECONDS:  # endings another instance took
+                await live.settle(self.gateway.store)
+                settled = time.monotonic()
+            if not MEDIA.active and not len(live):
+                break
+            await asyncio.sleep(0.1)
+        if self.should_exit:  # a second signal: no waiting, no writing
+            return
         if MEDIA.active:
             log.warning("drain timeout: ending %d live media sessions", MEDIA.active)
+        if len(live):
+            await live.mark_unfinished(self.gateway.store, self.drain_seconds)
+        else:
+            log.info("drained: every live call has ended")
         self.should_exit = True
 
 
-def run(app: Any, *, host: str, port: int, drain_seconds: float) -> None:
-    """Serve `app` until drained; uvloop and httptools when installed."""
+def run(app: Any, *, host: str, port: int, drain_seconds: float, read_timeout: float) -> None:
+    """Serve `app` until drained, each request read within `read_timeout` seconds; uvloop when installed."""
     config = uvicorn.Config(app, host=host, port=port, log_config=None, proxy_headers=False, server_header=False,
-                            ws_max_size=1 << 20, lifespan="on", timeout_graceful_shutdown=5)
+                            ws_max_size=1 << 20, lifespan="on", timeout_graceful_shutdown=5, http=http_protocol(read_timeout))
     DrainingServer(config, gateway=app.state.gateway, drain_seconds=drain_seconds).run()

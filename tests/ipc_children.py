@@ -41,3 +41,27 @@ def last_words_child(conn) -> None:
             items = [item for payload in frames for item in pickle.loads(payload)]
             os.write(conn.fileno(), frame([(token, ("last", payload)) for token, payload in items]))
             os._exit(0)
+
+
+def writer_dying_after_commit(setup, conn) -> None:
+    """The store's writer process, except that the first time a group it commits holds a
+    `setup["die_after"]` transaction, it dies right after the COMMIT, before answering (a marker
+    file next to the database says it did: the writer started again does not die again)."""
+    from pathlib import Path
+
+    from gateway.store.sqlite import SQLiteStore
+    from gateway.store.writer_process import _run
+
+    marker = Path(setup["path"] + ".died")
+    store = SQLiteStore(setup["path"], synchronous=setup["synchronous"])
+    store.open_here()
+    rooms: dict = {}
+
+    def handle(requests):
+        answers = _run(store, rooms, requests)
+        if not marker.exists() and any(payload[0] == setup["die_after"] for _, payload in requests):
+            marker.touch()
+            os._exit(9)
+        return answers
+
+    serve_frames(conn, handle)

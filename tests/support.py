@@ -97,6 +97,7 @@ def base_config(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
             "vonage": {"signature_secret": VONAGE_SECRET, "api_key": VONAGE_API_KEY, "application_id": "app-1",
                        "api_base_url": "http://127.0.0.1:9"},
         },
+        "shutdown": {"drain_seconds": 2},  # a test's calls left live do not hold its `gateway serve` for long
     }
     config.update(overrides)
     return config

@@ -51,12 +51,50 @@ def test_unset_variable_names_key_and_variable():
         ({"public_url": "gw.example.com"}, r"public_url: "),
         ({"store": "mysql://x"}, r"store: "),
         ({"trusted_proxies": ["not-a-cidr"]}, r"trusted_proxies\[0\]"),
+        ({"limits": {"read_timeout_seconds": 0}}, r"limits\.read_timeout_seconds: "),
+        ({"limits": {"media_token_seconds": "soon"}}, r"limits\.media_token_seconds: "),
+        ({"limits": {"max_unverified_media_sockets": 0}}, r"limits\.max_unverified_media_sockets: "),
         ([1, 2], r"must be a mapping"),
+        ({"delivery": {"lease_seconds": 35}, "webhooks": [{"name": "slow", "events": ["call.*"], "url": "https://h.example/x",
+                                                         "timeout": 30}]},
+         r"delivery\.lease_seconds: 35 is shorter than the longest webhook timeout \(slow: 30 s\) \+ 10 s"),
     ],
 )
 def test_errors_name_the_key(data, message):
     with pytest.raises(ConfigError, match=message):
         parse_config(data, env={})
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"providers": {"twilio": {"account_sid": "AC1", "auth_token": ""}}}, r"providers\.twilio\.auth_token: must not be empty"),
+        ({"providers": {"vonage": {"signature_secret": "  "}}}, r"providers\.vonage\.signature_secret: must not be empty"),
+        ({"providers": {"vonage": {"signature_secret": "s", "private_key": ""}}}, r"providers\.vonage\.private_key: must not be empty"),
+        ({"api_key": ""}, r"api_key: must not be empty"),
+        ({"secret_key": ""}, r"secret_key: must not be empty"),
+        ({"dial": {"webhook_secret": ""}}, r"dial\.webhook_secret: must not be empty"),
+        ({"secrets": {"CRM": ""}}, r"secrets\.CRM: must not be empty"),
+        ({"api_key": "${KEY:-}"}, r"api_key: must not be empty"),
+    ],
+)
+def test_an_empty_secret_is_refused_naming_its_key(data, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_config(data, env={})
+
+
+def test_an_empty_webhook_secret_from_the_environment_is_refused_naming_it(monkeypatch):
+    data = {"webhooks": [{"name": "crm", "events": ["call.*"], "url": "https://crm.example.com/x",
+                          "auth": {"type": "bearer_token", "token": "{{secret.CRM}}"}}]}
+    monkeypatch.setenv("GATEWAY_SECRET_CRM", "")
+    with pytest.raises(ConfigError, match=r"webhooks\[0\] \(crm\): secret 'CRM' is empty"):
+        parse_config(data, env={})
+
+
+def test_a_lease_that_covers_the_longest_timeout_is_accepted():
+    hook = {"name": "slow", "events": ["call.*"], "url": "https://h.example/x", "timeout": 30}
+    assert parse_config({"delivery": {"lease_seconds": 40}, "webhooks": [hook]}, env={}).delivery.lease_seconds == 40
+    assert parse_config({"delivery": {"lease_seconds": 0}, "webhooks": [hook]}, env={}).delivery.lease_seconds == 0
 
 
 def test_bad_yaml_and_missing_file(tmp_path):
@@ -93,6 +131,10 @@ def test_check_config_command_prints_the_same_message(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 2
     assert "providers.twilio.auth_token: required key is missing" in result.stderr
+    path.write_text("providers:\n  twilio: {account_sid: AC1, auth_token: ''}\n")
+    empty = subprocess.run([sys.executable, "-m", "gateway.cli", "check-config", "--config", str(path)],
+                           capture_output=True, text=True)
+    assert empty.returncode == 2 and "providers.twilio.auth_token: must not be empty" in empty.stderr
     path.write_text("listen: {port: 9000}\n")
     ok = subprocess.run([sys.executable, "-m", "gateway.cli", "check-config", "--config", str(path)], capture_output=True, text=True)
     assert ok.returncode == 0 and "config OK" in ok.stdout
@@ -112,3 +154,14 @@ def test_the_readme_config_example_loads(tmp_path):
     config = load_config(str(path), env=env)
     assert config.providers.twilio.auth_token.get_secret_value() == "t" * 32
     assert config.delivery.processes == 0 and config.store == "sqlite:///data/gateway.db"
+
+
+def test_a_twilio_speaking_agent_gets_twilio_audio_and_nothing_else():
+    config = parse_config({"agent": {"url": "ws://127.0.0.1:1/bot", "protocol": "twilio"}}, env={})
+    assert config.agent.protocol.value == "twilio"
+    assert (config.agent.audio.encoding, config.agent.audio.sample_rate) == ("mulaw", 8000)
+    with pytest.raises(ConfigError, match=r"agent: audio must be mulaw at 8000 Hz with protocol twilio"):
+        parse_config({"agent": {"url": "ws://127.0.0.1:1/bot", "protocol": "twilio",
+                                "audio": {"encoding": "pcm16", "sample_rate": 16000}}}, env={})
+    with pytest.raises(ConfigError, match=r"agent\.protocol"):
+        parse_config({"agent": {"url": "ws://127.0.0.1:1/bot", "protocol": "sip"}}, env={})

@@ -124,6 +124,22 @@ async def test_items_sent_in_one_turn_arrive_as_one_list_in_order(make_pair):
     assert b.items()[3:] == list(range(20)) and a.items() == [-n for n in range(20)]
 
 
+async def test_an_item_that_cannot_be_pickled_is_replaced_and_the_others_of_its_turn_still_go(make_pair):
+    """A delivery process's result nested too deep to pickle must not take the turn's other
+    results down with it, nor leave its own caller waiting: it goes back as what `unsendable` says."""
+    a, b = make_pair()
+    a.channel.unsendable = lambda item, error: (item[0], f"unsendable: {type(error).__name__}")
+    deep: list = []
+    for _ in range(100_000):
+        deep = [deep]
+    a.channel.send((0, "before"))
+    a.channel.send((1, deep))
+    a.channel.send((2, lambda: None))
+    a.channel.send((3, "after"))
+    await eventually(lambda: len(b.items()) == 4, what="every item or its replacement")
+    assert b.items() == [(0, "before"), (1, "unsendable: RecursionError"), (2, "unsendable: AttributeError"), (3, "after")]
+
+
 async def test_a_frame_larger_than_the_socket_buffer_is_written_in_parts(make_pair):
     a, b = make_pair()
     big = os.urandom(6 << 20)

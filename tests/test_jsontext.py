@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.jsontext import dumps, dumps_bytes, loads
+from gateway.jsontext import dumps, dumps_bytes, loads, loads_bounded, nesting_depth
 
 
 def oracle(value: Any) -> str:
@@ -139,3 +139,32 @@ def test_loads_accepts_bytes_and_str() -> None:
 def test_loads_malformed_raises_value_error(garbage: str | bytes) -> None:
     with pytest.raises(ValueError):
         loads(garbage)
+
+
+@pytest.mark.parametrize("text", ["[" * 5000, "[" * 5000 + "1" + "]" * 5000, '{"a":' * 3000 + "1" + "}" * 3000,
+                                  "[1e99999" * 3000])
+def test_deep_nesting_is_a_value_error_not_a_recursion_error(text: str) -> None:
+    with pytest.raises(ValueError):
+        loads(text)  # the standard library's fallback raised RecursionError here
+    with pytest.raises(ValueError, match="nested deeper than 64 levels"):
+        loads_bounded(text.encode(), max_depth=64, max_bytes=1 << 20)
+
+
+@pytest.mark.parametrize(("text", "depth"), [
+    (b"", 0), (b"1", 0), (b"[]", 1), (b'{"a": [1, {"b": []}]}', 4), (b'["[[[[", "\\"[[{"]', 1),
+    (b'{"k": "}}}]]]"}', 1), (b"[[[", 3), (b'"[' + b"[" * 100 + b'"', 0),
+])
+def test_nesting_depth_counts_brackets_outside_strings(text: bytes, depth: int) -> None:
+    assert nesting_depth(text) == depth
+
+
+def test_loads_bounded_reads_what_is_within_its_bounds_and_says_why_not_otherwise() -> None:
+    nested = b'{"a": ' * 64 + b"1" + b"}" * 64
+    assert loads_bounded(nested, max_depth=64, max_bytes=1000) is not None
+    assert loads_bounded(b'["[[[[[[[[[["]', max_depth=1, max_bytes=100) == ["[[[[[[[[[["]
+    with pytest.raises(ValueError, match="nested deeper than 63 levels"):
+        loads_bounded(nested, max_depth=63, max_bytes=1000)
+    with pytest.raises(ValueError, match="longer than 10 bytes"):
+        loads_bounded(b'"' + b"x" * 20 + b'"', max_depth=5, max_bytes=10)
+    with pytest.raises(ValueError, match="not JSON"):
+        loads_bounded(b"OK", max_depth=5, max_bytes=10)

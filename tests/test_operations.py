@@ -116,27 +116,69 @@ async def _echo_once(ws):
     assert message["event"] == "media"
 
 
-async def test_sigterm_drains_live_calls_then_exits_zero(gateway_process, tmp_path):
-    proc = gateway_process(base_config(tmp_path, shutdown={"drain_seconds": 30}))
-    ws = await _open_stream(proc)
-    await _echo_once(ws)
-    proc.proc.send_signal(signal.SIGTERM)
-    await asyncio.sleep(0.5)
+async def test_sigterm_keeps_a_live_calls_ending_then_exits_zero(gateway_process, tmp_path):
+    from support import Receiver
+
+    with Receiver() as receiver:
+        proc = gateway_process(base_config(tmp_path, shutdown={"drain_seconds": 60}, webhooks=[
+            {"name": "crm", "events": ["call.completed", "call.ended"], "url": receiver.url + "/hook",
+             "allow_networks": ["127.0.0.0/8"]}]))
+        ws = await _open_stream(proc)
+        await _echo_once(ws)
+        ringing = _params("ringing", sid="CA" + "6" * 32)  # an outbound call ringing when the drain begins
+        out_status = proc.url + "/api/v1/telephony/status-callback/run-out"
+        assert _signed_post(out_status, ringing).status_code == 204
+        proc.proc.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.5)
+        async with httpx.AsyncClient() as client:
+            ready = await client.get(proc.url + "/readyz")
+            assert ready.status_code == 503 and ready.json()["status"] == "draining"
+            params = _params("ringing", sid="CA" + "4" * 32)
+            url = proc.url + "/api/v1/telephony/webhook/wf/u/run-new"
+            refused = await client.post(url, data=params, headers={"X-Twilio-Signature": twilio_signature(url, params)})
+            assert refused.status_code == 503  # a new call
+            picked_up, out_answer = _params("in-progress", sid="CA" + "6" * 32), proc.url + "/api/v1/telephony/webhook/wf/u/run-out"
+            answer = await client.post(out_answer, data=picked_up, headers={"X-Twilio-Signature": twilio_signature(out_answer, picked_up)})
+            assert answer.status_code == 200 and "<Stream" in answer.text  # not new: it was live before the drain
+            ended = _params("completed", sid="CA" + "6" * 32)
+            assert (await client.post(out_status, data=ended,
+                                      headers={"X-Twilio-Signature": twilio_signature(out_status, ended)})).status_code == 204
+            await _echo_once(ws)  # the live call still flows
+            await ws.close()  # the audio ends; the provider's completed callback comes a moment later
+            await asyncio.sleep(1.0)
+            assert proc.proc.poll() is None  # still waiting for the call's ending
+            status_url = proc.url + "/api/v1/telephony/status-callback/run-drain"
+            completed = {**_params("completed"), "Direction": "inbound", "CallDuration": "4"}
+            answered = await client.post(status_url, data=completed,
+                                         headers={"X-Twilio-Signature": twilio_signature(status_url, completed)})
+            assert answered.status_code == 204
+        deadline = time.monotonic() + 20
+        while proc.proc.poll() is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert proc.proc.returncode == 0
+        kinds = [json.loads(r["body"])["type"] for r in receiver.requests]
+    assert kinds.count("call.ended") == 2 and kinds.count("call.completed") == 2
+    assert "draining" in proc.log() and "every live call has ended" in proc.log()
+
+
+async def test_a_call_still_live_when_the_drain_ends_is_marked_unfinished(gateway_process, tmp_path):
+    proc = gateway_process(base_config(tmp_path, shutdown={"drain_seconds": 1}))
+    url = proc.url + "/api/v1/telephony/status-callback/run-stuck"
+    params = _params("in-progress", sid="CA" + "5" * 32)
     async with httpx.AsyncClient() as client:
-        ready = await client.get(proc.url + "/readyz")
-        assert ready.status_code == 503 and ready.json()["status"] == "draining"
-        params = _params("ringing", sid="CA" + "4" * 32)
-        url = proc.url + "/api/v1/telephony/webhook/wf/u/run-new"
-        refused = await client.post(url, data=params, headers={"X-Twilio-Signature": twilio_signature(url, params)})
-        assert refused.status_code == 503
-    await _echo_once(ws)  # the live call still flows
-    assert proc.proc.poll() is None
-    await ws.close()
-    deadline = time.monotonic() + 15
+        assert (await client.post(url, data=params, headers={"X-Twilio-Signature": twilio_signature(url, params)})).status_code == 204
+    proc.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 20
     while proc.proc.poll() is None and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
     assert proc.proc.returncode == 0
-    assert "draining" in proc.log()
+    assert "call run=run-stuck is still answered at shutdown" in proc.log()
+    again = proc.start()
+    async with httpx.AsyncClient() as client:
+        call = (await client.get(again.url + "/api/v1/calls/run-stuck", headers={"Authorization": f"Bearer {API_KEY}"})).json()
+    assert call["state"] == "answered"
+    (entry,) = [e for e in call["timeline"] if e["kind"] == "shutdown.unfinished"]
+    assert entry["source"] == "gateway" and entry["data"]["state"] == "answered"
 
 
 async def test_second_sigterm_ends_the_rest(gateway_process, tmp_path):

@@ -37,10 +37,11 @@ def test_two_instances_share_calls_and_deliveries(gateway_process, tmp_path, pg_
     slow = {"delay": 0.0}
     with Receiver(lambda n, path: (200, {}, b"{}", slow["delay"])) as receiver:
         def config(name):
-            return base_config(tmp_path / name, store=pg_url, delivery={"lease_seconds": 3},
+            # The shortest lease the timeout allows (timeout + 10 s): the killed instance's rows come back soon.
+            return base_config(tmp_path / name, store=pg_url, delivery={"lease_seconds": 13},
                                webhooks=[{"name": "crm", "events": ["call.*"], "url": receiver.url + "/hooks/{{workflow_run_id}}",
                                           "signing": {"scheme": "standard", "secrets": [WHSEC]},
-                                          "allow_networks": ["127.0.0.0/8"], "timeout": 10}])
+                                          "allow_networks": ["127.0.0.0/8"], "timeout": 3}])
         (tmp_path / "a").mkdir()
         (tmp_path / "b").mkdir()
         a, b = gateway_process(config("a")), gateway_process(config("b"))

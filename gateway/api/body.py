@@ -1,15 +1,27 @@
-"""Reading a request body with a hard size limit, before anything parses it."""
+"""Reading a request body with a hard size limit, before anything parses it; the one bounded
+JSON reader of the admin API."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
 
 from gateway.api.scope import headers_of
-from gateway.providers.base import MAX_BODY_BYTES
+from gateway.providers.base import MAX_BODY_BYTES, BadRequest, parse_json_object
 
 
 class BodyTooLarge(Exception):
     """The body is over the limit (HTTP 413)."""
+
+
+class BadBody(Exception):
+    """The request body is not what the route takes (HTTP 400/413)."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
 
 
 async def read_limited_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
@@ -31,3 +43,21 @@ async def read_limited_body(request: Request, limit: int = MAX_BODY_BYTES) -> by
         chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def json_body(request: Request, *, limit: int = MAX_BODY_BYTES, optional: bool = False) -> dict[str, Any]:
+    """The request's JSON object body, read under `limit` and parsed by the providers' bounded
+    parser (nesting depth, NaN, lone surrogates); `BadBody` (400/413) says what is wrong.
+    An empty body is `{}` when `optional`."""
+    try:
+        raw = await read_limited_body(request, limit)
+    except BodyTooLarge as error:
+        raise BadBody(413, str(error)) from None
+    if not raw.strip():
+        if optional:
+            return {}
+        raise BadBody(400, "the body must be a JSON object")
+    try:
+        return parse_json_object(raw, limit)
+    except BadRequest as error:
+        raise BadBody(400, f"the body: {error}") from None

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from starlette.requests import Request
@@ -14,41 +13,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.api.admin import authorized
-from gateway.api.body import BodyTooLarge, read_limited_body
+from gateway.api.body import BadBody, json_body
 from gateway.api.context import GatewayContext
 from gateway.api.problems import problem
 from gateway.api.urls import gateway_origin
 from gateway.dial.dialer import CallRequest, DialError, HangupError
 from gateway.dial.setup import DialServices
 from gateway.dial.spec import PATH_ID, SpecError, parse_call
-
-
-class BadBody(Exception):
-    """The request body is not what the route takes (HTTP 400/413)."""
-
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-
-
-async def json_body(request: Request, *, limit: int = 64 * 1024, optional: bool = False) -> Any:
-    """The request's JSON body (an object); `BadBody` says what is wrong."""
-    try:
-        raw = await read_limited_body(request, limit)
-    except BodyTooLarge as error:
-        raise BadBody(413, str(error)) from None
-    if not raw.strip():
-        if optional:
-            return {}
-        raise BadBody(400, "the body must be a JSON object")
-    try:
-        data = json.loads(raw)
-    except ValueError as error:
-        raise BadBody(400, f"the body is not valid JSON: {error}") from None
-    if not isinstance(data, dict):
-        raise BadBody(400, "the body must be a JSON object")
-    return data
 
 
 def dial_services(request: Request) -> DialServices:
@@ -116,6 +87,7 @@ async def place_call(request: Request) -> Response:
         record = await dial.dialer.place_call(call, origin=gateway_origin(request, ctx))
     except DialError as error:
         return _dial_problem(error)
+    ctx.live_calls.note(record)
     return JSONResponse(record.to_dict(), status_code=201,
                         headers={"Location": f"/api/v1/calls/{record.workflow_run_id}"})
 

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from starlette.requests import Request
@@ -18,14 +17,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.api.admin import authorized
-from gateway.api.body import BodyTooLarge, read_limited_body
-from gateway.api.calls import BadBody, dial_services, json_body, pick_route
+from gateway.api.body import BadBody, BodyTooLarge, json_body, read_limited_body
+from gateway.api.calls import dial_services, pick_route
 from gateway.api.context import GatewayContext
 from gateway.api.problems import problem
 from gateway.api.urls import gateway_origin
 from gateway.dial.campaigns import CampaignError
 from gateway.dial.payloads import campaign_view, contact_view
 from gateway.dial.spec import SpecError, parse_campaign
+from gateway.providers.base import BadRequest, parse_json_object
 from gateway.store.base import StoreError
 from gateway.store.campaigns import CAMPAIGN_STATUSES, CONTACT_STATUSES
 
@@ -58,9 +58,9 @@ async def _campaign_body(request: Request) -> dict[str, Any]:
         raise BadBody(400, f"{unknown[0]}: unknown query parameter (use {', '.join(_QUERY_FIELDS)} or options)")
     if "options" in request.query_params:
         try:
-            data["options"] = json.loads(request.query_params["options"])
-        except ValueError:
-            raise BadBody(400, "options: the query parameter must be JSON") from None
+            data["options"] = parse_json_object(request.query_params["options"].encode())
+        except BadRequest as error:
+            raise BadBody(400, f"options: the query parameter must be a JSON object ({error})") from None
     data["contacts_csv"] = text
     return data
 

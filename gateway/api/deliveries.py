@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timezone
 from typing import Any
 
@@ -11,14 +10,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.api.admin import authorized
+from gateway.api.body import BadBody, json_body
 from gateway.api.context import GatewayContext
 from gateway.api.problems import problem
 from gateway.store.base import StoreError
+from gateway.redact import REDACTED, Redactor, redact_url
 from gateway.webhooks.subscription import Subscription
-from gateway.webhooks.templates import Redactor
 
 STATUSES = ("pending", "succeeded", "failed", "dead")
-REDACTED = "[redacted]"
+
 _PUBLIC_AUTH_FIELDS = {"type", "header", "name", "token_url", "scope", "client_auth", "cert", "ca_bundle"}
 
 
@@ -93,9 +93,10 @@ async def replay(request: Request) -> Response:
         return denied
     ctx = _ctx(request)
     try:
-        body = json.loads(await request.body() or b"{}")
-        if not isinstance(body, dict):
-            raise ValueError("body must be a JSON object")
+        body = await json_body(request, optional=True)
+    except BadBody as exc:
+        return problem(exc.status, exc.detail)
+    try:
         name = body.get("subscription")
         subscription = next((s for s in ctx.config.webhooks if s.name == name), None)
         if subscription is None:
@@ -120,6 +121,9 @@ def subscription_view(subscription: Subscription, redactor: Redactor) -> dict[st
         signing["secrets"] = [REDACTED for _ in signing["secrets"]]
     if "secret" in signing:
         signing["secret"] = REDACTED
+    data["url"] = redact_url(data["url"])
+    if isinstance(data["auth"].get("token_url"), str):
+        data["auth"]["token_url"] = redact_url(data["auth"]["token_url"])
     return redactor.value(data)
 
 

@@ -11,7 +11,7 @@ import time
 from typing import Any, Awaitable, Callable, Iterable
 
 from gateway.api.urls import TrustedPeers
-from gateway.metrics import REFUSALS
+from gateway.metrics import BODIES_CUT_SHORT, REFUSALS
 
 log = logging.getLogger("gateway.http")
 
@@ -21,6 +21,7 @@ Handler = Callable[[Scope, Any, Any], Awaitable[int]]
 """A route taken directly: answers the request and returns the status it answered with."""
 PROVIDER_PREFIX = "/api/v1/telephony/"
 LOG_NOTE = "gateway.log_note"  # scope key: (text, run_id) a route adds to the request's log line
+POLICY_VIOLATION = 1008  # the WebSocket close code of a refused media socket
 
 
 class TokenBucket:
@@ -53,7 +54,14 @@ def client_ip(scope: Scope, trusted: TrustedPeers | Iterable[ipaddress.IPv4Netwo
 
 
 class EdgeMiddleware:
-    """Logs `method path status ms` for every HTTP request; 429s provider floods per IP.
+    """Logs `method path status ms` for every HTTP request; 429s an address's failed provider
+    requests over its budget.
+
+    The per-IP bucket is charged only for provider requests that are answered 4xx (failed
+    verification, malformed, unknown route) or media sockets closed as policy violations: a
+    request that verifies is never refused for rate, however many a provider sends from one
+    address. When an address's bucket is empty, its next refusal is answered 429 in place of
+    the route's own 4xx (the check costs what verification costs: HMAC, JWT, microseconds).
 
     `direct(scope)` may name a handler that answers a request itself, ahead of `app` (for the
     app factory: status callbacks, most of what providers send, skip Starlette's stack). Its
@@ -67,48 +75,41 @@ class EdgeMiddleware:
         self.clock = clock
         self.direct = direct
 
+    def charge(self, scope: Scope) -> bool:
+        """Charge the caller's address for one refused provider request; False when it is over
+        its budget (counted, and noted on the request's log line)."""
+        assert self.bucket is not None
+        ip = client_ip(scope, self.trusted)
+        if self.bucket.take(ip, self.clock()):
+            return True
+        REFUSALS.labels("provider_rate_per_ip").inc()
+        note_request(scope, f"rate limited: too many refused provider requests from {ip}", None)
+        return False
+
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
         path = scope.get("path", "")
-        if self.bucket is not None and path.startswith(PROVIDER_PREFIX):
-            ip = client_ip(scope, self.trusted)
-            if not self.bucket.take(ip, self.clock()):
-                REFUSALS.labels("provider_rate_per_ip").inc()
-                log.warning("rate limited %s %s from %s", scope.get("method", "WS"), path, ip)
-                if scope["type"] == "http":
-                    await _too_many(send)
-                else:
-                    await send({"type": "websocket.close", "code": 1013, "reason": "rate limited"})
-                return
+        limited = self.bucket is not None and path.startswith(PROVIDER_PREFIX)
         if scope["type"] == "websocket":
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, _ChargedSocket(self, scope, send) if limited else send)
             return
         started = time.perf_counter()
+        answer = _Answer(self if limited else None, scope, send)
         handler = self.direct(scope) if self.direct is not None else None
-        if handler is not None:
-            code = 500
-            try:
-                code = await handler(scope, receive, send)
-            except Exception:  # noqa: BLE001 - answered and logged, as Starlette's ServerErrorMiddleware does
-                log.exception("unhandled error on %s %s", scope.get("method"), path)
-                with contextlib.suppress(Exception):  # the answer may have begun: then the connection just ends
-                    await _internal_error(send)
-            finally:
-                self._log(scope, path, code, started)
-            return
-        status = {"code": 500}
-
-        async def capture(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-            await send(message)
-
         try:
-            await self.app(scope, receive, capture)
+            if handler is not None:
+                try:
+                    answer.unsent(await handler(scope, receive, answer))
+                except Exception:  # noqa: BLE001 - answered and logged, as Starlette's ServerErrorMiddleware does
+                    log.exception("unhandled error on %s %s", scope.get("method"), path)
+                    with contextlib.suppress(Exception):  # the answer may have begun: then the connection just ends
+                        await _internal_error(answer)
+            else:
+                await self.app(scope, receive, answer)
         finally:
-            self._log(scope, path, status["code"], started)
+            self._log(scope, path, answer.status or 500, started)
 
     @staticmethod
     def _log(scope: Scope, path: str, code: int, started: float) -> None:
@@ -116,6 +117,65 @@ class EdgeMiddleware:
             text, run_id = scope.get(LOG_NOTE) or ("", None)
             log.info("%s %s %d %.1fms%s", scope.get("method"), path, code, (time.perf_counter() - started) * 1000,
                      f": {text}" if text else "", extra=None if run_id is None else {"run_id": run_id})
+
+
+class _Answer:
+    """The `send` of one HTTP request: keeps the status answered, and with an `edge`, charges a
+    4xx to the caller's address, answering 429 instead (and dropping the route's body) when
+    the address is over its budget."""
+
+    __slots__ = ("edge", "scope", "send", "status", "refused")
+
+    def __init__(self, edge: EdgeMiddleware | None, scope: Scope, send: Any) -> None:
+        self.edge, self.scope, self.send = edge, scope, send
+        self.status: int | None = None  # none yet
+        self.refused = False
+
+    async def __call__(self, message: dict[str, Any]) -> None:
+        if self.refused:
+            return
+        if message["type"] == "http.response.start":
+            status = message["status"]
+            if self._charged(status):
+                self.status, self.refused = 429, True
+                await _too_many(self.send)
+                return
+            self.status = status
+        await self.send(message)
+
+    def unsent(self, status: int) -> None:
+        """A route that answered nothing (its client was gone) but says how it ended: counted
+        (and charged) as if it had been sent."""
+        if self.status is None:
+            self.status = status
+            self._charged(status)
+
+    def _charged(self, status: int) -> bool:
+        """True when the status is a refusal and the caller's address is over its budget."""
+        return 400 <= status < 500 and self.edge is not None and not self.edge.charge(self.scope)
+
+
+class _ChargedSocket:
+    """The `send` of a provider media socket: a policy-violation close (a refused upgrade, no
+    valid stream token) is charged to the caller's address; a close for a limit is not."""
+
+    __slots__ = ("edge", "scope", "send")
+
+    def __init__(self, edge: EdgeMiddleware, scope: Scope, send: Any) -> None:
+        self.edge, self.scope, self.send = edge, scope, send
+
+    async def __call__(self, message: dict[str, Any]) -> None:
+        if message["type"] == "websocket.close" and message.get("code") == POLICY_VIOLATION:
+            self.edge.charge(self.scope)
+        await self.send(message)
+
+
+def body_cut_short(scope: Scope) -> int:
+    """A client that went away before its whole body arrived (ClientDisconnect): its mistake,
+    not the gateway's, so no traceback: counted, noted on the request's one log line; 400."""
+    BODIES_CUT_SHORT.inc()
+    note_request(scope, "the client went away before its whole body arrived", None)
+    return 400
 
 
 def note_request(scope: Scope, text: str, run_id: str | None) -> None:

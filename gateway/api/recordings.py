@@ -12,15 +12,16 @@ from typing import Any
 from urllib.parse import quote
 
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from gateway.api.context import GatewayContext
 from gateway.api.problems import problem
 from gateway.api.telephony import _PATH_ID
-from gateway.calls.record import isoformat
+from gateway.calls.record import RECORDING_CHANNELS, isoformat
 from gateway.media import signed_url
 from gateway.media.recording import recording_path
+from gateway.media.recording_channel import one_channel
 
 RECORDING_PATH = "/api/v1/recordings/{workflow_run_id}.wav"
 TRANSCRIPT_PATH = "/api/v1/transcripts/{workflow_run_id}.json"
@@ -62,15 +63,23 @@ def _refusal(request: Request, kind: str) -> Response | None:
 
 
 async def get_recording(request: Request) -> Response:
-    """`GET /api/v1/recordings/{run}.wav?expires=&signature=`: the stereo WAV (caller left, agent right)."""
+    """`GET /api/v1/recordings/{run}.wav?expires=&signature=[&channel=caller|agent]`: the stereo
+    WAV (caller left, agent right), or one side of it as a mono WAV (Dograh's
+    `user_recording_url` and `bot_recording_url`)."""
     if (refused := _refusal(request, "recording")) is not None:
         return refused
     ctx: GatewayContext = request.app.state.gateway
     run_id = request.path_params["workflow_run_id"]
+    channel = request.query_params.get("channel")
+    if channel is not None and channel not in RECORDING_CHANNELS:
+        return problem(400, f"channel must be one of {', '.join(RECORDING_CHANNELS)}")
     path = recording_path(ctx.config.data_dir, run_id)
     if not path.is_file():
         return problem(404, "no recording for this call (yet): it is published when the call's media ends")
-    return FileResponse(path, media_type="audio/wav", filename=f"{run_id}.wav")
+    if channel is None:
+        return FileResponse(path, media_type="audio/wav", filename=f"{run_id}.wav")
+    return StreamingResponse(one_channel(path, RECORDING_CHANNELS[channel]), media_type="audio/wav",
+                             headers={"Content-Disposition": f'attachment; filename="{run_id}-{channel}.wav"'})
 
 
 def transcript_lines(entries: list[Any]) -> list[dict[str, Any]]:

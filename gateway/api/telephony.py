@@ -13,17 +13,17 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.api.body import BodyTooLarge, read_limited_body
 from gateway.api.context import GatewayContext
-from gateway.api.middleware import note_request
+from gateway.api.middleware import body_cut_short, note_request
 from gateway.api.problems import problem
 from gateway.api.scope import headers_of
 from gateway.api.urls import as_websocket, called_url, gateway_origin
-from gateway.calls.events import STATE_EVENT
+from gateway.calls.events import CALL_ENDED, STATE_EVENT
 from gateway.calls.lifecycle import CallUpdate
 from gateway.logs import RUN_ID
 from gateway.metrics import CALL_TRANSITIONS, PROVIDER_REQUESTS, SIGNATURE_FAILURES, labelled
@@ -141,12 +141,18 @@ async def verify_provider_request(request: Request, ctx: GatewayContext, body: b
         else:
             verdict = vonage.verify_vonage_jwt(
                 headers.get("authorization"), settings.signature_secret.get_secret_value(), body,
-                now=ctx.clock(), replay=ctx.replay_guard, window_seconds=settings.jwt_window,
+                now=ctx.clock(), replay=None, window_seconds=settings.jwt_window,
                 api_key=settings.api_key, application_id=settings.application_id,
             )
             fields = {}
     except BadRequest as exc:
         raise Refusal(400, f"malformed {provider} request: {exc}") from None
+    if verdict.ok and provider == "vonage":  # before anything of the request is stored
+        try:
+            verdict = await ctx.unreplayed(verdict, settings.jwt_window)
+        except StoreError as exc:
+            log.error("could not check a vonage token for replay: %s", exc)
+            raise Refusal(503, f"the gateway could not check this request for replay ({exc}); send it again") from None
     if not verdict.ok:
         SIGNATURE_FAILURES.labels(provider).inc()
         log.warning(
@@ -200,7 +206,8 @@ async def _store(ctx: GatewayContext, update: CallUpdate, *, run_id: str | None,
 
 def _answer_response(ctx: GatewayContext, verified: ProviderRequest, workflow_id: str, user_id: str, run_id: str) -> Response:
     ws_url = as_websocket(verified.origin) + WS_PATH.format(workflow_id=workflow_id, user_id=user_id, workflow_run_id=run_id)
-    token = mint_stream_token(ctx.secret_key, run_id, now=ctx.clock(), ttl=ctx.config.stream_token_ttl)
+    token = mint_stream_token(ctx.secret_key, run_id, now=ctx.clock(), ttl=ctx.config.stream_token_ttl,
+                              workflow_id=workflow_id, user_id=user_id)
     parameters = {"workflow_id": workflow_id, "user_id": user_id, "workflow_run_id": run_id, "stream_token": token}
     insecure = ws_url.startswith("ws://")
     if insecure:
@@ -228,11 +235,25 @@ def _count(verified: ProviderRequest | None, route: str, applied: AppliedUpdate)
         labelled(CALL_TRANSITIONS, applied.record.state.value).inc()
 
 
+async def _live_before_the_drain(ctx: GatewayContext, run_id: str | None) -> bool:
+    """A call placed before the drain began (its answer is not a new call): known live here,
+    or in the store and not ended."""
+    if run_id is None:
+        return False
+    if run_id in ctx.live_calls:
+        return True
+    try:
+        record = await ctx.store.get_call(run_id)
+    except StoreError:
+        return False
+    return record is not None and not record.state.terminal
+
+
 async def _answer(request: Request, workflow_id: str, user_id: str, run_id: str | None) -> Response:
     ctx = _context(request)
-    if ctx.draining:
-        raise Refusal(503, "this gateway instance is draining; new calls go to another instance")
     verified = await verify_provider_request(request, ctx)
+    if ctx.draining and not await _live_before_the_drain(ctx, run_id):
+        raise Refusal(503, "this gateway instance is draining; new calls go to another instance")
     update = _parse_update(verified, answer=True)
     seed = CallSeed(
         workflow_id=workflow_id, user_id=user_id, provider=verified.provider,
@@ -240,6 +261,7 @@ async def _answer(request: Request, workflow_id: str, user_id: str, run_id: str 
     )
     applied = await _store(ctx, update, run_id=run_id, seed=seed)
     record = applied.record
+    ctx.live_calls.note(record)
     RUN_ID.set(record.workflow_run_id)
     _count(verified, "answer", applied)
     log.info("answered %s call %s run=%s state=%s", verified.provider, update.provider_call_id, record.workflow_run_id, record.state.value)
@@ -275,12 +297,26 @@ async def status_callback(request: Request, body: bytes | None = None) -> Respon
     except Refusal as exc:
         labelled(PROVIDER_REQUESTS, "unknown", "status", f"refused_{exc.status}").inc()
         return problem(exc.status, exc.detail)
+    ctx.live_calls.note(applied.record)
     run = applied.record.workflow_run_id
     RUN_ID.set(run)
     _count(verified, "status", applied)
+    await _end_live_media(ctx, applied)
     note_request(request.scope, f"{verified.provider} callback run={run} status={update.raw_status} outcome={applied.outcome}"
                  f" events={','.join(e.type for e in applied.events) or '-'}", run)
     return Response(status_code=204)
+
+
+async def _end_live_media(ctx: GatewayContext, applied: AppliedUpdate) -> None:
+    """The call has just ended: its live media session, on whichever instance, ends too (the
+    provider closes the socket anyway; a socket that stays open must not go on recording)."""
+    media = applied.record.media
+    if not media.get("session") or media.get("ended") or not any(e.type == CALL_ENDED for e in applied.events):
+        return
+    try:
+        await ctx.store.publish_control(applied.record.workflow_run_id, "hangup", {"reason": "call ended"})
+    except StoreError as exc:  # the callback is stored: the provider's own close ends the session
+        log.warning("could not ask the media session of run=%s to end: %s", applied.record.workflow_run_id, exc)
 
 
 STATUS_PREFIX = STATUS_PATH.split("{", 1)[0]
@@ -306,6 +342,8 @@ async def _status_callback_direct(scope: dict[str, Any], receive: Any, send: Any
     request = Request(scope, receive)
     try:
         body = await read_limited_body(request)
+    except ClientDisconnect:
+        return body_cut_short(scope)  # nothing to answer: the client is gone
     except BodyTooLarge as exc:
         labelled(PROVIDER_REQUESTS, "unknown", "status", "refused_413").inc()
         await problem(413, str(exc))(scope, receive, send)

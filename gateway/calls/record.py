@@ -26,6 +26,18 @@ def isoformat(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z")
 
 
+RECORDING_CHANNELS: dict[str, int] = {"caller": 0, "agent": 1}
+"""A call's recording is one stereo WAV: the caller's side on the left channel, the agent's on
+the right. Its link with `&channel=caller` (or `agent`) serves that side alone."""
+
+
+def channel_link(recording_url: str | None, channel: str) -> str | None:
+    """The link to one side (`RECORDING_CHANNELS`) of the recording at `recording_url`."""
+    if not recording_url:
+        return None
+    return f"{recording_url}{'&' if '?' in recording_url else '?'}channel={channel}"
+
+
 @dataclass
 class CallRecord:
     """One call as stored; `to_dict()` is the public JSON shape (API, `call.ended`, templates)."""

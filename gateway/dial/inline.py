@@ -7,7 +7,10 @@ the body (`payload_template: "{{event.data}}"`, so the Dialgen shapes go out as 
 URLs live in the campaign row (its `options`), so nothing else is persisted: the store writes
 the delivery rows for them in the same transaction as the campaign change that causes the
 event, and the process registers the subscriptions with the one `DeliveryWorker`, which
-delivers them like any other (durable, leased, retried, Standard Webhooks signed). A campaign's
+delivers them like any other (durable, leased, retried). They are signed both ways Dialgen's
+receivers may check: Standard Webhooks headers, and `x-dialgen-signature` (hex HMAC-SHA256 of
+the body keyed with the secret as the user holds it), over a body written exactly as
+`JSON.stringify(req.body)` gives it back (signing scheme `dialgen`). A campaign's
 subscriptions are registered when it is created and, at start-up, for every campaign that is
 active or ended recently enough for its deliveries to still be retried.
 """
@@ -24,7 +27,7 @@ from typing import Protocol
 from gateway.calls import events as ev
 from gateway.calls.events import BATCH_CALL_COMPLETED
 from gateway.store.campaigns import Campaign
-from gateway.webhooks.subscription import RetryPolicy, StandardSigning, Subscription
+from gateway.webhooks.subscription import DialgenSigning, RetryPolicy, Subscription
 
 log = logging.getLogger("gateway.dial")
 
@@ -73,7 +76,7 @@ def subscriptions(campaign: Campaign, settings: InlineSettings) -> list[Subscrip
         out.append(Subscription(
             name=subscription_name(campaign.id, hook), events=[kind], url=url, method="POST",
             payload_template="{{event.data}}",
-            signing=StandardSigning(secrets=[secret] if secret else []),
+            signing=DialgenSigning(secrets=[secret] if secret else []),
             timeout=settings.timeout, retry=settings.retry, ordered=False,
             allow_networks=list(settings.allow_networks),
         ))

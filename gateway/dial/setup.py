@@ -77,7 +77,8 @@ def ncco_factory(config: "GatewayConfig", secret_key: bytes) -> NccoFactory:
 
     def make(origin: str, workflow_id: str, user_id: str, run_id: str) -> list[dict[str, Any]]:
         ws_url = urls.websocket_url(origin, workflow_id, user_id, run_id)
-        token = mint_stream_token(secret_key, run_id, now=time.time(), ttl=config.stream_token_ttl)
+        token = mint_stream_token(secret_key, run_id, now=time.time(), ttl=config.stream_token_ttl,
+                                  workflow_id=workflow_id, user_id=user_id)
         headers = {"workflow_id": workflow_id, "user_id": user_id, "workflow_run_id": run_id, "stream_token": token}
         return vonage.render_connect_ncco(ws_url, headers, urls.status_url(origin, run_id),
                                           allow_insecure=ws_url.startswith("ws://"))

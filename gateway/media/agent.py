@@ -1,19 +1,36 @@
 """The gateway's end of a call's link to its voice agent (see docs/agent-protocol.md).
 
-`WebSocketAgentLink` talks to an agent server over `ws://`/`wss://`; `EchoAgentLink` is the
-built-in agent that plays the caller's audio back, behind the same interface.
+`WebSocketAgentLink` talks to an agent server over `ws://`/`wss://`; `TwilioAgentLink` to one
+that speaks Twilio Media Streams (`agent.protocol: twilio`); `EchoAgentLink` is the built-in agent
+that plays the caller's audio back, behind the same interface.
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
+import enum
 import json
-from typing import Any, Mapping
+import uuid
+from typing import Any, Callable, Mapping
 
 import websockets
 
+from gateway import jsontext
 from gateway.media.agent_socket import AgentSocket, SocketClosed
+from gateway.media.twilio_agent import PLACEHOLDER_ACCOUNT_SID, AgentMessageError, TwilioAgentProtocol
+from gateway.redact import Redactor, header_secrets, redact_url, url_secrets
+
+__all__ = ["AgentLink", "AgentMessageError", "AgentProtocol", "AgentUnavailable", "EchoAgentLink", "TwilioAgentLink",
+           "WebSocketAgentLink", "agent_link_for"]
+
+
+class AgentProtocol(str, enum.Enum):
+    """What an agent server speaks: the gateway's own protocol (docs/agent-protocol.md), or
+    Twilio Media Streams, for bots written against Twilio."""
+
+    NATIVE = "native"
+    TWILIO = "twilio"
 
 
 class AgentUnavailable(Exception):
@@ -55,6 +72,9 @@ class WebSocketAgentLink(AgentLink):
                  max_message_bytes: int = 1 << 20, write_limit: int = 64 * 1024) -> None:
         self.url = url
         self.headers = dict(headers or {})
+        # Its failures become log lines, the timeline's `agent.failed` and `call.agent_failed`:
+        # the URL's and the credential headers' secrets are taken out of their text first.
+        self._redactor = Redactor([*url_secrets(url), *header_secrets(self.headers)])
         self.connect_timeout = connect_timeout
         self.max_message_bytes = max_message_bytes
         self.write_limit = write_limit
@@ -65,22 +85,30 @@ class WebSocketAgentLink(AgentLink):
             self._socket = AgentSocket(self.url, max_size=self.max_message_bytes, ping_interval=20, ping_timeout=20,
                                        close_timeout=2)
             await self._socket.open(self.headers, timeout=self.connect_timeout, user_agent="telephony-gateway")
-            self._socket.send_text(json.dumps(start))
+            for text in self._opening(start):
+                self._socket.send_text(text)
         except (OSError, asyncio.TimeoutError, SocketClosed, websockets.exceptions.WebSocketException) as exc:
             await self.close()
-            raise AgentUnavailable(f"cannot connect to agent at {self.url}: {type(exc).__name__}: {exc}") from None
+            raise self._unavailable(f"cannot connect to agent at {redact_url(self.url)}: {type(exc).__name__}: {exc}") from None
+
+    def _unavailable(self, reason: str) -> AgentUnavailable:
+        return AgentUnavailable(self._redactor.text(reason))
+
+    def _opening(self, start: Mapping[str, Any]) -> list[str]:
+        """The texts sent first, once connected."""
+        return [json.dumps(start)]
 
     def send_audio(self, frame: bytes) -> None:
         try:
             self._socket.send_bytes(frame)  # type: ignore[union-attr]
         except (SocketClosed, AttributeError) as exc:
-            raise AgentUnavailable(str(exc) or "agent link is closed") from None
+            raise self._unavailable(str(exc) or "agent link is closed") from None
 
     async def send_message(self, message: Mapping[str, Any]) -> None:
         try:
             self._socket.send_text(json.dumps(message))  # type: ignore[union-attr]
         except (SocketClosed, AttributeError) as exc:
-            raise AgentUnavailable(str(exc) or "agent link is closed") from None
+            raise self._unavailable(str(exc) or "agent link is closed") from None
 
     def congested(self) -> bool:
         return self._socket is not None and self._socket.buffered() > self.write_limit
@@ -91,12 +119,58 @@ class WebSocketAgentLink(AgentLink):
         try:
             return await self._socket.receive()
         except SocketClosed as exc:
-            raise AgentUnavailable(str(exc)) from None
+            raise self._unavailable(str(exc)) from None
 
     async def close(self) -> None:
         if self._socket is not None:
             socket, self._socket = self._socket, None
             await socket.close()
+
+
+class TwilioAgentLink(WebSocketAgentLink):
+    """An agent server that speaks Twilio Media Streams (`agent.protocol: twilio`): the gateway
+    plays Twilio's part, translating the session's native protocol (`twilio_agent`)."""
+
+    def __init__(self, url: str, *, account_sid: str | None = None, new_stream_sid: Callable[[], str] | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(url, **kwargs)
+        self.account_sid = account_sid or PLACEHOLDER_ACCOUNT_SID
+        self.new_stream_sid = new_stream_sid or (lambda: "MZ" + uuid.uuid4().hex)
+        self.protocol: TwilioAgentProtocol | None = None
+
+    def _opening(self, start: Mapping[str, Any]) -> list[str]:
+        call = start.get("call") or {}
+        stream_id = call.get("stream_id")
+        self.protocol = TwilioAgentProtocol(
+            stream_sid=stream_id if isinstance(stream_id, str) and stream_id.startswith("MZ") else self.new_stream_sid(),
+            call_sid=str(call.get("provider_call_id") or call.get("workflow_run_id") or ""),
+            account_sid=self.account_sid,
+        )
+        return self.protocol.opening(start)
+
+    def send_audio(self, frame: bytes) -> None:
+        try:
+            self._socket.send_text(self.protocol.media(frame))  # type: ignore[union-attr]
+        except (SocketClosed, AttributeError) as exc:
+            raise AgentUnavailable(str(exc) or "agent link is closed") from None
+
+    async def send_message(self, message: Mapping[str, Any]) -> None:
+        if self.protocol is None:
+            raise AgentUnavailable("agent link is closed")
+        text = self.protocol.control(message)
+        if text is None:
+            return
+        try:
+            self._socket.send_text(text)  # type: ignore[union-attr]
+        except (SocketClosed, AttributeError) as exc:
+            raise AgentUnavailable(str(exc) or "agent link is closed") from None
+
+    async def receive(self) -> bytes | str:
+        message = await super().receive()
+        if self.protocol is None:
+            raise AgentUnavailable("agent link is closed")
+        parsed = self.protocol.parse(message)  # AgentMessageError: the session counts it
+        return parsed if isinstance(parsed, bytes) else jsontext.dumps(parsed)
 
 
 class EchoAgentLink(AgentLink):
@@ -131,8 +205,11 @@ class EchoAgentLink(AgentLink):
         self._queue.put_nowait(None)
 
 
-def agent_link_for(url: str, *, headers: Mapping[str, str] | None = None, connect_timeout: float = 5.0) -> AgentLink:
-    """The link named by `agent.url`: `echo`, or a WebSocket URL."""
+def agent_link_for(url: str, *, headers: Mapping[str, str] | None = None, connect_timeout: float = 5.0,
+                   protocol: AgentProtocol = AgentProtocol.NATIVE, account_sid: str | None = None) -> AgentLink:
+    """The link named by `agent.url`: `echo`, or a WebSocket URL speaking `protocol`."""
     if url == "echo":
         return EchoAgentLink()
+    if protocol is AgentProtocol.TWILIO:
+        return TwilioAgentLink(url, headers=headers, connect_timeout=connect_timeout, account_sid=account_sid)
     return WebSocketAgentLink(url, headers=headers, connect_timeout=connect_timeout)

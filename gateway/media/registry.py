@@ -7,25 +7,58 @@ hears it and the one that owns the call's media socket acts on it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
 import uuid
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator
 
 log = logging.getLogger("gateway.media")
 
 INSTANCE_ID = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
+REPLACED = "replaced by a new media socket"
+
+
+@dataclass
+class _Claim:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    holders: int = 0
+
+
 class SessionRegistry:
-    """Live `MediaSession`s of this process."""
+    """Live `MediaSession`s of this process: one per call (a new one replaces the old)."""
 
     def __init__(self) -> None:
         self._sessions: dict[str, Any] = {}
+        self._claims: dict[str, _Claim] = {}
 
-    def add(self, run_id: str, session: Any) -> None:
+    @contextlib.asynccontextmanager
+    async def claiming(self, run_id: str) -> AsyncIterator[None]:
+        """Held while a new session claims the call in the store and is added here, so that of
+        two sockets of one call the one the store names the owner is the one that runs."""
+        claim = self._claims.setdefault(run_id, _Claim())
+        claim.holders += 1
+        try:
+            async with claim.lock:
+                yield
+        finally:
+            claim.holders -= 1
+            if not claim.holders:
+                del self._claims[run_id]
+
+    def add(self, run_id: str, session: Any) -> Any | None:
+        """Make `session` the call's; the session it replaces (asked to end) or None."""
+        old = self._sessions.get(run_id)
         self._sessions[run_id] = session
+        if old is not None and old is not session:
+            log.warning("media session of run=%s %s", run_id, REPLACED)
+            old.end(REPLACED)
+            return old
+        return None
 
     def remove(self, run_id: str, session: Any) -> None:
         if self._sessions.get(run_id) is session:
@@ -47,3 +80,5 @@ class SessionRegistry:
             asyncio.ensure_future(session.clear())
         elif action == "hangup":
             session.end(str(data.get("reason") or "hangup requested"))
+        elif action == "replaced" and data.get("session") != getattr(session, "session_id", None):
+            session.end(REPLACED)  # the call's new media socket reached another instance

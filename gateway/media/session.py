@@ -22,7 +22,7 @@ from typing import Any, Awaitable, Callable, Mapping, Protocol
 from gateway.audio import AudioFormat, Reframer, Transcoder
 from gateway.calls import events as ev
 from gateway.calls.record import CallRecord
-from gateway.media.agent import AgentLink, AgentUnavailable
+from gateway.media.agent import AgentLink, AgentMessageError, AgentUnavailable
 from gateway.media.playback import FRAME, PlaybackQueue
 from gateway.media.registry import INSTANCE_ID
 from gateway.media.provider_socket import AUDIO, BAD, DTMF, MARK, OTHER, STOP, ProviderSocket
@@ -86,8 +86,10 @@ class MediaSession:
         recorder: Recorder | None = None,
         links: Callable[[], dict[str, Any]] | None = None,
         on_hangup: Callable[[str], Awaitable[None]] | None = None,
+        session_id: str | None = None,
     ) -> None:
         self.record = record
+        self.session_id = session_id  # the store's `media.session`: writes of a replaced session change nothing
         self.run_id = record.workflow_run_id
         self.provider = provider
         self.agent_factory = agent_factory
@@ -328,6 +330,9 @@ class MediaSession:
             except AgentUnavailable as exc:
                 self._lost_agent(agent, str(exc))
                 return
+            except AgentMessageError as exc:  # a protocol the link translates refused it
+                self._agent_bad(str(exc))
+                continue
             if isinstance(message, bytes):
                 for frame in self.reframer.push(self.to_provider.process(message)):
                     if not self.playback.push_frame(frame):
@@ -480,7 +485,7 @@ class MediaSession:
                 await self.store.record_activity(
                     self.run_id, source=source.get(kind, "agent"), kind=kind, data=payload.get("data", {}),
                     events=payload.get("events", ()), gathered_context=payload.get("gathered_context"),
-                    annotations=payload.get("annotations"), media=payload.get("media"),
+                    annotations=payload.get("annotations"), media=payload.get("media"), session=self.session_id,
                 )
             except StoreError as exc:
                 log.error("could not record %s for run=%s: %s", kind, self.run_id, exc)

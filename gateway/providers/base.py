@@ -37,11 +37,11 @@ class BadRequest(ValueError):
     """Malformed provider input; str(exc) names the problem (HTTP 400)."""
 
 
-def _check_size(raw: bytes) -> None:
+def _check_size(raw: bytes, limit: int = MAX_BODY_BYTES) -> None:
     if not isinstance(raw, (bytes, bytearray, memoryview)):
         raise BadRequest("body must be bytes")
-    if len(raw) > MAX_BODY_BYTES:
-        raise BadRequest(f"body too large (over {MAX_BODY_BYTES} bytes)")
+    if len(raw) > limit:
+        raise BadRequest(f"body too large (over {limit} bytes)")
 
 
 def _decode_utf8(raw: bytes) -> str:
@@ -128,14 +128,15 @@ def _check_tree(value: Any, limit: int) -> None:
         stack.extend((child, depth + 1) for child in children)
 
 
-def parse_json_object(raw: bytes) -> dict[str, Any]:
-    """Parse a UTF-8 JSON object body (Vonage events, Twilio JSON callbacks).
+def parse_json_object(raw: bytes, limit: int = MAX_BODY_BYTES) -> dict[str, Any]:
+    """Parse a UTF-8 JSON object body (Vonage events, Twilio JSON callbacks, admin API bodies).
 
-    Refuses invalid UTF-8 (and a BOM), invalid JSON, NaN/Infinity and overflowing numbers,
-    a top level that is not an object, nesting deeper than `MAX_JSON_DEPTH`, and lone
-    surrogate escapes (they would fail later, when the timeline is stored as UTF-8).
+    Refuses a body over `limit` bytes, invalid UTF-8 (and a BOM), invalid JSON, NaN/Infinity
+    and overflowing numbers, a top level that is not an object, nesting deeper than
+    `MAX_JSON_DEPTH`, and lone surrogate escapes (they would fail later, when the timeline is
+    stored as UTF-8).
     """
-    _check_size(raw)
+    _check_size(raw, limit)
     text = _decode_utf8(raw)
     try:
         value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)

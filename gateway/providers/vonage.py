@@ -62,8 +62,8 @@ _DECODE_OPTIONS: dict[str, Any] = {
 class ReplayGuard:
     """Remembers JWT ids (`jti`) so a captured signed request cannot be replayed.
 
-    In memory and per process: with several workers a replay routed to another worker is not
-    caught. Entries live `window_seconds` (or until `expires_at`); at `max_entries` the oldest
+    In memory and per process, for a caller without a store (the gateway claims `jti`s in its
+    store instead: `GatewayContext.first_use_of_jwt`). Entries live `window_seconds` (or until `expires_at`); at `max_entries` the oldest
     entry is dropped.
     """
 
@@ -128,7 +128,7 @@ def verify_vonage_jwt(
     raw_body: bytes,
     *,
     now: float,
-    replay: ReplayGuard,
+    replay: ReplayGuard | None,
     window_seconds: float = 300,
     api_key: str | None = None,
     application_id: str | None = None,
@@ -139,7 +139,9 @@ def verify_vonage_jwt(
     `now` in either direction; `payload_hash` = SHA-256 hex of the body when there is a body
     (an empty body, e.g. a GET answer webhook, is not hash-checked: Vonage documents no hash
     basis for query strings); `api_key`/`application_id` claims must match when configured;
-    `jti` accepted once (checked last, so only otherwise-valid tokens are remembered).
+    `jti` accepted once (checked last, so only otherwise-valid tokens are remembered) by
+    `replay`; with `replay` None the caller claims `claims["jti"]` itself (the gateway does, in
+    its store, so a replay is refused across restarts and instances).
     """
     token = _bearer_token(authorization)
     if token is None:
@@ -185,7 +187,7 @@ def verify_vonage_jwt(
     jti = claims.get("jti")
     if not isinstance(jti, str) or not jti or len(jti) > MAX_JTI_CHARS:
         return Verdict(False, "token has no valid jti")
-    if not replay.first_use(jti, now, expires_at=iat + window_seconds):
+    if replay is not None and not replay.first_use(jti, now, expires_at=iat + window_seconds):
         return Verdict(False, "replayed token")
     return Verdict(True, "", claims=dict(claims))
 

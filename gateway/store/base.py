@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, Callable, Mapping, Sequence
+import secrets
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 from gateway.calls.lifecycle import CallUpdate
 from gateway.calls.record import CallRecord, isoformat
-from gateway.events.envelope import Event
+from gateway.events.envelope import Event, new_event_id
 from gateway.store.campaigns import Campaign, CampaignContact, CampaignEvent
 
+
+NONCE_PRUNE_EVERY = timedelta(seconds=60)  # how often a claim also deletes the expired ones
 
 CALL_JSON_FIELDS = ("initial_context", "gathered_context", "annotations", "cost_info", "media")
 CALL_TIME_FIELDS = ("started_at", "answered_at", "ended_at", "created_at", "updated_at")
@@ -110,6 +113,7 @@ class Delivery:
     last_error: str | None = None
     event: Event | None = None
     order_key: str | None = None  # the call whose events go one at a time (ordered subscriptions)
+    lease_id: str | None = None  # the lease it was handed out under: its finish counts only under it
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -141,9 +145,11 @@ class AttemptRecord:
     error: str | None = None
     response: str | None = None
     request: dict[str, Any] = field(default_factory=dict)
+    id: str = field(default_factory=lambda: new_event_id("att"))  # recorded once, however often its finish is written
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "id": self.id,
             "attempted_at": isoformat(self.attempted_at),
             "outcome": self.outcome,
             "status": self.status,
@@ -280,9 +286,21 @@ class Store(abc.ABC):
         gathered_context: dict[str, Any] | None = None,
         annotations: dict[str, Any] | None = None,
         media: dict[str, Any] | None = None,
+        session: str | None = None,
     ) -> list[Event]:
         """Append a gateway-side timeline entry (media start/end, agent messages), merge
-        context, and write `events` (type, extra data) in one transaction. Unknown run: StoreError."""
+        context, and write `events` (type, extra data) in one transaction. Unknown run: StoreError.
+
+        `session`: the media session writing, held to `gateway.store.activity.admit_activity`
+        (one session per call, nothing changes after the call's end; `media.connected` to a
+        finished call raises `CallEnded`). Returns the events written."""
+
+    @abc.abstractmethod
+    async def claim_nonce(self, nonce: str, *, expires_at: datetime, now: datetime) -> bool:
+        """True the first time `nonce` (a signed request's one-time id, e.g. a Vonage JWT's
+        `jti`) is claimed, or once its earlier claim expired; False for a replay. Claims hold
+        until `expires_at` across restarts and instances; expired ones are pruned as new ones
+        are made."""
 
     @abc.abstractmethod
     async def get_call(self, run_id: str) -> CallRecord | None:
@@ -306,22 +324,34 @@ class Store(abc.ABC):
                                capacity: Mapping[str, int], limit: int = 200) -> list[Delivery]:
         """Lease due pending deliveries (with their events) to `owner`.
 
-        At most `capacity[subscription]` per subscription (absent: none). A delivery whose
-        subscription is ordered waits while an earlier one of the same call is pending.
-        An expired lease makes a row due again (at-least-once).
+        At most `capacity[subscription]` per subscription (absent: none), each subscription's
+        oldest first, and the `limit` shared out among them in turns (`share_out`): one
+        subscription's backlog does not hide another's rows. A delivery whose subscription is
+        ordered waits while an earlier one of the same call is pending. Due means
+        `next_attempt_at <= now`; leases run on the store's clock (PostgreSQL's `now()`, not
+        the callers'), and an expired lease makes a row due again (at-least-once).
         """
 
-    async def finish_delivery(self, delivery: Delivery, owner: str, result: DeliveryResult) -> EndpointHealth:
+    async def finish_delivery(self, delivery: Delivery, owner: str, result: DeliveryResult) -> EndpointHealth | None:
         """`finish_deliveries` for one delivery."""
         return (await self.finish_deliveries(owner, [(delivery, result)]))[0]
 
     @abc.abstractmethod
-    async def finish_deliveries(self, owner: str, items: Sequence[tuple[Delivery, DeliveryResult]]) -> list[EndpointHealth]:
+    async def finish_deliveries(self, owner: str,
+                                items: Sequence[tuple[Delivery, DeliveryResult]]) -> list[EndpointHealth | None]:
         """For each (delivery, result), in order: record the attempt, move the row on, merge
         response mapping into the call, update the endpoint's failure streak; all in one
         transaction. A delivery that reached its end (not `pending`) lets its call's next event
         go: leased to the direct dispatch when it takes it, else woken for a claim. Returns each
-        item's endpoint health after the whole batch."""
+        item's endpoint health after the whole batch.
+
+        Only under the lease the delivery was handed out under (`owner` and `delivery.lease_id`):
+        a finish that lost it (the lease expired and the row was taken over, released, or
+        finished) changes nothing; its attempt is kept as history, marked late, and its item
+        is None. An attempt already recorded (the same `AttemptRecord.id`: a batch written again
+        after its answer was lost) is not recorded again. A retry or replay asked for while the
+        attempt was in flight (`resend`) makes the row pending again, due at once, its schedule
+        afresh."""
 
     @abc.abstractmethod
     async def release_leases(self, owner: str, delivery_ids: Sequence[str] | None = None) -> int:
@@ -339,7 +369,9 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def retry_delivery(self, delivery_id: str, *, now: datetime) -> Delivery | None:
-        """Make a delivery pending and due now, its retry schedule started afresh."""
+        """Make a delivery pending and due now, its retry schedule started afresh. One whose
+        attempt is in flight (leased, the lease not expired) is marked instead and goes again
+        once that attempt finishes (see `finish_deliveries`); replays do the same."""
 
     @abc.abstractmethod
     async def replay_deliveries(self, subscription: str, *, since: datetime, until: datetime, now: datetime,
@@ -465,6 +497,38 @@ def event_data(record: CallRecord, extra: dict[str, Any] | None = None) -> dict[
     return data
 
 
+LATE_FINISH = "finished after its lease was lost (taken over, released or finished): the delivery was not changed"
+"""What the record of an attempt that came back too late says (`finish_deliveries`)."""
+
+
+def late_attempt(attempt: AttemptRecord) -> AttemptRecord:
+    """The record of an attempt whose finish lost its lease: kept, saying so."""
+    return replace(attempt, error=f"{attempt.error}; {LATE_FINISH}" if attempt.error else LATE_FINISH)
+
+
+def new_lease_id() -> str:
+    """A fresh lease id: every lease a transaction hands out carries one (`Delivery.lease_id`)."""
+    return secrets.token_hex(8)
+
+
+T = TypeVar("T")
+
+
+def share_out(rows: Mapping[str, Sequence[T]], limit: int) -> list[T]:
+    """Up to `limit` of the rows, taken in turns: each subscription's first, then each one's
+    second, and so on (each list oldest first). Pure."""
+    picked: list[T] = []
+    lists = [list(each) for each in rows.values() if each]
+    depth = 0
+    while lists and len(picked) < limit:
+        for each in lists:
+            if depth < len(each) and len(picked) < limit:
+                picked.append(each[depth])
+        depth += 1
+        lists = [each for each in lists if depth < len(each)]
+    return picked
+
+
 def clamp_limit(limit: int) -> int:
     return max(1, min(int(limit), 500))
 
@@ -485,4 +549,7 @@ __all__ = [
     "clamp_limit",
     "event_data",
     "health_changes",
+    "late_attempt",
+    "new_lease_id",
+    "share_out",
 ]

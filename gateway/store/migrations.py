@@ -169,8 +169,33 @@ CREATE TABLE campaign_calls (
 CREATE INDEX campaign_calls_campaign ON campaign_calls (campaign_id, position);
 """
 
+_LEASES = """
+ALTER TABLE deliveries ADD COLUMN lease_id TEXT;
+ALTER TABLE deliveries ADD COLUMN resend {bool} NOT NULL DEFAULT {false};
+ALTER TABLE delivery_attempts ADD COLUMN attempt_id TEXT;
+CREATE UNIQUE INDEX delivery_attempts_attempt ON delivery_attempts (attempt_id);
+"""
+"""Leases with an id of their own (a finish counts only under the lease it was sent under), a
+retry asked for while an attempt is in flight (`resend`), and attempts recorded once each."""
+
+_CLAIM_INDEX = """
+CREATE INDEX deliveries_due_by_subscription ON deliveries (subscription, next_attempt_at, event_seq) WHERE status = 'pending';
+"""
+"""PostgreSQL claims each subscription's due rows on their own (SQLite walks `deliveries_due`)."""
+
+_NONCES = """
+CREATE TABLE seen_nonces (
+    nonce             TEXT PRIMARY KEY,
+    expires_at        {ts} NOT NULL
+);
+CREATE INDEX seen_nonces_expiry ON seen_nonces (expires_at);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "calls, timeline, events", _CALLS.format(**_SQLITE), _CALLS.format(**_POSTGRES)),
     Migration(2, "webhook deliveries, attempts, endpoint health", _DELIVERIES.format(**_SQLITE), _DELIVERIES.format(**_POSTGRES)),
     Migration(3, "campaigns, their contacts and calls", _CAMPAIGNS.format(**_SQLITE), _CAMPAIGNS.format(**_POSTGRES)),
+    Migration(4, "signed-request ids seen (replay protection)", _NONCES.format(**_SQLITE), _NONCES.format(**_POSTGRES)),
+    Migration(5, "delivery lease ids, resend marks, attempt ids", _LEASES.format(**_SQLITE),
+              _LEASES.format(**_POSTGRES) + _CLAIM_INDEX),
 )

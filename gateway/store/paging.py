@@ -25,6 +25,9 @@ SQLITE = Dialect(mark=lambda n: "?", time_param=str, time_text=str)  # times are
 POSTGRES = Dialect(mark=lambda n: f"${n}", time_param=datetime.fromisoformat, time_text=datetime.isoformat)
 
 
+MAX_CURSOR_CHARS = 512
+
+
 def encode_cursor(created_at: str, key: str) -> str:
     """The cursor after a row: its creation time (RFC 3339) and its id."""
     return base64.urlsafe_b64encode(json.dumps([created_at, key], separators=(",", ":")).encode()).decode().rstrip("=")
@@ -33,12 +36,14 @@ def encode_cursor(created_at: str, key: str) -> str:
 def decode_cursor(cursor: str) -> tuple[str, str]:
     """(created_at, id) from a cursor this API returned; `StoreError` for anything else."""
     try:
+        if len(cursor) > MAX_CURSOR_CHARS:  # ours are ~60: a long one is not ours (and could nest deeply)
+            raise ValueError
         created_at, key = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
         if not isinstance(created_at, str) or not isinstance(key, str):
             raise ValueError
         datetime.fromisoformat(created_at)
         return created_at, key
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):
         raise StoreError("cursor is not one this API returned") from None
 
 

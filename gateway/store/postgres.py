@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import datetime, timedelta
+from dataclasses import replace
+from datetime import datetime
 from typing import Any, Callable, Mapping, Sequence
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -23,6 +24,7 @@ from gateway.calls.states import CallState
 from gateway.events.envelope import Event, new_event_id
 from gateway.store.base import (
     CALL_COLUMNS,
+    NONCE_PRUNE_EVERY,
     AppliedUpdate,
     AttemptRecord,
     CallSeed,
@@ -37,7 +39,11 @@ from gateway.store.base import (
     clamp_limit,
     event_data,
     health_changes,
+    late_attempt,
+    new_lease_id,
+    share_out,
 )
+from gateway.store.activity import admit_activity
 from gateway.store.migrations import MIGRATIONS
 from gateway.store.postgres_campaigns import PostgresCampaigns
 from gateway.store.paging import POSTGRES, page_query, split_page
@@ -54,6 +60,10 @@ _DELIVERY_SELECT = (
     "SELECT d.*, e.id AS e_id, e.type AS e_type, e.workflow_run_id AS e_run, e.occurred_at AS e_at,"
     " e.data AS e_data, e.seq AS e_seq FROM deliveries d JOIN events e ON e.seq = d.event_seq"
 )
+_LEASE_FREE = "(lease_until IS NULL OR lease_until < now())"
+"""Not leased, on the database's clock: instances whose clocks differ agree on when a lease ends."""
+_LEASE = "lease_owner = $1, lease_until = now() + $2 * interval '1 second', lease_id = $3, resend = FALSE"
+"""Hand a row out under a new lease ($1 owner, $2 seconds, $3 lease id); a retry asked for before is met by it."""
 
 
 def split_store_url(url: str) -> tuple[str, str | None]:
@@ -96,7 +106,7 @@ def _delivery(row: Mapping[str, Any], *, with_event: bool = False) -> Delivery:
         status=row["status"], attempts=row["attempts"], next_attempt_at=row["next_attempt_at"], created_at=row["created_at"],
         updated_at=row["updated_at"], first_attempt_at=row["first_attempt_at"], last_attempt_at=row["last_attempt_at"],
         last_status=row["last_status"], last_error=row["last_error"], event=_event(row, "e_") if with_event else None,
-        order_key=row["order_key"],
+        order_key=row["order_key"], lease_id=row["lease_id"],
     )
 
 
@@ -115,6 +125,21 @@ async def _apply_health_change(conn: asyncpg.Connection, change: HealthChange) -
     )
 
 
+async def _queue_again(conn: asyncpg.Connection, delivery_id: str, now: datetime) -> Mapping[str, Any] | None:
+    """A retry or replay of one row: marked to go again after the attempt in flight, if one is
+    (its lease held, on the database's clock), else pending and due at `now`, its schedule
+    afresh. The row as it is then, or None when there is none."""
+    marked = await conn.fetchrow(
+        "UPDATE deliveries SET resend = TRUE, updated_at = $1 WHERE id = $2 AND status = 'pending'"
+        " AND lease_owner IS NOT NULL AND lease_until >= now() RETURNING *", now, delivery_id)
+    if marked is not None:
+        return marked
+    return await conn.fetchrow(
+        "UPDATE deliveries SET status = 'pending', attempts = 0, first_attempt_at = NULL, next_attempt_at = $1,"
+        " lease_owner = NULL, lease_until = NULL, lease_id = NULL, resend = FALSE, updated_at = $1 WHERE id = $2"
+        " RETURNING *", now, delivery_id)
+
+
 def _health(row: Mapping[str, Any]) -> EndpointHealth:
     return EndpointHealth(subscription=row["subscription"], consecutive_failures=row["consecutive_failures"],
                           first_failure_at=row["first_failure_at"], disabled_at=row["disabled_at"],
@@ -125,6 +150,16 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     for kind in ("json", "jsonb"):
         await conn.set_type_codec(kind, encoder=lambda v: json.dumps(v, separators=(",", ":"), default=str),
                                   decoder=json.loads, schema="pg_catalog")
+
+
+async def _lock_runs(conn: asyncpg.Connection, run_ids: Sequence[str]) -> None:
+    """Take the calls' transaction-scoped run locks, in sorted order (every writer of a call's
+    events holds its lock: callbacks, media activity, replays)."""
+    keys = [(f"run:{run_id}",) for run_id in sorted(set(run_ids))]
+    if len(keys) == 1:  # a callback's one lock: the plain statement it always was
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", *keys[0])
+    elif keys:
+        await conn.executemany("SELECT pg_advisory_xact_lock(hashtext($1))", keys)
 
 
 class PostgresStore(PostgresCampaigns, Store):
@@ -138,6 +173,7 @@ class PostgresStore(PostgresCampaigns, Store):
         self.min_size, self.max_size = min_size, max_size
         self._pool: asyncpg.Pool | None = None
         self._listener: asyncpg.Connection | None = None
+        self._nonces_pruned: datetime | None = None
 
     # -- plumbing ---------------------------------------------------------------------
     @property
@@ -265,6 +301,7 @@ class PostgresStore(PostgresCampaigns, Store):
         claim. Given a `leased` list, rows the direct dispatch takes are leased to it and added
         there instead (see `DirectDispatch`)."""
         queued = 0
+        lease_id = new_lease_id()
         dispatch = self.dispatch if leased is not None else None
         waiting: set[tuple[str, str]] = set()
         taken: dict[str, int] = {}  # leased in this transaction, by subscription
@@ -283,7 +320,8 @@ class PostgresStore(PostgresCampaigns, Store):
                         take = False
                     waiting.add((subscription, key))
                 delivery = await self._insert_delivery(conn, event.seq, subscription, event.workflow_run_id, ordered,
-                                                       event.occurred_at, lease=dispatch if take else None, event=event)
+                                                       event.occurred_at, lease=dispatch if take else None, event=event,
+                                                       lease_id=lease_id)
                 if take:
                     assert leased is not None
                     taken[subscription] = taken.get(subscription, 0) + 1
@@ -297,19 +335,22 @@ class PostgresStore(PostgresCampaigns, Store):
     @staticmethod
     async def _insert_delivery(conn: asyncpg.Connection, event_seq: int, subscription: str, run_id: str | None,
                                ordered: bool, now: datetime, *, lease: DirectDispatch | None = None,
-                               event: Event | None = None) -> Delivery:
+                               event: Event | None = None, lease_id: str | None = None) -> Delivery:
+        """A pending delivery row; with `lease`, leased to that direct dispatch under `lease_id`
+        (its expiry on the database's clock)."""
         delivery_id = new_event_id("msg")
         key = run_id if ordered else None
+        lease_id = lease_id if lease else None
         await conn.execute(
             "INSERT INTO deliveries (id, event_seq, subscription, workflow_run_id, order_key, status, attempts,"
-            " next_attempt_at, lease_owner, lease_until, created_at, updated_at)"
-            " VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $7, $8, $6, $6)",
+            " next_attempt_at, lease_owner, lease_until, lease_id, created_at, updated_at)"
+            " VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $7, now() + $8 * interval '1 second', $9, $6, $6)",
             delivery_id, event_seq, subscription, run_id, key, now,
-            lease.owner if lease else None, now + timedelta(seconds=lease.lease_seconds) if lease else None,
+            lease.owner if lease else None, lease.lease_seconds if lease else None, lease_id,
         )
         return Delivery(id=delivery_id, event_seq=event_seq, subscription=subscription, workflow_run_id=run_id,
                         status="pending", attempts=0, next_attempt_at=now, created_at=now, updated_at=now,
-                        event=event, order_key=key)
+                        event=event, order_key=key, lease_id=lease_id)
 
     def _handover(self, leased: list[Delivery]) -> None:
         """After the commit: rows leased to the direct dispatch go to it."""
@@ -323,7 +364,7 @@ class PostgresStore(PostgresCampaigns, Store):
             if update.provider_call_id:
                 await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"{update.provider}:{update.provider_call_id}")
             if run_id:
-                await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"run:{run_id}")
+                await _lock_runs(conn, [run_id])
             now = utcnow()
             current = await self._load(conn, run_id, lock=True) if run_id else None
             if current is None and update.provider_call_id:
@@ -350,22 +391,28 @@ class PostgresStore(PostgresCampaigns, Store):
 
     async def record_activity(self, run_id: str, *, source: str, kind: str, data: dict[str, Any],
                               events: Sequence[tuple[str, dict[str, Any]]] = (), gathered_context: dict[str, Any] | None = None,
-                              annotations: dict[str, Any] | None = None, media: dict[str, Any] | None = None) -> list[Event]:
+                              annotations: dict[str, Any] | None = None, media: dict[str, Any] | None = None,
+                              session: str | None = None) -> list[Event]:
         async def tx(conn: asyncpg.Connection) -> list[Event]:
+            await _lock_runs(conn, [run_id])  # as a callback of this call, and a replay, do
             now = utcnow()
             record = await self._load(conn, run_id, lock=True)
             if record is None:
                 raise StoreError(f"unknown workflow_run_id {run_id!r}")
-            if gathered_context or annotations or media:
-                record.gathered_context.update(gathered_context or {})
-                record.annotations.update(annotations or {})
-                record.media.update(media or {})
+            admitted = admit_activity(record, kind=kind, session=session, events=events,
+                                      gathered_context=gathered_context, annotations=annotations, media=media)
+            if admitted is None:
+                return []
+            if admitted.gathered_context or admitted.annotations or admitted.media:
+                record.gathered_context.update(admitted.gathered_context or {})
+                record.annotations.update(admitted.annotations or {})
+                record.media.update(admitted.media or {})
                 record.updated_at = now
                 await conn.execute(_UPSERT_CALL, *_record_params(record))
             await self._insert_timeline(conn, run_id, now, source=source, kind=kind, outcome="recorded", raw_status=None,
                                         state=None, sequence=None, data=data)
             emitted = [Event(type=name, workflow_run_id=run_id, occurred_at=now, data=event_data(record, extra))
-                       for name, extra in events]
+                       for name, extra in admitted.events]
             await self._insert_events(conn, emitted, leased)
             return emitted
 
@@ -373,6 +420,19 @@ class PostgresStore(PostgresCampaigns, Store):
         emitted = await self._tx(tx)
         self._handover(leased)
         return emitted
+
+    async def claim_nonce(self, nonce: str, *, expires_at: datetime, now: datetime) -> bool:
+        async def tx(conn: asyncpg.Connection) -> bool:
+            if self._nonces_pruned is None or now - self._nonces_pruned >= NONCE_PRUNE_EVERY:
+                await conn.execute("DELETE FROM seen_nonces WHERE expires_at < $1", now)
+                self._nonces_pruned = now
+            inserted = await conn.fetchval(
+                "INSERT INTO seen_nonces (nonce, expires_at) VALUES ($1, $2) ON CONFLICT (nonce) DO UPDATE"
+                " SET expires_at = excluded.expires_at WHERE seen_nonces.expires_at < $3 RETURNING 1", nonce, expires_at, now,
+            )
+            return inserted == 1
+
+        return await self._tx(tx)
 
     # -- reads ------------------------------------------------------------------------
     async def get_call(self, run_id: str) -> CallRecord | None:
@@ -412,76 +472,97 @@ class PostgresStore(PostgresCampaigns, Store):
     # -- deliveries -----------------------------------------------------------------------
     async def claim_deliveries(self, owner: str, *, now: datetime, lease_seconds: float,
                                capacity: Mapping[str, int], limit: int = 200) -> list[Delivery]:
-        wanted = {name: n for name, n in capacity.items() if n > 0}
+        wanted = {name: min(n, limit) for name, n in capacity.items() if n > 0}
         if not wanted:
             return []
+        lease_id = new_lease_id()
 
         async def tx(conn: asyncpg.Connection) -> list[Delivery]:
+            # Each subscription's oldest due rows on their own (a LATERAL per subscription, up to
+            # its room), so one subscription's backlog does not fill the window another's rows
+            # needed; locked as they are read, skipping rows another instance is claiming (the
+            # lease test is re-checked on the locked row versions).
             rows = await conn.fetch(
-                "SELECT d.id, d.subscription FROM deliveries d WHERE d.status = 'pending' AND d.next_attempt_at <= $1"
-                " AND (d.lease_until IS NULL OR d.lease_until < $1) AND d.subscription = ANY($2::text[])"
+                "SELECT x.id, w.sub FROM unnest($2::text[], $3::int[]) AS w(sub, n) CROSS JOIN LATERAL ("
+                " SELECT d.id, d.next_attempt_at, d.event_seq FROM deliveries d WHERE d.status = 'pending'"
+                " AND d.subscription = w.sub AND d.next_attempt_at <= $1"
+                " AND (d.lease_until IS NULL OR d.lease_until < now())"
                 " AND (d.order_key IS NULL OR NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.status = 'pending'"
                 " AND p.subscription = d.subscription AND p.order_key = d.order_key AND p.event_seq < d.event_seq))"
-                " ORDER BY d.next_attempt_at, d.event_seq LIMIT $3",
-                now, list(wanted), limit * 4,
+                " ORDER BY d.next_attempt_at, d.event_seq LIMIT w.n FOR UPDATE OF d SKIP LOCKED) x"
+                " ORDER BY x.next_attempt_at, x.event_seq",
+                now, list(wanted), list(wanted.values()),
             )
-            left = dict(wanted)
-            picked = []
+            found: dict[str, list[str]] = {}
             for row in rows:
-                if left.get(row["subscription"], 0) > 0 and len(picked) < limit:
-                    left[row["subscription"]] -= 1
-                    picked.append(row["id"])
-            if not picked:
-                return []
-            # Lock only what this worker takes; rows another instance is claiming are skipped,
-            # and the lease test is re-checked on the locked row versions.
-            locked = await conn.fetch(
-                "SELECT id FROM deliveries WHERE id = ANY($1::text[]) AND status = 'pending'"
-                " AND (lease_until IS NULL OR lease_until < $2) FOR UPDATE SKIP LOCKED", picked, now,
-            )
-            ids = [row["id"] for row in locked]
+                found.setdefault(row["sub"], []).append(row["id"])
+            ids = share_out(found, limit)
             if not ids:
                 return []
-            await conn.execute("UPDATE deliveries SET lease_owner = $1, lease_until = $2 WHERE id = ANY($3::text[])",
-                               owner, now + timedelta(seconds=lease_seconds), ids)
+            await conn.execute(f"UPDATE deliveries SET {_LEASE} WHERE id = ANY($4::text[])",
+                               owner, lease_seconds, lease_id, ids)
             claimed = await conn.fetch(_DELIVERY_SELECT + " WHERE d.id = ANY($1::text[]) ORDER BY d.next_attempt_at, d.event_seq", ids)
             return [_delivery(r, with_event=True) for r in claimed]
 
         return await self._tx(tx)
 
-    async def finish_deliveries(self, owner: str, items: Sequence[tuple[Delivery, DeliveryResult]]) -> list[EndpointHealth]:
+    async def finish_deliveries(self, owner: str,
+                                items: Sequence[tuple[Delivery, DeliveryResult]]) -> list[EndpointHealth | None]:
         if not items:
             return []
         dispatch = self.dispatch if self.dispatch is not None and self.dispatch.owner == owner else None
 
-        async def tx(conn: asyncpg.Connection) -> list[EndpointHealth]:
-            await conn.executemany(
-                "INSERT INTO delivery_attempts (delivery_id, attempted_at, outcome, status, latency_ms, error, response, request)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                [(d.id, r.attempt.attempted_at, r.attempt.outcome, r.attempt.status, r.attempt.latency_ms, r.attempt.error,
-                  r.attempt.response, r.attempt.request) for d, r in items],
+        async def tx(conn: asyncpg.Connection) -> list[EndpointHealth | None]:
+            recorded = {row["attempt_id"] for row in await conn.fetch(
+                "SELECT attempt_id FROM delivery_attempts WHERE attempt_id = ANY($1::text[])", [r.attempt.id for _, r in items])}
+            fresh: dict[str, tuple[int, Delivery, DeliveryResult]] = {}  # by attempt id: not recorded yet
+            for index, (delivery, result) in enumerate(items):
+                if result.attempt.id not in recorded:
+                    fresh.setdefault(result.attempt.id, (index, delivery, result))
+            # Every row moves only under the lease it was sent under; sorted, so that batches
+            # touching the same rows lock them in one order.
+            todo = sorted(fresh.values(), key=lambda item: item[1].id)
+            moved_rows = await conn.fetch(
+                "UPDATE deliveries d SET status = CASE WHEN d.resend THEN 'pending' ELSE v.status END,"
+                " attempts = CASE WHEN d.resend THEN 0 ELSE d.attempts + 1 END,"
+                " next_attempt_at = CASE WHEN d.resend THEN now() ELSE COALESCE(v.next_at, d.next_attempt_at) END,"
+                " first_attempt_at = CASE WHEN d.resend THEN NULL ELSE COALESCE(d.first_attempt_at, v.at) END,"
+                " resend = FALSE, lease_owner = NULL, lease_until = NULL, lease_id = NULL,"
+                " last_attempt_at = v.at, last_status = v.last_status, last_error = v.last_error, updated_at = v.at"
+                " FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::int[], $7::text[])"
+                " AS v(id, lease_id, status, next_at, at, last_status, last_error)"
+                " WHERE d.id = v.id AND d.status = 'pending' AND d.lease_owner = $8 AND d.lease_id = v.lease_id"
+                " RETURNING d.id, d.status",
+                [d.id for _, d, _ in todo], [d.lease_id for _, d, _ in todo], [r.status for _, _, r in todo],
+                [r.next_attempt_at for _, _, r in todo], [r.attempt.attempted_at for _, _, r in todo],
+                [r.attempt.status for _, _, r in todo], [r.attempt.error for _, _, r in todo], owner,
             )
+            status = {row["id"]: row["status"] for row in moved_rows}
+            late = {index for index, delivery, _ in fresh.values() if delivery.id not in status}
             await conn.executemany(
-                "UPDATE deliveries SET status = $1, attempts = attempts + 1, next_attempt_at = COALESCE($2, next_attempt_at),"
-                " lease_owner = NULL, lease_until = NULL, first_attempt_at = COALESCE(first_attempt_at, $3),"
-                " last_attempt_at = $3, last_status = $4, last_error = $5, updated_at = $3 WHERE id = $6",
-                [(r.status, r.next_attempt_at, r.attempt.attempted_at, r.attempt.status, r.attempt.error, d.id) for d, r in items],
+                "INSERT INTO delivery_attempts (delivery_id, attempt_id, attempted_at, outcome, status, latency_ms, error,"
+                " response, request) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (attempt_id) DO NOTHING",
+                [(d.id, a.id, a.attempted_at, a.outcome, a.status, a.latency_ms, a.error, a.response, a.request)
+                 for index, d, r in fresh.values() for a in [late_attempt(r.attempt) if index in late else r.attempt]],
             )
-            for delivery, result in items:
+            moved = [(d, r if status[d.id] == r.status else replace(r, status=status[d.id]))
+                     for _, d, r in sorted(fresh.values(), key=lambda item: item[0]) if d.id in status]
+            for delivery, result in moved:
                 if result.gathered_context and delivery.workflow_run_id:
                     record = await self._load(conn, delivery.workflow_run_id, lock=True)
                     if record is not None:
                         record.gathered_context.update(result.gathered_context)
                         record.updated_at = result.attempt.attempted_at
                         await conn.execute(_UPSERT_CALL, *_record_params(record))
-            for change in health_changes(items):
+            for change in health_changes(moved):
                 await _apply_health_change(conn, change)
             rows = await conn.fetch("SELECT * FROM subscription_health WHERE subscription = ANY($1::text[])",
                                     list({d.subscription for d, _ in items}))
             health = {row["subscription"]: _health(row) for row in rows}
-            if await self._next_in_order(conn, items, dispatch, leased):
+            if await self._next_in_order(conn, moved, dispatch, leased):
                 await conn.execute(f"NOTIFY {DELIVERIES_CHANNEL}")  # a call's next event is due for a claim
-            return [health.get(d.subscription) or EndpointHealth(d.subscription) for d, _ in items]
+            return [None if index in late else health.get(d.subscription) or EndpointHealth(d.subscription)
+                    for index, (d, _) in enumerate(items)]
 
         leased: list[Delivery] = []
         healths = await self._tx(tx)
@@ -497,31 +578,34 @@ class PostgresStore(PostgresCampaigns, Store):
         queued = 0
         now = utcnow()
         taken: dict[str, int] = {}
+        lease_id = new_lease_id()
         for delivery, result in items:
             if result.status == "pending" or delivery.order_key is None:
                 continue
             row = await conn.fetchrow(
-                _DELIVERY_SELECT + " WHERE d.status = 'pending' AND d.subscription = $1 AND d.order_key = $2"
+                _DELIVERY_SELECT.replace("SELECT d.*", f"SELECT d.*, {_LEASE_FREE} AS lease_free", 1)
+                + " WHERE d.status = 'pending' AND d.subscription = $1 AND d.order_key = $2"
                 " ORDER BY d.event_seq LIMIT 1", delivery.subscription, delivery.order_key,
             )
-            if row is None or row["next_attempt_at"] > now or (row["lease_until"] is not None and row["lease_until"] >= now):
+            if row is None or row["next_attempt_at"] > now or not row["lease_free"]:
                 continue
             if dispatch is not None and dispatch.room(delivery.subscription) > taken.get(delivery.subscription, 0):
                 # The lease test again on the row as it is now: another instance may be claiming it.
                 status = await conn.execute(
-                    "UPDATE deliveries SET lease_owner = $1, lease_until = $2 WHERE id = $3 AND status = 'pending'"
-                    " AND (lease_until IS NULL OR lease_until < $4)",
-                    dispatch.owner, now + timedelta(seconds=dispatch.lease_seconds), row["id"], now)
+                    f"UPDATE deliveries SET {_LEASE} WHERE id = $4 AND status = 'pending' AND {_LEASE_FREE}",
+                    dispatch.owner, dispatch.lease_seconds, lease_id, row["id"])
                 if status.endswith(" 1"):
                     taken[delivery.subscription] = taken.get(delivery.subscription, 0) + 1
-                    leased.append(_delivery(row, with_event=True))
+                    successor = _delivery(row, with_event=True)
+                    successor.lease_id = lease_id
+                    leased.append(successor)
             else:
                 queued += 1
         return queued
 
     async def release_leases(self, owner: str, delivery_ids: Sequence[str] | None = None) -> int:
         async def tx(conn: asyncpg.Connection) -> int:
-            sql = "UPDATE deliveries SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = $1"
+            sql = "UPDATE deliveries SET lease_owner = NULL, lease_until = NULL, lease_id = NULL WHERE lease_owner = $1"
             if delivery_ids is None:
                 status = await conn.execute(sql, owner)
             else:
@@ -560,10 +644,7 @@ class PostgresStore(PostgresCampaigns, Store):
 
     async def retry_delivery(self, delivery_id: str, *, now: datetime) -> Delivery | None:
         async def tx(conn: asyncpg.Connection) -> Delivery | None:
-            row = await conn.fetchrow(
-                "UPDATE deliveries SET status = 'pending', attempts = 0, first_attempt_at = NULL, next_attempt_at = $1,"
-                " lease_owner = NULL, lease_until = NULL, updated_at = $1 WHERE id = $2 RETURNING *", now, delivery_id,
-            )
+            row = await _queue_again(conn, delivery_id, now)
             if row is not None:
                 await conn.execute(f"NOTIFY {DELIVERIES_CHANNEL}")
             return None if row is None else _delivery(row)
@@ -573,6 +654,12 @@ class PostgresStore(PostgresCampaigns, Store):
     async def replay_deliveries(self, subscription: str, *, since: datetime, until: datetime, now: datetime,
                                 matches: Callable[[str], bool], ordered: bool) -> int:
         async def tx(conn: asyncpg.Connection) -> int:
+            # The calls' run locks first, as their callbacks take them: a callback writing a newer
+            # event of one of these calls waits for the replayed rows, so an ordered subscription
+            # queues it after them. Sorted, so two replays cannot deadlock.
+            runs = await conn.fetch("SELECT DISTINCT workflow_run_id FROM events WHERE occurred_at >= $1 AND occurred_at < $2"
+                                    " AND workflow_run_id IS NOT NULL", since, until)
+            await _lock_runs(conn, [r["workflow_run_id"] for r in runs])
             rows = await conn.fetch(
                 "SELECT e.seq, e.type, e.workflow_run_id, d.id AS delivery_id FROM events e"
                 " LEFT JOIN deliveries d ON d.event_seq = e.seq AND d.subscription = $1"
@@ -581,10 +668,7 @@ class PostgresStore(PostgresCampaigns, Store):
             count = 0
             for row in rows:
                 if row["delivery_id"] is not None:
-                    await conn.execute(
-                        "UPDATE deliveries SET status = 'pending', attempts = 0, first_attempt_at = NULL, next_attempt_at = $1,"
-                        " lease_owner = NULL, lease_until = NULL, updated_at = $1 WHERE id = $2", now, row["delivery_id"],
-                    )
+                    await _queue_again(conn, row["delivery_id"], now)
                     count += 1
                 elif matches(row["type"]):
                     await self._insert_delivery(conn, row["seq"], subscription, row["workflow_run_id"], ordered, now)

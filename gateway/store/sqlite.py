@@ -27,6 +27,7 @@ import sqlite3
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 from operator import attrgetter
@@ -42,6 +43,7 @@ from gateway.store.base import (
     CALL_COLUMNS,
     CALL_JSON_FIELDS,
     CALL_TIME_FIELDS,
+    NONCE_PRUNE_EVERY,
     AppliedUpdate,
     AttemptRecord,
     CallSeed,
@@ -56,7 +58,11 @@ from gateway.store.base import (
     clamp_limit,
     event_data,
     health_changes,
+    late_attempt,
+    new_lease_id,
+    share_out,
 )
+from gateway.store.activity import admit_activity
 from gateway.store.migrations import MIGRATIONS
 from gateway.store.paging import SQLITE, page_query, split_page
 from gateway.store.sqlite_campaigns import SQLiteCampaigns
@@ -127,10 +133,22 @@ _DELIVERY_SELECT = _DELIVERY_COLUMNS + " FROM deliveries d JOIN events e ON e.se
 
 _INSERT_DELIVERY = (
     "INSERT INTO deliveries (id, event_seq, subscription, workflow_run_id, order_key, status, attempts,"
-    " next_attempt_at, lease_owner, lease_until, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?, ?, ?)"
+    " next_attempt_at, lease_owner, lease_until, lease_id, created_at, updated_at)"
+    " VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?, ?, ?, ?)"
 )
 """A pending delivery row: (id, event seq, subscription, run, order key, due at, lease owner,
-lease until, created at, updated at)."""
+lease until, lease id, created at, updated at)."""
+
+_LEASE = "lease_owner = ?, lease_until = ?, lease_id = ?, resend = 0"
+"""Hand a row out under a new lease (owner, until, id); a retry asked for before is met by it."""
+
+_MARK_RESEND = ("UPDATE deliveries SET resend = 1, updated_at = ? WHERE id = ? AND status = 'pending'"
+                " AND lease_owner IS NOT NULL AND lease_until >= ?")
+"""A retry or replay of a row whose attempt is in flight: (updated at, id, the store's now)."""
+
+_RESET = ("UPDATE deliveries SET status = 'pending', attempts = 0, first_attempt_at = NULL, next_attempt_at = ?,"
+          " lease_owner = NULL, lease_until = NULL, lease_id = NULL, resend = 0, updated_at = ? WHERE id = ?")
+"""A retry or replay of a row not in flight: due at once, its schedule afresh (due at, updated at, id)."""
 
 _UPSERT_CALL = (
     f"INSERT INTO calls ({', '.join(CALL_COLUMNS)}) VALUES ({', '.join('?' for _ in CALL_COLUMNS)}) "
@@ -156,6 +174,7 @@ class SQLiteStore(SQLiteCampaigns, Store):
         self._drain_scheduled = False
         self._lock_fd: int | None = None  # the cross-process write lock, see the module docstring
         self._leases: dict[str, int] = {}  # rows leased to the direct dispatch in this group, by subscription
+        self._nonces_pruned: datetime | None = None
 
     # -- plumbing ---------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -423,23 +442,27 @@ class SQLiteStore(SQLiteCampaigns, Store):
         this group commit leased it already (it gets them only after the commit)."""
         return dispatch.room(subscription) > self._leases.get(subscription, 0)
 
-    def _insert_events(self, conn: sqlite3.Connection, events: list[Event], leased: list[Delivery] | None = None) -> int:
+    def _insert_events(self, conn: sqlite3.Connection, events: list[Event], leased: list[Delivery] | None = None,
+                       lease_id: str | None = None) -> int:
         """Write events and, in the same transaction, one delivery row per subscription; returns
         how many rows wait for a claim. Given a `leased` list, the rows the direct dispatch takes
-        are leased to it and added there (see `_write_events`)."""
-        ((queued, taken),) = self._write_events(conn, [events], lease=leased is not None)
+        are leased to it (under `lease_id`) and added there (see `_write_events`)."""
+        ((queued, taken),) = self._write_events(conn, [events], lease=leased is not None,
+                                                lease_ids=[lease_id or new_lease_id()])
         if leased is not None:
             leased += taken
         return queued
 
     def _write_events(self, conn: sqlite3.Connection, groups: Sequence[Sequence[Event]], *, lease: bool,
-                      new_calls: Container[str] = ()) -> list[tuple[int, list[Delivery]]]:
+                      lease_ids: Sequence[str], new_calls: Container[str] = ()) -> list[tuple[int, list[Delivery]]]:
         """Write the events of each group (one transaction's, in order) and one delivery row per
         subscription, one statement per table; returns (rows queued for a claim, rows leased)
         per group.
 
         With `lease`, a row the direct dispatch takes (it has room for the subscription, and no
-        earlier event of the call is still pending for it) is leased to it. Sequence numbers are
+        earlier event of the call is still pending for it) is leased to it, under the group's
+        lease id (`lease_ids`, one per group: a writer process's caller that never gets the
+        answer releases that lease by its id). Sequence numbers are
         given here: the writer holds the write lock. `new_calls` are calls these groups made,
         which cannot have deliveries pending from before (no need to look)."""
         if not any(groups):
@@ -451,7 +474,7 @@ class SQLiteStore(SQLiteCampaigns, Store):
         delivery_rows: list[tuple[Any, ...]] = []
         waiting: set[tuple[str, str]] = set()  # (subscription, call) that has a pending row now
         out: list[tuple[int, list[Delivery]]] = []
-        for events in groups:
+        for events, lease_id in zip(groups, lease_ids):
             queued, leased = 0, []
             for event in events:
                 seq += 1
@@ -469,13 +492,14 @@ class SQLiteStore(SQLiteCampaigns, Store):
                     if take:
                         assert dispatch is not None
                         self._leases[subscription] = self._leases.get(subscription, 0) + 1
-                        delivery_rows.append((delivery_id, seq, subscription, run, key, at, dispatch.owner, lease_until, at, at))
+                        delivery_rows.append((delivery_id, seq, subscription, run, key, at, dispatch.owner, lease_until,
+                                              lease_id, at, at))
                         leased.append(Delivery(id=delivery_id, event_seq=seq, subscription=subscription, workflow_run_id=run,
                                                status="pending", attempts=0, next_attempt_at=event.occurred_at,
                                                created_at=event.occurred_at, updated_at=event.occurred_at, event=event,
-                                               order_key=key))
+                                               order_key=key, lease_id=lease_id))
                     else:
-                        delivery_rows.append((delivery_id, seq, subscription, run, key, at, None, None, at, at))
+                        delivery_rows.append((delivery_id, seq, subscription, run, key, at, None, None, None, at, at))
                         queued += 1
             out.append((queued, leased))
         conn.executemany("INSERT INTO events (seq, id, type, workflow_run_id, occurred_at, data) VALUES (?, ?, ?, ?, ?, ?)",
@@ -489,14 +513,18 @@ class SQLiteStore(SQLiteCampaigns, Store):
         """A pending delivery row, for a claim."""
         at = _ts(now)
         conn.execute(_INSERT_DELIVERY, (new_event_id("msg"), event_seq, subscription, run_id, run_id if ordered else None,
-                                        at, None, None, at, at))
+                                        at, None, None, None, at, at))
 
     async def apply_update(self, update: CallUpdate, *, run_id: str | None, seed: CallSeed | None = None) -> AppliedUpdate:
         return self._notify(await self._write(self.apply_update_tx(update, run_id=run_id, seed=seed)))
 
-    def apply_update_tx(self, update: CallUpdate, *, run_id: str | None, seed: CallSeed | None = None) -> Transaction:
+    def apply_update_tx(self, update: CallUpdate, *, run_id: str | None, seed: CallSeed | None = None,
+                        lease_id: str | None = None) -> Transaction:
         """`apply_update`'s transaction: (AppliedUpdate, rows queued, rows leased). Callbacks that
-        wait together are written as one batch (`_apply_batch`)."""
+        wait together are written as one batch (`_apply_batch`). Rows leased to the direct
+        dispatch carry `lease_id` (a fresh one when None)."""
+        lease_id = lease_id or new_lease_id()
+
         def tx(conn: sqlite3.Connection) -> tuple[AppliedUpdate, int, list[Delivery]]:
             now = utcnow()
             current = self._load(conn, run_id) if run_id else None
@@ -519,14 +547,14 @@ class SQLiteStore(SQLiteCampaigns, Store):
             )
             events = [Event(type=name, workflow_run_id=target, occurred_at=now, data=event_data(record)) for name in transition.events]
             leased: list[Delivery] = []
-            queued = self._insert_events(conn, events, leased)
+            queued = self._insert_events(conn, events, leased, lease_id)
             return AppliedUpdate(record=record, events=events, outcome=transition.outcome, created=current is None), queued, leased
 
-        tx.batch = (self._apply_batch, (update, run_id, seed))  # type: ignore[attr-defined]
+        tx.batch = (self._apply_batch, (update, run_id, seed, lease_id))  # type: ignore[attr-defined]
         return tx
 
-    def _apply_batch(self, conn: sqlite3.Connection,
-                     items: list[tuple[CallUpdate, str | None, CallSeed | None]]) -> list[tuple[AppliedUpdate, int, list[Delivery]]]:
+    def _apply_batch(self, conn: sqlite3.Connection, items: list[tuple[CallUpdate, str | None, CallSeed | None, str]]
+                     ) -> list[tuple[AppliedUpdate, int, list[Delivery]]]:
         """Several `apply_update` transactions, in order, written together: what each would have
         written alone, with one query to find the calls and one statement per table for all
         their rows (a callback's own statements and savepoint cost more than its rows).
@@ -535,7 +563,7 @@ class SQLiteStore(SQLiteCampaigns, Store):
         the batch in one savepoint and, if it fails, each callback alone."""
         now = utcnow()
         found: dict[str, CallRecord] = {}  # run id -> the call as it stands in this batch
-        wanted = list({run_id for _, run_id, _ in items if run_id})
+        wanted = list({run_id for _, run_id, _, _ in items if run_id})
         for start in range(0, len(wanted), 500):
             part = wanted[start:start + 500]
             for row in conn.execute(f"SELECT * FROM calls WHERE workflow_run_id IN ({','.join('?' * len(part))})", part):
@@ -544,7 +572,7 @@ class SQLiteStore(SQLiteCampaigns, Store):
             (record.provider, record.provider_call_id): run for run, record in found.items()
             if record.provider and record.provider_call_id}
         ids: dict[str, list[str]] = {}
-        for update, run_id, _ in items:
+        for update, run_id, _, _ in items:
             if update.provider_call_id and not (run_id and run_id in found):
                 ids.setdefault(update.provider, []).append(update.provider_call_id)
         for provider, call_ids in ids.items():
@@ -560,7 +588,7 @@ class SQLiteStore(SQLiteCampaigns, Store):
         changed: dict[str, CallRecord] = {}
         timeline: list[tuple[Any, ...]] = []
         results: list[AppliedUpdate] = []
-        for update, run_id, seed in items:
+        for update, run_id, seed, _ in items:
             current = found.get(run_id) if run_id else None
             if current is None and update.provider_call_id:
                 match = by_provider.get((update.provider, update.provider_call_id))
@@ -581,7 +609,8 @@ class SQLiteStore(SQLiteCampaigns, Store):
         conn.executemany(
             "INSERT INTO call_timeline (workflow_run_id, received_at, source, kind, outcome, raw_status, state, sequence, data)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", timeline)
-        written = self._write_events(conn, [applied.events for applied in results], lease=True, new_calls=changed.keys() - existed)
+        written = self._write_events(conn, [applied.events for applied in results], lease=True,
+                                     lease_ids=[lease_id for *_, lease_id in items], new_calls=changed.keys() - existed)
         return [(applied, queued, leased) for applied, (queued, leased) in zip(results, written)]
 
     def _notify(self, result: tuple[Any, ...]) -> Any:
@@ -609,29 +638,48 @@ class SQLiteStore(SQLiteCampaigns, Store):
         gathered_context: dict[str, Any] | None = None,
         annotations: dict[str, Any] | None = None,
         media: dict[str, Any] | None = None,
+        lease_id: str | None = None,
+        session: str | None = None,
     ) -> Transaction:
-        """`record_activity`'s transaction: (events, rows queued, rows leased)."""
+        """`record_activity`'s transaction: (events, rows queued, rows leased under `lease_id`)."""
         def tx(conn: sqlite3.Connection) -> tuple[list[Event], int, list[Delivery]]:
             now = utcnow()
             record = self._load(conn, run_id)
             if record is None:
                 raise StoreError(f"unknown workflow_run_id {run_id!r}")
-            if gathered_context or annotations or media:
-                record.gathered_context.update(gathered_context or {})
-                record.annotations.update(annotations or {})
-                record.media.update(media or {})
+            admitted = admit_activity(record, kind=kind, session=session, events=events,
+                                      gathered_context=gathered_context, annotations=annotations, media=media)
+            if admitted is None:
+                return [], 0, []
+            if admitted.gathered_context or admitted.annotations or admitted.media:
+                record.gathered_context.update(admitted.gathered_context or {})
+                record.annotations.update(admitted.annotations or {})
+                record.media.update(admitted.media or {})
                 record.updated_at = now
                 conn.execute(_UPSERT_CALL, _record_params(record))
             self._insert_timeline(conn, run_id, now, source=source, kind=kind, outcome="recorded",
                                   raw_status=None, state=None, sequence=None, data=data)
             emitted = [
                 Event(type=name, workflow_run_id=run_id, occurred_at=now, data=event_data(record, extra))
-                for name, extra in events
+                for name, extra in admitted.events
             ]
             leased: list[Delivery] = []
-            return emitted, self._insert_events(conn, emitted, leased), leased
+            return emitted, self._insert_events(conn, emitted, leased, lease_id), leased
 
         return tx
+
+    async def claim_nonce(self, nonce: str, *, expires_at: datetime, now: datetime) -> bool:
+        def tx(conn: sqlite3.Connection) -> bool:
+            at = _ts(now)
+            if self._nonces_pruned is None or now - self._nonces_pruned >= NONCE_PRUNE_EVERY:
+                conn.execute("DELETE FROM seen_nonces WHERE expires_at < ?", (at,))
+                self._nonces_pruned = now
+            return conn.execute(
+                "INSERT INTO seen_nonces (nonce, expires_at) VALUES (?, ?) ON CONFLICT (nonce) DO UPDATE"
+                " SET expires_at = excluded.expires_at WHERE seen_nonces.expires_at < ?", (nonce, _ts(expires_at), at),
+            ).rowcount == 1
+
+        return await self._write(tx)
 
     # -- reads ------------------------------------------------------------------------
     async def get_call(self, run_id: str) -> CallRecord | None:
@@ -685,22 +733,21 @@ class SQLiteStore(SQLiteCampaigns, Store):
             owner, now=now, lease_seconds=lease_seconds, capacity=capacity, limit=limit)))
 
     def claim_deliveries_tx(self, owner: str, *, now: datetime, lease_seconds: float,
-                            capacity: Mapping[str, int], limit: int = 200) -> Transaction:
+                            capacity: Mapping[str, int], limit: int = 200, lease_id: str | None = None) -> Transaction:
         """`claim_deliveries`'s transaction: (the claimed deliveries, 0, [])."""
         wanted = {name: n for name, n in capacity.items() if n > 0}
-        at = _ts(now)
-        until = _ts(now + timedelta(seconds=lease_seconds))
+        due = _ts(now)
+        lease_id = lease_id or new_lease_id()
 
         def tx(conn: sqlite3.Connection) -> tuple[list[Delivery], int, list[Delivery]]:
-            picked: list[sqlite3.Row] = []
+            clock = utcnow()  # leases run on the store's clock, whatever the caller's says
+            at, until = _ts(clock), _ts(clock + timedelta(seconds=lease_seconds))
+            found: dict[str, list[sqlite3.Row]] = {}
             for subscription, n in wanted.items():
-                room = min(n, limit - len(picked))
-                if room <= 0:
-                    break
                 # Walk the due index in time order and stop at `room` rows: the cost follows
                 # what is claimed (plus rows leased or waiting behind an earlier event of the
                 # same call), not the size of the backlog. Equal times keep insertion order.
-                picked += conn.execute(
+                found[subscription] = conn.execute(
                     _DELIVERY_COLUMNS + " FROM deliveries d INDEXED BY deliveries_due"
                     " JOIN events e ON e.seq = d.event_seq"
                     " WHERE d.status = 'pending' AND d.next_attempt_at <= ? AND (d.lease_until IS NULL OR d.lease_until < ?)"
@@ -708,61 +755,89 @@ class SQLiteStore(SQLiteCampaigns, Store):
                     " AND (d.order_key IS NULL OR NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.status = 'pending'"
                     " AND p.subscription = d.subscription AND p.order_key = d.order_key AND p.event_seq < d.event_seq))"
                     " ORDER BY d.next_attempt_at LIMIT ?",
-                    (at, at, subscription, room),
+                    (due, at, subscription, min(n, limit)),
                 ).fetchall()
-            conn.executemany("UPDATE deliveries SET lease_owner = ?, lease_until = ? WHERE id = ?",
-                             [(owner, until, row["id"]) for row in picked])
-            return [_row_to_delivery(row, with_event=True) for row in picked], 0, []
+            picked = share_out(found, limit)
+            conn.executemany(f"UPDATE deliveries SET {_LEASE} WHERE id = ?",
+                             [(owner, until, lease_id, row["id"]) for row in picked])
+            claimed = [_row_to_delivery(row, with_event=True) for row in picked]
+            for delivery in claimed:
+                delivery.lease_id = lease_id
+            return claimed, 0, []
 
         return tx
 
-    async def finish_deliveries(self, owner: str, items: Sequence[tuple[Delivery, DeliveryResult]]) -> list[EndpointHealth]:
+    async def finish_deliveries(self, owner: str,
+                                items: Sequence[tuple[Delivery, DeliveryResult]]) -> list[EndpointHealth | None]:
         if not items:
             return []
         return self._notify(await self._write(self.finish_deliveries_tx(owner, items)))
 
-    def finish_deliveries_tx(self, owner: str, items: Sequence[tuple[Delivery, DeliveryResult]]) -> Transaction:
-        """`finish_deliveries`'s transaction: (healths, successors queued, successors leased)."""
+    def finish_deliveries_tx(self, owner: str, items: Sequence[tuple[Delivery, DeliveryResult]],
+                             lease_id: str | None = None) -> Transaction:
+        """`finish_deliveries`'s transaction: (healths, successors queued, successors leased
+        under `lease_id`)."""
         dispatch = self.dispatch if self.dispatch is not None and self.dispatch.owner == owner else None
+        lease_id = lease_id or new_lease_id()
 
-        def tx(conn: sqlite3.Connection) -> tuple[list[EndpointHealth], int, list[Delivery]]:
-            attempts, updates = [], []
-            for delivery, result in items:
+        def tx(conn: sqlite3.Connection) -> tuple[list[EndpointHealth | None], int, list[Delivery]]:
+            now = _ts(utcnow())
+            recorded = _recorded_attempts(conn, [result.attempt.id for _, result in items])
+            attempts: list[tuple[Any, ...]] = []
+            moved: list[tuple[Delivery, DeliveryResult]] = []  # finished under their lease, with the status they took
+            late: set[int] = set()
+            for index, (delivery, result) in enumerate(items):
                 attempt = result.attempt
+                if attempt.id in recorded:
+                    continue  # written before (its batch's answer was lost): once is enough
+                recorded.add(attempt.id)
                 at = _ts(attempt.attempted_at)
-                attempts.append((delivery.id, at, attempt.outcome, attempt.status, attempt.latency_ms, attempt.error,
-                                 attempt.response, _dumps(attempt.request)))
-                updates.append((result.status, _ts(result.next_attempt_at), at, at, attempt.status, attempt.error, at, delivery.id))
+                row = conn.execute(
+                    "UPDATE deliveries SET status = CASE WHEN resend THEN 'pending' ELSE ? END,"
+                    " attempts = CASE WHEN resend THEN 0 ELSE attempts + 1 END,"
+                    " next_attempt_at = CASE WHEN resend THEN ? ELSE COALESCE(?, next_attempt_at) END,"
+                    " first_attempt_at = CASE WHEN resend THEN NULL ELSE COALESCE(first_attempt_at, ?) END,"
+                    " resend = 0, lease_owner = NULL, lease_until = NULL, lease_id = NULL,"
+                    " last_attempt_at = ?, last_status = ?, last_error = ?, updated_at = ?"
+                    " WHERE id = ? AND status = 'pending' AND lease_owner = ? AND lease_id = ? RETURNING status",
+                    (result.status, now, _ts(result.next_attempt_at), at, at, attempt.status, attempt.error, at,
+                     delivery.id, owner, delivery.lease_id),
+                ).fetchone()
+                if row is None:
+                    late.add(index)
+                    attempt = late_attempt(attempt)
+                else:
+                    moved.append((delivery, result if row[0] == result.status else replace(result, status=row[0])))
+                attempts.append((delivery.id, attempt.id, at, attempt.outcome, attempt.status, attempt.latency_ms,
+                                 attempt.error, attempt.response, _dumps(attempt.request)))
             conn.executemany(
-                "INSERT INTO delivery_attempts (delivery_id, attempted_at, outcome, status, latency_ms, error, response, request)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", attempts)
-            conn.executemany(
-                "UPDATE deliveries SET status = ?, attempts = attempts + 1, next_attempt_at = COALESCE(?, next_attempt_at),"
-                " lease_owner = NULL, lease_until = NULL, first_attempt_at = COALESCE(first_attempt_at, ?),"
-                " last_attempt_at = ?, last_status = ?, last_error = ?, updated_at = ? WHERE id = ?", updates)
-            for delivery, result in items:
+                "INSERT INTO delivery_attempts (delivery_id, attempt_id, attempted_at, outcome, status, latency_ms, error,"
+                " response, request) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", attempts)
+            for delivery, result in moved:
                 if result.gathered_context and delivery.workflow_run_id:
                     record = self._load(conn, delivery.workflow_run_id)
                     if record is not None:
                         record.gathered_context.update(result.gathered_context)
                         record.updated_at = result.attempt.attempted_at
                         conn.execute(_UPSERT_CALL, _record_params(record))
-            for change in health_changes(items):
+            for change in health_changes(moved):
                 _apply_health_change(conn, change)
             health = {
                 name: _row_to_health(row) if (row := conn.execute(
                     "SELECT * FROM subscription_health WHERE subscription = ?", (name,)).fetchone()) else EndpointHealth(name)
                 for name in {delivery.subscription for delivery, _ in items}
             }
-            queued, leased = self._next_in_order(conn, items, dispatch)
-            return [health[delivery.subscription] for delivery, _ in items], queued, leased
+            queued, leased = self._next_in_order(conn, moved, dispatch, lease_id)
+            return [None if index in late else health[delivery.subscription]
+                    for index, (delivery, _) in enumerate(items)], queued, leased
 
         return tx
 
     def _next_in_order(self, conn: sqlite3.Connection, items: Sequence[tuple[Delivery, DeliveryResult]],
-                       dispatch: DirectDispatch | None) -> tuple[int, list[Delivery]]:
+                       dispatch: DirectDispatch | None, lease_id: str) -> tuple[int, list[Delivery]]:
         """The call's next pending delivery after each ordered one that reached its end: leased
-        to `dispatch` when it is due, free and taken; else counted, so that claimers wake."""
+        to `dispatch` (under `lease_id`) when it is due, free and taken; else counted, so that
+        claimers wake."""
         queued, leased = 0, []
         now = utcnow()
         at = _ts(now)
@@ -777,9 +852,11 @@ class SQLiteStore(SQLiteCampaigns, Store):
                 continue  # nothing waits, or it is not due yet (a claim or the poll takes it then)
             if dispatch is not None and self._has_room(dispatch, delivery.subscription):
                 self._leases[delivery.subscription] = self._leases.get(delivery.subscription, 0) + 1
-                conn.execute("UPDATE deliveries SET lease_owner = ?, lease_until = ? WHERE id = ?",
-                             (dispatch.owner, _ts(now + timedelta(seconds=dispatch.lease_seconds)), row["id"]))
-                leased.append(_row_to_delivery(row, with_event=True))
+                conn.execute(f"UPDATE deliveries SET {_LEASE} WHERE id = ?",
+                             (dispatch.owner, _ts(now + timedelta(seconds=dispatch.lease_seconds)), lease_id, row["id"]))
+                successor = _row_to_delivery(row, with_event=True)
+                successor.lease_id = lease_id
+                leased.append(successor)
             else:
                 queued += 1
         return queued, leased
@@ -790,7 +867,7 @@ class SQLiteStore(SQLiteCampaigns, Store):
     def release_leases_tx(self, owner: str, delivery_ids: Sequence[str] | None = None) -> Transaction:
         """`release_leases`'s transaction: (how many, 0, [])."""
         def tx(conn: sqlite3.Connection) -> tuple[int, int, list[Delivery]]:
-            sql = "UPDATE deliveries SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = ?"
+            sql = "UPDATE deliveries SET lease_owner = NULL, lease_until = NULL, lease_id = NULL WHERE lease_owner = ?"
             if delivery_ids is None:
                 return conn.execute(sql, (owner,)).rowcount, 0, []
             if not delivery_ids:
@@ -831,12 +908,7 @@ class SQLiteStore(SQLiteCampaigns, Store):
 
     async def retry_delivery(self, delivery_id: str, *, now: datetime) -> Delivery | None:
         def tx(conn: sqlite3.Connection) -> Delivery | None:
-            at = _ts(now)
-            changed = conn.execute(
-                "UPDATE deliveries SET status = 'pending', attempts = 0, first_attempt_at = NULL, next_attempt_at = ?,"
-                " lease_owner = NULL, lease_until = NULL, updated_at = ? WHERE id = ?", (at, at, delivery_id),
-            ).rowcount
-            if not changed:
+            if not _queue_again(conn, delivery_id, now):
                 return None
             return _row_to_delivery(conn.execute("SELECT * FROM deliveries WHERE id = ?", (delivery_id,)).fetchone())
 
@@ -845,7 +917,6 @@ class SQLiteStore(SQLiteCampaigns, Store):
     async def replay_deliveries(self, subscription: str, *, since: datetime, until: datetime, now: datetime,
                                 matches: Callable[[str], bool], ordered: bool) -> int:
         def tx(conn: sqlite3.Connection) -> tuple[int, int]:
-            at = _ts(now)
             events = conn.execute(
                 "SELECT e.seq, e.type, e.workflow_run_id, d.id AS delivery_id FROM events e"
                 " LEFT JOIN deliveries d ON d.event_seq = e.seq AND d.subscription = ?"
@@ -855,10 +926,7 @@ class SQLiteStore(SQLiteCampaigns, Store):
             count = 0
             for row in events:
                 if row["delivery_id"] is not None:
-                    conn.execute(
-                        "UPDATE deliveries SET status = 'pending', attempts = 0, first_attempt_at = NULL, next_attempt_at = ?,"
-                        " lease_owner = NULL, lease_until = NULL, updated_at = ? WHERE id = ?", (at, at, row["delivery_id"]),
-                    )
+                    _queue_again(conn, row["delivery_id"], now)
                     count += 1
                 elif matches(row["type"]):
                     self._insert_delivery(conn, row["seq"], subscription, row["workflow_run_id"], ordered, now)
@@ -962,6 +1030,26 @@ def _row_to_delivery(row: sqlite3.Row, *, with_event: bool = False) -> Delivery:
         last_status=row["last_status"], last_error=row["last_error"],
         event=_row_to_event(row, "e_") if with_event else None, order_key=row["order_key"],
     )
+
+
+def _queue_again(conn: sqlite3.Connection, delivery_id: str, now: datetime) -> bool:
+    """A retry or replay of one row: marked to go again after the attempt in flight, if one is
+    (its lease held on the store's clock), else pending and due at `now`, its schedule afresh.
+    False when there is no such row."""
+    at = _ts(now)
+    if conn.execute(_MARK_RESEND, (at, delivery_id, _ts(utcnow()))).rowcount:
+        return True
+    return bool(conn.execute(_RESET, (at, at, delivery_id)).rowcount)
+
+
+def _recorded_attempts(conn: sqlite3.Connection, attempt_ids: Sequence[str]) -> set[str]:
+    """Which of these attempts are recorded already."""
+    found: set[str] = set()
+    for start in range(0, len(attempt_ids), 500):
+        part = attempt_ids[start:start + 500]
+        found.update(row[0] for row in conn.execute(
+            f"SELECT attempt_id FROM delivery_attempts WHERE attempt_id IN ({','.join('?' * len(part))})", part))
+    return found
 
 
 def _has_pending(conn: sqlite3.Connection, subscription: str, order_key: str) -> bool:

@@ -17,6 +17,14 @@ worker; which subscriptions the worker takes is sent with each request.
 
 When the writer process is not running (while it starts, after it died, before it is started
 again), the transactions run here, in this process's own writer thread.
+
+A writer that dies after a COMMIT but before its answer arrives leaves its caller with
+`WriterGone` (a callback gets 503, as for any store failure), and the committed rows with leases
+nobody here knows of. So every forwarded transaction that leases rows does so under a lease id
+chosen here: when its answer is lost, this process releases that lease at once (the rows are
+due again, and an ordered subscription's later events are not held back for a whole lease). A
+finish batch whose answer was lost is written again by the worker; the store records each
+attempt once.
 """
 
 from __future__ import annotations
@@ -32,12 +40,14 @@ from typing import Any, Sequence
 from gateway.events.fanout import EventFanout, Route
 from gateway.heap import settle_heap
 from gateway.ipc import ChildProcess, serve_frames
-from gateway.store.base import Delivery, DeliveryResult, DirectDispatch, StoreError
+from gateway.store.base import Delivery, DeliveryResult, DirectDispatch, StoreError, new_lease_id
 from gateway.store.sqlite import SQLiteStore
 
 log = logging.getLogger("gateway.store")
 
 REMOTE_METHODS = ("apply_update", "record_activity", "claim_deliveries", "finish_deliveries", "release_leases")
+LEASING_METHODS = frozenset({"apply_update", "record_activity", "claim_deliveries", "finish_deliveries"})
+"""Forwarded transactions that may lease rows: each is given its lease id (see the module)."""
 
 
 class WriterGone(StoreError):
@@ -66,10 +76,15 @@ class WriterProcessStore(SQLiteStore):
 
     async def open(self) -> None:
         await super().open()  # migrations, this process's reader and fallback writer
-        self.writer = ChildProcess("store writer process", run_writer, ({"path": self.path, "synchronous": self.synchronous},),
+        main, setup = self.writer_target()
+        self.writer = ChildProcess("store writer process", main, (setup,),
                                    lost=lambda why: WriterGone(f"sqlite: the store writer process ended before it answered ({why})"))
         self.writer.start()
         log.info("store writer process started: pid %s", self.writer.pid)
+
+    def writer_target(self) -> tuple[Any, dict[str, Any]]:
+        """The writer process's main and what it is started with (a test starts a faulty one)."""
+        return run_writer, {"path": self.path, "synchronous": self.synchronous}
 
     async def close(self) -> None:
         if self.writer is not None:
@@ -94,10 +109,31 @@ class WriterProcessStore(SQLiteStore):
             return await getattr(super(), method)(*args, **kwargs)  # no writer process (or it could not fan out): here
         dispatch = self.dispatch
         rooms = {r.name: dispatch.room(r.name) for r in self.routes} if dispatch else {}
-        ok, value, leased, queued = await writer.request((method, args, kwargs, rooms, self._routing()))
+        lease_id = new_lease_id() if method in LEASING_METHODS else None
+        sent = {**kwargs, "lease_id": lease_id} if lease_id else kwargs
+        try:
+            ok, value, leased, queued = await writer.request((method, args, sent, rooms, self._routing()))
+        except WriterGone:
+            if lease_id is not None:
+                await self._release_lost(lease_id)
+            raise
         if not ok:
             raise value
         return self._notify((value, queued, leased))
+
+    async def _release_lost(self, lease_id: str) -> None:
+        """The writer died before answering a transaction that may have committed leases under
+        `lease_id`: release them here (nobody holds them), so they are due again at once."""
+        try:
+            released = await self._write(lambda conn: conn.execute(
+                "UPDATE deliveries SET lease_owner = NULL, lease_until = NULL, lease_id = NULL WHERE lease_id = ?",
+                (lease_id,)).rowcount)
+        except StoreError as exc:
+            log.error("could not release the leases of a transaction whose answer was lost: %s (they expire)", exc)
+            return
+        if released:
+            log.warning("released %d delivery leases committed by the writer process before it died, unanswered", released)
+            self.on_deliveries()
 
     async def apply_update(self, *args: Any, **kwargs: Any) -> Any:
         return await self._forward("apply_update", args, kwargs)

@@ -16,8 +16,10 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping
 
-from gateway.calls.record import CallRecord
+from gateway.calls.disposition import call_disposition
+from gateway.calls.record import CallRecord, channel_link
 from gateway.events.envelope import Event
+from gateway.metrics import UNBUILDABLE, labelled
 from gateway.store.base import AttemptRecord, Delivery, DeliveryResult, Store
 from gateway.webhooks.clients import EndpointClients
 from gateway.webhooks.policy import Outcome, map_response, next_delay
@@ -28,22 +30,39 @@ log = logging.getLogger("gateway.webhooks")
 
 
 def delivery_context(event: Event, call: CallRecord | None, secrets_available: bool = True) -> dict[str, Any]:
-    """The template context of DESIGN.md for one event (secrets are added by the renderer)."""
+    """The template context of DESIGN.md for one event (secrets are added by the renderer),
+    with Dograh's variables in Dograh's meaning: `campaign_id` (the campaign that placed the
+    call, else None), `call_time` (when the call record was made), `cost_info.call_duration_seconds`,
+    `gathered_context.call_disposition` (`calls.disposition`), and `user_recording_url` /
+    `bot_recording_url` (the caller's and the agent's channel of the recording)."""
     record = call.to_dict() if call is not None else {}
     media = record.get("media") or {}
+    gathered = dict(record.get("gathered_context") or {})
+    cost_info = dict(record.get("cost_info") or {})
+    if call is not None:
+        if (disposition := call_disposition(call)) is not None:
+            gathered.setdefault("call_disposition", disposition)
+        if call.duration is not None:
+            cost_info.setdefault("call_duration_seconds", call.duration)
+    campaign = (record.get("initial_context") or {}).get("campaign")
+    recording_url = media.get("recording_url")
     return {
         "workflow_run_id": event.workflow_run_id,
         "workflow_run_name": None,
         "workflow_id": record.get("workflow_id"),
         "workflow_name": None,
         "user_id": record.get("user_id"),
+        "campaign_id": campaign.get("id") if isinstance(campaign, dict) else None,
+        "call_time": record.get("created_at"),
         "event": event.envelope(),
         "call": record,
         "initial_context": record.get("initial_context", {}),
-        "gathered_context": record.get("gathered_context", {}),
-        "cost_info": record.get("cost_info", {}),
+        "gathered_context": gathered,
+        "cost_info": cost_info,
         "annotations": record.get("annotations", {}),
-        "recording_url": media.get("recording_url"),
+        "recording_url": recording_url,
+        "user_recording_url": channel_link(recording_url, "caller"),
+        "bot_recording_url": channel_link(recording_url, "agent"),
         "transcript_url": media.get("transcript_url"),
     }
 
@@ -72,6 +91,11 @@ class AttemptLost(Exception):
     is unknown, so the delivery is due again (at least once)."""
 
 
+class AttemptCrashed(Exception):
+    """The attempt raised (a bug) or its result could not be handed back: recorded as a failed
+    attempt and retried by the schedule (`AttemptMaker.crashed`), never made again at once."""
+
+
 def utc(ts: float) -> datetime:
     """Unix seconds as an aware UTC datetime."""
     return datetime.fromtimestamp(ts, timezone.utc)
@@ -98,8 +122,36 @@ class AttemptMaker:
         self.subscriptions.pop(name, None)
 
     async def make(self, delivery: Delivery) -> DeliveryResult:
-        """Send one attempt of `delivery` and decide the row's next step."""
+        """Send one attempt of `delivery` and decide the row's next step. Always a result: an
+        attempt that raises (a bug) is a failed attempt, retried by the schedule."""
         now = self.clock()
+        try:
+            return await self._make(delivery, now)
+        except Exception as exc:  # noqa: BLE001 - recorded, never retried at once
+            log.exception("delivery %s: the attempt crashed", delivery.id)
+            return self.crashed(delivery, f"the attempt crashed ({type(exc).__name__}; see the log)", now)
+
+    def crashed(self, delivery: Delivery, reason: str, now: float) -> DeliveryResult:
+        """A failed attempt for one that raised, or whose result was lost on the way back (sent
+        or not: at least once): recorded with `reason`, and due again by the retry schedule
+        (dead after it), so that a bug can neither lose a delivery nor resend it in a loop. It
+        says nothing about the endpoint (its health is untouched)."""
+        attempt = AttemptRecord(attempted_at=utc(now), outcome=Outcome.RETRY.value, error=reason)
+        subscription = self.subscriptions.get(delivery.subscription)
+        if subscription is None:
+            return DeliveryResult("failed", attempt)
+        status, next_at = self._schedule(delivery, subscription, now, status=None, retry_after=None)
+        return DeliveryResult(status, attempt, next_attempt_at=next_at)
+
+    def _schedule(self, delivery: Delivery, subscription: Subscription, now: float, *, status: int | None,
+                  retry_after: float | None) -> tuple[str, datetime | None]:
+        """After a retryable attempt: ("pending", when) by the schedule, or ("dead", None)."""
+        first = delivery.first_attempt_at.timestamp() if delivery.first_attempt_at else now
+        delay = next_delay(subscription.retry, delivery.attempts + 1, first_attempt_at=first, now=now,
+                           status=status, retry_after=retry_after, random=self.rand)
+        return ("dead", None) if delay is None else ("pending", utc(now + delay))
+
+    async def _make(self, delivery: Delivery, now: float) -> DeliveryResult:
         subscription = self.subscriptions.get(delivery.subscription)
         if subscription is None:
             return DeliveryResult("failed", AttemptRecord(utc(now), "fail", error="subscription is no longer configured"))
@@ -118,6 +170,7 @@ class AttemptMaker:
                                      envelope_body=event.envelope_json())
         except RequestBuildError as exc:
             log.warning("delivery %s to %s cannot be built: %s", delivery.id, subscription.name, exc)
+            labelled(UNBUILDABLE, subscription.name).inc()
             return DeliveryResult("failed", AttemptRecord(utc(now), "fail", error=f"request could not be built: {exc}"),
                                   endpoint_ok=None)
         sent = await send_attempt(self.clients, prepared, subscription)
@@ -125,21 +178,19 @@ class AttemptMaker:
 
     def decide(self, delivery: Delivery, subscription: Subscription, sent: AttemptResult, now: float) -> DeliveryResult:
         """The row's next step after `sent`: the retry schedule, response mapping, the log line."""
+        error = sent.error
+        if sent.unparsed and (subscription.response_mapping or subscription.success.expression):
+            error = (f"the answer was not parsed as JSON ({sent.unparsed}): the success expression and"
+                     f" response_mapping had nothing to look at")
         attempt = AttemptRecord(
             attempted_at=utc(now), outcome=sent.outcome.value, status=sent.status, latency_ms=sent.latency_ms,
-            error=sent.error, response=sent.response_text or None, request=sent.request,
+            error=error, response=sent.response_text or None, request=sent.request,
         )
         status, next_at = "failed", None
         if sent.outcome is Outcome.SUCCESS:
             status = "succeeded"
         elif sent.outcome is Outcome.RETRY:
-            first = delivery.first_attempt_at.timestamp() if delivery.first_attempt_at else now
-            delay = next_delay(subscription.retry, delivery.attempts + 1, first_attempt_at=first, now=now,
-                               status=sent.status, retry_after=sent.retry_after, random=self.rand)
-            if delay is None:
-                status = "dead"
-            else:
-                status, next_at = "pending", utc(now + delay)
+            status, next_at = self._schedule(delivery, subscription, now, status=sent.status, retry_after=sent.retry_after)
         mapped = None
         if status != "pending" and (subscription.response_mapping or subscription.store_raw_response):
             mapped = map_response(subscription.name, sent.status, sent.response_json, subscription.response_mapping,

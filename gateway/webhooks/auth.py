@@ -14,8 +14,11 @@
   `headers: {X-Signature: "t={{_auth.timestamp}},v1={{vars.sig}}"}`.
 - `oauth2_client_credentials`: a bearer token from the token endpoint, cached per token URL,
   client id, scope (and client secret, so a rotated secret gets a new token), refreshed 30 s
-  before it expires, with one refresh in flight per key; a 401 from the endpoint invalidates
-  the token and the sender retries once (`OAuth2TokenCache`).
+  before it expires, with one fetch in flight per key that every attempt needing the token
+  shares (each waits for it only within its own deadline, and a fetch ends within the
+  timeout it was started with: a slow token endpoint fails the waiting attempts together,
+  instead of each fetching in turn behind a lock); a 401 from the endpoint invalidates the
+  token and the sender retries once (`OAuth2TokenCache`).
 - `mtls`: a client certificate in the TLS handshake (`ssl_context_for`), one context per
   endpoint (the sender's client cache holds it).
 
@@ -36,6 +39,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 import httpx
 
+from gateway import jsontext
 from gateway.webhooks.subscription import (
     ApiKeyAuth,
     Auth,
@@ -50,6 +54,7 @@ from gateway.webhooks.templates import Renderer, TemplateError
 
 REFRESH_MARGIN = 30.0
 DEFAULT_TOKEN_LIFETIME = 3600.0
+MAX_TOKEN_ANSWER = 64 * 1024  # bytes of a token endpoint's answer read (and parsed) at most
 
 
 class AuthError(Exception):
@@ -205,7 +210,8 @@ class _Token:
 
 
 class OAuth2TokenCache:
-    """Access tokens per grant, refreshed before expiry, one fetch in flight per grant."""
+    """Access tokens per grant, refreshed before expiry, one fetch in flight per grant, shared
+    by everyone waiting for it (see the module)."""
 
     def __init__(
         self,
@@ -216,24 +222,39 @@ class OAuth2TokenCache:
         self._margin = refresh_margin
         self._clock = clock
         self._tokens: dict[TokenKey, _Token] = {}
-        self._locks: dict[TokenKey, asyncio.Lock] = {}
+        self._fetching: dict[TokenKey, asyncio.Future[_Token]] = {}
 
     async def token(
         self, grant: OAuth2Grant, client: httpx.AsyncClient, *, timeout: float = 30.0
     ) -> str:
-        """A valid access token for `grant`, fetched with `client` only when needed."""
+        """A valid access token for `grant`, fetched with `client` only when needed (within
+        `timeout` seconds). Cancelling the wait (the attempt's deadline) leaves the shared
+        fetch running for the others."""
         key = grant.cache_key
         cached = self._tokens.get(key)
         if cached is not None and self._clock() < cached.refresh_at:
             return cached.value
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        async with lock:
-            cached = self._tokens.get(key)
-            if cached is not None and self._clock() < cached.refresh_at:
-                return cached.value
-            fresh = await self._fetch(grant, client, timeout)
-            self._tokens[key] = fresh
-            return fresh.value
+        fetch = self._fetching.get(key)
+        if fetch is None:
+            fetch = asyncio.ensure_future(self._fetch_within(grant, client, timeout))
+            self._fetching[key] = fetch
+            fetch.add_done_callback(lambda done: self._fetched(key, done))
+        return (await asyncio.shield(fetch)).value
+
+    def _fetched(self, key: TokenKey, done: asyncio.Future[_Token]) -> None:
+        if self._fetching.get(key) is done:
+            del self._fetching[key]
+        if done.cancelled():
+            return
+        if done.exception() is None:  # read here too, so that one nobody waited for any more is not reported
+            self._tokens[key] = done.result()
+
+    async def _fetch_within(self, grant: OAuth2Grant, client: httpx.AsyncClient, timeout: float) -> _Token:
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._fetch(grant, client, timeout)
+        except TimeoutError:
+            raise AuthError(f"token endpoint {grant.token_url} sent no token within {timeout:g} s", retryable=True) from None
 
     def invalidate(self, grant: OAuth2Grant, token: str | None = None) -> None:
         """Forget the grant's token (only if it is still `token`, when given: a 401 on an old
@@ -253,26 +274,34 @@ class OAuth2TokenCache:
             form.update(client_id=grant.client_id, client_secret=grant.client_secret)
         started = self._clock()
         try:
-            response = await client.post(
+            async with client.stream(
+                "POST",
                 grant.token_url,
                 data=form,
                 auth=auth,
                 headers={"Accept": "application/json"},
                 timeout=timeout,
-            )
+            ) as response:
+                status = response.status_code
+                body = b""
+                if status == 200:  # read what a token answer can need, no more
+                    async for chunk in response.aiter_bytes():
+                        body += chunk
+                        if len(body) > MAX_TOKEN_ANSWER:
+                            break
         except httpx.HTTPError as error:
             raise AuthError(
                 f"token endpoint {grant.token_url} unreachable: {type(error).__name__}",
                 retryable=True,
             ) from None
-        if response.status_code != 200:
-            retryable = response.status_code in (408, 429) or response.status_code >= 500
+        if status != 200:
+            retryable = status in (408, 429) or status >= 500
             raise AuthError(
-                f"token endpoint {grant.token_url} answered {response.status_code}",
+                f"token endpoint {grant.token_url} answered {status}",
                 retryable=retryable,
             )
         try:
-            payload = response.json()
+            payload = jsontext.loads_bounded(body, max_depth=16, max_bytes=MAX_TOKEN_ANSWER)
             value = payload["access_token"]
             lifetime = float(payload.get("expires_in") or DEFAULT_TOKEN_LIFETIME)
         except (ValueError, KeyError, TypeError, AttributeError):

@@ -22,12 +22,20 @@ subscription to `call.ended` with the same meaning:
 |                              | `retry_delay_seconds` apart (defaults 3 and 5), no jitter    |
 
 Dograh does not sign its webhooks, so imported subscriptions use `signing: none`; success is any
-2xx and the timeout 30 s, as Dograh documents. Unknown keys in a webhook node's data are errors.
+2xx and the timeout 30 s, as Dograh documents. Like Dograh, every delivered JSON-object payload
+carries a top-level `call_disposition`, taken from `gathered_context.call_disposition` when the
+template does not set one (`payload_defaults`).
+
+What Dograh exports today is imported as it is: nodes of other types are skipped whatever their
+keys; Dograh's bookkeeping keys (`is_start`, `is_end`, on every node's data) are ignored; any
+other key the importer does not know in a webhook node's data is logged as a warning naming it
+(a newer Dograh may add fields) and otherwise ignored. A known key with a wrong value is an error.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -54,6 +62,9 @@ NODE_KEYS = frozenset(
         "retry_config",
     }
 )
+BOOKKEEPING_KEYS = frozenset({"is_start", "is_end"})
+"""Keys Dograh writes in every node's data (`BaseNodeData`) that mean nothing to a webhook."""
+PAYLOAD_DEFAULTS = {"call_disposition": "{{gathered_context.call_disposition | default('')}}"}
 RETRY_KEYS = frozenset({"enabled", "max_retries", "retry_delay_seconds"})
 DEFAULT_MAX_RETRIES = 3
 DEFAULT_RETRY_DELAY = 5.0
@@ -67,6 +78,9 @@ _DATA_KEYS = {
     "auth": "credential",
     "retry": "data.retry_config",
 }
+
+
+log = logging.getLogger("gateway.config")
 
 
 def _slug(text: str) -> str:
@@ -172,9 +186,10 @@ def load_dograh_workflow(
             continue
         where = f"nodes[{index}] ({node.get('id', 'no id')})"
         data = node.get("data") or {}
-        unknown = sorted(set(data) - NODE_KEYS)
+        unknown = sorted(set(data) - NODE_KEYS - BOOKKEEPING_KEYS)
         if unknown:
-            raise SubscriptionConfigError(f"{where}.data.{unknown[0]}: unknown key")
+            log.warning("Dograh workflow %s.data: ignored key%s %s (not a webhook setting this gateway knows)",
+                        where, "s" if len(unknown) > 1 else "", ", ".join(repr(key) for key in unknown))
         base = _slug(str(data.get("name") or "")) or _slug(str(node.get("id") or "")) or "webhook"
         name, counter = base, 1
         while name in used:
@@ -200,6 +215,7 @@ def load_dograh_workflow(
             "url": data.get("endpoint_url") or "",
             "headers": _headers(data.get("custom_headers"), f"{where}.data"),
             "payload_template": data.get("payload_template") or {},
+            "payload_defaults": PAYLOAD_DEFAULTS,
             "auth": auth,
             "signing": {"scheme": "none"},
             "retry": _retry(data.get("retry_config"), f"{where}.data"),

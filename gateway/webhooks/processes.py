@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from gateway.heap import settle_heap
 from gateway.ipc import ChildProcess, FrameChannel
-from gateway.webhooks.attempts import AttemptLost
+from gateway.webhooks.attempts import AttemptCrashed, AttemptLost
 
 if TYPE_CHECKING:  # the child imports the heavy modules itself, after setting up its logging
     from gateway.config import GatewayConfig
@@ -127,11 +127,18 @@ async def _serve_attempts(config: "GatewayConfig", conn: Connection, index: int)
     async def make(token: int, delivery: "Delivery") -> None:
         try:
             result: Any = await attempts.make(delivery)
-        except Exception as exc:  # noqa: BLE001 - a bug must not end the process; the parent retries the row
+        except Exception as exc:  # noqa: BLE001 - a bug must not end the process; the parent records a failed attempt
             log.exception("delivery %s crashed in delivery process %d", delivery.id, index)
-            result = AttemptLost(f"the attempt crashed in delivery process {index}: {type(exc).__name__}")
+            result = AttemptCrashed(f"the attempt crashed in delivery process {index} ({type(exc).__name__}; see the log)")
         if channel is not None:
             channel.send((token, result))
+
+    def unsendable(item: tuple[int, Any], exc: BaseException) -> tuple[int, Any]:
+        """A result that cannot be pickled goes back as a crash: recorded by the parent as a
+        failed attempt, retried by the schedule (not made again at once, and again, forever)."""
+        log.error("delivery process %d: an attempt's result could not be sent back: %s", index, type(exc).__name__)
+        return item[0], AttemptCrashed(f"the attempt's result could not be sent back from delivery process {index}"
+                                       f" ({type(exc).__name__})")
 
     def take(items: list[tuple[int, "Delivery"]]) -> None:
         for token, delivery in items:
@@ -144,7 +151,7 @@ async def _serve_attempts(config: "GatewayConfig", conn: Connection, index: int)
     except StoreError as exc:
         log.error("delivery process %d cannot start: %s", index, exc)
         raise SystemExit(1) from None
-    channel = FrameChannel(loop, conn.fileno(), take, closed.set)
+    channel = FrameChannel(loop, conn.fileno(), take, closed.set, unsendable=unsendable)
     settle_heap()
     log.info("delivery process %d ready (pid %d): %d subscriptions", index, os.getpid(), len(config.webhooks))
     await closed.wait()  # the parent closed the pipe, or died

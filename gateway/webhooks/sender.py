@@ -16,15 +16,22 @@ envelope, which is the delivery's event (the API shows it with the delivery).
 The template context gets `event` (the envelope) unless the caller already set it.
 
 `send_attempt` sends through the endpoint's guarded connection pool (`clients.Http1Pool`),
-without following redirects, within the subscription's timeout, reads at most `MAX_BODY_BYTES`
-of the answer and classifies it. For OAuth2 it gets the token first (through the endpoint's
-guarded httpx client) and, after a 401, invalidates it and sends once more; `latency_ms` covers
-the whole attempt, token fetch included.
+without following redirects, reads at most `MAX_BODY_BYTES` of the answer and classifies it.
+For OAuth2 it gets the token first (through the endpoint's guarded httpx client) and, after a
+401, invalidates it and sends once more. The whole attempt, token fetch, waiting for another
+attempt's fetch and the resend included, ends within the subscription's timeout (an attempt
+must end inside its lease); `latency_ms` covers all of it.
+
+Whatever the endpoint answers is data: the body is parsed as JSON only within bounds
+(`MAX_BODY_BYTES`, `MAX_JSON_DEPTH` levels); a body that is not (or not readable) JSON leaves the
+success rule and response mapping nothing to look at, and the attempt's record says so when
+either wanted it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -42,6 +49,7 @@ from gateway.webhooks.auth import (
     client_certificate,
     oauth2_grant,
 )
+from gateway.webhooks import ecmascript_json
 from gateway.webhooks.clients import Answer, EndpointClients, Http1Pool
 from gateway.webhooks.policy import (
     Outcome,
@@ -52,6 +60,7 @@ from gateway.webhooks.policy import (
 from gateway.webhooks.signing import DEFAULT_HEX_HEADER, signature_headers
 from gateway.webhooks.ssrf import DestinationRefused
 from gateway.webhooks.subscription import (
+    DialgenSigning,
     HeaderAuth,
     HexSigning,
     MtlsAuth,
@@ -59,10 +68,12 @@ from gateway.webhooks.subscription import (
     StandardSigning,
     Subscription,
 )
-from gateway.webhooks.templates import Redactor, Renderer, TemplateError
+from gateway.redact import Redactor, basic_forms, credential_forms, is_credential_header, redact_url, url_secrets
+from gateway.webhooks.templates import Renderer, TemplateError
 
 RESPONSE_TEXT_LIMIT = 2048
 MAX_BODY_BYTES = 256 * 1024
+MAX_JSON_DEPTH = 64  # deeper answers are not parsed (and could not be stored: orjson writes 255 levels at most)
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
@@ -97,7 +108,7 @@ class PreparedRequest:
         shown = self.headers if headers is None else headers
         return {
             "method": self.method,
-            "url": redactor.text(self.url),
+            "url": redact_url(redactor.text(self.url)),
             "headers": {name: redactor.text(value) for name, value in shown.items()},
             "body": redactor.text(self.body.decode("utf-8", "replace")) if body else None,
         }
@@ -118,6 +129,7 @@ class AttemptResult:
     error: str | None
     retry_after: float | None
     request: dict[str, Any]
+    unparsed: str | None = None  # why a non-empty answer was not read as JSON (too deep, too long, not JSON)
 
     @property
     def success(self) -> bool:
@@ -125,11 +137,25 @@ class AttemptResult:
         return self.outcome is Outcome.SUCCESS
 
 
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f]")  # RFC 9110 5.5: a field value has no control character but HTAB
+
+
+def header_value_problem(value: str) -> str | None:
+    """Why `value` cannot be sent as a header value (a line break would end the header and
+    start another: a smuggled header), or None."""
+    found = _CONTROL.search(value)
+    if found is None:
+        return None
+    return (f"the value has a control character (U+{ord(found.group()):04X} at {found.start()}), e.g. a line break"
+            " in call data it was rendered from; it was not sent")
+
+
 def _set_header(headers: dict[str, str], name: str, value: str) -> None:
     for existing in [key for key in headers if key.lower() == name.lower()]:
         del headers[existing]
-    if any(char in value for char in "\r\n\0"):
-        raise RequestBuildError(f"header {name}: value contains a line break or NUL")
+    problem = header_value_problem(value)
+    if problem is not None:
+        raise RequestBuildError(f"header {name}: {problem}")
     headers[name] = value
 
 
@@ -164,6 +190,16 @@ def _signing_secrets(subscription: Subscription, renderer: Renderer) -> list[str
     return []
 
 
+def _payload(subscription: Subscription, renderer: Renderer) -> Any:
+    """The rendered `payload_template`, with `payload_defaults` filling keys it left unset."""
+    value = renderer.value(subscription.payload_template, "payload_template")
+    if isinstance(value, dict):
+        for key, template in subscription.payload_defaults.items():
+            if key not in value:
+                value[key] = renderer.value(template, f"payload_defaults.{key}")
+    return value
+
+
 def build_request(
     subscription: Subscription,
     event_envelope: Mapping[str, Any] | None,
@@ -188,24 +224,34 @@ def build_request(
     try:
         url = renderer.url(subscription.url, "url")
         _check_url(url)
+        # Dialgen's receivers sign `JSON.stringify(req.body)`: write what that gives back.
+        as_js = isinstance(subscription.signing, DialgenSigning)
+        encode = ecmascript_json.dumps if as_js else _json_bytes
         if subscription.payload_template is not None:
-            body = _json_bytes(renderer.value(subscription.payload_template, "payload_template"))
-        elif subscription.method in BODY_METHODS:
-            body = envelope_body if envelope_body is not None else _json_bytes(dict(event_envelope or {}))
-        else:
+            body = encode(_payload(subscription, renderer))
+        elif subscription.method not in BODY_METHODS:
             body = b""
+        elif envelope_body is not None:
+            body = ecmascript_json.dumps(jsontext.loads(envelope_body)) if as_js else envelope_body
+        else:
+            body = encode(dict(event_envelope or {}))
         headers: dict[str, str] = {}
         if body:
             headers["Content-Type"] = "application/json"
+        sensitive: set[str] = set(url_secrets(url))  # a literal user:pass@ or ?token= in the URL
         for name, template in subscription.headers.items():
-            _set_header(headers, name, renderer.text(template, f"headers.{name}"))
-        sensitive: set[str] = set()
+            value = renderer.text(template, f"headers.{name}")
+            _set_header(headers, name, value)
+            if is_credential_header(name):
+                sensitive.update(credential_forms(value))
         for name, value in auth_headers(
             subscription.auth, renderer, method=subscription.method, url=url, body=body, now=now
         ).items():
             _set_header(headers, name, value)
             if not isinstance(subscription.auth, HeaderAuth):
-                sensitive.add(value)  # the whole credential, literal or encoded (Basic)
+                # The whole credential, literal or encoded, and each form an endpoint may echo
+                # it in: the bearer token alone, Basic's base64, `user:pass` and the password.
+                sensitive.update(credential_forms(value))
         keys = _signing_secrets(subscription, renderer)
         sensitive.update(keys)
         try:
@@ -224,7 +270,7 @@ def build_request(
         grant = certificate = None
         if isinstance(subscription.auth, OAuth2ClientCredentialsAuth):
             grant = oauth2_grant(subscription.auth, renderer)
-            sensitive.add(grant.client_secret)
+            sensitive.update([*basic_forms(grant.client_id, grant.client_secret), *url_secrets(grant.token_url)])
         elif isinstance(subscription.auth, MtlsAuth):
             certificate = client_certificate(subscription.auth, renderer)
             if certificate.password:
@@ -245,20 +291,14 @@ def build_request(
     )
 
 
-async def _exchange(
-    pool: Http1Pool, prepared: PreparedRequest, headers: Mapping[str, str], timeout: float
-) -> Answer:
-    async with asyncio.timeout(timeout):
-        return await pool.request(prepared.method, prepared.url, headers, prepared.body, max_body=MAX_BODY_BYTES)
-
-
-def _parse_json(body: bytes) -> Any:
+def _parse_json(body: bytes) -> tuple[Any, str | None]:
+    """The answer's JSON, or None and why not (None for an empty body: nothing to say)."""
     if not body.strip():
-        return None
+        return None, None
     try:
-        return jsontext.loads(body)
-    except ValueError:
-        return None
+        return jsontext.loads_bounded(body, max_depth=MAX_JSON_DEPTH, max_bytes=MAX_BODY_BYTES), None
+    except ValueError as error:
+        return None, str(error)
 
 
 def _error_kind(error: BaseException) -> str:
@@ -282,13 +322,14 @@ async def _exchange_with_token(
     tokens: list[str],
 ) -> Answer:
     """One exchange, first setting a (cached) OAuth2 bearer token when the grant needs one
-    (the token request goes through the endpoint's guarded httpx client)."""
+    (the token request goes through the endpoint's guarded httpx client). The caller bounds
+    it in time."""
     if prepared.oauth2 is not None:
         client = clients.client_for(subscription, prepared.certificate)
         token = await clients.tokens.token(prepared.oauth2, client, timeout=subscription.timeout)
         tokens.append(token)
         headers["Authorization"] = f"Bearer {token}"
-    return await _exchange(pool, prepared, headers, subscription.timeout)
+    return await pool.request(prepared.method, prepared.url, headers, prepared.body, max_body=MAX_BODY_BYTES)
 
 
 async def send_attempt(
@@ -301,16 +342,17 @@ async def send_attempt(
     answer: Answer | None = None
     failure: BaseException | None = None
     try:
-        pool = clients.pool_for(subscription, prepared.certificate)
-        answer = await _exchange_with_token(
-            clients, pool, prepared, subscription, headers, tokens
-        )
-        if answer.status == 401 and prepared.oauth2 is not None:
-            clients.tokens.invalidate(prepared.oauth2, tokens[-1])
-            answer = None
+        async with asyncio.timeout(subscription.timeout):  # the whole attempt, token fetches included
+            pool = clients.pool_for(subscription, prepared.certificate)
             answer = await _exchange_with_token(
                 clients, pool, prepared, subscription, headers, tokens
             )
+            if answer.status == 401 and prepared.oauth2 is not None:
+                clients.tokens.invalidate(prepared.oauth2, tokens[-1])
+                answer = None
+                answer = await _exchange_with_token(
+                    clients, pool, prepared, subscription, headers, tokens
+                )
     except (DestinationRefused, AuthError, httpx.HTTPError, TimeoutError, OSError) as error:
         failure = error
     latency_ms = round((time.perf_counter() - started) * 1000, 3)
@@ -332,7 +374,7 @@ async def send_attempt(
             request=request_view,
         )
     text = redactor.text(answer.body.decode("utf-8", "replace"))[:RESPONSE_TEXT_LIMIT]
-    body_json = _parse_json(answer.body)
+    body_json, unparsed = _parse_json(answer.body)
     return AttemptResult(
         outcome=classify_response(answer.status, body_json, subscription.success),
         status=answer.status,
@@ -342,4 +384,5 @@ async def send_attempt(
         error=None,
         retry_after=parse_retry_after(answer.headers.get("retry-after"), time.time()),
         request=request_view,
+        unparsed=unparsed,
     )

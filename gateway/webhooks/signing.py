@@ -8,6 +8,10 @@ idempotency key) and `webhook-timestamp` (Unix seconds of this attempt). Then, b
   by listing the new one next to the old one until every receiver has it.
 - `hmac_sha256_hex`: a header (default `X-Webhook-Signature`) with the hex HMAC-SHA256 of the raw
   body, for receivers built around that simpler scheme.
+- `dialgen`: the `standard` headers, and `x-dialgen-signature` with the hex HMAC-SHA256 of the raw
+  body keyed with the first secret's text exactly as the user holds it (`whsec_...` included), as
+  Dialgen's receivers check it. The body is written as `JSON.stringify` writes it back
+  (`ecmascript_json`), so a receiver that signs `JSON.stringify(req.body)` gets the same bytes.
 - `none`: no signature header.
 
 Pure: no clock, no I/O; the caller passes the timestamp and resolved secrets.
@@ -24,6 +28,7 @@ SECRET_PREFIX = "whsec_"
 MIN_KEY_BYTES = 24
 MAX_KEY_BYTES = 64
 DEFAULT_HEX_HEADER = "X-Webhook-Signature"
+DIALGEN_HEADER = "x-dialgen-signature"
 
 
 def decode_signing_secret(secret: str) -> bytes:
@@ -67,16 +72,19 @@ def signature_headers(
 ) -> dict[str, str]:
     """The id, timestamp and signature headers for one attempt under `scheme`.
 
-    `standard` signs with every secret in `secrets` (rotation); `hmac_sha256_hex` uses the first.
+    `standard` signs with every secret in `secrets` (rotation); `hmac_sha256_hex` uses the first;
+    `dialgen` is `standard` plus Dialgen's hex header with the first.
     """
     if "." in message_id or not message_id:
         raise ValueError("a webhook id is non-empty and may not contain '.'")
     headers = {"webhook-id": message_id, "webhook-timestamp": str(int(timestamp))}
-    if scheme == "standard":
+    if scheme in ("standard", "dialgen"):
         if secrets:
             headers["webhook-signature"] = " ".join(
                 standard_signature(secret, message_id, timestamp, body) for secret in secrets
             )
+            if scheme == "dialgen":
+                headers[DIALGEN_HEADER] = hmac_sha256_hex(secrets[0], body)
     elif scheme == "hmac_sha256_hex":
         if not secrets:
             raise ValueError("hmac_sha256_hex signing needs a secret")

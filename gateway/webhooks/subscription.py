@@ -243,6 +243,14 @@ class StandardSigning(_Model):
         return value
 
 
+class DialgenSigning(StandardSigning):
+    """Standard Webhooks signatures plus Dialgen's `x-dialgen-signature` (hex HMAC-SHA256 of the
+    body, keyed with the first secret's text as written); the body is written as JavaScript's
+    `JSON.stringify` gives it back, which is what Dialgen's receivers sign."""
+
+    scheme: Literal["dialgen"] = "dialgen"  # type: ignore[assignment]
+
+
 class HexSigning(_Model):
     """Hex HMAC-SHA256 of the raw body in one header."""
 
@@ -267,12 +275,13 @@ class NoSigning(_Model):
 
 Signing = Annotated[
     Annotated[StandardSigning, Tag("standard")]
+    | Annotated[DialgenSigning, Tag("dialgen")]
     | Annotated[HexSigning, Tag("hmac_sha256_hex")]
     | Annotated[NoSigning, Tag("none")],
     Discriminator(
         _signing_scheme,
         custom_error_type="signing_scheme",
-        custom_error_message="unknown signing scheme; use standard, hmac_sha256_hex or none",
+        custom_error_message="unknown signing scheme; use standard, dialgen, hmac_sha256_hex or none",
     ),
 ]
 
@@ -351,6 +360,9 @@ class Subscription(_Model):
     url: str
     headers: dict[HeaderName, Template] = Field(default_factory=dict)
     payload_template: Any = None
+    payload_defaults: dict[str, Any] = Field(default_factory=dict)
+    """Keys added to a JSON-object body the template rendered, where the template did not set
+    them; rendered like the template (Dograh's top-level `call_disposition`)."""
     auth: Auth = Field(default_factory=NoAuth)
     signing: Signing = Field(default_factory=StandardSigning)
     timeout: float = Field(default=30.0, gt=0, le=300)
@@ -380,7 +392,7 @@ class Subscription(_Model):
             raise ValueError("url must start with http:// or https://")
         return _template(value, "")
 
-    @field_validator("payload_template")
+    @field_validator("payload_template", "payload_defaults")
     @classmethod
     def _check_payload(cls, value: Any) -> Any:
         return _template(value, "")

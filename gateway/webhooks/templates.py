@@ -5,9 +5,10 @@ Syntax, inside any string of a subscription's `url`, `headers`, `payload_templat
 - `{{path}}`: a dotted path into the template context, e.g. `{{initial_context.tenant}}`,
   `{{call.duration}}`, `{{gathered_context.items.0.sku}}` (a number indexes a list).
   Roots: `workflow_run_id`, `workflow_run_name`, `workflow_id`, `workflow_name`, `user_id`,
-  `event` (the event envelope: `type`, `timestamp`, `data`), `call`, `initial_context`,
-  `gathered_context`, `cost_info`, `annotations`, `recording_url`, `transcript_url`, and
-  `secret.NAME` (from the secrets mapping, never from the context).
+  `campaign_id`, `call_time`, `event` (the event envelope: `type`, `timestamp`, `data`), `call`,
+  `initial_context`, `gathered_context`, `cost_info`, `annotations`, `recording_url`,
+  `user_recording_url`, `bot_recording_url`, `transcript_url`, and `secret.NAME` (from the
+  secrets mapping, never from the context).
 - `{{path | default}}`: the default when the path is missing or null. The default is a literal:
   a quoted string (`"n/a"` or `'n/a'`), a number, `true`/`false`/`null`, or bare text; the
   Jinja spelling `{{path | default('n/a')}}` (as in Dograh templates) means the same.
@@ -29,11 +30,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote
+
+from gateway.redact import Redactor  # noqa: F401 - re-exported: the renderer's callers redact with it
 
 CONTEXT_ROOTS: frozenset[str] = frozenset(
     {
@@ -42,6 +45,8 @@ CONTEXT_ROOTS: frozenset[str] = frozenset(
         "workflow_id",
         "workflow_name",
         "user_id",
+        "campaign_id",
+        "call_time",
         "event",
         "call",
         "initial_context",
@@ -49,6 +54,8 @@ CONTEXT_ROOTS: frozenset[str] = frozenset(
         "cost_info",
         "annotations",
         "recording_url",
+        "user_recording_url",
+        "bot_recording_url",
         "transcript_url",
         "secret",
     }
@@ -417,39 +424,3 @@ class Renderer:
             else _encode_url_part(as_text(self._resolve(part, location)))
             for part in self._parts(template, location)
         )
-
-
-class Redactor:
-    """Replaces every known secret value (and its URL- and JSON-escaped forms) with `[redacted]`."""
-
-    MARK = "[redacted]"
-
-    def __init__(self, secrets: Iterable[str] = ()) -> None:
-        variants: set[str] = set()
-        for secret in secrets:
-            if not secret:
-                continue
-            variants.update(
-                {secret, quote(secret, safe=""), quote_plus(secret), json.dumps(secret)[1:-1]}
-            )
-        ordered = sorted((v for v in variants if v), key=len, reverse=True)
-        self._pattern = re.compile("|".join(map(re.escape, ordered))) if ordered else None
-
-    def __bool__(self) -> bool:
-        return self._pattern is not None
-
-    def text(self, text: str) -> str:
-        """`text` with every secret replaced."""
-        if self._pattern is None or not text:
-            return text
-        return self._pattern.sub(self.MARK, text)
-
-    def value(self, value: Any) -> Any:
-        """A JSON-like value with secrets replaced in every string (keys included)."""
-        if isinstance(value, str):
-            return self.text(value)
-        if isinstance(value, Mapping):
-            return {self.text(str(k)): self.value(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [self.value(v) for v in value]
-        return value

@@ -8,8 +8,12 @@ had none of their subscription) it claims from the outbox, when told there are s
 poll. Finished attempts are recorded in batches: one store transaction for all those that
 finished while the previous one was being written.
 
-At-least-once: a row is leased for longer than an attempt can take; a lease that expires
-(the process died mid-attempt) makes the row due again, with the same `webhook-id`. Per call
+At-least-once: a row is leased for longer than an attempt can take (`gateway.webhooks.deadlines`:
+an attempt that has not ended by its deadline is recorded as failed, without waiting longer);
+a lease that expires (the process died mid-attempt) makes the row due again, with the same
+`webhook-id`. A finish counts only under the lease its row was sent under: one that comes back
+after losing it changes nothing (counted in `gateway_delivery_late_finishes_total`). An attempt
+that raises (a bug) is recorded as a failed attempt and retried by the schedule. Per call
 and subscription, an ordered subscription's rows go one at a time, in event order. Each
 subscription has its own concurrency limit, and a subscription that keeps failing is disabled
 (its rows wait, nothing is dropped) until an operator enables it again.
@@ -28,11 +32,19 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping, Sequence
 
 from gateway.logs import RUN_ID
-from gateway.metrics import ATTEMPT_LATENCY, DELIVERIES, labelled
+from gateway.metrics import ATTEMPT_LATENCY, DELIVERIES, LATE_FINISHES, labelled
 from gateway.store.base import Delivery, DeliveryResult, DirectDispatch, EndpointHealth, Store, StoreError
 from gateway.tasks import finish_tasks
-from gateway.webhooks.attempts import AttemptLost, AttemptMaker, delivery_context, utc, uses_template_context
+from gateway.webhooks.attempts import (
+    AttemptCrashed,
+    AttemptLost,
+    AttemptMaker,
+    delivery_context,
+    utc,
+    uses_template_context,
+)
 from gateway.webhooks.clients import EndpointClients
+from gateway.webhooks.deadlines import attempt_deadline, default_lease
 from gateway.webhooks.policy import Outcome
 from gateway.webhooks.subscription import Subscription
 
@@ -112,19 +124,20 @@ class DeliveryWorker:
         self.remote: RemoteAttempts | None = None  # attempts made in the delivery processes
         self.remote_subscriptions: frozenset[str] = frozenset()
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
-        self.lease_seconds = self.settings.lease_seconds or (max((s.timeout for s in subscriptions), default=30) + 30)
+        self.lease_seconds = self.settings.lease_seconds or default_lease(s.timeout for s in subscriptions)
         self.disabled: set[str] = set()
         self.inflight: dict[str, int] = {}  # taken (leased or claimed), not yet answered
         self._slots: dict[str, asyncio.Semaphore] = {}
         self._room: dict[str, int] = {}  # rows at hand per subscription: in flight + waiting for a slot
         self.stale_skipped = 0
+        self.late_finishes = 0  # attempts whose finish came back after the lease was lost
         for subscription in subscriptions:
             self.add_subscription(subscription)
         self._wake = asyncio.Event()
         self._backlog = True  # rows may wait in the outbox for a claim (unknown at start)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop_task: asyncio.Task[Any] | None = None
-        self._finished: list[tuple[Delivery, DeliveryResult, asyncio.Future[EndpointHealth]]] = []
+        self._finished: list[tuple[Delivery, DeliveryResult, asyncio.Future[EndpointHealth | None]]] = []
         self._recorder: asyncio.Task[None] | None = None
         self._stopping = False
         self.delivered = 0
@@ -276,10 +289,7 @@ class DeliveryWorker:
                         can_wait = self._can_wait(subscription)
                         stale = bool(can_wait) and self.clock() - claimed_at > can_wait
                         if not stale:
-                            if self.remote is not None and delivery.subscription in self.remote_subscriptions:
-                                result = await self.remote(delivery)
-                            else:
-                                result = await self.attempts.make(delivery)
+                            result = await self._attempt(delivery, subscription)
                 if not stale:
                     labelled(DELIVERIES, delivery.subscription, result.status).inc()
                     if result.attempt.latency_ms is not None:
@@ -299,6 +309,12 @@ class DeliveryWorker:
                 self.wake()
                 return
             health = await self._record(delivery, result)
+            if health is None:  # its lease was lost meanwhile: someone else has the row
+                self.late_finishes += 1
+                labelled(LATE_FINISHES, delivery.subscription).inc()
+                log.warning("delivery %s: attempt finished (%s) after its lease was lost; recorded as history, the"
+                            " delivery unchanged", delivery.id, result.status)
+                return
             if result.status == "succeeded":
                 self.delivered += 1
             if result.endpoint_ok is False:
@@ -314,16 +330,39 @@ class DeliveryWorker:
             self.wake()
         except StoreError as exc:
             log.error("recording delivery %s failed: %s (the lease will expire and it is retried)", delivery.id, exc)
-        except Exception:  # a bug must not kill the worker; the lease expiry retries the row
+        except Exception:  # a bug after the attempt was recorded (or while recording): the lease expiry retries the row
             log.exception("delivery %s crashed", delivery.id)
         finally:
             if not released:
                 self._release(delivery.subscription)
 
-    def _record(self, delivery: Delivery, result: DeliveryResult) -> asyncio.Future[EndpointHealth]:
+    async def _attempt(self, delivery: Delivery, subscription: Subscription) -> DeliveryResult:
+        """One attempt, here or in a delivery process, within its deadline. Always a result,
+        except `AttemptLost` (its process died: due again at once): an attempt that raises, or
+        has no result by its deadline, is a failed attempt retried by the schedule."""
+        started = self.clock()
+        deadline = attempt_deadline(subscription.timeout)
+        try:
+            async with asyncio.timeout(deadline):
+                if self.remote is not None and delivery.subscription in self.remote_subscriptions:
+                    return await self.remote(delivery)
+                return await self.attempts.make(delivery)
+        except AttemptLost:
+            raise
+        except AttemptCrashed as exc:
+            reason = str(exc)
+        except TimeoutError:
+            reason = f"no result within {deadline:g} s (the attempt's deadline)"
+        except Exception as exc:  # noqa: BLE001 - a bug: recorded, never retried at once
+            log.exception("delivery %s: the attempt crashed", delivery.id)
+            reason = f"the attempt crashed ({type(exc).__name__}; see the log)"
+        log.warning("delivery %s: %s; recorded as a failed attempt", delivery.id, reason)
+        return self.attempts.crashed(delivery, reason, started)
+
+    def _record(self, delivery: Delivery, result: DeliveryResult) -> asyncio.Future[EndpointHealth | None]:
         """Queue the attempt for the next batch `finish_deliveries` writes; the future gives
-        the endpoint's health once it is stored."""
-        future: asyncio.Future[EndpointHealth] = asyncio.get_running_loop().create_future()
+        the endpoint's health once it is stored (None: the row's lease was lost meanwhile)."""
+        future: asyncio.Future[EndpointHealth | None] = asyncio.get_running_loop().create_future()
         self._finished.append((delivery, result, future))
         if self._recorder is None:
             self._recorder = asyncio.ensure_future(self._write_finished())
@@ -331,20 +370,22 @@ class DeliveryWorker:
 
     async def _write_finished(self) -> None:
         """Write queued attempts, a batch at a time, until none are left. A batch the store
-        refuses is written again one by one, so that one bad row fails alone."""
+        refuses is written again one by one, so that one bad row fails alone (a batch that was
+        written after all, its answer lost, is not written twice: the store records each
+        attempt once). Every caller is answered, whatever goes wrong."""
         try:
             while self._finished:
                 batch, self._finished = self._finished, []
                 try:
                     healths = await self.store.finish_deliveries(self.owner, [(d, r) for d, r, _ in batch])
-                except StoreError as exc:
+                except Exception as exc:  # noqa: BLE001 - each caller gets its own answer
                     if len(batch) == 1:
                         _settle(batch[0][2], exc)
                         continue
                     for delivery, result, future in batch:
                         try:
                             _settle(future, await self.store.finish_delivery(delivery, self.owner, result))
-                        except StoreError as one:
+                        except Exception as one:  # noqa: BLE001 - handed to the caller
                             _settle(future, one)
                     continue
                 for (_, _, future), health in zip(batch, healths):

@@ -186,7 +186,7 @@ async def test_bad_requests_name_the_problem(gateway, fakes):
     no_from = await asyncio.to_thread(place, server, **{"from": None})
     assert no_from.status_code == 400 and "from: required" in no_from.json()["detail"]
     not_json = await asyncio.to_thread(api, server, "POST", "/api/v1/calls", content=b"to=1")
-    assert not_json.status_code == 400 and "not valid JSON" in not_json.json()["detail"]
+    assert not_json.status_code == 400 and "invalid JSON" in not_json.json()["detail"]
     unauthenticated = await asyncio.to_thread(httpx.post, server.url + "/api/v1/calls", json={})
     assert unauthenticated.status_code == 401
     assert twilio.of("create") == []
@@ -238,7 +238,8 @@ async def test_vonage_inline_ncco_connects_straight_to_the_media_socket(gateway,
     assert connect_action["eventUrl"] == [f"{server.url}/api/v1/telephony/status-callback/{run_id}"]
     headers = endpoint["headers"]
     assert headers["workflow_run_id"] == run_id
-    assert check_stream_token(b"test-secret-key", run_id, headers["stream_token"], now=time.time()) is None
+    assert check_stream_token(b"test-secret-key", run_id, headers["stream_token"], now=time.time(),
+                              workflow_id="wf-1", user_id="user-1") is None
 
 
 # -- hanging up --------------------------------------------------------------------------------

@@ -59,7 +59,7 @@ def test_signed_answer_gives_a_bidirectional_stream_and_creates_the_call(server)
     assert attrib["bidirectional"] == "true" and attrib["keepCallAlive"] == "true"
     assert attrib["contentType"] == "audio/x-mulaw;rate=8000"
     token = decode_token(attrib["extraHeaders"].split("streamtoken=", 1)[1])
-    assert check_stream_token(server.app.state.gateway.secret_key, RUN, token, now=time.time()) is None
+    assert check_stream_token(server.app.state.gateway.secret_key, RUN, token, now=time.time(), workflow_id="wf-p", user_id="user-p") is None
     call = admin(server, f"/api/v1/calls/{RUN}").json()
     assert call["provider"] == "plivo" and call["provider_call_id"] == UUID and call["state"] == "answered"
 

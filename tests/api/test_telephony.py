@@ -52,8 +52,9 @@ def test_twilio_initial_webhook_answers_twiml_and_creates_call(gateway_server):
     assert url == f"ws://127.0.0.1:{server.port}/api/v1/telephony/ws/wf-1/user-1/run-1"
     assert params["workflow_id"] == "wf-1" and params["user_id"] == "user-1" and params["workflow_run_id"] == "run-1"
     key = server.app.state.gateway.secret_key
-    assert check_stream_token(key, "run-1", params["stream_token"], now=__import__("time").time()) is None
-    assert check_stream_token(key, "run-2", params["stream_token"], now=__import__("time").time()) is not None
+    ids = {"workflow_id": "wf-1", "user_id": "user-1", "now": __import__("time").time()}
+    assert check_stream_token(key, "run-1", params["stream_token"], **ids) is None
+    assert check_stream_token(key, "run-2", params["stream_token"], **ids) is not None
     call = admin_get(server, "/api/v1/calls/run-1").json()
     assert call["state"] == "ringing" and call["provider"] == "twilio" and call["workflow_id"] == "wf-1"
     assert call["from"] == "+15551230000" and call["provider_call_id"] == "CA" + "a" * 32
@@ -400,3 +401,21 @@ def gateway_server_shared(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("shared")
     with ServerThread(create_app(parse_config(base_config(tmp), env={}))) as server:
         yield server
+
+
+def test_a_replayed_vonage_request_is_refused_by_another_instance_and_after_a_restart(gateway_server, store_config):
+    """The `jti`s seen are kept in the store: neither a second instance nor a restart accepts a replay."""
+    data = {"uuid": "aaaaaaaa-bbbb-cccc-dddd-000000000009", "status": "ringing"}
+    body = json.dumps(data).encode()
+    headers = {"Content-Type": "application/json", "Authorization": "Bearer " + vonage_jwt(body)}
+    path = "/api/v1/telephony/status-callback/run-r"
+    first = gateway_server(**store_config)
+    assert httpx.post(first.url + path, content=body, headers=headers).status_code == 204
+    second = gateway_server(**store_config)  # another instance on the same store
+    refused = httpx.post(second.url + path, content=body, headers=headers)
+    assert refused.status_code == 403 and refused.json()["detail"] == "vonage signature check failed: replayed token"
+    first.__exit__(None, None, None)
+    restarted = gateway_server(**store_config)
+    assert httpx.post(restarted.url + path, content=body, headers=headers).status_code == 403
+    timeline = admin_get(restarted, "/api/v1/calls/run-r").json()["timeline"]
+    assert len(timeline) == 1  # nothing of the replays was stored

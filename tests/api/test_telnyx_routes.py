@@ -56,7 +56,8 @@ def test_signed_answer_gives_a_texml_stream_and_creates_the_call(server):
     assert response.headers["content-type"].startswith("text/xml")
     url, parameters = stream_of(response.text)
     assert url == f"ws://127.0.0.1:{server.port}/api/v1/telephony/ws/wf-t/user-t/{RUN}"
-    assert check_stream_token(server.app.state.gateway.secret_key, RUN, parameters["stream_token"], now=time.time()) is None
+    assert check_stream_token(server.app.state.gateway.secret_key, RUN, parameters["stream_token"], now=time.time(),
+                              workflow_id="wf-t", user_id="user-t") is None
     call = admin(server, f"/api/v1/calls/{RUN}").json()
     assert call["provider"] == "telnyx" and call["provider_call_id"] == SID and call["state"] == "ringing"
 

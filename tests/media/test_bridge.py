@@ -380,7 +380,7 @@ async def test_bad_input_is_counted_and_the_session_goes_on(gateway_server):
 
 async def test_socket_without_valid_token_is_closed_before_audio(gateway_server):
     server = gateway_server()
-    client = await TwilioClient.open(server, params={"stream_token": "v1.9999999999.forged"})
+    client = await TwilioClient.open(server, params={"stream_token": "v2.9999999999.forged"})
     with pytest.raises(websockets.ConnectionClosed) as info:
         await client.receive_json()
     assert info.value.rcvd.code == 1008 and "token" in info.value.rcvd.reason

@@ -25,6 +25,7 @@ import websockets
 
 from gateway.audio import TWILIO_FORMAT, VONAGE_FORMAT
 from gateway.api.recordings import with_fresh_links
+from gateway.calls.record import channel_link
 from gateway.media import signed_url
 from gateway.media.recording import (
     RecordingTimeline, StereoConverter, WavFile, publish_recording, recover_recordings, recording_enabled,
@@ -325,6 +326,15 @@ async def test_twilio_call_is_recorded_in_stereo_and_time_aligned(gateway_server
     assert np.abs(right[: lag_agent - 200]).max() < 50  # silence before the agent spoke
     assert np.abs(right[lag_agent + agent_signal.size + 200:]).max() < 50  # and after
     assert locate(caller_16k, right)[0] < 0.3  # each channel holds one side only
+    # Each side alone, as Dograh's user_recording_url / bot_recording_url link them: a mono WAV
+    for channel, side in (("caller", left), ("agent", right)):
+        alone = httpx.get(channel_link(media["recording_url"], channel))
+        assert alone.status_code == 200 and alone.headers["content-type"] == "audio/wav"
+        (channels, width, rate), mono = read_wav(alone.content)
+        assert (channels, width, rate) == (1, 2, 16000)
+        assert np.array_equal(mono.reshape(-1), side)
+    wrong = httpx.get(media["recording_url"] + "&channel=both")
+    assert wrong.status_code == 400 and "caller, agent" in wrong.json()["detail"]
 
     transcript = httpx.get(media["transcript_url"])
     assert transcript.status_code == 200

@@ -52,8 +52,9 @@ async def test_claim_respects_order_capacity_and_leases(store):
     await store.finish_delivery(first, "w1", ok)
     nxt = await store.claim_deliveries("w2", now=now(), lease_seconds=30, capacity={"crm": 10})
     assert [(d.workflow_run_id, d.event.type) for d in nxt] == [("a", "call.answered")]
-    limited = await store.claim_deliveries("w3", now=now() + timedelta(seconds=60), lease_seconds=30, capacity={"crm": 1})
-    assert len(limited) == 1  # leases expired after 30 s: claimable again, one per capacity
+    assert await store.release_leases("w1") == 1 and await store.release_leases("w2") == 1
+    limited = await store.claim_deliveries("w3", now=now(), lease_seconds=30, capacity={"crm": 1})
+    assert len(limited) == 1  # released: claimable again, one per capacity
 
 
 async def test_retry_schedule_attempts_and_health(store):
@@ -152,9 +153,15 @@ async def test_a_new_delivery_is_leased_to_the_direct_dispatch_in_its_transactio
     assert [d.subscription for d in others] == ["audit"]
     await asyncio.sleep(0.05)
     assert woke  # the claimers were told about the row it did not take
-    # A lease that expires makes the row claimable again (the worker died).
-    (again,) = await store.claim_deliveries("other", now=now() + timedelta(seconds=31), lease_seconds=30, capacity={"crm": 5})
-    assert again.id == leased.id
+
+
+async def test_a_direct_dispatch_lease_that_expires_makes_the_row_claimable_again(store):
+    attach(store, Route("crm", ("call.*",)))
+    taker = Taker(store, lease_seconds=0.3)
+    await store.apply_update(upd(CallState.RINGING), run_id="r1")
+    (leased,) = taker.got
+    (again,) = await _claim_eventually(store, "other", {"crm": 5})  # the worker died: its lease runs out
+    assert again.id == leased.id and again.lease_id != leased.lease_id
 
 
 async def test_the_direct_dispatch_keeps_a_calls_order_and_takes_the_next_one_when_it_finishes(store):
@@ -189,6 +196,7 @@ async def test_a_retry_holds_the_calls_next_event_and_a_full_worker_leaves_it_fo
     assert taker.got == []  # the next event still waits behind it
     woke.clear()
     taker.names.clear()  # the worker is full now
+    (first,) = await store.claim_deliveries("w", now=now() + timedelta(hours=2), lease_seconds=30, capacity={"crm": 5})
     await store.finish_deliveries("w", [(first, ok())])
     assert taker.got == []
     await asyncio.sleep(0.05)
@@ -238,3 +246,112 @@ async def test_a_batch_of_finished_attempts_is_recorded_with_each_endpoints_net_
     assert health.consecutive_failures == 3
     assert abs((health.first_failure_at - (t0 + timedelta(seconds=2))).total_seconds()) < 0.001
     assert await store.finish_deliveries("w", []) == []
+
+
+# -- leases: a finish counts only under the lease it was sent under ---------------------------
+
+
+async def _claim_eventually(store, owner, capacity, lease_seconds=30):
+    """Claim until something comes (a lease elsewhere expires, on the store's clock)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while not (found := await store.claim_deliveries(owner, now=now(), lease_seconds=lease_seconds, capacity=capacity)):
+        assert loop.time() < deadline, "nothing became claimable"
+        await asyncio.sleep(0.05)
+    return found
+
+
+async def test_a_late_finish_from_an_expired_lease_changes_nothing(store):
+    attach(store, Route("crm", ("call.*",)))
+    await store.apply_update(upd(CallState.RINGING), run_id="r1")
+    await store.apply_update(upd(CallState.ANSWERED), run_id="r1")
+    (stale,) = await store.claim_deliveries("w1", now=now(), lease_seconds=0.3, capacity={"crm": 5})
+    # w1's attempt outlives its lease: w2 takes the row over, delivers it, and the call's next event goes.
+    (fresh,) = await _claim_eventually(store, "w2", {"crm": 5})
+    assert fresh.id == stale.id and fresh.lease_id != stale.lease_id
+    assert (await store.finish_delivery(fresh, "w2", ok())).consecutive_failures == 0
+    (nxt,) = await store.claim_deliveries("w2", now=now(), lease_seconds=30, capacity={"crm": 5})
+    assert nxt.event.type == "call.answered"
+    # w1 comes back: neither its 503 nor a failure may touch the delivered row.
+    assert await store.finish_delivery(stale, "w1", failed()) is None
+    assert await store.finish_delivery(stale, "w1", failed(status="failed")) is None
+    found, attempts = await store.get_delivery(stale.id)
+    assert found.status == "succeeded" and found.attempts == 1 and found.last_status == 200
+    assert sorted(a.status for a in attempts) == [200, 503, 503]  # kept as history...
+    late = [a for a in attempts if a.status == 503]
+    assert all("lease" in (a.error or "") for a in late)  # ...saying they came too late
+    assert await store.claim_deliveries("w3", now=now(), lease_seconds=30, capacity={"crm": 5}) == []  # nothing re-sent
+    # The same owner's own earlier lease is not the lease it holds now either.
+    await store.finish_delivery(nxt, "w2", ok())
+
+
+async def test_a_claimer_whose_clock_runs_ahead_does_not_take_a_leased_row(store):
+    attach(store, Route("crm", ("call.*",)))
+    await store.apply_update(upd(CallState.RINGING), run_id="r1")
+    (held,) = await store.claim_deliveries("w1", now=now(), lease_seconds=30, capacity={"crm": 5})
+    # Leases run on the store's clock: a worker an hour ahead still sees the lease held.
+    assert await store.claim_deliveries("w2", now=now() + timedelta(hours=1), lease_seconds=30, capacity={"crm": 5}) == []
+    assert (await store.finish_delivery(held, "w1", ok())).consecutive_failures == 0
+
+
+async def test_a_finish_written_twice_records_its_attempt_once(store):
+    """A finish batch the store committed but whose answer was lost is written again (one by one):
+    the attempt is recorded once and the row moves once."""
+    attach(store, Route("crm", ("call.*",), ordered=False))
+    for n in range(2):
+        await store.apply_update(upd(CallState.RINGING, call_id=f"CA{n}"), run_id=f"r{n}")
+    rows = await store.claim_deliveries("w", now=now(), lease_seconds=30, capacity={"crm": 5})
+    items = [(rows[0], ok()), (rows[1], failed())]
+    first = await store.finish_deliveries("w", items)
+    again = [await store.finish_delivery(d, "w", r) for d, r in items]
+    assert [h.subscription for h in first] == [h.subscription for h in again] == ["crm", "crm"]
+    for delivery, result in items:
+        found, attempts = await store.get_delivery(delivery.id)
+        assert found.attempts == 1 and found.status == result.status and len(attempts) == 1
+    assert (await store.endpoint_health())["crm"].consecutive_failures == 1  # the failure counted once
+
+
+async def test_a_retry_asked_for_while_an_attempt_is_in_flight_is_sent_after_it(store):
+    attach(store, Route("crm", ("call.*",)))
+    await store.apply_update(upd(CallState.RINGING), run_id="r1")
+    await store.apply_update(upd(CallState.ANSWERED), run_id="r1")
+    (sending,) = await store.claim_deliveries("w", now=now(), lease_seconds=30, capacity={"crm": 5})
+    retried = await store.retry_delivery(sending.id, now=now())
+    assert retried is not None and retried.status == "pending"
+    # Not sent a second time while the first attempt is on the wire...
+    assert await store.claim_deliveries("w2", now=now(), lease_seconds=30, capacity={"crm": 5}) == []
+    await store.finish_delivery(sending, "w", ok())
+    # ...but once it finished: pending again, due at once, its schedule afresh, still ahead of the next event.
+    found, attempts = await store.get_delivery(sending.id)
+    assert found.status == "pending" and found.attempts == 0 and len(attempts) == 1
+    (again,) = await store.claim_deliveries("w2", now=now(), lease_seconds=30, capacity={"crm": 5})
+    assert again.id == sending.id
+    await store.finish_delivery(again, "w2", ok())
+    assert (await store.get_delivery(sending.id))[0].status == "succeeded"
+    (nxt,) = await store.claim_deliveries("w2", now=now(), lease_seconds=30, capacity={"crm": 5})
+    assert nxt.event.type == "call.answered"
+    # A replay of a row in flight waits for its attempt in the same way.
+    count = await store.replay_deliveries("crm", since=now() - timedelta(hours=1), until=now() + timedelta(seconds=1),
+                                          now=now(), matches=lambda t: True, ordered=True)
+    assert count == 2
+    taken = await store.claim_deliveries("w3", now=now(), lease_seconds=30, capacity={"crm": 5})
+    assert nxt.id not in {d.id for d in taken}
+    await store.finish_delivery(nxt, "w2", ok())
+    found, _ = await store.get_delivery(nxt.id)
+    assert found.status == "pending" and found.attempts == 0
+
+
+async def test_claims_share_out_among_subscriptions_with_a_backlog(store):
+    """900 due rows of a slow endpoint (room 2) do not hide the 5 of another (room 10)."""
+    attach(store, Route("slow", ("backlog.slow",), ordered=False), Route("fast", ("backlog.fast",), ordered=False))
+    await store.apply_update(upd(CallState.RINGING), run_id="r1")
+    await store.record_activity("r1", source="test", kind="backlog", data={}, events=[("backlog.slow", {})] * 900)
+    await store.record_activity("r1", source="test", kind="backlog", data={}, events=[("backlog.fast", {})] * 5)
+    # The overall limit is shared out, not taken by whichever subscription is asked first.
+    first = await store.claim_deliveries("w", now=now(), lease_seconds=30, capacity={"slow": 50, "fast": 50}, limit=4)
+    assert sorted(d.subscription for d in first) == ["fast", "fast", "slow", "slow"]
+    claimed = await store.claim_deliveries("w", now=now(), lease_seconds=30, capacity={"slow": 2, "fast": 10})
+    assert sorted(d.subscription for d in claimed) == ["fast"] * 3 + ["slow"] * 2
+    # Within a subscription, oldest first.
+    oldest = [e.seq for e in await store.list_events(limit=10) if e.type == "backlog.slow"][:4]
+    assert sorted(d.event_seq for d in first + claimed if d.subscription == "slow") == oldest

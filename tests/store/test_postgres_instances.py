@@ -90,3 +90,73 @@ async def test_one_leader_per_database_and_takeover():
             assert await b.hold_leadership("campaign-runner") is True
         finally:
             await b.close()
+
+
+async def test_two_instances_claim_fairly_past_one_subscriptions_backlog():
+    """900 due rows of a slow endpoint (room 2 on each instance) and 5 of another (room 10):
+    the two instances claiming at once take 2 + 2 of the first and all 5 of the second,
+    none twice."""
+    async with postgres_schema_url() as url:
+        a, b = await two_stores(url)
+        try:
+            routes = [Route("slow", ("backlog.slow",), ordered=False), Route("fast", ("backlog.fast",), ordered=False)]
+            for store in (a, b):
+                store.set_fanout(EventFanout(routes))
+            await a.apply_update(CallUpdate(provider="twilio", provider_call_id="C1", raw_status="ringing",
+                                            state=CallState.RINGING, params={}), run_id="r1")
+            await a.record_activity("r1", source="test", kind="backlog", data={}, events=[("backlog.slow", {})] * 900)
+            await b.record_activity("r1", source="test", kind="backlog", data={}, events=[("backlog.fast", {})] * 5)
+            now = datetime.now(timezone.utc)
+            claims = await asyncio.gather(*(
+                store.claim_deliveries(owner, now=now, lease_seconds=60, capacity={"slow": 2, "fast": 10})
+                for store, owner in ((a, "wa"), (b, "wb"))))
+            got = [d for batch in claims for d in batch]
+            assert len({d.id for d in got}) == len(got)
+            assert sorted(d.subscription for d in got) == ["fast"] * 5 + ["slow"] * 4
+        finally:
+            await asyncio.gather(a.close(), b.close())
+
+
+async def test_a_replay_waits_for_the_run_locks_its_calls_callbacks_hold():
+    """Replay takes the `run:` locks a callback of the call takes, so a callback's newer event
+    is queued after the replayed rows on an ordered subscription, never before them."""
+    import uuid
+
+    import asyncpg
+
+    from gateway.store.postgres import PostgresStore
+    from postgres_support import POSTGRES_URL
+
+    async with postgres_schema_url() as url:
+        store = PostgresStore(url)
+        await store.open()
+        holder = await asyncpg.connect(POSTGRES_URL)
+        try:
+            runs = [f"replay-{uuid.uuid4().hex}" for _ in range(3)]
+            for run in runs:
+                await store.apply_update(CallUpdate(provider="twilio", provider_call_id=f"CR{run}", raw_status="ringing",
+                                                    state=CallState.RINGING, params={}), run_id=run)
+            since = datetime(2000, 1, 1, tzinfo=timezone.utc)
+            transaction = holder.transaction()  # a callback of the second call, mid-transaction
+            await transaction.start()
+            await holder.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"run:{runs[1]}")
+            replay = asyncio.create_task(store.replay_deliveries("crm", since=since, until=datetime.now(timezone.utc),
+                                                                 now=datetime.now(timezone.utc), matches=lambda t: True,
+                                                                 ordered=True))
+
+            async def waiting() -> int:
+                return await holder.fetchval(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                    " AND objid::bigint = (hashtext($1)::bigint & 4294967295)", f"run:{runs[1]}")
+
+            deadline = asyncio.get_running_loop().time() + 10
+            while not await waiting():
+                assert asyncio.get_running_loop().time() < deadline, "the replay never waited for the run lock"
+                await asyncio.sleep(0.02)
+            assert not replay.done()
+            assert await store._query(lambda conn: conn.fetchval("SELECT count(*) FROM deliveries")) == 0  # nothing replayed yet
+            await transaction.commit()
+            assert await asyncio.wait_for(replay, 10) == 3
+        finally:
+            await holder.close()
+            await store.close()

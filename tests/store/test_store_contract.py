@@ -97,6 +97,80 @@ async def test_record_activity_merges_context_and_writes_events(store):
         await store.record_activity("nope", source="gateway", kind="x", data={})
 
 
+async def test_one_media_session_owns_a_call_and_a_finished_call_stays_finished(store):
+    from gateway.store.activity import CallEnded
+
+    await store.apply_update(upd(CallState.ANSWERED), run_id="m")
+
+    async def activity(kind, session, **kw):
+        return [e.type for e in await store.record_activity("m", source="gateway", kind=kind, data={"by": session},
+                                                             session=session, **kw)]
+
+    assert await activity("media.connected", "A", media={"stream_id": "MZ-A"}) == []
+    assert await activity("media.started", "A", events=[(ev.CALL_STARTED, {})], media={"started": True}) == [ev.CALL_STARTED]
+    assert await activity("media.connected", "B") == []  # B replaces A
+    assert await activity("transcript", "A", events=[(ev.CONVERSATION_TRANSCRIPT, {})]) == []  # A's writes change nothing
+    assert await activity("media.ended", "A", media={"ended": True, "frames_in": 1}) == []
+    assert await activity("media.started", "B", events=[(ev.CALL_STARTED, {})], media={"started": True}) == []  # once per call
+    await store.apply_update(upd(CallState.COMPLETED), run_id="m")
+    assert await activity("transcript", "B", events=[(ev.CONVERSATION_TRANSCRIPT, {})]) == []  # after the end: nothing
+    assert await activity("media.ended", "B", events=[(ev.CALL_AGENT_FAILED, {})], media={"ended": True, "frames_in": 7}) == []
+    assert await activity("media.ended", "B", media={"ended": True, "frames_in": 99}) == []  # never written over
+    with pytest.raises(CallEnded):
+        await activity("media.connected", "C")
+    record = await store.get_call("m")
+    assert record.media == {"stream_id": "MZ-A", "session": "B", "ended": True, "started": True, "frames_in": 7}
+    timeline = [(t.kind, t.data.get("by")) for t in await store.get_timeline("m")]
+    assert timeline[1:] == [("media.connected", "A"), ("media.started", "A"), ("media.connected", "B"),
+                            ("media.started", "B"), ("status", None), ("media.ended", "B")]
+    assert [e.type for e in await store.list_events(run_id="m")][-2:] == [ev.CALL_COMPLETED, ev.CALL_ENDED]
+
+
+def another_instance(store):
+    """A second store on the same data: another gateway instance, or the same one restarted."""
+    from gateway.store.postgres import PostgresStore
+
+    return PostgresStore(store.url) if isinstance(store, PostgresStore) else SQLiteStore(store.path)
+
+
+async def test_a_nonce_is_claimed_once_across_instances_until_it_expires(store):
+    from datetime import datetime, timedelta, timezone
+
+    t0 = datetime(2026, 12, 7, 12, 0, tzinfo=timezone.utc)
+    until = t0 + timedelta(seconds=300)
+    assert await store.claim_nonce("vonage-jti:a", expires_at=until, now=t0)
+    assert not await store.claim_nonce("vonage-jti:a", expires_at=until, now=t0 + timedelta(seconds=1))
+    other = another_instance(store)
+    await other.open()
+    try:
+        assert not await other.claim_nonce("vonage-jti:a", expires_at=until, now=t0 + timedelta(seconds=299))
+        assert await other.claim_nonce("vonage-jti:b", expires_at=until, now=t0)
+        assert not await store.claim_nonce("vonage-jti:b", expires_at=until, now=t0)
+        later = until + timedelta(seconds=1)  # expired: claimable again, and the expired rows are pruned
+        assert await other.claim_nonce("vonage-jti:a", expires_at=later + timedelta(seconds=300), now=later)
+        assert not await store.claim_nonce("vonage-jti:a", expires_at=later + timedelta(seconds=300), now=later)
+        much_later = later + timedelta(seconds=3600)
+        assert await other.claim_nonce("vonage-jti:c", expires_at=much_later + timedelta(seconds=300), now=much_later)
+    finally:
+        await other.close()
+    restarted = another_instance(store)
+    await restarted.open()
+    try:
+        assert not await restarted.claim_nonce("vonage-jti:c", expires_at=much_later, now=much_later)
+        assert await nonces_left(restarted) == ["vonage-jti:c"]  # a and b expired and were pruned
+    finally:
+        await restarted.close()
+
+
+async def nonces_left(store) -> list[str]:
+    from gateway.store.postgres import PostgresStore
+
+    if isinstance(store, PostgresStore):
+        rows = await store._query(lambda conn: conn.fetch("SELECT nonce FROM seen_nonces ORDER BY nonce"))
+        return [r["nonce"] for r in rows]
+    return await store._read(lambda conn: [r["nonce"] for r in conn.execute("SELECT nonce FROM seen_nonces ORDER BY nonce")])
+
+
 async def test_data_survives_reopen_and_migrations_are_idempotent(tmp_path):
     path = str(tmp_path / "g.db")
     first = SQLiteStore(path)

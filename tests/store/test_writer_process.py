@@ -11,14 +11,16 @@ import subprocess
 import sys
 import textwrap
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
+import pytest
 from support import eventually
 
 from gateway.calls import CallState, CallUpdate
 from gateway.events.fanout import EventFanout, Route
 from gateway.store import StoreError, open_store_for
-from gateway.store.base import DirectDispatch
+from gateway.store.base import AttemptRecord, DeliveryResult, DirectDispatch
 from gateway.store.writer_process import WriterProcessStore
 
 
@@ -135,3 +137,69 @@ def test_the_writer_ends_with_a_gateway_that_was_killed(tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+class DyingWriterStore(WriterProcessStore):
+    """A writer process that dies right after committing its first `die_after` transaction,
+    before answering (see `ipc_children.writer_dying_after_commit`)."""
+
+    die_after = "apply_update"
+
+    def writer_target(self):
+        from ipc_children import writer_dying_after_commit
+
+        _, setup = super().writer_target()
+        return writer_dying_after_commit, {**setup, "die_after": self.die_after}
+
+
+def _ok() -> DeliveryResult:
+    return DeliveryResult("succeeded", AttemptRecord(datetime.now(timezone.utc), "success", status=200, request={}),
+                          endpoint_ok=True)
+
+
+async def test_rows_leased_by_a_commit_whose_answer_was_lost_are_due_again_at_once(tmp_path: Path) -> None:
+    """The writer commits a callback, leasing its delivery to the worker for 60 s, and dies
+    before answering: the callback gets its 503, and the row (which would otherwise wait a
+    minute, holding back the call's next event) is released and claimable at once."""
+    store = DyingWriterStore(str(tmp_path / "gateway.db"))
+    taken: list = []
+    store.set_fanout(EventFanout([Route("crm", ("call.*",))]))
+    store.set_dispatch(DirectDispatch(owner="w", lease_seconds=60, room=lambda name: 1000, deliver=taken.extend))
+    await store.open()
+    try:
+        with pytest.raises(StoreError, match="ended before it answered"):
+            await store.apply_update(ringing(1), run_id="r1")
+        assert taken == []  # the worker never heard of the lease
+        now = datetime.now(timezone.utc)
+        (row,) = await store.claim_deliveries("w", now=now, lease_seconds=60, capacity={"crm": 5})
+        assert row.event.type == "call.ringing" and row.workflow_run_id == "r1"  # committed, and free
+        await store.finish_delivery(row, "w", _ok())
+        # The call's next event flows behind it (written here or by the writer started again).
+        completed = CallUpdate(provider="twilio", provider_call_id=f"CA{1:032d}", raw_status="completed", state=CallState.COMPLETED)
+        await store.apply_update(completed, run_id="r1")
+        assert [d.event.type for d in taken] == ["call.completed"]
+    finally:
+        await store.close()
+
+
+async def test_a_finish_batch_whose_answer_was_lost_and_is_written_again_records_each_attempt_once(tmp_path: Path) -> None:
+    store = DyingWriterStore(str(tmp_path / "gateway.db"))
+    store.die_after = "finish_deliveries"
+    taken: list = []
+    store.set_fanout(EventFanout([Route("crm", ("call.*",), ordered=False)]))
+    store.set_dispatch(DirectDispatch(owner="w", lease_seconds=60, room=lambda name: 1000, deliver=taken.extend))
+    await store.open()
+    try:
+        for n in range(2):
+            await store.apply_update(ringing(n), run_id=f"r{n}")
+        items = [(delivery, _ok()) for delivery in taken]
+        with pytest.raises(StoreError, match="ended before it answered"):
+            await store.finish_deliveries("w", items)
+        # What the worker does then: each one again, alone.
+        healths = [await store.finish_delivery(delivery, "w", result) for delivery, result in items]
+        assert [h.consecutive_failures for h in healths] == [0, 0]  # written (before), not lost: no late finish
+        for delivery, _ in items:
+            found, attempts = await store.get_delivery(delivery.id)
+            assert found.status == "succeeded" and found.attempts == 1 and len(attempts) == 1
+    finally:
+        await store.close()

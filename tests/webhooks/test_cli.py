@@ -77,3 +77,40 @@ def test_deliveries_list_retry_replay(tmp_path, gateway_server):
         replayed = run_cli("deliveries", "replay", "--subscription", "crm", "--since", "2000-01-01T00:00:00Z", config=config)
         assert replayed.returncode == 0 and json.loads(replayed.stdout) == {"subscription": "crm", "queued": 1}
         assert run_cli("deliveries", "retry", "msg_nope", config=config).returncode == 2
+
+
+def test_a_line_break_in_call_data_put_in_a_header_fails_the_delivery_visibly(tmp_path, gateway_server):
+    """A header rendered from call data with a line break (or any control character but HTAB)
+    is never sent: that delivery fails at once with a reason naming the header, shown by
+    `gateway deliveries list` and counted; subscriptions without the header still get the call."""
+    import httpx
+
+    from support import twilio_status_callback, wait_until
+
+    with Receiver() as receiver:
+        hooks = [{"name": "crm", "events": ["call.*"], "url": receiver.url + "/crm", "allow_networks": ["127.0.0.0/8"],
+                  "headers": {"X-Caller": "{{call.from}}"}},
+                 {"name": "plain", "events": ["call.*"], "url": receiver.url + "/plain", "allow_networks": ["127.0.0.0/8"]}]
+        config = base_config(tmp_path, webhooks=hooks)
+        path = tmp_path / "gateway.yaml"
+        path.write_text(yaml.safe_dump(config))
+        server = gateway_server(webhooks=hooks)
+        twilio_status_callback(server, "run-crlf", "ringing", From="+15551234\r\nX-Smuggled: yes")
+        twilio_status_callback(server, "run-vt", "ringing", From="+15551234\x0bX-Smuggled: yes")
+        wait_until(lambda: len(receiver.requests) >= 2)
+        admin = {"Authorization": "Bearer test-admin-api-key"}
+        failed = wait_until(lambda: (d := httpx.get(server.url + "/api/v1/deliveries?subscription=crm&status=failed",
+                                                     headers=admin).json()["deliveries"]) and len(d) == 2 and d)
+        metrics = httpx.get(server.url + "/metrics").text
+    assert [r["path"] for r in receiver.requests] == ["/plain", "/plain"]
+    assert not any("x-smuggled" in r["headers"] or "x-caller" in r["headers"] for r in receiver.requests)
+    for delivery in failed:
+        assert delivery["attempts"] == 1 and delivery["last_error"].startswith("request could not be built: header X-Caller:")
+        assert "control character" in delivery["last_error"]
+    assert {"U+000D at 9" in d["last_error"] or "U+000B at 9" in d["last_error"] for d in failed} == {True}
+    assert 'gateway_deliveries_unbuildable_total{subscription="crm"} 2.0' in metrics
+    listing = run_cli("deliveries", "list", "--subscription", "crm", config=path)
+    assert listing.returncode == 0, listing.stderr
+    lines = listing.stdout.strip().splitlines()
+    assert len(lines) == 2 and all("failed" in line and "header X-Caller: the value has a control character" in line
+                                   for line in lines)

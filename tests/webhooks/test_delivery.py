@@ -267,8 +267,8 @@ def test_retry_and_replay_through_the_api(gateway_server):
 def test_kill_9_mid_delivery_then_restart_delivers_everything(gateway_process, tmp_path):
     slow = {"delay": 3.0}
     with Receiver(lambda n, path: (200, {}, b"{}", slow["delay"])) as receiver:
-        config = base_config(tmp_path, webhooks=[subscription(receiver, timeout=10)],
-                             delivery={"lease_seconds": 2})
+        config = base_config(tmp_path, webhooks=[subscription(receiver, timeout=4)],
+                             delivery={"lease_seconds": 14})  # the shortest the timeout allows: the killed leases end soon
         proc = gateway_process(config)
         runs = [f"run-k{i}" for i in range(5)]
         for run in runs:
@@ -330,7 +330,8 @@ def test_dograh_workflow_webhook_nodes_deliver_call_ended(gateway_server, tmp_pa
         callback(server, "run-dg", "completed", CallDuration="17")
         request = receiver.wait_for(1)[0]
         assert request["path"] == "/dograh/run-dg"
-        assert json.loads(request["body"]) == {"run": "run-dg", "outcome": "none", "duration": 17}
+        assert json.loads(request["body"]) == {"run": "run-dg", "outcome": "none", "duration": 17,
+                                               "call_disposition": "completed"}  # Dograh adds it when unset
         assert request["headers"]["x-source"] == "gateway" and request["headers"]["authorization"] == "Bearer dograh-token"
         time.sleep(0.3)
         assert len(receiver.requests) == 1  # only call.ended

@@ -104,7 +104,7 @@ def test_two_delivery_processes_send_everything_signed_in_order(pipeline, gatewa
 def test_a_killed_delivery_process_is_started_again_and_nothing_is_lost(gateway_process, tmp_path):
     slow = {"delay": 3.0}
     with Receiver(lambda n, path: (200, {}, b"{}", slow["delay"])) as receiver:
-        proc = gateway_process(_config(tmp_path, receiver, 1, delivery={"lease_seconds": 2}))
+        proc = gateway_process(_config(tmp_path, receiver, 1, delivery={"lease_seconds": 20}))
         (child,) = _child_pids(proc, 1)
         runs = [f"run-k{i}" for i in range(4)]
         for run in runs:

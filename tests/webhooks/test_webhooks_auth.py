@@ -257,6 +257,39 @@ async def test_oauth2_401_invalidates_and_retries_once(receiver):
     assert len(receiver.on("/api")) == 5  # one retry only
 
 
+async def test_a_slow_token_endpoint_is_asked_once_and_every_waiting_attempt_ends_by_its_deadline(receiver):
+    """Eight attempts need a token from an endpoint that answers after 3 s; the timeout is 1 s.
+    One fetch is shared and every attempt ends within its own deadline (serialized behind a
+    lock, each fetched in turn: the last one waited ~8 s, far past its lease)."""
+    def handle(received):
+        if received.path == "/token":
+            return receiver.reply(200, '{"access_token": "late"}', delay=3.0)
+        return receiver.reply()
+
+    receiver.handler = handle
+    clients = EndpointClients()
+    sub = subscription(receiver.url("/api"), oauth2(receiver), timeout=1)
+    try:
+        results = await asyncio.wait_for(
+            asyncio.gather(*(deliver(sub, clients, message_id=f"msg_{i}") for i in range(8))), 30)
+    finally:
+        await clients.aclose()
+    assert len(receiver.on("/token")) == 1
+    assert all(r.outcome is Outcome.RETRY and r.status is None for r in results)
+    assert max(r.latency_ms for r in results) < 4 * 1000  # each within its 1 s deadline (give or take a busy machine)
+    assert receiver.on("/api") == []
+
+
+async def test_a_token_answer_nested_5000_deep_is_refused_as_no_token(receiver):
+    receiver.handler = lambda received: receiver.reply(200, "[" * 5000) if received.path == "/token" else receiver.reply()
+    clients = EndpointClients()
+    try:
+        result = await deliver(subscription(receiver.url("/api"), oauth2(receiver)), clients)
+    finally:
+        await clients.aclose()
+    assert result.outcome is Outcome.RETRY and "sent no access_token" in result.error
+
+
 @pytest.mark.parametrize(("status", "outcome"), [(401, Outcome.FAIL), (503, Outcome.RETRY)])
 async def test_oauth2_token_endpoint_errors(receiver, status, outcome):
     server = TokenServer(receiver)

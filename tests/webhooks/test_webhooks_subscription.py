@@ -266,7 +266,6 @@ def test_dograh_credential_types(credential, expected):
             {"endpoint_url": "https://a.example/x", "credential_uuid": "missing"},
             "nodes[0] (w).data.credential_uuid: credential 'missing' was not supplied",
         ),
-        ({"endpoint_url": "https://a.example/x", "timeout_seconds": 5}, "nodes[0] (w).data.timeout_seconds: unknown key"),
         ({"endpoint_url": "https://a.example/x", "retry_config": {"enabled": True, "backoff": 2}}, "retry_config.backoff: unknown key"),
         ({"endpoint_url": "ftp://a.example/x"}, "nodes[0] (w).data.endpoint_url: url must start with http"),
         ({"endpoint_url": "https://a.example/x", "http_method": "TRACE"}, "nodes[0] (w).data.http_method"),

@@ -222,3 +222,101 @@ async def test_an_attempt_lost_with_its_process_is_sent_again(tmp_path: Path) ->
         finally:
             await worker.stop()
             await store.close()
+
+
+def _retrying(receiver: Receiver, timeout: float = 5) -> Subscription:
+    return Subscription.model_validate({
+        "name": "crm", "events": ["call.*"], "url": receiver.url + "/hooks/{{workflow_run_id}}",
+        "signing": {"scheme": "none"}, "timeout": timeout, "allow_networks": ["127.0.0.0/8"],
+        "retry": {"schedule": [0.3, 0.3, 0.3], "jitter": 0},
+    })
+
+
+async def _attempts_of_the_one_row(store: SQLiteStore) -> list:
+    (row,), _ = await store.list_deliveries(limit=10)
+    return (await store.get_delivery(row.id))[1]
+
+
+async def test_an_attempt_that_raises_is_recorded_and_retried_by_the_schedule(tmp_path: Path) -> None:
+    """A bug inside an attempt (here: deciding after the answer came) is a failed attempt,
+    recorded, and the row goes again by the retry schedule: not unrecorded until its lease
+    ends, nor again and again at once."""
+    with Receiver() as receiver:
+        store, worker = await _direct(tmp_path, lambda store: DeliveryWorker(
+            store, [_retrying(receiver)], {}, settings=WorkerSettings(poll_seconds=0.1)))
+        decide = worker.attempts.decide
+        crashes = []
+
+        def buggy(*args, **kwargs):
+            if not crashes:
+                crashes.append(1)
+                raise RuntimeError("a bug")
+            return decide(*args, **kwargs)
+
+        worker.attempts.decide = buggy
+        try:
+            await _ring_one(store, 0)
+            await eventually(lambda: worker.delivered == 1, what="the row delivered on its next scheduled attempt")
+            attempts = await _attempts_of_the_one_row(store)
+            assert [(a.outcome, a.status) for a in attempts] == [("retry", None), ("success", 200)]
+            assert "crashed (RuntimeError" in attempts[0].error
+            assert len(receiver.requests) == 2
+        finally:
+            await worker.stop()
+            await store.close()
+
+
+async def test_a_remote_attempt_that_raises_or_never_answers_is_recorded_and_retried_by_the_schedule(tmp_path: Path) -> None:
+    with Receiver() as receiver:
+        store, worker = await _direct(tmp_path, lambda store: DeliveryWorker(
+            store, [_retrying(receiver, timeout=0.5)], {}, settings=WorkerSettings(poll_seconds=0.1)))
+        calls = []
+
+        async def remote(delivery):
+            calls.append(delivery.id)
+            if len(calls) == 1:
+                raise RuntimeError("the pipe broke in a new way")
+            if len(calls) == 2:
+                await asyncio.Event().wait()  # a delivery process that never answers
+            return await worker.attempts.make(delivery)
+
+        worker.send_through(remote, ["crm"])
+        try:
+            await _ring_one(store, 0)
+            await eventually(lambda: worker.delivered == 1, timeout=30, what="the row delivered on its third attempt")
+            attempts = await _attempts_of_the_one_row(store)
+            assert [(a.outcome, a.status) for a in attempts] == [("retry", None), ("retry", None), ("success", 200)]
+            assert "crashed (RuntimeError" in attempts[0].error
+            assert "no result within 5.5 s" in attempts[1].error  # the timeout + 5 s, inside the lease
+            assert len(calls) == 3 and len(receiver.requests) == 1
+        finally:
+            await worker.stop()
+            await store.close()
+
+
+async def test_a_late_503_from_a_lease_that_expired_does_not_undo_a_delivery(tmp_path: Path) -> None:
+    """Worker A's attempt outlives its lease (1 s, the endpoint answers after 3 s); worker B takes
+    the row over and delivers it. A's late 503 is recorded as history and changes nothing: the row
+    stays delivered and is not sent a third time."""
+    with Receiver(lambda n, path: (503, {}, b"{}", 3.0) if n == 0 else (200, {}, b"{}", 0.0)) as receiver:
+        store = SQLiteStore(str(tmp_path / "gateway.db"))
+        sub = _retrying(receiver)
+        slow = DeliveryWorker(store, [sub], {}, settings=WorkerSettings(lease_seconds=1, poll_seconds=0.1))
+        other = DeliveryWorker(store, [sub], {}, settings=WorkerSettings(poll_seconds=0.1))
+        store.set_fanout(EventFanout([Route("crm", ("call.*",), True)]), lambda: (slow.wake(), other.wake()))
+        await store.open()
+        await slow.start()
+        try:
+            await _ring_one(store, 0)
+            await eventually(lambda: receiver.requests, what="the slow attempt on the wire")
+            await other.start()
+            await eventually(lambda: slow.late_finishes == 1, what="the slow worker's late finish")
+            await asyncio.sleep(1.0)  # a 503 taken at its word would have sent it again after 0.3 s
+            (row,), _ = await store.list_deliveries(limit=10)
+            found, attempts = await store.get_delivery(row.id)
+            assert found.status == "succeeded" and found.attempts == 1
+            assert sorted(a.status for a in attempts) == [200, 503]
+            assert len(receiver.requests) == 2 and slow.delivered + other.delivered == 1  # whichever took it over (the same owner, under a new lease, counts too)
+        finally:
+            await asyncio.gather(slow.stop(), other.stop())
+            await store.close()
