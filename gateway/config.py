@@ -78,7 +78,7 @@ class TelnyxConfig(_Model):
     """A Telnyx TeXML application: `public_key` checks webhooks; dialing needs the other three."""
 
     public_key: str  # Mission Control > Keys & Credentials > Public Key (base64 Ed25519)
-    api_key: SecretStr | None = None  # REST API v2 key (Bearer)
+    api_key: Secret | None = None  # REST API v2 key (Bearer)
     account_sid: str | None = None  # the TeXML REST path's account id
     application_id: str | None = None  # the TeXML application (its connection id)
     codec: Literal["PCMU", "PCMA"] = "PCMU"  # the media stream's codec, both ways
@@ -101,7 +101,7 @@ class PlivoConfig(_Model):
     """A Plivo account (or subaccount): its Auth ID and Auth Token sign webhooks and the REST API."""
 
     auth_id: str
-    auth_token: SecretStr
+    auth_token: Secret
     api_base_url: str | None = None  # default https://api.plivo.com; tests point it at a local stand-in
 
     @field_validator("auth_id")

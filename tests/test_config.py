@@ -46,6 +46,8 @@ def test_unset_variable_names_key_and_variable():
         ({"providers": {"telnyx": {"public_key": "A" * 43 + "=", "timestamp_tolerance": 0}}}, r"providers\.telnyx\.timestamp_tolerance: "),
         ({"providers": {"plivo": {"auth_id": "MA1234567890"}}}, r"providers\.plivo\.auth_token: required key is missing"),
         ({"providers": {"plivo": {"auth_id": "MA 1", "auth_token": "t"}}}, r"providers\.plivo\.auth_id: .*Auth ID"),
+        ({"providers": {"plivo": {"auth_id": "MA1234567890", "auth_token": " "}}}, r"providers\.plivo\.auth_token: .*must not be empty"),
+        ({"providers": {"telnyx": {"public_key": "A" * 43 + "=", "api_key": ""}}}, r"providers\.telnyx\.api_key: .*must not be empty"),
         ({"agent": {"url": "http://agent"}}, r"agent\.url: "),
         ({"agent": {"audio": {"sample_rate": 11025}}}, r"agent\.audio\.sample_rate: "),
         ({"public_url": "gw.example.com"}, r"public_url: "),
