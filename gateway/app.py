@@ -24,6 +24,7 @@ from gateway.config import ConfigError, GatewayConfig, with_dev_secrets
 from gateway.dial.setup import DialSetupError, build_dial_services
 from gateway.events.fanout import fanout_for
 from gateway.media.recording import RECORDINGS_DIR, sweep_recordings
+from gateway.media.writes import FLUSH_SECONDS, flush_all as flush_media_writes
 from gateway.redact import redact_url
 from gateway.store import Store, open_store_for
 from gateway.tunnel import detector_for
@@ -108,6 +109,7 @@ def create_app(config: GatewayConfig, *, store: Store | None = None) -> Starlett
             await dial.stop()
             if ctx.tunnel is not None:
                 await ctx.tunnel.stop()
+            await flush_media_writes(FLUSH_SECONDS)  # what media sessions left queued, before the store goes
             await worker.stop()  # its attempts in the delivery processes finish first
             if processes is not None:
                 await processes.stop()

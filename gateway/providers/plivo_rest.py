@@ -4,7 +4,8 @@ Blocking: run these methods in a thread executor.
 `POST /v1/Account/{auth_id}/Call/` (JSON, HTTP Basic auth) with the gateway's answer URL as
 `answer_url` and its status-callback URL as `ring_url`, `hangup_url` and, with machine
 detection, `machine_detection_url`; `DELETE .../Call/{CallUUID}/` ends a call (204; 404 when
-it has already ended); `GET .../Call/{CallUUID}/?status=live` reads a live call's status.
+it has already ended); `GET .../Call/{CallUUID}/?status=live` reads a live call's status, `GET .../Call/{CallUUID}/` an
+ended call's record.
 `api_base_url` replaces `https://api.plivo.com`.
 """
 
@@ -15,11 +16,20 @@ from urllib.parse import quote
 
 import requests
 
-from gateway.providers.rest import DialResult, DialSpec, ProviderRefused, maybe_sent, short_text
+from gateway.providers.rest import (
+    DialResult,
+    DialSpec,
+    ProviderCall,
+    ProviderRefused,
+    maybe_sent,
+    provider_seconds,
+    short_text,
+)
+from gateway.providers.telnyx_rest import provider_time
 
 NAME = "plivo"
 DEFAULT_API_BASE = "https://api.plivo.com"
-ENDED = "completed"  # what `hangup` and `fetch_status` say of a call Plivo no longer has live
+ENDED = "completed"  # what `hangup` and `fetch_call` say of a call Plivo no longer has live
 
 
 def plivo_number(number: str) -> str:
@@ -99,10 +109,16 @@ class PlivoRest:
         status, _ = self._request("DELETE", f"/Call/{quote(call_id, safe='')}/")
         return ENDED if status == 404 else None
 
-    def fetch_status(self, call_id: str) -> str | None:
-        """The live call's `call_status`; `completed` once it is no longer live."""
-        status, data = self._request("GET", f"/Call/{quote(call_id, safe='')}/", params={"status": "live"})
+    def fetch_call(self, call_id: str) -> ProviderCall:
+        """A live call's `call_status`; once it is no longer live, its record (`end_time`,
+        `call_duration`) as `completed` (Plivo keeps records of ended calls only)."""
+        path = f"/Call/{quote(call_id, safe='')}/"
+        status, data = self._request("GET", path, params={"status": "live"})
+        if status != 404:
+            value = data.get("call_status")
+            return ProviderCall(status=value if isinstance(value, str) else None)
+        status, data = self._request("GET", path)
         if status == 404:
-            return ENDED
-        value = data.get("call_status")
-        return value if isinstance(value, str) else None
+            return ProviderCall(status=ENDED)
+        return ProviderCall(status=ENDED, ended_at=provider_time(data.get("end_time")),
+                            duration=provider_seconds(data.get("call_duration")))

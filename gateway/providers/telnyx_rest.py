@@ -4,18 +4,28 @@ Blocking: run these methods in a thread executor.
 `POST /v2/texml/Accounts/{account_sid}/Calls` with the TeXML application, the gateway's own
 answer URL as `Url`, its status-callback URL for every `StatusCallbackEvent`, and asynchronous
 answering-machine detection posting `AnsweredBy` to the same status URL; `POST .../Calls/{sid}`
-with `Status=completed` ends a call; `GET .../Calls/{sid}` reads its status. Authenticated
+with `Status=completed` ends a call; `GET .../Calls/{sid}` reads its status, end and duration. Authenticated
 with `Authorization: Bearer <API key>`. `api_base_url` replaces `https://api.telnyx.com`.
 """
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote
 
 import requests
 
-from gateway.providers.rest import DialResult, DialSpec, ProviderRefused, maybe_sent, short_text
+from gateway.providers.rest import (
+    DialResult,
+    DialSpec,
+    ProviderCall,
+    ProviderRefused,
+    maybe_sent,
+    provider_seconds,
+    short_text,
+)
 
 NAME = "telnyx"
 DEFAULT_API_BASE = "https://api.telnyx.com"
@@ -102,7 +112,24 @@ class TelnyxRest:
         data = self._request("POST", "/Calls/" + quote(call_id, safe=""), {"Status": "completed"})
         return data.get("status")
 
-    def fetch_status(self, call_id: str) -> str | None:
-        """Telnyx's current status word for the call."""
-        return self._request("GET", "/Calls/" + quote(call_id, safe="")).get("status")
+    def fetch_call(self, call_id: str) -> ProviderCall:
+        """The TeXML call resource: `status`, and `end_time` and `duration` (s) once it ended."""
+        data = self._request("GET", "/Calls/" + quote(call_id, safe=""))
+        status = data.get("status")
+        return ProviderCall(status=status if isinstance(status, str) else None, ended_at=provider_time(data.get("end_time")),
+                            duration=provider_seconds(data.get("duration")))
+
+
+def provider_time(value: Any) -> datetime | None:
+    """An end time as Telnyx writes it (RFC 2822 as Twilio's, or ISO 8601) as aware UTC; None if unreadable."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    try:
+        parsed = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        try:
+            parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            return None
+    return parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed.astimezone(timezone.utc)
 

@@ -47,6 +47,7 @@ from gateway.store.base import (
     AppliedUpdate,
     AttemptRecord,
     CallSeed,
+    claim_lost,
     Delivery,
     DeliveryResult,
     DirectDispatch,
@@ -93,6 +94,13 @@ def _dumps(value: Any) -> str:
     if not value and isinstance(value, dict):
         return "{}"
     return jsontext.dumps(value)
+
+
+def _check_claim(conn: sqlite3.Connection, claim: tuple[str, int], run_id: str | None) -> None:
+    """`ClaimLost` unless the contact `claim` names is still dialing `run_id` (see `CallSeed.claim`)."""
+    if conn.execute("SELECT 1 FROM campaign_contacts WHERE campaign_id = ? AND position = ? AND status = 'dialing'"
+                    " AND workflow_run_id = ?", (claim[0], claim[1], run_id)).fetchone() is None:
+        raise claim_lost(claim, run_id)
 
 
 def _row_to_record(row: sqlite3.Row) -> CallRecord:
@@ -534,6 +542,8 @@ class SQLiteStore(SQLiteCampaigns, Store):
                     (update.provider, update.provider_call_id),
                 ).fetchone()
                 current = None if row is None else _row_to_record(row)
+            if current is None and seed is not None and seed.claim is not None:
+                _check_claim(conn, seed.claim, run_id)
             target = current.workflow_run_id if current else (run_id or str(uuid.uuid4()))
             transition = decide_transition(current, update, run_id=target, now=now)
             record = transition.record
@@ -550,7 +560,8 @@ class SQLiteStore(SQLiteCampaigns, Store):
             queued = self._insert_events(conn, events, leased, lease_id)
             return AppliedUpdate(record=record, events=events, outcome=transition.outcome, created=current is None), queued, leased
 
-        tx.batch = (self._apply_batch, (update, run_id, seed, lease_id))  # type: ignore[attr-defined]
+        if seed is None or seed.claim is None:  # a campaign dial's claim is checked alone
+            tx.batch = (self._apply_batch, (update, run_id, seed, lease_id))  # type: ignore[attr-defined]
         return tx
 
     def _apply_batch(self, conn: sqlite3.Connection, items: list[tuple[CallUpdate, str | None, CallSeed | None, str]]
@@ -960,6 +971,10 @@ class SQLiteStore(SQLiteCampaigns, Store):
         events, queued = await self._write(tx)
         self.on_deliveries()
         return events
+
+    async def pending_subscriptions(self) -> set[str]:
+        return await self._read(lambda conn: {row[0] for row in conn.execute(
+            "SELECT DISTINCT subscription FROM deliveries WHERE status = 'pending'")})
 
     async def outbox_stats(self, *, now: datetime) -> dict[str, Any]:
         def query(conn: sqlite3.Connection) -> dict[str, Any]:

@@ -119,7 +119,10 @@ class AttemptMaker:
         self._needs_call[subscription.name] = uses_template_context(subscription)
 
     def remove(self, name: str) -> None:
+        """Forget `name`, and close its connections (an attempt on them now fails, and is retried)."""
         self.subscriptions.pop(name, None)
+        self._needs_call.pop(name, None)
+        self.clients.release(name)
 
     async def make(self, delivery: Delivery) -> DeliveryResult:
         """Send one attempt of `delivery` and decide the row's next step. Always a result: an

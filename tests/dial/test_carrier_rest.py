@@ -71,10 +71,12 @@ def test_telnyx_machine_detection_and_ring_timeout_are_the_sdks_fields():
 
 
 def test_telnyx_hangup_and_status_are_the_sdks_requests():
-    with scripted((200, {"sid": "v3:abc", "status": "completed"})) as stand_in:
+    ended = {"sid": "v3:abc", "status": "completed", "end_time": "Mon, 07 Dec 2026 10:00:30 +0000", "duration": "30"}
+    with scripted((200, ended)) as stand_in:
         rest = TelnyxRest("KEY-1", "acct-1", "app-9", api_base_url=stand_in.url)
         assert rest.hangup("v3:abc/x", answered=True) == "completed"
-        assert rest.fetch_status("v3:abc") == "completed"
+        call = rest.fetch_call("v3:abc")
+        assert (call.status, call.duration, call.ended_at.isoformat()) == ("completed", 30, "2026-12-07T10:00:30+00:00")
         sdk = telnyx_sdk(stand_in.url)
         sdk.texml.accounts.calls.update("v3:abc/x", account_sid="acct-1", status="completed")
         sdk.texml.accounts.calls.retrieve("v3:abc", account_sid="acct-1")
@@ -141,20 +143,27 @@ def test_plivo_create_is_the_sdks_request(plivo_sdk):
 def test_plivo_hangup_and_status_are_the_sdks_requests(plivo_sdk):
     from gateway.providers.plivo_rest import PlivoRest
 
+    record = {"call_uuid": "c-1", "end_time": "2026-12-07 15:30:30+05:30", "call_duration": 30}
     answers = [(204, {}), (204, {}), (200, {"call_status": "in-progress", "call_uuid": "c-1"}),
-               (200, {"call_status": "in-progress", "call_uuid": "c-1"}), (404, {"error": "not found"}), (404, {"error": "x"})]
+               (200, {"call_status": "in-progress", "call_uuid": "c-1"}), (404, {"error": "not found"}),
+               (404, {"error": "x"}), (200, record), (200, record), (404, {"error": "x"}), (404, {"error": "x"})]
     with scripted(*answers) as stand_in:
         rest = PlivoRest("MAXXXXXXXXXXXXXXXXXX", "token-1", api_base_url=stand_in.url)
         sdk = plivo_sdk(stand_in.url)
         assert rest.hangup("c-1", answered=True) is None
         sdk.calls.delete("c-1")
-        assert rest.fetch_status("c-1") == "in-progress"
+        assert rest.fetch_call("c-1").status == "in-progress"
         sdk.live_calls.get("c-1")
         assert rest.hangup("c-1", answered=True) == "completed"  # 404: already ended
-        assert rest.fetch_status("c-1") == "completed"
+        ended = rest.fetch_call("c-1")  # no longer live: its record
+        assert (ended.status, ended.duration, ended.ended_at.isoformat()) == ("completed", 30, "2026-12-07T10:00:30+00:00")
+        sdk.calls.get("c-1")
+        assert rest.fetch_call("c-1").status == "completed"  # neither live nor recorded
     shapes = [(r["method"], r["path"], r["query"], r["headers"].get("authorization")) for r in stand_in.requests]
     assert shapes[0] == shapes[1] == ("DELETE", "/v1/Account/MAXXXXXXXXXXXXXXXXXX/Call/c-1/", "", shapes[0][3])
     assert shapes[2] == shapes[3] and shapes[2][:3] == ("GET", "/v1/Account/MAXXXXXXXXXXXXXXXXXX/Call/c-1/", "status=live")
+    # the SDK's calls.get also puts call_uuid in the query (its argument passed along): the path is the record
+    assert shapes[6][:2] == shapes[7][:2] == ("GET", "/v1/Account/MAXXXXXXXXXXXXXXXXXX/Call/c-1/") and shapes[6][2] == ""
 
 
 def test_plivo_refusals_carry_status_and_error():

@@ -102,6 +102,7 @@ async def test_disable_enable_retry_replay_and_stats(store):
     assert (await store.endpoint_health())["crm"].disabled_at is None
     stats = await store.outbox_stats(now=now())
     assert stats["pending"] == 2 and stats["oldest_pending_seconds"] >= 0
+    assert await store.pending_subscriptions() == {"crm"}
     (d,) = [x for x in await store.claim_deliveries("w", now=now(), lease_seconds=30, capacity={"crm": 5}) if x.event.type == "call.ringing"]
     await store.finish_delivery(d, "w", DeliveryResult("failed", AttemptRecord(now(), "fail", status=400, request={})))
     assert (await store.retry_delivery(d.id, now=now())).status == "pending"
@@ -109,6 +110,7 @@ async def test_disable_enable_retry_replay_and_stats(store):
     count = await store.replay_deliveries("other", since=now() - timedelta(hours=1), until=now() + timedelta(seconds=1),
                                           now=now(), matches=lambda t: t == "call.ringing", ordered=True)
     assert count == 1
+    assert await store.pending_subscriptions() == {"crm", "other"}
     assert await store.release_leases("w") >= 0
     page, cursor = await store.list_deliveries(limit=1)
     assert len(page) == 1 and cursor is not None
