@@ -10,6 +10,7 @@ from starlette.routing import Route
 
 from gateway.api.context import GatewayContext
 from gateway.api.problems import problem
+from gateway.api.query import int_param
 from gateway.api.recordings import with_fresh_links
 from gateway.calls.states import CallState
 from gateway.store.base import StoreError
@@ -37,11 +38,11 @@ async def list_calls(request: Request) -> Response:
     state = request.query_params.get("state") or None
     if state is not None and state not in _STATES:
         return problem(400, f"state must be one of {', '.join(_STATES)}")
-    raw_limit = request.query_params.get("limit", "50")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 500:
+    limit = int_param(request.query_params.get("limit", "50"), low=1, high=500)
+    if limit is None:
         return problem(400, "limit must be an integer from 1 to 500")
     try:
-        calls, cursor = await ctx.store.list_calls(state=state, limit=int(raw_limit), cursor=request.query_params.get("cursor") or None)
+        calls, cursor = await ctx.store.list_calls(state=state, limit=limit, cursor=request.query_params.get("cursor") or None)
     except StoreError as exc:
         return problem(400, str(exc))
     now = ctx.clock()

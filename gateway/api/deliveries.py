@@ -13,6 +13,7 @@ from gateway.api.admin import authorized
 from gateway.api.body import BadBody, json_body
 from gateway.api.context import GatewayContext
 from gateway.api.problems import problem
+from gateway.api.query import int_param
 from gateway.store.base import StoreError
 from gateway.redact import REDACTED, Redactor, redact_url
 from gateway.webhooks.subscription import Subscription
@@ -38,13 +39,13 @@ async def list_deliveries(request: Request) -> Response:
     status = query.get("status") or None
     if status is not None and status not in STATUSES:
         return problem(400, f"status must be one of {', '.join(STATUSES)}")
-    limit = query.get("limit", "50")
-    if not limit.isdigit() or not 1 <= int(limit) <= 500:
+    limit = int_param(query.get("limit", "50"), low=1, high=500)
+    if limit is None:
         return problem(400, "limit must be an integer from 1 to 500")
     try:
         rows, cursor = await _ctx(request).store.list_deliveries(
             status=status, subscription=query.get("subscription") or None, run_id=query.get("run") or None,
-            limit=int(limit), cursor=query.get("cursor") or None,
+            limit=limit, cursor=query.get("cursor") or None,
         )
     except StoreError as exc:
         return problem(400, str(exc))

@@ -29,6 +29,7 @@ from gateway.media.registry import INSTANCE_ID
 from gateway.media.provider_socket import AUDIO, BAD, DTMF, MARK, OTHER, STOP, ProviderSocket
 from gateway.metrics import AGENT_CONNECT_FAILURES, CODEC_SECONDS
 from gateway.media.writes import FLUSH_SECONDS, SessionWriter
+from gateway.providers.base import BadRequest, check_json_tree
 from gateway.store.base import Store
 
 log = logging.getLogger("gateway.media")
@@ -426,7 +427,11 @@ class MediaSession:
             return
         try:
             message = json.loads(text)
-        except ValueError:
+            check_json_tree(message, limit=MAX_AGENT_MESSAGE_CHARS)  # a lone surrogate: the store cannot write it
+        except BadRequest as exc:
+            self._agent_bad(str(exc))
+            return
+        except (ValueError, RecursionError):
             self._agent_bad("message is not valid JSON")
             return
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):

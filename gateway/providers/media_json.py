@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.providers.base import BadRequest, check_json_tree
+
 MAX_MESSAGE_CHARS = 64 * 1024  # Plivo's documented WebSocket message limit; Telnyx's frames are smaller
 _DIGIT = re.compile(r"[0-9*#A-Da-d]")
 
@@ -47,6 +49,10 @@ def load_message(text: Any, error: type[MediaMessageError]) -> tuple[dict[str, A
     except (ValueError, RecursionError):
         raise error("message is not valid JSON") from None
     data = need_object(data, "message", error)
+    try:
+        check_json_tree(data)  # nesting, and lone surrogates the store could not write
+    except BadRequest as exc:
+        raise error(str(exc)) from None
     event = data.get("event")
     if not isinstance(event, str) or not event:
         raise error("message has no event name")

@@ -302,7 +302,7 @@ def _walk(value: Any, path: Sequence[str]) -> Any:
             if segment not in value:
                 return _MISSING
             value = value[segment]
-        elif isinstance(value, (list, tuple)) and segment.isdigit():
+        elif isinstance(value, (list, tuple)) and segment.isdigit() and len(segment) <= 18:  # int() refuses 4300+ digits
             index = int(segment)
             if index >= len(value):
                 return _MISSING

@@ -271,3 +271,8 @@ def test_fuzzed_callbacks_parse_or_raise_bad_request(fields):
        form=st.none() | forms)
 def test_fuzzed_requests_never_crash_and_never_pass(url, signature, nonce, form):
     assert not verify_plivo_signature(TOKEN, "POST", [url], form, [signature], nonce).ok
+
+
+def test_a_lone_surrogate_is_the_documented_error():
+    with pytest.raises(PlivoMessageError, match="lone surrogate"):
+        parse_plivo_message('{"event":"start","start":{"streamId":"\\udfff"}}')
