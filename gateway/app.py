@@ -13,13 +13,14 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from gateway.api import admin, deliveries, health, media, recordings, telephony
+from gateway.api import admin, deliveries, health, media, openapi, recordings, telephony
 from gateway.api import calls as calls_api
 from gateway.api import campaigns as campaigns_api
 from gateway.api import tunnel as tunnel_api
 from gateway.api.context import GatewayContext
 from gateway.api.middleware import EdgeMiddleware, body_cut_short
 from gateway.api.problems import problem
+from gateway.console import routes as console_routes
 from gateway.config import ConfigError, GatewayConfig, with_dev_secrets
 from gateway.dial.setup import DialSetupError, build_dial_services
 from gateway.events.fanout import fanout_for
@@ -117,7 +118,7 @@ def create_app(config: GatewayConfig, *, store: Store | None = None) -> Starlett
 
     app = GatewayApp(
         routes=[*health.routes, *telephony.routes, *media.routes, *calls_api.routes, *campaigns_api.routes, *admin.routes, *deliveries.routes, *recordings.routes,
-                *tunnel_api.routes],
+                *tunnel_api.routes, *openapi.routes, *console_routes],
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_error, ClientDisconnect: _body_cut_short, Exception: _server_error},
     )

@@ -5,13 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from typing import TYPE_CHECKING
 
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.redact import redact_url
-
-if TYPE_CHECKING:
-    from gateway.calls.record import CallRecord
 
 
 def _load(path: str | None) -> GatewayConfig:
@@ -94,34 +90,12 @@ def _tunnel(args: argparse.Namespace) -> int:
     return run_quick_tunnel(command, args.log_file or config.tunnel.log_file)
 
 
-def _sample_call(run_id: str) -> "CallRecord":
-    from datetime import timedelta
-
-    from gateway.calls.record import CallRecord, utcnow
-    from gateway.calls.states import CallState
-
-    now = utcnow()
-    return CallRecord(
-        workflow_run_id=run_id, workflow_id="sample-workflow", user_id="sample-user", provider="twilio",
-        provider_call_id="CA" + "0" * 32, state=CallState.COMPLETED, from_number="+15550100", to_number="+15550199",
-        direction="outbound", started_at=now - timedelta(seconds=75), answered_at=now - timedelta(seconds=60),
-        ended_at=now, duration=60, initial_context={"customer": "sample"}, gathered_context={"resolution": "sample"},
-        created_at=now - timedelta(seconds=75), updated_at=now,
-    )
-
-
 async def _webhook_test(config: GatewayConfig, name: str, event_type: str | None, run_id: str | None) -> int:
     import json
-    import time
 
-    from gateway.calls.record import utcnow
-    from gateway.events.envelope import Event, new_event_id
     from gateway.store import open_store_for
-    from gateway.store.base import event_data
-    from gateway.webhooks.clients import EndpointClients
-    from gateway.webhooks.policy import map_response
-    from gateway.webhooks.sender import RequestBuildError, build_request, send_attempt
-    from gateway.webhooks.attempts import delivery_context
+    from gateway.webhooks.sender import RequestBuildError
+    from gateway.webhooks.trial import run_trial
 
     subscription = next((s for s in config.webhooks if s.name == name), None)
     if subscription is None:
@@ -138,41 +112,31 @@ async def _webhook_test(config: GatewayConfig, name: str, event_type: str | None
         if call is None:
             print(f"no call with workflow_run_id {run_id!r} in {redact_url(config.store)}", file=sys.stderr)
             return 2
-    call = call or _sample_call("sample-run")
-    kind = event_type or next((e for e in subscription.events if "*" not in e and "?" not in e), "call.ended")
-    event = Event(type=kind, workflow_run_id=call.workflow_run_id, occurred_at=utcnow(), data=event_data(call))
     try:
-        prepared = build_request(subscription, event.envelope(), delivery_context(event, call), config.secret_values(),
-                                 message_id=new_event_id("msg"), now=time.time())
+        trial = await run_trial(subscription, config.secret_values(), event_type=event_type, call=call)
     except RequestBuildError as exc:
         print(f"request could not be built: {exc}", file=sys.stderr)
         return 1
-    shown = prepared.redacted()
+    shown = trial.request
     print(f"> {shown['method']} {shown['url']}")
     for header, value in shown["headers"].items():
         print(f"> {header}: {value}")
     if shown["body"]:
         print(">")
         print(shown["body"])
-    clients = EndpointClients()
-    try:
-        result = await send_attempt(clients, prepared, subscription)
-    finally:
-        await clients.aclose()
     print()
-    if result.status is None:
-        print(f"< no answer: {result.error}")
+    if trial.status is None:
+        print(f"< no answer: {trial.error}")
     else:
-        print(f"< {result.status} in {result.latency_ms:.0f} ms")
-        if result.response_text:
-            print(result.response_text)
+        print(f"< {trial.status} in {trial.latency_ms:.0f} ms")
+        if trial.response_text:
+            print(trial.response_text)
     print()
-    print(f"verdict: {result.outcome.value} ({'success' if result.success else 'not a success'} by the rule {subscription.success.model_dump()})")
+    print(f"verdict: {trial.outcome} ({'success' if trial.success else 'not a success'} by the rule {subscription.success.model_dump()})")
     if subscription.response_mapping:
-        mapped = map_response(subscription.name, result.status, result.response_json, subscription.response_mapping, success=result.success)
         print("mapped into gathered_context:")
-        print(json.dumps(mapped, indent=2, default=str))
-    return 0 if result.success else 1
+        print(json.dumps(trial.mapped, indent=2, default=str))
+    return 0 if trial.success else 1
 
 
 async def _deliveries(config: GatewayConfig, args: argparse.Namespace) -> int:

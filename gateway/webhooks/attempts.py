@@ -81,9 +81,7 @@ def uses_template_context(subscription: Subscription) -> bool:
     """Whether any of the subscription's templates can read the call (conservatively: has a
     placeholder at all). Without one, rendering never looks at the context, so the worker
     need not load the call record for each attempt."""
-    parts = (subscription.url, subscription.headers, subscription.payload_template,
-             subscription.auth.model_dump(), subscription.signing.model_dump())
-    return any(_has_placeholder(part) for part in parts)
+    return any(_has_placeholder(part) for part in subscription.templates())
 
 
 class AttemptLost(Exception):

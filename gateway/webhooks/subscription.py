@@ -46,6 +46,7 @@ from gateway.webhooks.signing import DEFAULT_HEX_HEADER, decode_signing_secret
 from gateway.webhooks.templates import (
     CONTEXT_ROOTS,
     TemplateError,
+    placeholder_paths,
     secret_names,
     validate_template,
 )
@@ -423,16 +424,21 @@ class Subscription(_Model):
         """Whether this subscription receives events of `event_type` (glob match)."""
         return self.enabled and any(fnmatch.fnmatchcase(event_type, glob) for glob in self.events)
 
+    def templates(self) -> tuple[Any, ...]:
+        """Every part of the configuration that may hold placeholders."""
+        return (self.url, self.headers, self.payload_template, self.payload_defaults, self.auth.model_dump(),
+                self.signing.model_dump())
+
     def secret_names(self) -> set[str]:
         """Every `secret.NAME` this subscription needs, so start-up can check they are set."""
-        parts = (
-            self.url,
-            self.headers,
-            self.payload_template,
-            self.auth.model_dump(),
-            self.signing.model_dump(),
-        )
-        return set().union(*(secret_names(part) for part in parts))
+        return set().union(*(secret_names(part) for part in self.templates()))
+
+    def inputs(self) -> list[str]:
+        """The context paths its templates read (`initial_context.tenant`, ...), secrets and
+        header auth's own `_auth`/`_request`/`vars` left out: what a test send may fill in."""
+        own = {"secret", "_auth", "_request", "vars"}
+        paths = set().union(*(placeholder_paths(part) for part in self.templates()))
+        return sorted(".".join(path) for path in paths if path[0] not in own)
 
 
 class WebhooksConfig(_Model):

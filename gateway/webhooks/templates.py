@@ -257,25 +257,30 @@ def validate_template(
             validate_template(value, f"{location}[{index}]", roots=roots, functions=functions)
 
 
-def secret_names(template: Any) -> set[str]:
-    """The `secret.NAME` names a template refers to (so start-up can check they are all set)."""
-    names: set[str] = set()
+def placeholder_paths(template: Any) -> set[tuple[str, ...]]:
+    """Every context path a template reads (function arguments included), e.g.
+    `("initial_context", "tenant")` or `("secret", "TOKEN")`."""
+    paths: set[tuple[str, ...]] = set()
     if isinstance(template, str):
         for part in parse(template):
             if not isinstance(part, Placeholder):
                 continue
-            terms = [term for argument in part.arguments for term in argument]
-            paths = [part.path] if part.function is None else [
-                term for term in terms if not isinstance(term, Literal)
-            ]
-            names.update(path[1] for path in paths if len(path) == 2 and path[0] == "secret")
+            if part.function is None:
+                paths.add(part.path)
+            else:
+                paths.update(term for argument in part.arguments for term in argument if not isinstance(term, Literal))
     elif isinstance(template, Mapping):
         for key, value in template.items():
-            names |= secret_names(key) | secret_names(value)
+            paths |= placeholder_paths(key) | placeholder_paths(value)
     elif isinstance(template, (list, tuple)):
         for value in template:
-            names |= secret_names(value)
-    return names
+            paths |= placeholder_paths(value)
+    return paths
+
+
+def secret_names(template: Any) -> set[str]:
+    """The `secret.NAME` names a template refers to (so start-up can check they are all set)."""
+    return {path[1] for path in placeholder_paths(template) if len(path) == 2 and path[0] == "secret"}
 
 
 def as_text(value: Any) -> str:
