@@ -102,7 +102,7 @@ def create_app(config: GatewayConfig, *, store: Store | None = None) -> Starlett
         await dial.start()
         sweeper = asyncio.create_task(sweep_recordings(Path(config.data_dir) / RECORDINGS_DIR), name="recording-sweeper")
         log.info("gateway ready: store=%s agent=%s providers=%s webhooks=%d", redact_url(config.store), redact_url(config.agent.url),
-                 ",".join(name for name in ("twilio", "vonage") if getattr(config.providers, name)) or "none",
+                 ",".join(name for name in type(config.providers).model_fields if getattr(config.providers, name)) or "none",
                  len(config.webhooks))
         if config.public_url and config.public_url != "auto":
             log_console_urls(log, config.public_url)

@@ -73,7 +73,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _check_config(args: argparse.Namespace) -> int:
     config = _load(args.config)
-    providers = [name for name in ("twilio", "vonage") if getattr(config.providers, name)]
+    providers = [name for name in type(config.providers).model_fields if getattr(config.providers, name)]
     if args.json:
         emit_json({"ok": True, "file": config_file(args.config), "listen": config.listen.model_dump(),
                    "public_url": config.public_url, "store": redact_url(config.store), "providers": providers,
@@ -315,8 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     tunnel.add_argument("--dry-run", action="store_true", help="print the cloudflared command instead of running it")
     tunnel.set_defaults(func=_tunnel)
 
-    sim = commands.add_parser("simulate", help="play Twilio or Vonage against a running gateway (no phone needed)")
-    sim.add_argument("--provider", choices=["twilio", "vonage"], default="twilio")
+    sim = commands.add_parser("simulate", help="play Twilio, Vonage, Telnyx or Plivo against a running gateway (no phone needed)")
+    sim.add_argument("--provider", choices=["twilio", "vonage", "telnyx", "plivo"], default="twilio")
     sim.add_argument("--audio", help="a PCM WAV file to speak, any rate and channels (default: a built-in speech-like tone)")
     sim.add_argument("--seconds", type=float, default=3.0, help="length of the built-in tone (default: 3)")
     sim.add_argument("--save-agent-audio", metavar="WAV", help="write what the agent said to this WAV file")

@@ -73,9 +73,49 @@ class VonageConfig(_Model):
     api_base_url: str | None = None
 
 
+class TelnyxConfig(_Model):
+    """A Telnyx TeXML application: `public_key` checks webhooks; dialing needs the other three."""
+
+    public_key: str  # Mission Control > Keys & Credentials > Public Key (base64 Ed25519)
+    api_key: Secret | None = None  # REST API v2 key (Bearer)
+    account_sid: str | None = None  # the TeXML REST path's account id
+    application_id: str | None = None  # the TeXML application (its connection id)
+    codec: Literal["PCMU", "PCMA"] = "PCMU"  # the media stream's codec, both ways
+    timestamp_tolerance: int = Field(300, ge=1, le=3600)  # seconds either side of telnyx-timestamp
+    api_base_url: str | None = None  # default https://api.telnyx.com; tests point it at a local stand-in
+
+    @field_validator("public_key")
+    @classmethod
+    def _ed25519(cls, value: str) -> str:
+        from gateway.providers.telnyx import PublicKeyError, load_public_key
+
+        try:
+            load_public_key(value)
+        except PublicKeyError as exc:
+            raise ValueError(f"not a Telnyx public key: {exc}") from None
+        return value.strip()
+
+
+class PlivoConfig(_Model):
+    """A Plivo account (or subaccount): its Auth ID and Auth Token sign webhooks and the REST API."""
+
+    auth_id: str
+    auth_token: Secret
+    api_base_url: str | None = None  # default https://api.plivo.com; tests point it at a local stand-in
+
+    @field_validator("auth_id")
+    @classmethod
+    def _auth_id(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9]{8,64}", value):
+            raise ValueError("must be the account's Auth ID (letters and digits, e.g. MAXXXXXXXXXXXXXXXXXX)")
+        return value
+
+
 class ProvidersConfig(_Model):
     twilio: TwilioConfig | None = None
     vonage: VonageConfig | None = None
+    telnyx: TelnyxConfig | None = None
+    plivo: PlivoConfig | None = None
 
 
 class AgentAudioConfig(_Model):
@@ -173,8 +213,8 @@ class TunnelConfig(_Model):
 class DialConfig(_Model):
     """Outbound calls and campaigns (`POST /api/v1/calls`, `/api/v1/campaigns`)."""
 
-    default_provider: Literal["twilio", "vonage"] | None = None  # when a request names none
-    caller_id: dict[Literal["twilio", "vonage"], str] = Field(default_factory=dict)  # default `from` per provider
+    default_provider: Literal["twilio", "vonage", "telnyx", "plivo"] | None = None  # when a request names none
+    caller_id: dict[Literal["twilio", "vonage", "telnyx", "plivo"], str] = Field(default_factory=dict)  # default `from` per provider
     vonage_answer: Literal["url", "ncco"] = "url"  # fetch the answer webhook, or send the NCCO inline
     request_timeout: float = Field(15.0, gt=0, le=120)  # per provider REST request
     threads: int = Field(16, ge=1, le=256)  # provider REST requests at once
@@ -261,10 +301,10 @@ class GatewayConfig(_Model):
         `{{secret.NAME}}` values, signing secrets, `api_key` and `secret_key`, the credentials in
         the store and agent URLs and the agent's credential headers."""
         out: list[str] = []
-        for provider in (self.providers.twilio, self.providers.vonage):
-            for name in ("auth_token", "signature_secret", "private_key"):
+        for provider in (self.providers.twilio, self.providers.vonage, self.providers.telnyx, self.providers.plivo):
+            for name in ("auth_token", "signature_secret", "private_key", "api_key"):
                 value = getattr(provider, name, None) if provider else None
-                if value is not None:
+                if isinstance(value, SecretStr):  # Vonage's api_key is an identifier, not a secret
                     out.append(value.get_secret_value())
         out += list(self.secret_values().values())
         out += [key for sub in self.webhooks for key in getattr(sub.signing, "secrets", [])]

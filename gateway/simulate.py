@@ -30,12 +30,17 @@ from twilio.request_validator import RequestValidator
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus, WebSocketException
 
-from gateway.audio import TWILIO_FORMAT, VONAGE_FORMAT, AudioFormat
+from gateway.audio import PLIVO_FORMAT, TELNYX_FORMAT, TWILIO_FORMAT, VONAGE_FORMAT, AudioFormat, Transcoder
 from gateway.config import GatewayConfig
 from gateway.redact import redact_url
 from gateway.simulate_audio import generated_audio
 
 TELEPHONY = "/api/v1/telephony"
+
+WIRE_FORMATS = {"twilio": TWILIO_FORMAT, "vonage": VONAGE_FORMAT, "telnyx": TELNYX_FORMAT, "plivo": PLIVO_FORMAT}
+TELNYX_KEY_ENV = "GATEWAY_SIMULATE_TELNYX_KEY"
+"""The base64 Ed25519 private key (32-byte seed) the Telnyx simulation signs with; the
+gateway's `providers.telnyx.public_key` must be its public half."""
 
 
 class SimulationError(Exception):
@@ -58,7 +63,11 @@ UNANSWERED: dict[str, dict[Outcome, tuple[str, ...]]] = {
                Outcome.FAILED: ("initiated", "failed")},
     "vonage": {Outcome.BUSY: ("started", "ringing", "busy"), Outcome.NO_ANSWER: ("started", "ringing", "timeout"),
                Outcome.FAILED: ("started", "failed")},
+    "telnyx": {Outcome.BUSY: ("initiated", "ringing", "busy"), Outcome.NO_ANSWER: ("initiated", "ringing", "no-answer"),
+               Outcome.FAILED: ("initiated", "failed")},
+    "plivo": {Outcome.BUSY: ("ringing", "busy"), Outcome.NO_ANSWER: ("ringing", "no-answer"), Outcome.FAILED: ("failed",)},
 }
+PLIVO_HANGUPS = frozenset({"completed", "busy", "failed", "timeout", "no-answer", "canceled"})
 
 
 @dataclass(frozen=True)
@@ -103,7 +112,7 @@ class SimulationResult:
 
 def provider_format(provider: str) -> AudioFormat:
     """The wire format of a provider's media stream."""
-    return TWILIO_FORMAT if provider == "twilio" else VONAGE_FORMAT
+    return WIRE_FORMATS[provider]
 
 
 class ProviderSimulator:
@@ -116,7 +125,7 @@ class ProviderSimulator:
         self.plan = plan
         self.provider = plan.provider
         self.run_id = f"sim-{uuid.uuid4().hex[:12]}"
-        self.call_id = ("CA" + uuid.uuid4().hex) if self.provider == "twilio" else str(uuid.uuid4())
+        self.call_id = {"twilio": "CA" + uuid.uuid4().hex, "telnyx": "v3:" + uuid.uuid4().hex}.get(self.provider, str(uuid.uuid4()))
         fmt = provider_format(self.provider)
         self.audio = plan.audio if plan.audio is not None else generated_audio(plan.seconds, fmt)
         self.frame_bytes = fmt.frame_bytes()
@@ -182,6 +191,12 @@ class ProviderSimulator:
         if words is not None:
             for word in words:
                 await self._status(client, word)
+        elif self.provider in ("telnyx", "plivo") and self.plan.outcome is Outcome.VOICEMAIL:
+            raise SimulationError(f"--outcome voicemail is simulated for twilio and vonage, not {self.provider}")
+        elif self.provider == "telnyx":
+            await run_telnyx(self, client, self._answer_path, result)
+        elif self.provider == "plivo":
+            await run_plivo(self, client, self._answer_path, result)
         elif self.provider == "twilio":
             await self._twilio_call(client, result)
         else:
@@ -236,6 +251,12 @@ class ProviderSimulator:
                 "SequenceNumber": str(self.sequence), "CallbackSource": "call-progress-events", **extra}
 
     async def _status(self, client: httpx.AsyncClient, status: str, **extra: str) -> None:
+        if self.provider == "telnyx":
+            await telnyx_status(self, client, self._status_path, status)
+            return
+        if self.provider == "plivo":
+            await plivo_status(self, client, self._status_path, status)
+            return
         if self.provider == "twilio":
             if status == "completed":
                 extra["CallDuration"] = str(int(len(self.audio) / 8000))
@@ -361,6 +382,169 @@ async def create_run(config: GatewayConfig, run_id: str, plan: CallPlan) -> None
         raise SimulationError(f"--initial-context: cannot write the run into the gateway's store {redact_url(config.store)}: {exc}") from None
     finally:
         await store.close()
+
+
+# -- Telnyx (TeXML) ----------------------------------------------------------------------------
+
+
+async def _send_paced(sim: ProviderSimulator, result: SimulationResult, ws: Any, message: Any) -> None:
+    """Send the audio in real time, one frame each 20 ms; `message(n, frame)` is the n-th frame's text."""
+    started = time.monotonic()
+    for index in range(0, len(sim.audio) - sim.frame_bytes + 1, sim.frame_bytes):
+        result.frames_sent += 1
+        await ws.send(message(result.frames_sent, sim.audio[index:index + sim.frame_bytes]))
+        await asyncio.sleep(max(0.0, started + result.frames_sent * 0.02 - time.monotonic()))
+
+
+def _telnyx_post(sim: ProviderSimulator, path: str, params: dict[str, str]) -> httpx.Request:
+    """A form POST signed as Telnyx signs: Ed25519 over `timestamp|body`."""
+    import os
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    if sim.config.providers.telnyx is None:
+        raise SimulationError("providers.telnyx is not configured in this gateway's config")
+    seed = os.environ.get(TELNYX_KEY_ENV)
+    if not seed:
+        raise SimulationError(f"set {TELNYX_KEY_ENV} to the base64 private key whose public half is providers.telnyx.public_key")
+    try:
+        key = Ed25519PrivateKey.from_private_bytes(base64.b64decode(seed, validate=True))
+    except ValueError:
+        raise SimulationError(f"{TELNYX_KEY_ENV} is not a base64 32-byte Ed25519 private key") from None
+    body = httpx.QueryParams(params).__str__().encode()
+    stamp = str(int(time.time()))
+    signature = base64.b64encode(key.sign(stamp.encode() + b"|" + body)).decode()
+    return httpx.Request("POST", sim.base + path, content=body, headers={
+        "Content-Type": "application/x-www-form-urlencoded", "telnyx-signature-ed25519": signature, "telnyx-timestamp": stamp})
+
+
+def _telnyx_params(sim: ProviderSimulator, status: str, **extra: str) -> dict[str, str]:
+    sim.sequence += 1
+    return {"CallSid": sim.call_id, "AccountSid": "simulated", "From": sim.plan.from_, "To": sim.plan.to, "CallStatus": status,
+            "Direction": "outbound", "SequenceNumber": str(sim.sequence), **extra}
+
+
+async def telnyx_status(sim: ProviderSimulator, client: httpx.AsyncClient, path: str, status: str) -> None:
+    extra = {"CallDuration": str(int(len(sim.audio) / 8000))} if status == "completed" else {}
+    response = await client.send(_telnyx_post(sim, path, _telnyx_params(sim, status, **extra)))
+    if response.status_code >= 300:
+        raise SimulationError(f"status callback {status!r} answered {response.status_code}: {response.text[:300]}")
+
+
+async def run_telnyx(sim: ProviderSimulator, client: httpx.AsyncClient, webhook: str, result: SimulationResult) -> None:
+    """Telnyx's side of a call: TeXML fetch, `<Connect><Stream>` media, status callbacks."""
+    await sim._status(client, "initiated")
+    await sim._status(client, "ringing")
+    answer = await client.send(_telnyx_post(sim, webhook, _telnyx_params(sim, "in-progress")))
+    if answer.status_code != 200:
+        raise SimulationError(f"TeXML webhook answered {answer.status_code}: {answer.text[:300]}")
+    stream = ET.fromstring(answer.text).find("./Connect/Stream")
+    if stream is None:
+        raise SimulationError("the TeXML has no <Connect><Stream>")
+    parameters = {p.get("name"): p.get("value") for p in stream.findall("Parameter")}
+    await sim._status(client, "in-progress")
+    stream_id = str(uuid.uuid4())
+    codec = stream.get("codec") or "PCMU"
+    if codec == "PCMA":  # the stream's codec, as Telnyx would send it
+        sim.audio = Transcoder(TELNYX_FORMAT, AudioFormat("alaw", 8000)).process(sim.audio)
+    async with connect(sim._local(stream.get("url") or ""), proxy=None, compression=None) as ws:
+        await ws.send(json.dumps({"event": "connected", "version": "1.0.0"}))
+        await ws.send(json.dumps({"event": "start", "sequence_number": "1", "stream_id": stream_id, "start": {
+            "call_control_id": sim.call_id, "from": sim.plan.from_, "to": sim.plan.to, "custom_parameters": parameters,
+            "media_format": {"encoding": codec, "sample_rate": 8000, "channels": 1}}}))
+        reader = asyncio.create_task(_read_telnyx(ws, result))
+        await _send_paced(sim, result, ws, lambda n, frame: json.dumps({
+            "event": "media", "sequence_number": str(n + 1), "stream_id": stream_id,
+            "media": {"track": "inbound", "chunk": str(n), "timestamp": str(n * 20), "payload": base64.b64encode(frame).decode()}}))
+        await asyncio.sleep(0.5)
+        await ws.send(json.dumps({"event": "stop", "stream_id": stream_id, "stop": {"call_control_id": sim.call_id}}))
+        await asyncio.sleep(0.2)
+        reader.cancel()
+
+
+async def _read_telnyx(ws: Any, result: SimulationResult) -> None:
+    async for message in ws:
+        data = json.loads(message)
+        if data.get("event") == "media":
+            result.frames_received += 1
+        elif data.get("event") == "mark":  # Telnyx echoes a mark once the audio before it has played
+            result.marks.append(data["mark"]["name"])
+            await ws.send(json.dumps({"event": "mark", "mark": data["mark"]}))
+        elif data.get("event") == "clear":
+            result.clears += 1
+
+
+# -- Plivo ------------------------------------------------------------------------------------
+
+
+def _plivo_signed(sim: ProviderSimulator, method: str, url: str, params: dict[str, str]) -> dict[str, str]:
+    """The V3 headers Plivo sends, over the public URL it calls."""
+    from gateway.providers.plivo import signature_v3
+
+    settings = sim.config.providers.plivo
+    if settings is None:
+        raise SimulationError("providers.plivo is not configured in this gateway's config")
+    nonce = str(uuid.uuid4().int)[:20]
+    signature = signature_v3(settings.auth_token.get_secret_value(), method, url, params, nonce)
+    return {"X-Plivo-Signature-V3": signature, "X-Plivo-Signature-V3-Nonce": nonce}
+
+
+def _plivo_post(sim: ProviderSimulator, path: str, params: dict[str, str]) -> httpx.Request:
+    public = sim.config.public_url if sim.config.public_url not in (None, "auto") else sim.base
+    headers = _plivo_signed(sim, "POST", public.rstrip("/") + path, params)
+    return httpx.Request("POST", sim.base + path, data=params, headers=headers)
+
+
+def _plivo_params(sim: ProviderSimulator, status: str, **extra: str) -> dict[str, str]:
+    return {"CallUUID": sim.call_id, "From": sim.plan.from_.lstrip("+"), "To": sim.plan.to.lstrip("+"), "CallStatus": status,
+            "Direction": "outbound", **extra}
+
+
+async def plivo_status(sim: ProviderSimulator, client: httpx.AsyncClient, path: str, status: str) -> None:
+    if status in PLIVO_HANGUPS:  # the hangup URL, with the call's length when it was answered
+        extra = {"Event": "Hangup", "Duration": str(int(len(sim.audio) / 8000)) if status == "completed" else "0"}
+    else:
+        extra = {"Event": "Ring"}
+    response = await client.send(_plivo_post(sim, path, _plivo_params(sim, status, **extra)))
+    if response.status_code >= 300:
+        raise SimulationError(f"status callback {status!r} answered {response.status_code}: {response.text[:300]}")
+
+
+async def run_plivo(sim: ProviderSimulator, client: httpx.AsyncClient, webhook: str, result: SimulationResult) -> None:
+    """Plivo's side of a call: ring, answer XML, a signed bidirectional `<Stream>`, hangup."""
+    await sim._status(client, "ringing")
+    answer = await client.send(_plivo_post(sim, webhook, _plivo_params(sim, "in-progress", Event="StartApp")))
+    if answer.status_code != 200:
+        raise SimulationError(f"answer URL answered {answer.status_code}: {answer.text[:300]}")
+    stream = ET.fromstring(answer.text).find("./Stream")
+    if stream is None or not stream.text:
+        raise SimulationError("the answer XML has no <Stream>")
+    stream_id = str(uuid.uuid4())
+    headers = _plivo_signed(sim, "GET", stream.text, {})  # Plivo signs the upgrade too
+    async with connect(sim._local(stream.text), additional_headers=headers, proxy=None, compression=None) as ws:
+        await ws.send(json.dumps({"event": "start", "sequenceNumber": 1, "extra_headers": stream.get("extraHeaders", ""),
+                                  "start": {"callId": sim.call_id, "streamId": stream_id, "accountId": "simulated",
+                                            "tracks": ["inbound"], "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000}}}))
+        reader = asyncio.create_task(_read_plivo(ws, result))
+        await _send_paced(sim, result, ws, lambda n, frame: json.dumps({
+            "event": "media", "sequenceNumber": n + 1, "streamId": stream_id,
+            "media": {"track": "inbound", "timestamp": str(int(time.time() * 1000)), "chunk": n,
+                      "payload": base64.b64encode(frame).decode()}}))
+        await asyncio.sleep(0.5)
+        reader.cancel()
+
+
+async def _read_plivo(ws: Any, result: SimulationResult) -> None:
+    async for message in ws:
+        data = json.loads(message)
+        if data.get("event") == "playAudio":
+            result.frames_received += 1
+        elif data.get("event") == "checkpoint":  # Plivo answers when the audio before it has played
+            result.marks.append(data["name"])
+            await ws.send(json.dumps({"event": "playedStream", "streamId": data.get("streamId"), "name": data["name"]}))
+        elif data.get("event") == "clearAudio":
+            result.clears += 1
+            await ws.send(json.dumps({"event": "clearedAudio", "streamId": data.get("streamId")}))
 
 
 def report(result: SimulationResult) -> str:

@@ -23,6 +23,31 @@ TWILIO_SID = "AC" + "0" * 32
 VONAGE_SECRET = "test-vonage-signature-secret-0123456789"
 VONAGE_API_KEY = "abcd1234"
 API_KEY = "test-admin-api-key"
+TELNYX_SEED = bytes(range(32))  # the test account's Ed25519 private key (seed); its public key is configured
+PLIVO_AUTH_ID = "MAXXXXXXXXXXXXXXXXXX"
+PLIVO_TOKEN = "test-plivo-auth-token"
+
+
+def telnyx_public_key(seed: bytes = TELNYX_SEED) -> str:
+    """The base64 public key Mission Control would show for `seed`'s key pair."""
+    import base64
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    key = Ed25519PrivateKey.from_private_bytes(seed).public_key()
+    return base64.b64encode(key.public_bytes(Encoding.Raw, PublicFormat.Raw)).decode()
+
+
+def telnyx_headers(body: bytes = b"", *, timestamp: int | None = None, seed: bytes = TELNYX_SEED) -> dict[str, str]:
+    """The headers Telnyx signs a webhook with, signed by PyNaCl (the telnyx SDK's own library)."""
+    import base64
+
+    from nacl.signing import SigningKey
+
+    stamp = str(int(time.time()) if timestamp is None else timestamp)
+    signature = SigningKey(seed).sign(stamp.encode() + b"|" + body).signature
+    return {"telnyx-signature-ed25519": base64.b64encode(signature).decode(), "telnyx-timestamp": stamp}
 
 
 def free_port() -> int:
@@ -74,6 +99,38 @@ def base_config(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
         },
         "shutdown": {"drain_seconds": 2},  # a test's calls left live do not hold its `gateway serve` for long
     }
+    config.update(overrides)
+    return config
+
+
+def plivo_headers(method: str, url: str, params: dict[str, str] | None = None, *, token: str = PLIVO_TOKEN,
+                  nonce: str | None = None) -> dict[str, str]:
+    """The V3 headers Plivo signs a request with, computed by the plivo SDK's own functions."""
+    import uuid
+
+    from plivo.utils.signature_v3 import construct_get_url, construct_post_url, get_signature_v3
+
+    nonce = nonce or str(uuid.uuid4().int)[:20]
+    base = construct_post_url(url, dict(params)) if method == "POST" and params else construct_get_url(url, {})
+    signature = get_signature_v3(token.encode(), base.decode(), nonce.encode()).decode()
+    return {"X-Plivo-Signature-V3": signature, "X-Plivo-Signature-V3-Nonce": nonce}
+
+
+def telnyx_config(**overrides: Any) -> dict[str, Any]:
+    """`providers.telnyx` of the test account (REST to a closed loopback port unless overridden)."""
+    return {"public_key": telnyx_public_key(), "api_key": "KEY-test-telnyx", "account_sid": "acct-telnyx",
+            "application_id": "texml-app-1", "api_base_url": "http://127.0.0.1:9", **overrides}
+
+
+def plivo_config(**overrides: Any) -> dict[str, Any]:
+    """`providers.plivo` of the test account (REST to a closed loopback port unless overridden)."""
+    return {"auth_id": PLIVO_AUTH_ID, "auth_token": PLIVO_TOKEN, "api_base_url": "http://127.0.0.1:9", **overrides}
+
+
+def carrier_config(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
+    """`base_config` with Telnyx and Plivo configured beside Twilio and Vonage."""
+    config = base_config(tmp_path)
+    config["providers"] = {**config["providers"], "telnyx": telnyx_config(), "plivo": plivo_config()}
     config.update(overrides)
     return config
 

@@ -35,7 +35,7 @@ def pick_provider(dial: DialServices, named: str | None) -> str:
     able = sorted(dial.dialer.providers)
     if len(able) == 1:
         return able[0]
-    raise SpecError("provider: required (twilio or vonage); no dial.default_provider is configured")
+    raise SpecError("provider: required (twilio, vonage, telnyx or plivo); no dial.default_provider is configured")
 
 
 def pick_caller_id(dial: DialServices, provider: str, named: str | None) -> str:

@@ -2,8 +2,9 @@
 
 Twilio signs the upgrade (`X-Twilio-Signature` over the `wss://` URL) and carries the stream
 token in `start.customParameters`; Vonage carries it in the `websocket:connected` message's
-headers (and signs the upgrade with a JWT when the NCCO asks it to). A socket without a
-valid token is closed before any audio is read.
+headers (and signs the upgrade with a JWT when the NCCO asks it to); Telnyx (unsigned
+upgrade) in `start.custom_parameters`; Plivo (upgrade signed with X-Plivo-Signature-V3) in
+`start`'s `extra_headers`. A socket without a valid token is closed before any audio is read.
 """
 
 from __future__ import annotations
@@ -26,12 +27,22 @@ from gateway.api.urls import called_url, gateway_origin
 from gateway.audio import AudioFormat
 from gateway.calls.record import CallRecord
 from gateway.media.agent import agent_link_for
-from gateway.media.provider_socket import HandshakeError, ProviderSocket, StreamStart, TwilioSocket, VonageSocket
+from gateway.media.provider_socket import (
+    HandshakeError,
+    PlivoSocket,
+    ProviderSocket,
+    Receive as SocketReceive,
+    Send as SocketSend,
+    StreamStart,
+    TelnyxSocket,
+    TwilioSocket,
+    VonageSocket,
+)
 from gateway.media.recording import CallRecorder, recording_enabled, recording_path
 from gateway.media.registry import INSTANCE_ID
 from gateway.media.session import MediaSession, SessionOptions
 from gateway.media.token import check_stream_token
-from gateway.providers import twilio, vonage
+from gateway.providers import plivo, twilio, vonage
 from gateway.redact import redact_url
 from gateway.store.activity import MEDIA_CONNECTED, CallEnded
 from gateway.store.base import StoreError
@@ -55,6 +66,21 @@ async def _upgrade_refusal(ws: WebSocket, ctx: GatewayContext) -> tuple[str | No
             log.warning("refused twilio media upgrade %s: %s (signature checked over %s)", ws.url.path, verdict.reason, verdict.signed_url or url)
             return f"twilio signature check failed: {verdict.reason}", "twilio"
         return None, "twilio"
+    plivo_signatures = [ws.headers.get(plivo.SIGNATURE_HEADER), ws.headers.get(plivo.MAIN_SIGNATURE_HEADER)]
+    if any(plivo_signatures):
+        settings = ctx.config.providers.plivo
+        if settings is None:
+            return "plivo is not configured on this gateway", "plivo"
+        url = called_url(ws, gateway_origin(ws, ctx))
+        # Plivo signs the upgrade as a GET; whether over the wss:// or the https:// spelling
+        # of the URL is not documented (its stream SDK rebuilds an https:// one): both count.
+        urls = [url, "https" + url[3:] if url.startswith("wss") else "http" + url[2:]]
+        verdict = plivo.verify_plivo_signature(settings.auth_token.get_secret_value(), "GET", urls, None,
+                                               plivo_signatures, ws.headers.get(plivo.NONCE_HEADER))
+        if not verdict.ok:
+            log.warning("refused plivo media upgrade %s: %s (signature checked over %s)", ws.url.path, verdict.reason, verdict.signed_url)
+            return f"plivo signature check failed: {verdict.reason}", "plivo"
+        return None, "plivo"
     authorization = ws.headers.get("authorization")
     if authorization is not None:
         settings = ctx.config.providers.vonage
@@ -73,7 +99,51 @@ async def _upgrade_refusal(ws: WebSocket, ctx: GatewayContext) -> tuple[str | No
         if not verdict.ok:
             log.warning("refused vonage media upgrade %s: %s", ws.url.path, verdict.reason)
             return f"vonage signature check failed: {verdict.reason}", "vonage"
-    return None, "vonage"
+        return None, "vonage"
+    return None, UNSIGNED
+
+
+UNSIGNED = "unsigned"  # Telnyx, and Vonage or Plivo without a signed upgrade: told apart by the first message
+_SOCKETS: dict[str, type[ProviderSocket]] = {"twilio": TwilioSocket, "vonage": VonageSocket, "telnyx": TelnyxSocket}
+
+
+async def _sniff(receive: SocketReceive) -> tuple[str, SocketReceive]:
+    """(provider, a receive that hands back the first message first) for an unsigned socket.
+
+    Vonage opens with `websocket:connected`; Plivo with a `start` naming its `streamId`;
+    Telnyx with `connected` then `start`. None is trusted for it: the stream token in the
+    opening messages is what admits the socket."""
+    first = await receive()
+    text = first.get("text") or ""
+    if '"websocket:connected"' in text:
+        provider = "vonage"
+    elif '"streamId"' in text:  # Plivo's start (camelCase); Telnyx's is stream_id
+        provider = "plivo"
+    else:
+        provider = "telnyx"
+    if first.get("type") == "websocket.disconnect" or first.get("bytes") is not None:
+        provider = "vonage"
+    pending = [first]
+
+    async def replay() -> dict[str, object]:
+        return pending.pop() if pending else await receive()
+
+    return provider, replay  # type: ignore[return-value]
+
+
+def _provider_socket(name: str, receive: SocketReceive, send: SocketSend, ws: WebSocket) -> ProviderSocket:
+    if name == "plivo":
+        return PlivoSocket(receive, send, upgrade_headers=dict(ws.headers))
+    return _SOCKETS[name](receive, send)
+
+
+async def _sniffed_socket(ws: WebSocket, receive: SocketReceive, send: SocketSend, seconds: float) -> tuple[str, ProviderSocket]:
+    """(provider, its socket) for an unsigned upgrade, told by its first message within `seconds`."""
+    try:
+        name, replay = await asyncio.wait_for(_sniff(receive), seconds)
+    except asyncio.TimeoutError:
+        raise HandshakeError(f"no stream token within {seconds:g} s") from None
+    return name, _provider_socket(name, replay, send, ws)
 
 
 async def _handshake(ctx: GatewayContext, provider: ProviderSocket, path: dict[str, str],
@@ -144,13 +214,17 @@ async def media_socket(ws: WebSocket, receive: Receive | None = None, send: Send
         await ws.close(code=1013, reason="too many media sockets without a stream token")
         return
     RUN_ID.set(run_id)
-    socket_class = TwilioSocket if provider_name == "twilio" else VonageSocket
-    provider: ProviderSocket = socket_class(receive or ws.receive, send or ws.send)
+    socket_receive: SocketReceive = receive or ws.receive
+    socket_send: SocketSend = send or ws.send
+    provider: ProviderSocket | None = (
+        None if provider_name == UNSIGNED else _provider_socket(provider_name, socket_receive, socket_send, ws))
     session_id = uuid.uuid4().hex
     ctx.unverified_sockets += 1  # until the token is checked: bounded, and closed after media_token_seconds
     try:
         await ws.accept()
         try:
+            if provider is None:  # Telnyx, or Vonage/Plivo unsigned: told by the first message
+                provider_name, provider = await _sniffed_socket(ws, socket_receive, socket_send, limits.media_token_seconds)
             start, record = await _handshake(ctx, provider, ws.path_params, limits.media_token_seconds)
         finally:
             ctx.unverified_sockets -= 1
@@ -161,7 +235,7 @@ async def media_socket(ws: WebSocket, receive: Receive | None = None, send: Send
             ctx.sessions.add(run_id, session)  # ends the session it replaces
     except HandshakeError as exc:
         log.warning("closed %s media socket run=%s before audio: %s", provider_name, run_id[:64], exc.reason)
-        if not provider.peer_closed:
+        if provider is None or not provider.peer_closed:
             await ws.close(code=exc.code, reason=exc.reason[:120])
         return
     agent = ctx.config.agent

@@ -1,7 +1,8 @@
 """Provider-facing routes: the initial call webhook, inbound minting, status callbacks.
 
-Every request is verified (Twilio HMAC over the URL it called, Vonage JWT) before anything
-reads it; a refused request stores nothing. Paths are fixed by the product's documentation.
+Every request is verified (Twilio HMAC over the URL it called, Vonage JWT, Telnyx Ed25519
+over timestamp and body, Plivo V3 HMAC over URL, parameters and nonce) before anything reads
+it; a refused request stores nothing. Paths are fixed by the product's documentation.
 """
 
 from __future__ import annotations
@@ -27,13 +28,12 @@ from gateway.calls.lifecycle import CallUpdate
 from gateway.logs import RUN_ID
 from gateway.metrics import CALL_TRANSITIONS, PROVIDER_REQUESTS, SIGNATURE_FAILURES, labelled
 from gateway.media.token import mint_stream_token
-from gateway.providers import twilio, vonage
+from gateway.providers import PROVIDERS, plivo, telnyx, twilio, vonage
 from gateway.providers.base import BadRequest, parse_form, parse_json_object
 from gateway.store.base import AppliedUpdate, CallSeed, StoreError
 
 log = logging.getLogger("gateway.telephony")
 
-PROVIDERS = ("twilio", "vonage")
 _PATH_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~:@-]{0,127}$")
 WS_PATH = "/api/v1/telephony/ws/{workflow_id}/{user_id}/{workflow_run_id}"
 STATUS_PATH = "/api/v1/telephony/status-callback/{workflow_run_id}"
@@ -50,7 +50,7 @@ class Refusal(Exception):
 
 @dataclass
 class ProviderRequest:
-    """A verified provider request: who sent it and its fields (Twilio: lists; Vonage: JSON)."""
+    """A verified provider request: who sent it and its fields (form fields as lists; Vonage: JSON)."""
 
     provider: str
     fields: dict[str, Any]
@@ -80,9 +80,14 @@ def _which_provider(request: Request) -> str:
     headers = headers_of(request.scope)
     if "x-twilio-signature" in headers:
         return "twilio"
+    if telnyx.SIGNATURE_HEADER in headers:
+        return "telnyx"
+    if plivo.SIGNATURE_HEADER in headers or plivo.MAIN_SIGNATURE_HEADER in headers:
+        return "plivo"
     if headers.get("authorization", "").lower().startswith("bearer "):
         return "vonage"
-    raise Refusal(403, "unsigned request: no X-Twilio-Signature header and no Authorization bearer token")
+    raise Refusal(403, "unsigned request: no X-Twilio-Signature, telnyx-signature-ed25519 or X-Plivo-Signature-V3 header"
+                       " and no Authorization bearer token")
 
 
 def _twilio_fields(request: Request, body: bytes) -> tuple[dict[str, list[str]] | None, dict[str, list[str]]]:
@@ -121,6 +126,18 @@ async def verify_provider_request(request: Request, ctx: GatewayContext, body: b
                 headers.get("x-twilio-signature"),
                 signature_settings=headers.get("x-twilio-webhooks-signature-settings"),
             )
+        elif provider == "plivo":
+            form, fields = _twilio_fields(request, body)
+            verdict = plivo.verify_plivo_signature(
+                settings.auth_token.get_secret_value(), request.method, [url], form,
+                [headers.get(plivo.SIGNATURE_HEADER), headers.get(plivo.MAIN_SIGNATURE_HEADER)], headers.get(plivo.NONCE_HEADER),
+            )
+        elif provider == "telnyx":
+            verdict = telnyx.verify_telnyx_signature(
+                settings.public_key, body, headers.get(telnyx.SIGNATURE_HEADER), headers.get(telnyx.TIMESTAMP_HEADER),
+                now=ctx.clock(), tolerance=settings.timestamp_tolerance,
+            )
+            fields = {}
         else:
             verdict = vonage.verify_vonage_jwt(
                 headers.get("authorization"), settings.signature_secret.get_secret_value(), body,
@@ -145,7 +162,12 @@ async def verify_provider_request(request: Request, ctx: GatewayContext, body: b
         if ctx.tunnel is not None:
             ctx.tunnel.nudge()  # the tunnel may have a new hostname: look again now
         raise Refusal(403, f"{provider} signature check failed: {verdict.reason}")
-    if provider == "vonage":
+    if provider == "telnyx":
+        try:
+            fields = _twilio_fields(request, body)[1]  # TeXML: Twilio's form fields, or the GET query
+        except BadRequest as exc:
+            raise Refusal(400, f"malformed telnyx request: {exc}") from None
+    elif provider == "vonage":
         try:
             if body:
                 fields = parse_json_object(body)
@@ -160,6 +182,10 @@ def _parse_update(verified: ProviderRequest, *, answer: bool) -> CallUpdate:
     try:
         if verified.provider == "twilio":
             return twilio.parse_twilio_callback(verified.fields, kind="answer" if answer else "status")
+        if verified.provider == "telnyx":
+            return telnyx.parse_telnyx_callback(verified.fields, kind="answer" if answer else "status")
+        if verified.provider == "plivo":
+            return plivo.parse_plivo_callback(verified.fields, kind="answer" if answer else "status")
         if answer:
             return vonage.parse_vonage_answer(verified.fields)
         return vonage.parse_vonage_event(verified.fields)
@@ -189,6 +215,12 @@ def _answer_response(ctx: GatewayContext, verified: ProviderRequest, workflow_id
     if verified.provider == "twilio":
         twiml = twilio.render_connect_twiml(ws_url, parameters, allow_insecure=insecure)
         return Response(twiml, media_type=twilio.TWIML_CONTENT_TYPE)
+    if verified.provider == "telnyx":
+        texml = telnyx.render_connect_texml(ws_url, parameters, codec=ctx.config.providers.telnyx.codec, allow_insecure=insecure)
+        return Response(texml, media_type=telnyx.TEXML_CONTENT_TYPE)
+    if verified.provider == "plivo":
+        xml = plivo.render_stream_xml(ws_url, token, allow_insecure=insecure)
+        return Response(xml, media_type=plivo.XML_CONTENT_TYPE)
     event_url = verified.origin + STATUS_PATH.format(workflow_run_id=run_id)
     ncco = vonage.render_connect_ncco(ws_url, parameters, event_url, allow_insecure=insecure)
     return JSONResponse(ncco, media_type=vonage.NCCO_CONTENT_TYPE)

@@ -17,7 +17,7 @@ from .codec import (
     encoder_for,
 )
 from .filters import SUPPORTED_RATES, PolyphaseBank, polyphase_bank
-from .formats import TWILIO_FORMAT, VONAGE_FORMAT, AudioFormat
+from .formats import PLIVO_FORMAT, TELNYX_FORMAT, TWILIO_FORMAT, VONAGE_FORMAT, AudioFormat
 from .g711 import decode_alaw, decode_mulaw, encode_alaw, encode_mulaw
 from .reframer import Reframer
 from .resampler import PolyphaseStream, StreamingResampler
@@ -25,6 +25,8 @@ from .transcoder import Transcoder
 
 __all__ = [
     "SUPPORTED_RATES",
+    "PLIVO_FORMAT",
+    "TELNYX_FORMAT",
     "TWILIO_FORMAT",
     "VONAGE_FORMAT",
     "AlawDecoder",

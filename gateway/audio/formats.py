@@ -1,4 +1,4 @@
-"""Wire audio formats: an encoding at a sample rate, and the two providers' formats."""
+"""Wire audio formats: an encoding at a sample rate, and the providers' formats."""
 
 from __future__ import annotations
 
@@ -48,3 +48,7 @@ TWILIO_FORMAT = AudioFormat("mulaw", 8000)
 """Twilio Media Streams: 8 kHz μ-law, 20 ms = 160 bytes."""
 VONAGE_FORMAT = AudioFormat("pcm16", 16000)
 """Vonage WebSocket: 16 kHz 16-bit linear PCM, 20 ms = 640 bytes."""
+TELNYX_FORMAT = AudioFormat("mulaw", 8000)
+"""Telnyx bidirectional RTP stream, PCMU by default (PCMA: A-law): 20 ms = 160 bytes."""
+PLIVO_FORMAT = AudioFormat("mulaw", 8000)
+"""Plivo `<Stream contentType="audio/x-mulaw;rate=8000">`: 20 ms = 160 bytes."""

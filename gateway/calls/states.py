@@ -59,6 +59,32 @@ PROVIDER_STATUS: dict[str, dict[str, CallState]] = {
         "cancelled": CallState.CANCELED,
         "failed": CallState.FAILED,
     },
+    # TeXML status callbacks: Twilio's words (the CallResource's statuses plus queued/initiated).
+    "telnyx": {
+        "queued": CallState.INITIATED,
+        "initiated": CallState.INITIATED,
+        "ringing": CallState.RINGING,
+        "in-progress": CallState.ANSWERED,
+        "answered": CallState.ANSWERED,
+        "completed": CallState.COMPLETED,
+        "busy": CallState.BUSY,
+        "no-answer": CallState.NO_ANSWER,
+        "canceled": CallState.CANCELED,
+        "failed": CallState.FAILED,
+    },
+    # Plivo's CallStatus: ring_url "ringing", answer_url "in-progress", hangup_url the end
+    # ("completed" inbound; "completed", "busy", "failed", "timeout", "no-answer" outbound).
+    "plivo": {
+        "ringing": CallState.RINGING,
+        "in-progress": CallState.ANSWERED,
+        "completed": CallState.COMPLETED,
+        "busy": CallState.BUSY,
+        "failed": CallState.FAILED,
+        "timeout": CallState.NO_ANSWER,
+        "no-answer": CallState.NO_ANSWER,
+        "cancel": CallState.CANCELED,
+        "canceled": CallState.CANCELED,
+    },
     # Events about the websocket leg an NCCO `connect` opens (sent to its eventUrl). Its
     # started/ringing/answered say nothing about the caller's leg; when it ends or cannot
     # connect, the NCCO is over and so is the call.

@@ -27,6 +27,9 @@ from gateway.store.base import CallSeed, Store, StoreError
 log = logging.getLogger("gateway.dial")
 
 T = TypeVar("T")
+# What each provider's config needs beyond its webhook secret before it can dial ("": nothing).
+DIALING_KEYS = {"twilio": "", "vonage": "application_id and private_key", "telnyx": "api_key, account_sid and application_id",
+                "plivo": ""}
 RECENT_HANGUPS = 10_000
 NccoFactory = Callable[[str, str, str, str], list[dict[str, Any]]]
 """(origin, workflow_id, user_id, workflow_run_id) -> the NCCO a Vonage call starts with."""
@@ -112,10 +115,10 @@ class Dialer:
         """Why `provider` cannot place calls here, or None when it can."""
         if provider in self.providers:
             return None
-        if provider not in ("twilio", "vonage"):
-            return "provider must be twilio or vonage"
-        if provider == "vonage":
-            return "vonage cannot place calls on this gateway: set providers.vonage.application_id and private_key"
+        if provider not in DIALING_KEYS:
+            return f"provider must be one of {', '.join(DIALING_KEYS)}"
+        if DIALING_KEYS[provider]:
+            return f"{provider} cannot place calls on this gateway: set providers.{provider}.{DIALING_KEYS[provider]}"
         return f"{provider} is not configured on this gateway"
 
     async def close(self) -> None:

@@ -14,6 +14,8 @@ from gateway.dial.runner import CampaignRunner, RunnerSettings
 from gateway.media.token import mint_stream_token
 from gateway.providers import vonage
 from gateway.providers.rest import ProviderRest
+from gateway.providers.plivo_rest import PlivoRest
+from gateway.providers.telnyx_rest import TelnyxRest
 from gateway.providers.twilio_rest import TwilioRest
 from gateway.providers.vonage_rest import PrivateKeyError, VonageRest
 from gateway.store.base import Store
@@ -59,6 +61,14 @@ def rest_clients(config: "GatewayConfig") -> dict[str, ProviderRest]:
                                            api_base_url=settings.api_base_url, timeout=timeout)
         except PrivateKeyError as error:
             raise DialSetupError(f"providers.vonage.private_key: {error}") from None
+    telnyx = config.providers.telnyx
+    if telnyx is not None and telnyx.api_key is not None and telnyx.account_sid and telnyx.application_id:
+        clients["telnyx"] = TelnyxRest(telnyx.api_key.get_secret_value(), telnyx.account_sid, telnyx.application_id,
+                                       api_base_url=telnyx.api_base_url, timeout=timeout)
+    plivo = config.providers.plivo
+    if plivo is not None:
+        clients["plivo"] = PlivoRest(plivo.auth_id, plivo.auth_token.get_secret_value(), api_base_url=plivo.api_base_url,
+                                     timeout=timeout)
     return clients
 
 

@@ -16,9 +16,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gateway.providers import PROVIDERS  # noqa: F401 - the names a request may give
 from gateway.webhooks.subscription import describe_validation_error
 
-PROVIDERS = ("twilio", "vonage")
 PATH_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~:@-]{0,127}$")
 _PHONE = re.compile(r"^\+?[1-9]\d{6,14}$")
 _CLOCK = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
@@ -74,7 +74,7 @@ PathId = Annotated[str, Field(json_schema_extra={"pattern": PATH_ID.pattern})]
 class CallSpec(_Model):
     """`POST /api/v1/calls`."""
 
-    provider: Literal["twilio", "vonage"] | None = None
+    provider: Literal["twilio", "vonage", "telnyx", "plivo"] | None = None
     to: Phone
     from_: Phone | None = Field(None, alias="from")
     workflow_id: PathId
@@ -196,7 +196,7 @@ class CampaignSpec(_Model):
     name: str | None = Field(None, max_length=200)
     workflow_id: PathId
     user_id: PathId
-    provider: Literal["twilio", "vonage"] | None = None
+    provider: Literal["twilio", "vonage", "telnyx", "plivo"] | None = None
     from_: Phone | None = Field(None, alias="from")
     contacts: list[ContactSpec] = Field(default_factory=list, max_length=MAX_CONTACTS)
     contacts_csv: str | None = None

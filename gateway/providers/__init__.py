@@ -1,6 +1,7 @@
 """Provider protocol logic: signature verification, callback parsing, answer rendering. Pure.
 
-One module per provider (`twilio`, `vonage`); `base` holds what they share.
+One module per provider (`twilio`, `vonage`, `telnyx`, `plivo`, each with its `_media` framing
+and `_rest` dialing); `base`, `media_json` and `rest` hold what they share.
 """
 
 from gateway.providers.base import (
@@ -11,4 +12,7 @@ from gateway.providers.base import (
     parse_json_object,
 )
 
-__all__ = ["MAX_BODY_BYTES", "BadRequest", "Verdict", "parse_form", "parse_json_object"]
+PROVIDERS = ("twilio", "vonage", "telnyx", "plivo")
+"""Every provider the gateway speaks, by the name used in config, paths and records."""
+
+__all__ = ["PROVIDERS", "MAX_BODY_BYTES", "BadRequest", "Verdict", "parse_form", "parse_json_object"]

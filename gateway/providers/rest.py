@@ -31,9 +31,10 @@ class DialSpec:
 
 @dataclass(frozen=True)
 class DialResult:
-    """The provider accepted the call."""
+    """The provider accepted the call. `provider_call_id` is None when the answer carries none
+    (Telnyx's TeXML create, Plivo's request uuid): the first callback brings it."""
 
-    provider_call_id: str
+    provider_call_id: str | None
     status: str | None = None
     raw: dict[str, Any] = field(default_factory=dict)
 

@@ -50,11 +50,13 @@ ANSWERED_BY_VOICEMAIL: dict[str, bool] = {
     "machine_end_silence": True,
     "machine_end_other": True,
     "fax": True,
+    "machine": True,  # Telnyx TeXML (its "not_sure" stays unknown)
 }
 DIRECTIONS: dict[str, str] = {
     "inbound": "inbound",
     "outbound-api": "outbound",
     "outbound-dial": "outbound",
+    "outbound": "outbound",  # Telnyx TeXML's word
 }
 _SUPPORTED_ALGORITHMS = (HMAC_SHA1, HMAC_SHA256)
 _HASHES = {HMAC_SHA1: "sha1", HMAC_SHA256: "sha256"}  # hmac.digest's one-shot names
@@ -303,6 +305,10 @@ def _single(flat: Mapping[str, str | list[str]], name: str) -> str | None:
     return value
 
 
+flatten_fields = _flatten  # the same form-field checks for Plivo's callbacks
+single_field = _single
+
+
 def _parse_rfc2822(value: str | None) -> datetime | None:
     """RFC 2822 date -> aware UTC datetime; None when absent or unparseable (not an error)."""
     if not value:
@@ -327,18 +333,21 @@ def _parse_seconds(value: str | None) -> int | None:
     return int(value.strip())
 
 
-def parse_twilio_callback(params: Mapping[str, Sequence[str]], *, kind: str = "status") -> CallUpdate:
+def parse_twilio_callback(params: Mapping[str, Sequence[str]], *, kind: str = "status", provider: str = PROVIDER,
+                          max_call_sid_chars: int = MAX_CALL_SID_CHARS) -> CallUpdate:
     """Normalize a Twilio status or AMD callback (form body or GET query) into a `CallUpdate`.
 
-    `CallSid` is required (visible ASCII, at most 64 characters); an unknown `CallStatus` keeps
-    its raw word with state None; `SequenceNumber` must be a non-negative integer; an
+    `CallSid` is required (visible ASCII, at most `max_call_sid_chars`); an unknown `CallStatus`
+    keeps its raw word with state None; `SequenceNumber` must be a non-negative integer; an
     unparseable `Timestamp` or `CallDuration` becomes None. Raises `BadRequest` only.
+    `provider` names whose status row maps `CallStatus`: Telnyx's TeXML callbacks carry the
+    same fields (see `gateway.providers.telnyx`).
     """
     flat = _flatten(params)
     call_sid = _single(flat, "CallSid")
     if not call_sid:
         raise BadRequest("missing CallSid")
-    if len(call_sid) > MAX_CALL_SID_CHARS or not _VISIBLE_ASCII.fullmatch(call_sid):
+    if len(call_sid) > max_call_sid_chars or not _VISIBLE_ASCII.fullmatch(call_sid):
         raise BadRequest("CallSid is not a valid identifier")
 
     raw_status = _single(flat, "CallStatus") or None
@@ -356,11 +365,11 @@ def parse_twilio_callback(params: Mapping[str, Sequence[str]], *, kind: str = "s
     direction = DIRECTIONS.get(direction_raw.strip().lower()) if direction_raw else None
 
     return CallUpdate(
-        provider=PROVIDER,
+        provider=provider,
         kind=kind,
         provider_call_id=call_sid,
         raw_status=raw_status,
-        state=normalize_status(PROVIDER, raw_status),
+        state=normalize_status(provider, raw_status),
         voicemail=voicemail,
         answered_by=answered_by,
         sequence=sequence,

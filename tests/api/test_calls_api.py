@@ -175,7 +175,7 @@ async def test_bad_requests_name_the_problem(gateway, fakes):
         ({"to": None}, "to: "),
         ({"workflow_id": "a/b"}, "workflow_id: must be 1-128 characters"),
         ({"colour": "blue"}, "colour: unknown key"),
-        ({"provider": "plivo"}, "provider: "),
+        ({"provider": "exotel"}, "provider: "),
         ({"machine_detection": "sometimes"}, "machine_detection: must be true, false"),
     ]
     for fields, expected in cases:

@@ -145,7 +145,7 @@ def test_unsigned_and_unconfigured_and_oversized(gateway_server):
     big = httpx.post(server.url + WEBHOOK, content=b"a=" + b"x" * 70000,
                      headers={"X-Twilio-Signature": "x", "Content-Type": "application/x-www-form-urlencoded"})
     assert big.status_code == 413
-    bad_provider = httpx.post(server.url + WEBHOOK + "?provider=plivo", data=call_params())
+    bad_provider = httpx.post(server.url + WEBHOOK + "?provider=exotel", data=call_params())
     assert bad_provider.status_code == 400
 
 

@@ -127,5 +127,5 @@ def test_status_words_are_trimmed_and_case_folded(word):
 
 
 def test_unknown_provider_has_no_states():
-    assert normalize_status("plivo", "completed") is None
+    assert normalize_status("exotel", "completed") is None
     assert normalize_status("twilio", "   ") is None
