@@ -8,6 +8,7 @@ provider credentials are never used when a configuration file exists.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -17,13 +18,29 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from gateway.config import ConfigError, GatewayConfig, ProvidersConfig, TwilioConfig, VonageConfig
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from gateway.config import ConfigError, GatewayConfig, PlivoConfig, ProvidersConfig, TelnyxConfig, TwilioConfig, VonageConfig
 
 log = logging.getLogger("gateway.config")
 
 DEV_SECRETS_FILE = "dev-secrets.json"
 DEV_TWILIO_ACCOUNT_SID = "AC" + "de7" * 10 + "00"  # 34 characters, like a real one; no real account
 DEV_VONAGE_APPLICATION_ID = "00000000-0000-4000-8000-00000000de7e"
+DEV_PLIVO_AUTH_ID = "MADE7DE7DE7DE7DE7DE7"  # 20 characters, like a real Auth ID; no real account
+
+
+def telnyx_public_key(private_key: str) -> str:
+    """The base64 Ed25519 public key of a base64 32-byte private key (Telnyx's Public Key form)."""
+    key = Ed25519PrivateKey.from_private_bytes(base64.b64decode(private_key, validate=True))
+    return base64.b64encode(key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)).decode("ascii")
+
+
+def _generate(key: str) -> str:
+    if key == "telnyx_private_key":  # an Ed25519 seed: the simulator signs, the gateway checks its public half
+        return base64.b64encode(os.urandom(32)).decode("ascii")
+    return secrets.token_urlsafe(32)
 
 
 def dev_secrets_path(config: GatewayConfig) -> Path:
@@ -37,7 +54,8 @@ class DevSecrets:
     the gateway agree. Development only: a config file's values always win, and with a config
     file the provider credentials here are never used."""
 
-    KEYS = ("api_key", "secret_key", "twilio_auth_token", "vonage_signature_secret")
+    KEYS = ("api_key", "secret_key", "twilio_auth_token", "vonage_signature_secret", "plivo_auth_token",
+            "telnyx_private_key")
 
     def __init__(self, path: Path, values: dict[str, str]) -> None:
         self.path = path
@@ -63,7 +81,7 @@ class DevSecrets:
         missing = [key for key in cls.KEYS if not found.values.get(key)]
         if missing:
             for key in missing:
-                found.values[key] = secrets.token_urlsafe(32)
+                found.values[key] = _generate(key)
             found.values["_note"] = "generated for development by gateway serve; never use these in production"
             path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -72,11 +90,14 @@ class DevSecrets:
         return found
 
     def providers(self) -> ProvidersConfig:
-        """Test credentials for both providers (for `gateway simulate`; no real account)."""
+        """Test credentials for every provider (for `gateway simulate`; no real account). Telnyx
+        signs with a private key: the gateway gets its public half, the simulator the key."""
         return ProvidersConfig(
             twilio=TwilioConfig(account_sid=DEV_TWILIO_ACCOUNT_SID, auth_token=SecretStr(self.values["twilio_auth_token"])),
             vonage=VonageConfig(signature_secret=SecretStr(self.values["vonage_signature_secret"]),
                                 application_id=DEV_VONAGE_APPLICATION_ID),
+            telnyx=TelnyxConfig(public_key=telnyx_public_key(self.values["telnyx_private_key"])),
+            plivo=PlivoConfig(auth_id=DEV_PLIVO_AUTH_ID, auth_token=SecretStr(self.values["plivo_auth_token"])),
         )
 
 
@@ -121,6 +142,6 @@ def with_dev_secrets(config: GatewayConfig, *, from_file: bool = True, create: b
             log.warning("*** DEVELOPMENT SECRETS *** %s not configured; using generated values from %s. "
                         "Set them in the config before exposing this gateway.", " and ".join(missing), path)
         if filled.providers is not config.providers:
-            log.warning("*** DEVELOPMENT PROVIDERS *** no config file: Twilio and Vonage accept only requests signed "
-                        "with the test credentials in %s (for gateway simulate); real providers need a config file", path)
+            log.warning("*** DEVELOPMENT PROVIDERS *** no config file: Twilio, Vonage, Telnyx and Plivo accept only requests "
+                        "signed with the test credentials in %s (for gateway simulate); real providers need a config file", path)
     return filled

@@ -404,7 +404,7 @@ def _telnyx_post(sim: ProviderSimulator, path: str, params: dict[str, str]) -> h
 
     if sim.config.providers.telnyx is None:
         raise SimulationError("providers.telnyx is not configured in this gateway's config")
-    seed = os.environ.get(TELNYX_KEY_ENV)
+    seed = os.environ.get(TELNYX_KEY_ENV) or _dev_telnyx_key(sim.config)
     if not seed:
         raise SimulationError(f"set {TELNYX_KEY_ENV} to the base64 private key whose public half is providers.telnyx.public_key")
     try:
@@ -416,6 +416,17 @@ def _telnyx_post(sim: ProviderSimulator, path: str, params: dict[str, str]) -> h
     signature = base64.b64encode(key.sign(stamp.encode() + b"|" + body)).decode()
     return httpx.Request("POST", sim.base + path, content=body, headers={
         "Content-Type": "application/x-www-form-urlencoded", "telnyx-signature-ed25519": signature, "telnyx-timestamp": stamp})
+
+
+def _dev_telnyx_key(config: GatewayConfig) -> str | None:
+    """The development Telnyx private key, when the gateway checks with its public half (no config file)."""
+    from gateway.dev_secrets import DevSecrets, dev_secrets_path, telnyx_public_key
+
+    stored = DevSecrets.read(dev_secrets_path(config)) if config.providers.telnyx is not None else None
+    seed = stored.values.get("telnyx_private_key") if stored is not None else None
+    if seed and config.providers.telnyx is not None and telnyx_public_key(seed) == config.providers.telnyx.public_key:
+        return seed
+    return None
 
 
 def _telnyx_params(sim: ProviderSimulator, status: str, **extra: str) -> dict[str, str]:
@@ -460,6 +471,7 @@ async def run_telnyx(sim: ProviderSimulator, client: httpx.AsyncClient, webhook:
         await ws.send(json.dumps({"event": "stop", "stream_id": stream_id, "stop": {"call_control_id": sim.call_id}}))
         await asyncio.sleep(0.2)
         reader.cancel()
+    await sim._status(client, "completed")
 
 
 async def _read_telnyx(ws: Any, result: SimulationResult) -> None:
@@ -532,6 +544,7 @@ async def run_plivo(sim: ProviderSimulator, client: httpx.AsyncClient, webhook: 
                       "payload": base64.b64encode(frame).decode()}}))
         await asyncio.sleep(0.5)
         reader.cancel()
+    await sim._status(client, "completed")
 
 
 async def _read_plivo(ws: Any, result: SimulationResult) -> None:

@@ -70,6 +70,24 @@ def test_the_quick_start_plays_a_twilio_call_and_a_vonage_call(fresh):
     assert secrets["twilio_auth_token"] not in log and secrets["vonage_signature_secret"] not in log
 
 
+@pytest.mark.parametrize("provider", ["telnyx", "plivo"])
+def test_the_quick_start_plays_telnyx_and_plivo_calls_with_no_config_either(fresh, provider):
+    """Development credentials for every provider: Telnyx's are a key pair (the gateway checks
+    with the public half, the simulator signs with the private key), Plivo's an Auth ID and token."""
+    root, url = fresh
+    result = gateway("simulate", "--url", url, "--provider", provider, "--seconds", "1", "--json", cwd=root)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["call"]["state"] == "completed" and report["call"]["provider"] == provider
+    assert report["frames_sent"] == 50 and report["frames_received"] >= 45
+    busy = json.loads(gateway("simulate", "--url", url, "--provider", provider, "--outcome", "busy", "--json",
+                              cwd=root).stdout)
+    assert busy["call"]["state"] == "busy" and busy["frames_sent"] == 0
+    secrets = json.loads((root / "data" / "dev-secrets.json").read_text())
+    log = (root / "serve.log").read_text()
+    assert secrets["telnyx_private_key"] not in log and secrets["plivo_auth_token"] not in log
+
+
 def test_admin_key_and_calls_after_the_quick_start(fresh):
     root, url = fresh
     run = json.loads(gateway("simulate", "--url", url, "--seconds", "0.5", "--json", cwd=root).stdout)["workflow_run_id"]
