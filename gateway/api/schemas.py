@@ -138,6 +138,7 @@ class _DeliveryRow(_Out):
     status: DeliveryStatus
     next_attempt_at: Time | None
     first_attempt_at: Time | None
+    schedule_started_at: Time | None  # where the retry schedule's total_timeout counts from
     last_attempt_at: Time | None
     last_status: int | None
     last_error: str | None
