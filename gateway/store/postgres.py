@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections import defaultdict
 from dataclasses import replace
 from datetime import datetime
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Container, Mapping, Sequence
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
@@ -44,6 +45,7 @@ from gateway.store.base import (
     share_out,
 )
 from gateway.store.activity import admit_activity
+from gateway.store.group_commit import GroupCommit, MaybeCommitted
 from gateway.store.migrations import MIGRATIONS
 from gateway.store.postgres_campaigns import PostgresCampaigns
 from gateway.store.paging import POSTGRES, page_query, split_page
@@ -64,6 +66,40 @@ _LEASE_FREE = "(lease_until IS NULL OR lease_until < now())"
 """Not leased, on the database's clock: instances whose clocks differ agree on when a lease ends."""
 _LEASE = "lease_owner = $1, lease_until = now() + $2 * interval '1 second', lease_id = $3, resend = FALSE"
 """Hand a row out under a new lease ($1 owner, $2 seconds, $3 lease id); a retry asked for before is met by it."""
+_LOCK_IN_ORDER = ("SELECT pg_advisory_xact_lock(hashtext(k)) FROM unnest($1::text[]) WITH ORDINALITY AS t(k, n)"
+                  " ORDER BY n")
+"""Transaction-scoped advisory locks on the keys $1, one after the other in the order given."""
+_FIND_CALLS = (
+    "SELECT * FROM calls WHERE workflow_run_id IN (SELECT workflow_run_id FROM calls WHERE workflow_run_id = ANY($1::text[])"
+    " UNION ALL SELECT c.workflow_run_id FROM calls c JOIN unnest($2::text[], $3::text[]) AS w(provider, call_id)"
+    " ON c.provider = w.provider AND c.provider_call_id = w.call_id) ORDER BY workflow_run_id FOR UPDATE"
+)
+"""The calls with run ids $1 or (provider, provider's call id) in ($2, $3), row-locked in one order."""
+_INSERT_TIMELINE = (
+    "INSERT INTO call_timeline (workflow_run_id, received_at, source, kind, outcome, raw_status, state, sequence, data)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+)
+_PENDING_IN_ORDER = (
+    "SELECT DISTINCT d.subscription, d.order_key FROM deliveries d JOIN unnest($1::text[], $2::text[]) AS w(sub, key)"
+    " ON d.subscription = w.sub AND d.order_key = w.key WHERE d.status = 'pending'"
+)
+"""Which of the (subscription $1, call $2) pairs have a delivery still pending (their next one waits)."""
+_INSERT_EVENTS = (
+    "WITH e AS (INSERT INTO events (id, type, workflow_run_id, occurred_at, data)"
+    " SELECT v.id, v.type, v.run, v.at, v.data::jsonb"
+    " FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[]) WITH ORDINALITY AS v(id, type, run, at, data, n)"
+    " ORDER BY v.n RETURNING id, seq),"
+    " d AS (INSERT INTO deliveries (id, event_seq, subscription, workflow_run_id, order_key, status, attempts,"
+    " next_attempt_at, lease_owner, lease_until, lease_id, created_at, updated_at)"
+    " SELECT w.id, e.seq, w.sub, w.run, w.key, 'pending', 0, w.at, w.owner,"
+    " CASE WHEN w.owner IS NOT NULL THEN now() + $14::float8 * interval '1 second' END, w.lease_id, w.at, w.at"
+    " FROM unnest($6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::timestamptz[])"
+    " AS w(id, event_id, sub, run, key, owner, lease_id, at) JOIN e ON e.id = w.event_id)"
+    " SELECT id, seq FROM e"
+)
+"""Events ($1-$5: id, type, run, time, data as JSON text), numbered in that order, and their delivery rows
+($6-$13: id, event id, subscription, run, order key, lease owner, lease id, due time; leased for $14
+seconds on the database's clock), in one statement; returns each event's (id, seq)."""
 
 
 def split_store_url(url: str) -> tuple[str, str | None]:
@@ -140,6 +176,12 @@ async def _queue_again(conn: asyncpg.Connection, delivery_id: str, now: datetime
         " RETURNING *", now, delivery_id)
 
 
+def _timeline_row(run_id: str, at: datetime, update: CallUpdate, outcome: str) -> tuple[Any, ...]:
+    """A callback's `call_timeline` row (`_INSERT_TIMELINE`'s parameters)."""
+    return (run_id, at, update.provider, update.kind, outcome, update.raw_status,
+            update.state.value if update.state else None, update.sequence, update.params)
+
+
 def _health(row: Mapping[str, Any]) -> EndpointHealth:
     return EndpointHealth(subscription=row["subscription"], consecutive_failures=row["consecutive_failures"],
                           first_failure_at=row["first_failure_at"], disabled_at=row["disabled_at"],
@@ -174,6 +216,8 @@ class PostgresStore(PostgresCampaigns, Store):
         self._pool: asyncpg.Pool | None = None
         self._listener: asyncpg.Connection | None = None
         self._nonces_pruned: datetime | None = None
+        self._callbacks: GroupCommit[tuple[CallUpdate, str | None, CallSeed | None], AppliedUpdate] = GroupCommit(
+            self._apply_batch, self._apply_one)
 
     # -- plumbing ---------------------------------------------------------------------
     @property
@@ -288,69 +332,84 @@ class PostgresStore(PostgresCampaigns, Store):
         row = await conn.fetchrow("SELECT * FROM calls WHERE workflow_run_id = $1" + (" FOR UPDATE" if lock else ""), run_id)
         return None if row is None else _record(row)
 
-    @staticmethod
-    async def _insert_timeline(conn: asyncpg.Connection, run_id: str, at: datetime, *, source: str, kind: str, outcome: str,
-                               raw_status: str | None, state: str | None, sequence: int | None, data: dict[str, Any]) -> None:
-        await conn.execute(
-            "INSERT INTO call_timeline (workflow_run_id, received_at, source, kind, outcome, raw_status, state, sequence, data)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)", run_id, at, source, kind, outcome, raw_status, state, sequence, data,
-        )
-
     async def _insert_events(self, conn: asyncpg.Connection, events: list[Event], leased: list[Delivery] | None = None) -> int:
-        """Write events and one delivery row per subscription; NOTIFY when rows were queued for a
-        claim. Given a `leased` list, rows the direct dispatch takes are leased to it and added
-        there instead (see `DirectDispatch`)."""
-        queued = 0
-        lease_id = new_lease_id()
+        """Write events and one delivery row per subscription (`_write_events`, one group)."""
+        return await self._write_events(conn, [events], leased)
+
+    async def _write_events(self, conn: asyncpg.Connection, groups: Sequence[Sequence[Event]],
+                            leased: list[Delivery] | None = None, new_calls: Container[str] = ()) -> int:
+        """Write the events of each group (one callback's, in order) and one delivery row per
+        subscription, in one statement; NOTIFY once when rows were queued for a claim. Returns
+        how many were.
+
+        Given a `leased` list, a row the direct dispatch takes (it has room for the subscription,
+        and no earlier event of the call is still pending for it) is leased to it and added there
+        (see `DirectDispatch`). `new_calls` were made by this transaction: no rows of theirs can
+        be pending from before (no need to look)."""
+        events = [event for group in groups for event in group]
+        if not events:
+            return 0
         dispatch = self.dispatch if leased is not None else None
-        waiting: set[tuple[str, str]] = set()
-        taken: dict[str, int] = {}  # leased in this transaction, by subscription
-        for event in events:
-            event.seq = await conn.fetchval(
-                "INSERT INTO events (id, type, workflow_run_id, occurred_at, data) VALUES ($1, $2, $3, $4, $5) RETURNING seq",
-                event.id, event.type, event.workflow_run_id, event.occurred_at, event.data,
-            )
-            for subscription, ordered in self.fanout(event):
+        routes = [(event, self.fanout(event)) for event in events]
+        pending: set[tuple[str, str]] = set()
+        if dispatch is not None:
+            asked = {(subscription, event.workflow_run_id) for event, subs in routes for subscription, ordered in subs
+                     if ordered and event.workflow_run_id and event.workflow_run_id not in new_calls}
+            if asked:
+                pending = {(r[0], r[1]) for r in await conn.fetch(
+                    _PENDING_IN_ORDER, [s for s, _ in asked], [k for _, k in asked])}
+        lease_id = new_lease_id()
+        waiting: set[tuple[str, str]] = set()  # (subscription, call) with a row pending now
+        taken: dict[str, int] = defaultdict(int)  # leased in this transaction, by subscription
+        rows: list[tuple[Delivery, str | None]] = []  # (row, lease owner)
+        queued = 0
+        for event, subs in routes:
+            for subscription, ordered in subs:
                 key = event.workflow_run_id if ordered else None
-                take = dispatch is not None and dispatch.room(subscription) > taken.get(subscription, 0)
+                take = dispatch is not None and dispatch.room(subscription) > taken[subscription]
                 if key is not None:
-                    if take and ((subscription, key) in waiting or await conn.fetchval(
-                            "SELECT 1 FROM deliveries WHERE status = 'pending' AND subscription = $1 AND order_key = $2 LIMIT 1",
-                            subscription, key)):
+                    if take and ((subscription, key) in waiting or (subscription, key) in pending):
                         take = False
                     waiting.add((subscription, key))
-                delivery = await self._insert_delivery(conn, event.seq, subscription, event.workflow_run_id, ordered,
-                                                       event.occurred_at, lease=dispatch if take else None, event=event,
-                                                       lease_id=lease_id)
+                at = event.occurred_at
+                delivery = Delivery(id=new_event_id("msg"), event_seq=0, subscription=subscription,
+                                    workflow_run_id=event.workflow_run_id, status="pending", attempts=0,
+                                    next_attempt_at=at, created_at=at, updated_at=at, event=event, order_key=key,
+                                    lease_id=lease_id if take else None)
+                rows.append((delivery, dispatch.owner if take and dispatch is not None else None))
                 if take:
-                    assert leased is not None
-                    taken[subscription] = taken.get(subscription, 0) + 1
-                    leased.append(delivery)
+                    taken[subscription] += 1
                 else:
                     queued += 1
+        written = await conn.fetch(
+            _INSERT_EVENTS, [e.id for e in events], [e.type for e in events], [e.workflow_run_id for e in events],
+            [e.occurred_at for e in events], [e.data_json() for e in events],
+            [d.id for d, _ in rows], [d.event.id for d, _ in rows if d.event], [d.subscription for d, _ in rows],
+            [d.workflow_run_id for d, _ in rows], [d.order_key for d, _ in rows], [owner for _, owner in rows],
+            [d.lease_id for d, _ in rows], [d.next_attempt_at for d, _ in rows],
+            dispatch.lease_seconds if dispatch is not None else None,
+        )
+        seqs = {row["id"]: row["seq"] for row in written}
+        for event in events:
+            event.seq = seqs[event.id]
+        for delivery, owner in rows:
+            delivery.event_seq = delivery.event.seq if delivery.event else 0
+            if owner is not None:
+                assert leased is not None
+                leased.append(delivery)
         if queued:
             await conn.execute(f"NOTIFY {DELIVERIES_CHANNEL}")
         return queued
 
     @staticmethod
     async def _insert_delivery(conn: asyncpg.Connection, event_seq: int, subscription: str, run_id: str | None,
-                               ordered: bool, now: datetime, *, lease: DirectDispatch | None = None,
-                               event: Event | None = None, lease_id: str | None = None) -> Delivery:
-        """A pending delivery row; with `lease`, leased to that direct dispatch under `lease_id`
-        (its expiry on the database's clock)."""
-        delivery_id = new_event_id("msg")
-        key = run_id if ordered else None
-        lease_id = lease_id if lease else None
+                               ordered: bool, now: datetime) -> None:
+        """A pending delivery row, for a claim."""
         await conn.execute(
             "INSERT INTO deliveries (id, event_seq, subscription, workflow_run_id, order_key, status, attempts,"
-            " next_attempt_at, lease_owner, lease_until, lease_id, created_at, updated_at)"
-            " VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $7, now() + $8 * interval '1 second', $9, $6, $6)",
-            delivery_id, event_seq, subscription, run_id, key, now,
-            lease.owner if lease else None, lease.lease_seconds if lease else None, lease_id,
+            " next_attempt_at, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $6, $6)",
+            new_event_id("msg"), event_seq, subscription, run_id, run_id if ordered else None, now,
         )
-        return Delivery(id=delivery_id, event_seq=event_seq, subscription=subscription, workflow_run_id=run_id,
-                        status="pending", attempts=0, next_attempt_at=now, created_at=now, updated_at=now,
-                        event=event, order_key=key, lease_id=lease_id)
 
     def _handover(self, leased: list[Delivery]) -> None:
         """After the commit: rows leased to the direct dispatch go to it."""
@@ -359,6 +418,13 @@ class PostgresStore(PostgresCampaigns, Store):
             self.dispatch.deliver(leased)
 
     async def apply_update(self, update: CallUpdate, *, run_id: str | None, seed: CallSeed | None = None) -> AppliedUpdate:
+        """Callbacks that wait together are written in one transaction (`_apply_batch`)."""
+        return await self._callbacks.submit((update, run_id, seed))
+
+    async def _apply_one(self, item: tuple[CallUpdate, str | None, CallSeed | None]) -> AppliedUpdate:
+        """One callback in a transaction of its own."""
+        update, run_id, seed = item
+
         async def tx(conn: asyncpg.Connection) -> AppliedUpdate:
             # Serialize every writer of this call, on every instance, before reading it.
             if update.provider_call_id:
@@ -377,9 +443,7 @@ class PostgresStore(PostgresCampaigns, Store):
             if seed is not None:
                 seed.fill(record)
             await conn.execute(_UPSERT_CALL, *_record_params(record))
-            await self._insert_timeline(conn, target, now, source=update.provider, kind=update.kind, outcome=transition.outcome,
-                                        raw_status=update.raw_status, state=update.state.value if update.state else None,
-                                        sequence=update.sequence, data=update.params)
+            await conn.execute(_INSERT_TIMELINE, *_timeline_row(target, now, update, transition.outcome))
             events = [Event(type=name, workflow_run_id=target, occurred_at=now, data=event_data(record)) for name in transition.events]
             await self._insert_events(conn, events, leased)
             return AppliedUpdate(record=record, events=events, outcome=transition.outcome, created=current is None)
@@ -387,6 +451,69 @@ class PostgresStore(PostgresCampaigns, Store):
         leased: list[Delivery] = []
         applied = await self._tx(tx)
         self._handover(leased)
+        return applied
+
+    async def _apply_batch(self, items: list[tuple[CallUpdate, str | None, CallSeed | None]]) -> list[AppliedUpdate]:
+        """Several callbacks, in order, in one transaction: what each would have written alone,
+        with one statement for their locks, one to find their calls and one per table.
+
+        The locks are those each callback takes alone, in one global order (the provider's call
+        ids sorted, then the run ids sorted), so batches on any instance cannot deadlock with
+        each other or with a callback alone. A later callback sees what an earlier one of the
+        batch did to its call. Raises `MaybeCommitted` when the COMMIT got no answer."""
+        leased: list[Delivery] = []
+        try:
+            async with self.pool.acquire() as conn:
+                transaction = conn.transaction()
+                await transaction.start()
+                try:
+                    applied = await self._write_callbacks(conn, items, leased)
+                except BaseException:
+                    await transaction.rollback()
+                    raise
+                try:
+                    await transaction.commit()
+                except (OSError, asyncpg.InterfaceError) as exc:
+                    raise MaybeCommitted() from StoreError(f"postgresql: the commit got no answer: {type(exc).__name__}: {exc}")
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreError(f"postgresql: {type(exc).__name__}: {exc}") from exc
+        self._handover(leased)
+        return applied
+
+    async def _write_callbacks(self, conn: asyncpg.Connection, items: list[tuple[CallUpdate, str | None, CallSeed | None]],
+                               leased: list[Delivery]) -> list[AppliedUpdate]:
+        """`_apply_batch`'s statements, inside its transaction."""
+        calls = sorted({f"{u.provider}:{u.provider_call_id}" for u, _, _ in items if u.provider_call_id})
+        runs = sorted({run_id for _, run_id, _ in items if run_id})
+        await conn.execute(_LOCK_IN_ORDER, calls + [f"run:{run_id}" for run_id in runs])
+        now = utcnow()
+        pairs = list(dict.fromkeys((u.provider, u.provider_call_id) for u, _, _ in items if u.provider_call_id))
+        found = {row["workflow_run_id"]: _record(row) for row in await conn.fetch(
+            _FIND_CALLS, runs, [p for p, _ in pairs], [c for _, c in pairs])}
+        by_provider = {(r.provider, r.provider_call_id): run for run, r in found.items() if r.provider and r.provider_call_id}
+        existed = set(found)  # calls from before this batch: only theirs can have deliveries pending
+        changed: dict[str, CallRecord] = {}
+        timeline: list[tuple[Any, ...]] = []
+        applied: list[AppliedUpdate] = []
+        for update, run_id, seed in items:
+            current = found.get(run_id) if run_id else None
+            if current is None and update.provider_call_id:
+                match = by_provider.get((update.provider, update.provider_call_id))
+                current = found.get(match) if match else None
+            target = current.workflow_run_id if current else (run_id or str(uuid.uuid4()))
+            transition = decide_transition(current, update, run_id=target, now=now)
+            record = transition.record
+            if seed is not None:
+                seed.fill(record)
+            found[target] = changed[target] = record
+            if record.provider and record.provider_call_id:
+                by_provider[(record.provider, record.provider_call_id)] = target
+            timeline.append(_timeline_row(target, now, update, transition.outcome))
+            events = [Event(type=name, workflow_run_id=target, occurred_at=now, data=event_data(record)) for name in transition.events]
+            applied.append(AppliedUpdate(record=record, events=events, outcome=transition.outcome, created=current is None))
+        await conn.executemany(_UPSERT_CALL, [_record_params(record) for record in changed.values()])
+        await conn.executemany(_INSERT_TIMELINE, timeline)
+        await self._write_events(conn, [a.events for a in applied], leased, new_calls=changed.keys() - existed)
         return applied
 
     async def record_activity(self, run_id: str, *, source: str, kind: str, data: dict[str, Any],
@@ -409,8 +536,7 @@ class PostgresStore(PostgresCampaigns, Store):
                 record.media.update(admitted.media or {})
                 record.updated_at = now
                 await conn.execute(_UPSERT_CALL, *_record_params(record))
-            await self._insert_timeline(conn, run_id, now, source=source, kind=kind, outcome="recorded", raw_status=None,
-                                        state=None, sequence=None, data=data)
+            await conn.execute(_INSERT_TIMELINE, run_id, now, source, kind, "recorded", None, None, None, data)
             emitted = [Event(type=name, workflow_run_id=run_id, occurred_at=now, data=event_data(record, extra))
                        for name, extra in admitted.events]
             await self._insert_events(conn, emitted, leased)
@@ -574,33 +700,42 @@ class PostgresStore(PostgresCampaigns, Store):
                              dispatch: DirectDispatch | None, leased: list[Delivery]) -> int:
         """The call's next pending delivery after each ordered one that reached its end: leased
         to `dispatch` when it is due, free and taken (added to `leased`); returns how many
-        others are due for a claim."""
-        queued = 0
+        others are due for a claim. One query finds them all, one statement leases them."""
+        ended = list(dict.fromkeys((d.subscription, d.order_key) for d, r in items
+                                   if r.status != "pending" and d.order_key is not None))
+        if not ended:
+            return 0
         now = utcnow()
-        taken: dict[str, int] = {}
-        lease_id = new_lease_id()
-        for delivery, result in items:
-            if result.status == "pending" or delivery.order_key is None:
-                continue
-            row = await conn.fetchrow(
-                _DELIVERY_SELECT.replace("SELECT d.*", f"SELECT d.*, {_LEASE_FREE} AS lease_free", 1)
-                + " WHERE d.status = 'pending' AND d.subscription = $1 AND d.order_key = $2"
-                " ORDER BY d.event_seq LIMIT 1", delivery.subscription, delivery.order_key,
-            )
+        rows = await conn.fetch(
+            _DELIVERY_SELECT.replace("SELECT d.*", f"SELECT DISTINCT ON (d.subscription, d.order_key) d.*, {_LEASE_FREE} AS lease_free", 1)
+            + " JOIN unnest($1::text[], $2::text[]) AS w(sub, key) ON d.subscription = w.sub AND d.order_key = w.key"
+            " WHERE d.status = 'pending' ORDER BY d.subscription, d.order_key, d.event_seq",
+            [sub for sub, _ in ended], [key for _, key in ended],
+        )
+        first = {(row["subscription"], row["order_key"]): row for row in rows}
+        queued = 0
+        taken: dict[str, int] = defaultdict(int)
+        offered: list[Delivery] = []
+        for pair in ended:
+            row = first.get(pair)
             if row is None or row["next_attempt_at"] > now or not row["lease_free"]:
-                continue
-            if dispatch is not None and dispatch.room(delivery.subscription) > taken.get(delivery.subscription, 0):
-                # The lease test again on the row as it is now: another instance may be claiming it.
-                status = await conn.execute(
-                    f"UPDATE deliveries SET {_LEASE} WHERE id = $4 AND status = 'pending' AND {_LEASE_FREE}",
-                    dispatch.owner, dispatch.lease_seconds, lease_id, row["id"])
-                if status.endswith(" 1"):
-                    taken[delivery.subscription] = taken.get(delivery.subscription, 0) + 1
-                    successor = _delivery(row, with_event=True)
-                    successor.lease_id = lease_id
-                    leased.append(successor)
+                continue  # nothing waits, or it is not due yet (a claim or the poll takes it then)
+            if dispatch is not None and dispatch.room(pair[0]) > taken[pair[0]]:
+                taken[pair[0]] += 1
+                offered.append(_delivery(row, with_event=True))
             else:
                 queued += 1
+        if offered:
+            assert dispatch is not None
+            lease_id = new_lease_id()
+            # The lease test again on the rows as they are now: another instance may be claiming one.
+            got = {row["id"] for row in await conn.fetch(
+                f"UPDATE deliveries SET {_LEASE} WHERE id = ANY($4::text[]) AND status = 'pending' AND {_LEASE_FREE}"
+                " RETURNING id", dispatch.owner, dispatch.lease_seconds, lease_id, [d.id for d in offered])}
+            for successor in offered:
+                if successor.id in got:
+                    successor.lease_id = lease_id
+                    leased.append(successor)
         return queued
 
     async def release_leases(self, owner: str, delivery_ids: Sequence[str] | None = None) -> int:
