@@ -19,6 +19,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
+from gateway import jsontext
 from gateway.calls.lifecycle import CallUpdate, decide_transition
 from gateway.calls.record import CallRecord, utcnow
 from gateway.calls.states import CallState
@@ -190,8 +191,7 @@ def _health(row: Mapping[str, Any]) -> EndpointHealth:
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
     for kind in ("json", "jsonb"):
-        await conn.set_type_codec(kind, encoder=lambda v: json.dumps(v, separators=(",", ":"), default=str),
-                                  decoder=json.loads, schema="pg_catalog")
+        await conn.set_type_codec(kind, encoder=jsontext.dumps, decoder=jsontext.loads, schema="pg_catalog")
 
 
 async def _lock_runs(conn: asyncpg.Connection, run_ids: Sequence[str]) -> None:
