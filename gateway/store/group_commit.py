@@ -37,23 +37,29 @@ class GroupCommit(Generic[U, R]):
         self.writers = writers
         self.max_group = max_group
         self._queue: list[tuple[U, asyncio.Future[R]]] = []
-        self._running: set[asyncio.Task[None]] = set()
+        self._writing = 0  # writers at work: each one drains the queue before it stops
+        self._running: set[asyncio.Task[None]] = set()  # their tasks, kept referenced
 
     async def submit(self, unit: U) -> R:
         """Queue `unit` and return its result once the transaction that wrote it committed."""
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._queue.append((unit, future))
-        if len(self._running) < self.writers:
+        if self._writing < self.writers:
+            self._writing += 1
             task = asyncio.ensure_future(self._drain())
             self._running.add(task)
             task.add_done_callback(self._running.discard)
         return await future
 
     async def _drain(self) -> None:
-        """One writer: batches until the queue is empty."""
-        while self._queue:
-            batch, self._queue = self._queue[: self.max_group], self._queue[self.max_group:]
-            await self._write(batch)
+        """One writer: batches until the queue is empty. It stops counting as a writer in the
+        same step that finds the queue empty, so a unit queued after that starts another."""
+        try:
+            while self._queue:
+                batch, self._queue = self._queue[: self.max_group], self._queue[self.max_group:]
+                await self._write(batch)
+        finally:
+            self._writing -= 1
 
     async def _write(self, batch: list[tuple[U, asyncio.Future[R]]]) -> None:
         """Write `batch` and answer every caller of it, whatever goes wrong."""
