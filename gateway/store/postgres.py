@@ -76,10 +76,6 @@ _FIND_CALLS = (
     " ON c.provider = w.provider AND c.provider_call_id = w.call_id) ORDER BY workflow_run_id FOR UPDATE"
 )
 """The calls with run ids $1 or (provider, provider's call id) in ($2, $3), row-locked in one order."""
-_INSERT_TIMELINE = (
-    "INSERT INTO call_timeline (workflow_run_id, received_at, source, kind, outcome, raw_status, state, sequence, data)"
-    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
-)
 _PENDING_IN_ORDER = (
     "SELECT DISTINCT d.subscription, d.order_key FROM deliveries d JOIN unnest($1::text[], $2::text[]) AS w(sub, key)"
     " ON d.subscription = w.sub AND d.order_key = w.key WHERE d.status = 'pending'"
@@ -95,12 +91,17 @@ _INSERT_EVENTS = (
     " SELECT w.id, e.seq, w.sub, w.run, w.key, 'pending', 0, w.at, w.owner,"
     " CASE WHEN w.owner IS NOT NULL THEN now() + $14::float8 * interval '1 second' END, w.lease_id, w.at, w.at"
     " FROM unnest($6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::timestamptz[])"
-    " AS w(id, event_id, sub, run, key, owner, lease_id, at) JOIN e ON e.id = w.event_id)"
+    " AS w(id, event_id, sub, run, key, owner, lease_id, at) JOIN e ON e.id = w.event_id),"
+    " t AS (INSERT INTO call_timeline (workflow_run_id, received_at, source, kind, outcome, raw_status, state, sequence, data)"
+    " SELECT t.run, t.at, t.source, t.kind, t.outcome, t.raw, t.state, t.seq, t.data::jsonb FROM unnest($15::text[],"
+    " $16::timestamptz[], $17::text[], $18::text[], $19::text[], $20::text[], $21::text[], $22::bigint[], $23::text[])"
+    " WITH ORDINALITY AS t(run, at, source, kind, outcome, raw, state, seq, data, n) ORDER BY t.n)"
     " SELECT id, seq FROM e"
 )
-"""Events ($1-$5: id, type, run, time, data as JSON text), numbered in that order, and their delivery rows
+"""Events ($1-$5: id, type, run, time, data as JSON text), numbered in that order, their delivery rows
 ($6-$13: id, event id, subscription, run, order key, lease owner, lease id, due time; leased for $14
-seconds on the database's clock), in one statement; returns each event's (id, seq)."""
+seconds on the database's clock) and timeline entries ($15-$23, `TimelineRow`, in order), in one
+statement; returns each event's (id, seq)."""
 
 
 def split_store_url(url: str) -> tuple[str, str | None]:
@@ -177,10 +178,14 @@ async def _queue_again(conn: asyncpg.Connection, delivery_id: str, now: datetime
         " RETURNING *", now, delivery_id)
 
 
-def _timeline_row(run_id: str, at: datetime, update: CallUpdate, outcome: str) -> tuple[Any, ...]:
-    """A callback's `call_timeline` row (`_INSERT_TIMELINE`'s parameters)."""
+TimelineRow = tuple[str, datetime, str, str, str, "str | None", "str | None", "int | None", str]
+"""A `call_timeline` row: run, received at, source, kind, outcome, raw status, state, sequence, data (JSON text)."""
+
+
+def _timeline_row(run_id: str, at: datetime, update: CallUpdate, outcome: str) -> TimelineRow:
+    """A callback's timeline entry."""
     return (run_id, at, update.provider, update.kind, outcome, update.raw_status,
-            update.state.value if update.state else None, update.sequence, update.params)
+            update.state.value if update.state else None, update.sequence, jsontext.dumps(update.params))
 
 
 def _health(row: Mapping[str, Any]) -> EndpointHealth:
@@ -337,17 +342,18 @@ class PostgresStore(PostgresCampaigns, Store):
         return await self._write_events(conn, [events], leased)
 
     async def _write_events(self, conn: asyncpg.Connection, groups: Sequence[Sequence[Event]],
-                            leased: list[Delivery] | None = None, new_calls: Container[str] = ()) -> int:
-        """Write the events of each group (one callback's, in order) and one delivery row per
-        subscription, in one statement; NOTIFY once when rows were queued for a claim. Returns
-        how many were.
+                            leased: list[Delivery] | None = None, new_calls: Container[str] = (),
+                            timeline: Sequence[TimelineRow] = ()) -> int:
+        """Write the events of each group (one callback's, in order), one delivery row per
+        subscription and the `timeline` entries, in one statement; NOTIFY once when rows were
+        queued for a claim. Returns how many were.
 
         Given a `leased` list, a row the direct dispatch takes (it has room for the subscription,
         and no earlier event of the call is still pending for it) is leased to it and added there
         (see `DirectDispatch`). `new_calls` were made by this transaction: no rows of theirs can
         be pending from before (no need to look)."""
         events = [event for group in groups for event in group]
-        if not events:
+        if not events and not timeline:
             return 0
         dispatch = self.dispatch if leased is not None else None
         routes = [(event, self.fanout(event)) for event in events]
@@ -388,6 +394,7 @@ class PostgresStore(PostgresCampaigns, Store):
             [d.workflow_run_id for d, _ in rows], [d.order_key for d, _ in rows], [owner for _, owner in rows],
             [d.lease_id for d, _ in rows], [d.next_attempt_at for d, _ in rows],
             dispatch.lease_seconds if dispatch is not None else None,
+            *([row[i] for row in timeline] for i in range(9)),
         )
         seqs = {row["id"]: row["seq"] for row in written}
         for event in events:
@@ -443,9 +450,8 @@ class PostgresStore(PostgresCampaigns, Store):
             if seed is not None:
                 seed.fill(record)
             await conn.execute(_UPSERT_CALL, *_record_params(record))
-            await conn.execute(_INSERT_TIMELINE, *_timeline_row(target, now, update, transition.outcome))
             events = [Event(type=name, workflow_run_id=target, occurred_at=now, data=event_data(record)) for name in transition.events]
-            await self._insert_events(conn, events, leased)
+            await self._write_events(conn, [events], leased, timeline=[_timeline_row(target, now, update, transition.outcome)])
             return AppliedUpdate(record=record, events=events, outcome=transition.outcome, created=current is None)
 
         leased: list[Delivery] = []
@@ -493,7 +499,7 @@ class PostgresStore(PostgresCampaigns, Store):
         by_provider = {(r.provider, r.provider_call_id): run for run, r in found.items() if r.provider and r.provider_call_id}
         existed = set(found)  # calls from before this batch: only theirs can have deliveries pending
         changed: dict[str, CallRecord] = {}
-        timeline: list[tuple[Any, ...]] = []
+        timeline: list[TimelineRow] = []
         applied: list[AppliedUpdate] = []
         for update, run_id, seed in items:
             current = found.get(run_id) if run_id else None
@@ -512,8 +518,8 @@ class PostgresStore(PostgresCampaigns, Store):
             events = [Event(type=name, workflow_run_id=target, occurred_at=now, data=event_data(record)) for name in transition.events]
             applied.append(AppliedUpdate(record=record, events=events, outcome=transition.outcome, created=current is None))
         await conn.executemany(_UPSERT_CALL, [_record_params(record) for record in changed.values()])
-        await conn.executemany(_INSERT_TIMELINE, timeline)
-        await self._write_events(conn, [a.events for a in applied], leased, new_calls=changed.keys() - existed)
+        await self._write_events(conn, [a.events for a in applied], leased, new_calls=changed.keys() - existed,
+                                 timeline=timeline)
         return applied
 
     async def record_activity(self, run_id: str, *, source: str, kind: str, data: dict[str, Any],
@@ -536,10 +542,10 @@ class PostgresStore(PostgresCampaigns, Store):
                 record.media.update(admitted.media or {})
                 record.updated_at = now
                 await conn.execute(_UPSERT_CALL, *_record_params(record))
-            await conn.execute(_INSERT_TIMELINE, run_id, now, source, kind, "recorded", None, None, None, data)
+            entry: TimelineRow = (run_id, now, source, kind, "recorded", None, None, None, jsontext.dumps(data))
             emitted = [Event(type=name, workflow_run_id=run_id, occurred_at=now, data=event_data(record, extra))
                        for name, extra in admitted.events]
-            await self._insert_events(conn, emitted, leased)
+            await self._write_events(conn, [emitted], leased, timeline=[entry])
             return emitted
 
         leased: list[Delivery] = []
