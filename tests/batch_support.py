@@ -3,6 +3,7 @@ differential tests of every backend's batched callbacks (tests/store/test_*_batc
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 from gateway.calls import CallState, CallUpdate
@@ -47,3 +48,20 @@ async def snapshot(store: Store) -> dict:
     deliveries, _ = await store.list_deliveries(limit=500)
     out["deliveries"] = sorted((names[d.workflow_run_id], d.subscription, d.event.type, d.status) for d in deliveries)
     return out
+
+
+async def one_then_batched(one: Store, batched: Store, callbacks: list[tuple[CallUpdate, str | None]],
+                           one_taken: list, batch_taken: list) -> list:
+    """Write `callbacks` one at a time into `one`, and in waves of 30 at once into `batched`
+    (later waves find calls, and rows, of earlier ones); check both wrote the same. Returns
+    what `batched` answered."""
+    alone = [await one.apply_update(update, run_id=run) for update, run in callbacks]
+    together: list = []
+    for wave in range(0, len(callbacks), 30):
+        together += await asyncio.gather(*(batched.apply_update(update, run_id=run) for update, run in callbacks[wave:wave + 30]))
+    assert [(a.outcome, a.created, [e.type for e in a.events], a.record.state) for a in alone] == \
+           [(b.outcome, b.created, [e.type for e in b.events], b.record.state) for b in together]
+    assert await snapshot(one) == await snapshot(batched)
+    assert sorted((d.event.data["provider_call_id"], d.event.type) for d in one_taken) == \
+           sorted((d.event.data["provider_call_id"], d.event.type) for d in batch_taken)
+    return together

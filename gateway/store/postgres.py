@@ -46,6 +46,7 @@ from gateway.store.base import (
     share_out,
 )
 from gateway.store.activity import admit_activity
+from gateway.store.callbacks import apply_callbacks
 from gateway.store.group_commit import GroupCommit, MaybeCommitted
 from gateway.store.migrations import MIGRATIONS
 from gateway.store.postgres_campaigns import PostgresCampaigns
@@ -496,31 +497,12 @@ class PostgresStore(PostgresCampaigns, Store):
         pairs = list(dict.fromkeys((u.provider, u.provider_call_id) for u, _, _ in items if u.provider_call_id))
         found = {row["workflow_run_id"]: _record(row) for row in await conn.fetch(
             _FIND_CALLS, runs, [p for p, _ in pairs], [c for _, c in pairs])}
-        by_provider = {(r.provider, r.provider_call_id): run for run, r in found.items() if r.provider and r.provider_call_id}
         existed = set(found)  # calls from before this batch: only theirs can have deliveries pending
-        changed: dict[str, CallRecord] = {}
-        timeline: list[TimelineRow] = []
-        applied: list[AppliedUpdate] = []
-        for update, run_id, seed in items:
-            current = found.get(run_id) if run_id else None
-            if current is None and update.provider_call_id:
-                match = by_provider.get((update.provider, update.provider_call_id))
-                current = found.get(match) if match else None
-            target = current.workflow_run_id if current else (run_id or str(uuid.uuid4()))
-            transition = decide_transition(current, update, run_id=target, now=now)
-            record = transition.record
-            if seed is not None:
-                seed.fill(record)
-            found[target] = changed[target] = record
-            if record.provider and record.provider_call_id:
-                by_provider[(record.provider, record.provider_call_id)] = target
-            timeline.append(_timeline_row(target, now, update, transition.outcome))
-            events = [Event(type=name, workflow_run_id=target, occurred_at=now, data=event_data(record)) for name in transition.events]
-            applied.append(AppliedUpdate(record=record, events=events, outcome=transition.outcome, created=current is None))
-        await conn.executemany(_UPSERT_CALL, [_record_params(record) for record in changed.values()])
-        await self._write_events(conn, [a.events for a in applied], leased, new_calls=changed.keys() - existed,
-                                 timeline=timeline)
-        return applied
+        batch = apply_callbacks(items, found, now)
+        await conn.executemany(_UPSERT_CALL, [_record_params(record) for record in batch.changed.values()])
+        await self._write_events(conn, [a.events for a in batch.applied], leased, new_calls=batch.changed.keys() - existed,
+                                 timeline=[_timeline_row(run, now, update, outcome) for run, update, outcome in batch.timeline])
+        return batch.applied
 
     async def record_activity(self, run_id: str, *, source: str, kind: str, data: dict[str, Any],
                               events: Sequence[tuple[str, dict[str, Any]]] = (), gathered_context: dict[str, Any] | None = None,

@@ -10,7 +10,7 @@ import random
 
 import pytest
 
-from batch_support import script, snapshot
+from batch_support import one_then_batched, script, snapshot
 from gateway.calls import CallState, CallUpdate
 from gateway.events.fanout import EventFanout, Route
 from gateway.store.base import DirectDispatch, StoreError
@@ -53,18 +53,9 @@ async def test_a_batch_writes_what_the_callbacks_write_one_at_a_time() -> None:
             counting(one, one_sizes)
             counting(batched, sizes)
             try:
-                alone = [await one.apply_update(update, run_id=run) for update, run in callbacks]
-                together = []
-                for wave in range(0, len(callbacks), 30):  # later waves find calls (and pending rows) of earlier ones
-                    together += await asyncio.gather(*(batched.apply_update(update, run_id=run)
-                                                       for update, run in callbacks[wave:wave + 30]))
+                together = await one_then_batched(one, batched, callbacks, one_taken, batch_taken)
                 assert not one_sizes  # one at a time: never a batch
                 assert max(sizes) > 10  # they did wait together
-                assert [(a.outcome, a.created, [e.type for e in a.events], a.record.state) for a in alone] == \
-                       [(b.outcome, b.created, [e.type for e in b.events], b.record.state) for b in together]
-                assert await snapshot(one) == await snapshot(batched)
-                assert sorted((d.event.data["provider_call_id"], d.event.type) for d in one_taken) == \
-                       sorted((d.event.data["provider_call_id"], d.event.type) for d in batch_taken)
                 assert all(d.lease_id and d.event_seq == d.event.seq for d in batch_taken)
                 events = await batched.list_events(limit=500)
                 assert [e.seq for e in events] == sorted(e.seq for e in events)

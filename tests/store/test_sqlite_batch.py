@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from batch_support import script, snapshot
+from batch_support import one_then_batched, script, snapshot
 from gateway.events.fanout import EventFanout, Route
 from gateway.store import SQLiteStore
 from gateway.store.base import DirectDispatch
@@ -37,17 +37,8 @@ async def test_a_batch_writes_what_the_callbacks_write_one_at_a_time(tmp_path: P
 
         batched._apply_batch = counting  # type: ignore[method-assign]
         try:
-            alone = [await one.apply_update(update, run_id=run) for update, run in callbacks]
-            together = []
-            for wave in range(0, len(callbacks), 30):  # later waves find calls (and rows) of earlier ones
-                together += await asyncio.gather(*(batched.apply_update(update, run_id=run)
-                                                   for update, run in callbacks[wave:wave + 30]))
+            await one_then_batched(one, batched, callbacks, one_taken, batch_taken)
             assert max(sizes) > 10  # they did wait together
-            assert [(a.outcome, a.created, [e.type for e in a.events], a.record.state) for a in alone] == \
-                   [(b.outcome, b.created, [e.type for e in b.events], b.record.state) for b in together]
-            assert await snapshot(one) == await snapshot(batched)
-            assert sorted((d.event.data["provider_call_id"], d.event.type) for d in one_taken) == \
-                   sorted((d.event.data["provider_call_id"], d.event.type) for d in batch_taken)
             events = await batched.list_events(limit=500)
             assert [e.seq for e in events] == list(range(1, len(events) + 1))  # the batch's own numbering
         finally:
