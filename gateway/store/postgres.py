@@ -347,7 +347,8 @@ class PostgresStore(PostgresCampaigns, Store):
                             timeline: Sequence[TimelineRow] = ()) -> int:
         """Write the events of each group (one callback's, in order), one delivery row per
         subscription and the `timeline` entries, in one statement; NOTIFY once when rows were
-        queued for a claim. Returns how many were.
+        queued that a claim can take now (not those behind an earlier pending event of their
+        call). Returns how many were.
 
         Given a `leased` list, a row the direct dispatch takes (it has room for the subscription,
         and no earlier event of the call is still pending for it) is leased to it and added there
@@ -374,9 +375,10 @@ class PostgresStore(PostgresCampaigns, Store):
             for subscription, ordered in subs:
                 key = event.workflow_run_id if ordered else None
                 take = dispatch is not None and dispatch.room(subscription) > taken[subscription]
+                behind = False  # an earlier event of the call is still pending for the subscription
                 if key is not None:
-                    if take and ((subscription, key) in waiting or (subscription, key) in pending):
-                        take = False
+                    behind = (subscription, key) in waiting or (subscription, key) in pending
+                    take = take and not behind
                     waiting.add((subscription, key))
                 at = event.occurred_at
                 delivery = Delivery(id=new_event_id("msg"), event_seq=0, subscription=subscription,
@@ -386,7 +388,7 @@ class PostgresStore(PostgresCampaigns, Store):
                 rows.append((delivery, dispatch.owner if take and dispatch is not None else None))
                 if take:
                     taken[subscription] += 1
-                else:
+                elif not behind:  # a row behind another goes when that one ends (`_next_in_order`), not on a wake-up
                     queued += 1
         written = await conn.fetch(
             _INSERT_EVENTS, [e.id for e in events], [e.type for e in events], [e.workflow_run_id for e in events],

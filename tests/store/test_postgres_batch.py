@@ -15,6 +15,7 @@ from gateway.calls import CallState, CallUpdate
 from gateway.events.fanout import EventFanout, Route
 from gateway.store.base import DirectDispatch, StoreError
 from postgres_support import postgres_schema_url
+from support import eventually
 
 pytestmark = pytest.mark.postgresql  # deselected, and reported, when PostgreSQL is not reachable
 
@@ -142,3 +143,40 @@ async def test_batches_of_two_instances_on_the_same_calls() -> None:
                 assert len(ended) == 1
         finally:
             await asyncio.gather(a.close(), b.close())
+
+
+async def test_a_row_behind_its_calls_pending_one_wakes_no_claimer_until_that_one_ends() -> None:
+    """NOTIFY goes out for rows a claim can take now: a call's next event, while an earlier one
+    is pending, wakes nobody; when the earlier one ends, the finish wakes the claimers for it."""
+    from datetime import datetime, timezone
+
+    from gateway.store.base import AttemptRecord, DeliveryResult
+
+    async with postgres_schema_url() as url:
+        a = await opened(url, [])
+        a.set_dispatch(DirectDispatch(owner="a", lease_seconds=60, room=lambda name: 0, deliver=lambda rows: None))
+        b = await opened(url, [])
+        b.set_dispatch(None)  # every row b's worker takes, it claims
+        wakes: list[int] = []
+        b.set_fanout(b.fanout, lambda: wakes.append(1))
+        try:
+            def update(call: str, state: CallState) -> CallUpdate:
+                return CallUpdate(provider="twilio", provider_call_id=call, raw_status=state.value, state=state, params={})
+
+            await a.apply_update(update("CA1", CallState.RINGING), run_id="r1")  # no room: queued for a claim
+            await eventually(lambda: len(wakes) == 1)
+            await a.apply_update(update("CA1", CallState.ANSWERED), run_id="r1")  # behind r1's ringing: no wake-up
+            await a.apply_update(update("CA2", CallState.RINGING), run_id="r2")  # another call's: a wake-up
+            await eventually(lambda: len(wakes) >= 2)
+            assert len(wakes) == 2
+            now = datetime.now(timezone.utc)
+            claimed = await b.claim_deliveries("w", now=now, lease_seconds=60, capacity={"crm": 10})
+            assert sorted(d.event.type + d.workflow_run_id for d in claimed) == ["call.ringingr1", "call.ringingr2"]
+            ringing = next(d for d in claimed if d.workflow_run_id == "r1")
+            await b.finish_delivery(ringing, "w", DeliveryResult("succeeded", AttemptRecord(now, "success", status=200)))
+            await eventually(lambda: len(wakes) == 3)  # r1's answered is free now
+            claimed = await b.claim_deliveries("w", now=datetime.now(timezone.utc), lease_seconds=60, capacity={"crm": 10})
+            assert [(d.event.type, d.workflow_run_id) for d in claimed] == [("call.answered", "r1")]
+        finally:
+            await asyncio.gather(a.close(), b.close())
+
