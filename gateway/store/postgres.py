@@ -629,31 +629,34 @@ class PostgresStore(PostgresCampaigns, Store):
         dispatch = self.dispatch if self.dispatch is not None and self.dispatch.owner == owner else None
 
         async def tx(conn: asyncpg.Connection) -> list[EndpointHealth | None]:
-            recorded = {row["attempt_id"] for row in await conn.fetch(
-                "SELECT attempt_id FROM delivery_attempts WHERE attempt_id = ANY($1::text[])", [r.attempt.id for _, r in items])}
-            fresh: dict[str, tuple[int, Delivery, DeliveryResult]] = {}  # by attempt id: not recorded yet
+            unique: dict[str, tuple[int, Delivery, DeliveryResult]] = {}  # by attempt id, its first item
             for index, (delivery, result) in enumerate(items):
-                if result.attempt.id not in recorded:
-                    fresh.setdefault(result.attempt.id, (index, delivery, result))
-            # Every row moves only under the lease it was sent under; sorted, so that batches
-            # touching the same rows lock them in one order.
-            todo = sorted(fresh.values(), key=lambda item: item[1].id)
-            moved_rows = await conn.fetch(
-                "UPDATE deliveries d SET status = CASE WHEN d.resend THEN 'pending' ELSE v.status END,"
+                unique.setdefault(result.attempt.id, (index, delivery, result))
+            # Every row moves only under the lease it was sent under, and only for an attempt not
+            # recorded yet; sorted, so that batches touching the same rows lock them in one order.
+            todo = sorted(unique.values(), key=lambda item: item[1].id)
+            rows = await conn.fetch(
+                "WITH done AS (SELECT attempt_id FROM delivery_attempts WHERE attempt_id = ANY($9::text[])),"
+                " moved AS (UPDATE deliveries d SET status = CASE WHEN d.resend THEN 'pending' ELSE v.status END,"
                 " attempts = CASE WHEN d.resend THEN 0 ELSE d.attempts + 1 END,"
                 " next_attempt_at = CASE WHEN d.resend THEN now() ELSE COALESCE(v.next_at, d.next_attempt_at) END,"
                 " first_attempt_at = CASE WHEN d.resend THEN NULL ELSE COALESCE(d.first_attempt_at, v.at) END,"
                 " resend = FALSE, lease_owner = NULL, lease_until = NULL, lease_id = NULL,"
                 " last_attempt_at = v.at, last_status = v.last_status, last_error = v.last_error, updated_at = v.at"
-                " FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::int[], $7::text[])"
-                " AS v(id, lease_id, status, next_at, at, last_status, last_error)"
+                " FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::int[], $7::text[],"
+                " $9::text[]) AS v(id, lease_id, status, next_at, at, last_status, last_error, attempt_id)"
                 " WHERE d.id = v.id AND d.status = 'pending' AND d.lease_owner = $8 AND d.lease_id = v.lease_id"
-                " RETURNING d.id, d.status",
+                " AND v.attempt_id NOT IN (SELECT attempt_id FROM done) RETURNING d.id, d.status)"
+                " SELECT NULL AS id, attempt_id, NULL AS status FROM done UNION ALL SELECT id, NULL, status FROM moved",
                 [d.id for _, d, _ in todo], [d.lease_id for _, d, _ in todo], [r.status for _, _, r in todo],
                 [r.next_attempt_at for _, _, r in todo], [r.attempt.attempted_at for _, _, r in todo],
                 [r.attempt.status for _, _, r in todo], [r.attempt.error for _, _, r in todo], owner,
+                [r.attempt.id for _, _, r in todo],
             )
-            status = {row["id"]: row["status"] for row in moved_rows}
+            recorded = {row["attempt_id"] for row in rows if row["attempt_id"] is not None}
+            status = {row["id"]: row["status"] for row in rows if row["id"] is not None}
+            # not recorded before (a batch written again after its answer was lost: once is enough)
+            fresh = {attempt_id: item for attempt_id, item in unique.items() if attempt_id not in recorded}
             late = {index for index, delivery, _ in fresh.values() if delivery.id not in status}
             await conn.executemany(
                 "INSERT INTO delivery_attempts (delivery_id, attempt_id, attempted_at, outcome, status, latency_ms, error,"
