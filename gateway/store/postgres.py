@@ -666,13 +666,17 @@ class PostgresStore(PostgresCampaigns, Store):
             )
             moved = [(d, r if status[d.id] == r.status else replace(r, status=status[d.id]))
                      for _, d, r in sorted(fresh.values(), key=lambda item: item[0]) if d.id in status]
-            for delivery, result in moved:
-                if result.gathered_context and delivery.workflow_run_id:
-                    record = await self._load(conn, delivery.workflow_run_id, lock=True)
+            mapped = [(d, r) for d, r in moved if r.gathered_context and d.workflow_run_id]
+            if mapped:  # response mapping into the calls: one query for them, one statement for all
+                calls = {row["workflow_run_id"]: _record(row) for row in await conn.fetch(
+                    "SELECT * FROM calls WHERE workflow_run_id = ANY($1::text[]) ORDER BY workflow_run_id FOR UPDATE",
+                    sorted({d.workflow_run_id for d, _ in mapped}))}
+                for delivery, result in mapped:
+                    record = calls.get(delivery.workflow_run_id or "")
                     if record is not None:
-                        record.gathered_context.update(result.gathered_context)
+                        record.gathered_context.update(result.gathered_context or {})
                         record.updated_at = result.attempt.attempted_at
-                        await conn.execute(_UPSERT_CALL, *_record_params(record))
+                await conn.executemany(_UPSERT_CALL, [_record_params(record) for record in calls.values()])
             for change in health_changes(moved):
                 await _apply_health_change(conn, change)
             rows = await conn.fetch("SELECT * FROM subscription_health WHERE subscription = ANY($1::text[])",
