@@ -26,16 +26,17 @@ class MaybeCommitted(Exception):
 
 class GroupCommit(Generic[U, R]):
     """A queue of units written in batches: `write_batch(units)` (one transaction, a result per
-    unit, in order) for two or more, `write_one(unit)` (its own transaction) for one alone or
-    after a batch failed. `write_batch` raises `MaybeCommitted` (its cause chained) when the
-    batch's outcome is unknown."""
+    unit, in order) for `min_batch` or more, `write_one(unit)` (its own transaction) for fewer
+    and, one by one, after a batch failed. `write_batch` raises `MaybeCommitted` (its cause
+    chained) when the batch's outcome is unknown."""
 
     def __init__(self, write_batch: Callable[[list[U]], Awaitable[list[R]]], write_one: Callable[[U], Awaitable[R]],
-                 *, writers: int = 2, max_group: int = 256) -> None:
+                 *, writers: int = 2, max_group: int = 256, min_batch: int = 2) -> None:
         self.write_batch = write_batch
         self.write_one = write_one
         self.writers = writers
         self.max_group = max_group
+        self.min_batch = min_batch
         self._queue: list[tuple[U, asyncio.Future[R]]] = []
         self._writing = 0  # writers at work: each one drains the queue before it stops
         self._running: set[asyncio.Task[None]] = set()  # their tasks, kept referenced
@@ -63,7 +64,7 @@ class GroupCommit(Generic[U, R]):
 
     async def _write(self, batch: list[tuple[U, asyncio.Future[R]]]) -> None:
         """Write `batch` and answer every caller of it, whatever goes wrong."""
-        if len(batch) > 1:
+        if len(batch) >= self.min_batch:
             try:
                 results = await self.write_batch([unit for unit, _ in batch])
             except MaybeCommitted as exc:

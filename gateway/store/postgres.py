@@ -222,8 +222,10 @@ class PostgresStore(PostgresCampaigns, Store):
         self._pool: asyncpg.Pool | None = None
         self._listener: asyncpg.Connection | None = None
         self._nonces_pruned: datetime | None = None
+        # A callback alone goes the batch's way too (fewer round trips); `_apply_one` is the
+        # way of each callback of a batch that failed.
         self._callbacks: GroupCommit[tuple[CallUpdate, str | None, CallSeed | None], AppliedUpdate] = GroupCommit(
-            self._apply_batch, self._apply_one)
+            self._apply_batch, self._apply_one, min_batch=1)
 
     # -- plumbing ---------------------------------------------------------------------
     @property

@@ -58,6 +58,13 @@ async def test_units_that_wait_together_go_in_one_batch() -> None:
     assert db.batches == [list(range(1, 40))]
 
 
+async def test_min_batch_one_writes_a_lone_unit_as_a_batch() -> None:
+    db = Recorder()
+    group = GroupCommit(db.write_batch, db.write_one, writers=1, min_batch=1)
+    assert await group.submit(5) == 50
+    assert db.batches == [[5]] and db.alone == []
+
+
 async def test_a_failed_batch_is_written_one_unit_at_a_time() -> None:
     db = Recorder(bad=7)
     group = GroupCommit(db.write_batch, db.write_one, writers=1)

@@ -51,6 +51,7 @@ async def test_a_batch_writes_what_the_callbacks_write_one_at_a_time() -> None:
             batched = await opened(batch_url, batch_taken)
             one_sizes: list[int] = []
             sizes: list[int] = []
+            one._callbacks.min_batch = len(callbacks) + 1  # the reference: every callback in a transaction of its own
             counting(one, one_sizes)
             counting(batched, sizes)
             try:
@@ -85,6 +86,7 @@ async def test_a_batch_that_fails_is_written_one_callback_at_a_time() -> None:
 
         store._write_events = broken
         reference = await opened(reference_url, [])
+        reference._callbacks.min_batch = 1000  # every callback in a transaction of its own
         try:
             callbacks = script(7, n=40)
             applied = await asyncio.gather(*(store.apply_update(update, run_id=run) for update, run in callbacks))
