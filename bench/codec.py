@@ -11,6 +11,15 @@ each reference. Quality is measured on each pipeline's resampling stage (PCM16 i
   stopband: images above 4.1 kHz of 0.3-3.9 kHz tones when upsampling, aliases of 4.1-7.9 kHz
   tones when downsampling;
 * chunked error: largest difference (LSB) between resampling 10 s whole and in 20 ms frames.
+
+Then a server-like run (``--streams``): N calls' transcoders, both directions, fed frame by frame
+in turn (call 1's inbound and outbound frame, call 2's, ...), which is how the media server
+calls them. Every stream keeps its own buffers, so caches hold less of each, and per-call numpy
+overhead is paid N times per 20 ms; the tight loop above hides both. It reports the cost per
+frame pair and its ratio to the same pipeline's tight-loop cost, for the gateway, audioop and soxr.
+
+The gateway's numpy calls per steady 20 ms frame are listed from the code (NUMPY_CALLS below);
+numpy has no hook to count them at run time.
 """
 
 from __future__ import annotations
@@ -156,14 +165,35 @@ PIPELINES = {
 }
 
 
+NUMPY_CALLS = {
+    # direction: the numpy calls a steady 20 ms frame makes in the gateway's Transcoder
+    "mulaw 8k -> pcm16 16k": ("take (decode + window gather)", "dot", "clip", "rint", "cast to int16", "tobytes"),
+    "pcm16 16k -> mulaw 8k": ("cast (window gather)", "dot", "rint", "cast to intp", "take (saturate + encode)", "tobytes"),
+    "pcm16 16k -> pcm16 24k": ("cast (window gather)", "dot", "clip", "rint", "cast to int16", "tobytes"),
+    "mulaw 8k -> mulaw 8k, pcm16 16k -> pcm16 16k": (),  # passthrough: the input object is returned
+    "mulaw 8k <-> alaw 8k": (),  # bytes.translate
+}
+"""Six each way is the floor of this design (gather, product, round/saturate/encode, bytes). A variant
+that bound these calls once per stream into fixed per-stream buffers (issue #15) was 5-10 % faster
+in the tight loop but 7-11 % slower with 100-1,000 calls interleaved (--streams): per-stream scratch
+crowds the cache where fresh allocations reuse the hot memory the previous call freed. Not kept."""
+
+
 # --- measurements ----------------------------------------------------------------------------
 
 
-def per_frame_us(process: Frame, frames: list[bytes]) -> float:
-    start = time.perf_counter_ns()
-    for frame in frames:
-        process(frame)
-    return (time.perf_counter_ns() - start) / len(frames) / 1000
+def per_frame_us(process: Frame, frames: list[bytes], segment: int = 25) -> float:
+    """Median over segments of ``segment`` frames: a preemption on a shared machine spoils one
+    segment, not the round."""
+    clock = time.perf_counter_ns
+    costs = []
+    for i in range(0, len(frames) - segment + 1, segment):
+        part = frames[i : i + segment]
+        start = clock()
+        for frame in part:
+            process(frame)
+        costs.append(clock() - start)
+    return statistics.median(costs) / segment / 1000
 
 
 def rejection_db(make_resampler: Callable, src: int, dst: int) -> float:
@@ -224,9 +254,44 @@ def time_pipelines(
     return times
 
 
+def server_like_pair_us(
+    makers: dict[str, Callable[[AudioFormat, AudioFormat], Frame]], streams: int, rounds: int, n_frames: int
+) -> dict[str, list[float]]:
+    """Per frame pair microseconds: ``streams`` calls, each a Twilio->Vonage and a Vonage->Twilio
+    pipeline, fed one frame each in turn. Every run of up to 25 calls in a sweep is timed on its
+    own and a round reports the median, so a shared machine's preemptions (which hit a long loop
+    far more often than a short one) do not count; pipelines alternate order per round, round 0
+    warms up."""
+    inbound, outbound = frames_of(TWILIO_FORMAT, n_frames), frames_of(VONAGE_FORMAT, n_frames)
+    times: dict[str, list[float]] = {name: [] for name in makers}
+    clock = time.perf_counter_ns
+    for r in range(rounds + 1):
+        order = list(makers.items())
+        if r % 2:
+            order.reverse()
+        for name, make in order:
+            calls = [(make(TWILIO_FORMAT, VONAGE_FORMAT), make(VONAGE_FORMAT, TWILIO_FORMAT)) for _ in range(streams)]
+            groups = [calls[i : i + 25] for i in range(0, streams, 25)]
+            costs = []
+            for frame_in, frame_out in zip(inbound, outbound):
+                for group in groups:
+                    start = clock()
+                    for up, down in group:
+                        up(frame_in)
+                        down(frame_out)
+                    costs.append((clock() - start) / len(group))
+            if r:
+                times[name].append(statistics.median(costs) / 1000)
+    return times
+
+
 def paired_ratio(times: dict[str, list[float]], name: str, reference: str) -> float:
     """Median over rounds of the per-round ratio: robust to the machine speeding up or slowing down."""
     return statistics.median(a / b for a, b in zip(times[name], times[reference]))
+
+
+def load() -> str:
+    return " ".join(f"{v:.1f}" for v in os.getloadavg())
 
 
 def main() -> None:
@@ -234,6 +299,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15, help="timed rounds per pipeline (default 15)")
     parser.add_argument("--frames", type=int, default=1000, help="20 ms frames per round (default 1000)")
     parser.add_argument("--no-extra", dest="extra", action="store_false", help="skip the 24 kHz agent legs")
+    parser.add_argument("--streams", default="1,100,400", help="server-like runs: calls interleaved (default 1,100,400)")
     args = parser.parse_args()
 
     blas = {k: v for k, v in os.environ.items() if k.startswith(("OPENBLAS", "OMP_", "MKL_"))}
@@ -244,8 +310,9 @@ def main() -> None:
         print(f"gateway filter {a}->{b}: {bank.taps.size} taps (L={bank.up}, M={bank.down}), "
               f"block {bank.block_in} in -> {bank.block_out} out, delay {bank.delay} samples "
               f"({1000 * bank.delay / b:.2f} ms), designed rejection {bank.stopband_db:.1f} dB")
-    print(f"timing: median (min) of {args.rounds} interleaved rounds x {args.frames} frames of 20 ms; "
-          f"quality on each resampling stage, PCM16 in/out\n")
+    print(f"timing: median (min) of {args.rounds} interleaved rounds x {args.frames} frames of 20 ms, each round "
+          f"the median of 25-frame segments; "
+          f"quality on each resampling stage, PCM16 in/out; load average {load()}\n")
 
     audioop_name, soxr_name = list(PIPELINES)[1:]
     header = (f"{'direction':<24} {'pipeline':<28} {'us/frame':>15} {'x audioop':>10} {'x soxr':>7} "
@@ -269,6 +336,22 @@ def main() -> None:
     for name, total in totals.items():
         print(f"{name:<28} both directions {total:6.2f} us/frame "
               f"-> ~{1e6 / (50 * total):,.0f} calls per core (transcoding only)")
+
+    print("\nnumpy calls per steady 20 ms frame in the gateway:")
+    for direction, calls in NUMPY_CALLS.items():
+        print(f"  {direction:<46} {len(calls)}  {', '.join(calls) or '-'}")
+
+    streams = [int(n) for n in args.streams.split(",") if n]
+    if streams:
+        print(f"\nserver-like: N calls, a Twilio->Vonage and a Vonage->Twilio frame each, in turn "
+              f"(us per frame pair, median of {max(3, args.rounds // 3)} rounds; x tight = vs the tight loop above)")
+        makers = {name: make for name, (make, _) in PIPELINES.items()}
+        for n in streams:
+            times = server_like_pair_us(makers, n, max(3, args.rounds // 3), max(25, args.frames // max(1, n // 4)))
+            cells = [f"{name.split()[0]} {statistics.median(times[name]):6.2f} "
+                     f"(x tight {statistics.median(times[name]) / totals[name]:.2f})" for name in makers]
+            print(f"  N={n:<5} " + "   ".join(cells) + f"   gateway/soxr {paired_ratio(times, list(makers)[0], soxr_name):.2f}x"
+                  f"   load {load()}")
 
     if args.extra:
         print(f"\nother legs, gateway vs soxr {SOXR_QUALITY} (us per 20 ms frame, median; paired ratio)")

@@ -13,17 +13,21 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from gateway.api import admin, deliveries, health, media, recordings, telephony
+from gateway.api import admin, deliveries, health, media, openapi, recordings, telephony
 from gateway.api import calls as calls_api
 from gateway.api import campaigns as campaigns_api
 from gateway.api import tunnel as tunnel_api
 from gateway.api.context import GatewayContext
 from gateway.api.middleware import EdgeMiddleware, body_cut_short
 from gateway.api.problems import problem
-from gateway.config import ConfigError, GatewayConfig, with_dev_secrets
+from gateway.config import ConfigError, GatewayConfig
+from gateway.console import routes as console_routes
+from gateway.dev_secrets import with_dev_secrets
+from gateway.dial.urls import log_console_urls
 from gateway.dial.setup import DialSetupError, build_dial_services
 from gateway.events.fanout import fanout_for
 from gateway.media.recording import RECORDINGS_DIR, sweep_recordings
+from gateway.media.writes import FLUSH_SECONDS, flush_all as flush_media_writes
 from gateway.redact import redact_url
 from gateway.store import Store, open_store_for
 from gateway.tunnel import detector_for
@@ -100,6 +104,8 @@ def create_app(config: GatewayConfig, *, store: Store | None = None) -> Starlett
         log.info("gateway ready: store=%s agent=%s providers=%s webhooks=%d", redact_url(config.store), redact_url(config.agent.url),
                  ",".join(name for name in ("twilio", "vonage") if getattr(config.providers, name)) or "none",
                  len(config.webhooks))
+        if config.public_url and config.public_url != "auto":
+            log_console_urls(log, config.public_url)
         try:
             yield
         finally:
@@ -108,6 +114,7 @@ def create_app(config: GatewayConfig, *, store: Store | None = None) -> Starlett
             await dial.stop()
             if ctx.tunnel is not None:
                 await ctx.tunnel.stop()
+            await flush_media_writes(FLUSH_SECONDS)  # what media sessions left queued, before the store goes
             await worker.stop()  # its attempts in the delivery processes finish first
             if processes is not None:
                 await processes.stop()
@@ -115,7 +122,7 @@ def create_app(config: GatewayConfig, *, store: Store | None = None) -> Starlett
 
     app = GatewayApp(
         routes=[*health.routes, *telephony.routes, *media.routes, *calls_api.routes, *campaigns_api.routes, *admin.routes, *deliveries.routes, *recordings.routes,
-                *tunnel_api.routes],
+                *tunnel_api.routes, *openapi.routes, *console_routes],
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_error, ClientDisconnect: _body_cut_short, Exception: _server_error},
     )

@@ -1,17 +1,21 @@
-"""The `gateway` command: `serve`, `check-config`, `tunnel`, and the webhook and delivery tools."""
+"""The `gateway` command: `serve`, `check-config`, `tunnel`, `simulate`, and the operator's tools
+(`calls`, `events tail`, `webhooks test|listen`, `deliveries`, `admin-key`).
+
+Text for people by default, `--json` for programs; a mistake is one line on stderr and a non-zero
+exit code, never a traceback; a closed pipe (`| head`) ends the command quietly.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
-from typing import TYPE_CHECKING
 
-from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.commands.output import CommandError, emit, emit_json
+from gateway.config import ConfigError, GatewayConfig, config_file, load_config
+from gateway.dev_secrets import with_dev_secrets
 from gateway.redact import redact_url
-
-if TYPE_CHECKING:
-    from gateway.calls.record import CallRecord
 
 
 def _load(path: str | None) -> GatewayConfig:
@@ -22,16 +26,40 @@ def _load(path: str | None) -> GatewayConfig:
         raise SystemExit(2) from None
 
 
+def _load_dev(path: str | None) -> GatewayConfig:
+    """The configuration with the development secrets `gateway serve` generated filled in (read,
+    never generated: a tool run before the gateway says to start the gateway first)."""
+    config = _load(path)
+    try:
+        return with_dev_secrets(config, from_file=config_file(path) is not None, create=False, warn=False)
+    except ConfigError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def _await_dev_secrets(path: str | None, wait: float) -> GatewayConfig:
+    """`_load_dev`, waiting up to `wait` seconds for a gateway just started (`make run &`) to
+    write its development secrets."""
+    import time
+
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return _load_dev(path)
+        except CommandError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.25)
+
+
 def _serve(args: argparse.Namespace) -> int:
     config = _load(args.config)
     from gateway.app import create_app
-    from gateway.config import with_dev_secrets
     from gateway.logs import configure_logging
     from gateway.serve import run
 
     redactor = configure_logging(fmt=config.log.format, level=config.log.level, secrets=config.secret_strings())
     try:
-        config = with_dev_secrets(config)
+        config = with_dev_secrets(config, from_file=config_file(args.config) is not None)
         redactor.add(config.secret_strings())
         app = create_app(config)
     except ConfigError as exc:
@@ -46,6 +74,15 @@ def _serve(args: argparse.Namespace) -> int:
 def _check_config(args: argparse.Namespace) -> int:
     config = _load(args.config)
     providers = [name for name in ("twilio", "vonage") if getattr(config.providers, name)]
+    if args.json:
+        emit_json({"ok": True, "file": config_file(args.config), "listen": config.listen.model_dump(),
+                   "public_url": config.public_url, "store": redact_url(config.store), "providers": providers,
+                   "agent": config.agent.url, "api_key_set": config.api_key is not None,
+                   "webhooks": [s.name for s in config.webhooks]})
+        return 0
+    if config_file(args.config) is None:
+        print("no config file (--config or GATEWAY_CONFIG): the built-in defaults; gateway serve adds development "
+              "secrets and test provider credentials")
     print("config OK")
     print(f"  listen: {config.listen.host}:{config.listen.port}")
     print(f"  public_url: {config.public_url or '(from each request)'}")
@@ -61,7 +98,18 @@ def _check_config(args: argparse.Namespace) -> int:
     print(f"  agent: {redact_url(config.agent.url)} ({config.agent.audio.encoding}/{config.agent.audio.sample_rate})")
     print(f"  api_key: {'set' if config.api_key else 'not set (development secret will be generated)'}")
     print(f"  webhooks: {len(config.webhooks)}")
+    for warning in asyncio.run(_destination_warnings(config)):
+        print(f"warning: {warning}")
     return 0
+
+
+async def _destination_warnings(config: GatewayConfig) -> list[str]:
+    """Webhook host names the SSRF guard would refuse if a request went out now (resolved here)."""
+    from gateway.webhooks.ssrf import named_destination_problem
+
+    problems = await asyncio.gather(*(named_destination_problem(s.url, s.allow_networks) for s in config.webhooks))
+    return [f"webhooks[{index}] ({s.name}).url: {problem}"
+            for index, (s, problem) in enumerate(zip(config.webhooks, problems)) if problem]
 
 
 def _tunnel(args: argparse.Namespace) -> int:
@@ -94,91 +142,10 @@ def _tunnel(args: argparse.Namespace) -> int:
     return run_quick_tunnel(command, args.log_file or config.tunnel.log_file)
 
 
-def _sample_call(run_id: str) -> "CallRecord":
-    from datetime import timedelta
-
-    from gateway.calls.record import CallRecord, utcnow
-    from gateway.calls.states import CallState
-
-    now = utcnow()
-    return CallRecord(
-        workflow_run_id=run_id, workflow_id="sample-workflow", user_id="sample-user", provider="twilio",
-        provider_call_id="CA" + "0" * 32, state=CallState.COMPLETED, from_number="+15550100", to_number="+15550199",
-        direction="outbound", started_at=now - timedelta(seconds=75), answered_at=now - timedelta(seconds=60),
-        ended_at=now, duration=60, initial_context={"customer": "sample"}, gathered_context={"resolution": "sample"},
-        created_at=now - timedelta(seconds=75), updated_at=now,
-    )
-
-
-async def _webhook_test(config: GatewayConfig, name: str, event_type: str | None, run_id: str | None) -> int:
-    import json
-    import time
-
-    from gateway.calls.record import utcnow
-    from gateway.events.envelope import Event, new_event_id
-    from gateway.store import open_store_for
-    from gateway.store.base import event_data
-    from gateway.webhooks.clients import EndpointClients
-    from gateway.webhooks.policy import map_response
-    from gateway.webhooks.sender import RequestBuildError, build_request, send_attempt
-    from gateway.webhooks.attempts import delivery_context
-
-    subscription = next((s for s in config.webhooks if s.name == name), None)
-    if subscription is None:
-        print(f"no webhook named {name!r}; configured: {', '.join(s.name for s in config.webhooks) or 'none'}", file=sys.stderr)
-        return 2
-    call = None
-    if run_id:
-        store = open_store_for(config.store)
-        await store.open()
-        try:
-            call = await store.get_call(run_id)
-        finally:
-            await store.close()
-        if call is None:
-            print(f"no call with workflow_run_id {run_id!r} in {redact_url(config.store)}", file=sys.stderr)
-            return 2
-    call = call or _sample_call("sample-run")
-    kind = event_type or next((e for e in subscription.events if "*" not in e and "?" not in e), "call.ended")
-    event = Event(type=kind, workflow_run_id=call.workflow_run_id, occurred_at=utcnow(), data=event_data(call))
-    try:
-        prepared = build_request(subscription, event.envelope(), delivery_context(event, call), config.secret_values(),
-                                 message_id=new_event_id("msg"), now=time.time())
-    except RequestBuildError as exc:
-        print(f"request could not be built: {exc}", file=sys.stderr)
-        return 1
-    shown = prepared.redacted()
-    print(f"> {shown['method']} {shown['url']}")
-    for header, value in shown["headers"].items():
-        print(f"> {header}: {value}")
-    if shown["body"]:
-        print(">")
-        print(shown["body"])
-    clients = EndpointClients()
-    try:
-        result = await send_attempt(clients, prepared, subscription)
-    finally:
-        await clients.aclose()
-    print()
-    if result.status is None:
-        print(f"< no answer: {result.error}")
-    else:
-        print(f"< {result.status} in {result.latency_ms:.0f} ms")
-        if result.response_text:
-            print(result.response_text)
-    print()
-    print(f"verdict: {result.outcome.value} ({'success' if result.success else 'not a success'} by the rule {subscription.success.model_dump()})")
-    if subscription.response_mapping:
-        mapped = map_response(subscription.name, result.status, result.response_json, subscription.response_mapping, success=result.success)
-        print("mapped into gathered_context:")
-        print(json.dumps(mapped, indent=2, default=str))
-    return 0 if result.success else 1
-
-
 async def _deliveries(config: GatewayConfig, args: argparse.Namespace) -> int:
-    import json
     from datetime import datetime, timezone
 
+    from gateway.commands.inspect import delivery_line
     from gateway.store import StoreError, open_store_for
 
     store = open_store_for(config.store)
@@ -186,71 +153,162 @@ async def _deliveries(config: GatewayConfig, args: argparse.Namespace) -> int:
     now = datetime.now(timezone.utc)
     try:
         if args.action == "list":
-            rows, _ = await store.list_deliveries(status=args.status, subscription=args.subscription, run_id=args.run, limit=args.limit)
+            rows, cursor = await store.list_deliveries(status=args.status, subscription=args.subscription, run_id=args.run, limit=args.limit)
+            if args.json:
+                emit_json({"deliveries": [row.to_dict() for row in rows], "next_cursor": cursor})
+                return 0
             for row in rows:
-                print(f"{row.id}  {row.status:<9} {row.subscription:<16} {row.event.type if row.event else '-':<28} "
-                      f"run={row.workflow_run_id or '-'} attempts={row.attempts} last={row.last_status or row.last_error or '-'}")
+                emit(delivery_line(row.to_dict()))
             if not rows:
-                print("no deliveries")
+                emit("no deliveries")
         elif args.action == "retry":
             delivery = await store.retry_delivery(args.id, now=now)
             if delivery is None:
-                print(f"no delivery {args.id}", file=sys.stderr)
-                return 2
-            print(f"{delivery.id} is pending again; a running gateway sends it within {config.delivery.poll_seconds:g} s")
+                raise CommandError(f"no delivery {args.id}")
+            if args.json:
+                emit_json(delivery.to_dict())
+            else:
+                emit(f"{delivery.id} is pending again; a running gateway sends it within {config.delivery.poll_seconds:g} s")
         else:
             subscription = next((s for s in config.webhooks if s.name == args.subscription), None)
             if subscription is None:
-                print(f"no webhook named {args.subscription!r}", file=sys.stderr)
-                return 2
+                raise CommandError(f"no webhook named {args.subscription!r}; configured: "
+                                   f"{', '.join(s.name for s in config.webhooks) or 'none'}")
             try:
                 since = datetime.fromisoformat(args.since.replace("Z", "+00:00"))
                 until = datetime.fromisoformat(args.until.replace("Z", "+00:00")) if args.until else now
             except ValueError as exc:
-                print(f"--since/--until: {exc}", file=sys.stderr)
-                return 2
+                raise CommandError(f"--since/--until: {exc}") from None
             count = await store.replay_deliveries(subscription.name, since=since, until=until, now=now,
                                                   matches=subscription.matches, ordered=subscription.ordered)
-            print(json.dumps({"subscription": subscription.name, "queued": count}))
+            if args.json:
+                emit_json({"subscription": subscription.name, "queued": count})
+            else:
+                emit(f"queued {count} {'delivery' if count == 1 else 'deliveries'} to {subscription.name}: every event "
+                     f"of the range it matches, sent to it before or not; a running gateway sends them within "
+                     f"{config.delivery.poll_seconds:g} s")
     except StoreError as exc:
-        print(f"store error: {exc}", file=sys.stderr)
-        return 1
+        raise CommandError(f"store error: {exc}", 1) from None
     finally:
         await store.close()
     return 0
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from gateway.config import with_dev_secrets
-    from gateway.simulate import SimulationError, read_wav, report, simulate
-    from gateway.audio import TWILIO_FORMAT, VONAGE_FORMAT
+    import json
 
-    config = with_dev_secrets(_load(args.config))
+    from gateway.simulate import CallPlan, Outcome, SimulationError, provider_format, report, simulate
+    from gateway.simulate_audio import AudioFileError, read_wav, write_wav
+
+    config = _await_dev_secrets(args.config, args.wait)
     base = args.url or f"http://127.0.0.1:{config.listen.port}"
-    audio = read_wav(args.audio, TWILIO_FORMAT if args.provider == "twilio" else VONAGE_FORMAT) if args.audio else None
     try:
-        result = asyncio.run(simulate(config, base, provider=args.provider, to=args.to, from_=args.from_,
-                                      workflow_id=args.workflow, user_id=args.user, seconds=args.seconds, audio=audio))
-    except (SimulationError, OSError) as exc:
-        print(f"simulation failed: {exc}", file=sys.stderr)
-        return 1
-    print(report(result))
+        context = json.loads(args.initial_context) if args.initial_context else {}
+    except ValueError as exc:
+        raise CommandError(f"--initial-context is not JSON: {exc}") from None
+    if not isinstance(context, dict):
+        raise CommandError("--initial-context must be a JSON object, e.g. '{\"tenant\": \"acme\"}'")
+    if args.seconds <= 0 or args.seconds > 600:
+        raise CommandError("--seconds must be more than 0 and at most 600")
+    fmt = provider_format(args.provider)
+    try:
+        audio = read_wav(args.audio, fmt) if args.audio else None
+        plan = CallPlan(provider=args.provider, to=args.to, from_=args.from_, workflow_id=args.workflow, user_id=args.user,
+                        seconds=args.seconds, audio=audio, inbound=args.inbound, outcome=Outcome(args.outcome),
+                        initial_context=context)
+        result = asyncio.run(simulate(config, base, plan, wait=args.wait))
+        if args.save_agent_audio:
+            saved = write_wav(args.save_agent_audio, bytes(result.agent_audio), fmt)
+    except (AudioFileError, SimulationError) as exc:
+        raise CommandError(f"simulation failed: {exc}", 1) from None
+    if args.json:
+        emit_json({"workflow_run_id": result.run_id, "frames_sent": result.frames_sent,
+                   "frames_received": result.frames_received, "call": result.call, "deliveries": result.deliveries})
+        return 0
+    emit(report(result))
+    if args.save_agent_audio:
+        emit(f"the agent's audio ({saved:.1f} s, {fmt.sample_rate} Hz) is in {args.save_agent_audio}")
     return 0
 
 
+def _calls(args: argparse.Namespace) -> int:
+    from gateway.commands.inspect import calls_list, calls_show
+
+    config = _load(args.config)
+    if args.action == "list":
+        return asyncio.run(calls_list(config, state=args.state, limit=args.limit, as_json=args.json))
+    return asyncio.run(calls_show(config, args.run_id, as_json=args.json))
+
+
+def _events_tail(args: argparse.Namespace) -> int:
+    from gateway.commands.inspect import events_tail
+
+    return asyncio.run(events_tail(_load(args.config), run_id=args.run, last=args.last, as_json=args.json, poll=args.poll))
+
+
+def _webhooks_test(args: argparse.Namespace) -> int:
+    from gateway.commands.webhook_test import webhook_test
+
+    return asyncio.run(webhook_test(_load(args.config), args.name, args.event, args.run, as_json=args.json))
+
+
+def _webhooks_listen(args: argparse.Namespace) -> int:
+    from gateway.commands.listen import WebhookListener, listen
+
+    try:
+        listener = WebhookListener(args.secret, status=args.status, as_json=args.json)
+    except ValueError as exc:
+        raise CommandError(f"--secret: {exc}") from None
+    return listen(args.host, args.port, listener)
+
+
+def _admin_key(args: argparse.Namespace) -> int:
+    from gateway.dev_secrets import dev_secrets_path
+
+    config = _load(args.config)
+    source = "the configuration"
+    if config.api_key is None:
+        config = _load_dev(args.config)
+        source = f"the development secrets in {dev_secrets_path(config)}"
+    key = config.api_key.get_secret_value() if config.api_key else ""
+    if args.json:
+        emit_json({"api_key": key, "source": source})
+    else:
+        emit(key)
+        if sys.stdout.isatty():
+            print(f"(from {source}; send it as Authorization: Bearer <key>)", file=sys.stderr)
+    return 0
+
+
+def _json_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON (one document, or one line per item of a stream)")
+
+
+def _config_flag(parser: argparse.ArgumentParser, help: str = "YAML config file (default: $GATEWAY_CONFIG)") -> None:
+    parser.add_argument("--config", help=help)
+
+
+def _tool(parser: argparse.ArgumentParser, func: object) -> None:
+    """An operator's command: `--config`, `--json`, and what it runs."""
+    _config_flag(parser)
+    _json_flag(parser)
+    parser.set_defaults(func=func)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from gateway.simulate import Outcome
+
     parser = argparse.ArgumentParser(prog="gateway", description="Telephony call-event gateway")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the gateway")
-    serve.add_argument("--config", help="YAML config file (default: $GATEWAY_CONFIG, else built-in defaults)")
+    _config_flag(serve, "YAML config file (default: $GATEWAY_CONFIG, else built-in defaults)")
     serve.add_argument("--host", help="listen address (overrides listen.host)")
     serve.add_argument("--port", type=int, help="listen port (overrides listen.port)")
     serve.set_defaults(func=_serve)
     check = commands.add_parser("check-config", help="validate the configuration and print a summary")
-    check.add_argument("--config", help="YAML config file (default: $GATEWAY_CONFIG)")
-    check.set_defaults(func=_check_config)
+    _tool(check, _check_config)
     tunnel = commands.add_parser("tunnel", help="start a cloudflared quick tunnel to this gateway (for public_url: auto)")
-    tunnel.add_argument("--config", help="YAML config file (default: $GATEWAY_CONFIG)")
+    _config_flag(tunnel)
     tunnel.add_argument("--port", type=int, help="the gateway's local port (default: listen.port)")
     tunnel.add_argument("--metrics", default="127.0.0.1:20241", help="cloudflared's metrics address (default: 127.0.0.1:20241)")
     tunnel.add_argument("--log-file", help="also write cloudflared's log here (default: tunnel.log_file)")
@@ -259,15 +317,43 @@ def build_parser() -> argparse.ArgumentParser:
 
     sim = commands.add_parser("simulate", help="play Twilio or Vonage against a running gateway (no phone needed)")
     sim.add_argument("--provider", choices=["twilio", "vonage"], default="twilio")
-    sim.add_argument("--audio", help="a 16-bit mono WAV file to speak (default: a built-in speech-like signal)")
-    sim.add_argument("--seconds", type=float, default=3.0, help="length of the built-in signal")
+    sim.add_argument("--audio", help="a PCM WAV file to speak, any rate and channels (default: a built-in speech-like tone)")
+    sim.add_argument("--seconds", type=float, default=3.0, help="length of the built-in tone (default: 3)")
+    sim.add_argument("--save-agent-audio", metavar="WAV", help="write what the agent said to this WAV file")
+    sim.add_argument("--inbound", action="store_true",
+                     help="call a number: /inbound/WORKFLOW/USER (the gateway mints the run id), callbacks to /status-callback/PROVIDER")
+    sim.add_argument("--outcome", choices=[o.value for o in Outcome],
+                     default="completed", help="how the call ends (busy, no-answer and failed are never answered)")
+    sim.add_argument("--initial-context", metavar="JSON", help="the run's initial_context, written before the call as "
+                     "POST /api/v1/calls would (outbound calls; needs the gateway's store)")
     sim.add_argument("--to", default="+15550100")
     sim.add_argument("--from", dest="from_", default="+15550199")
-    sim.add_argument("--workflow", default="sim-workflow")
-    sim.add_argument("--user", default="sim-user")
+    sim.add_argument("--workflow", default="sim-workflow", help="the WORKFLOW id in the URLs (default: sim-workflow)")
+    sim.add_argument("--user", default="sim-user", help="the USER id in the URLs (default: sim-user)")
     sim.add_argument("--url", help="the gateway's address (default: http://127.0.0.1:<listen.port>)")
-    sim.add_argument("--config", help="the gateway's YAML config (its secrets sign the simulated requests)")
+    sim.add_argument("--wait", type=float, default=10.0, help="seconds to wait for the gateway to be ready (default: 10)")
+    _config_flag(sim, "the gateway's YAML config (its secrets sign the simulated requests; default: $GATEWAY_CONFIG, "
+                      "else the development secrets gateway serve wrote under ./data)")
+    _json_flag(sim)
     sim.set_defaults(func=_simulate)
+
+    calls = commands.add_parser("calls", help="the calls in the store: list them, show one with its timeline")
+    call_commands = calls.add_subparsers(dest="action", required=True)
+    call_list = call_commands.add_parser("list", help="newest calls first")
+    call_list.add_argument("--state", help="only calls in this state (e.g. answered, completed)")
+    call_list.add_argument("--limit", type=int, default=50)
+    call_show = call_commands.add_parser("show", help="one call: its record, timeline and deliveries")
+    call_show.add_argument("run_id", metavar="RUN", help="the workflow_run_id")
+    for sub in (call_list, call_show):
+        _tool(sub, _calls)
+
+    events = commands.add_parser("events", help="follow events and webhook deliveries live")
+    event_commands = events.add_subparsers(dest="action", required=True)
+    tail = event_commands.add_parser("tail", help="print new events and delivery changes as they happen (Ctrl-C stops)")
+    tail.add_argument("--run", help="only this call's events and deliveries")
+    tail.add_argument("--last", type=int, default=0, help="start with the last N events (default: only new ones)")
+    tail.add_argument("--poll", type=float, default=0.5, help="seconds between looks (default: 0.5)")
+    _tool(tail, _events_tail)
 
     webhooks = commands.add_parser("webhooks", help="outbound webhook tools")
     webhook_commands = webhooks.add_subparsers(dest="webhooks_command", required=True)
@@ -275,8 +361,14 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("name", help="the subscription's name")
     test.add_argument("--event", help="event type to send (default: the subscription's first)")
     test.add_argument("--run", help="use this stored call instead of a sample call")
-    test.add_argument("--config", help="YAML config file (default: $GATEWAY_CONFIG)")
-    test.set_defaults(func=lambda a: asyncio.run(_webhook_test(_load(a.config), a.name, a.event, a.run)))
+    _tool(test, _webhooks_test)
+    receiver = webhook_commands.add_parser("listen", help="a local receiver that verifies signatures and prints what arrives")
+    receiver.add_argument("--port", type=int, default=9000, help="default: 9000")
+    receiver.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1")
+    receiver.add_argument("--secret", help="the subscription's whsec_... signing secret (default: signatures not checked)")
+    receiver.add_argument("--status", type=int, default=204, help="the answer to a verified request (default: 204)")
+    _json_flag(receiver)
+    receiver.set_defaults(func=_webhooks_listen)
 
     deliveries = commands.add_parser("deliveries", help="inspect, retry and replay webhook deliveries")
     delivery_commands = deliveries.add_subparsers(dest="action", required=True)
@@ -287,19 +379,38 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--limit", type=int, default=50)
     retry = delivery_commands.add_parser("retry", help="send a delivery again, its schedule started afresh")
     retry.add_argument("id")
-    replay = delivery_commands.add_parser("replay", help="queue a subscription's events of a time range again")
+    replay = delivery_commands.add_parser(
+        "replay", help="queue every event of a time range the subscription matches (sent before or not) again")
     replay.add_argument("--subscription", required=True)
     replay.add_argument("--since", required=True, help="RFC 3339 time, e.g. 2026-11-25T00:00:00Z")
     replay.add_argument("--until", help="RFC 3339 time (default: now)")
     for sub in (listing, retry, replay):
-        sub.add_argument("--config", help="YAML config file (default: $GATEWAY_CONFIG)")
-        sub.set_defaults(func=lambda a: asyncio.run(_deliveries(_load(a.config), a)))
+        _tool(sub, lambda a: asyncio.run(_deliveries(_load(a.config), a)))
+
+    admin_key = commands.add_parser("admin-key", help="print the admin API key (the configured one, or the development one)")
+    _tool(admin_key, _admin_key)
     return parser
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot fail on a closed pipe."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except CommandError as exc:
+        print(f"gateway {args.command}: {exc}", file=sys.stderr)
+        return exc.code
+    except BrokenPipeError:  # `gateway deliveries list | head`: the reader has gone, as with SIGPIPE
+        _quiet_stdout()
+        return 0
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

@@ -7,11 +7,9 @@ a message naming the key (`ConfigError`); `gateway check-config` prints the same
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
 import os
 import re
-import secrets
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -22,6 +20,7 @@ from gateway.media.agent import AgentProtocol
 from gateway.webhooks.deadlines import LEASE_MARGIN, shortest_lease
 from gateway.redact import header_secrets, url_secrets
 from gateway.webhooks.signing import decode_signing_secret
+from gateway.webhooks.ssrf import configured_destination_problem
 from gateway.webhooks.subscription import (
     RetryPolicy,
     Subscription,
@@ -369,6 +368,9 @@ def _with_workflows(config: GatewayConfig) -> GatewayConfig:
         )
     available = config.secret_values()
     for index, subscription in enumerate(subscriptions):
+        refused = configured_destination_problem(subscription.url, subscription.allow_networks)
+        if refused:
+            raise ConfigError(f"webhooks[{index}] ({subscription.name}).url: {refused}")
         for name in sorted(subscription.secret_names()):
             if name not in available:
                 raise ConfigError(
@@ -384,7 +386,7 @@ def _with_workflows(config: GatewayConfig) -> GatewayConfig:
 def load_config(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None) -> GatewayConfig:
     """Read the config file (`path`, else `$GATEWAY_CONFIG`, else none at all: defaults)."""
     environ = dict(os.environ) if env is None else env
-    path = path or environ.get("GATEWAY_CONFIG") or None
+    path = config_file(path, environ)
     if path is None:
         return parse_config({}, environ)
     try:
@@ -400,35 +402,20 @@ def load_config(path: str | os.PathLike[str] | None = None, env: dict[str, str] 
     return parse_config(data, environ)
 
 
-def with_dev_secrets(config: GatewayConfig) -> GatewayConfig:
-    """Fill `api_key`/`secret_key` from `<data_dir>/dev-secrets.json`, generating it once.
+def config_file(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None) -> str | None:
+    """The config file `load_config` reads: `path`, else `$GATEWAY_CONFIG`, else None (none at all)."""
+    environ = os.environ if env is None else env
+    found = path or environ.get("GATEWAY_CONFIG") or None
+    return None if found is None else str(found)
 
-    For trying the gateway with no configuration; a deployment sets both keys itself.
-    """
-    if config.api_key is not None and config.secret_key is not None:
-        return config
-    path = Path(config.data_dir) / "dev-secrets.json"
-    stored: dict[str, str] = {}
-    if path.exists():
-        try:
-            stored = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            raise ConfigError(f"{path}: unreadable development secrets; delete the file to regenerate it") from None
-    changed = False
-    for key in ("api_key", "secret_key"):
-        if not stored.get(key):
-            stored[key] = secrets.token_urlsafe(32)
-            changed = True
-    if changed:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(stored, handle, indent=2)
-    missing = [k for k in ("api_key", "secret_key") if getattr(config, k) is None]
-    log.warning(
-        "*** DEVELOPMENT SECRETS *** %s not configured; using generated values from %s. "
-        "Set them in the config before exposing this gateway.",
-        " and ".join(missing), path,
-    )
-    update = {k: SecretStr(stored[k]) for k in missing}
-    return config.model_copy(update=update)
+
+_DEV_NAMES = frozenset({"DEV_SECRETS_FILE", "DevSecrets", "dev_secrets_path", "with_dev_secrets", "apply_dev_secrets"})
+
+
+def __getattr__(name: str) -> Any:
+    """The development secrets live in `gateway.dev_secrets`; importing them from here still works."""
+    if name in _DEV_NAMES:
+        from gateway import dev_secrets
+
+        return getattr(dev_secrets, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

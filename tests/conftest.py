@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from postgres_support import BACKENDS, postgres_schema_url_sync
 from support import GatewayProcess, ServerThread, base_config
+
+# Hypothesis profiles. `ci` (the default) is reproducible and bounded: derandomized, a fixed
+# number of examples, no deadline (the machine is shared). `fuzz` (`make fuzz`) is randomized
+# and runs many more; a test's own `@settings(max_examples=...)` still wins over either.
+# Pick one with HYPOTHESIS_PROFILE=fuzz or `pytest --hypothesis-profile fuzz`.
+settings.register_profile("ci", derandomize=True, max_examples=50, deadline=None, print_blob=True)
+settings.register_profile(
+    "fuzz", derandomize=False, max_examples=2000, deadline=None, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture
@@ -57,6 +70,9 @@ def store_config(request):
 
 
 def pytest_configure(config):
+    named = config.getoption("hypothesis_profile", None)  # `--hypothesis-profile` beats the env var
+    if named:
+        settings.load_profile(named)
     config.addinivalue_line("markers", "postgresql: needs the PostgreSQL server of postgres_support")
 
 

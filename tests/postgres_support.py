@@ -95,3 +95,34 @@ async def open_store(backend: str, sqlite_path: str) -> AsyncIterator["Store"]:
             yield store
         finally:
             await store.close()
+
+
+async def leader_pids(url: str, name: str) -> list[int]:
+    """Backend pids holding the leadership lock `name` (e.g. "campaign-runner") of the store at
+    `url` (the schema its `?schema=` names), read from `pg_locks` by another session."""
+    import asyncpg
+
+    from gateway.store.postgres import split_store_url
+
+    dsn, schema = split_store_url(url)
+    conn = await asyncpg.connect(dsn)
+    try:
+        key = await conn.fetchval("SELECT hashtext(current_database() || '.' || $1 || ':' || $2)::bigint",
+                                  schema or "public", f"leader:{name}")
+        rows = await conn.fetch("SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1"
+                                " AND classid::bigint = (($1::bigint >> 32) & 4294967295) AND objid::bigint = ($1::bigint & 4294967295)",
+                                key)
+        return [row["pid"] for row in rows]
+    finally:
+        await conn.close()
+
+
+async def terminate_backend(pid: int) -> None:
+    """`pg_terminate_backend(pid)`: the session ends as in a failover or an idle timeout."""
+    import asyncpg
+
+    conn = await asyncpg.connect(POSTGRES_URL)
+    try:
+        assert await conn.fetchval("SELECT pg_terminate_backend($1)", pid)
+    finally:
+        await conn.close()

@@ -143,10 +143,32 @@ def test_the_readme_config_example_loads(tmp_path):
     path = tmp_path / "gateway.yaml"
     path.write_text(block)
     env = {"GATEWAY_API_KEY": "k" * 32, "GATEWAY_SECRET_KEY": "s" * 32, "TWILIO_AUTH_TOKEN": "t" * 32,
-           "VONAGE_SIGNATURE_SECRET": "v" * 32}
+           "VONAGE_SIGNATURE_SECRET": "v" * 32, "CRM_WEBHOOK_SECRET": "whsec_" + "w" * 32}
     config = load_config(str(path), env=env)
     assert config.providers.twilio.auth_token.get_secret_value() == "t" * 32
+    assert config.webhooks[0].name == "crm" and config.secret_values()["CRM_WEBHOOK_SECRET"].startswith("whsec_")
     assert config.delivery.processes == 0 and config.store == "sqlite:///data/gateway.db"
+
+
+def test_dev_provider_credentials_only_without_a_config_file(tmp_path):
+    from gateway.config import DevSecrets
+
+    config = parse_config({"data_dir": str(tmp_path)}, env={})
+    (tmp_path / "dev-secrets.json").write_text(json.dumps({"api_key": "a" * 43, "secret_key": "s" * 43}))  # an older file
+    with_file = with_dev_secrets(config, from_file=True)
+    assert with_file.providers.twilio is None and with_file.providers.vonage is None
+    assert with_file.api_key.get_secret_value() == "a" * 43
+    without = with_dev_secrets(config, from_file=False)
+    stored = json.loads((tmp_path / "dev-secrets.json").read_text())
+    assert stored["api_key"] == "a" * 43  # kept; the provider credentials were added to it
+    assert without.providers.twilio.auth_token.get_secret_value() == stored["twilio_auth_token"]
+    assert without.providers.vonage.signature_secret.get_secret_value() == stored["vonage_signature_secret"]
+    assert len(stored["vonage_signature_secret"]) >= 32  # no short-key warnings from PyJWT
+    configured = parse_config({"data_dir": str(tmp_path), "providers": {"twilio": {"account_sid": "AC1", "auth_token": "mine"}}}, env={})
+    assert with_dev_secrets(configured, from_file=False).providers.twilio.auth_token.get_secret_value() == "mine"
+    with pytest.raises(ConfigError, match="no development secrets"):
+        with_dev_secrets(parse_config({"data_dir": str(tmp_path / "empty")}, env={}), create=False)
+    assert DevSecrets.read(tmp_path / "empty" / "dev-secrets.json") is None
 
 
 def test_a_twilio_speaking_agent_gets_twilio_audio_and_nothing_else():

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
+from media_control_support import assert_clear_reaches_media_owner
 from postgres_support import postgres_schema_url
 from support import TWILIO_SID, Receiver, base_config, twilio_signature, twilio_status_callback
 
@@ -82,35 +83,8 @@ def test_two_instances_share_calls_and_deliveries(gateway_process, tmp_path, pg_
 
 
 async def test_clear_asked_of_one_instance_reaches_the_media_owner(gateway_process, tmp_path, pg_url):
-    import base64
-    import xml.etree.ElementTree as ET
-
-    from websockets.asyncio.client import connect
-
-    from support import API_KEY
-
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     a = gateway_process(base_config(tmp_path / "a", store=pg_url))
     b = gateway_process(base_config(tmp_path / "b", store=pg_url))
-    params = {"CallSid": "CA" + "8" * 32, "AccountSid": TWILIO_SID, "CallStatus": "in-progress", "Direction": "inbound"}
-    url = a.url + "/api/v1/telephony/webhook/wf/u/run-ctl"
-    answer = httpx.post(url, data=params, headers={"X-Twilio-Signature": twilio_signature(url, params)})
-    stream = ET.fromstring(answer.text).find("./Connect/Stream")
-    ws_url = stream.get("url")
-    custom = {p.get("name"): p.get("value") for p in stream.findall("Parameter")}
-    async with connect(ws_url, additional_headers={"X-Twilio-Signature": twilio_signature(ws_url, {})}, proxy=None) as ws:
-        sid = "MZ" + "8" * 32
-        await ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
-        await ws.send(json.dumps({"event": "start", "streamSid": sid, "start": {"streamSid": sid, "customParameters": custom}}))
-        await ws.send(json.dumps({"event": "media", "streamSid": sid, "media": {"payload": base64.b64encode(b"\xff" * 160).decode()}}))
-        assert json.loads(await asyncio.wait_for(ws.recv(), 5))["event"] == "media"
-        headers = {"Authorization": f"Bearer {API_KEY}"}
-        for _ in range(50):  # media.started is written by the session's own writer: wait for it
-            record = httpx.get(b.url + "/api/v1/calls/run-ctl", headers=headers).json()
-            if record["media"].get("instance"):
-                break
-            await asyncio.sleep(0.1)
-        response = httpx.post(b.url + "/api/v1/calls/run-ctl/clear", headers=headers)
-        assert response.status_code == 202 and response.json()["instance"] == record["media"]["instance"]
-        assert json.loads(await asyncio.wait_for(ws.recv(), 5)) == {"event": "clear", "streamSid": sid}
+    await assert_clear_reaches_media_owner(a, b, "run-ctl", "CA" + "8" * 32)

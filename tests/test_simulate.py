@@ -54,3 +54,16 @@ def test_simulate_reports_a_gateway_that_refuses(gateway_process, tmp_path):
     result = subprocess.run([sys.executable, "-m", "gateway.cli", "simulate", "--config", str(path), "--url", proc.url],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and "403" in result.stderr
+
+
+def test_simulate_signs_over_the_origin_the_gateway_checks(gateway_process, tmp_path):
+    """The gateway behind a public_url the simulator's own config does not name: it asks the
+    gateway (GET /api/v1/tunnel) which origin signatures are checked over."""
+    proc = gateway_process(base_config(tmp_path, public_url="https://gw.example.com"))
+    local = tmp_path / "local.yaml"
+    local.write_text(yaml.safe_dump(base_config(tmp_path)))  # the same secrets, no public_url
+    for provider in ("twilio", "vonage"):
+        result = subprocess.run([sys.executable, "-m", "gateway.cli", "simulate", "--provider", provider, "--seconds", "0.3",
+                                 "--config", str(local), "--url", proc.url], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert "state=completed" in result.stdout

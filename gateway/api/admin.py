@@ -10,6 +10,7 @@ from starlette.routing import Route
 
 from gateway.api.context import GatewayContext
 from gateway.api.problems import problem
+from gateway.api.query import int_param
 from gateway.api.recordings import with_fresh_links
 from gateway.calls.states import CallState
 from gateway.store.base import StoreError
@@ -37,11 +38,11 @@ async def list_calls(request: Request) -> Response:
     state = request.query_params.get("state") or None
     if state is not None and state not in _STATES:
         return problem(400, f"state must be one of {', '.join(_STATES)}")
-    raw_limit = request.query_params.get("limit", "50")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 500:
+    limit = int_param(request.query_params.get("limit", "50"), low=1, high=500)
+    if limit is None:
         return problem(400, "limit must be an integer from 1 to 500")
     try:
-        calls, cursor = await ctx.store.list_calls(state=state, limit=int(raw_limit), cursor=request.query_params.get("cursor") or None)
+        calls, cursor = await ctx.store.list_calls(state=state, limit=limit, cursor=request.query_params.get("cursor") or None)
     except StoreError as exc:
         return problem(400, str(exc))
     now = ctx.clock()
@@ -63,9 +64,30 @@ async def get_call(request: Request) -> Response:
     return JSONResponse(body)
 
 
+async def list_call_events(request: Request) -> Response:
+    """`GET /api/v1/calls/{workflow_run_id}/events?after=&limit=`: the call's events in order
+    (envelopes as delivered, with their store `seq`); `next_after` pages on, null at the end."""
+    if (denied := authorized(request)) is not None:
+        return denied
+    ctx: GatewayContext = request.app.state.gateway
+    run_id = request.path_params["workflow_run_id"]
+    raw_limit, after = request.query_params.get("limit", "100"), request.query_params.get("after", "0")
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 500:
+        return problem(400, "limit must be an integer from 1 to 500")
+    if not after.isdigit() or len(after) > 18:
+        return problem(400, "after must be an event seq (a non-negative integer)")
+    if await ctx.store.get_call(run_id) is None:
+        return problem(404, f"no call with workflow_run_id {run_id[:128]!r}")
+    events = await ctx.store.list_events(after_seq=int(after), limit=int(raw_limit), run_id=run_id)
+    more = len(events) == int(raw_limit)
+    return JSONResponse({"events": [{**event.envelope(), "seq": event.seq} for event in events],
+                         "next_after": events[-1].seq if more else None})
+
+
 routes = [
     Route("/api/v1/calls", list_calls, methods=["GET"]),
     Route("/api/v1/calls/{workflow_run_id}", get_call, methods=["GET"]),
+    Route("/api/v1/calls/{workflow_run_id}/events", list_call_events, methods=["GET"]),
 ]
 
 

@@ -21,6 +21,7 @@ from gateway.api.body import BadBody, BodyTooLarge, json_body, read_limited_body
 from gateway.api.calls import dial_services, pick_route
 from gateway.api.context import GatewayContext
 from gateway.api.problems import problem
+from gateway.api.query import int_param
 from gateway.api.urls import gateway_origin
 from gateway.dial.campaigns import CampaignError
 from gateway.dial.payloads import campaign_view, contact_view
@@ -95,12 +96,12 @@ async def list_campaigns(request: Request) -> Response:
     status = request.query_params.get("status") or None
     if status is not None and status not in CAMPAIGN_STATUSES:
         return problem(400, f"status must be one of {', '.join(CAMPAIGN_STATUSES)}")
-    limit = request.query_params.get("limit", "50")
-    if not limit.isdigit() or not 1 <= int(limit) <= 500:
+    limit = int_param(request.query_params.get("limit", "50"), low=1, high=500)
+    if limit is None:
         return problem(400, "limit must be an integer from 1 to 500")
     ctx: GatewayContext = request.app.state.gateway
     try:
-        rows, cursor = await ctx.store.list_campaigns(status=status, limit=int(limit),
+        rows, cursor = await ctx.store.list_campaigns(status=status, limit=limit,
                                                       cursor=request.query_params.get("cursor") or None)
     except StoreError as error:
         return problem(400, str(error))
@@ -129,13 +130,14 @@ async def list_contacts(request: Request) -> Response:
     status = query.get("status") or None
     if status is not None and status not in CONTACT_STATUSES:
         return problem(400, f"status must be one of {', '.join(CONTACT_STATUSES)}")
-    limit, after = query.get("limit", "100"), query.get("after", "-1")
-    if not limit.isdigit() or not 1 <= int(limit) <= 500:
+    limit = int_param(query.get("limit", "100"), low=1, high=500)
+    after = int_param(query.get("after", "-1"), low=-1, high=2**63 - 1)
+    if limit is None:
         return problem(400, "limit must be an integer from 1 to 500")
-    if not after.lstrip("-").isdigit():
+    if after is None:
         return problem(400, "after must be a contact position")
-    rows = await ctx.store.list_campaign_contacts(campaign_id, status=status, limit=int(limit), after=int(after))
-    more = len(rows) == int(limit)
+    rows = await ctx.store.list_campaign_contacts(campaign_id, status=status, limit=limit, after=after)
+    more = len(rows) == limit
     return JSONResponse({"contacts": [contact_view(c) for c in rows], "next_after": rows[-1].position if more else None})
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
 from typing import Any
 
@@ -13,9 +14,12 @@ from gateway.api.admin import authorized
 from gateway.api.body import BadBody, json_body
 from gateway.api.context import GatewayContext
 from gateway.api.problems import problem
+from gateway.api.query import int_param
 from gateway.store.base import StoreError
 from gateway.redact import REDACTED, Redactor, redact_url
+from gateway.webhooks.sender import RequestBuildError
 from gateway.webhooks.subscription import Subscription
+from gateway.webhooks.trial import TrialInputError, default_event_type, run_trial
 
 STATUSES = ("pending", "succeeded", "failed", "dead")
 
@@ -38,13 +42,13 @@ async def list_deliveries(request: Request) -> Response:
     status = query.get("status") or None
     if status is not None and status not in STATUSES:
         return problem(400, f"status must be one of {', '.join(STATUSES)}")
-    limit = query.get("limit", "50")
-    if not limit.isdigit() or not 1 <= int(limit) <= 500:
+    limit = int_param(query.get("limit", "50"), low=1, high=500)
+    if limit is None:
         return problem(400, "limit must be an integer from 1 to 500")
     try:
         rows, cursor = await _ctx(request).store.list_deliveries(
             status=status, subscription=query.get("subscription") or None, run_id=query.get("run") or None,
-            limit=int(limit), cursor=query.get("cursor") or None,
+            limit=limit, cursor=query.get("cursor") or None,
         )
     except StoreError as exc:
         return problem(400, str(exc))
@@ -84,7 +88,10 @@ def _parse_time(value: Any, name: str) -> datetime:
         raise ValueError(f"{name} is not an RFC 3339 time: {value[:40]!r}") from None
     if parsed.tzinfo is None:
         raise ValueError(f"{name} must carry a time zone (e.g. Z)")
-    return parsed.astimezone(timezone.utc)
+    try:
+        return parsed.astimezone(timezone.utc)
+    except OverflowError:
+        raise ValueError(f"{name} is out of range: {value[:40]!r}") from None
 
 
 async def replay(request: Request) -> Response:
@@ -139,6 +146,8 @@ async def list_subscriptions(request: Request) -> Response:
         view = subscription_view(subscription, redactor)
         state = health.get(subscription.name)
         view["health"] = state.to_dict() if state else {"consecutive_failures": 0, "disabled_at": None}
+        view["inputs"] = subscription.inputs()
+        view["test_event"] = default_event_type(subscription)
         out.append(view)
     return JSONResponse({"subscriptions": out})
 
@@ -158,6 +167,56 @@ async def enable_subscription(request: Request) -> Response:
     return JSONResponse({"subscription": name, "enabled": True})
 
 
+_EVENT_NAME = re.compile(r"[a-z0-9_]+(\.[a-z0-9_]+)+\Z")
+
+
+def _trial_body(body: dict[str, Any]) -> tuple[dict[str, Any], str | None, str | None]:
+    """(inputs, event type, run id) of a test send's body; ValueError naming the field."""
+    inputs = body.get("inputs", {})
+    if not isinstance(inputs, dict):
+        raise ValueError("inputs must be an object of {context path: value}")
+    event = body.get("event")
+    if event is not None and (not isinstance(event, str) or not _EVENT_NAME.match(event) or len(event) > 64):
+        raise ValueError("event must be an event name such as call.ended")
+    run = body.get("run")
+    if run is not None and (not isinstance(run, str) or not 1 <= len(run) <= 128):
+        raise ValueError("run must be a workflow_run_id")
+    unknown = sorted(set(body) - {"inputs", "event", "run"})
+    if unknown:
+        raise ValueError(f"{unknown[0][:64]}: unknown field (use inputs, event, run)")
+    return inputs, event, run
+
+
+async def test_subscription(request: Request) -> Response:
+    """`POST /api/v1/subscriptions/{name}/test` `{inputs?, event?, run?}`: render the subscription's
+    templates for a sample call (or the stored call `run`) with `inputs` placed at their context
+    paths, send it as a delivery would be sent, and answer the request, the response, the verdict
+    and the mapped attributes, secrets redacted. Nothing is recorded."""
+    if (denied := authorized(request)) is not None:
+        return denied
+    ctx = _ctx(request)
+    name = request.path_params["name"]
+    subscription = next((s for s in ctx.config.webhooks if s.name == name), None)
+    if subscription is None:
+        return problem(404, "no such subscription")
+    try:
+        inputs, event, run = _trial_body(await json_body(request, optional=True))
+    except BadBody as error:
+        return problem(error.status, error.detail)
+    except ValueError as error:
+        return problem(400, str(error))
+    call = None
+    if run is not None and (call := await ctx.store.get_call(run)) is None:
+        return problem(404, f"no call with workflow_run_id {run[:128]!r}")
+    try:
+        trial = await run_trial(subscription, ctx.config.secret_values(), inputs=inputs, event_type=event, call=call)
+    except TrialInputError as error:
+        return problem(400, str(error))
+    except RequestBuildError as error:
+        return problem(422, f"the request could not be built: {error}")
+    return JSONResponse(trial.to_dict())
+
+
 routes = [
     Route("/api/v1/deliveries", list_deliveries, methods=["GET"]),
     Route("/api/v1/deliveries/replay", replay, methods=["POST"]),
@@ -165,4 +224,5 @@ routes = [
     Route("/api/v1/deliveries/{delivery_id}/retry", retry_delivery, methods=["POST"]),
     Route("/api/v1/subscriptions", list_subscriptions, methods=["GET"]),
     Route("/api/v1/subscriptions/{name}/enable", enable_subscription, methods=["POST"]),
+    Route("/api/v1/subscriptions/{name}/test", test_subscription, methods=["POST"]),
 ]

@@ -3,12 +3,21 @@
 States only move forward (initiated < ringing < answered < terminal); a terminal state
 never changes; a duplicate, late or out-of-order callback is kept in the timeline but
 changes nothing and emits nothing.
+
+| field | rule |
+| --- | --- |
+| `state` | forward only; a terminal state (completed, busy, no-answer, failed, canceled) is final |
+| `answered_at` | set once: when the call is answered (the callback's time); a call that reaches `completed` without an answered callback was answered all the same: `ended_at - duration` when the provider gives the duration, else left empty; never set for busy, no-answer, failed or canceled reached without an answer |
+| `ended_at` | set once, when a terminal state is reached: the callback's time (a reconciliation passes the provider's end time), never the time it was processed |
+| `duration` | set once, with `ended_at`: 0 for a call never answered (whatever ring time a provider reports); else the provider's duration, or `ended_at - answered_at` when it gives none |
+| `provider`, `provider_call_id`, `from`, `to`, `direction`, `answered_by`, `started_at` | fill when empty; a value already known is never overwritten by a later callback |
+| `voicemail` | set once (with `call.voicemail_detected`); a later human result does not clear it |
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from gateway.calls import events
@@ -119,13 +128,17 @@ def decide_transition(current: CallRecord | None, update: CallUpdate, *, run_id:
 
 
 def _stamp(record: CallRecord, state: CallState, at: datetime, update: CallUpdate) -> None:
+    """The times and duration a new state sets (the table in the module docstring)."""
     if state == CallState.ANSWERED and record.answered_at is None:
         record.answered_at = at
-    if state.terminal:
-        record.ended_at = record.ended_at or at
-        if update.duration is not None:
-            record.duration = update.duration
-        elif record.answered_at is not None:
-            record.duration = max(0, int((record.ended_at - record.answered_at).total_seconds()))
-        else:
-            record.duration = 0
+    if not state.terminal:
+        return
+    record.ended_at = record.ended_at or at
+    if record.answered_at is None and state == CallState.COMPLETED and update.duration:
+        record.answered_at = record.ended_at - timedelta(seconds=update.duration)  # completed: it was answered
+    if record.answered_at is None:
+        record.duration = 0  # never answered: no talk time, whatever the provider counted
+    elif update.duration is not None:
+        record.duration = update.duration
+    else:
+        record.duration = max(0, int((record.ended_at - record.answered_at).total_seconds()))

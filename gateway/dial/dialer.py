@@ -21,7 +21,7 @@ from gateway.calls.lifecycle import CallUpdate
 from gateway.calls.record import CallRecord
 from gateway.calls.states import CallState, normalize_status
 from gateway.dial import urls
-from gateway.providers.rest import DialSpec, ProviderRefused, ProviderRest
+from gateway.providers.rest import DialSpec, ProviderCall, ProviderRefused, ProviderRest
 from gateway.store.base import CallSeed, Store, StoreError
 
 log = logging.getLogger("gateway.dial")
@@ -45,6 +45,7 @@ class CallRequest:
     machine_detection: str | None = None  # None | "detect" | "message_end"
     ring_timeout: int | None = None
     run_id: str | None = None  # None: minted here
+    claim: tuple[str, int] | None = None  # a campaign's (id, contact position): see `CallSeed.claim`
 
 
 class DialError(Exception):
@@ -130,7 +131,8 @@ class Dialer:
     async def place_call(self, request: CallRequest, *, origin: str) -> CallRecord:
         """Create the record, dial, store the provider's call id; the record as stored.
 
-        `DialError` (with `.record` when one was written) if the call was not placed. The
+        `DialError` (with `.record` when one was written) if the call was not placed;
+        `ClaimLost` (nothing written, nothing dialed) if a campaign claim no longer holds. The
         work is shielded: a cancelled caller does not leave a dialed call unrecorded.
         """
         reason = self.refusal_for(request.provider)
@@ -144,7 +146,7 @@ class Dialer:
         seed = CallSeed(
             workflow_id=request.workflow_id, user_id=request.user_id, provider=request.provider,
             direction="outbound", from_number=request.from_, to_number=request.to,
-            initial_context=dict(request.initial_context),
+            initial_context=dict(request.initial_context), claim=request.claim,
         )
         dial_params = {"to": request.to, "from": request.from_, "machine_detection": request.machine_detection}
         created = await self.store.apply_update(
@@ -264,10 +266,10 @@ class Dialer:
             log.warning("could not record %s for run=%s: %s", kind, run_id, error)
 
     # -- asking -------------------------------------------------------------------------
-    async def provider_state(self, record: CallRecord) -> tuple[str | None, CallState | None]:
-        """The provider's status word for a call and its normalized state (reconciliation)."""
+    async def provider_state(self, record: CallRecord) -> tuple[ProviderCall | None, CallState | None]:
+        """The call as its provider reports it and its normalized state (reconciliation)."""
         rest = self.providers.get(record.provider or "")
         if rest is None or not record.provider_call_id:
             return None, None
-        status = await self._blocking(rest.fetch_status, record.provider_call_id)
-        return status, normalize_status(record.provider or "", status)
+        call = await self._blocking(rest.fetch_call, record.provider_call_id)
+        return call, normalize_status(record.provider or "", call.status)

@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 from gateway.calls import events as ev
 from gateway.calls.lifecycle import CallUpdate
-from gateway.calls.record import CallRecord, utcnow
+from gateway.calls.record import CallRecord, isoformat, utcnow
 from gateway.calls.states import CallState
 from gateway.dial import inline, payloads
 from gateway.dial.campaigns import CampaignManager
@@ -39,11 +39,12 @@ from gateway.dial.policy import Pacer, after_call, classify, quota_reached, wind
 from gateway.dial.spec import CampaignOptions
 from gateway.events.envelope import Event
 from gateway.providers.rest import ProviderRefused
-from gateway.store.base import Store, StoreError
+from gateway.store.base import ClaimLost, Store, StoreError
 from gateway.store.campaigns import Campaign, CampaignContact, CampaignEvent
 from gateway.tasks import finish_tasks
 
 log = logging.getLogger("gateway.dial")
+LEADERSHIP = "campaign-runner"
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ class RunnerSettings:
     orphan_seconds: float = 120.0
     reconcile_seconds: float = 600.0
     max_consecutive_refusals: int = 10
-    webhook_retention_seconds: float = 2 * 86400.0  # re-register inline webhooks of campaigns ended this recently
+    webhook_sync_seconds: float = 2.0  # how often every instance syncs campaigns' inline webhooks (inline.InlineRegistry.sync)
 
 
 class CampaignRunner:
@@ -86,6 +87,7 @@ class CampaignRunner:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[Any] | None = None
+        self._webhooks_task: asyncio.Task[Any] | None = None
         self._stopping = False
         self.enabled = False
 
@@ -94,17 +96,19 @@ class CampaignRunner:
         if not getattr(self.store, "supports_campaigns", False):
             log.info("campaigns are off: the %s store does not support them yet", type(self.store).__name__)
             return
-        since = self.now() - timedelta(seconds=self.settings.webhook_retention_seconds)
-        for campaign in await self.store.campaigns_for_webhooks(since=since):
-            self.manager.registry.register(campaign)
+        await self.manager.registry.sync(self.store)
         self.enabled = True
         self._loop_task = asyncio.ensure_future(self._run())
+        self._webhooks_task = asyncio.ensure_future(self._sync_webhooks())
 
     async def stop(self, grace: float = 15.0) -> None:
         """Stop claiming; let dials in progress finish within `grace` (a dial cut short is
         found again at the next start)."""
         self._stopping = True
         self._wake.set()
+        if self._webhooks_task is not None:
+            self._webhooks_task.cancel()
+            await asyncio.gather(self._webhooks_task, return_exceptions=True)
         await finish_tasks(self._loop_task, self._tasks, grace)
 
     def wake(self) -> None:
@@ -116,7 +120,7 @@ class CampaignRunner:
             self._wake.clear()
             try:
                 # One campaign runner per database: with several instances, the others wait.
-                if not await self.store.hold_leadership("campaign-runner"):
+                if not await self.store.hold_leadership(LEADERSHIP):
                     if leading or not hasattr(self, "_follower_logged"):
                         log.info("another gateway instance runs the campaigns; this one stands by")
                         self._follower_logged = True
@@ -136,11 +140,24 @@ class CampaignRunner:
             except asyncio.TimeoutError:
                 pass
 
+    async def _sync_webhooks(self) -> None:
+        """On every instance, leader or not: campaigns' inline webhooks come and go here."""
+        while not self._stopping:
+            await asyncio.sleep(self.settings.webhook_sync_seconds)
+            try:
+                await self.manager.registry.sync(self.store)
+            except StoreError as error:
+                log.warning("syncing campaigns' inline webhooks failed: %s", error)
+            except Exception:  # noqa: BLE001 - the loop must outlive a bug in one pass
+                log.exception("syncing campaigns' inline webhooks crashed")
+
     async def tick(self) -> None:
-        """One pass: settle calls in progress, then drive every running campaign."""
+        """One pass: settle calls in progress, then drive every running campaign. Leadership is
+        confirmed again before the claims and dials (settling can take a while); a dial whose
+        claim was taken back meanwhile is refused by the store all the same (`ClaimLost`)."""
         cache: dict[str, Campaign | None] = {}
         await self._settle(cache)
-        if self._stopping:
+        if self._stopping or not await self.store.hold_leadership(LEADERSHIP):
             return
         for campaign in await self.store.active_campaigns():
             await self._drive(campaign)
@@ -218,16 +235,22 @@ class CampaignRunner:
             return
         self._checked[run_id] = self.monotonic()
         try:
-            status, state = await self.dialer.provider_state(record)
+            call, state = await self.dialer.provider_state(record)
         except ProviderRefused as refusal:
             log.warning("could not ask %s about run %s: %s", refusal.provider, run_id, refusal.reason)
             return
-        if state is not None and state != record.state:
-            log.info("run %s: %s reports %s while the gateway had %s", run_id, record.provider, status, record.state.value)
+        if call is not None and state is not None and state != record.state:
+            log.info("run %s: %s reports %s while the gateway had %s", run_id, record.provider, call.status,
+                     record.state.value)
+            # The provider's end time and duration, not the time it was asked: a call that ended
+            # long before it was reconciled did not talk all that while.
             await self.store.apply_update(
                 CallUpdate(provider=record.provider or campaign.provider, kind="reconcile",
-                           provider_call_id=record.provider_call_id, raw_status=status, state=state,
-                           params={"status": status, "source": "provider REST API"}),
+                           provider_call_id=record.provider_call_id, raw_status=call.status, state=state,
+                           occurred_at=call.ended_at if state.terminal else None,
+                           duration=call.duration if state.terminal else None,
+                           params={"status": call.status, "source": "provider REST API",
+                                   "end_time": isoformat(call.ended_at), "duration": call.duration}),
                 run_id=run_id,
             )
 
@@ -285,9 +308,12 @@ class CampaignRunner:
                     "contact_name": contact.name, "attempt": contact.attempts,
                 }},
                 machine_detection=options.machine_detection or None, ring_timeout=options.ring_timeout, run_id=run_id,
+                claim=(campaign.id, contact.position),
             )
             await self.dialer.place_call(request, origin=self.origin() or campaign.origin)
             self._refusals[campaign.id] = 0
+        except ClaimLost as lost:  # another instance took the contact back: it dials it, not this one
+            log.warning("%s", lost)
         except DialError as error:
             await self._refused(campaign, contact, error)
         except Exception:  # noqa: BLE001 - the next tick settles whatever state this left

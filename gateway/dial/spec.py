@@ -65,7 +65,10 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
-Phone = Annotated[str, Field(min_length=1)]
+# The JSON schemas (the OpenAPI document) show the canonical forms; the validators below also
+# take a phone number with spaces, dashes, dots and brackets.
+Phone = Annotated[str, Field(min_length=1, json_schema_extra={"pattern": r"^\+?[1-9][0-9]{6,14}$", "examples": ["+14155550100"]})]
+PathId = Annotated[str, Field(json_schema_extra={"pattern": PATH_ID.pattern})]
 
 
 class CallSpec(_Model):
@@ -74,8 +77,8 @@ class CallSpec(_Model):
     provider: Literal["twilio", "vonage"] | None = None
     to: Phone
     from_: Phone | None = Field(None, alias="from")
-    workflow_id: str
-    user_id: str
+    workflow_id: PathId
+    user_id: PathId
     initial_context: dict[str, Any] = Field(default_factory=dict)
     machine_detection: Any = False
     ring_timeout: int | None = Field(None, ge=5, le=600)
@@ -180,7 +183,7 @@ class CampaignOptions(_Model):
 
 
 class ContactSpec(_Model):
-    phone: str
+    phone: Phone
     name: str | None = Field(None, max_length=200)
     context: dict[str, Any] = Field(default_factory=dict)
 
@@ -191,10 +194,10 @@ class CampaignSpec(_Model):
     """`POST /api/v1/campaigns`."""
 
     name: str | None = Field(None, max_length=200)
-    workflow_id: str
-    user_id: str
+    workflow_id: PathId
+    user_id: PathId
     provider: Literal["twilio", "vonage"] | None = None
-    from_: str | None = Field(None, alias="from")
+    from_: Phone | None = Field(None, alias="from")
     contacts: list[ContactSpec] = Field(default_factory=list, max_length=MAX_CONTACTS)
     contacts_csv: str | None = None
     options: CampaignOptions = Field(default_factory=CampaignOptions)

@@ -5,7 +5,8 @@ behind, it queues (bounded: the oldest is dropped and counted) and a sender drai
 the provider socket never waits on the agent. Agent audio is re-framed into the provider's
 exact frames and paced by a `PlaybackQueue` a bounded lead ahead of the playhead, so `clear`
 silences the caller within that lead. Store writes (context, transcripts, events) go through
-one ordered writer task, never inline with audio.
+one ordered, bounded writer (`gateway.media.writes`), never inline with audio, and what it
+holds when the session ends is written before the session is done (`media.ended` last).
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ from gateway.media.playback import FRAME, PlaybackQueue
 from gateway.media.registry import INSTANCE_ID
 from gateway.media.provider_socket import AUDIO, BAD, DTMF, MARK, OTHER, STOP, ProviderSocket
 from gateway.metrics import AGENT_CONNECT_FAILURES, CODEC_SECONDS
-from gateway.store.base import Store, StoreError
+from gateway.media.writes import FLUSH_SECONDS, SessionWriter
+from gateway.providers.base import BadRequest, check_json_tree
+from gateway.store.base import Store
 
 log = logging.getLogger("gateway.media")
 
@@ -69,6 +72,8 @@ class SessionOptions:
     on_agent_failure: str = "hangup"  # or "keep"
     agent_retry_seconds: float = 2.0
     bad_message_log_every: int = 100
+    write_queue_max: int = 256  # store writes waiting; past it the agent's messages wait (see gateway.media.writes)
+    write_flush_seconds: float = FLUSH_SECONDS  # how long the end waits for them before it logs what is left
 
 
 class MediaSession:
@@ -109,7 +114,10 @@ class MediaSession:
         self.playback = PlaybackQueue(lead_seconds=self.options.lead_seconds, max_frames=self.options.outbound_max_frames)
         self._backlog: deque[bytes] = deque(maxlen=self.options.inbound_backlog_frames)
         self._backlog_ready = asyncio.Event()
-        self._writes: asyncio.Queue[tuple[str, dict[str, Any]] | None] = asyncio.Queue()
+        sources = {"media.started": "gateway", "media.ended": "gateway", "dtmf": provider.name}
+        self.writes = SessionWriter(store, self.run_id, source=lambda kind: sources.get(kind, "agent"),
+                                    max_queued=self.options.write_queue_max, session=session_id)
+        self._ended_queued = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pump_task: asyncio.Task[Any] | None = None
         self._mark_timers: dict[str, asyncio.TimerHandle] = {}
@@ -134,17 +142,23 @@ class MediaSession:
 
     async def run(self, start_params: Mapping[str, Any]) -> None:
         """Connect the agent, then carry audio both ways until one side ends the call."""
-        self._writer = asyncio.ensure_future(self._write_loop())
-        self._start = self.start_message(start_params)
-        connected = await self._connect_agent()
-        if not connected and self.options.on_agent_failure == "hangup":
-            await self._finish("agent unavailable")
-            return
-        self._spawn(self._backlog_loop())
-        provider_task = self._spawn(self._from_provider())
-        ending_task = self._spawn(self._ending.wait())
-        await asyncio.wait({provider_task, ending_task}, return_when=asyncio.FIRST_COMPLETED)
-        await self._finish(self.end_reason or "provider closed")
+        self.writes.start()
+        try:
+            self._start = self.start_message(start_params)
+            connected = await self._connect_agent()
+            if not connected and self.options.on_agent_failure == "hangup":
+                await self._finish("agent unavailable")
+                return
+            self._spawn(self._backlog_loop())
+            provider_task = self._spawn(self._from_provider())
+            ending_task = self._spawn(self._ending.wait())
+            await asyncio.wait({provider_task, ending_task}, return_when=asyncio.FIRST_COMPLETED)
+            await self._finish(self.end_reason or "provider closed")
+        except asyncio.CancelledError:  # the server is stopping: what is queued is still written
+            for task in self._tasks:
+                task.cancel()
+            self._write_ended(self.end_reason or "gateway stopped", {"cancelled": True})
+            raise
 
     def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
@@ -164,16 +178,18 @@ class MediaSession:
 
     async def _finish(self, reason: str) -> None:
         current = asyncio.current_task()
-        for task in list(self._tasks):
-            if task is not current:
-                task.cancel()
+        stopping = [task for task in self._tasks if task is not current]
+        for task in stopping:
+            task.cancel()
+        if stopping:  # an agent message waiting for room in the writes is queued as its task ends
+            await asyncio.wait(stopping, timeout=2)
         for handle in self._mark_timers.values():
             handle.cancel()
         if self.agent is not None:
             with contextlib.suppress(AgentUnavailable, asyncio.TimeoutError, OSError):
                 await asyncio.wait_for(self.agent.send_message({"type": "stop", "reason": reason}), 1)
             await self.agent.close()
-        data: dict[str, Any] = {"reason": reason, **asdict(self.counters)}
+        data: dict[str, Any] = {}
         links = self.links()
         if self.recorder is not None:
             try:
@@ -182,16 +198,22 @@ class MediaSession:
                 data["recording_error"] = f"{type(exc).__name__}: {exc}"
             if data.get("recording_error"):
                 links["recording_url"] = None
-        media = {"ended": True, **{k: v for k, v in data.items() if k != "reason"}, **links}
-        self._queue_write("media.ended", {"data": data, "media": media})
-        self._writes.put_nowait(None)
-        try:
-            await asyncio.wait_for(self._writer, 5)
-        except asyncio.TimeoutError:
-            log.error("store writes for run=%s did not finish in 5 s", self.run_id)
+        self._write_ended(reason, data, links)
+        await self.writes.wait(self.options.write_flush_seconds)
         log.info("media ended run=%s reason=%s in=%d out=%d dropped_in=%d misframed=%d bad=%d",
                  self.run_id, reason, self.counters.frames_in, self.counters.frames_out,
                  self.counters.inbound_dropped, self.counters.misframed, self.counters.bad_messages)
+
+    def _write_ended(self, reason: str, data: dict[str, Any], links: dict[str, Any] | None = None) -> None:
+        """Queue `media.ended` (once, last) and close the writes."""
+        if self._ended_queued:
+            return
+        self._ended_queued = True
+        data = {"reason": reason, **asdict(self.counters), "writes_coalesced": self.writes.coalesced,
+                "writes_waited": self.writes.waited, **data}
+        media = {"ended": True, **{k: v for k, v in data.items() if k != "reason"}, **(links if links is not None else self.links())}
+        self.writes.put_nowait("media.ended", {"data": data, "media": media})
+        self.writes.close()
 
     # -- agent connection ---------------------------------------------------------------
     async def _connect_agent(self) -> bool:
@@ -405,7 +427,11 @@ class MediaSession:
             return
         try:
             message = json.loads(text)
-        except ValueError:
+            check_json_tree(message, limit=MAX_AGENT_MESSAGE_CHARS)  # a lone surrogate: the store cannot write it
+        except BadRequest as exc:
+            self._agent_bad(str(exc))
+            return
+        except (ValueError, RecursionError):
             self._agent_bad("message is not valid JSON")
             return
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):
@@ -426,13 +452,13 @@ class MediaSession:
                 self._agent_bad("mark needs a name")
         elif kind == "hangup":
             reason = str(message.get("reason") or "agent hung up")[:200]
-            self._queue_write("agent.hangup", {"data": {"reason": reason}})
+            await self.writes.put("agent.hangup", {"data": {"reason": reason}})
             self.end("agent hangup")
             await self._hangup(reason)
         elif kind == "context":
             data = message.get("data")
             if isinstance(data, dict):
-                self._queue_write("agent.context", {"data": {"keys": sorted(data)[:50]}, "gathered_context": data})
+                await self.writes.put("agent.context", {"data": {"keys": sorted(data)[:50]}, "gathered_context": data})
             else:
                 self._agent_bad("context.data must be an object")
         elif kind == "transcript":
@@ -441,26 +467,26 @@ class MediaSession:
                 self._agent_bad("transcript needs role and text strings")
             elif final:
                 line = {"role": role[:32], "text": text_value[:8000], "final": True, "at": time.time()}
-                self._queue_write("transcript", {"data": line, "events": [(ev.CONVERSATION_TRANSCRIPT, line)]})
+                await self.writes.put("transcript", {"data": line, "events": [(ev.CONVERSATION_TRANSCRIPT, line)]})
         elif kind == "intent":
             name = message.get("name")
             if isinstance(name, str):
                 detail = {"name": name[:200], "confidence": message.get("confidence"), "data": message.get("data")}
-                self._queue_write("intent", {"data": detail, "events": [(ev.CONVERSATION_INTENT_DETECTED, detail)]})
+                await self.writes.put("intent", {"data": detail, "events": [(ev.CONVERSATION_INTENT_DETECTED, detail)]})
             else:
                 self._agent_bad("intent needs a name")
         elif kind == "entity":
             name = message.get("name")
             if isinstance(name, str) and name:
                 detail = {"name": name[:200], "value": message.get("value")}
-                self._queue_write("entity", {"data": detail, "events": [(ev.CONVERSATION_ENTITY_CAPTURED, detail)],
+                await self.writes.put("entity", {"data": detail, "events": [(ev.CONVERSATION_ENTITY_CAPTURED, detail)],
                                              "gathered_context": {name[:200]: message.get("value")}})
             else:
                 self._agent_bad("entity needs a name")
         elif kind == "annotations":
             data = message.get("data")
             if isinstance(data, dict):
-                self._queue_write("agent.annotations", {"data": {"keys": sorted(data)[:50]}, "annotations": data})
+                await self.writes.put("agent.annotations", {"data": {"keys": sorted(data)[:50]}, "annotations": data})
             else:
                 self._agent_bad("annotations.data must be an object")
         else:
@@ -470,22 +496,7 @@ class MediaSession:
         self.counters.agent_bad_messages += 1
         log.warning("bad agent message run=%s: %s", self.run_id, reason)
 
-    # -- ordered store writes -------------------------------------------------------------
+    # -- store writes (gateway.media.writes) ----------------------------------------------
     def _queue_write(self, kind: str, payload: dict[str, Any]) -> None:
-        self._writes.put_nowait((kind, payload))
-
-    async def _write_loop(self) -> None:
-        source = {"media.started": "gateway", "media.ended": "gateway", "dtmf": self.provider.name}
-        while True:
-            item = await self._writes.get()
-            if item is None:
-                return
-            kind, payload = item
-            try:
-                await self.store.record_activity(
-                    self.run_id, source=source.get(kind, "agent"), kind=kind, data=payload.get("data", {}),
-                    events=payload.get("events", ()), gathered_context=payload.get("gathered_context"),
-                    annotations=payload.get("annotations"), media=payload.get("media"), session=self.session_id,
-                )
-            except StoreError as exc:
-                log.error("could not record %s for run=%s: %s", kind, self.run_id, exc)
+        """A write of the session's own (never waits; see `SessionWriter.put_nowait`)."""
+        self.writes.put_nowait(kind, payload)

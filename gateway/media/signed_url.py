@@ -33,7 +33,7 @@ def check(key: bytes, kind: str, run_id: str, expires: str | None, signature: st
     """None when the link is valid now; otherwise why it is not."""
     if not expires or not signature:
         return "the link needs expires and signature"
-    if not expires.isdigit() or len(expires) > 12:
+    if not (expires.isascii() and expires.isdigit()) or len(expires) > 12:
         return "expires must be Unix seconds"
     if not hmac.compare_digest(sign(key, kind, run_id, int(expires)).encode(), signature.encode("utf-8", "replace")):
         return "signature does not match this link"

@@ -34,10 +34,11 @@ def check_stream_token(key: bytes, run_id: str, token: object, *, now: float, wo
     parts = token.split(".")
     if len(parts) == 3 and parts[0] == "v1":
         return "stream token of an earlier version (v1): the call must be answered again"
-    if len(parts) != 3 or parts[0] != _VERSION or not parts[1].isdigit() or len(parts[1]) > 12:
+    if len(parts) != 3 or parts[0] != _VERSION or not (parts[1].isascii() and parts[1].isdigit()) or len(parts[1]) > 12:
         return "malformed stream token"
     expires = int(parts[1])
-    if not hmac.compare_digest(_mac(key, workflow_id, user_id, run_id, expires), parts[2]):
+    mac = _mac(key, workflow_id, user_id, run_id, expires)
+    if not hmac.compare_digest(mac.encode(), parts[2].encode("utf-8", "replace")):  # str: ASCII only
         return "stream token does not match this call"
     if expires < now:
         return "stream token expired"

@@ -128,6 +128,13 @@ def _check_tree(value: Any, limit: int) -> None:
         stack.extend((child, depth + 1) for child in children)
 
 
+def check_json_tree(value: Any, limit: int = MAX_JSON_DEPTH) -> None:
+    """`BadRequest` when parsed JSON nests deeper than `limit` or holds a string with a lone
+    surrogate (a `\\ud800` escape `json.loads` lets through): what the store cannot write as
+    UTF-8. For JSON that arrives other than as a request body (media and agent sockets)."""
+    _check_tree(value, limit)
+
+
 def parse_json_object(raw: bytes, limit: int = MAX_BODY_BYTES) -> dict[str, Any]:
     """Parse a UTF-8 JSON object body (Vonage events, Twilio JSON callbacks, admin API bodies).
 

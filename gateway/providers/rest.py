@@ -6,6 +6,7 @@ them in a thread executor.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
 import requests
@@ -35,6 +36,27 @@ class DialResult:
     provider_call_id: str
     status: str | None = None
     raw: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ProviderCall:
+    """A call as the provider's REST API reports it now (reconciliation): its status word and,
+    once it ended, when and how long it talked, as the provider counts them."""
+
+    status: str | None
+    ended_at: datetime | None = None  # aware UTC
+    duration: int | None = None  # seconds
+
+
+def provider_seconds(value: Any) -> int | None:
+    """A provider's duration field (a number or digits) as whole seconds; None when absent or not one."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return max(0, int(value))
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return None
 
 
 class ProviderRefused(Exception):
@@ -89,7 +111,7 @@ class ProviderRest(Protocol):
 
     def hangup(self, call_id: str, *, answered: bool) -> str | None: ...
 
-    def fetch_status(self, call_id: str) -> str | None: ...
+    def fetch_call(self, call_id: str) -> ProviderCall: ...
 
 
 def short_text(value: Any, limit: int = 300) -> str:

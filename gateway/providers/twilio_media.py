@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.providers.base import BadRequest, check_json_tree
+
 MAX_MESSAGE_CHARS = 64 * 1024
 _STREAM_SID = re.compile(r"^[A-Za-z0-9]{1,64}$")
 # A `media` message exactly as Twilio writes it (compact, in this key order). Text matching this
@@ -77,6 +79,10 @@ def _parse_json(text: str) -> StreamMessage:
     except (ValueError, RecursionError):
         raise StreamMessageError("message is not valid JSON") from None
     data = _object(data, "message")
+    try:
+        check_json_tree(data)
+    except BadRequest as exc:
+        raise StreamMessageError(str(exc)) from None
     event = data.get("event")
     if not isinstance(event, str):
         raise StreamMessageError("message has no event name")

@@ -10,6 +10,7 @@ result (`AnsweredBy`) is posted to the same status-callback URL. `api_base_url` 
 from __future__ import annotations
 
 import re
+from datetime import timezone
 from typing import Any
 
 import requests
@@ -17,7 +18,8 @@ from twilio.base.exceptions import TwilioException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
-from gateway.providers.rest import DialResult, DialSpec, ProviderRefused, maybe_sent, short_text
+from gateway.providers.rest import (DialResult, DialSpec, ProviderCall, ProviderRefused, maybe_sent, provider_seconds,
+                                    short_text)
 
 NAME = "twilio"
 STATUS_EVENTS = ["initiated", "ringing", "answered", "completed"]
@@ -91,10 +93,12 @@ class TwilioRest:
             raise _refusal(error) from None
         return call.status
 
-    def fetch_status(self, call_id: str) -> str | None:
-        """Twilio's current `CallStatus` word for the call."""
+    def fetch_call(self, call_id: str) -> ProviderCall:
+        """The Calls resource: `status`, and `end_time` (RFC 2822) and `duration` (s) once it ended."""
         try:
-            return self.client.calls(call_id).fetch().status
+            call = self.client.calls(call_id).fetch()
+            ended = call.end_time.astimezone(timezone.utc) if call.end_time else None
+            return ProviderCall(status=call.status, ended_at=ended, duration=provider_seconds(call.duration))
         except (TwilioException, requests.RequestException, OSError) as error:
             raise _refusal(error) from None
 

@@ -13,12 +13,14 @@ import hmac
 import json
 import math
 import re
+import warnings
 from collections import OrderedDict
 from datetime import datetime, timezone
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 import jwt
+from jwt.warnings import InsecureKeyLengthWarning
 
 from gateway.calls.lifecycle import CallUpdate
 from gateway.calls.states import normalize_status
@@ -41,6 +43,11 @@ AMD_STATUSES = {"human": False, "machine": True}
 DIRECTIONS = ("inbound", "outbound")
 _VISIBLE_ASCII = re.compile(r"[\x21-\x7e]+")
 _DIGITS = re.compile(r"[0-9]{1,18}")
+MAX_SECONDS = 10**18 - 1  # as many as _DIGITS allows: every store's integer column holds it
+
+# Vonage, not the operator, chooses the signature secret: pyjwt's advice to key HMAC with 32 bytes
+# or more (a warning on every request checked) is nothing anyone running the gateway can act on.
+warnings.filterwarnings("ignore", category=InsecureKeyLengthWarning)
 
 # pyjwt: signature and structure only; time and claim checks are ours.
 _DECODE_OPTIONS: dict[str, Any] = {
@@ -275,9 +282,9 @@ def _duration(data: Mapping[str, Any]) -> int | None:
     if isinstance(value, bool):
         raise BadRequest("duration must be a string or an integer")
     if isinstance(value, int):
-        return value if value >= 0 else None
+        return value if 0 <= value <= MAX_SECONDS else None
     if isinstance(value, float):
-        return int(value) if math.isfinite(value) and value >= 0 and value == int(value) else None
+        return int(value) if math.isfinite(value) and 0 <= value <= MAX_SECONDS and value == int(value) else None
     if isinstance(value, str):
         text = value.strip()
         return int(text) if _DIGITS.fullmatch(text) else None

@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.providers.base import BadRequest, check_json_tree
+
 MAX_TEXT_CHARS = 16 * 1024
 CLEAR_MESSAGE = '{"action":"clear"}'
 _RATE = re.compile(r"^audio/l16;\s*rate=(8000|16000|24000)$")
@@ -40,6 +42,10 @@ def parse_vonage_text(text: str) -> VonageEvent:
         raise VonageMessageError("text message is not valid JSON") from None
     if not isinstance(data, dict):
         raise VonageMessageError("text message must be a JSON object")
+    try:
+        check_json_tree(data)
+    except BadRequest as exc:
+        raise VonageMessageError(str(exc)) from None
     event = data.get("event")
     if not isinstance(event, str):
         raise VonageMessageError("text message has no event name")

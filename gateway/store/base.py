@@ -30,6 +30,16 @@ class StoreError(Exception):
     """The store could not do what was asked (unreachable, corrupt, bad cursor...)."""
 
 
+class ClaimLost(StoreError):
+    """A campaign call's record was not written because its contact's claim no longer holds
+    the call's run id (another instance released or settled it): the call must not be dialed."""
+
+
+def claim_lost(claim: tuple[str, int], run_id: str | None) -> ClaimLost:
+    """The `ClaimLost` for campaign `claim` (campaign id, position) and its run id."""
+    return ClaimLost(f"campaign {claim[0]} contact {claim[1]} no longer holds run {run_id}: not dialed")
+
+
 @dataclass
 class CallSeed:
     """What the gateway knows of a call before or besides the provider's callbacks.
@@ -45,6 +55,10 @@ class CallSeed:
     from_number: str | None = None
     to_number: str | None = None
     initial_context: dict[str, Any] = field(default_factory=dict)
+    claim: tuple[str, int] | None = None
+    """(campaign id, contact position) of a campaign dial: the record is created only while that
+    contact is still `dialing` this run id, checked in the transaction that writes it (else
+    `ClaimLost`). This fences a dial against a claim another instance released meanwhile."""
 
     def fill(self, record: CallRecord) -> None:
         """Write every seed value whose record field is still empty."""
@@ -107,12 +121,13 @@ class Delivery:
     next_attempt_at: datetime
     created_at: datetime
     updated_at: datetime
-    first_attempt_at: datetime | None = None
+    first_attempt_at: datetime | None = None  # the current schedule's first attempt (a retry or replay starts one)
     last_attempt_at: datetime | None = None
     last_status: int | None = None
     last_error: str | None = None
     event: Event | None = None
     order_key: str | None = None  # the call whose events go one at a time (ordered subscriptions)
+    first_attempted_at: datetime | None = None  # the very first attempt, whatever retries came after (read views only)
     lease_id: str | None = None  # the lease it was handed out under: its finish counts only under it
 
     def to_dict(self) -> dict[str, Any]:
@@ -125,7 +140,8 @@ class Delivery:
             "status": self.status,
             "attempts": self.attempts,
             "next_attempt_at": isoformat(self.next_attempt_at) if self.status == "pending" else None,
-            "first_attempt_at": isoformat(self.first_attempt_at),
+            "first_attempt_at": isoformat(self.first_attempted_at or self.first_attempt_at),
+            "schedule_started_at": isoformat(self.first_attempt_at),  # total_timeout counts from here
             "last_attempt_at": isoformat(self.last_attempt_at),
             "last_status": self.last_status,
             "last_error": self.last_error,
@@ -392,6 +408,10 @@ class Store(abc.ABC):
     async def outbox_stats(self, *, now: datetime) -> dict[str, Any]:
         """Pending count and the age in seconds of the oldest pending delivery."""
 
+    @abc.abstractmethod
+    async def pending_subscriptions(self) -> set[str]:
+        """The subscriptions that have pending deliveries (whatever their lease)."""
+
 
     # -- campaigns (gateway.dial) ----------------------------------------------------------
     # Not abstract: a backend without them refuses campaigns with a StoreError, calls work.
@@ -423,8 +443,9 @@ class Store(abc.ABC):
         """Running and paused campaigns, with counts."""
         raise self._no_campaigns()
 
-    async def campaigns_for_webhooks(self, *, since: datetime) -> list["Campaign"]:
-        """Campaigns with inline webhooks that are active or ended at or after `since`."""
+    async def campaigns_for_webhooks(self, ids: Sequence[str] = ()) -> list["Campaign"]:
+        """Campaigns with inline webhooks that can still cause events (active, or a contact
+        being dialed), and those of `ids` (e.g. with deliveries still pending)."""
         raise self._no_campaigns()
 
     async def campaign_calls_in_flight(self) -> list[tuple["CampaignContact", CallRecord | None]]:

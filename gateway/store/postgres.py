@@ -4,7 +4,8 @@ gateway instances sharing one database.
 Callbacks for one call serialize on transaction-scoped advisory locks keyed by the run id
 and the provider's call id, so the lifecycle rules hold exactly as on one instance. Delivery
 workers on every instance claim due rows with `FOR UPDATE SKIP LOCKED` and a lease. Commits
-that queue deliveries `NOTIFY gateway_deliveries`, so idle workers everywhere wake at once.
+that queue deliveries `NOTIFY gateway_deliveries`, so idle workers everywhere wake at once
+(each instance's `PostgresListener` LISTENs, and holds leadership, on a session it keeps alive).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from gateway.store.base import (
     AppliedUpdate,
     AttemptRecord,
     CallSeed,
+    claim_lost,
     Delivery,
     DeliveryResult,
     DirectDispatch,
@@ -50,10 +52,9 @@ from gateway.store.callbacks import apply_callbacks
 from gateway.store.group_commit import GroupCommit, MaybeCommitted
 from gateway.store.migrations import MIGRATIONS
 from gateway.store.postgres_campaigns import PostgresCampaigns
+from gateway.store.postgres_listener import CONTROL_CHANNEL, DELIVERIES_CHANNEL, PostgresListener
 from gateway.store.paging import POSTGRES, page_query, split_page
 
-DELIVERIES_CHANNEL = "gateway_deliveries"
-CONTROL_CHANNEL = "gateway_control"
 _MIGRATION_LOCK = 0x6761746577  # "gatew": one migrator at a time across instances
 _UPSERT_CALL = (
     f"INSERT INTO calls ({', '.join(CALL_COLUMNS)}) VALUES ({', '.join(f'${i}' for i in range(1, len(CALL_COLUMNS) + 1))}) "
@@ -64,6 +65,10 @@ _DELIVERY_SELECT = (
     "SELECT d.*, e.id AS e_id, e.type AS e_type, e.workflow_run_id AS e_run, e.occurred_at AS e_at,"
     " e.data AS e_data, e.seq AS e_seq FROM deliveries d JOIN events e ON e.seq = d.event_seq"
 )
+_DELIVERY_VIEW = _DELIVERY_SELECT.replace(
+    " FROM deliveries d", ", (SELECT MIN(a.attempted_at) FROM delivery_attempts a WHERE a.delivery_id = d.id) AS first_attempted"
+    " FROM deliveries d")
+"""`_DELIVERY_SELECT` with the very first attempt's time, for the listings people read."""
 _LEASE_FREE = "(lease_until IS NULL OR lease_until < now())"
 """Not leased, on the database's clock: instances whose clocks differ agree on when a lease ends."""
 _LEASE = "lease_owner = $1, lease_until = now() + $2 * interval '1 second', lease_id = $3, resend = FALSE"
@@ -146,6 +151,7 @@ def _delivery(row: Mapping[str, Any], *, with_event: bool = False) -> Delivery:
         updated_at=row["updated_at"], first_attempt_at=row["first_attempt_at"], last_attempt_at=row["last_attempt_at"],
         last_status=row["last_status"], last_error=row["last_error"], event=_event(row, "e_") if with_event else None,
         order_key=row["order_key"], lease_id=row["lease_id"],
+        first_attempted_at=row["first_attempted"] if "first_attempted" in row.keys() else None,
     )
 
 
@@ -220,7 +226,7 @@ class PostgresStore(PostgresCampaigns, Store):
         self.dsn, self.schema = split_store_url(url)
         self.min_size, self.max_size = min_size, max_size
         self._pool: asyncpg.Pool | None = None
-        self._listener: asyncpg.Connection | None = None
+        self.listener: PostgresListener | None = None
         self._nonces_pruned: datetime | None = None
         # A callback alone goes the batch's way too (fewer round trips); `_apply_one` is the
         # way of each callback of a batch that failed.
@@ -249,30 +255,17 @@ class PostgresStore(PostgresCampaigns, Store):
                                                    init=_init_connection, server_settings=settings)
             async with self.pool.acquire() as conn:
                 await self._migrate(conn)
-            self._listener = await asyncpg.connect(self.dsn, server_settings=settings)
-            await self._listener.add_listener(DELIVERIES_CHANNEL, lambda *args: self.on_deliveries())
-            await self._listener.add_listener(CONTROL_CHANNEL, self._on_control)
+            self.listener = PostgresListener(self.dsn, settings, on_deliveries=lambda: self.on_deliveries(),
+                                             on_control=self._on_control)
+            await self.listener.start()
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             await self.close()
             raise StoreError(f"cannot open PostgreSQL store: {type(exc).__name__}: {exc}") from exc
 
     async def hold_leadership(self, name: str) -> bool:
-        """A session advisory lock on the listener connection: held until this process (or its
-        connection) goes away, then another instance's next call takes it over."""
-        if self._listener is None:
-            return False
-        held = getattr(self, "_leading", set())
-        if name in held:
-            return True
-        try:
-            got = await self._listener.fetchval(  # one leader per database and schema
-                "SELECT pg_try_advisory_lock(hashtext(current_database() || '.' || current_schema() || ':' || $1))", f"leader:{name}")
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            raise StoreError(f"postgresql: {exc}") from exc
-        if got:
-            held.add(name)
-            self._leading = held
-        return bool(got)
+        """A session advisory lock on the listener's session, confirmed live at every call (see
+        `PostgresListener`): one leader per database and schema, and none while its session is gone."""
+        return self.listener is not None and await self.listener.hold(name)
 
     def _on_control(self, connection: Any, pid: int, channel: str, payload: str) -> None:
         try:
@@ -303,12 +296,9 @@ class PostgresStore(PostgresCampaigns, Store):
                                        migration.version, migration.name, utcnow())
 
     async def close(self) -> None:
-        if self._listener is not None:
-            listener, self._listener = self._listener, None
-            try:
-                await listener.close()
-            except (OSError, asyncpg.InterfaceError):
-                pass
+        if self.listener is not None:
+            listener, self.listener = self.listener, None
+            await listener.close()
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await pool.close()
@@ -449,6 +439,13 @@ class PostgresStore(PostgresCampaigns, Store):
                 row = await conn.fetchrow("SELECT * FROM calls WHERE provider = $1 AND provider_call_id = $2 FOR UPDATE",
                                           update.provider, update.provider_call_id)
                 current = None if row is None else _record(row)
+            if current is None and seed is not None and seed.claim is not None:
+                # Under the run's lock, as `release_campaign_claim` checks for the record: one of
+                # the two wins, so a released claim is never dialed.
+                if await conn.fetchval(
+                        "SELECT 1 FROM campaign_contacts WHERE campaign_id = $1 AND position = $2 AND status = 'dialing'"
+                        " AND workflow_run_id = $3", seed.claim[0], seed.claim[1], run_id) is None:
+                    raise claim_lost(seed.claim, run_id)
             target = current.workflow_run_id if current else (run_id or str(uuid.uuid4()))
             transition = decide_transition(current, update, run_id=target, now=now)
             record = transition.record
@@ -752,7 +749,7 @@ class PostgresStore(PostgresCampaigns, Store):
                               run_id: str | None = None, limit: int = 50, cursor: str | None = None) -> tuple[list[Delivery], str | None]:
         limit = clamp_limit(limit)
         sql, params = page_query(
-            _DELIVERY_SELECT, [("d.status", status), ("d.subscription", subscription), ("d.workflow_run_id", run_id)],
+            _DELIVERY_VIEW, [("d.status", status), ("d.subscription", subscription), ("d.workflow_run_id", run_id)],
             keys=("d.created_at", "d.id"), cursor=cursor, limit=limit, dialect=POSTGRES,
         )
 
@@ -764,7 +761,7 @@ class PostgresStore(PostgresCampaigns, Store):
 
     async def get_delivery(self, delivery_id: str) -> tuple[Delivery, list[AttemptRecord]] | None:
         async def query(conn: asyncpg.Connection) -> tuple[Delivery, list[AttemptRecord]] | None:
-            row = await conn.fetchrow(_DELIVERY_SELECT + " WHERE d.id = $1", delivery_id)
+            row = await conn.fetchrow(_DELIVERY_VIEW + " WHERE d.id = $1", delivery_id)
             if row is None:
                 return None
             attempts = [
@@ -837,6 +834,10 @@ class PostgresStore(PostgresCampaigns, Store):
             return [event]
 
         return await self._tx(tx)
+
+    async def pending_subscriptions(self) -> set[str]:
+        rows = await self._query(lambda conn: conn.fetch("SELECT DISTINCT subscription FROM deliveries WHERE status = 'pending'"))
+        return {row["subscription"] for row in rows}
 
     async def outbox_stats(self, *, now: datetime) -> dict[str, Any]:
         row = await self._query(lambda conn: conn.fetchrow(

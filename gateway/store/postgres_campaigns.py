@@ -276,11 +276,11 @@ class PostgresCampaigns:
 
         return await self._query(query)
 
-    async def campaigns_for_webhooks(self, *, since: datetime) -> list[Campaign]:
+    async def campaigns_for_webhooks(self, ids: Sequence[str] = ()) -> list[Campaign]:
         async def query(conn: asyncpg.Connection) -> list[Campaign]:
             rows = await conn.fetch(
-                "SELECT * FROM campaigns WHERE status IN ('running', 'paused') OR completed_at >= $1"
-                " OR id IN (SELECT campaign_id FROM campaign_contacts WHERE status = 'dialing')", since,
+                "SELECT * FROM campaigns WHERE status IN ('running', 'paused') OR id = ANY($1::text[])"
+                " OR id IN (SELECT campaign_id FROM campaign_contacts WHERE status = 'dialing')", list(ids),
             )
             return [c for c in (_campaign(row) for row in rows) if c.options.get("webhooks")]
 

@@ -47,6 +47,7 @@ from gateway.store.base import (
     AppliedUpdate,
     AttemptRecord,
     CallSeed,
+    claim_lost,
     Delivery,
     DeliveryResult,
     DirectDispatch,
@@ -96,6 +97,13 @@ def _dumps(value: Any) -> str:
     return jsontext.dumps(value)
 
 
+def _check_claim(conn: sqlite3.Connection, claim: tuple[str, int], run_id: str | None) -> None:
+    """`ClaimLost` unless the contact `claim` names is still dialing `run_id` (see `CallSeed.claim`)."""
+    if conn.execute("SELECT 1 FROM campaign_contacts WHERE campaign_id = ? AND position = ? AND status = 'dialing'"
+                    " AND workflow_run_id = ?", (claim[0], claim[1], run_id)).fetchone() is None:
+        raise claim_lost(claim, run_id)
+
+
 def _row_to_record(row: sqlite3.Row) -> CallRecord:
     values = dict(row)
     for name in CALL_TIME_FIELDS:
@@ -131,6 +139,9 @@ _DELIVERY_COLUMNS = ("SELECT d.*, e.id AS e_id, e.type AS e_type, e.workflow_run
                      " e.data AS e_data, e.seq AS e_seq")
 _DELIVERY_SELECT = _DELIVERY_COLUMNS + " FROM deliveries d JOIN events e ON e.seq = d.event_seq"
 """A delivery row with its event's columns (`e_*`), as `_row_to_delivery(..., with_event=True)` reads it."""
+_DELIVERY_VIEW = (_DELIVERY_COLUMNS + ", (SELECT MIN(a.attempted_at) FROM delivery_attempts a WHERE a.delivery_id = d.id)"
+                  " AS first_attempted FROM deliveries d JOIN events e ON e.seq = d.event_seq")
+"""`_DELIVERY_SELECT` with the very first attempt's time, for the listings people read."""
 
 _INSERT_DELIVERY = (
     "INSERT INTO deliveries (id, event_seq, subscription, workflow_run_id, order_key, status, attempts,"
@@ -535,6 +546,8 @@ class SQLiteStore(SQLiteCampaigns, Store):
                     (update.provider, update.provider_call_id),
                 ).fetchone()
                 current = None if row is None else _row_to_record(row)
+            if current is None and seed is not None and seed.claim is not None:
+                _check_claim(conn, seed.claim, run_id)
             target = current.workflow_run_id if current else (run_id or str(uuid.uuid4()))
             transition = decide_transition(current, update, run_id=target, now=now)
             record = transition.record
@@ -551,7 +564,8 @@ class SQLiteStore(SQLiteCampaigns, Store):
             queued = self._insert_events(conn, events, leased, lease_id)
             return AppliedUpdate(record=record, events=events, outcome=transition.outcome, created=current is None), queued, leased
 
-        tx.batch = (self._apply_batch, (update, run_id, seed, lease_id))  # type: ignore[attr-defined]
+        if seed is None or seed.claim is None:  # a campaign dial's claim is checked alone
+            tx.batch = (self._apply_batch, (update, run_id, seed, lease_id))  # type: ignore[attr-defined]
         return tx
 
     def _apply_batch(self, conn: sqlite3.Connection, items: list[tuple[CallUpdate, str | None, CallSeed | None, str]]
@@ -862,7 +876,7 @@ class SQLiteStore(SQLiteCampaigns, Store):
                               run_id: str | None = None, limit: int = 50, cursor: str | None = None) -> tuple[list[Delivery], str | None]:
         limit = clamp_limit(limit)
         sql, params = page_query(
-            _DELIVERY_SELECT,
+            _DELIVERY_VIEW,
             [("d.status", status), ("d.subscription", subscription), ("d.workflow_run_id", run_id)],
             keys=("d.created_at", "d.id"), cursor=cursor, limit=limit, dialect=SQLITE,
         )
@@ -875,7 +889,7 @@ class SQLiteStore(SQLiteCampaigns, Store):
 
     async def get_delivery(self, delivery_id: str) -> tuple[Delivery, list[AttemptRecord]] | None:
         def query(conn: sqlite3.Connection) -> tuple[Delivery, list[AttemptRecord]] | None:
-            row = conn.execute(_DELIVERY_SELECT + " WHERE d.id = ?", (delivery_id,)).fetchone()
+            row = conn.execute(_DELIVERY_VIEW + " WHERE d.id = ?", (delivery_id,)).fetchone()
             if row is None:
                 return None
             attempts = [
@@ -941,6 +955,10 @@ class SQLiteStore(SQLiteCampaigns, Store):
         events, queued = await self._write(tx)
         self.on_deliveries()
         return events
+
+    async def pending_subscriptions(self) -> set[str]:
+        return await self._read(lambda conn: {row[0] for row in conn.execute(
+            "SELECT DISTINCT subscription FROM deliveries WHERE status = 'pending'")})
 
     async def outbox_stats(self, *, now: datetime) -> dict[str, Any]:
         def query(conn: sqlite3.Connection) -> dict[str, Any]:
@@ -1010,6 +1028,7 @@ def _row_to_delivery(row: sqlite3.Row, *, with_event: bool = False) -> Delivery:
         first_attempt_at=_parse_ts(row["first_attempt_at"]), last_attempt_at=_parse_ts(row["last_attempt_at"]),
         last_status=row["last_status"], last_error=row["last_error"],
         event=_row_to_event(row, "e_") if with_event else None, order_key=row["order_key"],
+        first_attempted_at=_parse_ts(row["first_attempted"]) if "first_attempted" in row.keys() else None,
     )
 
 

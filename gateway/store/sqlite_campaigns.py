@@ -267,11 +267,11 @@ class SQLiteCampaigns:
 
         return await self._read(query)
 
-    async def campaigns_for_webhooks(self, *, since: datetime) -> list[Campaign]:
+    async def campaigns_for_webhooks(self, ids: Sequence[str] = ()) -> list[Campaign]:
         def query(conn: sqlite3.Connection) -> list[Campaign]:
             rows = conn.execute(
-                "SELECT * FROM campaigns WHERE status IN ('running', 'paused') OR completed_at >= ?"
-                " OR id IN (SELECT campaign_id FROM campaign_contacts WHERE status = 'dialing')", (_ts(since),),
+                "SELECT * FROM campaigns WHERE status IN ('running', 'paused') OR id IN (SELECT value FROM json_each(?))"
+                " OR id IN (SELECT campaign_id FROM campaign_contacts WHERE status = 'dialing')", (json.dumps(list(ids)),),
             ).fetchall()
             return [c for c in (_campaign(row) for row in rows) if c.options.get("webhooks")]
 

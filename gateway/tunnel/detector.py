@@ -18,6 +18,7 @@ from typing import Callable, Protocol, Sequence
 
 import httpx
 
+from gateway.dial.urls import log_console_urls
 from gateway.tunnel import cloudflared
 from gateway.tunnel.cloudflared import NotQuickTunnel
 from gateway.tunnel.status import Sighting, TunnelStatus
@@ -157,9 +158,11 @@ class TunnelDetector:
             if before.hostname is None:
                 log.info("tunnel found: https://%s (from %s at %s); providers get https:// and wss:// URLs on it",
                          after.hostname, after.sighting.source, after.sighting.address)
+                log_console_urls(log, f"https://{after.hostname}")
             elif before.hostname != after.hostname:
                 log.warning("tunnel hostname changed: https://%s -> https://%s (cloudflared restarted?); "
                             "update any provider console URLs that name the old one", before.hostname, after.hostname)
+                log_console_urls(log, f"https://{after.hostname}")
             elif before.error is not None:
                 log.info("tunnel https://%s answers again", after.hostname)
         elif before.error is None:

@@ -81,9 +81,7 @@ def uses_template_context(subscription: Subscription) -> bool:
     """Whether any of the subscription's templates can read the call (conservatively: has a
     placeholder at all). Without one, rendering never looks at the context, so the worker
     need not load the call record for each attempt."""
-    parts = (subscription.url, subscription.headers, subscription.payload_template,
-             subscription.auth.model_dump(), subscription.signing.model_dump())
-    return any(_has_placeholder(part) for part in parts)
+    return any(_has_placeholder(part) for part in subscription.templates())
 
 
 class AttemptLost(Exception):
@@ -119,7 +117,10 @@ class AttemptMaker:
         self._needs_call[subscription.name] = uses_template_context(subscription)
 
     def remove(self, name: str) -> None:
+        """Forget `name`, and close its connections (an attempt on them now fails, and is retried)."""
         self.subscriptions.pop(name, None)
+        self._needs_call.pop(name, None)
+        self.clients.release(name)
 
     async def make(self, delivery: Delivery) -> DeliveryResult:
         """Send one attempt of `delivery` and decide the row's next step. Always a result: an

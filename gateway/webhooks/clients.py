@@ -40,6 +40,7 @@ from gateway.webhooks.ssrf import GuardedTransport, Network, Resolver, resolve_d
 from gateway.webhooks.subscription import Subscription
 
 USER_AGENT = "telephony-gateway-webhooks/0.1"
+_closing: set["asyncio.Task[None]"] = set()  # released pools being closed (a reference keeps each task alive)
 MAX_CONNECTIONS = 20  # per subscription, as httpcore's pool had
 KEEPALIVE_EXPIRY = 30.0  # seconds an idle connection is kept
 _DEFAULT_HEADERS = (("Accept", "*/*"), ("Accept-Encoding", "identity"), ("Connection", "keep-alive"),
@@ -351,6 +352,27 @@ class EndpointClients:
         )
         self._clients[subscription.name] = (key, client)
         return client
+
+    def release(self, name: str) -> None:
+        """Forget subscription `name`'s pool and client (it is no longer delivered to); they are
+        closed in the background."""
+        client = self._clients.pop(name, None)
+        entry = self._pools.pop(name, None)
+        if client is None and entry is None:
+            return
+
+        async def close() -> None:
+            if client is not None:
+                await client[1].aclose()
+            if entry is not None:
+                await entry[1].aclose()
+
+        try:
+            task = asyncio.get_running_loop().create_task(close())
+        except RuntimeError:  # no loop: nothing was opened on one
+            return
+        _closing.add(task)
+        task.add_done_callback(_closing.discard)
 
     async def aclose(self) -> None:
         """Close every client."""

@@ -22,7 +22,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 SECRET_PREFIX = "whsec_"
 MIN_KEY_BYTES = 24
@@ -92,3 +92,33 @@ def signature_headers(
     elif scheme != "none":
         raise ValueError(f"unknown signing scheme {scheme!r}")
     return headers
+
+
+def verify_standard(secret: str, headers: Mapping[str, str], body: bytes, *, now: float,
+                    tolerance: float = 300) -> str | None:
+    """Why a Standard Webhooks request does not verify under `secret`, or None when it does.
+
+    `headers` are looked up by lower-case name. A request verifies when its timestamp is within
+    `tolerance` seconds of `now` and any `v1,` signature it carries matches (rotation sends several).
+    """
+    message_id = headers.get("webhook-id", "")
+    stamp = headers.get("webhook-timestamp", "")
+    signatures = headers.get("webhook-signature", "")
+    if not message_id or not stamp or not signatures:
+        missing = [name for name, value in (("webhook-id", message_id), ("webhook-timestamp", stamp),
+                                            ("webhook-signature", signatures)) if not value]
+        return "missing " + ", ".join(missing)
+    try:
+        timestamp = int(stamp)
+    except ValueError:
+        return "webhook-timestamp is not a number"
+    if abs(now - timestamp) > tolerance:
+        return f"webhook-timestamp is {int(now - timestamp)} s off this machine's clock"
+    try:
+        expected = standard_signature(secret, message_id, timestamp, body).encode()
+    except ValueError as exc:
+        return str(exc)
+    offered = [part.encode() for part in signatures.split() if part.startswith("v1,")]
+    if any(hmac.compare_digest(expected, candidate) for candidate in offered):
+        return None
+    return "no signature matches this secret"

@@ -291,3 +291,80 @@ class GuardedTransport(httpx.AsyncBaseTransport):
     async def aclose(self) -> None:
         """Close pooled connections."""
         await self._pool.aclose()
+
+
+def _localhost_addresses() -> list[str]:
+    """What `localhost` resolves to here (the hosts file: no network), as the guard will see it."""
+    try:
+        return list(dict.fromkeys(str(info[4][0]) for info in socket.getaddrinfo("localhost", None, type=socket.SOCK_STREAM)
+                                  if info[0] in (socket.AF_INET, socket.AF_INET6)))
+    except OSError:
+        return ["127.0.0.1"]
+
+
+def configured_destination_problem(
+    url: str, allow_networks: Iterable[Network] = (), *, localhost: Callable[[], list[str]] = _localhost_addresses
+) -> str | None:
+    """Why the guard will refuse `url` whatever DNS says, or None: a literal IP address or a
+    `localhost` name (RFC 6761) that is not public and not in `allow_networks`. Other host names
+    are resolved and vetted when a request is sent (DNS may answer differently by then); a host
+    made from a template is only known then too."""
+    from urllib.parse import urlsplit
+
+    if "{{" in url.split("//", 1)[-1].split("/", 1)[0]:
+        return None
+    try:
+        host = urlsplit(url).hostname
+    except ValueError:
+        return None
+    if not host:
+        return None
+    host = host.rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        addresses = localhost()
+    else:
+        try:
+            addresses = [str(ipaddress.ip_address(host.split("%", 1)[0]))]
+        except ValueError:
+            return None
+    networks = tuple(allow_networks)
+    for address in addresses:
+        try:
+            vet_address(host, address, networks)
+        except DestinationRefused as refused:
+            parsed = ipaddress.ip_address(refused.address)
+            suggestion = "127.0.0.0/8" if parsed.version == 4 and parsed.is_loopback else f"{parsed}/{parsed.max_prefixlen}"
+            shown = host if host == refused.address else f"{host} ({refused.address})"
+            return (f"the SSRF guard refuses {shown}: {refused.reason}; if this endpoint is meant to be "
+                    f"reached, list it: allow_networks: [{suggestion}]")
+    return None
+
+
+async def named_destination_problem(url: str, allow_networks: Sequence[Network] = (), *, timeout: float = 3.0,
+                                    resolver: Resolver = system_resolve) -> str | None:
+    """What the guard would say of `url`'s host name if a request were sent now (DNS answers may
+    change by then, so `gateway check-config` reports this as a warning, start-up does not look)."""
+    from urllib.parse import urlsplit
+
+    authority = url.split("//", 1)[-1].split("/", 1)[0]
+    if "{{" in authority:
+        return None
+    split = urlsplit(url)
+    host = split.hostname
+    if not host:
+        return None
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+        return None  # a literal address is judged when the configuration loads
+    except ValueError:
+        pass
+    try:
+        port = split.port or (443 if split.scheme == "https" else 80)
+        await asyncio.wait_for(resolve_destination(host, port, allow_networks, resolver), timeout)
+    except DestinationRefused as refused:
+        return f"{host} resolves to {refused.address} now, which the SSRF guard refuses: {refused.reason}"
+    except (httpcore.ConnectError, ValueError) as exc:
+        return str(exc) or f"cannot resolve {host}"
+    except asyncio.TimeoutError:
+        return f"cannot resolve {host}: no answer in {timeout:g} s"
+    return None

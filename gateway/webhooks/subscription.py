@@ -20,6 +20,7 @@ nodes (see `gateway.webhooks.dograh`).
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import ipaddress
 import re
@@ -41,11 +42,13 @@ from pydantic import (
     model_validator,
 )
 
+from gateway.calls.events import ALL_EVENTS
 from gateway.webhooks.policy import compile_expression, parse_status_class
 from gateway.webhooks.signing import DEFAULT_HEX_HEADER, decode_signing_secret
 from gateway.webhooks.templates import (
     CONTEXT_ROOTS,
     TemplateError,
+    placeholder_paths,
     secret_names,
     validate_template,
 )
@@ -347,6 +350,17 @@ def _check_glob(pattern: str) -> str:
     return pattern
 
 
+def _check_event_pattern(pattern: str) -> str:
+    """A valid glob that matches at least one event the gateway emits (`gateway.calls.events`)."""
+    _check_glob(pattern)
+    if not any(fnmatch.fnmatchcase(name, pattern) for name in ALL_EVENTS):
+        close = difflib.get_close_matches(pattern, ALL_EVENTS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else "; the events are listed in docs/webhooks.md"
+        raise ValueError(f"{pattern!r} matches no event the gateway emits{hint}")
+    return pattern
+
+
+EventPattern = Annotated[str, AfterValidator(_check_event_pattern)]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -355,7 +369,7 @@ class Subscription(_Model):
 
     name: str = Field(pattern=r"^[a-z0-9_-]+$", min_length=1, max_length=64)
     enabled: bool = True
-    events: list[str] = Field(min_length=1)
+    events: list[EventPattern] = Field(min_length=1)
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"
     url: str
     headers: dict[HeaderName, Template] = Field(default_factory=dict)
@@ -377,13 +391,6 @@ class Subscription(_Model):
     @classmethod
     def _upper_method(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
-
-    @field_validator("events")
-    @classmethod
-    def _check_events(cls, value: list[str]) -> list[str]:
-        for pattern in value:
-            _check_glob(pattern)
-        return value
 
     @field_validator("url")
     @classmethod
@@ -423,16 +430,21 @@ class Subscription(_Model):
         """Whether this subscription receives events of `event_type` (glob match)."""
         return self.enabled and any(fnmatch.fnmatchcase(event_type, glob) for glob in self.events)
 
+    def templates(self) -> tuple[Any, ...]:
+        """Every part of the configuration that may hold placeholders."""
+        return (self.url, self.headers, self.payload_template, self.payload_defaults, self.auth.model_dump(),
+                self.signing.model_dump())
+
     def secret_names(self) -> set[str]:
         """Every `secret.NAME` this subscription needs, so start-up can check they are set."""
-        parts = (
-            self.url,
-            self.headers,
-            self.payload_template,
-            self.auth.model_dump(),
-            self.signing.model_dump(),
-        )
-        return set().union(*(secret_names(part) for part in parts))
+        return set().union(*(secret_names(part) for part in self.templates()))
+
+    def inputs(self) -> list[str]:
+        """The context paths its templates read (`initial_context.tenant`, ...), secrets and
+        header auth's own `_auth`/`_request`/`vars` left out: what a test send may fill in."""
+        own = {"secret", "_auth", "_request", "vars"}
+        paths = set().union(*(placeholder_paths(part) for part in self.templates()))
+        return sorted(".".join(path) for path in paths if path[0] not in own)
 
 
 class WebhooksConfig(_Model):

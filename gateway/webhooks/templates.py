@@ -28,6 +28,7 @@ can remove them from anything logged or stored.
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -61,6 +62,31 @@ CONTEXT_ROOTS: frozenset[str] = frozenset(
     }
 )
 """Names a placeholder path may start with (`secret` resolves from the secrets mapping)."""
+
+_FREE_FORM = frozenset({"initial_context", "gathered_context", "cost_info", "annotations"})
+
+
+@lru_cache(maxsize=1)
+def context_fields() -> dict[str, frozenset[str] | None]:
+    """What may follow each root: the names allowed as the second segment (empty: nothing may
+    follow), or None for free-form data. From the call record's and event envelope's own shapes,
+    so a template naming a field that cannot exist (`{{call.stat}}`) is refused when loaded."""
+    from datetime import datetime, timezone
+
+    from gateway.calls.record import CallRecord
+    from gateway.events.envelope import Event
+
+    leaves = CONTEXT_ROOTS - _FREE_FORM - {"event", "call", "secret"}
+    fields: dict[str, frozenset[str] | None] = {root: frozenset() for root in leaves}
+    fields.update({root: None for root in _FREE_FORM})
+    fields["call"] = frozenset(CallRecord(workflow_run_id="-").to_dict())
+    fields["event"] = frozenset(Event("-", None, datetime.now(timezone.utc)).envelope())
+    return fields
+
+
+# Inside these, anything goes: the call's JSON fields and the event's data are free-form.
+_FREE_BELOW = {("call", name) for name in ("initial_context", "gathered_context", "annotations", "cost_info", "media")} | {
+    ("event", "data")}
 
 _PLACEHOLDER = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]+\Z")
@@ -227,6 +253,17 @@ def _check_path(path: tuple[str, ...], placeholder: Placeholder, roots: Collecti
         raise TemplateError(
             f"secrets are written {{{{secret.NAME}}}}, not {{{{{placeholder.source}}}}}"
         )
+    allowed = context_fields().get(path[0]) if path[0] in CONTEXT_ROOTS else None
+    if allowed is None or len(path) == 1:
+        return
+    if not allowed:
+        raise TemplateError(f"{path[0]!r} is a single value, nothing follows it: {{{{{placeholder.source}}}}}")
+    if path[1] not in allowed:
+        close = difflib.get_close_matches(path[1], sorted(allowed), n=1)
+        hint = f"; did you mean {path[0]}.{close[0]}?" if close else f"; {path[0]} has {', '.join(sorted(allowed))}"
+        raise TemplateError(f"{path[0]} has no field {path[1]!r} in {{{{{placeholder.source}}}}}{hint}")
+    if len(path) > 2 and (path[0], path[1]) not in _FREE_BELOW:
+        raise TemplateError(f"{path[0]}.{path[1]} is a single value, nothing follows it: {{{{{placeholder.source}}}}}")
 
 
 def validate_template(
@@ -257,25 +294,30 @@ def validate_template(
             validate_template(value, f"{location}[{index}]", roots=roots, functions=functions)
 
 
-def secret_names(template: Any) -> set[str]:
-    """The `secret.NAME` names a template refers to (so start-up can check they are all set)."""
-    names: set[str] = set()
+def placeholder_paths(template: Any) -> set[tuple[str, ...]]:
+    """Every context path a template reads (function arguments included), e.g.
+    `("initial_context", "tenant")` or `("secret", "TOKEN")`."""
+    paths: set[tuple[str, ...]] = set()
     if isinstance(template, str):
         for part in parse(template):
             if not isinstance(part, Placeholder):
                 continue
-            terms = [term for argument in part.arguments for term in argument]
-            paths = [part.path] if part.function is None else [
-                term for term in terms if not isinstance(term, Literal)
-            ]
-            names.update(path[1] for path in paths if len(path) == 2 and path[0] == "secret")
+            if part.function is None:
+                paths.add(part.path)
+            else:
+                paths.update(term for argument in part.arguments for term in argument if not isinstance(term, Literal))
     elif isinstance(template, Mapping):
         for key, value in template.items():
-            names |= secret_names(key) | secret_names(value)
+            paths |= placeholder_paths(key) | placeholder_paths(value)
     elif isinstance(template, (list, tuple)):
         for value in template:
-            names |= secret_names(value)
-    return names
+            paths |= placeholder_paths(value)
+    return paths
+
+
+def secret_names(template: Any) -> set[str]:
+    """The `secret.NAME` names a template refers to (so start-up can check they are all set)."""
+    return {path[1] for path in placeholder_paths(template) if len(path) == 2 and path[0] == "secret"}
 
 
 def as_text(value: Any) -> str:
@@ -302,7 +344,7 @@ def _walk(value: Any, path: Sequence[str]) -> Any:
             if segment not in value:
                 return _MISSING
             value = value[segment]
-        elif isinstance(value, (list, tuple)) and segment.isdigit():
+        elif isinstance(value, (list, tuple)) and segment.isdigit() and len(segment) <= 18:  # int() refuses 4300+ digits
             index = int(segment)
             if index >= len(value):
                 return _MISSING

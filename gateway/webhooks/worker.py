@@ -177,10 +177,14 @@ class DeliveryWorker:
         self._room[name] = self.settings.concurrency * (self.settings.prefetch if self._can_wait(subscription) else 1)
 
     def remove_subscription(self, name: str) -> None:
-        """Stop claiming for `name`; rows already claimed finish (as no longer configured)."""
+        """Stop claiming for `name` and let go of what it holds (its slots, counters and
+        connections); rows already claimed finish (as no longer configured)."""
         self.subscriptions.pop(name, None)
         self.attempts.remove(name)
         self._room.pop(name, None)
+        if not self.inflight.get(name):
+            self.inflight.pop(name, None)
+            self._slots.pop(name, None)
 
     def send_through(self, remote: RemoteAttempts, subscriptions: Sequence[str]) -> None:
         """Make the attempts of `subscriptions` through `remote` (the sender processes); the
@@ -271,7 +275,12 @@ class DeliveryWorker:
                 pass
 
     def _release(self, subscription: str) -> None:
-        self.inflight[subscription] = max(0, self.inflight.get(subscription, 1) - 1)
+        left = max(0, self.inflight.get(subscription, 1) - 1)
+        if left or subscription in self.subscriptions:
+            self.inflight[subscription] = left
+        else:  # removed while this row was in flight: nothing of it is kept
+            self.inflight.pop(subscription, None)
+            self._slots.pop(subscription, None)
         if self._backlog:
             self._wake.set()
 

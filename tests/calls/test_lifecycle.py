@@ -159,3 +159,67 @@ def test_input_record_is_not_mutated():
     record = CallRecord(workflow_run_id="run-1", state=CallState.RINGING, gathered_context={"a": 1})
     apply(record, update(CallState.ANSWERED))
     assert record.state == CallState.RINGING and record.answered_at is None
+
+
+# -- the field rules (the table in gateway.calls.lifecycle's docstring) --------------------------
+
+UNANSWERED_ENDS = [CallState.BUSY, CallState.NO_ANSWER, CallState.FAILED, CallState.CANCELED]
+
+
+@pytest.mark.parametrize("end", UNANSWERED_ENDS)
+def test_a_call_never_answered_has_no_answered_at_and_no_duration(end):
+    """Whatever ring time the provider reports (Vonage's `duration`, Twilio's CallDuration)."""
+    record, _ = walk([CallState.INITIATED, CallState.RINGING])
+    t = apply(record, update(end, duration=25, occurred_at=NOW + timedelta(seconds=40)), NOW + timedelta(seconds=90))
+    assert t.record.answered_at is None and t.record.duration == 0
+    assert t.record.ended_at == NOW + timedelta(seconds=40)
+    created = apply(None, update(end, duration=25)).record  # a first callback that is already the end
+    assert created.answered_at is None and created.duration == 0
+
+
+def test_completed_without_an_answered_callback_was_answered_for_its_duration():
+    record, _ = walk([CallState.INITIATED, CallState.RINGING])
+    t = apply(record, update(CallState.COMPLETED, duration=30, occurred_at=NOW + timedelta(seconds=50)))
+    assert t.record.answered_at == NOW + timedelta(seconds=20) and t.record.duration == 30
+    unknown = apply(record, update(CallState.COMPLETED)).record  # no duration given: nothing to say when
+    assert unknown.answered_at is None and unknown.duration == 0
+
+
+def test_an_answered_call_that_fails_keeps_its_talk_time():
+    record, _ = walk([CallState.INITIATED, CallState.ANSWERED])  # answered at NOW + 1 s
+    t = apply(record, update(CallState.FAILED, occurred_at=NOW + timedelta(seconds=13)))
+    assert t.record.answered_at == NOW + timedelta(seconds=1) and t.record.duration == 12
+    t = apply(record, update(CallState.COMPLETED, duration=11, occurred_at=NOW + timedelta(seconds=13)))
+    assert t.record.duration == 11  # the provider's count wins over the callbacks' times
+
+
+def test_the_end_is_the_callbacks_time_not_when_it_was_processed():
+    record, _ = walk([CallState.INITIATED, CallState.ANSWERED])
+    t = apply(record, update(CallState.COMPLETED, occurred_at=NOW + timedelta(seconds=31)), NOW + timedelta(seconds=636))
+    assert t.record.ended_at == NOW + timedelta(seconds=31) and t.record.duration == 30
+
+
+def test_known_provider_fields_are_never_overwritten_by_later_callbacks():
+    first = CallUpdate(provider="twilio", provider_call_id="CA1", raw_status="in-progress", state=CallState.ANSWERED,
+                       from_number="+1555", to_number="+1666", direction="outbound", answered_by="human",
+                       occurred_at=NOW)
+    record = apply(None, first).record
+    ended = apply(record, update(CallState.COMPLETED, duration=30, occurred_at=NOW + timedelta(seconds=30))).record
+    known = {k: getattr(ended, k) for k in ("provider", "provider_call_id", "from_number", "to_number", "direction",
+                                             "answered_by", "started_at", "answered_at", "ended_at", "duration")}
+    later = [
+        CallUpdate(provider="vonage", provider_call_id="CA2", raw_status="completed", state=CallState.COMPLETED,
+                   from_number="+1999", to_number="+1888", direction="inbound", answered_by="machine_start",
+                   duration=99, occurred_at=NOW + timedelta(seconds=99)),
+        CallUpdate(provider="twilio", provider_call_id="CA1", raw_status="busy", state=CallState.BUSY, duration=0),
+        CallUpdate(provider="twilio", provider_call_id="CA1", answered_by="machine_end_beep", voicemail=True),
+    ]
+    for other in later:
+        after = apply(ended, other, NOW + timedelta(seconds=200)).record
+        assert {k: getattr(after, k) for k in known} == known
+        assert after.state == CallState.COMPLETED and after.voicemail is False
+    # before the end too: an answered call's fields stay
+    middle = apply(record, CallUpdate(provider="vonage", provider_call_id="CA2", from_number="+1999", direction="inbound",
+                                      answered_by="machine_start")).record
+    assert (middle.provider, middle.provider_call_id, middle.from_number, middle.direction, middle.answered_by) == (
+        "twilio", "CA1", "+1555", "outbound", "human")

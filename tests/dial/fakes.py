@@ -80,6 +80,7 @@ class FakeTwilio(FakeProvider):
     def __init__(self, script: Script | None = None,
                  gate: Callable[[int, dict[str, Any]], threading.Event | None] | None = None) -> None:
         self.statuses: dict[str, str] = {}
+        self.details: dict[str, dict[str, Any]] = {}  # more fields a fetch of the call answers with
         self.gate = gate or (lambda n, request: None)
         super().__init__(script)
 
@@ -126,15 +127,31 @@ class FakeTwilio(FakeProvider):
         if scripted is not None:
             return JSONResponse(scripted[1], status_code=scripted[0])
         sid = request.path_params["sid"]
-        return JSONResponse({"sid": sid, "status": self.statuses.get(sid, "queued")})
+        return JSONResponse({"sid": sid, "status": self.statuses.get(sid, "queued"), **self.details.get(sid, {})})
 
 
 class FakeVonage(FakeProvider):
-    """`POST /v1/calls`, `PUT /v1/calls/{uuid}`."""
+    """`POST /v1/calls`, `PUT /v1/calls/{uuid}`, `GET /v1/calls/{uuid}` (answered from `calls`)."""
+
+    def __init__(self, script: Script | None = None) -> None:
+        self.calls: dict[str, dict[str, Any]] = {}  # uuid -> the fields a GET answers with
+        super().__init__(script)
 
     def routes(self) -> list[Route]:
         return [Route("/v1/calls", self.create, methods=["POST"]),
-                Route("/v1/calls/{uuid}", self.update, methods=["PUT"])]
+                Route("/v1/calls/{uuid}", self.update, methods=["PUT"]),
+                Route("/v1/calls/{uuid}", self.fetch, methods=["GET"])]
+
+    async def fetch(self, request: Request) -> Response:
+        entry, number = await self._record(request, "fetch", None)
+        scripted = self.script("fetch", number, entry)
+        if scripted is not None:
+            return JSONResponse(scripted[1], status_code=scripted[0])
+        call_uuid = request.path_params["uuid"]
+        return JSONResponse({"uuid": call_uuid, "conversation_uuid": "CON-1", "direction": "outbound",
+                             "to": {"type": "phone", "number": "14155550100"},
+                             "from": {"type": "phone", "number": "14155550199"},
+                             "_links": {"self": {"href": f"/v1/calls/{call_uuid}"}}, **self.calls.get(call_uuid, {})})
 
     async def create(self, request: Request) -> Response:
         body = json.loads(await request.body())

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import threading
 import time
+from datetime import datetime, timezone
 
 import jwt
 import pytest
@@ -13,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from dial.fakes import FakeTwilio, FakeVonage
-from gateway.providers.rest import DialSpec, ProviderRefused
+from gateway.providers.rest import DialSpec, ProviderCall, ProviderRefused
 from gateway.providers.twilio_rest import TwilioRest, create_call_params
 from gateway.providers.vonage import render_connect_ncco
 from gateway.providers.vonage_rest import PrivateKeyError, VonageRest, load_private_key
@@ -112,13 +113,28 @@ def test_twilio_hangup_cancels_a_ringing_call_and_completes_an_answered_one():
         third = rest.create_call(SPEC).provider_call_id
         fake.statuses[third] = "in-progress"
         assert rest.hangup(third, answered=True) == "completed"
-        assert rest.fetch_status(third) == "completed"
+        fake.details[third] = {"start_time": "Mon, 07 Dec 2026 12:00:05 +0000", "end_time": "Mon, 07 Dec 2026 12:00:35 +0000",
+                               "duration": "30"}
+        assert rest.fetch_call(third) == ProviderCall("completed", datetime(2026, 12, 7, 12, 0, 35, tzinfo=timezone.utc), 30)
+        assert rest.fetch_call(sid) == ProviderCall("canceled", None, None)
     updates = fake.of("update")
     assert [(u["params"]["sid"], u["body"]["Status"]) for u in updates] == [
         (sid, ["canceled"]), (other, ["canceled"]), (other, ["completed"]), (third, ["completed"])]
 
 
 # -- Vonage ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("end_time", ["2026-12-07T12:00:35.000Z", "2026-12-07 12:00:35"])
+def test_vonage_fetch_call_reads_its_status_end_time_and_duration(rsa_key, end_time):
+    with FakeVonage() as fake:
+        rest = VonageRest("app-1", rsa_key["pkcs8"], api_base_url=fake.url)
+        fake.calls["u-1"] = {"status": "completed", "start_time": "2026-12-07T12:00:05.000Z", "end_time": end_time,
+                             "duration": "30"}
+        fake.calls["u-2"] = {"status": "ringing"}
+        assert rest.fetch_call("u-1") == ProviderCall("completed", datetime(2026, 12, 7, 12, 0, 35, tzinfo=timezone.utc), 30)
+        assert rest.fetch_call("u-2") == ProviderCall("ringing", None, None)
+    assert [r["path"] for r in fake.of("fetch")] == ["/v1/calls/u-1", "/v1/calls/u-2"]
+
 
 def test_vonage_create_sends_answer_and_event_urls_with_an_application_jwt(rsa_key):
     with FakeVonage() as fake:

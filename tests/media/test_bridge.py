@@ -290,6 +290,39 @@ async def test_twilio_mark_echo_reaches_agent(gateway_server):
         await client.send({"event": "stop", "stop": {}})
 
 
+async def test_what_the_session_queued_for_the_store_is_written_when_it_ends(gateway_server):
+    """A slow store (every write 0.1 s) and an agent that says 60 lines and hangs up: the session
+    ends at once, and every line and then `media.ended` are still written (nothing is cut off
+    by a deadline shorter than the writes take)."""
+    async def script(agent, ws):
+        for n in range(60):
+            await ws.send(json.dumps({"type": "transcript", "role": "agent", "text": f"line {n}", "final": True}))
+        await ws.send(json.dumps({"type": "hangup", "reason": "done"}))
+        async for message in ws:
+            agent.messages.append(message)
+
+    async with AgentServer(script) as agent:
+        server = gateway_server(agent={"url": agent.url})
+        store = server.app.state.gateway.store
+        write = store.record_activity
+
+        async def slow_write(*args, **kwargs):  # the store's latency, injected
+            await asyncio.sleep(0.1)
+            return await write(*args, **kwargs)
+
+        store.record_activity = slow_write
+        client = await TwilioClient.open(server)
+        await client.ws.wait_closed()
+        call = await eventually(lambda: (c := admin_call(server)) and any(t["kind"] == "media.ended" for t in c["timeline"])
+                                and c, timeout=30)
+    kinds = [t["kind"] for t in call["timeline"]]
+    assert kinds[-1] == "media.ended" and kinds.count("transcript") == 60
+    lines = [t["data"]["text"] for t in call["timeline"] if t["kind"] == "transcript"]
+    assert lines == [f"line {n}" for n in range(60)]
+    events = [e for e in await store.list_events(run_id=RUN) if e.type == "conversation.transcript"]
+    assert len(events) == 60
+
+
 async def test_agent_messages_update_the_call(gateway_server):
     async def script(agent, ws):
         for message in [

@@ -10,7 +10,8 @@ import pytest
 from gateway.calls import CallState, CallUpdate
 from gateway.calls.record import utcnow
 from gateway.events.envelope import Event
-from gateway.store import StoreError
+from gateway.store import CallSeed, StoreError
+from gateway.store.base import ClaimLost
 from gateway.store.campaigns import Campaign, CampaignContact, CampaignEvent
 
 
@@ -142,6 +143,28 @@ async def test_release_undoes_a_claim_whose_call_was_never_written(store):
     assert [c.position for c in await store.list_campaign_contacts("cmp-1", status="dialing")] == [1]
 
 
+async def test_a_dial_whose_claim_was_released_is_not_recorded(store):
+    """The fence between two runners: the record of a campaign dial is written only while its
+    contact is still dialing that run id, and a released claim is never written (so never dialed)."""
+    await create(store, n=2)
+    first, second = await store.claim_campaign_contacts("cmp-1", ["r0", "r1"], now=utcnow())
+    dial = CallUpdate(provider="twilio", kind="dial", state=CallState.INITIATED)
+    assert await store.release_campaign_claim(first, now=utcnow())
+    with pytest.raises(ClaimLost):
+        await store.apply_update(dial, run_id="r0", seed=CallSeed(provider="twilio", claim=("cmp-1", 0)))
+    assert await store.get_call("r0") is None and await store.get_timeline("r0") == []
+    # the claim still held: written, and then it can no longer be released
+    applied = await store.apply_update(dial, run_id="r1", seed=CallSeed(provider="twilio", claim=("cmp-1", 1)))
+    assert applied.created and applied.record.provider == "twilio"
+    assert not await store.release_campaign_claim(second, now=utcnow())
+    # the contact claimed again under a new run id: the old run id's dial is refused
+    (again,) = await store.claim_campaign_contacts("cmp-1", ["r2"], now=utcnow())
+    assert again.position == 0
+    with pytest.raises(ClaimLost):
+        await store.apply_update(dial, run_id="r0", seed=CallSeed(claim=("cmp-1", 0)))
+    assert (await store.apply_update(dial, run_id="r2", seed=CallSeed(claim=("cmp-1", 0)))).created
+
+
 async def test_a_released_retry_goes_back_to_retry(store):
     await create(store, n=1)
     (contact,) = await store.claim_campaign_contacts("cmp-1", ["r0"], now=utcnow())
@@ -237,8 +260,10 @@ async def test_active_campaigns_and_campaigns_for_webhooks(store):
                                            completed_at=completed)
     active = await store.active_campaigns()
     assert [c.id for c in active] == ["a-run", "b-paused"] and active[0].counts == {"pending": 1}
-    hooked = await store.campaigns_for_webhooks(since=base)
-    # b-paused has no inline webhooks; d-old ended before `since`; e-dialing still has a call up
+    hooked = await store.campaigns_for_webhooks()
+    # b-paused has no inline webhooks; c-done and d-old ended; e-dialing still has a call up
+    assert sorted(c.id for c in hooked) == ["a-run", "e-dialing"]
+    hooked = await store.campaigns_for_webhooks(["c-done", "b-paused", "nope"])  # e.g. with deliveries pending
     assert sorted(c.id for c in hooked) == ["a-run", "c-done", "e-dialing"]
 
 

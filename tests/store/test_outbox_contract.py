@@ -102,6 +102,7 @@ async def test_disable_enable_retry_replay_and_stats(store):
     assert (await store.endpoint_health())["crm"].disabled_at is None
     stats = await store.outbox_stats(now=now())
     assert stats["pending"] == 2 and stats["oldest_pending_seconds"] >= 0
+    assert await store.pending_subscriptions() == {"crm"}
     (d,) = [x for x in await store.claim_deliveries("w", now=now(), lease_seconds=30, capacity={"crm": 5}) if x.event.type == "call.ringing"]
     await store.finish_delivery(d, "w", DeliveryResult("failed", AttemptRecord(now(), "fail", status=400, request={})))
     assert (await store.retry_delivery(d.id, now=now())).status == "pending"
@@ -109,6 +110,7 @@ async def test_disable_enable_retry_replay_and_stats(store):
     count = await store.replay_deliveries("other", since=now() - timedelta(hours=1), until=now() + timedelta(seconds=1),
                                           now=now(), matches=lambda t: t == "call.ringing", ordered=True)
     assert count == 1
+    assert await store.pending_subscriptions() == {"crm", "other"}
     assert await store.release_leases("w") >= 0
     page, cursor = await store.list_deliveries(limit=1)
     assert len(page) == 1 and cursor is not None
@@ -246,6 +248,29 @@ async def test_a_batch_of_finished_attempts_is_recorded_with_each_endpoints_net_
     assert health.consecutive_failures == 3
     assert abs((health.first_failure_at - (t0 + timedelta(seconds=2))).total_seconds()) < 0.001
     assert await store.finish_deliveries("w", []) == []
+
+
+async def test_first_attempt_at_stays_the_first_after_a_retry(store):
+    """A retry starts a new schedule (its total_timeout counts from the retry's first attempt),
+    but the delivery's first attempt is still the first one made."""
+    from gateway.calls.record import isoformat
+
+    attach(store, Route("crm", ("call.ringing",)))
+    await store.apply_update(upd(CallState.RINGING), run_id="r")
+    first_at = now() - timedelta(minutes=5)
+    (d,) = await store.claim_deliveries("w", now=now(), lease_seconds=30, capacity={"crm": 5})
+    await store.finish_delivery(d, "w", DeliveryResult("failed", AttemptRecord(first_at, "fail", status=400, request={})))
+    await store.retry_delivery(d.id, now=now())
+    (again,) = await store.claim_deliveries("w", now=now(), lease_seconds=30, capacity={"crm": 5})
+    retried_at = now()
+    await store.finish_delivery(again, "w", DeliveryResult("succeeded", AttemptRecord(retried_at, "success", status=200, request={})))
+    found, attempts = await store.get_delivery(d.id)
+    (listed,), _ = await store.list_deliveries(run_id="r")
+    for view in (found.to_dict(), listed.to_dict()):
+        assert view["first_attempt_at"] == isoformat(first_at)
+        assert view["schedule_started_at"] == isoformat(retried_at)
+        assert view["last_attempt_at"] == isoformat(retried_at)
+    assert len(attempts) == 2
 
 
 # -- leases: a finish counts only under the lease it was sent under ---------------------------

@@ -10,7 +10,7 @@ from gateway.calls import events as ev
 from gateway.events.fanout import EventFanout, Route
 import pytest
 
-from postgres_support import postgres_schema_url
+from postgres_support import leader_pids, postgres_schema_url, terminate_backend
 
 pytestmark = pytest.mark.postgresql  # deselected, and reported, when PostgreSQL is not reachable
 
@@ -117,6 +117,48 @@ async def test_two_instances_claim_fairly_past_one_subscriptions_backlog():
             await asyncio.gather(a.close(), b.close())
 
 
+async def test_a_leader_whose_session_is_terminated_stops_leading_and_listens_again():
+    """pg_terminate_backend on the leader's listener session (a failover, an idle timeout): its
+    lock goes with it, the other instance takes over, the old leader knows it no longer leads,
+    and its listener comes back (NOTIFY wake-ups and control requests reach it again)."""
+    async with postgres_schema_url() as url:
+        a, b = await two_stores(url)
+        try:
+            controls: list[tuple] = []
+            woke = asyncio.Event()
+            a.set_control_handler(lambda *args: controls.append(args))
+            a.set_fanout(EventFanout([Route("crm", ("call.*",))]), woke.set)
+            b.set_fanout(EventFanout([Route("crm", ("call.*",))]))
+            assert await a.hold_leadership("campaign-runner") is True
+            assert await b.hold_leadership("campaign-runner") is False
+            (pid,) = await leader_pids(url, "campaign-runner")
+            await terminate_backend(pid)
+
+            async def leaders() -> list[bool]:
+                return [await a.hold_leadership("campaign-runner"), await b.hold_leadership("campaign-runner")]
+
+            # a's session is gone, and its lock with it: whoever asks first leads (a, reconnected,
+            # or b), the other does not, and the lock is held by a live session
+            got = await _until(leaders, lambda got: sorted(got) == [False, True], "exactly one leads")
+            for _ in range(5):
+                assert await leaders() == got
+            (holder,) = await leader_pids(url, "campaign-runner")
+            assert holder != pid
+            assert a.listener.connects == 2
+
+            woke.clear()  # LISTEN works on a's new session: a wake-up and a control request reach it
+            await _until(lambda: _publish(b, controls), bool, "a control request reaches a")
+            await b.apply_update(CallUpdate(provider="twilio", provider_call_id="C9", raw_status="ringing",
+                                            state=CallState.RINGING, params={}), run_id="r9")
+            await asyncio.wait_for(woke.wait(), 5)
+
+            leader, other = (a, b) if got[0] else (b, a)
+            await leader.close()  # the leader goes away: the other takes over
+            await _until(lambda: other.hold_leadership("campaign-runner"), bool, "the other leads")
+        finally:
+            await asyncio.gather(a.close(), b.close())
+
+
 async def test_a_replay_waits_for_the_run_locks_its_calls_callbacks_hold():
     """Replay takes the `run:` locks a callback of the call takes, so a callback's newer event
     is queued after the replayed rows on an ordered subscription, never before them."""
@@ -160,3 +202,21 @@ async def test_a_replay_waits_for_the_run_locks_its_calls_callbacks_hold():
         finally:
             await holder.close()
             await store.close()
+
+
+async def _publish(store, received: list) -> bool:
+    await store.publish_control("run-ctl", "clear", {"n": len(received)})
+    await asyncio.sleep(0.2)
+    return any(run == "run-ctl" for run, _, _ in received)
+
+
+async def _until(ask, good, what: str, timeout: float = 15.0):
+    """Ask (an async call) until its answer is good; fail after `timeout`."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        got = await ask()
+        if good(got):
+            return got
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{what}: not within {timeout} s (last: {got!r})")
+        await asyncio.sleep(0.05)

@@ -77,6 +77,7 @@ def test_make_tunnel_then_the_gateway_finds_it_by_itself(tmp_path, cloudflared_b
         stream = ET.fromstring(answer.text).find("./Connect/Stream")
         assert stream.get("url") == f"wss://{HOST}/api/v1/telephony/ws/wf-c/user-c/run-c"
         assert "tunnel found: https://" + HOST in gateway.log()
+        assert f"Answer URL: https://{HOST}/api/v1/telephony/inbound/WORKFLOW/USER" in gateway.log()  # to paste
 
         # Only the log file to go by (no metrics server where this one looks).
         by_log = base_config(tmp_path / "second", public_url="auto",

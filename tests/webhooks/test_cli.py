@@ -39,9 +39,15 @@ def test_webhooks_test_prints_request_answer_verdict_and_mapping(tmp_path):
         assert "webhook-signature: [redacted]" in out.lower() or "webhook-signature" in out.lower()
         assert "< 200" in out and "verdict: success" in out
         assert '"tier": "gold"' in out and '"crm_action_success": true' in out
+        assert "crm_status_code and crm_action_success are always added" in out  # the keys explain themselves
         request = receiver.requests[0]
         assert request["headers"]["authorization"] == "Bearer tok-secret-123"
         assert json.loads(request["body"])["type"] == "call.ended"
+        as_json = run_cli("webhooks", "test", "crm", "--json", config=config)
+        report = json.loads(as_json.stdout)
+        assert as_json.returncode == 0 and report["status"] == 200 and report["success"] is True
+        assert report["gathered_context"] == {"tier": "gold", "crm_status_code": 200, "crm_action_success": True}
+        assert "tok-secret-123" not in as_json.stdout
 
 
 def test_webhooks_test_reports_failure_and_unknown_names(tmp_path):
@@ -75,7 +81,9 @@ def test_deliveries_list_retry_replay(tmp_path, gateway_server):
         assert retried.returncode == 0 and "pending again" in retried.stdout
         receiver.wait_for(2)
         replayed = run_cli("deliveries", "replay", "--subscription", "crm", "--since", "2000-01-01T00:00:00Z", config=config)
-        assert replayed.returncode == 0 and json.loads(replayed.stdout) == {"subscription": "crm", "queued": 1}
+        assert replayed.returncode == 0 and replayed.stdout.startswith("queued 1 delivery to crm:")  # text, as its siblings
+        as_json = run_cli("deliveries", "replay", "--subscription", "crm", "--since", "2000-01-01T00:00:00Z", "--json", config=config)
+        assert as_json.returncode == 0 and json.loads(as_json.stdout) == {"subscription": "crm", "queued": 1}
         assert run_cli("deliveries", "retry", "msg_nope", config=config).returncode == 2
 
 
