@@ -420,7 +420,10 @@ class PostgresStore(PostgresCampaigns, Store):
             self.dispatch.deliver(leased)
 
     async def apply_update(self, update: CallUpdate, *, run_id: str | None, seed: CallSeed | None = None) -> AppliedUpdate:
-        """Callbacks that wait together are written in one transaction (`_apply_batch`)."""
+        """Callbacks that wait together are written in one transaction (`_apply_batch`); a
+        campaign dial's, whose claim is checked under its run's lock, alone (`_apply_one`)."""
+        if seed is not None and seed.claim is not None:
+            return await self._apply_one((update, run_id, seed))
         return await self._callbacks.submit((update, run_id, seed))
 
     async def _apply_one(self, item: tuple[CallUpdate, str | None, CallSeed | None]) -> AppliedUpdate:
