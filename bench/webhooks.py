@@ -71,7 +71,7 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -385,21 +385,40 @@ def relay_main(args: argparse.Namespace) -> None:
 # --- load generator role ----------------------------------------------------------------------
 
 
-def build_requests(targets: list[str], prefix: str, count: int, token: str) -> tuple[list[bytes], list[int]]:
-    """Signed status callbacks: request i goes to target i % len(targets)'s connections."""
+STEPS = ("ringing", "in-progress", "completed")
+"""A call's status callbacks, in order (`--per-call`): call.ringing, call.answered, call.ended."""
+
+
+def call_step(i: int, per_call: int, gap: int) -> tuple[int, int]:
+    """(call, step) of request i when each call gets `per_call` callbacks `gap` requests apart:
+    requests come in blocks of `per_call * gap`, the first `gap` of a block the first step of
+    `gap` calls, the next `gap` their second step, and so on."""
+    if per_call == 1:
+        return i, 0
+    block, rest = divmod(i, per_call * gap)
+    return block * gap + rest % gap, rest // gap
+
+
+def build_requests(targets: list[str], prefix: str, count: int, token: str, per_call: int = 1,
+                   gap: int = 1) -> tuple[list[bytes], list[int]]:
+    """Signed status callbacks (see `call_step`); a call's step j goes to target (call + j) % N,
+    so that with several gateways its callbacks land on different ones."""
     from twilio.request_validator import RequestValidator
 
     validator = RequestValidator(token)
     out: list[bytes] = []
     target_of: list[int] = []
     for i in range(count):
-        t = i % len(targets)
+        c, j = call_step(i, per_call, gap)
+        t = (c + j) % len(targets)
         base = targets[t]
         host = base.split("://", 1)[1]
-        run_id = f"{prefix}-{i}"
+        run_id = f"{prefix}-{c}"
         path = f"/api/v1/telephony/status-callback/{run_id}"
-        params = {"CallSid": "CA" + f"{prefix}{i:x}".encode().hex()[-32:].rjust(32, "0"), "AccountSid": TWILIO_SID,
-                  "CallStatus": "ringing", "From": "+15550100", "To": "+15550199", "Direction": "outbound-api"}
+        params = {"CallSid": "CA" + f"{prefix}{c:x}".encode().hex()[-32:].rjust(32, "0"), "AccountSid": TWILIO_SID,
+                  "CallStatus": STEPS[j], "From": "+15550100", "To": "+15550199", "Direction": "outbound-api"}
+        if per_call > 1:
+            params["SequenceNumber"] = str(j)
         signature = validator.compute_signature(base + path, params)
         body = urlencode(params).encode()
         head = (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/x-www-form-urlencoded\r\n"
@@ -427,7 +446,7 @@ async def loadgen_run(args: argparse.Namespace) -> dict[str, Any]:
     targets = args.target
     rate = args.rate
     count = args.count if rate == 0 else int(rate * args.duration)
-    requests, target_of = build_requests(targets, args.prefix, count, args.token)
+    requests, target_of = build_requests(targets, args.prefix, count, args.token, args.per_call, args.gap)
     sched = [0.0] * count
     sent = [0.0] * count
     done = [0.0] * count
@@ -660,6 +679,7 @@ class Run:
         self.rate = rate
         self.procs: list[subprocess.Popen] = []
         self.pg_schema: str | None = None
+        self.gap = max(1, round((rate or 1000) * args.gap_ms / 1000))  # requests between one call's callbacks
 
     def _spawn(self, argv: list[str], log: Path, gateway_root: str | None = None) -> subprocess.Popen:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -720,12 +740,21 @@ class Run:
         prefix = f"b{self.label.replace('.', '_')}{int(time.time()) % 100000}"
         argv = [PY, __file__, "_loadgen", "--rate", str(self.rate), "--duration", str(args.duration),
                 "--connections", str(args.connections), "--prefix", prefix, "--token", TWILIO_TOKEN,
-                "--out", str(out), "--count", str(args.flood_max)]
+                "--out", str(out), "--count", str(args.flood_max), "--per-call", str(args.per_call), "--gap", str(self.gap)]
         for t in targets:
             argv += ["--target", t]
         pids: dict[str, list[int]] = {"gateway": [p.pid for p in gateways], "receiver": [receiver.pid], "loadgen": []}
+        activity = None
+        if store.startswith(("postgresql://", "postgres://")) and not args.generator_ceiling:
+            from pg_activity import PgActivity
+
+            dsn, database = postgres_dsn(store)
+            pids["database"] = []
+            activity = PgActivity(dsn, database, pids["database"]).start()
         profiler = None
-        with CpuSampler(pids) as sampler:
+        with CpuSampler(pids) as sampler, contextlib.ExitStack() as stack:
+            if activity is not None:
+                stack.callback(activity.stop)
             loadgen = self._spawn(argv, self.workdir / "loadgen.log")
             pids["loadgen"].append(loadgen.pid)
             if args.profile and gateways:
@@ -759,15 +788,19 @@ class Run:
         for proc in gateways:  # first, so that nothing is delivered after the dump
             stop_process(proc)
         dump = httpx.get(receiver_url + "/_bench/dump", timeout=30).json()
-        outbox = None
+        outbox, stored = None, None
         if args.generator_ceiling or args.reference:
             pass  # no outbox: every event not received counts as lost
         elif store.startswith("sqlite:///"):
-            outbox = sqlite_outbox(store[len("sqlite:///"):].partition("?")[0], prefix)
+            outbox, stored = sqlite_outbox(store[len("sqlite:///"):].partition("?")[0], prefix)
         elif store.startswith(("postgresql://", "postgres://")):
-            outbox = asyncio.run(postgres_outbox(store, prefix, drop_schema=self.pg_schema))
+            outbox, stored = asyncio.run(postgres_outbox(store, prefix, drop_schema=self.pg_schema))
         result = analyse(gen, dump, sampler, self.rate, outbox, subscriptions=args.subscriptions,
-                         generator_ceiling=args.generator_ceiling)
+                         generator_ceiling=args.generator_ceiling, per_call=args.per_call, gap=self.gap)
+        if stored is not None:
+            result.update(order_check(stored, dump["records"], {sub_path(n): sub_name(n) for n in range(args.subscriptions)}))
+        if activity is not None and gen["sent"]:
+            result["db_activity"] = activity.window(min(gen["sent"]), max(gen["sent"]))
         result["label"] = self.label
         if args.events:
             self._write_events(gen, dump, Path(args.events))
@@ -805,24 +838,61 @@ class Run:
             proc.wait(timeout=20)
 
 
-def sqlite_outbox(path: str, prefix: str) -> dict[tuple[int, str], str]:
-    """After the run: the delivery status of every stored `call.ringing` event of this run."""
+_OUTBOX = ("SELECT e.workflow_run_id, e.type, e.seq, d.id, d.subscription, COALESCE(d.status, 'no-delivery-row')"
+           " FROM events e LEFT JOIN deliveries d ON d.event_seq = e.seq WHERE e.workflow_run_id IS NOT NULL")
+"""Every stored event of a call with its delivery rows: (run, type, seq, delivery id, subscription, status)."""
+
+Stored = list[tuple[int, str, int, str | None, str, str]]
+"""(call index, event type, seq, delivery id, subscription, status) of this run's calls."""
+
+
+def outbox_rows(rows: list[tuple[Any, ...]], prefix: str) -> tuple[dict[tuple[int, str], str], Stored]:
+    """(the delivery status of every stored `call.ringing` event of this run, every stored row of its calls)."""
+    ringing: dict[tuple[int, str], str] = {}
+    stored: Stored = []
+    for run_id, kind, seq, delivery_id, subscription, status in rows:
+        head, _, tail = run_id.rpartition("-")
+        if head == prefix and tail.isdigit():
+            stored.append((int(tail), kind, seq, delivery_id, subscription or "", status))
+            if kind == "call.ringing":
+                ringing[(int(tail), subscription or "")] = status
+    return ringing, stored
+
+
+def sqlite_outbox(path: str, prefix: str) -> tuple[dict[tuple[int, str], str], Stored]:
+    """After the run: `outbox_rows` of the SQLite file."""
     import sqlite3
 
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        rows = conn.execute(
-            "SELECT e.workflow_run_id, d.subscription, COALESCE(d.status, 'no-delivery-row') FROM events e"
-            " LEFT JOIN deliveries d ON d.event_seq = e.seq WHERE e.type = 'call.ringing'"
-        ).fetchall()
+        rows = conn.execute(_OUTBOX).fetchall()
     finally:
         conn.close()
-    out: dict[tuple[int, str], str] = {}
-    for run_id, subscription, status in rows:
-        head, _, tail = run_id.rpartition("-")
-        if head == prefix and tail.isdigit():
-            out[(int(tail), subscription or "")] = status
-    return out
+    return outbox_rows(rows, prefix)
+
+
+def order_check(stored: Stored, records: list[Any], paths: dict[str, str]) -> dict[str, Any]:
+    """Per call and subscription, whether its deliveries arrived (first receipt of each
+    webhook-id) in the order of their events (seq); and stored deliveries never received that
+    are not pending either (lost after being stored)."""
+    first: dict[str, float] = {}
+    for _run, _kind, webhook_id, at, _path in records:
+        first[webhook_id] = min(at, first.get(webhook_id, at))
+    by_call: dict[tuple[int, str], list[tuple[int, str]]] = {}
+    lost = 0
+    for call, _kind, seq, delivery_id, subscription, status in stored:
+        if delivery_id is None or subscription not in paths.values():
+            continue
+        if delivery_id in first:
+            by_call.setdefault((call, subscription), []).append((seq, delivery_id))
+        elif status != "pending":
+            lost += 1
+    out_of_order = 0
+    for rows in by_call.values():
+        times = [first[delivery_id] for _, delivery_id in sorted(rows)]
+        out_of_order += any(b < a for a, b in zip(times, times[1:]))
+    return {"stored_deliveries": sum(1 for row in stored if row[3] is not None), "stored_lost": lost,
+            "calls_checked": len(by_call), "calls_out_of_order": out_of_order}
 
 
 def sub_path(n: int) -> str:
@@ -833,53 +903,54 @@ def sub_name(n: int) -> str:
     return "bench" if n == 0 else f"bench{n}"
 
 
-async def postgres_outbox(url: str, prefix: str, *, drop_schema: str | None = None) -> dict[tuple[int, str], str]:
+def postgres_dsn(url: str) -> tuple[str, str]:
+    """(asyncpg DSN without the gateway's `schema=` option, database name) of a store URL."""
+    from gateway.store.postgres import split_store_url
+
+    dsn, _ = split_store_url(url)
+    return dsn, urlsplit(dsn).path.lstrip("/") or "postgres"
+
+
+async def postgres_outbox(url: str, prefix: str, *, drop_schema: str | None = None) -> tuple[dict[tuple[int, str], str], Stored]:
     """`sqlite_outbox` for a PostgreSQL store (then drops the run's own schema, if it made one)."""
     import asyncpg
-    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+    from gateway.store.postgres import split_store_url
 
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    schema = next((v for k, v in query if k == "schema"), None)
-    dsn = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode([(k, v) for k, v in query if k != "schema"]),
-                      parts.fragment))
+    dsn, schema = split_store_url(url)
     conn = await asyncpg.connect(dsn, server_settings={"search_path": schema} if schema else {})
     try:
-        rows = await conn.fetch(
-            "SELECT e.workflow_run_id, d.subscription, COALESCE(d.status, 'no-delivery-row') AS status FROM events e"
-            " LEFT JOIN deliveries d ON d.event_seq = e.seq WHERE e.type = 'call.ringing'")
+        rows = await conn.fetch(_OUTBOX)
         if drop_schema:
             await conn.execute(f'DROP SCHEMA IF EXISTS "{drop_schema}" CASCADE')
     finally:
         await conn.close()
-    out: dict[tuple[int, str], str] = {}
-    for row in rows:
-        head, _, tail = row["workflow_run_id"].rpartition("-")
-        if head == prefix and tail.isdigit():
-            out[(int(tail), row["subscription"] or "")] = row["status"]
-    return out
+    return outbox_rows([tuple(row) for row in rows], prefix)
 
 
 def analyse(gen: dict[str, Any], dump: dict[str, Any], sampler: CpuSampler, rate: float,
             outbox: dict[tuple[int, str], str] | None = None, *, subscriptions: int = 1,
-            generator_ceiling: bool = False) -> dict[str, Any]:
-    """Every number of one run. A delivery is (callback index, subscription); with N
-    subscriptions each acknowledged callback is expected N times."""
+            generator_ceiling: bool = False, per_call: int = 1, gap: int = 1) -> dict[str, Any]:
+    """Every number of one run. A delivery is (call index, subscription) of a call's
+    `call.ringing` (its first callback); with N subscriptions each acknowledged first callback is
+    expected N times. Later callbacks of a call (`--per-call`) count in the callback numbers
+    and in `order_check`."""
     sched, sent, done, status, index = gen["sched"], gen["sent"], gen["done"], gen["status"], gen["index"]
     prefix = gen["prefix"]
     first_send = min(sent) if sent else gen["start"]
     last_send = max(sent) if sent else gen["start"]
     last_done = max(done) if done else last_send
-    acked_idx = {index[k] for k, s in enumerate(status) if s == 204}
-    by_idx = {index[k]: k for k in range(len(index))}
+    steps = [call_step(i, per_call, gap) for i in index]
+    acked_all = {index[k] for k, s in enumerate(status) if s == 204}
+    acked_idx = {steps[k][0] for k, s in enumerate(status) if s == 204 and steps[k][1] == 0}
+    by_idx = {steps[k][0]: k for k in range(len(index)) if steps[k][1] == 0}
     cb_lat = [(done[k] - sent[k]) * 1000 for k, s in enumerate(status) if s == 204]
     lag = [(sent[k] - sched[k]) * 1000 for k in range(len(sent))]
     out: dict[str, Any] = {
-        "target": rate, "issued": len(sent), "acked": len(acked_idx),
+        "target": rate, "issued": len(sent), "acked": len(acked_all),
         "errors": sum(1 for s in status if s != 204),
         "error_statuses": sorted({s for s in status if s != 204}),
         "send_window_s": last_send - first_send,
-        "callbacks_per_s": len(acked_idx) / max(1e-9, last_done - first_send),
+        "callbacks_per_s": len(acked_all) / max(1e-9, last_done - first_send),
         "callback_p50_ms": pct(cb_lat, 50), "callback_p99_ms": pct(cb_lat, 99),
         "gen_lag_p99_ms": pct(lag, 99), "gen_lag_max_ms": max(lag) if lag else float("nan"),
     }
@@ -911,6 +982,10 @@ def analyse(gen: dict[str, Any], dump: dict[str, Any], sampler: CpuSampler, rate
     # Without a way to read the outbox (other stores) every unreceived event counts as lost.
     pending = [k for k in unreceived if outbox is not None and outbox.get(k) == "pending"]
     lost = [k for k in unreceived if outbox is None or outbox.get(k) != "pending"]
+    overtaken = 0  # --per-call: a later callback of the call was applied first, so no call.ringing (not a loss)
+    if per_call > 1 and outbox is not None:
+        overtaken = sum(1 for k in lost if k not in outbox)
+        lost = [k for k in lost if k in outbox]
     e2e = [(at - sent[by_idx[i]]) * 1000 for (i, _), at in first_receipt.items() if i in by_idx]
     e2e_sched = [(at - sched[by_idx[i]]) * 1000 for (i, _), at in first_receipt.items() if i in by_idx]
     receipts = sorted(first_receipt.values())
@@ -920,7 +995,7 @@ def analyse(gen: dict[str, Any], dump: dict[str, Any], sampler: CpuSampler, rate
         "subscriptions": subscriptions,
         "received": len(records), "events": len(first_receipt), "lost": len(lost), "lost_sample": lost[:5],
         "lost_states": sorted({outbox.get(k, "no-event") for k in lost}) if outbox is not None else None,
-        "still_pending": len(pending), "unacked_but_stored": (
+        "still_pending": len(pending), "ringing_overtaken": overtaken, "unacked_but_stored": (
             len({i for (i, _) in outbox if i not in acked_idx}) if outbox is not None else None),
         "duplicated": duplicates, "duplicate_events": sum(1 for ids in event_keys.values() if len(ids) > 1),
         "other_types": sum(1 for (i, kind, _) in event_keys if kind != "call.ringing"), "foreign": foreign,
@@ -934,7 +1009,7 @@ def analyse(gen: dict[str, Any], dump: dict[str, Any], sampler: CpuSampler, rate
         "cpu_window": sampler.window(first_send, last_send),
     })
     cpu = out["cpu"]
-    handled = len(first_receipt) or len(acked_idx)  # ingest only: per callback
+    handled = (len(records) - foreign if per_call > 1 else len(first_receipt)) or len(acked_idx)  # ingest only: per callback
     if cpu.get("gateway") and handled:  # CPU the gateway spent per event, ingest to delivery
         out["gateway_cpu_ms_per_event"] = cpu["gateway"] / 100 * cpu["seconds"] * 1000 / handled
     if len(receipts) > 10:  # delivery rate once ingest stopped: the delivery side's own ceiling
@@ -956,8 +1031,8 @@ def fmt(value: Any, digits: int = 0) -> str:
 def table(results: list[dict[str, Any]]) -> str:
     head = ("| target ev/s | acked cb/s | e2e ev/s (in window) | e2e p50 ms | e2e p99 ms | e2e max ms | p99 from sched ms "
             "| callback p99 ms | lost | dup | pending at timeout | tail s | gateway CPU % | gateway CPU ms/event "
-            "| recv CPU % | gen CPU % | other processes CPU % |")
-    lines = [head, "|" + "---|" * 17]
+            "| recv CPU % | gen CPU % | database CPU % | other processes CPU % |")
+    lines = [head, "|" + "---|" * 18]
     for r in results:
         cpu = r.get("cpu", {})
         lines.append("| " + " | ".join([
@@ -968,7 +1043,7 @@ def table(results: list[dict[str, Any]]) -> str:
             fmt(r.get("e2e_sched_p99_ms"), 1), fmt(r["callback_p99_ms"], 1),
             fmt(r.get("lost")), fmt(r.get("duplicated")), fmt(r.get("still_pending")), fmt(r.get("tail_s"), 2),
             fmt(cpu.get("gateway")), fmt(r.get("gateway_cpu_ms_per_event"), 2), fmt(cpu.get("receiver")),
-            fmt(cpu.get("loadgen")), fmt(cpu.get("others")),
+            fmt(cpu.get("loadgen")), fmt(cpu.get("database")), fmt(cpu.get("others")),
         ]) + " |")
     return "\n".join(lines)
 
@@ -1016,6 +1091,18 @@ def orchestrate(args: argparse.Namespace) -> int:
                       f"other processes {fmt(cpu.get('others'))} %"
                       + (f"  drain {result['drain_events_per_s']:,.0f}/s" if "drain_events_per_s" in result else ""),
                       flush=True)
+                if "database" in cpu:
+                    print(f"   database CPU {fmt(cpu.get('database'))} % (the PostgreSQL server's processes for this"
+                          f" database and its background ones)", flush=True)
+                if "db_activity" in result:
+                    from pg_activity import summary
+
+                    print("   " + summary(result["db_activity"]), flush=True)
+                if "calls_checked" in result:
+                    print(f"   order: {result['calls_out_of_order']} of {result['calls_checked']} calls out of order;"
+                          f" {result['stored_lost']} of {result['stored_deliveries']} stored deliveries lost"
+                          + (f"; {result['ringing_overtaken']} calls' ringing overtaken by their next callback (no"
+                             " call.ringing event)" if args.per_call > 1 else ""), flush=True)
                 if result["bad_signatures"] or result["receiver_errors"]:
                     print(f"   !! {result['bad_signatures']} bad signatures, {result['receiver_errors']} unreadable")
     finally:
@@ -1050,6 +1137,8 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--prefix", required=True)
     gen.add_argument("--token", required=True)
     gen.add_argument("--out", required=True)
+    gen.add_argument("--per-call", type=int, default=1)
+    gen.add_argument("--gap", type=int, default=1)
 
     parser.add_argument("--rates", default="250,500,1000,1500,2000", help="target events/s, comma separated ('' for none)")
     parser.add_argument("--duration", type=float, default=12.0, help="seconds of load per rate")
@@ -1060,6 +1149,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=128, help="keep-alive connections of the generator (a callback waits for its group commit: at 1,500/s and ~40 ms each, 60 are busy)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=YAML",
                         help="override a gateway config key, e.g. delivery.concurrency=32 (repeatable)")
+    parser.add_argument("--per-call", type=int, default=1, choices=(1, 2, 3),
+                        help="status callbacks per call (ringing, in-progress, completed), each on the next gateway"
+                             " (with --instances), --gap-ms apart; checks every call's events arrive in order")
+    parser.add_argument("--gap-ms", type=float, default=200.0, help="time between one call's callbacks (--per-call)")
     parser.add_argument("--subscriptions", type=int, default=1,
                         help="webhook subscriptions for call.* (0: ingest only; N: every event delivered N times)")
     parser.add_argument("--ceiling", action="store_true", help="also flood closed-loop: the gateway's own ceiling")

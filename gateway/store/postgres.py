@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections import defaultdict
 from dataclasses import replace
 from datetime import datetime
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Container, Mapping, Sequence
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
+from gateway import jsontext
 from gateway.calls.lifecycle import CallUpdate, decide_transition
 from gateway.calls.record import CallRecord, utcnow
 from gateway.calls.states import CallState
@@ -46,6 +48,8 @@ from gateway.store.base import (
     share_out,
 )
 from gateway.store.activity import admit_activity
+from gateway.store.callbacks import apply_callbacks
+from gateway.store.group_commit import GroupCommit, MaybeCommitted
 from gateway.store.migrations import MIGRATIONS
 from gateway.store.postgres_campaigns import PostgresCampaigns
 from gateway.store.postgres_listener import CONTROL_CHANNEL, DELIVERIES_CHANNEL, PostgresListener
@@ -69,6 +73,41 @@ _LEASE_FREE = "(lease_until IS NULL OR lease_until < now())"
 """Not leased, on the database's clock: instances whose clocks differ agree on when a lease ends."""
 _LEASE = "lease_owner = $1, lease_until = now() + $2 * interval '1 second', lease_id = $3, resend = FALSE"
 """Hand a row out under a new lease ($1 owner, $2 seconds, $3 lease id); a retry asked for before is met by it."""
+_LOCK_IN_ORDER = ("SELECT pg_advisory_xact_lock(hashtext(k)) FROM unnest($1::text[]) WITH ORDINALITY AS t(k, n)"
+                  " ORDER BY n")
+"""Transaction-scoped advisory locks on the keys $1, one after the other in the order given."""
+_FIND_CALLS = (
+    "SELECT * FROM calls WHERE workflow_run_id IN (SELECT workflow_run_id FROM calls WHERE workflow_run_id = ANY($1::text[])"
+    " UNION ALL SELECT c.workflow_run_id FROM calls c JOIN unnest($2::text[], $3::text[]) AS w(provider, call_id)"
+    " ON c.provider = w.provider AND c.provider_call_id = w.call_id) ORDER BY workflow_run_id FOR UPDATE"
+)
+"""The calls with run ids $1 or (provider, provider's call id) in ($2, $3), row-locked in one order."""
+_PENDING_IN_ORDER = (
+    "SELECT DISTINCT d.subscription, d.order_key FROM deliveries d JOIN unnest($1::text[], $2::text[]) AS w(sub, key)"
+    " ON d.subscription = w.sub AND d.order_key = w.key WHERE d.status = 'pending'"
+)
+"""Which of the (subscription $1, call $2) pairs have a delivery still pending (their next one waits)."""
+_INSERT_EVENTS = (
+    "WITH e AS (INSERT INTO events (id, type, workflow_run_id, occurred_at, data)"
+    " SELECT v.id, v.type, v.run, v.at, v.data::jsonb"
+    " FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[]) WITH ORDINALITY AS v(id, type, run, at, data, n)"
+    " ORDER BY v.n RETURNING id, seq),"
+    " d AS (INSERT INTO deliveries (id, event_seq, subscription, workflow_run_id, order_key, status, attempts,"
+    " next_attempt_at, lease_owner, lease_until, lease_id, created_at, updated_at)"
+    " SELECT w.id, e.seq, w.sub, w.run, w.key, 'pending', 0, w.at, w.owner,"
+    " CASE WHEN w.owner IS NOT NULL THEN now() + $14::float8 * interval '1 second' END, w.lease_id, w.at, w.at"
+    " FROM unnest($6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::timestamptz[])"
+    " AS w(id, event_id, sub, run, key, owner, lease_id, at) JOIN e ON e.id = w.event_id),"
+    " t AS (INSERT INTO call_timeline (workflow_run_id, received_at, source, kind, outcome, raw_status, state, sequence, data)"
+    " SELECT t.run, t.at, t.source, t.kind, t.outcome, t.raw, t.state, t.seq, t.data::jsonb FROM unnest($15::text[],"
+    " $16::timestamptz[], $17::text[], $18::text[], $19::text[], $20::text[], $21::text[], $22::bigint[], $23::text[])"
+    " WITH ORDINALITY AS t(run, at, source, kind, outcome, raw, state, seq, data, n) ORDER BY t.n)"
+    " SELECT id, seq FROM e"
+)
+"""Events ($1-$5: id, type, run, time, data as JSON text), numbered in that order, their delivery rows
+($6-$13: id, event id, subscription, run, order key, lease owner, lease id, due time; leased for $14
+seconds on the database's clock) and timeline entries ($15-$23, `TimelineRow`, in order), in one
+statement; returns each event's (id, seq)."""
 
 
 def split_store_url(url: str) -> tuple[str, str | None]:
@@ -146,6 +185,16 @@ async def _queue_again(conn: asyncpg.Connection, delivery_id: str, now: datetime
         " RETURNING *", now, delivery_id)
 
 
+TimelineRow = tuple[str, datetime, str, str, str, "str | None", "str | None", "int | None", str]
+"""A `call_timeline` row: run, received at, source, kind, outcome, raw status, state, sequence, data (JSON text)."""
+
+
+def _timeline_row(run_id: str, at: datetime, update: CallUpdate, outcome: str) -> TimelineRow:
+    """A callback's timeline entry."""
+    return (run_id, at, update.provider, update.kind, outcome, update.raw_status,
+            update.state.value if update.state else None, update.sequence, jsontext.dumps(update.params))
+
+
 def _health(row: Mapping[str, Any]) -> EndpointHealth:
     return EndpointHealth(subscription=row["subscription"], consecutive_failures=row["consecutive_failures"],
                           first_failure_at=row["first_failure_at"], disabled_at=row["disabled_at"],
@@ -154,8 +203,7 @@ def _health(row: Mapping[str, Any]) -> EndpointHealth:
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
     for kind in ("json", "jsonb"):
-        await conn.set_type_codec(kind, encoder=lambda v: json.dumps(v, separators=(",", ":"), default=str),
-                                  decoder=json.loads, schema="pg_catalog")
+        await conn.set_type_codec(kind, encoder=jsontext.dumps, decoder=jsontext.loads, schema="pg_catalog")
 
 
 async def _lock_runs(conn: asyncpg.Connection, run_ids: Sequence[str]) -> None:
@@ -180,6 +228,10 @@ class PostgresStore(PostgresCampaigns, Store):
         self._pool: asyncpg.Pool | None = None
         self.listener: PostgresListener | None = None
         self._nonces_pruned: datetime | None = None
+        # A callback alone goes the batch's way too (fewer round trips); `_apply_one` is the
+        # way of each callback of a batch that failed.
+        self._callbacks: GroupCommit[tuple[CallUpdate, str | None, CallSeed | None], AppliedUpdate] = GroupCommit(
+            self._apply_batch, self._apply_one, min_batch=1)
 
     # -- plumbing ---------------------------------------------------------------------
     @property
@@ -278,69 +330,88 @@ class PostgresStore(PostgresCampaigns, Store):
         row = await conn.fetchrow("SELECT * FROM calls WHERE workflow_run_id = $1" + (" FOR UPDATE" if lock else ""), run_id)
         return None if row is None else _record(row)
 
-    @staticmethod
-    async def _insert_timeline(conn: asyncpg.Connection, run_id: str, at: datetime, *, source: str, kind: str, outcome: str,
-                               raw_status: str | None, state: str | None, sequence: int | None, data: dict[str, Any]) -> None:
-        await conn.execute(
-            "INSERT INTO call_timeline (workflow_run_id, received_at, source, kind, outcome, raw_status, state, sequence, data)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)", run_id, at, source, kind, outcome, raw_status, state, sequence, data,
-        )
-
     async def _insert_events(self, conn: asyncpg.Connection, events: list[Event], leased: list[Delivery] | None = None) -> int:
-        """Write events and one delivery row per subscription; NOTIFY when rows were queued for a
-        claim. Given a `leased` list, rows the direct dispatch takes are leased to it and added
-        there instead (see `DirectDispatch`)."""
-        queued = 0
-        lease_id = new_lease_id()
+        """Write events and one delivery row per subscription (`_write_events`, one group)."""
+        return await self._write_events(conn, [events], leased)
+
+    async def _write_events(self, conn: asyncpg.Connection, groups: Sequence[Sequence[Event]],
+                            leased: list[Delivery] | None = None, new_calls: Container[str] = (),
+                            timeline: Sequence[TimelineRow] = ()) -> int:
+        """Write the events of each group (one callback's, in order), one delivery row per
+        subscription and the `timeline` entries, in one statement; NOTIFY once when rows were
+        queued that a claim can take now (not those behind an earlier pending event of their
+        call). Returns how many were.
+
+        Given a `leased` list, a row the direct dispatch takes (it has room for the subscription,
+        and no earlier event of the call is still pending for it) is leased to it and added there
+        (see `DirectDispatch`). `new_calls` were made by this transaction: no rows of theirs can
+        be pending from before (no need to look)."""
+        events = [event for group in groups for event in group]
+        if not events and not timeline:
+            return 0
         dispatch = self.dispatch if leased is not None else None
-        waiting: set[tuple[str, str]] = set()
-        taken: dict[str, int] = {}  # leased in this transaction, by subscription
-        for event in events:
-            event.seq = await conn.fetchval(
-                "INSERT INTO events (id, type, workflow_run_id, occurred_at, data) VALUES ($1, $2, $3, $4, $5) RETURNING seq",
-                event.id, event.type, event.workflow_run_id, event.occurred_at, event.data,
-            )
-            for subscription, ordered in self.fanout(event):
+        routes = [(event, self.fanout(event)) for event in events]
+        pending: set[tuple[str, str]] = set()
+        if dispatch is not None:
+            asked = {(subscription, event.workflow_run_id) for event, subs in routes for subscription, ordered in subs
+                     if ordered and event.workflow_run_id and event.workflow_run_id not in new_calls}
+            if asked:
+                pending = {(r[0], r[1]) for r in await conn.fetch(
+                    _PENDING_IN_ORDER, [s for s, _ in asked], [k for _, k in asked])}
+        lease_id = new_lease_id()
+        waiting: set[tuple[str, str]] = set()  # (subscription, call) with a row pending now
+        taken: dict[str, int] = defaultdict(int)  # leased in this transaction, by subscription
+        rows: list[tuple[Delivery, str | None]] = []  # (row, lease owner)
+        queued = 0
+        for event, subs in routes:
+            for subscription, ordered in subs:
                 key = event.workflow_run_id if ordered else None
-                take = dispatch is not None and dispatch.room(subscription) > taken.get(subscription, 0)
+                take = dispatch is not None and dispatch.room(subscription) > taken[subscription]
+                behind = False  # an earlier event of the call is still pending for the subscription
                 if key is not None:
-                    if take and ((subscription, key) in waiting or await conn.fetchval(
-                            "SELECT 1 FROM deliveries WHERE status = 'pending' AND subscription = $1 AND order_key = $2 LIMIT 1",
-                            subscription, key)):
-                        take = False
+                    behind = (subscription, key) in waiting or (subscription, key) in pending
+                    take = take and not behind
                     waiting.add((subscription, key))
-                delivery = await self._insert_delivery(conn, event.seq, subscription, event.workflow_run_id, ordered,
-                                                       event.occurred_at, lease=dispatch if take else None, event=event,
-                                                       lease_id=lease_id)
+                at = event.occurred_at
+                delivery = Delivery(id=new_event_id("msg"), event_seq=0, subscription=subscription,
+                                    workflow_run_id=event.workflow_run_id, status="pending", attempts=0,
+                                    next_attempt_at=at, created_at=at, updated_at=at, event=event, order_key=key,
+                                    lease_id=lease_id if take else None)
+                rows.append((delivery, dispatch.owner if take and dispatch is not None else None))
                 if take:
-                    assert leased is not None
-                    taken[subscription] = taken.get(subscription, 0) + 1
-                    leased.append(delivery)
-                else:
+                    taken[subscription] += 1
+                elif not behind:  # a row behind another goes when that one ends (`_next_in_order`), not on a wake-up
                     queued += 1
+        written = await conn.fetch(
+            _INSERT_EVENTS, [e.id for e in events], [e.type for e in events], [e.workflow_run_id for e in events],
+            [e.occurred_at for e in events], [e.data_json() for e in events],
+            [d.id for d, _ in rows], [d.event.id for d, _ in rows if d.event], [d.subscription for d, _ in rows],
+            [d.workflow_run_id for d, _ in rows], [d.order_key for d, _ in rows], [owner for _, owner in rows],
+            [d.lease_id for d, _ in rows], [d.next_attempt_at for d, _ in rows],
+            dispatch.lease_seconds if dispatch is not None else None,
+            *([row[i] for row in timeline] for i in range(9)),
+        )
+        seqs = {row["id"]: row["seq"] for row in written}
+        for event in events:
+            event.seq = seqs[event.id]
+        for delivery, owner in rows:
+            delivery.event_seq = delivery.event.seq if delivery.event else 0
+            if owner is not None:
+                assert leased is not None
+                leased.append(delivery)
         if queued:
             await conn.execute(f"NOTIFY {DELIVERIES_CHANNEL}")
         return queued
 
     @staticmethod
     async def _insert_delivery(conn: asyncpg.Connection, event_seq: int, subscription: str, run_id: str | None,
-                               ordered: bool, now: datetime, *, lease: DirectDispatch | None = None,
-                               event: Event | None = None, lease_id: str | None = None) -> Delivery:
-        """A pending delivery row; with `lease`, leased to that direct dispatch under `lease_id`
-        (its expiry on the database's clock)."""
-        delivery_id = new_event_id("msg")
-        key = run_id if ordered else None
-        lease_id = lease_id if lease else None
+                               ordered: bool, now: datetime) -> None:
+        """A pending delivery row, for a claim."""
         await conn.execute(
             "INSERT INTO deliveries (id, event_seq, subscription, workflow_run_id, order_key, status, attempts,"
-            " next_attempt_at, lease_owner, lease_until, lease_id, created_at, updated_at)"
-            " VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $7, now() + $8 * interval '1 second', $9, $6, $6)",
-            delivery_id, event_seq, subscription, run_id, key, now,
-            lease.owner if lease else None, lease.lease_seconds if lease else None, lease_id,
+            " next_attempt_at, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $6, $6)",
+            new_event_id("msg"), event_seq, subscription, run_id, run_id if ordered else None, now,
         )
-        return Delivery(id=delivery_id, event_seq=event_seq, subscription=subscription, workflow_run_id=run_id,
-                        status="pending", attempts=0, next_attempt_at=now, created_at=now, updated_at=now,
-                        event=event, order_key=key, lease_id=lease_id)
 
     def _handover(self, leased: list[Delivery]) -> None:
         """After the commit: rows leased to the direct dispatch go to it."""
@@ -349,6 +420,16 @@ class PostgresStore(PostgresCampaigns, Store):
             self.dispatch.deliver(leased)
 
     async def apply_update(self, update: CallUpdate, *, run_id: str | None, seed: CallSeed | None = None) -> AppliedUpdate:
+        """Callbacks that wait together are written in one transaction (`_apply_batch`); a
+        campaign dial's, whose claim is checked under its run's lock, alone (`_apply_one`)."""
+        if seed is not None and seed.claim is not None:
+            return await self._apply_one((update, run_id, seed))
+        return await self._callbacks.submit((update, run_id, seed))
+
+    async def _apply_one(self, item: tuple[CallUpdate, str | None, CallSeed | None]) -> AppliedUpdate:
+        """One callback in a transaction of its own."""
+        update, run_id, seed = item
+
         async def tx(conn: asyncpg.Connection) -> AppliedUpdate:
             # Serialize every writer of this call, on every instance, before reading it.
             if update.provider_call_id:
@@ -374,17 +455,58 @@ class PostgresStore(PostgresCampaigns, Store):
             if seed is not None:
                 seed.fill(record)
             await conn.execute(_UPSERT_CALL, *_record_params(record))
-            await self._insert_timeline(conn, target, now, source=update.provider, kind=update.kind, outcome=transition.outcome,
-                                        raw_status=update.raw_status, state=update.state.value if update.state else None,
-                                        sequence=update.sequence, data=update.params)
             events = [Event(type=name, workflow_run_id=target, occurred_at=now, data=event_data(record)) for name in transition.events]
-            await self._insert_events(conn, events, leased)
+            await self._write_events(conn, [events], leased, timeline=[_timeline_row(target, now, update, transition.outcome)])
             return AppliedUpdate(record=record, events=events, outcome=transition.outcome, created=current is None)
 
         leased: list[Delivery] = []
         applied = await self._tx(tx)
         self._handover(leased)
         return applied
+
+    async def _apply_batch(self, items: list[tuple[CallUpdate, str | None, CallSeed | None]]) -> list[AppliedUpdate]:
+        """Several callbacks, in order, in one transaction: what each would have written alone,
+        with one statement for their locks, one to find their calls and one per table.
+
+        The locks are those each callback takes alone, in one global order (the provider's call
+        ids sorted, then the run ids sorted), so batches on any instance cannot deadlock with
+        each other or with a callback alone. A later callback sees what an earlier one of the
+        batch did to its call. Raises `MaybeCommitted` when the COMMIT got no answer."""
+        leased: list[Delivery] = []
+        try:
+            async with self.pool.acquire() as conn:
+                transaction = conn.transaction()
+                await transaction.start()
+                try:
+                    applied = await self._write_callbacks(conn, items, leased)
+                except BaseException:
+                    await transaction.rollback()
+                    raise
+                try:
+                    await transaction.commit()
+                except (OSError, asyncpg.InterfaceError) as exc:
+                    raise MaybeCommitted() from StoreError(f"postgresql: the commit got no answer: {type(exc).__name__}: {exc}")
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreError(f"postgresql: {type(exc).__name__}: {exc}") from exc
+        self._handover(leased)
+        return applied
+
+    async def _write_callbacks(self, conn: asyncpg.Connection, items: list[tuple[CallUpdate, str | None, CallSeed | None]],
+                               leased: list[Delivery]) -> list[AppliedUpdate]:
+        """`_apply_batch`'s statements, inside its transaction."""
+        calls = sorted({f"{u.provider}:{u.provider_call_id}" for u, _, _ in items if u.provider_call_id})
+        runs = sorted({run_id for _, run_id, _ in items if run_id})
+        await conn.execute(_LOCK_IN_ORDER, calls + [f"run:{run_id}" for run_id in runs])
+        now = utcnow()
+        pairs = list(dict.fromkeys((u.provider, u.provider_call_id) for u, _, _ in items if u.provider_call_id))
+        found = {row["workflow_run_id"]: _record(row) for row in await conn.fetch(
+            _FIND_CALLS, runs, [p for p, _ in pairs], [c for _, c in pairs])}
+        existed = set(found)  # calls from before this batch: only theirs can have deliveries pending
+        batch = apply_callbacks(items, found, now)
+        await conn.executemany(_UPSERT_CALL, [_record_params(record) for record in batch.changed.values()])
+        await self._write_events(conn, [a.events for a in batch.applied], leased, new_calls=batch.changed.keys() - existed,
+                                 timeline=[_timeline_row(run, now, update, outcome) for run, update, outcome in batch.timeline])
+        return batch.applied
 
     async def record_activity(self, run_id: str, *, source: str, kind: str, data: dict[str, Any],
                               events: Sequence[tuple[str, dict[str, Any]]] = (), gathered_context: dict[str, Any] | None = None,
@@ -406,11 +528,10 @@ class PostgresStore(PostgresCampaigns, Store):
                 record.media.update(admitted.media or {})
                 record.updated_at = now
                 await conn.execute(_UPSERT_CALL, *_record_params(record))
-            await self._insert_timeline(conn, run_id, now, source=source, kind=kind, outcome="recorded", raw_status=None,
-                                        state=None, sequence=None, data=data)
+            entry: TimelineRow = (run_id, now, source, kind, "recorded", None, None, None, jsontext.dumps(data))
             emitted = [Event(type=name, workflow_run_id=run_id, occurred_at=now, data=event_data(record, extra))
                        for name, extra in admitted.events]
-            await self._insert_events(conn, emitted, leased)
+            await self._write_events(conn, [emitted], leased, timeline=[entry])
             return emitted
 
         leased: list[Delivery] = []
@@ -510,31 +631,34 @@ class PostgresStore(PostgresCampaigns, Store):
         dispatch = self.dispatch if self.dispatch is not None and self.dispatch.owner == owner else None
 
         async def tx(conn: asyncpg.Connection) -> list[EndpointHealth | None]:
-            recorded = {row["attempt_id"] for row in await conn.fetch(
-                "SELECT attempt_id FROM delivery_attempts WHERE attempt_id = ANY($1::text[])", [r.attempt.id for _, r in items])}
-            fresh: dict[str, tuple[int, Delivery, DeliveryResult]] = {}  # by attempt id: not recorded yet
+            unique: dict[str, tuple[int, Delivery, DeliveryResult]] = {}  # by attempt id, its first item
             for index, (delivery, result) in enumerate(items):
-                if result.attempt.id not in recorded:
-                    fresh.setdefault(result.attempt.id, (index, delivery, result))
-            # Every row moves only under the lease it was sent under; sorted, so that batches
-            # touching the same rows lock them in one order.
-            todo = sorted(fresh.values(), key=lambda item: item[1].id)
-            moved_rows = await conn.fetch(
-                "UPDATE deliveries d SET status = CASE WHEN d.resend THEN 'pending' ELSE v.status END,"
+                unique.setdefault(result.attempt.id, (index, delivery, result))
+            # Every row moves only under the lease it was sent under, and only for an attempt not
+            # recorded yet; sorted, so that batches touching the same rows lock them in one order.
+            todo = sorted(unique.values(), key=lambda item: item[1].id)
+            rows = await conn.fetch(
+                "WITH done AS (SELECT attempt_id FROM delivery_attempts WHERE attempt_id = ANY($9::text[])),"
+                " moved AS (UPDATE deliveries d SET status = CASE WHEN d.resend THEN 'pending' ELSE v.status END,"
                 " attempts = CASE WHEN d.resend THEN 0 ELSE d.attempts + 1 END,"
                 " next_attempt_at = CASE WHEN d.resend THEN now() ELSE COALESCE(v.next_at, d.next_attempt_at) END,"
                 " first_attempt_at = CASE WHEN d.resend THEN NULL ELSE COALESCE(d.first_attempt_at, v.at) END,"
                 " resend = FALSE, lease_owner = NULL, lease_until = NULL, lease_id = NULL,"
                 " last_attempt_at = v.at, last_status = v.last_status, last_error = v.last_error, updated_at = v.at"
-                " FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::int[], $7::text[])"
-                " AS v(id, lease_id, status, next_at, at, last_status, last_error)"
+                " FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::int[], $7::text[],"
+                " $9::text[]) AS v(id, lease_id, status, next_at, at, last_status, last_error, attempt_id)"
                 " WHERE d.id = v.id AND d.status = 'pending' AND d.lease_owner = $8 AND d.lease_id = v.lease_id"
-                " RETURNING d.id, d.status",
+                " AND v.attempt_id NOT IN (SELECT attempt_id FROM done) RETURNING d.id, d.status)"
+                " SELECT NULL AS id, attempt_id, NULL AS status FROM done UNION ALL SELECT id, NULL, status FROM moved",
                 [d.id for _, d, _ in todo], [d.lease_id for _, d, _ in todo], [r.status for _, _, r in todo],
                 [r.next_attempt_at for _, _, r in todo], [r.attempt.attempted_at for _, _, r in todo],
                 [r.attempt.status for _, _, r in todo], [r.attempt.error for _, _, r in todo], owner,
+                [r.attempt.id for _, _, r in todo],
             )
-            status = {row["id"]: row["status"] for row in moved_rows}
+            recorded = {row["attempt_id"] for row in rows if row["attempt_id"] is not None}
+            status = {row["id"]: row["status"] for row in rows if row["id"] is not None}
+            # not recorded before (a batch written again after its answer was lost: once is enough)
+            fresh = {attempt_id: item for attempt_id, item in unique.items() if attempt_id not in recorded}
             late = {index for index, delivery, _ in fresh.values() if delivery.id not in status}
             await conn.executemany(
                 "INSERT INTO delivery_attempts (delivery_id, attempt_id, attempted_at, outcome, status, latency_ms, error,"
@@ -544,13 +668,17 @@ class PostgresStore(PostgresCampaigns, Store):
             )
             moved = [(d, r if status[d.id] == r.status else replace(r, status=status[d.id]))
                      for _, d, r in sorted(fresh.values(), key=lambda item: item[0]) if d.id in status]
-            for delivery, result in moved:
-                if result.gathered_context and delivery.workflow_run_id:
-                    record = await self._load(conn, delivery.workflow_run_id, lock=True)
+            mapped = [(d, r) for d, r in moved if r.gathered_context and d.workflow_run_id]
+            if mapped:  # response mapping into the calls: one query for them, one statement for all
+                calls = {row["workflow_run_id"]: _record(row) for row in await conn.fetch(
+                    "SELECT * FROM calls WHERE workflow_run_id = ANY($1::text[]) ORDER BY workflow_run_id FOR UPDATE",
+                    sorted({d.workflow_run_id for d, _ in mapped}))}
+                for delivery, result in mapped:
+                    record = calls.get(delivery.workflow_run_id or "")
                     if record is not None:
-                        record.gathered_context.update(result.gathered_context)
+                        record.gathered_context.update(result.gathered_context or {})
                         record.updated_at = result.attempt.attempted_at
-                        await conn.execute(_UPSERT_CALL, *_record_params(record))
+                await conn.executemany(_UPSERT_CALL, [_record_params(record) for record in calls.values()])
             for change in health_changes(moved):
                 await _apply_health_change(conn, change)
             rows = await conn.fetch("SELECT * FROM subscription_health WHERE subscription = ANY($1::text[])",
@@ -571,33 +699,42 @@ class PostgresStore(PostgresCampaigns, Store):
                              dispatch: DirectDispatch | None, leased: list[Delivery]) -> int:
         """The call's next pending delivery after each ordered one that reached its end: leased
         to `dispatch` when it is due, free and taken (added to `leased`); returns how many
-        others are due for a claim."""
-        queued = 0
+        others are due for a claim. One query finds them all, one statement leases them."""
+        ended = list(dict.fromkeys((d.subscription, d.order_key) for d, r in items
+                                   if r.status != "pending" and d.order_key is not None))
+        if not ended:
+            return 0
         now = utcnow()
-        taken: dict[str, int] = {}
-        lease_id = new_lease_id()
-        for delivery, result in items:
-            if result.status == "pending" or delivery.order_key is None:
-                continue
-            row = await conn.fetchrow(
-                _DELIVERY_SELECT.replace("SELECT d.*", f"SELECT d.*, {_LEASE_FREE} AS lease_free", 1)
-                + " WHERE d.status = 'pending' AND d.subscription = $1 AND d.order_key = $2"
-                " ORDER BY d.event_seq LIMIT 1", delivery.subscription, delivery.order_key,
-            )
+        rows = await conn.fetch(
+            _DELIVERY_SELECT.replace("SELECT d.*", f"SELECT DISTINCT ON (d.subscription, d.order_key) d.*, {_LEASE_FREE} AS lease_free", 1)
+            + " JOIN unnest($1::text[], $2::text[]) AS w(sub, key) ON d.subscription = w.sub AND d.order_key = w.key"
+            " WHERE d.status = 'pending' ORDER BY d.subscription, d.order_key, d.event_seq",
+            [sub for sub, _ in ended], [key for _, key in ended],
+        )
+        first = {(row["subscription"], row["order_key"]): row for row in rows}
+        queued = 0
+        taken: dict[str, int] = defaultdict(int)
+        offered: list[Delivery] = []
+        for pair in ended:
+            row = first.get(pair)
             if row is None or row["next_attempt_at"] > now or not row["lease_free"]:
-                continue
-            if dispatch is not None and dispatch.room(delivery.subscription) > taken.get(delivery.subscription, 0):
-                # The lease test again on the row as it is now: another instance may be claiming it.
-                status = await conn.execute(
-                    f"UPDATE deliveries SET {_LEASE} WHERE id = $4 AND status = 'pending' AND {_LEASE_FREE}",
-                    dispatch.owner, dispatch.lease_seconds, lease_id, row["id"])
-                if status.endswith(" 1"):
-                    taken[delivery.subscription] = taken.get(delivery.subscription, 0) + 1
-                    successor = _delivery(row, with_event=True)
-                    successor.lease_id = lease_id
-                    leased.append(successor)
+                continue  # nothing waits, or it is not due yet (a claim or the poll takes it then)
+            if dispatch is not None and dispatch.room(pair[0]) > taken[pair[0]]:
+                taken[pair[0]] += 1
+                offered.append(_delivery(row, with_event=True))
             else:
                 queued += 1
+        if offered:
+            assert dispatch is not None
+            lease_id = new_lease_id()
+            # The lease test again on the rows as they are now: another instance may be claiming one.
+            got = {row["id"] for row in await conn.fetch(
+                f"UPDATE deliveries SET {_LEASE} WHERE id = ANY($4::text[]) AND status = 'pending' AND {_LEASE_FREE}"
+                " RETURNING id", dispatch.owner, dispatch.lease_seconds, lease_id, [d.id for d in offered])}
+            for successor in offered:
+                if successor.id in got:
+                    successor.lease_id = lease_id
+                    leased.append(successor)
         return queued
 
     async def release_leases(self, owner: str, delivery_ids: Sequence[str] | None = None) -> int:

@@ -64,6 +64,7 @@ from gateway.store.base import (
     share_out,
 )
 from gateway.store.activity import admit_activity
+from gateway.store.callbacks import apply_callbacks
 from gateway.store.migrations import MIGRATIONS
 from gateway.store.paging import SQLITE, page_query, split_page
 from gateway.store.sqlite_campaigns import SQLiteCampaigns
@@ -582,9 +583,6 @@ class SQLiteStore(SQLiteCampaigns, Store):
             part = wanted[start:start + 500]
             for row in conn.execute(f"SELECT * FROM calls WHERE workflow_run_id IN ({','.join('?' * len(part))})", part):
                 found[row["workflow_run_id"]] = _row_to_record(row)
-        by_provider: dict[tuple[str, str], str] = {
-            (record.provider, record.provider_call_id): run for run, record in found.items()
-            if record.provider and record.provider_call_id}
         ids: dict[str, list[str]] = {}
         for update, run_id, _, _ in items:
             if update.provider_call_id and not (run_id and run_id in found):
@@ -597,35 +595,18 @@ class SQLiteStore(SQLiteCampaigns, Store):
                                         [provider, *part]):
                     record = _row_to_record(row)
                     found.setdefault(record.workflow_run_id, record)
-                    by_provider[(provider, row["provider_call_id"])] = record.workflow_run_id
         existed = set(found)  # calls from before this batch: only theirs can have deliveries pending
-        changed: dict[str, CallRecord] = {}
-        timeline: list[tuple[Any, ...]] = []
-        results: list[AppliedUpdate] = []
-        for update, run_id, seed, _ in items:
-            current = found.get(run_id) if run_id else None
-            if current is None and update.provider_call_id:
-                match = by_provider.get((update.provider, update.provider_call_id))
-                current = found.get(match) if match else None
-            target = current.workflow_run_id if current else (run_id or str(uuid.uuid4()))
-            transition = decide_transition(current, update, run_id=target, now=now)
-            record = transition.record
-            if seed is not None:
-                seed.fill(record)
-            found[target] = changed[target] = record
-            if record.provider and record.provider_call_id:
-                by_provider[(record.provider, record.provider_call_id)] = target
-            timeline.append((target, _ts(now), update.provider, update.kind, transition.outcome, update.raw_status,
-                             update.state.value if update.state else None, update.sequence, _dumps(update.params)))
-            events = [Event(type=name, workflow_run_id=target, occurred_at=now, data=event_data(record)) for name in transition.events]
-            results.append(AppliedUpdate(record=record, events=events, outcome=transition.outcome, created=current is None))
-        conn.executemany(_UPSERT_CALL, [_record_params(record) for record in changed.values()])
+        batch = apply_callbacks([(update, run_id, seed) for update, run_id, seed, _ in items], found, now)
+        timeline = [(target, _ts(now), update.provider, update.kind, outcome, update.raw_status,
+                     update.state.value if update.state else None, update.sequence, _dumps(update.params))
+                    for target, update, outcome in batch.timeline]
+        conn.executemany(_UPSERT_CALL, [_record_params(record) for record in batch.changed.values()])
         conn.executemany(
             "INSERT INTO call_timeline (workflow_run_id, received_at, source, kind, outcome, raw_status, state, sequence, data)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", timeline)
-        written = self._write_events(conn, [applied.events for applied in results], lease=True,
-                                     lease_ids=[lease_id for *_, lease_id in items], new_calls=changed.keys() - existed)
-        return [(applied, queued, leased) for applied, (queued, leased) in zip(results, written)]
+        written = self._write_events(conn, [applied.events for applied in batch.applied], lease=True,
+                                     lease_ids=[lease_id for *_, lease_id in items], new_calls=batch.changed.keys() - existed)
+        return [(applied, queued, leased) for applied, (queued, leased) in zip(batch.applied, written)]
 
     def _notify(self, result: tuple[Any, ...]) -> Any:
         """After a commit: hand rows leased to the direct dispatch over, and wake the claimers

@@ -380,3 +380,24 @@ async def test_claims_share_out_among_subscriptions_with_a_backlog(store):
     # Within a subscription, oldest first.
     oldest = [e.seq for e in await store.list_events(limit=10) if e.type == "backlog.slow"][:4]
     assert sorted(d.event_seq for d in first + claimed if d.subscription == "slow") == oldest
+
+
+async def test_a_finish_batch_maps_responses_into_each_call_in_order(store):
+    """Several attempts of one batch map their answers into the same call and another: each
+    merged in the batch's order, the later one's keys winning."""
+    attach(store, Route("crm", ("call.*",), ordered=False))
+    await store.apply_update(upd(CallState.RINGING, "CA1"), run_id="r1")
+    await store.apply_update(upd(CallState.ANSWERED, "CA1"), run_id="r1")
+    await store.apply_update(upd(CallState.RINGING, "CA2"), run_id="r2")
+    claimed = await store.claim_deliveries("w", now=now(), lease_seconds=30, capacity={"crm": 10})
+    r1 = sorted((d for d in claimed if d.workflow_run_id == "r1"), key=lambda d: d.event_seq)
+    (r2,) = [d for d in claimed if d.workflow_run_id == "r2"]
+
+    def ok(mapped):
+        return DeliveryResult("succeeded", AttemptRecord(now(), "success", status=200, request={}), endpoint_ok=True,
+                              gathered_context=mapped)
+
+    await store.finish_deliveries("w", [(r1[0], ok({"crm_id": "A", "stage": 1})), (r2, ok({"crm_id": "B"})),
+                                        (r1[1], ok({"stage": 2}))])
+    assert (await store.get_call("r1")).gathered_context == {"crm_id": "A", "stage": 2}
+    assert (await store.get_call("r2")).gathered_context == {"crm_id": "B"}

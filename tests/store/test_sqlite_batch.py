@@ -5,35 +5,12 @@ batch fails, each callback alone."""
 from __future__ import annotations
 
 import asyncio
-import random
 from pathlib import Path
 
-from gateway.calls import CallState, CallUpdate
+from batch_support import one_then_batched, script, snapshot
 from gateway.events.fanout import EventFanout, Route
 from gateway.store import SQLiteStore
 from gateway.store.base import DirectDispatch
-
-STATES = [CallState.INITIATED, CallState.RINGING, CallState.ANSWERED, CallState.COMPLETED, CallState.BUSY,
-          CallState.NO_ANSWER, CallState.FAILED]
-
-
-def script(seed: int, n: int = 120) -> list[tuple[CallUpdate, str | None]]:
-    """Callbacks for a dozen calls in a random order: repeats, late and out-of-order states,
-    sequence numbers, AMD results, and some addressed by the provider's call id only."""
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        call = rng.randrange(12)
-        state = rng.choice(STATES)
-        update = CallUpdate(provider="twilio", provider_call_id=f"CA{call:032d}", raw_status=state.value, state=state,
-                            sequence=rng.choice([None, rng.randrange(20)]),
-                            answered_by=rng.choice([None, None, "human", "machine_start"]),
-                            voicemail=None, params={"CallSid": f"CA{call:032d}", "n": str(rng.random())})
-        if update.answered_by == "machine_start":
-            update = CallUpdate(**{**update.__dict__, "voicemail": True})
-        run = f"run-{call}" if rng.random() < 0.8 or call >= 6 else None  # None: match by CallSid
-        out.append((update, run))
-    return out
 
 
 async def opened(path: Path, taken: list) -> SQLiteStore:
@@ -42,24 +19,6 @@ async def opened(path: Path, taken: list) -> SQLiteStore:
     store.set_dispatch(DirectDispatch(owner="w", lease_seconds=60, room=lambda name: 1000 if name == "crm" else 0, deliver=taken.extend))
     await store.open()
     return store
-
-
-async def snapshot(store: SQLiteStore) -> dict:
-    """Everything the callbacks wrote, by the provider's call id (a run id the gateway minted
-    differs between stores), without ids and times."""
-    calls, _ = await store.list_calls(limit=500)
-    out: dict = {}
-    names = {call.workflow_run_id: call.provider_call_id for call in calls}
-    for call in calls:
-        record = call.to_dict()
-        for name in ("workflow_run_id", "created_at", "updated_at", "started_at", "answered_at", "ended_at", "duration"):
-            record.pop(name)
-        timeline = [(t.outcome, t.raw_status, t.state, t.sequence) for t in await store.get_timeline(call.workflow_run_id)]
-        events = [e.type for e in await store.list_events(run_id=call.workflow_run_id, limit=500)]
-        out[call.provider_call_id] = (call.workflow_run_id.startswith("run-"), record, timeline, events)
-    deliveries, _ = await store.list_deliveries(limit=500)
-    out["deliveries"] = sorted((names[d.workflow_run_id], d.subscription, d.event.type, d.status) for d in deliveries)
-    return out
 
 
 async def test_a_batch_writes_what_the_callbacks_write_one_at_a_time(tmp_path: Path) -> None:
@@ -78,17 +37,8 @@ async def test_a_batch_writes_what_the_callbacks_write_one_at_a_time(tmp_path: P
 
         batched._apply_batch = counting  # type: ignore[method-assign]
         try:
-            alone = [await one.apply_update(update, run_id=run) for update, run in callbacks]
-            together = []
-            for wave in range(0, len(callbacks), 30):  # later waves find calls (and rows) of earlier ones
-                together += await asyncio.gather(*(batched.apply_update(update, run_id=run)
-                                                   for update, run in callbacks[wave:wave + 30]))
+            await one_then_batched(one, batched, callbacks, one_taken, batch_taken)
             assert max(sizes) > 10  # they did wait together
-            assert [(a.outcome, a.created, [e.type for e in a.events], a.record.state) for a in alone] == \
-                   [(b.outcome, b.created, [e.type for e in b.events], b.record.state) for b in together]
-            assert await snapshot(one) == await snapshot(batched)
-            assert sorted((d.event.data["provider_call_id"], d.event.type) for d in one_taken) == \
-                   sorted((d.event.data["provider_call_id"], d.event.type) for d in batch_taken)
             events = await batched.list_events(limit=500)
             assert [e.seq for e in events] == list(range(1, len(events) + 1))  # the batch's own numbering
         finally:
