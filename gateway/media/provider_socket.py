@@ -12,7 +12,7 @@ from __future__ import annotations
 import abc
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Protocol
 
 from gateway.audio import TWILIO_FORMAT, VONAGE_FORMAT, AudioFormat
 from gateway.providers import twilio_media, vonage_media
@@ -45,6 +45,21 @@ class StreamStart:
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+OnItem = Callable[[str, Any], None]
+
+
+class PushWire(Protocol):
+    """A socket that delivers each inbound message by callback and sends without awaiting (the
+    lean WebSocket layer, `gateway.media.ws_edge`): no per-message future, task or ASGI dict."""
+
+    def listen(self, on_message: Callable[[str | None, bytes | None], None], on_close: Callable[[int], None]) -> None:
+        """From now on, call `on_message(text, data)` per message and `on_close(code)` once at the end."""
+
+    def send_text(self, text: str) -> bool:
+        """Send a text message; False when the peer is gone."""
+
+    def send_bytes(self, data: bytes) -> bool:
+        """Send a binary message; False when the peer is gone."""
 
 
 class ProviderSocket(abc.ABC):
@@ -54,9 +69,10 @@ class ProviderSocket(abc.ABC):
     audio_format: AudioFormat
     echoes_marks: bool  # True: the provider reports when a mark's audio has played
 
-    def __init__(self, receive: Receive, send: Send) -> None:
+    def __init__(self, receive: Receive, send: Send, *, wire: PushWire | None = None) -> None:
         self._receive = receive
         self._send = send
+        self._wire = wire  # set on the lean layer: pushed messages, direct sends
         self.stream_id: str | None = None
         self.peer_closed = False  # the provider's side is gone: nothing more to send or read
 
@@ -64,9 +80,38 @@ class ProviderSocket(abc.ABC):
     async def handshake(self) -> StreamStart:
         """Read the opening messages (no audio) up to the one carrying the stream token."""
 
-    @abc.abstractmethod
     async def receive(self) -> tuple[str, Any]:
         """The next inbound item: (AUDIO, bytes) (DTMF, digit) (MARK, name) (STOP, reason) (BAD, reason) (OTHER, name)."""
+        message = await self._receive_message()
+        if message["type"] == "websocket.disconnect":
+            return STOP, f"socket closed ({message.get('code', 1005)})"
+        return self.parse(message.get("text"), message.get("bytes"))
+
+    def parse(self, text: str | None, data: bytes | None) -> tuple[str, Any]:
+        """One inbound message (text or binary) as an item, as `receive` returns it. Pure.
+        A provider's socket that overrides `receive` instead may leave this unimplemented: it is
+        then always pulled (see `listen`)."""
+        raise NotImplementedError
+
+    def listen(self, on_item: OnItem) -> bool:
+        """Push mode: from now on every inbound item goes to `on_item` as it arrives (the last
+        is STOP), and `receive` is not called again. False (nothing changes) when the socket is
+        not on the lean layer or its provider only implements `receive`."""
+        wire = self._wire
+        if wire is None or type(self).parse is ProviderSocket.parse or type(self).receive is not ProviderSocket.receive:
+            return False
+        parse = self.parse
+
+        def on_message(text: str | None, data: bytes | None) -> None:
+            kind, value = parse(text, data)
+            on_item(kind, value)
+
+        def on_close(code: int) -> None:
+            self.peer_closed = True
+            on_item(STOP, f"socket closed ({code})")
+
+        wire.listen(on_message, on_close)
+        return True
 
     @abc.abstractmethod
     async def send_frame(self, frame: bytes) -> None:
@@ -87,6 +132,20 @@ class ProviderSocket(abc.ABC):
         if message["type"] == "websocket.disconnect":
             self.peer_closed = True
         return message
+
+    async def _send_text(self, text: str) -> None:
+        if self._wire is not None:
+            if not self.peer_closed and not self._wire.send_text(text):
+                self.peer_closed = True
+            return
+        await self._send_message({"type": "websocket.send", "text": text})
+
+    async def _send_bytes(self, data: bytes) -> None:
+        if self._wire is not None:
+            if not self.peer_closed and not self._wire.send_bytes(data):
+                self.peer_closed = True
+            return
+        await self._send_message({"type": "websocket.send", "bytes": data})
 
     async def _send_message(self, message: dict[str, Any]) -> None:
         if self.peer_closed:
@@ -125,12 +184,8 @@ class TwilioSocket(ProviderSocket):
                                dict(parsed.custom_parameters))
         raise HandshakeError("no start message")
 
-    async def receive(self) -> tuple[str, Any]:
-        message = await self._receive_message()
-        text = message.get("text")
+    def parse(self, text: str | None, data: bytes | None) -> tuple[str, Any]:
         if text is None:
-            if message["type"] == "websocket.disconnect":
-                return STOP, f"socket closed ({message.get('code', 1005)})"
             return BAD, "binary frame on a Twilio stream"
         if len(text) <= twilio_media.MAX_MESSAGE_CHARS and (media := twilio_media.parse_media(text)) is not None:
             track, audio = media
@@ -153,13 +208,13 @@ class TwilioSocket(ProviderSocket):
         return OTHER, event[:32]
 
     async def send_frame(self, frame: bytes) -> None:
-        await self._send_message({"type": "websocket.send", "text": twilio_media.render_media(self.stream_id, frame)})
+        await self._send_text(twilio_media.render_media(self.stream_id, frame))
 
     async def send_mark(self, name: str) -> None:
-        await self._send_message({"type": "websocket.send", "text": twilio_media.render_mark(self.stream_id, name)})
+        await self._send_text(twilio_media.render_mark(self.stream_id, name))
 
     async def send_clear(self) -> None:
-        await self._send_message({"type": "websocket.send", "text": twilio_media.render_clear(self.stream_id)})
+        await self._send_text(twilio_media.render_clear(self.stream_id))
 
 
 class VonageSocket(ProviderSocket):
@@ -187,17 +242,13 @@ class VonageSocket(ProviderSocket):
         token = parsed.fields.get("stream_token")
         return StreamStart(None, token if isinstance(token, str) else None, None, parsed.fields)
 
-    async def receive(self) -> tuple[str, Any]:
-        message = await self._receive_message()
-        if message["type"] == "websocket.disconnect":
-            return STOP, f"socket closed ({message.get('code', 1005)})"
-        data = message.get("bytes")
+    def parse(self, text: str | None, data: bytes | None) -> tuple[str, Any]:
         if data is not None:
             if len(data) > MAX_MESSAGE_BYTES:
                 return BAD, f"binary message of {len(data)} bytes is over the {MAX_MESSAGE_BYTES}-byte limit"
             return AUDIO, data
         try:
-            parsed = vonage_media.parse_vonage_text(message.get("text") or "")
+            parsed = vonage_media.parse_vonage_text(text or "")
         except vonage_media.VonageMessageError as exc:
             return BAD, str(exc)
         if parsed.event == "websocket:dtmf":
@@ -205,10 +256,10 @@ class VonageSocket(ProviderSocket):
         return OTHER, parsed.event[:32]
 
     async def send_frame(self, frame: bytes) -> None:
-        await self._send_message({"type": "websocket.send", "bytes": frame})
+        await self._send_bytes(frame)
 
     async def send_mark(self, name: str) -> None:
         return None  # Vonage has no mark echo; the session times marks by its own playhead
 
     async def send_clear(self) -> None:
-        await self._send_message({"type": "websocket.send", "text": vonage_media.CLEAR_MESSAGE})
+        await self._send_text(vonage_media.CLEAR_MESSAGE)

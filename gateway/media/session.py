@@ -114,6 +114,9 @@ class MediaSession:
         self._pump_task: asyncio.Task[Any] | None = None
         self._mark_timers: dict[str, asyncio.TimerHandle] = {}
         self._media_started = False
+        self._provider_queue: deque[tuple[str, Any]] = deque()  # push mode: items waiting behind one that awaits
+        self._provider_stopped = False
+        self._provider_done = asyncio.Event()
         self._ending = asyncio.Event()
         self.end_reason = ""
 
@@ -141,7 +144,10 @@ class MediaSession:
             await self._finish("agent unavailable")
             return
         self._spawn(self._backlog_loop())
-        provider_task = self._spawn(self._from_provider())
+        if self.provider.listen(self._provider_item):  # the lean layer: frames arrive by callback
+            provider_task = self._spawn(self._provider_done.wait())
+        else:
+            provider_task = self._spawn(self._from_provider())
         ending_task = self._spawn(self._ending.wait())
         await asyncio.wait({provider_task, ending_task}, return_when=asyncio.FIRST_COMPLETED)
         await self._finish(self.end_reason or "provider closed")
@@ -163,6 +169,7 @@ class MediaSession:
         self._ending.set()
 
     async def _finish(self, reason: str) -> None:
+        self._provider_stopped = True  # push mode: what still arrives is not carried
         current = asyncio.current_task()
         for task in list(self._tasks):
             if task is not current:
@@ -227,45 +234,95 @@ class MediaSession:
 
     # -- caller -> agent ----------------------------------------------------------------
     async def _from_provider(self) -> None:
+        """Pull mode: read the provider socket until it stops."""
         provider = self.provider
-        counters = self.counters
-        expected = self.expected_frame_bytes
         while True:
             kind, value = await provider.receive()
             if kind is AUDIO:
-                counters.frames_in += 1
-                if len(value) != expected:
-                    counters.misframed += 1
-                if not self._media_started:
-                    self._media_started = True
-                    self._queue_write("media.started", {
-                        "data": {"stream_id": provider.stream_id, "format": provider.audio_format.encoding},
-                        "events": [(ev.CALL_STARTED, {"stream_id": provider.stream_id})],
-                        "media": {"started": True, "stream_id": provider.stream_id, "instance": INSTANCE_ID, **self.links()},
-                    })
-                if self.recorder is not None:
-                    self.recorder.caller(value)
-                if counters.frames_in % CODEC_SAMPLE_EVERY:
-                    self._to_agent(self.to_agent.process(value))
-                else:  # time one frame in CODEC_SAMPLE_EVERY: the metric costs nothing per frame
-                    started = time.perf_counter()
-                    pcm = self.to_agent.process(value)
-                    CODEC_SECONDS.labels("to_agent").observe(time.perf_counter() - started)
-                    self._to_agent(pcm)
-            elif kind is DTMF:
-                await self._agent_message({"type": "dtmf", "digit": value})
-                self._queue_write("dtmf", {"data": {"digit": value}})
-            elif kind is MARK:
-                await self._agent_message({"type": "mark", "name": value})
-            elif kind is STOP:
-                self.end_reason = self.end_reason or value
+                self._caller_audio(value)
+            elif await self._provider_event(kind, value):
                 return
-            elif kind is BAD:
-                counters.bad_messages += 1
-                if counters.bad_messages % self.options.bad_message_log_every == 1:
-                    log.warning("bad %s media message run=%s (%d so far): %s", provider.name, self.run_id, counters.bad_messages, value)
-            elif kind is OTHER:
-                log.debug("ignored %s media event %s run=%s", provider.name, value, self.run_id)
+
+    def _provider_item(self, kind: str, value: Any) -> None:
+        """Push mode: one inbound item, called by the provider socket as it arrives. Audio is
+        handled here and now (transcode, agent, no task); an item that awaits (dtmf and marks
+        to the agent, stop) goes to a queue drained in order by one task, and while that queue
+        is not empty everything after it waits there too, so items keep their order."""
+        if self._provider_stopped:
+            return
+        queue = self._provider_queue
+        if queue:
+            if kind is AUDIO and len(queue) >= self.options.inbound_backlog_frames:
+                self.counters.frames_in += 1
+                self.counters.inbound_dropped += 1  # the agent link is not taking messages: bounded
+                return
+            queue.append((kind, value))
+        elif kind is AUDIO:
+            self._caller_audio(value)
+        elif kind is BAD or kind is OTHER:
+            self._provider_note(kind, value)
+        else:
+            queue.append((kind, value))
+            self._spawn(self._drain_provider_queue())
+
+    async def _drain_provider_queue(self) -> None:
+        queue = self._provider_queue
+        while queue:
+            kind, value = queue[0]
+            if kind is AUDIO:
+                self._caller_audio(value)
+            elif await self._provider_event(kind, value):
+                self._provider_stopped = True
+                queue.clear()
+                self._provider_done.set()
+                return
+            queue.popleft()
+
+    def _caller_audio(self, value: bytes) -> None:
+        counters = self.counters
+        counters.frames_in += 1
+        if len(value) != self.expected_frame_bytes:
+            counters.misframed += 1
+        if not self._media_started:
+            self._media_started = True
+            provider = self.provider
+            self._queue_write("media.started", {
+                "data": {"stream_id": provider.stream_id, "format": provider.audio_format.encoding},
+                "events": [(ev.CALL_STARTED, {"stream_id": provider.stream_id})],
+                "media": {"started": True, "stream_id": provider.stream_id, "instance": INSTANCE_ID, **self.links()},
+            })
+        if self.recorder is not None:
+            self.recorder.caller(value)
+        if counters.frames_in % CODEC_SAMPLE_EVERY:
+            self._to_agent(self.to_agent.process(value))
+        else:  # time one frame in CODEC_SAMPLE_EVERY: the metric costs nothing per frame
+            started = time.perf_counter()
+            pcm = self.to_agent.process(value)
+            CODEC_SECONDS.labels("to_agent").observe(time.perf_counter() - started)
+            self._to_agent(pcm)
+
+    async def _provider_event(self, kind: str, value: Any) -> bool:
+        """Everything but audio; True when the provider's stream has stopped."""
+        if kind is DTMF:
+            await self._agent_message({"type": "dtmf", "digit": value})
+            self._queue_write("dtmf", {"data": {"digit": value}})
+        elif kind is MARK:
+            await self._agent_message({"type": "mark", "name": value})
+        elif kind is STOP:
+            self.end_reason = self.end_reason or value
+            return True
+        else:
+            self._provider_note(kind, value)
+        return False
+
+    def _provider_note(self, kind: str, value: Any) -> None:
+        if kind is BAD:
+            counters = self.counters
+            counters.bad_messages += 1
+            if counters.bad_messages % self.options.bad_message_log_every == 1:
+                log.warning("bad %s media message run=%s (%d so far): %s", self.provider.name, self.run_id, counters.bad_messages, value)
+        elif kind is OTHER:
+            log.debug("ignored %s media event %s run=%s", self.provider.name, value, self.run_id)
 
     def _to_agent(self, frame: bytes) -> None:
         agent = self.agent
