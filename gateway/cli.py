@@ -39,7 +39,8 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     host = args.host or config.listen.host
     port = config.listen.port if args.port is None else args.port
-    run(app, host=host, port=port, drain_seconds=config.shutdown.drain_seconds, read_timeout=config.limits.read_timeout_seconds)
+    run(app, host=host, port=port, drain_seconds=config.shutdown.drain_seconds, read_timeout=config.limits.read_timeout_seconds,
+        lean_media=config.listen.media_websocket == "picows")
     return 0
 
 
