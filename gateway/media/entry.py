@@ -244,8 +244,8 @@ class MediaEntry:
     async def run(self, session: MediaSession, start: StreamStart) -> None:
         """Carry the call's audio until the session ends; the caller then closes the socket."""
         agent = self.ctx.config.agent
-        log.info("media started run=%s provider=%s stream=%s agent=%s", self.run_id, self.provider_name,
-                 session.provider.stream_id, redact_url(agent.url))
+        log.info("media started run=%s provider=%s stream=%s agent=%s socket=%s", self.run_id, self.provider_name,
+                 session.provider.stream_id, redact_url(agent.url), "picows" if session.provider.lean else "asgi")
         MEDIA.add(session.counters)
         try:
             await session.run(start.parameters)

@@ -75,6 +75,7 @@ class ProviderSocket(abc.ABC):
         self._wire = wire  # set on the lean layer: pushed messages, direct sends
         self.stream_id: str | None = None
         self.peer_closed = False  # the provider's side is gone: nothing more to send or read
+        self.lean = wire is not None  # on the lean WebSocket layer
 
     @abc.abstractmethod
     async def handshake(self) -> StreamStart:
