@@ -1,10 +1,14 @@
-"""The provider's side of a media session: one adapter per provider over the ASGI socket.
+"""The provider's side of a media session: one adapter per provider over the socket.
 
 Each adapter turns the provider's messages into a few inbound kinds (audio, dtmf, mark,
 stop, bad) and sends frames, marks and clears exactly as that provider accepts them. It
 works on the connection's raw ASGI `receive`/`send` (no per-message Starlette wrapper, which
 costs more than the check it adds), so it keeps the one state that matters itself: once the
-provider has gone, sends are dropped and the next `receive` says STOP.
+provider has gone, sends are dropped and the next `receive` says STOP. On the lean WebSocket
+layer (`gateway.media.ws_edge`) it is also given the `wire`: messages are then pushed to the
+session (`listen`, through the adapter's pure `parse`) and sends go to the socket directly.
+A provider's adapter implements `handshake`, `parse` (or only `receive`: then it is pulled,
+on either layer) and the three sends.
 """
 
 from __future__ import annotations
