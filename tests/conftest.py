@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
@@ -14,7 +15,8 @@ from support import GatewayProcess, ServerThread, base_config
 def gateway_server(tmp_path):
     """Start the gateway app (built from a config dict) on a real loopback server, served as
     `gateway serve` serves it: the gateway's HTTP protocol, media sockets on the lean layer
-    unless `listen.media_websocket` says `uvicorn`."""
+    unless `listen.media_websocket` says `uvicorn` (GATEWAY_TEST_MEDIA_WEBSOCKET=uvicorn: the
+    whole suite on the Starlette fallback)."""
     from gateway.app import create_app
     from gateway.config import parse_config
     from gateway.serve import http_protocol_for
@@ -22,6 +24,9 @@ def gateway_server(tmp_path):
     servers: list[ServerThread] = []
 
     def start(**overrides: Any) -> ServerThread:
+        layer = os.environ.get("GATEWAY_TEST_MEDIA_WEBSOCKET")
+        if layer and "listen" not in overrides:
+            overrides["listen"] = {"media_websocket": layer}
         config = parse_config(base_config(tmp_path, **overrides), env={})
         app = create_app(config)
         server = ServerThread(app, http=http_protocol_for(app, config.limits.read_timeout_seconds,

@@ -138,19 +138,38 @@ class ProviderSocket(abc.ABC):
             self.peer_closed = True
         return message
 
+    def sends_now(self) -> bool:
+        """True when `frame_now`/`mark_now` can send without awaiting (the lean layer, and a
+        provider's adapter that implements them)."""
+        return self._wire is not None and type(self).frame_now is not ProviderSocket.frame_now
+
+    def frame_now(self, frame: bytes) -> None:
+        """`send_frame`, without awaiting (only when `sends_now`)."""
+        raise NotImplementedError
+
+    def mark_now(self, name: str) -> None:
+        """`send_mark`, without awaiting (only when `sends_now`)."""
+        raise NotImplementedError
+
+    def _text_now(self, text: str) -> None:
+        if not self.peer_closed and not self._wire.send_text(text):  # type: ignore[union-attr]
+            self.peer_closed = True
+
+    def _bytes_now(self, data: bytes) -> None:
+        if not self.peer_closed and not self._wire.send_bytes(data):  # type: ignore[union-attr]
+            self.peer_closed = True
+
     async def _send_text(self, text: str) -> None:
         if self._wire is not None:
-            if not self.peer_closed and not self._wire.send_text(text):
-                self.peer_closed = True
-            return
-        await self._send_message({"type": "websocket.send", "text": text})
+            self._text_now(text)
+        else:
+            await self._send_message({"type": "websocket.send", "text": text})
 
     async def _send_bytes(self, data: bytes) -> None:
         if self._wire is not None:
-            if not self.peer_closed and not self._wire.send_bytes(data):
-                self.peer_closed = True
-            return
-        await self._send_message({"type": "websocket.send", "bytes": data})
+            self._bytes_now(data)
+        else:
+            await self._send_message({"type": "websocket.send", "bytes": data})
 
     async def _send_message(self, message: dict[str, Any]) -> None:
         if self.peer_closed:
@@ -218,6 +237,12 @@ class TwilioSocket(ProviderSocket):
     async def send_mark(self, name: str) -> None:
         await self._send_text(twilio_media.render_mark(self.stream_id, name))
 
+    def frame_now(self, frame: bytes) -> None:
+        self._text_now(twilio_media.render_media(self.stream_id, frame))
+
+    def mark_now(self, name: str) -> None:
+        self._text_now(twilio_media.render_mark(self.stream_id, name))
+
     async def send_clear(self) -> None:
         await self._send_text(twilio_media.render_clear(self.stream_id))
 
@@ -262,6 +287,12 @@ class VonageSocket(ProviderSocket):
 
     async def send_frame(self, frame: bytes) -> None:
         await self._send_bytes(frame)
+
+    def frame_now(self, frame: bytes) -> None:
+        self._bytes_now(frame)
+
+    def mark_now(self, name: str) -> None:
+        return None  # as send_mark
 
     async def send_mark(self, name: str) -> None:
         return None  # Vonage has no mark echo; the session times marks by its own playhead

@@ -117,6 +117,8 @@ class MediaSession:
         self._provider_queue: deque[tuple[str, Any]] = deque()  # push mode: items waiting behind one that awaits
         self._provider_stopped = False
         self._provider_done = asyncio.Event()
+        self._agent_queue: deque[tuple[AgentLink, bytes | str | AgentUnavailable]] = deque()  # push mode, as above
+        self._finished = False
         self._ending = asyncio.Event()
         self.end_reason = ""
 
@@ -169,7 +171,7 @@ class MediaSession:
         self._ending.set()
 
     async def _finish(self, reason: str) -> None:
-        self._provider_stopped = True  # push mode: what still arrives is not carried
+        self._provider_stopped = self._finished = True  # push mode: what still arrives is not carried
         current = asyncio.current_task()
         for task in list(self._tasks):
             if task is not current:
@@ -211,7 +213,7 @@ class MediaSession:
                 self._spawn(self._reconnect_agent())
             return False
         self.agent = agent
-        self._spawn(self._from_agent(agent))
+        self._read_agent(agent)
         return True
 
     def _agent_failed(self, reason: str) -> None:
@@ -229,7 +231,7 @@ class MediaSession:
                 continue
             self.agent = agent
             self._queue_write("agent.reconnected", {"data": {}})
-            self._spawn(self._from_agent(agent))
+            self._read_agent(agent)
             return
 
     # -- caller -> agent ----------------------------------------------------------------
@@ -380,6 +382,51 @@ class MediaSession:
             self._spawn(self._reconnect_agent())
 
     # -- agent -> caller ----------------------------------------------------------------
+    def _read_agent(self, agent: AgentLink) -> None:
+        """Carry the agent's messages: pushed by callback when both ends can (the agent link
+        listens, the provider socket sends without awaiting: the lean layer), else a reader task."""
+        if self.provider.sends_now() and agent.listen(lambda message: self._agent_item(agent, message),
+                                                      lambda reason: self._agent_item(agent, AgentUnavailable(reason))):
+            return
+        self._spawn(self._from_agent(agent))
+
+    def _agent_item(self, agent: AgentLink, message: bytes | str | AgentUnavailable) -> None:
+        """Push mode: one message from the agent. Audio is re-framed and what is due is sent now;
+        a control message (which may await) and everything after it go through one ordered
+        task, as the reader task would take them."""
+        if self._finished:
+            return
+        queue = self._agent_queue
+        if not queue and isinstance(message, bytes):
+            self._agent_audio(message)
+            now = self._send_due_now()
+            if self.playback.wait_time(now) is not None and (self._pump_task is None or self._pump_task.done()):
+                self._pump_task = self._spawn(self._pump_later())
+            return
+        queue.append((agent, message))
+        if len(queue) == 1:
+            self._spawn(self._drain_agent_queue())
+
+    async def _drain_agent_queue(self) -> None:
+        queue = self._agent_queue
+        while queue and not self._finished:
+            agent, message = queue[0]
+            if isinstance(message, AgentUnavailable):
+                queue.clear()
+                self._lost_agent(agent, str(message))
+                return
+            if isinstance(message, bytes):
+                self._agent_audio(message)
+                await self._pump()
+            else:
+                await self._control(message)
+            queue.popleft()
+
+    def _agent_audio(self, message: bytes) -> None:
+        for frame in self.reframer.push(self.to_provider.process(message)):
+            if not self.playback.push_frame(frame):
+                self.counters.outbound_dropped += 1
+
     async def _from_agent(self, agent: AgentLink) -> None:
         while True:
             try:
@@ -391,9 +438,7 @@ class MediaSession:
                 self._agent_bad(str(exc))
                 continue
             if isinstance(message, bytes):
-                for frame in self.reframer.push(self.to_provider.process(message)):
-                    if not self.playback.push_frame(frame):
-                        self.counters.outbound_dropped += 1
+                self._agent_audio(message)
                 await self._pump()
             else:
                 await self._control(message)
@@ -413,19 +458,42 @@ class MediaSession:
         """Send the frames and marks that are due; returns the time it went by."""
         now = time.monotonic()
         provider = self.provider
+        for is_frame, value in self._take_due(now):
+            if is_frame:
+                await provider.send_frame(value)
+            else:
+                await provider.send_mark(value)
+        return now
+
+    def _send_due_now(self) -> float:
+        """`_send_due` for a provider socket that sends without awaiting (`sends_now`)."""
+        now = time.monotonic()
+        provider = self.provider
+        for is_frame, value in self._take_due(now):
+            if is_frame:
+                provider.frame_now(value)
+            else:
+                provider.mark_now(value)
+        return now
+
+    def _take_due(self, now: float) -> list[tuple[bool, Any]]:
+        """The frames and marks due at `now`, to send in this order: (True, frame) or (False,
+        mark name). Their bookkeeping is done here (frames out, the recording, a mark the
+        provider does not echo timed by the playhead)."""
+        due: list[tuple[bool, Any]] = []
         plays_at = max(self.playback.played_until, now)  # where the first released frame starts
         for kind, value in self.playback.take_due(now):
             if kind == FRAME:
-                await provider.send_frame(value)
+                due.append((True, value))
                 self.counters.frames_out += 1
                 if self.recorder is not None:
                     self.recorder.agent(value, plays_at)
                 plays_at += self.playback.frame_seconds
-            elif provider.echoes_marks:
-                await provider.send_mark(value.name)
+            elif self.provider.echoes_marks:
+                due.append((False, value.name))
             else:
                 self._time_mark(value.name, value.plays_at - now)
-        return now
+        return due
 
     def _time_mark(self, name: str, delay: float) -> None:
         loop = asyncio.get_running_loop()
