@@ -234,7 +234,7 @@ class LeanWire(WSListener):
         if self.closed_code is not None:  # the peer already said it is gone
             transport.disconnect()
         else:
-            self._close_timer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, transport.disconnect)
+            self._close_timer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, transport.disconnect, False)
 
 
 class MediaEdge:
@@ -325,6 +325,7 @@ class _Connection:
             entry.release()
             return
         provider = entry.provider_socket(wire.receive, wire.send, wire=wire)
+        code = 1000
         try:
             session, start = await entry.open(provider)
         except HandshakeError as exc:
@@ -335,11 +336,19 @@ class _Connection:
                 wire.close(exc.code, exc.reason[:120])
             await wire.disconnected
             return
+        except Exception:  # noqa: BLE001 - logged, and the socket closed as uvicorn closes a failed ASGI socket
+            log.exception("media socket failed run=%s", entry.run_id[:64])
+            wire.close(1011, "internal error")
+            await wire.disconnected
+            return
         try:
             await entry.run(session, start)
+        except Exception:  # noqa: BLE001 - as above
+            log.exception("media session failed run=%s", entry.run_id[:64])
+            code = 1011
         finally:
             if not provider.peer_closed:
-                wire.close(1000)
+                wire.close(code)
         await wire.disconnected
 
     def _refuse(self, refusal: Refusal) -> None:

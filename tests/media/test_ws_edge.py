@@ -20,6 +20,7 @@ from media.test_bridge import TwilioClient, admin_call, twilio_answer
 
 STOP = {"event": "stop", "stop": {"accountSid": TWILIO_SID, "callSid": "CA" + "7" * 32}}
 SILENCE = b"\xff" * 160
+LEAN = {"media_websocket": "picows"}  # what this file tests, whatever GATEWAY_TEST_MEDIA_WEBSOCKET says
 
 
 # -- a raw client: frames written byte by byte -----------------------------------------------
@@ -90,7 +91,7 @@ class RawSocket:
     ([frame(0x2, b"\0" * (600 * 1024), fin=False), frame(0x0, b"\0" * (600 * 1024))], 1009),  # fragments over it
 ])
 async def test_malformed_frames_close_the_socket_with_the_code_that_names_them(gateway_server, frames, code):
-    server = gateway_server()
+    server = gateway_server(listen=LEAN)
     sock = await RawSocket.open(server)
     for data in frames:
         sock.writer.write(data)
@@ -105,7 +106,7 @@ async def test_malformed_frames_close_the_socket_with_the_code_that_names_them(g
 
 
 async def test_fragmented_messages_are_whole_for_the_session(gateway_server):
-    server = gateway_server()
+    server = gateway_server(listen=LEAN)
     ws_url, params = await twilio_answer(server)
     async with connect(ws_url, additional_headers={"X-Twilio-Signature": twilio_signature(ws_url, {})},
                        compression=None, proxy=None) as ws:
@@ -129,7 +130,7 @@ async def test_fragmented_messages_are_whole_for_the_session(gateway_server):
 
 
 async def test_pings_are_answered_before_and_during_the_session(gateway_server):
-    server = gateway_server()
+    server = gateway_server(listen=LEAN)
     ws_url, _ = await twilio_answer(server)
     async with connect(ws_url, additional_headers={"X-Twilio-Signature": twilio_signature(ws_url, {})},
                        compression=None, proxy=None) as ws:
@@ -143,7 +144,7 @@ async def test_pings_are_answered_before_and_during_the_session(gateway_server):
 
 
 async def test_a_close_the_provider_begins_is_answered_and_ends_the_session(gateway_server):
-    server = gateway_server()
+    server = gateway_server(listen=LEAN)
     client = await TwilioClient.open(server)
     await client.media(SILENCE)
     assert (await client.receive_json())["event"] == "media"
@@ -156,7 +157,7 @@ async def test_a_close_the_provider_begins_is_answered_and_ends_the_session(gate
 
 
 async def test_a_close_the_gateway_begins_is_a_clean_handshake(gateway_server):
-    server = gateway_server()
+    server = gateway_server(listen=LEAN)
     client = await TwilioClient.open(server, params={"stream_token": "forged"})
     with pytest.raises(websockets.ConnectionClosed) as closed:
         await asyncio.wait_for(client.ws.recv(), 10)
@@ -165,7 +166,7 @@ async def test_a_close_the_gateway_begins_is_a_clean_handshake(gateway_server):
 
 
 async def test_binary_message_over_the_limit_is_refused_1009(gateway_server):
-    server = gateway_server()
+    server = gateway_server(listen=LEAN)
     client = await TwilioClient.open(server)
     await client.ws.send(b"\0" * ((1 << 20) + 1))
     with pytest.raises(websockets.ConnectionClosed) as closed:
@@ -174,7 +175,7 @@ async def test_binary_message_over_the_limit_is_refused_1009(gateway_server):
 
 
 async def test_other_websocket_paths_stay_on_uvicorns_implementation(gateway_server):
-    server = gateway_server()
+    server = gateway_server(listen=LEAN)
     with pytest.raises(websockets.InvalidStatus) as refused:  # no such route: Starlette's router refuses it
         await connect(server.url.replace("http", "ws") + "/api/v1/not-media", proxy=None)
     assert refused.value.response.status_code == 403
