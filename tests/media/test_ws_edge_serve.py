@@ -8,13 +8,12 @@ import audioop
 import base64
 import json
 
-import httpx
 import numpy as np
 import pytest
 from websockets.asyncio.client import connect
 
-from support import base_config, eventually, vonage_jwt
-from media.test_bridge import WEBHOOK, AgentServer, TwilioClient, admin_call, best_correlation, speech_like
+from support import base_config, eventually
+from media.test_bridge import AgentServer, TwilioClient, admin_call, best_correlation, speech_like, vonage_endpoint
 
 FRAMES = 50
 
@@ -49,10 +48,7 @@ async def _twilio_call(proc) -> None:
 
 
 async def _vonage_call(proc) -> None:
-    async with httpx.AsyncClient() as http:
-        answer = await http.get(proc.url + WEBHOOK, params={"uuid": "aaaaaaaa-0000-0000-0000-000000000001", "to": "1", "from": "2"},
-                                headers={"Authorization": f"Bearer {vonage_jwt(b'')}"})
-    endpoint = answer.json()[0]["endpoint"][0]
+    endpoint = await vonage_endpoint(proc)
     async with connect(endpoint["uri"], compression=None, proxy=None) as ws:
         await ws.send(json.dumps({"event": "websocket:connected", "content-type": endpoint["content-type"], **endpoint["headers"]}))
         signal = speech_like(FRAMES * 0.02, rate=16000)
