@@ -28,6 +28,16 @@ _INBOUND = frozenset({"inbound", "inbound_track"})  # the caller's track (Twilio
 MAX_MESSAGE_BYTES = 64 * 1024
 
 
+def closed_reason(code: int, reason: str | None) -> str:
+    """The STOP reason of a socket that has closed (with what the peer did wrong, if that was why)."""
+    return f"socket closed ({code}: {reason})" if reason else f"socket closed ({code})"
+
+
+def _before(what: str, message: dict[str, Any]) -> str:
+    reason = message.get("reason")
+    return f"socket closed before {what} ({message.get('code', 1005)}: {reason})" if reason else f"socket closed before {what}"
+
+
 class HandshakeError(Exception):
     """The peer did not open the stream as the provider does; close with `code`."""
 
@@ -56,8 +66,9 @@ class PushWire(Protocol):
     """A socket that delivers each inbound message by callback and sends without awaiting (the
     lean WebSocket layer, `gateway.media.ws_edge`): no per-message future, task or ASGI dict."""
 
-    def listen(self, on_message: Callable[[str | None, bytes | None], None], on_close: Callable[[int], None]) -> None:
-        """From now on, call `on_message(text, data)` per message and `on_close(code)` once at the end."""
+    def listen(self, on_message: Callable[[str | None, bytes | None], None], on_close: Callable[[int, str], None]) -> None:
+        """From now on, call `on_message(text, data)` per message and `on_close(code, reason)`
+        once at the end (`reason`: what the peer did wrong, when the gateway closed it for that)."""
 
     def send_text(self, text: str) -> bool:
         """Send a text message; False when the peer is gone."""
@@ -89,7 +100,7 @@ class ProviderSocket(abc.ABC):
         """The next inbound item: (AUDIO, bytes) (DTMF, digit) (MARK, name) (STOP, reason) (BAD, reason) (OTHER, name)."""
         message = await self._receive_message()
         if message["type"] == "websocket.disconnect":
-            return STOP, f"socket closed ({message.get('code', 1005)})"
+            return STOP, closed_reason(message.get("code", 1005), message.get("reason"))
         return self.parse(message.get("text"), message.get("bytes"))
 
     def parse(self, text: str | None, data: bytes | None) -> tuple[str, Any]:
@@ -111,9 +122,9 @@ class ProviderSocket(abc.ABC):
             kind, value = parse(text, data)
             on_item(kind, value)
 
-        def on_close(code: int) -> None:
+        def on_close(code: int, reason: str) -> None:
             self.peer_closed = True
-            on_item(STOP, f"socket closed ({code})")
+            on_item(STOP, closed_reason(code, reason))
 
         wire.listen(on_message, on_close)
         return True
@@ -191,7 +202,7 @@ class TwilioSocket(ProviderSocket):
         for _ in range(4):
             message = await self._receive_message()
             if message["type"] == "websocket.disconnect":
-                raise HandshakeError("socket closed before start", 1000)
+                raise HandshakeError(_before("start", message), 1000)
             text = message.get("text")
             if text is None:
                 raise HandshakeError("binary frame before start: not a Twilio media stream")
@@ -257,7 +268,7 @@ class VonageSocket(ProviderSocket):
     async def handshake(self) -> StreamStart:
         message = await self._receive_message()
         if message["type"] == "websocket.disconnect":
-            raise HandshakeError("socket closed before websocket:connected", 1000)
+            raise HandshakeError(_before("websocket:connected", message), 1000)
         text = message.get("text")
         if text is None:
             raise HandshakeError("binary frame before websocket:connected: not a Vonage media socket")

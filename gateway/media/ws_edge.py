@@ -36,9 +36,25 @@ from gateway.media.entry import MediaEntry, Refusal
 from gateway.media.provider_socket import HandshakeError
 
 log = logging.getLogger("gateway.media")
-_PICOWS_LOG = logging.getLogger("gateway.media.picows")  # picows logs every connection at info
-if _PICOWS_LOG.level == logging.NOTSET:
-    _PICOWS_LOG.setLevel(logging.WARNING)
+
+
+class _PicowsLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """picows's log lines: its info lines (every connection) and its errors, which are a peer's
+    broken frames ("WS parser error ..."), are debug: that close and its reason reach the
+    session or the handshake, whose one line says it (see `LeanWire.on_ws_disconnected`).
+    An exception it logs with its traceback (a bug here) stays an error."""
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        if level < logging.ERROR or not kwargs.get("exc_info"):
+            level = min(level, logging.DEBUG)
+        if self.logger.isEnabledFor(level):
+            self.logger.log(level, "media socket: " + str(msg), *args, **kwargs)
+
+    def isEnabledFor(self, level: int) -> bool:
+        return self.logger.isEnabledFor(min(level, logging.DEBUG))
+
+
+_PICOWS_LOG = _PicowsLog(logging.getLogger("gateway.media.picows"), {})
 
 MAX_MESSAGE_BYTES = 1 << 20  # as uvicorn's ws_max_size under `gateway serve`
 QUEUE_PAUSE, QUEUE_RESUME = 32, 8  # messages queued before the session listens: reading pauses at this many
@@ -65,7 +81,8 @@ class LeanWire(WSListener):
         self._waiter: asyncio.Future[None] | None = None
         self._paused = False
         self._on_message: Callable[[str | None, bytes | None], None] | None = None
-        self._on_close: Callable[[int], None] | None = None
+        self._on_close: Callable[[int, str], None] | None = None
+        self.failure = ""  # what the peer did wrong, when the wire closed the socket for it
         self._fragments: bytearray | None = None
         self._fragments_text = False
         self._close_timer: asyncio.TimerHandle | None = None
@@ -123,7 +140,11 @@ class LeanWire(WSListener):
     def on_ws_disconnected(self, transport: Any) -> None:
         if self._close_timer is not None:
             self._close_timer.cancel()
-        self._ended(1006)
+        code, handshake = 1006, transport.close_handshake
+        if not self._close_sent and handshake is not None and handshake.sent is not None and handshake.recv is None:
+            code = int(handshake.sent.code)  # picows closed it for a broken frame: say why
+            self.failure = self.failure or handshake.sent.reason
+        self._ended(code)
         if not self.disconnected.done():
             self.disconnected.set_result(None)
 
@@ -152,7 +173,7 @@ class LeanWire(WSListener):
         on_close = self._on_close
         if on_close is not None:
             self._on_close = self._on_message = None
-            on_close(code)
+            on_close(code, self.failure)
         self._wake()
 
     def _wake(self) -> None:
@@ -161,8 +182,9 @@ class LeanWire(WSListener):
             waiter.set_result(None)
 
     def _fail(self, code: int, reason: str) -> None:
-        """The peer broke the protocol: one log line, close with `code`, and the reader sees the end."""
-        log.warning("closed a media socket: %s (%d)", reason, code)
+        """The peer broke the protocol: close with `code`; the reader sees the end, with `reason`
+        (its one log line says it: the session's end, or the handshake's refusal)."""
+        self.failure = reason
         self._fragments = None
         self.close(code, reason)
         self._ended(code)
@@ -171,7 +193,7 @@ class LeanWire(WSListener):
         """The next message as an ASGI message (pull mode, until `listen`)."""
         while not self._queue:
             if self.closed_code is not None:
-                return {"type": "websocket.disconnect", "code": self.closed_code}
+                return {"type": "websocket.disconnect", "code": self.closed_code, "reason": self.failure}
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._waiter
@@ -184,13 +206,13 @@ class LeanWire(WSListener):
             return {"type": "websocket.receive", "text": text}
         return {"type": "websocket.receive", "bytes": data}
 
-    def listen(self, on_message: Callable[[str | None, bytes | None], None], on_close: Callable[[int], None]) -> None:
+    def listen(self, on_message: Callable[[str | None, bytes | None], None], on_close: Callable[[int, str], None]) -> None:
         """Push mode: what is queued is delivered now, then each message as it arrives."""
         queued, self._queue = self._queue, deque()
         for text, data in queued:
             on_message(text, data)
         if self.closed_code is not None:
-            on_close(self.closed_code)
+            on_close(self.closed_code, self.failure)
             return
         self._on_message, self._on_close = on_message, on_close
         if self._paused:

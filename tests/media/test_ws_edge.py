@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import os
 import urllib.parse
 
@@ -90,7 +91,7 @@ class RawSocket:
     ([frame(0x2, b"", length=(1 << 20) + 1)], 1009),  # a frame over the message limit (its header is enough)
     ([frame(0x2, b"\0" * (600 * 1024), fin=False), frame(0x0, b"\0" * (600 * 1024))], 1009),  # fragments over it
 ])
-async def test_malformed_frames_close_the_socket_with_the_code_that_names_them(gateway_server, frames, code):
+async def test_malformed_frames_close_the_socket_with_the_code_that_names_them(gateway_server, caplog, frames, code):
     server = gateway_server(listen=LEAN)
     sock = await RawSocket.open(server)
     for data in frames:
@@ -99,6 +100,9 @@ async def test_malformed_frames_close_the_socket_with_the_code_that_names_them(g
     assert await sock.close_code() == code
     ctx = server.app.state.gateway
     await eventually(lambda: ctx.unverified_sockets == 0, what="the socket's place freed")
+    lines = [r for r in caplog.records if r.name.startswith("gateway.media") and r.levelno >= logging.WARNING]
+    assert len(lines) == 1 and f"before start ({code}: " in lines[0].getMessage()  # one line, saying what was wrong
+    assert lines[0].levelno == logging.WARNING and not lines[0].exc_info
     again = await TwilioClient.open(server)  # the gateway goes on
     await again.media(SILENCE)
     assert (await again.receive_json())["event"] == "media"
