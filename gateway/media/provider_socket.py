@@ -73,6 +73,9 @@ class PushWire(Protocol):
     def send_text(self, text: str) -> bool:
         """Send a text message; False when the peer is gone."""
 
+    def send_text_bytes(self, text: bytes) -> bool:
+        """Send a text message already encoded as UTF-8; False when the peer is gone."""
+
     def send_bytes(self, data: bytes) -> bool:
         """Send a binary message; False when the peer is gone."""
 
@@ -197,6 +200,7 @@ class TwilioSocket(ProviderSocket):
     name = "twilio"
     audio_format = TWILIO_FORMAT
     echoes_marks = True
+    _render: Callable[[bytes], bytes] | None = None  # the stream's media renderer, once it has started
 
     async def handshake(self) -> StreamStart:
         for _ in range(4):
@@ -249,7 +253,11 @@ class TwilioSocket(ProviderSocket):
         await self._send_text(twilio_media.render_mark(self.stream_id, name))
 
     def frame_now(self, frame: bytes) -> None:
-        self._text_now(twilio_media.render_media(self.stream_id, frame))
+        render = self._render
+        if render is None:
+            render = self._render = twilio_media.media_renderer(self.stream_id or "")
+        if not self.peer_closed and not self._wire.send_text_bytes(render(frame)):  # type: ignore[union-attr]
+            self.peer_closed = True
 
     def mark_now(self, name: str) -> None:
         self._text_now(twilio_media.render_mark(self.stream_id, name))

@@ -230,6 +230,12 @@ class LeanWire(WSListener):
         self.transport.send(_TEXT, text)
         return True
 
+    def send_text_bytes(self, text: bytes) -> bool:
+        if self._close_sent or self.closed_code is not None:
+            return False
+        self.transport.send(_TEXT, text)
+        return True
+
     def send_bytes(self, data: bytes) -> bool:
         if self._close_sent or self.closed_code is not None:
             return False
