@@ -197,3 +197,22 @@ async def test_twilio_round_trip_on_either_layer(gateway_server, layer):
     await client.send(STOP)
     await asyncio.wait_for(client.ws.wait_closed(), 10)
     assert client.ws.close_code == 1000
+
+
+async def test_the_upgrade_signature_is_checked_over_the_public_url_a_trusted_proxy_names(gateway_server):
+    server = gateway_server(listen=LEAN, trusted_proxies=["127.0.0.1/32"])
+    ws_url, params = await twilio_answer(server)
+    path = urllib.parse.urlsplit(ws_url).path
+    public = "wss://gw.example.com" + path
+    forwarded = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "gw.example.com"}
+    with pytest.raises(websockets.InvalidStatus) as refused:  # signed over the public URL, but no proxy said so
+        await connect(ws_url, additional_headers={"X-Twilio-Signature": twilio_signature(public, {})}, proxy=None)
+    assert refused.value.response.status_code == 403
+    ws = await connect(ws_url, additional_headers={"X-Twilio-Signature": twilio_signature(public, {}), **forwarded},
+                       compression=None, proxy=None)
+    client = TwilioClient(ws)
+    await client.send({"event": "start", "start": {"streamSid": client.sid, "accountSid": TWILIO_SID, "callSid": "CA" + "7" * 32,
+                                                   "tracks": ["inbound"], "customParameters": params}})
+    await client.media(SILENCE)
+    assert (await client.receive_json())["event"] == "media"
+    await ws.close()
