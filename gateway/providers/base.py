@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 from typing import Any, Mapping
 from urllib.parse import unquote_plus
 
@@ -157,3 +159,40 @@ def parse_json_object(raw: bytes, limit: int = MAX_BODY_BYTES) -> dict[str, Any]
         raise BadRequest(f"JSON body must be an object, not {type(value).__name__}")
     _check_tree(value, MAX_JSON_DEPTH)
     return value
+
+
+def _utc(parsed: datetime | None) -> datetime | None:
+    if parsed is None:
+        return None
+    if parsed.tzinfo is None:  # naive (or RFC 2822's "-0000"): UTC with no claim about local time
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    try:
+        return parsed.astimezone(timezone.utc)
+    except (ValueError, OverflowError):
+        return None
+
+
+def rfc2822_utc(value: object) -> datetime | None:
+    """An RFC 2822 date (Twilio's, Telnyx TeXML's) as aware UTC; None when absent or unreadable."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    try:
+        return _utc(parsedate_to_datetime(value))
+    except (TypeError, ValueError, OverflowError, IndexError):
+        return None
+
+
+def iso_utc(value: object) -> datetime | None:
+    """An ISO 8601 time (Vonage's, Telnyx's, Plivo's; naive counts as UTC) as aware UTC; None when
+    absent or unreadable."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    try:
+        return _utc(datetime.fromisoformat(value.strip().replace("Z", "+00:00")))
+    except ValueError:
+        return None
+
+
+def provider_time(value: object) -> datetime | None:
+    """A time a provider's REST API wrote in either form (RFC 2822 first, then ISO 8601)."""
+    return rfc2822_utc(value) or iso_utc(value)

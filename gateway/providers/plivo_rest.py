@@ -16,6 +16,7 @@ from urllib.parse import quote
 
 import requests
 
+from gateway.providers.base import provider_time
 from gateway.providers.rest import (
     DialResult,
     DialSpec,
@@ -25,7 +26,6 @@ from gateway.providers.rest import (
     provider_seconds,
     short_text,
 )
-from gateway.providers.telnyx_rest import provider_time
 
 NAME = "plivo"
 DEFAULT_API_BASE = "https://api.plivo.com"

@@ -18,14 +18,13 @@ import re
 import xml.etree.ElementTree as ET
 from functools import lru_cache
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.calls.lifecycle import CallUpdate
-from gateway.providers.base import BadRequest, Verdict
+from gateway.providers.base import BadRequest, Verdict, iso_utc
 from gateway.providers.twilio import parse_twilio_callback
 
 PROVIDER = "telnyx"
@@ -96,13 +95,6 @@ def verify_telnyx_signature(
     return Verdict(True)
 
 
-def _parse_iso(value: str) -> datetime | None:
-    try:
-        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
-
 
 def parse_telnyx_callback(params: Mapping[str, Sequence[str]], *, kind: str = "status") -> CallUpdate:
     """Normalize a TeXML instruction fetch, status or AMD callback into a `CallUpdate`.
@@ -116,7 +108,7 @@ def parse_telnyx_callback(params: Mapping[str, Sequence[str]], *, kind: str = "s
     update = parse_twilio_callback(params, kind=kind, provider=PROVIDER, max_call_sid_chars=MAX_CALL_ID_CHARS)
     stamp = update.params.get("Timestamp")
     if update.occurred_at is None and isinstance(stamp, str) and stamp:
-        update = dataclasses.replace(update, occurred_at=_parse_iso(stamp))
+        update = dataclasses.replace(update, occurred_at=iso_utc(stamp))
     return update
 
 

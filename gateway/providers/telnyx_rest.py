@@ -10,13 +10,12 @@ with `Authorization: Bearer <API key>`. `api_base_url` replaces `https://api.tel
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote
 
 import requests
 
+from gateway.providers.base import provider_time
 from gateway.providers.rest import (
     DialResult,
     DialSpec,
@@ -118,18 +117,4 @@ class TelnyxRest:
         status = data.get("status")
         return ProviderCall(status=status if isinstance(status, str) else None, ended_at=provider_time(data.get("end_time")),
                             duration=provider_seconds(data.get("duration")))
-
-
-def provider_time(value: Any) -> datetime | None:
-    """An end time as Telnyx writes it (RFC 2822 as Twilio's, or ISO 8601) as aware UTC; None if unreadable."""
-    if not isinstance(value, str) or not value.strip():
-        return None
-    try:
-        parsed = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        try:
-            parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-        except ValueError:
-            return None
-    return parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed.astimezone(timezone.utc)
 

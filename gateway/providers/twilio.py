@@ -13,8 +13,6 @@ import base64
 import hmac
 import re
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
-from email.utils import parsedate_to_datetime
 from functools import lru_cache
 from urllib.parse import parse_qs, urlsplit
 
@@ -28,7 +26,7 @@ from twilio.twiml.voice_response import VoiceResponse
 
 from gateway.calls.lifecycle import CallUpdate
 from gateway.calls.states import normalize_status
-from gateway.providers.base import BadRequest, Verdict
+from gateway.providers.base import BadRequest, Verdict, rfc2822_utc
 
 PROVIDER = "twilio"
 TWIML_CONTENT_TYPE = "text/xml"
@@ -309,23 +307,6 @@ flatten_fields = _flatten  # the same form-field checks for Plivo's callbacks
 single_field = _single
 
 
-def _parse_rfc2822(value: str | None) -> datetime | None:
-    """RFC 2822 date -> aware UTC datetime; None when absent or unparseable (not an error)."""
-    if not value:
-        return None
-    try:
-        parsed = parsedate_to_datetime(value)
-    except (TypeError, ValueError, OverflowError, IndexError):
-        return None
-    if parsed is None:
-        return None
-    if parsed.tzinfo is None:  # "-0000": UTC with no claim about local time
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    try:
-        return parsed.astimezone(timezone.utc)
-    except (ValueError, OverflowError):
-        return None
-
 
 def _parse_seconds(value: str | None) -> int | None:
     if value is None or not _DIGITS.fullmatch(value.strip()):
@@ -373,7 +354,7 @@ def parse_twilio_callback(params: Mapping[str, Sequence[str]], *, kind: str = "s
         voicemail=voicemail,
         answered_by=answered_by,
         sequence=sequence,
-        occurred_at=_parse_rfc2822(_single(flat, "Timestamp")),
+        occurred_at=rfc2822_utc(_single(flat, "Timestamp")),
         from_number=_single(flat, "From") or None,
         to_number=_single(flat, "To") or None,
         direction=direction,

@@ -15,7 +15,6 @@ import math
 import re
 import warnings
 from collections import OrderedDict
-from datetime import datetime, timezone
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
@@ -24,7 +23,7 @@ from jwt.warnings import InsecureKeyLengthWarning
 
 from gateway.calls.lifecycle import CallUpdate
 from gateway.calls.states import normalize_status
-from gateway.providers.base import BadRequest, Verdict
+from gateway.providers.base import BadRequest, Verdict, iso_utc
 
 PROVIDER = "vonage"
 WEBSOCKET_LEG = "vonage-websocket"  # the status table's row for the leg an NCCO connect opens
@@ -259,21 +258,6 @@ def _endpoint(data: Mapping[str, Any], name: str) -> tuple[str | None, str | Non
     raise BadRequest(f"{name} must be a string or an endpoint object")
 
 
-def _parse_iso(value: str | None) -> datetime | None:
-    """ISO 8601 -> aware UTC datetime (naive counts as UTC); None when absent or unparseable."""
-    if not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.strip())
-    except ValueError:
-        return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    try:
-        return parsed.astimezone(timezone.utc)
-    except (ValueError, OverflowError):
-        return None
-
 
 def _duration(data: Mapping[str, Any]) -> int | None:
     value = data.get("duration")
@@ -325,7 +309,7 @@ def parse_vonage_event(data: Mapping[str, Any]) -> CallUpdate:
         voicemail=AMD_STATUSES.get(status_word),
         answered_by=raw_status if kind == "amd" else None,
         sequence=None,
-        occurred_at=_parse_iso(_text(data, "timestamp")),
+        occurred_at=iso_utc(_text(data, "timestamp")),
         from_number=from_number,
         to_number=to_number,
         direction=direction if direction in DIRECTIONS else None,

@@ -11,7 +11,6 @@ sends the SDK's `https://` requests for that host over plain HTTP.
 from __future__ import annotations
 
 import threading
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,6 +24,7 @@ from vonage_http_client.errors import HttpRequestError
 from vonage_utils.errors import VonageError
 from vonage_voice import Connect, CreateCallRequest, WebsocketEndpoint
 
+from gateway.providers.base import iso_utc
 from gateway.providers.rest import (DialResult, DialSpec, ProviderCall, ProviderRefused, maybe_sent, provider_seconds,
                                     short_text)
 
@@ -174,20 +174,10 @@ class VonageRest:
         """`GET /v1/calls/{uuid}`: `status`, and `end_time` and `duration` (s) once it ended."""
         try:
             call = self._client().voice.get_call(call_id)
-            return ProviderCall(status=call.status, ended_at=_utc_time(call.end_time), duration=provider_seconds(call.duration))
+            return ProviderCall(status=call.status, ended_at=iso_utc(call.end_time), duration=provider_seconds(call.duration))
         except (HttpRequestError, ValidationError, VonageError, requests.RequestException, OSError) as error:
             raise _refusal(error) from None
 
-
-def _utc_time(text: str | None) -> datetime | None:
-    """Vonage's `end_time` (ISO 8601, or `YYYY-MM-DD HH:MM:SS` in UTC) as aware UTC; None if unreadable."""
-    if not text:
-        return None
-    try:
-        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
 def ended(status: str | None) -> bool:
