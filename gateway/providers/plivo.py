@@ -23,7 +23,7 @@ from urllib.parse import parse_qs, urlparse, urlunparse
 from gateway.calls.lifecycle import CallUpdate
 from gateway.calls.states import normalize_status
 from gateway.providers.base import BadRequest, Verdict
-from gateway.providers.twilio import flatten_fields, single_field
+from gateway.providers.twilio import field_seconds, flatten_fields, single_field
 
 PROVIDER = "plivo"
 XML_CONTENT_TYPE = "text/xml"
@@ -36,7 +36,6 @@ MAX_CALL_ID_CHARS = 64
 DIRECTIONS = ("inbound", "outbound")
 MACHINE = {"true": True, "false": False}
 _VISIBLE_ASCII = re.compile(r"[\x21-\x7e]+")
-_DIGITS = re.compile(r"[0-9]{1,18}")
 _XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
@@ -108,10 +107,6 @@ def verify_plivo_signature(
 # --- callbacks ----------------------------------------------------------------------------------
 
 
-def _seconds(value: str | None) -> int | None:
-    return int(value.strip()) if value is not None and _DIGITS.fullmatch(value.strip()) else None
-
-
 def parse_plivo_callback(params: Mapping[str, Sequence[str]], *, kind: str = "status") -> CallUpdate:
     """Normalize a Plivo answer, ring, hangup or machine-detection callback into a `CallUpdate`.
 
@@ -140,7 +135,7 @@ def parse_plivo_callback(params: Mapping[str, Sequence[str]], *, kind: str = "st
         from_number=single_field(flat, "From") or None,
         to_number=single_field(flat, "To") or None,
         direction=direction if direction in DIRECTIONS else None,
-        duration=_seconds(single_field(flat, "Duration")),
+        duration=field_seconds(single_field(flat, "Duration")),
         params=flat,
     )
 

@@ -314,6 +314,9 @@ def _parse_seconds(value: str | None) -> int | None:
     return int(value.strip())
 
 
+field_seconds = _parse_seconds  # a whole number of seconds in a form field (Plivo's Duration too)
+
+
 def parse_twilio_callback(params: Mapping[str, Sequence[str]], *, kind: str = "status", provider: str = PROVIDER,
                           max_call_sid_chars: int = MAX_CALL_SID_CHARS) -> CallUpdate:
     """Normalize a Twilio status or AMD callback (form body or GET query) into a `CallUpdate`.
