@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -23,11 +24,12 @@ from gateway.api.problems import problem
 from gateway.config import ConfigError, GatewayConfig
 from gateway.console import routes as console_routes
 from gateway.dev_secrets import with_dev_secrets
-from gateway.dial.urls import log_console_urls
 from gateway.dial.setup import DialSetupError, build_dial_services
+from gateway.dial.urls import log_console_urls
 from gateway.events.fanout import fanout_for
 from gateway.media.recording import RECORDINGS_DIR, sweep_recordings
-from gateway.media.writes import FLUSH_SECONDS, flush_all as flush_media_writes
+from gateway.media.writes import FLUSH_SECONDS
+from gateway.media.writes import flush_all as flush_media_writes
 from gateway.redact import redact_url
 from gateway.store import Store, open_store_for
 from gateway.tunnel import detector_for
@@ -73,7 +75,9 @@ def create_app(config: GatewayConfig, *, store: Store | None = None) -> Starlett
     """Build the app; the store opens (and migrates) when the app starts."""
     config = with_dev_secrets(config)
     store = store or open_store_for(config.store)
-    worker = DeliveryWorker(store, config.webhooks, config.secret_values(), settings=WorkerSettings.from_config(config.delivery))
+    worker = DeliveryWorker(
+        store, config.webhooks, config.secret_values(), settings=WorkerSettings.from_config(config.delivery)
+    )
     # With delivery processes, they make the configured webhooks' attempts; this process's worker
     # still leases and records every delivery, and makes the campaigns' inline webhooks' itself.
     processes = DeliveryProcesses(config, config.delivery.processes) if config.delivery.processes else None
@@ -86,8 +90,14 @@ def create_app(config: GatewayConfig, *, store: Store | None = None) -> Starlett
     if config.public_url == "auto":
         ctx.tunnel = detector_for(config.tunnel)
     try:
-        dial = build_dial_services(config, store, worker, secret_key=ctx.secret_key,
-                                   origin=lambda: _provider_origin(ctx), draining=lambda: ctx.draining)
+        dial = build_dial_services(
+            config,
+            store,
+            worker,
+            secret_key=ctx.secret_key,
+            origin=lambda: _provider_origin(ctx),
+            draining=lambda: ctx.draining,
+        )
     except DialSetupError as exc:
         raise ConfigError(str(exc)) from None
 
@@ -100,10 +110,16 @@ def create_app(config: GatewayConfig, *, store: Store | None = None) -> Starlett
         if ctx.tunnel is not None:
             await ctx.tunnel.start()
         await dial.start()
-        sweeper = asyncio.create_task(sweep_recordings(Path(config.data_dir) / RECORDINGS_DIR), name="recording-sweeper")
-        log.info("gateway ready: store=%s agent=%s providers=%s webhooks=%d", redact_url(config.store), redact_url(config.agent.url),
-                 ",".join(name for name in type(config.providers).model_fields if getattr(config.providers, name)) or "none",
-                 len(config.webhooks))
+        sweeper = asyncio.create_task(
+            sweep_recordings(Path(config.data_dir) / RECORDINGS_DIR), name="recording-sweeper"
+        )
+        log.info(
+            "gateway ready: store=%s agent=%s providers=%s webhooks=%d",
+            redact_url(config.store),
+            redact_url(config.agent.url),
+            ",".join(name for name in type(config.providers).model_fields if getattr(config.providers, name)) or "none",
+            len(config.webhooks),
+        )
         if config.public_url and config.public_url != "auto":
             log_console_urls(log, config.public_url)
         try:
@@ -121,13 +137,29 @@ def create_app(config: GatewayConfig, *, store: Store | None = None) -> Starlett
             await store.close()
 
     app = GatewayApp(
-        routes=[*health.routes, *telephony.routes, *media.routes, *calls_api.routes, *campaigns_api.routes, *admin.routes, *deliveries.routes, *recordings.routes,
-                *tunnel_api.routes, *openapi.routes, *console_routes],
+        routes=[
+            *health.routes,
+            *telephony.routes,
+            *media.routes,
+            *calls_api.routes,
+            *campaigns_api.routes,
+            *admin.routes,
+            *deliveries.routes,
+            *recordings.routes,
+            *tunnel_api.routes,
+            *openapi.routes,
+            *console_routes,
+        ],
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_error, ClientDisconnect: _body_cut_short, Exception: _server_error},
     )
-    app.edge = EdgeMiddleware(app.routed, rate=config.limits.provider_requests_per_second, burst=config.limits.provider_burst,
-                              trusted=ctx.trusted_peers, direct=telephony.direct_route)
+    app.edge = EdgeMiddleware(
+        app.routed,
+        rate=config.limits.provider_requests_per_second,
+        burst=config.limits.provider_burst,
+        trusted=ctx.trusted_peers,
+        direct=telephony.direct_route,
+    )
     app.state.gateway = ctx
     app.state.dial = dial
     return app

@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import os
 import sys
+from datetime import UTC
 
 from gateway.commands.output import CommandError, emit, emit_json
 from gateway.config import ConfigError, GatewayConfig, config_file, load_config
@@ -67,7 +68,13 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     host = args.host or config.listen.host
     port = config.listen.port if args.port is None else args.port
-    run(app, host=host, port=port, drain_seconds=config.shutdown.drain_seconds, read_timeout=config.limits.read_timeout_seconds)
+    run(
+        app,
+        host=host,
+        port=port,
+        drain_seconds=config.shutdown.drain_seconds,
+        read_timeout=config.limits.read_timeout_seconds,
+    )
     return 0
 
 
@@ -75,14 +82,25 @@ def _check_config(args: argparse.Namespace) -> int:
     config = _load(args.config)
     providers = [name for name in type(config.providers).model_fields if getattr(config.providers, name)]
     if args.json:
-        emit_json({"ok": True, "file": config_file(args.config), "listen": config.listen.model_dump(),
-                   "public_url": config.public_url, "store": redact_url(config.store), "providers": providers,
-                   "agent": config.agent.url, "api_key_set": config.api_key is not None,
-                   "webhooks": [s.name for s in config.webhooks]})
+        emit_json(
+            {
+                "ok": True,
+                "file": config_file(args.config),
+                "listen": config.listen.model_dump(),
+                "public_url": config.public_url,
+                "store": redact_url(config.store),
+                "providers": providers,
+                "agent": config.agent.url,
+                "api_key_set": config.api_key is not None,
+                "webhooks": [s.name for s in config.webhooks],
+            }
+        )
         return 0
     if config_file(args.config) is None:
-        print("no config file (--config or GATEWAY_CONFIG): the built-in defaults; gateway serve adds development "
-              "secrets and test provider credentials")
+        print(
+            "no config file (--config or GATEWAY_CONFIG): the built-in defaults; gateway serve adds development "
+            "secrets and test provider credentials"
+        )
     print("config OK")
     print(f"  listen: {config.listen.host}:{config.listen.port}")
     print(f"  public_url: {config.public_url or '(from each request)'}")
@@ -108,8 +126,11 @@ async def _destination_warnings(config: GatewayConfig) -> list[str]:
     from gateway.webhooks.ssrf import named_destination_problem
 
     problems = await asyncio.gather(*(named_destination_problem(s.url, s.allow_networks) for s in config.webhooks))
-    return [f"webhooks[{index}] ({s.name}).url: {problem}"
-            for index, (s, problem) in enumerate(zip(config.webhooks, problems)) if problem]
+    return [
+        f"webhooks[{index}] ({s.name}).url: {problem}"
+        for index, (s, problem) in enumerate(zip(config.webhooks, problems))
+        if problem
+    ]
 
 
 def _tunnel(args: argparse.Namespace) -> int:
@@ -132,28 +153,38 @@ def _tunnel(args: argparse.Namespace) -> int:
     looked_at = config.tunnel.metrics or list(DEFAULT_METRICS)
     print(f"starting a cloudflared quick tunnel to http://localhost:{port}: {shlex.join(command)}", file=sys.stderr)
     if config.public_url != "auto":
-        print(f"note: public_url is {config.public_url or 'not set'}, so the gateway will not use this tunnel; "
-              "set public_url: auto and it finds the tunnel's hostname by itself", file=sys.stderr)
+        print(
+            f"note: public_url is {config.public_url or 'not set'}, so the gateway will not use this tunnel; "
+            "set public_url: auto and it finds the tunnel's hostname by itself",
+            file=sys.stderr,
+        )
     elif args.metrics not in looked_at and f"http://{args.metrics}" not in looked_at:
-        print(f"note: the gateway looks for cloudflared at {', '.join(looked_at)} (tunnel.metrics), not at {args.metrics}",
-              file=sys.stderr)
+        print(
+            f"note: the gateway looks for cloudflared at {', '.join(looked_at)} (tunnel.metrics), not at {args.metrics}",
+            file=sys.stderr,
+        )
     else:
-        print("the gateway (public_url: auto) finds the tunnel's hostname by itself: see GET /api/v1/tunnel", file=sys.stderr)
+        print(
+            "the gateway (public_url: auto) finds the tunnel's hostname by itself: see GET /api/v1/tunnel",
+            file=sys.stderr,
+        )
     return run_quick_tunnel(command, args.log_file or config.tunnel.log_file)
 
 
 async def _deliveries(config: GatewayConfig, args: argparse.Namespace) -> int:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from gateway.commands.inspect import delivery_line
     from gateway.store import StoreError, open_store_for
 
     store = open_store_for(config.store)
     await store.open()
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     try:
         if args.action == "list":
-            rows, cursor = await store.list_deliveries(status=args.status, subscription=args.subscription, run_id=args.run, limit=args.limit)
+            rows, cursor = await store.list_deliveries(
+                status=args.status, subscription=args.subscription, run_id=args.run, limit=args.limit
+            )
             if args.json:
                 emit_json({"deliveries": [row.to_dict() for row in rows], "next_cursor": cursor})
                 return 0
@@ -168,25 +199,37 @@ async def _deliveries(config: GatewayConfig, args: argparse.Namespace) -> int:
             if args.json:
                 emit_json(delivery.to_dict())
             else:
-                emit(f"{delivery.id} is pending again; a running gateway sends it within {config.delivery.poll_seconds:g} s")
+                emit(
+                    f"{delivery.id} is pending again; a running gateway sends it within {config.delivery.poll_seconds:g} s"
+                )
         else:
             subscription = next((s for s in config.webhooks if s.name == args.subscription), None)
             if subscription is None:
-                raise CommandError(f"no webhook named {args.subscription!r}; configured: "
-                                   f"{', '.join(s.name for s in config.webhooks) or 'none'}")
+                raise CommandError(
+                    f"no webhook named {args.subscription!r}; configured: "
+                    f"{', '.join(s.name for s in config.webhooks) or 'none'}"
+                )
             try:
                 since = datetime.fromisoformat(args.since.replace("Z", "+00:00"))
                 until = datetime.fromisoformat(args.until.replace("Z", "+00:00")) if args.until else now
             except ValueError as exc:
                 raise CommandError(f"--since/--until: {exc}") from None
-            count = await store.replay_deliveries(subscription.name, since=since, until=until, now=now,
-                                                  matches=subscription.matches, ordered=subscription.ordered)
+            count = await store.replay_deliveries(
+                subscription.name,
+                since=since,
+                until=until,
+                now=now,
+                matches=subscription.matches,
+                ordered=subscription.ordered,
+            )
             if args.json:
                 emit_json({"subscription": subscription.name, "queued": count})
             else:
-                emit(f"queued {count} {'delivery' if count == 1 else 'deliveries'} to {subscription.name}: every event "
-                     f"of the range it matches, sent to it before or not; a running gateway sends them within "
-                     f"{config.delivery.poll_seconds:g} s")
+                emit(
+                    f"queued {count} {'delivery' if count == 1 else 'deliveries'} to {subscription.name}: every event "
+                    f"of the range it matches, sent to it before or not; a running gateway sends them within "
+                    f"{config.delivery.poll_seconds:g} s"
+                )
     except StoreError as exc:
         raise CommandError(f"store error: {exc}", 1) from None
     finally:
@@ -207,23 +250,39 @@ def _simulate(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CommandError(f"--initial-context is not JSON: {exc}") from None
     if not isinstance(context, dict):
-        raise CommandError("--initial-context must be a JSON object, e.g. '{\"tenant\": \"acme\"}'")
+        raise CommandError('--initial-context must be a JSON object, e.g. \'{"tenant": "acme"}\'')
     if args.seconds <= 0 or args.seconds > 600:
         raise CommandError("--seconds must be more than 0 and at most 600")
     fmt = provider_format(args.provider)
     try:
         audio = read_wav(args.audio, fmt) if args.audio else None
-        plan = CallPlan(provider=args.provider, to=args.to, from_=args.from_, workflow_id=args.workflow, user_id=args.user,
-                        seconds=args.seconds, audio=audio, inbound=args.inbound, outcome=Outcome(args.outcome),
-                        initial_context=context)
+        plan = CallPlan(
+            provider=args.provider,
+            to=args.to,
+            from_=args.from_,
+            workflow_id=args.workflow,
+            user_id=args.user,
+            seconds=args.seconds,
+            audio=audio,
+            inbound=args.inbound,
+            outcome=Outcome(args.outcome),
+            initial_context=context,
+        )
         result = asyncio.run(simulate(config, base, plan, wait=args.wait))
         if args.save_agent_audio:
             saved = write_wav(args.save_agent_audio, bytes(result.agent_audio), fmt)
     except (AudioFileError, SimulationError) as exc:
         raise CommandError(f"simulation failed: {exc}", 1) from None
     if args.json:
-        emit_json({"workflow_run_id": result.run_id, "frames_sent": result.frames_sent,
-                   "frames_received": result.frames_received, "call": result.call, "deliveries": result.deliveries})
+        emit_json(
+            {
+                "workflow_run_id": result.run_id,
+                "frames_sent": result.frames_sent,
+                "frames_received": result.frames_received,
+                "call": result.call,
+                "deliveries": result.deliveries,
+            }
+        )
         return 0
     emit(report(result))
     if args.save_agent_audio:
@@ -243,7 +302,9 @@ def _calls(args: argparse.Namespace) -> int:
 def _events_tail(args: argparse.Namespace) -> int:
     from gateway.commands.inspect import events_tail
 
-    return asyncio.run(events_tail(_load(args.config), run_id=args.run, last=args.last, as_json=args.json, poll=args.poll))
+    return asyncio.run(
+        events_tail(_load(args.config), run_id=args.run, last=args.last, as_json=args.json, poll=args.poll)
+    )
 
 
 def _webhooks_test(args: argparse.Namespace) -> int:
@@ -281,7 +342,9 @@ def _admin_key(args: argparse.Namespace) -> int:
 
 
 def _json_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="print JSON (one document, or one line per item of a stream)")
+    parser.add_argument(
+        "--json", action="store_true", help="print JSON (one document, or one line per item of a stream)"
+    )
 
 
 def _config_flag(parser: argparse.ArgumentParser, help: str = "YAML config file (default: $GATEWAY_CONFIG)") -> None:
@@ -307,33 +370,57 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=_serve)
     check = commands.add_parser("check-config", help="validate the configuration and print a summary")
     _tool(check, _check_config)
-    tunnel = commands.add_parser("tunnel", help="start a cloudflared quick tunnel to this gateway (for public_url: auto)")
+    tunnel = commands.add_parser(
+        "tunnel", help="start a cloudflared quick tunnel to this gateway (for public_url: auto)"
+    )
     _config_flag(tunnel)
     tunnel.add_argument("--port", type=int, help="the gateway's local port (default: listen.port)")
-    tunnel.add_argument("--metrics", default="127.0.0.1:20241", help="cloudflared's metrics address (default: 127.0.0.1:20241)")
+    tunnel.add_argument(
+        "--metrics", default="127.0.0.1:20241", help="cloudflared's metrics address (default: 127.0.0.1:20241)"
+    )
     tunnel.add_argument("--log-file", help="also write cloudflared's log here (default: tunnel.log_file)")
     tunnel.add_argument("--dry-run", action="store_true", help="print the cloudflared command instead of running it")
     tunnel.set_defaults(func=_tunnel)
 
-    sim = commands.add_parser("simulate", help="play Twilio, Vonage, Telnyx or Plivo against a running gateway (no phone needed)")
+    sim = commands.add_parser(
+        "simulate", help="play Twilio, Vonage, Telnyx or Plivo against a running gateway (no phone needed)"
+    )
     sim.add_argument("--provider", choices=["twilio", "vonage", "telnyx", "plivo"], default="twilio")
-    sim.add_argument("--audio", help="a PCM WAV file to speak, any rate and channels (default: a built-in speech-like tone)")
+    sim.add_argument(
+        "--audio", help="a PCM WAV file to speak, any rate and channels (default: a built-in speech-like tone)"
+    )
     sim.add_argument("--seconds", type=float, default=3.0, help="length of the built-in tone (default: 3)")
     sim.add_argument("--save-agent-audio", metavar="WAV", help="write what the agent said to this WAV file")
-    sim.add_argument("--inbound", action="store_true",
-                     help="call a number: /inbound/WORKFLOW/USER (the gateway mints the run id), callbacks to /status-callback/PROVIDER")
-    sim.add_argument("--outcome", choices=[o.value for o in Outcome],
-                     default="completed", help="how the call ends (busy, no-answer and failed are never answered)")
-    sim.add_argument("--initial-context", metavar="JSON", help="the run's initial_context, written before the call as "
-                     "POST /api/v1/calls would (outbound calls; needs the gateway's store)")
+    sim.add_argument(
+        "--inbound",
+        action="store_true",
+        help="call a number: /inbound/WORKFLOW/USER (the gateway mints the run id), callbacks to /status-callback/PROVIDER",
+    )
+    sim.add_argument(
+        "--outcome",
+        choices=[o.value for o in Outcome],
+        default="completed",
+        help="how the call ends (busy, no-answer and failed are never answered)",
+    )
+    sim.add_argument(
+        "--initial-context",
+        metavar="JSON",
+        help="the run's initial_context, written before the call as "
+        "POST /api/v1/calls would (outbound calls; needs the gateway's store)",
+    )
     sim.add_argument("--to", default="+15550100")
     sim.add_argument("--from", dest="from_", default="+15550199")
     sim.add_argument("--workflow", default="sim-workflow", help="the WORKFLOW id in the URLs (default: sim-workflow)")
     sim.add_argument("--user", default="sim-user", help="the USER id in the URLs (default: sim-user)")
     sim.add_argument("--url", help="the gateway's address (default: http://127.0.0.1:<listen.port>)")
-    sim.add_argument("--wait", type=float, default=10.0, help="seconds to wait for the gateway to be ready (default: 10)")
-    _config_flag(sim, "the gateway's YAML config (its secrets sign the simulated requests; default: $GATEWAY_CONFIG, "
-                      "else the development secrets gateway serve wrote under ./data)")
+    sim.add_argument(
+        "--wait", type=float, default=10.0, help="seconds to wait for the gateway to be ready (default: 10)"
+    )
+    _config_flag(
+        sim,
+        "the gateway's YAML config (its secrets sign the simulated requests; default: $GATEWAY_CONFIG, "
+        "else the development secrets gateway serve wrote under ./data)",
+    )
     _json_flag(sim)
     sim.set_defaults(func=_simulate)
 
@@ -362,10 +449,14 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("--event", help="event type to send (default: the subscription's first)")
     test.add_argument("--run", help="use this stored call instead of a sample call")
     _tool(test, _webhooks_test)
-    receiver = webhook_commands.add_parser("listen", help="a local receiver that verifies signatures and prints what arrives")
+    receiver = webhook_commands.add_parser(
+        "listen", help="a local receiver that verifies signatures and prints what arrives"
+    )
     receiver.add_argument("--port", type=int, default=9000, help="default: 9000")
     receiver.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1")
-    receiver.add_argument("--secret", help="the subscription's whsec_... signing secret (default: signatures not checked)")
+    receiver.add_argument(
+        "--secret", help="the subscription's whsec_... signing secret (default: signatures not checked)"
+    )
     receiver.add_argument("--status", type=int, default=204, help="the answer to a verified request (default: 204)")
     _json_flag(receiver)
     receiver.set_defaults(func=_webhooks_listen)
@@ -380,14 +471,17 @@ def build_parser() -> argparse.ArgumentParser:
     retry = delivery_commands.add_parser("retry", help="send a delivery again, its schedule started afresh")
     retry.add_argument("id")
     replay = delivery_commands.add_parser(
-        "replay", help="queue every event of a time range the subscription matches (sent before or not) again")
+        "replay", help="queue every event of a time range the subscription matches (sent before or not) again"
+    )
     replay.add_argument("--subscription", required=True)
     replay.add_argument("--since", required=True, help="RFC 3339 time, e.g. 2026-11-25T00:00:00Z")
     replay.add_argument("--until", help="RFC 3339 time (default: now)")
     for sub in (listing, retry, replay):
         _tool(sub, lambda a: asyncio.run(_deliveries(_load(a.config), a)))
 
-    admin_key = commands.add_parser("admin-key", help="print the admin API key (the configured one, or the development one)")
+    admin_key = commands.add_parser(
+        "admin-key", help="print the admin API key (the configured one, or the development one)"
+    )
     _tool(admin_key, _admin_key)
     return parser
 

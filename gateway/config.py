@@ -14,11 +14,20 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from gateway.media.agent import AgentProtocol
-from gateway.webhooks.deadlines import LEASE_MARGIN, shortest_lease
 from gateway.redact import header_secrets, url_secrets
+from gateway.webhooks.deadlines import LEASE_MARGIN, shortest_lease
 from gateway.webhooks.signing import decode_signing_secret
 from gateway.webhooks.ssrf import configured_destination_problem
 from gateway.webhooks.subscription import (
@@ -137,8 +146,10 @@ class AgentConfig(_Model):
         """Twilio Media Streams carry mu-law at 8 kHz, always: that is the agent's format."""
         if isinstance(data, dict) and data.get("protocol") == AgentProtocol.TWILIO.value:
             audio = data.get("audio")
-            if audio is not None and (not isinstance(audio, dict) or
-                                      (audio.get("encoding", "mulaw"), audio.get("sample_rate", 8000)) != ("mulaw", 8000)):
+            if audio is not None and (
+                not isinstance(audio, dict)
+                or (audio.get("encoding", "mulaw"), audio.get("sample_rate", 8000)) != ("mulaw", 8000)
+            ):
                 raise ValueError("audio must be mulaw at 8000 Hz with protocol twilio (or left unset)")
             data = {**data, "audio": {"encoding": "mulaw", "sample_rate": 8000}}
         return data
@@ -214,7 +225,9 @@ class DialConfig(_Model):
     """Outbound calls and campaigns (`POST /api/v1/calls`, `/api/v1/campaigns`)."""
 
     default_provider: Literal["twilio", "vonage", "telnyx", "plivo"] | None = None  # when a request names none
-    caller_id: dict[Literal["twilio", "vonage", "telnyx", "plivo"], str] = Field(default_factory=dict)  # default `from` per provider
+    caller_id: dict[Literal["twilio", "vonage", "telnyx", "plivo"], str] = Field(
+        default_factory=dict
+    )  # default `from` per provider
     vonage_answer: Literal["url", "ncco"] = "url"  # fetch the answer webhook, or send the NCCO inline
     request_timeout: float = Field(15.0, gt=0, le=120)  # per provider REST request
     threads: int = Field(16, ge=1, le=256)  # provider REST requests at once
@@ -278,7 +291,7 @@ class GatewayConfig(_Model):
         return value
 
     @model_validator(mode="after")
-    def _unique_webhook_names(self) -> "GatewayConfig":
+    def _unique_webhook_names(self) -> GatewayConfig:
         seen: set[str] = set()
         for index, subscription in enumerate(self.webhooks):
             if subscription.name in seen:
@@ -293,7 +306,7 @@ class GatewayConfig(_Model):
             values.update(_read_secrets_file(self.secrets_file))
         values.update({name: value.get_secret_value() for name, value in self.secrets.items()})
         prefix = "GATEWAY_SECRET_"
-        values.update({key[len(prefix):]: value for key, value in os.environ.items() if key.startswith(prefix)})
+        values.update({key[len(prefix) :]: value for key, value in os.environ.items() if key.startswith(prefix)})
         return values
 
     def secret_strings(self) -> list[str]:
@@ -334,7 +347,9 @@ class GatewayConfig(_Model):
             return value
         if value.startswith(("postgresql://", "postgres://")):
             return value
-        raise ValueError("must be sqlite:///relative/path.db, sqlite:////absolute/path.db or postgresql://user:pass@host:port/db")
+        raise ValueError(
+            "must be sqlite:///relative/path.db, sqlite:////absolute/path.db or postgresql://user:pass@host:port/db"
+        )
 
 
 def _read_secrets_file(path: str) -> dict[str, str]:
@@ -363,7 +378,9 @@ def _interpolate(value: Any, path: str, env: dict[str, str]) -> Any:
             return env[name]
         if default is not None:
             return default
-        raise ConfigError(f"{path}: environment variable {name} is not set (use ${{{name}:-default}} to make it optional)")
+        raise ConfigError(
+            f"{path}: environment variable {name} is not set (use ${{{name}:-default}} to make it optional)"
+        )
 
     return _ENV_REF.sub(substitute, value)
 
@@ -418,8 +435,10 @@ def _with_workflows(config: GatewayConfig) -> GatewayConfig:
                     f"(add it under secrets:, to secrets_file, or as GATEWAY_SECRET_{name})"
                 )
             if not available[name].strip():
-                raise ConfigError(f"webhooks[{index}] ({subscription.name}): secret {name!r} is empty "
-                                  "(an empty secret would fail every delivery it signs or authenticates)")
+                raise ConfigError(
+                    f"webhooks[{index}] ({subscription.name}): secret {name!r} is empty "
+                    "(an empty secret would fail every delivery it signs or authenticates)"
+                )
     return config
 
 

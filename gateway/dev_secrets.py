@@ -16,12 +16,19 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from pydantic import SecretStr
-
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from pydantic import SecretStr
 
-from gateway.config import ConfigError, GatewayConfig, PlivoConfig, ProvidersConfig, TelnyxConfig, TwilioConfig, VonageConfig
+from gateway.config import (
+    ConfigError,
+    GatewayConfig,
+    PlivoConfig,
+    ProvidersConfig,
+    TelnyxConfig,
+    TwilioConfig,
+    VonageConfig,
+)
 
 log = logging.getLogger("gateway.config")
 
@@ -54,15 +61,21 @@ class DevSecrets:
     the gateway agree. Development only: a config file's values always win, and with a config
     file the provider credentials here are never used."""
 
-    KEYS = ("api_key", "secret_key", "twilio_auth_token", "vonage_signature_secret", "plivo_auth_token",
-            "telnyx_private_key")
+    KEYS = (
+        "api_key",
+        "secret_key",
+        "twilio_auth_token",
+        "vonage_signature_secret",
+        "plivo_auth_token",
+        "telnyx_private_key",
+    )
 
     def __init__(self, path: Path, values: dict[str, str]) -> None:
         self.path = path
         self.values = values
 
     @classmethod
-    def read(cls, path: Path) -> "DevSecrets | None":
+    def read(cls, path: Path) -> DevSecrets | None:
         """The stored secrets, or None when the file does not exist."""
         if not path.exists():
             return None
@@ -75,7 +88,7 @@ class DevSecrets:
         return cls(path, {str(k): str(v) for k, v in values.items()})
 
     @classmethod
-    def ensure(cls, path: Path) -> "DevSecrets":
+    def ensure(cls, path: Path) -> DevSecrets:
         """The stored secrets with every missing one generated and written (mode 0600)."""
         found = cls.read(path) or cls(path, {})
         missing = [key for key in cls.KEYS if not found.values.get(key)]
@@ -93,13 +106,19 @@ class DevSecrets:
         """Test credentials for every provider (for `gateway simulate`; no real account). Telnyx
         signs with a private key: the gateway gets its public half, the simulator the key."""
         return ProvidersConfig(
-            twilio=TwilioConfig(account_sid=DEV_TWILIO_ACCOUNT_SID, auth_token=SecretStr(self.values["twilio_auth_token"])),
-            vonage=VonageConfig(signature_secret=SecretStr(self.values["vonage_signature_secret"]),
-                                application_id=DEV_VONAGE_APPLICATION_ID),
+            twilio=TwilioConfig(
+                account_sid=DEV_TWILIO_ACCOUNT_SID, auth_token=SecretStr(self.values["twilio_auth_token"])
+            ),
+            vonage=VonageConfig(
+                signature_secret=SecretStr(self.values["vonage_signature_secret"]),
+                application_id=DEV_VONAGE_APPLICATION_ID,
+            ),
             telnyx=TelnyxConfig(public_key=telnyx_public_key(self.values["telnyx_private_key"]))
-            if self.values.get("telnyx_private_key") else None,  # a file written before these existed has none
+            if self.values.get("telnyx_private_key")
+            else None,  # a file written before these existed has none
             plivo=PlivoConfig(auth_id=DEV_PLIVO_AUTH_ID, auth_token=SecretStr(self.values["plivo_auth_token"]))
-            if self.values.get("plivo_auth_token") else None,
+            if self.values.get("plivo_auth_token")
+            else None,
         )
 
 
@@ -111,14 +130,19 @@ def needs_dev_secrets(config: GatewayConfig, *, from_file: bool) -> bool:
 def apply_dev_secrets(config: GatewayConfig, stored: DevSecrets, *, from_file: bool) -> GatewayConfig:
     """`config` with its unset `api_key`/`secret_key` (and, with no config file, its providers)
     taken from `stored`. Pure: the caller reads or generates the file."""
-    update: dict[str, Any] = {k: SecretStr(stored.values[k]) for k in ("api_key", "secret_key")
-                              if getattr(config, k) is None and stored.values.get(k)}
+    update: dict[str, Any] = {
+        k: SecretStr(stored.values[k])
+        for k in ("api_key", "secret_key")
+        if getattr(config, k) is None and stored.values.get(k)
+    }
     if not from_file and config.providers == ProvidersConfig():
         update["providers"] = stored.providers()
     return config.model_copy(update=update)
 
 
-def with_dev_secrets(config: GatewayConfig, *, from_file: bool = True, create: bool = True, warn: bool = True) -> GatewayConfig:
+def with_dev_secrets(
+    config: GatewayConfig, *, from_file: bool = True, create: bool = True, warn: bool = True
+) -> GatewayConfig:
     """Fill what a development gateway needs from `<data_dir>/dev-secrets.json`, generating it once.
 
     `api_key`/`secret_key` when the configuration leaves them unset; with no config file at all
@@ -134,16 +158,25 @@ def with_dev_secrets(config: GatewayConfig, *, from_file: bool = True, create: b
     else:
         found = DevSecrets.read(path)
         if found is None:
-            raise ConfigError(f"no development secrets at {path}: start the gateway (make run) from this directory "
-                              "first, or pass the gateway's --config")
+            raise ConfigError(
+                f"no development secrets at {path}: start the gateway (make run) from this directory "
+                "first, or pass the gateway's --config"
+            )
         stored = found
     filled = apply_dev_secrets(config, stored, from_file=from_file)
     if warn:
         missing = [k for k in ("api_key", "secret_key") if getattr(config, k) is None]
         if missing:
-            log.warning("*** DEVELOPMENT SECRETS *** %s not configured; using generated values from %s. "
-                        "Set them in the config before exposing this gateway.", " and ".join(missing), path)
+            log.warning(
+                "*** DEVELOPMENT SECRETS *** %s not configured; using generated values from %s. "
+                "Set them in the config before exposing this gateway.",
+                " and ".join(missing),
+                path,
+            )
         if filled.providers is not config.providers:
-            log.warning("*** DEVELOPMENT PROVIDERS *** no config file: Twilio, Vonage, Telnyx and Plivo accept only requests "
-                        "signed with the test credentials in %s (for gateway simulate); real providers need a config file", path)
+            log.warning(
+                "*** DEVELOPMENT PROVIDERS *** no config file: Twilio, Vonage, Telnyx and Plivo accept only requests "
+                "signed with the test credentials in %s (for gateway simulate); real providers need a config file",
+                path,
+            )
     return filled

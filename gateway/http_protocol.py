@@ -22,8 +22,10 @@ from gateway.metrics import REFUSALS
 
 log = logging.getLogger("gateway.http")
 
-_TIMEOUT_ANSWER = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 34\r\n"
-                   b"connection: close\r\n\r\nthe request did not arrive in time")
+_TIMEOUT_ANSWER = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 34\r\n"
+    b"connection: close\r\n\r\nthe request did not arrive in time"
+)
 
 
 class DeadlineProtocol(HttpToolsProtocol):
@@ -77,7 +79,9 @@ class DeadlineProtocol(HttpToolsProtocol):
         part = "body" if self._headers_read else "headers"
         REFUSALS.labels("request_read_timeout").inc()
         peer = "%s:%d" % self.client if self.client else "?"
-        log.warning("closed the connection from %s: the request's %s did not arrive within %g s", peer, part, self.read_timeout)
+        log.warning(
+            "closed the connection from %s: the request's %s did not arrive within %g s", peer, part, self.read_timeout
+        )
         if not self._headers_read or not self.cycle.response_started:
             self.transport.write(_TIMEOUT_ANSWER)
         self.transport.close()  # a route waiting for the body sees the client gone (http.disconnect)

@@ -16,7 +16,8 @@ import os
 import pickle
 import struct
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger("gateway")
 
@@ -38,8 +39,8 @@ class FrameReader:
             (size,) = _LENGTH.unpack_from(self._buffer)
             if len(self._buffer) < 4 + size:
                 break
-            frames.append(bytes(self._buffer[4:4 + size]))
-            del self._buffer[:4 + size]
+            frames.append(bytes(self._buffer[4 : 4 + size]))
+            del self._buffer[: 4 + size]
         return frames
 
 
@@ -56,9 +57,15 @@ class FrameChannel:
     its turn down with it: `unsendable(item, error)` gives what goes in its place (by default
     nothing: it is logged and dropped)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, on_items: Callable[[list[Any]], None],
-                 on_closed: Callable[[], None], *,
-                 unsendable: Callable[[Any, BaseException], Any] | None = None) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        fd: int,
+        on_items: Callable[[list[Any]], None],
+        on_closed: Callable[[], None],
+        *,
+        unsendable: Callable[[Any, BaseException], Any] | None = None,
+    ) -> None:
         self.loop = loop
         self.fd = fd
         self.on_items = on_items
@@ -85,7 +92,7 @@ class FrameChannel:
         waiting = bool(self._unsent)
         try:
             self._unsent += frame(items)
-        except Exception:  # noqa: BLE001 - one item that cannot be pickled: frame the others alone
+        except Exception:
             self._unsent += b"".join(self._frame_each(items))
         if self._unsent and not waiting:
             self._write()
@@ -95,12 +102,12 @@ class FrameChannel:
         for item in items:
             try:
                 frames.append(frame([item]))
-            except Exception as exc:  # noqa: BLE001 - replaced, or dropped
+            except Exception as exc:
                 log.error("an item could not be sent to the other process: %s", type(exc).__name__)
                 if self.unsendable is not None:
                     try:
                         frames.append(frame([self.unsendable(item, exc)]))
-                    except Exception as again:  # noqa: BLE001 - nothing more to try
+                    except Exception as again:
                         log.error("its replacement could not be sent either: %s", type(again).__name__)
         return frames
 
@@ -178,8 +185,9 @@ class ChildProcess:
     RESTART_MAX = 30.0
     STABLE_AFTER = 60.0
 
-    def __init__(self, label: str, target: Callable[..., None], args: tuple[Any, ...], *,
-                 lost: Callable[[str], BaseException]) -> None:
+    def __init__(
+        self, label: str, target: Callable[..., None], args: tuple[Any, ...], *, lost: Callable[[str], BaseException]
+    ) -> None:
         self.label = label
         self.target = target
         self.args = args
@@ -259,15 +267,23 @@ class ChildProcess:
             self._channel.drain()  # answers it sent before it ended still count
         self._close_channel()
         if self._waiting:
-            log.warning("%s: exited with code %s with %d requests unanswered", self.label, process.exitcode, len(self._waiting))
+            log.warning(
+                "%s: exited with code %s with %d requests unanswered", self.label, process.exitcode, len(self._waiting)
+            )
         self._fail(f"exit code {process.exitcode}")
         if self._stopping:
             return
         ran = time.monotonic() - self._started_at
         if ran >= self.STABLE_AFTER:
             self._backoff = self.RESTART_MIN
-        log.error("%s (pid %d) exited with code %s after %.0f s; starting it again in %.0f s",
-                  self.label, process.pid, process.exitcode, ran, self._backoff)
+        log.error(
+            "%s (pid %d) exited with code %s after %.0f s; starting it again in %.0f s",
+            self.label,
+            process.pid,
+            process.exitcode,
+            ran,
+            self._backoff,
+        )
         self._restart = self._loop.call_later(self._backoff, self._start_again)
         self._backoff = min(self._backoff * 2, self.RESTART_MAX)
 
@@ -316,4 +332,4 @@ def serve_frames(conn: Any, handle: Callable[[list[Any]], list[Any]]) -> None:
         if answers:
             out = frame(answers)
             while out:
-                out = out[os.write(fd, out):]
+                out = out[os.write(fd, out) :]

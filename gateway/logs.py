@@ -6,8 +6,8 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Iterable
 from contextvars import ContextVar
-from typing import Iterable
 
 from gateway import jsontext
 from gateway.redact import REDACTED, Redactor  # noqa: F401 - REDACTED: the log mark, for importers
@@ -33,7 +33,10 @@ class RedactSecrets(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not self._redactor:
             return True
-        record.msg, record.args = self._redactor.text(record.getMessage()), None  # formatted once: the formatter reads it as is
+        record.msg, record.args = (
+            self._redactor.text(record.getMessage()),
+            None,
+        )  # formatted once: the formatter reads it as is
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:

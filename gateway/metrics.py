@@ -13,41 +13,76 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterable
 from functools import lru_cache
-from typing import Any, Iterable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
-CALL_TRANSITIONS = Counter("gateway_call_transitions_total", "Call state changes, by the state reached",
-                           ["state"], registry=REGISTRY)
-PROVIDER_REQUESTS = Counter("gateway_provider_requests_total", "Provider requests by route kind and outcome",
-                            ["provider", "route", "outcome"], registry=REGISTRY)
-SIGNATURE_FAILURES = Counter("gateway_signature_failures_total", "Provider requests refused for their signature",
-                             ["provider"], registry=REGISTRY)
+CALL_TRANSITIONS = Counter(
+    "gateway_call_transitions_total", "Call state changes, by the state reached", ["state"], registry=REGISTRY
+)
+PROVIDER_REQUESTS = Counter(
+    "gateway_provider_requests_total",
+    "Provider requests by route kind and outcome",
+    ["provider", "route", "outcome"],
+    registry=REGISTRY,
+)
+SIGNATURE_FAILURES = Counter(
+    "gateway_signature_failures_total", "Provider requests refused for their signature", ["provider"], registry=REGISTRY
+)
 REFUSALS = Counter("gateway_refusals_total", "Requests refused by a protective limit", ["limit"], registry=REGISTRY)
-BODIES_CUT_SHORT = Counter("gateway_bodies_cut_short_total", "Requests whose client went away before its whole body arrived",
-                           registry=REGISTRY)
-AGENT_CONNECT_FAILURES = Counter("gateway_agent_connect_failures_total", "Agent connections that failed or dropped",
-                                 registry=REGISTRY)
-DELIVERIES = Counter("gateway_deliveries_total", "Webhook delivery attempts by subscription and outcome",
-                     ["subscription", "outcome"], registry=REGISTRY)
-LATE_FINISHES = Counter("gateway_delivery_late_finishes_total",
-                        "Attempts that finished after their lease was lost: recorded as history, the delivery unchanged",
-                        ["subscription"], registry=REGISTRY)
-UNBUILDABLE = Counter("gateway_deliveries_unbuildable_total", "Deliveries failed with no request sent: it could not be"
-                      " built (a missing secret; a header rendered from call data with a line break)", ["subscription"],
-                      registry=REGISTRY)
-ATTEMPT_LATENCY = Histogram("gateway_delivery_attempt_seconds", "Webhook attempt latency", ["subscription"],
-                            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=REGISTRY)
-OUTBOX_PENDING = Gauge("gateway_outbox_pending", "Deliveries waiting to be sent", registry=REGISTRY,
-                       multiprocess_mode="mostrecent")
-OUTBOX_OLDEST = Gauge("gateway_outbox_oldest_pending_seconds", "Age of the oldest pending delivery", registry=REGISTRY,
-                      multiprocess_mode="mostrecent")
-CODEC_SECONDS = Histogram("gateway_codec_seconds", "Time to transcode one 20 ms frame (sampled 1 in 50)",
-                          ["direction"], buckets=(5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3), registry=REGISTRY)
+BODIES_CUT_SHORT = Counter(
+    "gateway_bodies_cut_short_total", "Requests whose client went away before its whole body arrived", registry=REGISTRY
+)
+AGENT_CONNECT_FAILURES = Counter(
+    "gateway_agent_connect_failures_total", "Agent connections that failed or dropped", registry=REGISTRY
+)
+DELIVERIES = Counter(
+    "gateway_deliveries_total",
+    "Webhook delivery attempts by subscription and outcome",
+    ["subscription", "outcome"],
+    registry=REGISTRY,
+)
+LATE_FINISHES = Counter(
+    "gateway_delivery_late_finishes_total",
+    "Attempts that finished after their lease was lost: recorded as history, the delivery unchanged",
+    ["subscription"],
+    registry=REGISTRY,
+)
+UNBUILDABLE = Counter(
+    "gateway_deliveries_unbuildable_total",
+    "Deliveries failed with no request sent: it could not be"
+    " built (a missing secret; a header rendered from call data with a line break)",
+    ["subscription"],
+    registry=REGISTRY,
+)
+ATTEMPT_LATENCY = Histogram(
+    "gateway_delivery_attempt_seconds",
+    "Webhook attempt latency",
+    ["subscription"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    registry=REGISTRY,
+)
+OUTBOX_PENDING = Gauge(
+    "gateway_outbox_pending", "Deliveries waiting to be sent", registry=REGISTRY, multiprocess_mode="mostrecent"
+)
+OUTBOX_OLDEST = Gauge(
+    "gateway_outbox_oldest_pending_seconds",
+    "Age of the oldest pending delivery",
+    registry=REGISTRY,
+    multiprocess_mode="mostrecent",
+)
+CODEC_SECONDS = Histogram(
+    "gateway_codec_seconds",
+    "Time to transcode one 20 ms frame (sampled 1 in 50)",
+    ["direction"],
+    buckets=(5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3),
+    registry=REGISTRY,
+)
 
 
 @lru_cache(maxsize=1024)

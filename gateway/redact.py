@@ -18,16 +18,44 @@ import base64
 import binascii
 import json
 import re
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 from urllib.parse import quote, quote_plus, unquote, unquote_plus, urlsplit, urlunsplit
 
 REDACTED = "[redacted]"
 
-_CREDENTIAL_PARAMS = frozenset({
-    "token", "access_token", "refresh_token", "id_token", "auth_token", "api_key", "apikey", "api-key", "key",
-    "secret", "client_secret", "password", "passwd", "pwd", "pass", "auth", "authorization", "signature", "sig",
-    "jwt", "bearer", "session", "sessionid", "session_id", "credential", "credentials", "x-api-key", "code",
-})
+_CREDENTIAL_PARAMS = frozenset(
+    {
+        "token",
+        "access_token",
+        "refresh_token",
+        "id_token",
+        "auth_token",
+        "api_key",
+        "apikey",
+        "api-key",
+        "key",
+        "secret",
+        "client_secret",
+        "password",
+        "passwd",
+        "pwd",
+        "pass",
+        "auth",
+        "authorization",
+        "signature",
+        "sig",
+        "jwt",
+        "bearer",
+        "session",
+        "sessionid",
+        "session_id",
+        "credential",
+        "credentials",
+        "x-api-key",
+        "code",
+    }
+)
 _CREDENTIAL_SUFFIXES = ("_token", "-token", "_key", "-key", "_secret", "-secret", "_password", "password")
 
 
@@ -124,7 +152,7 @@ def header_secrets(headers: Mapping[str, str]) -> list[str]:
 
 def basic_forms(username: str, password: str) -> list[str]:
     """A Basic credential's forms as it is sent (`base64(user:pass)`) and as it is known."""
-    encoded = base64.b64encode(f"{username}:{password}".encode("utf-8")).decode("ascii")
+    encoded = base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
     return [encoded, f"{username}:{password}", password]
 
 
@@ -138,9 +166,7 @@ class Redactor:
         for secret in secrets:
             if not secret or len(secret) < min_length:
                 continue
-            variants.update(
-                {secret, quote(secret, safe=""), quote_plus(secret), json.dumps(secret)[1:-1]}
-            )
+            variants.update({secret, quote(secret, safe=""), quote_plus(secret), json.dumps(secret)[1:-1]})
         ordered = sorted((v for v in variants if v), key=len, reverse=True)
         self._pattern = re.compile("|".join(map(re.escape, ordered))) if ordered else None
 

@@ -55,8 +55,13 @@ class DrainingServer(uvicorn.Server):
             return
         self._draining = True
         self.gateway.draining = True
-        log.info("%s: draining (readiness false, new calls refused); %d live calls and %d media sessions may run up to %.0f s",
-                 signal.Signals(sig).name, len(self.gateway.live_calls), MEDIA.active, self.drain_seconds)
+        log.info(
+            "%s: draining (readiness false, new calls refused); %d live calls and %d media sessions may run up to %.0f s",
+            signal.Signals(sig).name,
+            len(self.gateway.live_calls),
+            MEDIA.active,
+            self.drain_seconds,
+        )
         self._loop.call_soon_threadsafe(lambda: self._loop.create_task(self._drain()))
 
     async def _drain(self) -> None:
@@ -83,6 +88,16 @@ class DrainingServer(uvicorn.Server):
 
 def run(app: Any, *, host: str, port: int, drain_seconds: float, read_timeout: float) -> None:
     """Serve `app` until drained, each request read within `read_timeout` seconds; uvloop when installed."""
-    config = uvicorn.Config(app, host=host, port=port, log_config=None, proxy_headers=False, server_header=False,
-                            ws_max_size=1 << 20, lifespan="on", timeout_graceful_shutdown=5, http=http_protocol(read_timeout))
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        proxy_headers=False,
+        server_header=False,
+        ws_max_size=1 << 20,
+        lifespan="on",
+        timeout_graceful_shutdown=5,
+        http=http_protocol(read_timeout),
+    )
     DrainingServer(config, gateway=app.state.gateway, drain_seconds=drain_seconds).run()

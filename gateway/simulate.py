@@ -59,13 +59,26 @@ class Outcome(enum.Enum):
 
 # The provider's status words for a call that is never answered, in order.
 UNANSWERED: dict[str, dict[Outcome, tuple[str, ...]]] = {
-    "twilio": {Outcome.BUSY: ("initiated", "ringing", "busy"), Outcome.NO_ANSWER: ("initiated", "ringing", "no-answer"),
-               Outcome.FAILED: ("initiated", "failed")},
-    "vonage": {Outcome.BUSY: ("started", "ringing", "busy"), Outcome.NO_ANSWER: ("started", "ringing", "timeout"),
-               Outcome.FAILED: ("started", "failed")},
-    "telnyx": {Outcome.BUSY: ("initiated", "ringing", "busy"), Outcome.NO_ANSWER: ("initiated", "ringing", "no-answer"),
-               Outcome.FAILED: ("initiated", "failed")},
-    "plivo": {Outcome.BUSY: ("ringing", "busy"), Outcome.NO_ANSWER: ("ringing", "no-answer"), Outcome.FAILED: ("failed",)},
+    "twilio": {
+        Outcome.BUSY: ("initiated", "ringing", "busy"),
+        Outcome.NO_ANSWER: ("initiated", "ringing", "no-answer"),
+        Outcome.FAILED: ("initiated", "failed"),
+    },
+    "vonage": {
+        Outcome.BUSY: ("started", "ringing", "busy"),
+        Outcome.NO_ANSWER: ("started", "ringing", "timeout"),
+        Outcome.FAILED: ("started", "failed"),
+    },
+    "telnyx": {
+        Outcome.BUSY: ("initiated", "ringing", "busy"),
+        Outcome.NO_ANSWER: ("initiated", "ringing", "no-answer"),
+        Outcome.FAILED: ("initiated", "failed"),
+    },
+    "plivo": {
+        Outcome.BUSY: ("ringing", "busy"),
+        Outcome.NO_ANSWER: ("ringing", "no-answer"),
+        Outcome.FAILED: ("failed",),
+    },
 }
 PLIVO_HANGUPS = frozenset({"completed", "busy", "failed", "timeout", "no-answer", "canceled"})
 
@@ -88,10 +101,14 @@ class CallPlan:
     def check(self) -> None:
         """Raise `SimulationError` for combinations no provider produces."""
         if self.inbound and self.outcome not in (Outcome.COMPLETED,):
-            raise SimulationError(f"--outcome {self.outcome.value} is for outbound calls; a call to a number is answered")
+            raise SimulationError(
+                f"--outcome {self.outcome.value} is for outbound calls; a call to a number is answered"
+            )
         if self.inbound and self.initial_context:
-            raise SimulationError("--initial-context is for outbound calls (a run created before it is dialed); "
-                                  "an inbound call's run is minted by the gateway")
+            raise SimulationError(
+                "--initial-context is for outbound calls (a run created before it is dialed); "
+                "an inbound call's run is minted by the gateway"
+            )
 
 
 @dataclass
@@ -125,7 +142,9 @@ class ProviderSimulator:
         self.plan = plan
         self.provider = plan.provider
         self.run_id = f"sim-{uuid.uuid4().hex[:12]}"
-        self.call_id = {"twilio": "CA" + uuid.uuid4().hex, "telnyx": "v3:" + uuid.uuid4().hex}.get(self.provider, str(uuid.uuid4()))
+        self.call_id = {"twilio": "CA" + uuid.uuid4().hex, "telnyx": "v3:" + uuid.uuid4().hex}.get(
+            self.provider, str(uuid.uuid4())
+        )
         fmt = provider_format(self.provider)
         self.audio = plan.audio if plan.audio is not None else generated_audio(plan.seconds, fmt)
         self.frame_bytes = fmt.frame_bytes()
@@ -133,8 +152,10 @@ class ProviderSimulator:
         self.origin = self.base
         settings = getattr(config.providers, self.provider)
         if settings is None:
-            raise SimulationError(f"providers.{self.provider} is not configured in the gateway's configuration "
-                                  "(with no config file, gateway serve makes test credentials for both)")
+            raise SimulationError(
+                f"providers.{self.provider} is not configured in the gateway's configuration "
+                "(with no config file, gateway serve makes test credentials for both)"
+            )
         self.settings = settings
 
     # -- signing, as each provider signs ---------------------------------------------------
@@ -147,13 +168,16 @@ class ProviderSimulator:
         self.origin = self.config.public_url if self.config.public_url not in (None, "auto") else self.base
         if self.config.api_key is None:
             return
-        answer = await client.get(f"{self.base}/api/v1/tunnel",
-                                  headers={"Authorization": f"Bearer {self.config.api_key.get_secret_value()}"})
+        answer = await client.get(
+            f"{self.base}/api/v1/tunnel", headers={"Authorization": f"Bearer {self.config.api_key.get_secret_value()}"}
+        )
         if answer.status_code == 200:
             self.origin = answer.json().get("origin") or self.origin
 
     def _twilio(self, path: str, params: dict[str, str]) -> httpx.Request:
-        signature = RequestValidator(self.settings.auth_token.get_secret_value()).compute_signature(self._signed_url(path), params)
+        signature = RequestValidator(self.settings.auth_token.get_secret_value()).compute_signature(
+            self._signed_url(path), params
+        )
         return httpx.Request("POST", self.base + path, data=params, headers={"X-Twilio-Signature": signature})
 
     def _vonage_token(self, body: bytes) -> str:
@@ -168,8 +192,12 @@ class ProviderSimulator:
 
     def _vonage_post(self, path: str, data: dict[str, Any]) -> httpx.Request:
         body = json.dumps(data).encode()
-        return httpx.Request("POST", self.base + path, content=body,
-                             headers={"Authorization": f"Bearer {self._vonage_token(body)}", "Content-Type": "application/json"})
+        return httpx.Request(
+            "POST",
+            self.base + path,
+            content=body,
+            headers={"Authorization": f"Bearer {self._vonage_token(body)}", "Content-Type": "application/json"},
+        )
 
     # -- the call ------------------------------------------------------------------------------
     @property
@@ -209,8 +237,11 @@ class ProviderSimulator:
         if not self.plan.inbound:
             await self._status(client, "initiated")
             await self._status(client, "ringing")
-        answer = await client.send(self._twilio(self._answer_path, self._twilio_params(
-            "ringing" if self.plan.inbound else "in-progress", **machine)))
+        answer = await client.send(
+            self._twilio(
+                self._answer_path, self._twilio_params("ringing" if self.plan.inbound else "in-progress", **machine)
+            )
+        )
         if answer.status_code != 200:
             raise SimulationError(f"the answer webhook got {answer.status_code}: {_detail(answer)}")
         try:
@@ -226,9 +257,15 @@ class ProviderSimulator:
         await self._status(client, "completed")
 
     async def _vonage_call(self, client: httpx.AsyncClient, result: SimulationResult) -> None:
-        params = {"uuid": self.call_id, "conversation_uuid": "CON-" + self.call_id, "to": self.plan.to, "from": self.plan.from_}
-        answer = await client.get(self.base + self._answer_path, params=params,
-                                  headers={"Authorization": f"Bearer {self._vonage_token(b'')}"})
+        params = {
+            "uuid": self.call_id,
+            "conversation_uuid": "CON-" + self.call_id,
+            "to": self.plan.to,
+            "from": self.plan.from_,
+        }
+        answer = await client.get(
+            self.base + self._answer_path, params=params, headers={"Authorization": f"Bearer {self._vonage_token(b'')}"}
+        )
         if answer.status_code != 200:
             raise SimulationError(f"the answer URL got {answer.status_code}: {_detail(answer)}")
         try:
@@ -246,9 +283,17 @@ class ProviderSimulator:
 
     def _twilio_params(self, status: str, **extra: str) -> dict[str, str]:
         self.sequence += 1
-        return {"CallSid": self.call_id, "AccountSid": self.settings.account_sid, "From": self.plan.from_,
-                "To": self.plan.to, "CallStatus": status, "Direction": "inbound" if self.plan.inbound else "outbound-api",
-                "SequenceNumber": str(self.sequence), "CallbackSource": "call-progress-events", **extra}
+        return {
+            "CallSid": self.call_id,
+            "AccountSid": self.settings.account_sid,
+            "From": self.plan.from_,
+            "To": self.plan.to,
+            "CallStatus": status,
+            "Direction": "inbound" if self.plan.inbound else "outbound-api",
+            "SequenceNumber": str(self.sequence),
+            "CallbackSource": "call-progress-events",
+            **extra,
+        }
 
     async def _status(self, client: httpx.AsyncClient, status: str, **extra: str) -> None:
         if self.provider == "telnyx":
@@ -262,10 +307,15 @@ class ProviderSimulator:
                 extra["CallDuration"] = str(int(len(self.audio) / 8000))
             request = self._twilio(self._status_path, self._twilio_params(status, **extra))
         else:
-            data = {"uuid" if status != "machine" else "call_uuid": self.call_id, "conversation_uuid": "CON-" + self.call_id,
-                    "status": status, "direction": "inbound" if self.plan.inbound else "outbound",
-                    "from": self.plan.from_, "to": self.plan.to,
-                    "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())}
+            data = {
+                "uuid" if status != "machine" else "call_uuid": self.call_id,
+                "conversation_uuid": "CON-" + self.call_id,
+                "status": status,
+                "direction": "inbound" if self.plan.inbound else "outbound",
+                "from": self.plan.from_,
+                "to": self.plan.to,
+                "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
+            }
             if status == "completed":
                 data["duration"] = str(int(len(self.audio) / 32000))
             request = self._vonage_post(self._status_path, data)
@@ -275,27 +325,55 @@ class ProviderSimulator:
 
     async def _twilio_media(self, ws_url: str, parameters: dict[str, str], result: SimulationResult) -> None:
         token = self.settings.auth_token.get_secret_value()
-        headers = {"X-Twilio-Signature": RequestValidator(token).compute_signature(ws_url, {})}  # Twilio signs the wss:// URL
+        headers = {
+            "X-Twilio-Signature": RequestValidator(token).compute_signature(ws_url, {})
+        }  # Twilio signs the wss:// URL
         stream_sid = "MZ" + uuid.uuid4().hex
         async with connect(self._local(ws_url), additional_headers=headers, proxy=None, compression=None) as ws:
             await ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
-            await ws.send(json.dumps({"event": "start", "sequenceNumber": "1", "streamSid": stream_sid, "start": {
-                "streamSid": stream_sid, "accountSid": self.settings.account_sid, "callSid": self.call_id,
-                "tracks": ["inbound"], "customParameters": parameters,
-                "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}}))
+            await ws.send(
+                json.dumps(
+                    {
+                        "event": "start",
+                        "sequenceNumber": "1",
+                        "streamSid": stream_sid,
+                        "start": {
+                            "streamSid": stream_sid,
+                            "accountSid": self.settings.account_sid,
+                            "callSid": self.call_id,
+                            "tracks": ["inbound"],
+                            "customParameters": parameters,
+                            "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+                        },
+                    }
+                )
+            )
             reader = asyncio.create_task(self._read_twilio(ws, result))
 
             async def send(frame: bytes) -> None:
-                await ws.send(json.dumps({"event": "media", "streamSid": stream_sid, "media": {
-                    "track": "inbound", "chunk": str(result.frames_sent + 1), "timestamp": str(result.frames_sent * 20),
-                    "payload": base64.b64encode(frame).decode()}}))
+                await ws.send(
+                    json.dumps(
+                        {
+                            "event": "media",
+                            "streamSid": stream_sid,
+                            "media": {
+                                "track": "inbound",
+                                "chunk": str(result.frames_sent + 1),
+                                "timestamp": str(result.frames_sent * 20),
+                                "payload": base64.b64encode(frame).decode(),
+                            },
+                        }
+                    )
+                )
 
             await self._pace(send, result)
             await ws.send(json.dumps({"event": "stop", "streamSid": stream_sid, "stop": {"callSid": self.call_id}}))
             await asyncio.sleep(0.2)
             reader.cancel()
 
-    async def _vonage_media(self, uri: str, content_type: str, headers: dict[str, Any], result: SimulationResult) -> None:
+    async def _vonage_media(
+        self, uri: str, content_type: str, headers: dict[str, Any], result: SimulationResult
+    ) -> None:
         async with connect(self._local(uri), proxy=None, compression=None) as ws:
             await ws.send(json.dumps({"event": "websocket:connected", "content-type": content_type, **headers}))
             reader = asyncio.create_task(self._read_vonage(ws, result))
@@ -306,7 +384,7 @@ class ProviderSimulator:
         """Send the audio in 20 ms frames in real time, then wait for the agent's last words."""
         started = time.monotonic()
         for index in range(0, len(self.audio) - self.frame_bytes + 1, self.frame_bytes):
-            await send(self.audio[index:index + self.frame_bytes])
+            await send(self.audio[index : index + self.frame_bytes])
             result.frames_sent += 1
             await asyncio.sleep(max(0.0, started + result.frames_sent * 0.02 - time.monotonic()))
         await asyncio.sleep(0.5)
@@ -343,7 +421,9 @@ class ProviderSimulator:
         deadline = time.monotonic() + wait
         while True:
             await asyncio.sleep(0.25)
-            deliveries = await client.get(f"{self.base}/api/v1/deliveries", params={"run": self.run_id}, headers=headers)
+            deliveries = await client.get(
+                f"{self.base}/api/v1/deliveries", params={"run": self.run_id}, headers=headers
+            )
             if deliveries.status_code == 200:
                 result.deliveries = deliveries.json()["deliveries"]
             if time.monotonic() > deadline or all(d["status"] != "pending" for d in result.deliveries):
@@ -374,12 +454,30 @@ async def create_run(config: GatewayConfig, run_id: str, plan: CallPlan) -> None
     store.set_fanout(fanout_for(config.webhooks))
     try:
         await store.open()
-        seed = CallSeed(workflow_id=plan.workflow_id, user_id=plan.user_id, provider=plan.provider, direction="outbound",
-                        from_number=plan.from_, to_number=plan.to, initial_context=dict(plan.initial_context))
-        await store.apply_update(CallUpdate(provider=plan.provider, kind="dial", state=CallState.INITIATED, raw_status="dialing",
-                                            params={"to": plan.to, "from": plan.from_}), run_id=run_id, seed=seed)
+        seed = CallSeed(
+            workflow_id=plan.workflow_id,
+            user_id=plan.user_id,
+            provider=plan.provider,
+            direction="outbound",
+            from_number=plan.from_,
+            to_number=plan.to,
+            initial_context=dict(plan.initial_context),
+        )
+        await store.apply_update(
+            CallUpdate(
+                provider=plan.provider,
+                kind="dial",
+                state=CallState.INITIATED,
+                raw_status="dialing",
+                params={"to": plan.to, "from": plan.from_},
+            ),
+            run_id=run_id,
+            seed=seed,
+        )
     except (StoreError, OSError) as exc:
-        raise SimulationError(f"--initial-context: cannot write the run into the gateway's store {redact_url(config.store)}: {exc}") from None
+        raise SimulationError(
+            f"--initial-context: cannot write the run into the gateway's store {redact_url(config.store)}: {exc}"
+        ) from None
     finally:
         await store.close()
 
@@ -392,7 +490,7 @@ async def _send_paced(sim: ProviderSimulator, result: SimulationResult, ws: Any,
     started = time.monotonic()
     for index in range(0, len(sim.audio) - sim.frame_bytes + 1, sim.frame_bytes):
         result.frames_sent += 1
-        await ws.send(message(result.frames_sent, sim.audio[index:index + sim.frame_bytes]))
+        await ws.send(message(result.frames_sent, sim.audio[index : index + sim.frame_bytes]))
         await asyncio.sleep(max(0.0, started + result.frames_sent * 0.02 - time.monotonic()))
 
 
@@ -406,7 +504,9 @@ def _telnyx_post(sim: ProviderSimulator, path: str, params: dict[str, str]) -> h
         raise SimulationError("providers.telnyx is not configured in this gateway's config")
     seed = os.environ.get(TELNYX_KEY_ENV) or _dev_telnyx_key(sim.config)
     if not seed:
-        raise SimulationError(f"set {TELNYX_KEY_ENV} to the base64 private key whose public half is providers.telnyx.public_key")
+        raise SimulationError(
+            f"set {TELNYX_KEY_ENV} to the base64 private key whose public half is providers.telnyx.public_key"
+        )
     try:
         key = Ed25519PrivateKey.from_private_bytes(base64.b64decode(seed, validate=True))
     except ValueError:
@@ -414,8 +514,16 @@ def _telnyx_post(sim: ProviderSimulator, path: str, params: dict[str, str]) -> h
     body = httpx.QueryParams(params).__str__().encode()
     stamp = str(int(time.time()))
     signature = base64.b64encode(key.sign(stamp.encode() + b"|" + body)).decode()
-    return httpx.Request("POST", sim.base + path, content=body, headers={
-        "Content-Type": "application/x-www-form-urlencoded", "telnyx-signature-ed25519": signature, "telnyx-timestamp": stamp})
+    return httpx.Request(
+        "POST",
+        sim.base + path,
+        content=body,
+        headers={
+            "Content-Type": "application/x-www-form-urlencoded",
+            "telnyx-signature-ed25519": signature,
+            "telnyx-timestamp": stamp,
+        },
+    )
 
 
 def _dev_telnyx_key(config: GatewayConfig) -> str | None:
@@ -431,8 +539,16 @@ def _dev_telnyx_key(config: GatewayConfig) -> str | None:
 
 def _telnyx_params(sim: ProviderSimulator, status: str, **extra: str) -> dict[str, str]:
     sim.sequence += 1
-    return {"CallSid": sim.call_id, "AccountSid": "simulated", "From": sim.plan.from_, "To": sim.plan.to, "CallStatus": status,
-            "Direction": "outbound", "SequenceNumber": str(sim.sequence), **extra}
+    return {
+        "CallSid": sim.call_id,
+        "AccountSid": "simulated",
+        "From": sim.plan.from_,
+        "To": sim.plan.to,
+        "CallStatus": status,
+        "Direction": "outbound",
+        "SequenceNumber": str(sim.sequence),
+        **extra,
+    }
 
 
 async def telnyx_status(sim: ProviderSimulator, client: httpx.AsyncClient, path: str, status: str) -> None:
@@ -460,13 +576,41 @@ async def run_telnyx(sim: ProviderSimulator, client: httpx.AsyncClient, webhook:
         sim.audio = Transcoder(TELNYX_FORMAT, AudioFormat("alaw", 8000)).process(sim.audio)
     async with connect(sim._local(stream.get("url") or ""), proxy=None, compression=None) as ws:
         await ws.send(json.dumps({"event": "connected", "version": "1.0.0"}))
-        await ws.send(json.dumps({"event": "start", "sequence_number": "1", "stream_id": stream_id, "start": {
-            "call_control_id": sim.call_id, "from": sim.plan.from_, "to": sim.plan.to, "custom_parameters": parameters,
-            "media_format": {"encoding": codec, "sample_rate": 8000, "channels": 1}}}))
+        await ws.send(
+            json.dumps(
+                {
+                    "event": "start",
+                    "sequence_number": "1",
+                    "stream_id": stream_id,
+                    "start": {
+                        "call_control_id": sim.call_id,
+                        "from": sim.plan.from_,
+                        "to": sim.plan.to,
+                        "custom_parameters": parameters,
+                        "media_format": {"encoding": codec, "sample_rate": 8000, "channels": 1},
+                    },
+                }
+            )
+        )
         reader = asyncio.create_task(_read_telnyx(ws, result))
-        await _send_paced(sim, result, ws, lambda n, frame: json.dumps({
-            "event": "media", "sequence_number": str(n + 1), "stream_id": stream_id,
-            "media": {"track": "inbound", "chunk": str(n), "timestamp": str(n * 20), "payload": base64.b64encode(frame).decode()}}))
+        await _send_paced(
+            sim,
+            result,
+            ws,
+            lambda n, frame: json.dumps(
+                {
+                    "event": "media",
+                    "sequence_number": str(n + 1),
+                    "stream_id": stream_id,
+                    "media": {
+                        "track": "inbound",
+                        "chunk": str(n),
+                        "timestamp": str(n * 20),
+                        "payload": base64.b64encode(frame).decode(),
+                    },
+                }
+            ),
+        )
         await asyncio.sleep(0.5)
         await ws.send(json.dumps({"event": "stop", "stream_id": stream_id, "stop": {"call_control_id": sim.call_id}}))
         await asyncio.sleep(0.2)
@@ -508,8 +652,14 @@ def _plivo_post(sim: ProviderSimulator, path: str, params: dict[str, str]) -> ht
 
 
 def _plivo_params(sim: ProviderSimulator, status: str, **extra: str) -> dict[str, str]:
-    return {"CallUUID": sim.call_id, "From": sim.plan.from_.lstrip("+"), "To": sim.plan.to.lstrip("+"), "CallStatus": status,
-            "Direction": "outbound", **extra}
+    return {
+        "CallUUID": sim.call_id,
+        "From": sim.plan.from_.lstrip("+"),
+        "To": sim.plan.to.lstrip("+"),
+        "CallStatus": status,
+        "Direction": "outbound",
+        **extra,
+    }
 
 
 async def plivo_status(sim: ProviderSimulator, client: httpx.AsyncClient, path: str, status: str) -> None:
@@ -534,14 +684,41 @@ async def run_plivo(sim: ProviderSimulator, client: httpx.AsyncClient, webhook: 
     stream_id = str(uuid.uuid4())
     headers = _plivo_signed(sim, "GET", stream.text, {})  # Plivo signs the upgrade too
     async with connect(sim._local(stream.text), additional_headers=headers, proxy=None, compression=None) as ws:
-        await ws.send(json.dumps({"event": "start", "sequenceNumber": 1, "extra_headers": stream.get("extraHeaders", ""),
-                                  "start": {"callId": sim.call_id, "streamId": stream_id, "accountId": "simulated",
-                                            "tracks": ["inbound"], "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000}}}))
+        await ws.send(
+            json.dumps(
+                {
+                    "event": "start",
+                    "sequenceNumber": 1,
+                    "extra_headers": stream.get("extraHeaders", ""),
+                    "start": {
+                        "callId": sim.call_id,
+                        "streamId": stream_id,
+                        "accountId": "simulated",
+                        "tracks": ["inbound"],
+                        "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000},
+                    },
+                }
+            )
+        )
         reader = asyncio.create_task(_read_plivo(ws, result))
-        await _send_paced(sim, result, ws, lambda n, frame: json.dumps({
-            "event": "media", "sequenceNumber": n + 1, "streamId": stream_id,
-            "media": {"track": "inbound", "timestamp": str(int(time.time() * 1000)), "chunk": n,
-                      "payload": base64.b64encode(frame).decode()}}))
+        await _send_paced(
+            sim,
+            result,
+            ws,
+            lambda n, frame: json.dumps(
+                {
+                    "event": "media",
+                    "sequenceNumber": n + 1,
+                    "streamId": stream_id,
+                    "media": {
+                        "track": "inbound",
+                        "timestamp": str(int(time.time() * 1000)),
+                        "chunk": n,
+                        "payload": base64.b64encode(frame).decode(),
+                    },
+                }
+            ),
+        )
         await asyncio.sleep(0.5)
         reader.cancel()
     await sim._status(client, "completed")
@@ -565,11 +742,14 @@ def report(result: SimulationResult) -> str:
     from gateway.commands.inspect import delivery_line, timeline_line
 
     call = result.call
-    lines = [f"call {result.run_id}: state={call.get('state', '?')} duration={call.get('duration')}"
-             + (" voicemail" if call.get("voicemail") else ""),
-             f"audio: sent {result.frames_sent} frames ({result.frames_sent * 0.02:.1f} s); "
-             f"the agent sent back {result.frames_received} frames ({result.agent_audio_seconds:.1f} s)"
-             + (f", marks {result.marks}" if result.marks else "") + (f", {result.clears} clears" if result.clears else "")]
+    lines = [
+        f"call {result.run_id}: state={call.get('state', '?')} duration={call.get('duration')}"
+        + (" voicemail" if call.get("voicemail") else ""),
+        f"audio: sent {result.frames_sent} frames ({result.frames_sent * 0.02:.1f} s); "
+        f"the agent sent back {result.frames_received} frames ({result.agent_audio_seconds:.1f} s)"
+        + (f", marks {result.marks}" if result.marks else "")
+        + (f", {result.clears} clears" if result.clears else ""),
+    ]
     for name in ("initial_context", "gathered_context"):
         if call.get(name):
             lines.append(f"{name}: {json.dumps(call[name], sort_keys=True)}")
@@ -594,8 +774,10 @@ async def wait_until_ready(client: httpx.AsyncClient, base_url: str, wait: float
         except httpx.TransportError as exc:
             problem = str(exc) or type(exc).__name__
         if time.monotonic() >= deadline:
-            raise SimulationError(f"cannot reach the gateway at {base_url} ({problem}); is it running? "
-                                  "Start it with `make run` (or pass --url)")
+            raise SimulationError(
+                f"cannot reach the gateway at {base_url} ({problem}); is it running? "
+                "Start it with `make run` (or pass --url)"
+            )
         await asyncio.sleep(0.25)
 
 

@@ -77,8 +77,10 @@ def read_wav(path: str, fmt: AudioFormat) -> bytes:
     except OSError as exc:
         raise AudioFileError(f"{path}: cannot read it: {exc.strerror or exc}") from None
     except (wave.Error, EOFError) as exc:
-        raise AudioFileError(f"{path}: not a PCM WAV file ({exc or 'truncated'}); "
-                             "convert it, e.g. ffmpeg -i IN -acodec pcm_s16le OUT.wav") from None
+        raise AudioFileError(
+            f"{path}: not a PCM WAV file ({exc or 'truncated'}); "
+            "convert it, e.g. ffmpeg -i IN -acodec pcm_s16le OUT.wav"
+        ) from None
     if width not in (1, 2, 3, 4):
         raise AudioFileError(f"{path}: {8 * width}-bit samples; only 8, 16, 24 and 32-bit PCM are read")
     if not frames:

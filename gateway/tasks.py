@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 
 async def finish_tasks(loop_task: asyncio.Task[Any] | None, tasks: Iterable[asyncio.Task[Any]], grace: float) -> None:

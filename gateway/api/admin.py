@@ -42,12 +42,15 @@ async def list_calls(request: Request) -> Response:
     if limit is None:
         return problem(400, "limit must be an integer from 1 to 500")
     try:
-        calls, cursor = await ctx.store.list_calls(state=state, limit=limit, cursor=request.query_params.get("cursor") or None)
+        calls, cursor = await ctx.store.list_calls(
+            state=state, limit=limit, cursor=request.query_params.get("cursor") or None
+        )
     except StoreError as exc:
         return problem(400, str(exc))
     now = ctx.clock()
-    return JSONResponse({"calls": [with_fresh_links(call.to_dict(), ctx.secret_key, now=now) for call in calls],
-                         "next_cursor": cursor})
+    return JSONResponse(
+        {"calls": [with_fresh_links(call.to_dict(), ctx.secret_key, now=now) for call in calls], "next_cursor": cursor}
+    )
 
 
 async def get_call(request: Request) -> Response:
@@ -80,8 +83,12 @@ async def list_call_events(request: Request) -> Response:
         return problem(404, f"no call with workflow_run_id {run_id[:128]!r}")
     events = await ctx.store.list_events(after_seq=int(after), limit=int(raw_limit), run_id=run_id)
     more = len(events) == int(raw_limit)
-    return JSONResponse({"events": [{**event.envelope(), "seq": event.seq} for event in events],
-                         "next_after": events[-1].seq if more else None})
+    return JSONResponse(
+        {
+            "events": [{**event.envelope(), "seq": event.seq} for event in events],
+            "next_after": events[-1].seq if more else None,
+        }
+    )
 
 
 routes = [
@@ -104,7 +111,9 @@ async def clear_call(request: Request) -> Response:
     if not record.media.get("started") or record.media.get("ended"):
         return problem(409, "the call has no live media session")
     await ctx.store.publish_control(run_id, "clear")
-    return JSONResponse({"workflow_run_id": run_id, "requested": "clear", "instance": record.media.get("instance")}, status_code=202)
+    return JSONResponse(
+        {"workflow_run_id": run_id, "requested": "clear", "instance": record.media.get("instance")}, status_code=202
+    )
 
 
 routes.append(Route("/api/v1/calls/{workflow_run_id}/clear", clear_call, methods=["POST"]))

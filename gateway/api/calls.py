@@ -80,16 +80,23 @@ async def place_call(request: Request) -> Response:
     except SpecError as error:
         return problem(400, str(error))
     call = CallRequest(
-        provider=provider, to=spec.to, from_=caller, workflow_id=spec.workflow_id, user_id=spec.user_id,
-        initial_context=spec.initial_context, machine_detection=spec.machine_detection, ring_timeout=spec.ring_timeout,
+        provider=provider,
+        to=spec.to,
+        from_=caller,
+        workflow_id=spec.workflow_id,
+        user_id=spec.user_id,
+        initial_context=spec.initial_context,
+        machine_detection=spec.machine_detection,
+        ring_timeout=spec.ring_timeout,
     )
     try:
         record = await dial.dialer.place_call(call, origin=gateway_origin(request, ctx))
     except DialError as error:
         return _dial_problem(error)
     ctx.live_calls.note(record)
-    return JSONResponse(record.to_dict(), status_code=201,
-                        headers={"Location": f"/api/v1/calls/{record.workflow_run_id}"})
+    return JSONResponse(
+        record.to_dict(), status_code=201, headers={"Location": f"/api/v1/calls/{record.workflow_run_id}"}
+    )
 
 
 async def hang_up(request: Request) -> Response:
@@ -114,9 +121,17 @@ async def hang_up(request: Request) -> Response:
         if error.refusal is not None:
             extra["provider_error"] = error.refusal.to_dict()
         return problem(error.status, error.detail, workflow_run_id=run_id, **extra)
-    return JSONResponse({"workflow_run_id": run_id, "hangup": "requested", "state": result.record.state.value,
-                         "provider": result.record.provider, "provider_call_id": result.record.provider_call_id,
-                         "provider_status": result.provider_status}, status_code=202)
+    return JSONResponse(
+        {
+            "workflow_run_id": run_id,
+            "hangup": "requested",
+            "state": result.record.state.value,
+            "provider": result.record.provider,
+            "provider_call_id": result.record.provider_call_id,
+            "provider_status": result.provider_status,
+        },
+        status_code=202,
+    )
 
 
 routes = [

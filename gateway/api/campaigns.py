@@ -80,8 +80,9 @@ async def create_campaign(request: Request) -> Response:
         return problem(error.status, error.detail)
     except SpecError as error:
         return problem(400, str(error))
-    campaign, secret, dropped = await dial.campaigns.create(spec, provider=provider, from_number=caller,
-                                                            origin=gateway_origin(request, ctx))
+    campaign, secret, dropped = await dial.campaigns.create(
+        spec, provider=provider, from_number=caller, origin=gateway_origin(request, ctx)
+    )
     dial.runner.wake()
     body = campaign_view(campaign)
     body["duplicates_dropped"] = dropped
@@ -101,8 +102,9 @@ async def list_campaigns(request: Request) -> Response:
         return problem(400, "limit must be an integer from 1 to 500")
     ctx: GatewayContext = request.app.state.gateway
     try:
-        rows, cursor = await ctx.store.list_campaigns(status=status, limit=limit,
-                                                      cursor=request.query_params.get("cursor") or None)
+        rows, cursor = await ctx.store.list_campaigns(
+            status=status, limit=limit, cursor=request.query_params.get("cursor") or None
+        )
     except StoreError as error:
         return problem(400, str(error))
     return JSONResponse({"campaigns": [campaign_view(c) for c in rows], "next_cursor": cursor})
@@ -138,7 +140,9 @@ async def list_contacts(request: Request) -> Response:
         return problem(400, "after must be a contact position")
     rows = await ctx.store.list_campaign_contacts(campaign_id, status=status, limit=limit, after=after)
     more = len(rows) == limit
-    return JSONResponse({"contacts": [contact_view(c) for c in rows], "next_after": rows[-1].position if more else None})
+    return JSONResponse(
+        {"contacts": [contact_view(c) for c in rows], "next_after": rows[-1].position if more else None}
+    )
 
 
 def _action(name: str):
@@ -163,6 +167,8 @@ routes = [
     Route("/api/v1/campaigns", list_campaigns, methods=["GET"]),
     Route("/api/v1/campaigns/{campaign_id}", get_campaign, methods=["GET"]),
     Route("/api/v1/campaigns/{campaign_id}/contacts", list_contacts, methods=["GET"]),
-    *(Route(f"/api/v1/campaigns/{{campaign_id}}/{name}", _action(name), methods=["POST"])
-      for name in ("pause", "resume", "cancel")),
+    *(
+        Route(f"/api/v1/campaigns/{{campaign_id}}/{name}", _action(name), methods=["POST"])
+        for name in ("pause", "resume", "cancel")
+    ),
 ]

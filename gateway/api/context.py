@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Callable
+from datetime import UTC, datetime
 
 from gateway.api.urls import TrustedPeers
 from gateway.calls.live import LiveCalls
@@ -42,8 +42,8 @@ class GatewayContext:
         `iat` window closes; "replayed token" when any instance claimed it before, restarts
         included. `StoreError` when the store cannot tell."""
         claims = verdict.claims
-        expires = datetime.fromtimestamp(float(claims["iat"]) + window_seconds, timezone.utc)
-        now = datetime.fromtimestamp(self.clock(), timezone.utc)
+        expires = datetime.fromtimestamp(float(claims["iat"]) + window_seconds, UTC)
+        now = datetime.fromtimestamp(self.clock(), UTC)
         if await self.store.claim_nonce(f"vonage-jti:{claims['jti']}", expires_at=expires, now=now):
             return verdict
         return Verdict(False, "replayed token")

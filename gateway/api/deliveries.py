@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from starlette.requests import Request
@@ -15,8 +15,8 @@ from gateway.api.body import BadBody, json_body
 from gateway.api.context import GatewayContext
 from gateway.api.problems import problem
 from gateway.api.query import int_param
-from gateway.store.base import StoreError
 from gateway.redact import REDACTED, Redactor, redact_url
+from gateway.store.base import StoreError
 from gateway.webhooks.sender import RequestBuildError
 from gateway.webhooks.subscription import Subscription
 from gateway.webhooks.trial import TrialInputError, default_event_type, run_trial
@@ -31,7 +31,7 @@ def _ctx(request: Request) -> GatewayContext:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 async def list_deliveries(request: Request) -> Response:
@@ -47,8 +47,11 @@ async def list_deliveries(request: Request) -> Response:
         return problem(400, "limit must be an integer from 1 to 500")
     try:
         rows, cursor = await _ctx(request).store.list_deliveries(
-            status=status, subscription=query.get("subscription") or None, run_id=query.get("run") or None,
-            limit=limit, cursor=query.get("cursor") or None,
+            status=status,
+            subscription=query.get("subscription") or None,
+            run_id=query.get("run") or None,
+            limit=limit,
+            cursor=query.get("cursor") or None,
         )
     except StoreError as exc:
         return problem(400, str(exc))
@@ -89,7 +92,7 @@ def _parse_time(value: Any, name: str) -> datetime:
     if parsed.tzinfo is None:
         raise ValueError(f"{name} must carry a time zone (e.g. Z)")
     try:
-        return parsed.astimezone(timezone.utc)
+        return parsed.astimezone(UTC)
     except OverflowError:
         raise ValueError(f"{name} is out of range: {value[:40]!r}") from None
 
@@ -114,8 +117,14 @@ async def replay(request: Request) -> Response:
             raise ValueError("until must be after since")
     except ValueError as exc:
         return problem(400, str(exc))
-    count = await ctx.store.replay_deliveries(subscription.name, since=since, until=until, now=_now(),
-                                              matches=subscription.matches, ordered=subscription.ordered)
+    count = await ctx.store.replay_deliveries(
+        subscription.name,
+        since=since,
+        until=until,
+        now=_now(),
+        matches=subscription.matches,
+        ordered=subscription.ordered,
+    )
     return JSONResponse({"subscription": subscription.name, "queued": count}, status_code=202)
 
 

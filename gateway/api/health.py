@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -27,14 +29,14 @@ async def readyz(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     """Prometheus text exposition of the gateway's metrics (outbox gauges refreshed here)."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from prometheus_client import CONTENT_TYPE_LATEST
 
     from gateway.metrics import OUTBOX_OLDEST, OUTBOX_PENDING, exposition
 
     try:
-        stats = await request.app.state.gateway.store.outbox_stats(now=datetime.now(timezone.utc))
+        stats = await request.app.state.gateway.store.outbox_stats(now=datetime.now(UTC))
         OUTBOX_PENDING.set(stats["pending"])
         OUTBOX_OLDEST.set(stats["oldest_pending_seconds"])
     except StoreError:

@@ -19,29 +19,33 @@ from starlette.websockets import WebSocket
 
 from gateway.api.context import GatewayContext
 from gateway.api.middleware import POLICY_VIOLATION
-from gateway.logs import RUN_ID
-from gateway.metrics import MEDIA, REFUSALS
 from gateway.api.recordings import media_link
 from gateway.api.telephony import _PATH_ID, WS_PATH
 from gateway.api.urls import called_url, gateway_origin
 from gateway.audio import AudioFormat
 from gateway.calls.record import CallRecord
+from gateway.logs import RUN_ID
 from gateway.media.agent import agent_link_for
 from gateway.media.provider_socket import (
     HandshakeError,
     PlivoSocket,
     ProviderSocket,
-    Receive as SocketReceive,
-    Send as SocketSend,
     StreamStart,
     TelnyxSocket,
     TwilioSocket,
     VonageSocket,
 )
+from gateway.media.provider_socket import (
+    Receive as SocketReceive,
+)
+from gateway.media.provider_socket import (
+    Send as SocketSend,
+)
 from gateway.media.recording import CallRecorder, recording_enabled, recording_path
 from gateway.media.registry import INSTANCE_ID
 from gateway.media.session import MediaSession, SessionOptions
 from gateway.media.token import check_stream_token
+from gateway.metrics import MEDIA, REFUSALS
 from gateway.providers import plivo, twilio, vonage
 from gateway.redact import redact_url
 from gateway.store.activity import MEDIA_CONNECTED, CallEnded
@@ -63,7 +67,12 @@ async def _upgrade_refusal(ws: WebSocket, ctx: GatewayContext) -> tuple[str | No
         url = called_url(ws, gateway_origin(ws, ctx))
         verdict = twilio.verify_twilio_signature(settings.auth_token.get_secret_value(), url, {}, b"", signature)
         if not verdict.ok:
-            log.warning("refused twilio media upgrade %s: %s (signature checked over %s)", ws.url.path, verdict.reason, verdict.signed_url or url)
+            log.warning(
+                "refused twilio media upgrade %s: %s (signature checked over %s)",
+                ws.url.path,
+                verdict.reason,
+                verdict.signed_url or url,
+            )
             return f"twilio signature check failed: {verdict.reason}", "twilio"
         return None, "twilio"
     plivo_signatures = [ws.headers.get(plivo.SIGNATURE_HEADER), ws.headers.get(plivo.MAIN_SIGNATURE_HEADER)]
@@ -75,10 +84,21 @@ async def _upgrade_refusal(ws: WebSocket, ctx: GatewayContext) -> tuple[str | No
         # Plivo signs the upgrade as a GET; whether over the wss:// or the https:// spelling
         # of the URL is not documented (its stream SDK rebuilds an https:// one): both count.
         urls = [url, "https" + url[3:] if url.startswith("wss") else "http" + url[2:]]
-        verdict = plivo.verify_plivo_signature(settings.auth_token.get_secret_value(), "GET", urls, None,
-                                               plivo_signatures, ws.headers.get(plivo.NONCE_HEADER))
+        verdict = plivo.verify_plivo_signature(
+            settings.auth_token.get_secret_value(),
+            "GET",
+            urls,
+            None,
+            plivo_signatures,
+            ws.headers.get(plivo.NONCE_HEADER),
+        )
         if not verdict.ok:
-            log.warning("refused plivo media upgrade %s: %s (signature checked over %s)", ws.url.path, verdict.reason, verdict.signed_url)
+            log.warning(
+                "refused plivo media upgrade %s: %s (signature checked over %s)",
+                ws.url.path,
+                verdict.reason,
+                verdict.signed_url,
+            )
             return f"plivo signature check failed: {verdict.reason}", "plivo"
         return None, "plivo"
     authorization = ws.headers.get("authorization")
@@ -87,8 +107,14 @@ async def _upgrade_refusal(ws: WebSocket, ctx: GatewayContext) -> tuple[str | No
         if settings is None:
             return "vonage is not configured on this gateway", "vonage"
         verdict = vonage.verify_vonage_jwt(
-            authorization, settings.signature_secret.get_secret_value(), b"", now=ctx.clock(), replay=None,
-            window_seconds=settings.jwt_window, api_key=settings.api_key, application_id=settings.application_id,
+            authorization,
+            settings.signature_secret.get_secret_value(),
+            b"",
+            now=ctx.clock(),
+            replay=None,
+            window_seconds=settings.jwt_window,
+            api_key=settings.api_key,
+            application_id=settings.application_id,
         )
         if verdict.ok:
             try:
@@ -137,27 +163,31 @@ def _provider_socket(name: str, receive: SocketReceive, send: SocketSend, ws: We
     return _SOCKETS[name](receive, send)
 
 
-async def _sniffed_socket(ws: WebSocket, receive: SocketReceive, send: SocketSend, seconds: float) -> tuple[str, ProviderSocket]:
+async def _sniffed_socket(
+    ws: WebSocket, receive: SocketReceive, send: SocketSend, seconds: float
+) -> tuple[str, ProviderSocket]:
     """(provider, its socket) for an unsigned upgrade, told by its first message within `seconds`."""
     try:
         name, replay = await asyncio.wait_for(_sniff(receive), seconds)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise HandshakeError(f"no stream token within {seconds:g} s") from None
     return name, _provider_socket(name, replay, send, ws)
 
 
-async def _handshake(ctx: GatewayContext, provider: ProviderSocket, path: dict[str, str],
-                     seconds: float) -> tuple[StreamStart, CallRecord]:
+async def _handshake(
+    ctx: GatewayContext, provider: ProviderSocket, path: dict[str, str], seconds: float
+) -> tuple[StreamStart, CallRecord]:
     """The stream's start, its token checked against the path's ids, and its call (not ended).
     `HandshakeError` when the opening messages have not come in `seconds` (a socket that never
     presents a token would otherwise stay open, uncounted)."""
     run_id = path["workflow_run_id"]
     try:
         start = await asyncio.wait_for(provider.handshake(), seconds)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise HandshakeError(f"no stream token within {seconds:g} s") from None
-    problem = check_stream_token(ctx.secret_key, run_id, start.token, now=ctx.clock(),
-                                 workflow_id=path["workflow_id"], user_id=path["user_id"])
+    problem = check_stream_token(
+        ctx.secret_key, run_id, start.token, now=ctx.clock(), workflow_id=path["workflow_id"], user_id=path["user_id"]
+    )
     if problem is not None:
         raise HandshakeError(problem)
     record = await ctx.store.get_call(run_id)
@@ -168,17 +198,28 @@ async def _handshake(ctx: GatewayContext, provider: ProviderSocket, path: dict[s
     return start, record
 
 
-async def _claim(ctx: GatewayContext, record: CallRecord, session_id: str, start: StreamStart, provider_name: str) -> None:
+async def _claim(
+    ctx: GatewayContext, record: CallRecord, session_id: str, start: StreamStart, provider_name: str
+) -> None:
     """Make `session_id` the owner of the call's media in the store (the store refuses a call
     that has ended meanwhile: `HandshakeError`). A session it replaces on another instance is
     told to end; one on this instance is ended when the new one is registered."""
     run_id = record.workflow_run_id
     previous = record.media.get("session")
     try:
-        await ctx.store.record_activity(run_id, source="gateway", kind=MEDIA_CONNECTED, session=session_id,
-                                        data={"stream_id": start.stream_id, "provider": provider_name,
-                                              "instance": INSTANCE_ID, "replaces": previous},
-                                        media={"instance": INSTANCE_ID})
+        await ctx.store.record_activity(
+            run_id,
+            source="gateway",
+            kind=MEDIA_CONNECTED,
+            session=session_id,
+            data={
+                "stream_id": start.stream_id,
+                "provider": provider_name,
+                "instance": INSTANCE_ID,
+                "replaces": previous,
+            },
+            media={"instance": INSTANCE_ID},
+        )
     except CallEnded as exc:
         raise HandshakeError(str(exc)) from None
     except StoreError as exc:
@@ -209,22 +250,28 @@ async def media_socket(ws: WebSocket, receive: Receive | None = None, send: Send
         return
     if ctx.unverified_sockets >= limits.max_unverified_media_sockets:
         REFUSALS.labels("max_unverified_media_sockets").inc()
-        log.warning("refused media socket run=%s: %d sockets without a stream token yet is the limit",
-                    run_id[:64], ctx.unverified_sockets)
+        log.warning(
+            "refused media socket run=%s: %d sockets without a stream token yet is the limit",
+            run_id[:64],
+            ctx.unverified_sockets,
+        )
         await ws.close(code=1013, reason="too many media sockets without a stream token")
         return
     RUN_ID.set(run_id)
     socket_receive: SocketReceive = receive or ws.receive
     socket_send: SocketSend = send or ws.send
     provider: ProviderSocket | None = (
-        None if provider_name == UNSIGNED else _provider_socket(provider_name, socket_receive, socket_send, ws))
+        None if provider_name == UNSIGNED else _provider_socket(provider_name, socket_receive, socket_send, ws)
+    )
     session_id = uuid.uuid4().hex
     ctx.unverified_sockets += 1  # until the token is checked: bounded, and closed after media_token_seconds
     try:
         await ws.accept()
         try:
             if provider is None:  # Telnyx, or Vonage/Plivo unsigned: told by the first message
-                provider_name, provider = await _sniffed_socket(ws, socket_receive, socket_send, limits.media_token_seconds)
+                provider_name, provider = await _sniffed_socket(
+                    ws, socket_receive, socket_send, limits.media_token_seconds
+                )
             start, record = await _handshake(ctx, provider, ws.path_params, limits.media_token_seconds)
         finally:
             ctx.unverified_sockets -= 1
@@ -240,7 +287,13 @@ async def media_socket(ws: WebSocket, receive: Receive | None = None, send: Send
         return
     agent = ctx.config.agent
     dial = getattr(ws.app.state, "dial", None)
-    log.info("media started run=%s provider=%s stream=%s agent=%s", run_id, provider_name, provider.stream_id, redact_url(agent.url))
+    log.info(
+        "media started run=%s provider=%s stream=%s agent=%s",
+        run_id,
+        provider_name,
+        provider.stream_id,
+        redact_url(agent.url),
+    )
     MEDIA.add(session.counters)
     try:
         await session.run(start.parameters)
@@ -256,7 +309,9 @@ async def media_socket(ws: WebSocket, receive: Receive | None = None, send: Send
                 pass
 
 
-def _session(ws: WebSocket, ctx: GatewayContext, record: CallRecord, provider: ProviderSocket, session_id: str) -> MediaSession:
+def _session(
+    ws: WebSocket, ctx: GatewayContext, record: CallRecord, provider: ProviderSocket, session_id: str
+) -> MediaSession:
     """The call's media session, with its agent, recorder, links and hang-up."""
     run_id = record.workflow_run_id
     agent = ctx.config.agent
@@ -281,13 +336,19 @@ def _session(ws: WebSocket, ctx: GatewayContext, record: CallRecord, provider: P
     session = MediaSession(
         record=record,
         provider=provider,
-        agent_factory=lambda: agent_link_for(agent.url, headers=agent.headers, connect_timeout=agent.connect_timeout,
-                                             protocol=agent.protocol,
-                                             account_sid=twilio_settings.account_sid if twilio_settings else None),
+        agent_factory=lambda: agent_link_for(
+            agent.url,
+            headers=agent.headers,
+            connect_timeout=agent.connect_timeout,
+            protocol=agent.protocol,
+            account_sid=twilio_settings.account_sid if twilio_settings else None,
+        ),
         agent_format=AudioFormat(agent.audio.encoding, agent.audio.sample_rate),
         store=ctx.store,
         options=SessionOptions(on_agent_failure=agent.on_failure),
-        recorder=CallRecorder(recording_path(ctx.config.data_dir, run_id), provider.audio_format) if recording else None,
+        recorder=CallRecorder(recording_path(ctx.config.data_dir, run_id), provider.audio_format)
+        if recording
+        else None,
         links=links,
         on_hangup=hang_up,
         session_id=session_id,

@@ -8,7 +8,8 @@ import contextlib
 import ipaddress
 import logging
 import time
-from typing import Any, Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 from gateway.api.urls import TrustedPeers
 from gateway.metrics import BODIES_CUT_SHORT, REFUSALS
@@ -67,8 +68,16 @@ class EdgeMiddleware:
     app factory: status callbacks, most of what providers send, skip Starlette's stack). Its
     errors are answered 500 and logged here, as Starlette's would be."""
 
-    def __init__(self, app: ASGIApp, *, rate: float, burst: float, trusted: Iterable[Any],
-                 clock: Callable[[], float] = time.monotonic, direct: Callable[[Scope], Handler | None] | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        rate: float,
+        burst: float,
+        trusted: Iterable[Any],
+        clock: Callable[[], float] = time.monotonic,
+        direct: Callable[[Scope], Handler | None] | None = None,
+    ) -> None:
         self.app = app
         self.bucket = TokenBucket(rate, burst) if rate > 0 else None
         self.trusted = TrustedPeers.of(trusted)
@@ -102,7 +111,7 @@ class EdgeMiddleware:
             if handler is not None:
                 try:
                     answer.unsent(await handler(scope, receive, answer))
-                except Exception:  # noqa: BLE001 - answered and logged, as Starlette's ServerErrorMiddleware does
+                except Exception:
                     log.exception("unhandled error on %s %s", scope.get("method"), path)
                     with contextlib.suppress(Exception):  # the answer may have begun: then the connection just ends
                         await _internal_error(answer)
@@ -115,8 +124,15 @@ class EdgeMiddleware:
     def _log(scope: Scope, path: str, code: int, started: float) -> None:
         if path not in ("/healthz", "/readyz", "/metrics"):
             text, run_id = scope.get(LOG_NOTE) or ("", None)
-            log.info("%s %s %d %.1fms%s", scope.get("method"), path, code, (time.perf_counter() - started) * 1000,
-                     f": {text}" if text else "", extra=None if run_id is None else {"run_id": run_id})
+            log.info(
+                "%s %s %d %.1fms%s",
+                scope.get("method"),
+                path,
+                code,
+                (time.perf_counter() - started) * 1000,
+                f": {text}" if text else "",
+                extra=None if run_id is None else {"run_id": run_id},
+            )
 
 
 class _Answer:
@@ -124,7 +140,7 @@ class _Answer:
     4xx to the caller's address, answering 429 instead (and dropping the route's body) when
     the address is over its budget."""
 
-    __slots__ = ("edge", "scope", "send", "status", "refused")
+    __slots__ = ("edge", "refused", "scope", "send", "status")
 
     def __init__(self, edge: EdgeMiddleware | None, scope: Scope, send: Any) -> None:
         self.edge, self.scope, self.send = edge, scope, send
@@ -185,14 +201,27 @@ def note_request(scope: Scope, text: str, run_id: str | None) -> None:
 
 async def _internal_error(send: Any) -> None:
     body = b'{"type":"about:blank","title":"Internal Server Error","status":500,"detail":"internal error; the gateway logged the details"}'
-    await send({"type": "http.response.start", "status": 500,
-                "headers": [(b"content-type", b"application/problem+json"), (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 500,
+            "headers": [(b"content-type", b"application/problem+json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
 async def _too_many(send: Any) -> None:
     body = b'{"type":"about:blank","title":"Too Many Requests","status":429,"detail":"too many provider requests from this address"}'
-    await send({"type": "http.response.start", "status": 429,
-                "headers": [(b"content-type", b"application/problem+json"), (b"retry-after", b"1"),
-                            (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 429,
+            "headers": [
+                (b"content-type", b"application/problem+json"),
+                (b"retry-after", b"1"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

@@ -68,48 +68,199 @@ def _enum(values: Any) -> dict[str, Any]:
 
 _RUN = "workflow_run_id"
 OPERATIONS: tuple[Operation, ...] = (
-    Operation("get", "/api/v1/calls", "listCalls", "Calls, newest first", "calls", {200: s.CallPage}, (400,),
-              {"state": _enum(state.value for state in CallState), "limit": _PAGE_LIMIT, "cursor": {"type": "string"}}),
-    Operation("post", "/api/v1/calls", "placeCall", "Place an outbound call", "calls", {201: s.Call},
-              (400, 409, 413, 502, 503), body=CallSpec),
-    Operation("get", "/api/v1/calls/{workflow_run_id}", "getCall", "A call with its timeline", "calls",
-              {200: s.CallWithTimeline}, (404,)),
-    Operation("get", "/api/v1/calls/{workflow_run_id}/events", "listCallEvents", "A call's events in order", "calls",
-              {200: s.EventPage}, (400, 404), {"after": {"type": "integer", "minimum": 0, "maximum": 10**17},
-                                               "limit": _PAGE_LIMIT}),
-    Operation("post", "/api/v1/calls/{workflow_run_id}/clear", "clearCall", "Barge in: clear the agent's queued audio",
-              "calls", {202: s.ClearRequested}, (404, 409)),
-    Operation("post", "/api/v1/calls/{workflow_run_id}/hangup", "hangUpCall", "End a live call at the provider", "calls",
-              {202: s.HangupRequested}, (400, 404, 409, 413, 502), body=s.HangupRequest, body_required=False),
-    Operation("get", "/api/v1/deliveries", "listDeliveries", "Webhook deliveries, newest first", "deliveries",
-              {200: s.DeliveryPage}, (400,), {"status": _enum(STATUSES), "subscription": {"type": "string"},
-                                              "run": {"type": "string"}, "limit": _PAGE_LIMIT, "cursor": {"type": "string"}}),
-    Operation("post", "/api/v1/deliveries/replay", "replayDeliveries", "Queue a subscription's events of a time range again",
-              "deliveries", {202: s.ReplayQueued}, (400, 413), body=s.ReplayRequest),
-    Operation("get", "/api/v1/deliveries/{delivery_id}", "getDelivery", "A delivery, its event and every attempt",
-              "deliveries", {200: s.DeliveryDetail}, (404,)),
-    Operation("post", "/api/v1/deliveries/{delivery_id}/retry", "retryDelivery", "Send a delivery again now",
-              "deliveries", {202: s.Delivery}, (404,)),
-    Operation("get", "/api/v1/subscriptions", "listSubscriptions", "Configured webhooks (secrets redacted) and health",
-              "webhooks", {200: s.SubscriptionList}),
-    Operation("post", "/api/v1/subscriptions/{name}/enable", "enableSubscription", "Enable a disabled webhook endpoint",
-              "webhooks", {200: s.Enabled}, (404,)),
-    Operation("post", "/api/v1/subscriptions/{name}/test", "testSubscription",
-              "Render and send a test request (nothing is recorded)", "webhooks", {200: s.TestSendResult},
-              (400, 404, 413, 422), body=s.TestSendRequest, body_required=False),
-    Operation("post", "/api/v1/campaigns", "createCampaign", "Create a campaign (JSON, or CSV with the fields in the query)",
-              "campaigns", {201: s.CampaignCreated}, (400, 413, 501, 503), body=CampaignSpec, csv_body=True),
-    Operation("get", "/api/v1/campaigns", "listCampaigns", "Campaigns, newest first", "campaigns", {200: s.CampaignPage},
-              (400, 501), {"status": _enum(CAMPAIGN_STATUSES), "limit": _PAGE_LIMIT, "cursor": {"type": "string"}}),
-    Operation("get", "/api/v1/campaigns/{campaign_id}", "getCampaign", "A campaign with its statistics", "campaigns",
-              {200: s.Campaign}, (404, 501)),
-    Operation("get", "/api/v1/campaigns/{campaign_id}/contacts", "listCampaignContacts", "A campaign's contacts",
-              "campaigns", {200: s.ContactPage}, (400, 404, 501),
-              {"status": _enum(CONTACT_STATUSES), "limit": _PAGE_LIMIT, "after": {"type": "integer", "minimum": -1}}),
-    *(Operation("post", f"/api/v1/campaigns/{{campaign_id}}/{action}", f"{action}Campaign", f"{action.capitalize()} a campaign",
-                "campaigns", {200: s.Campaign}, (404, 409, 501)) for action in ("pause", "resume", "cancel")),
-    Operation("get", "/api/v1/tunnel", "getTunnel", "The public origin providers are given", "operations",
-              {200: s.TunnelStatus}, (400,), {"refresh": {"type": "string", "enum": ["true", "false"]}}),
+    Operation(
+        "get",
+        "/api/v1/calls",
+        "listCalls",
+        "Calls, newest first",
+        "calls",
+        {200: s.CallPage},
+        (400,),
+        {"state": _enum(state.value for state in CallState), "limit": _PAGE_LIMIT, "cursor": {"type": "string"}},
+    ),
+    Operation(
+        "post",
+        "/api/v1/calls",
+        "placeCall",
+        "Place an outbound call",
+        "calls",
+        {201: s.Call},
+        (400, 409, 413, 502, 503),
+        body=CallSpec,
+    ),
+    Operation(
+        "get",
+        "/api/v1/calls/{workflow_run_id}",
+        "getCall",
+        "A call with its timeline",
+        "calls",
+        {200: s.CallWithTimeline},
+        (404,),
+    ),
+    Operation(
+        "get",
+        "/api/v1/calls/{workflow_run_id}/events",
+        "listCallEvents",
+        "A call's events in order",
+        "calls",
+        {200: s.EventPage},
+        (400, 404),
+        {"after": {"type": "integer", "minimum": 0, "maximum": 10**17}, "limit": _PAGE_LIMIT},
+    ),
+    Operation(
+        "post",
+        "/api/v1/calls/{workflow_run_id}/clear",
+        "clearCall",
+        "Barge in: clear the agent's queued audio",
+        "calls",
+        {202: s.ClearRequested},
+        (404, 409),
+    ),
+    Operation(
+        "post",
+        "/api/v1/calls/{workflow_run_id}/hangup",
+        "hangUpCall",
+        "End a live call at the provider",
+        "calls",
+        {202: s.HangupRequested},
+        (400, 404, 409, 413, 502),
+        body=s.HangupRequest,
+        body_required=False,
+    ),
+    Operation(
+        "get",
+        "/api/v1/deliveries",
+        "listDeliveries",
+        "Webhook deliveries, newest first",
+        "deliveries",
+        {200: s.DeliveryPage},
+        (400,),
+        {
+            "status": _enum(STATUSES),
+            "subscription": {"type": "string"},
+            "run": {"type": "string"},
+            "limit": _PAGE_LIMIT,
+            "cursor": {"type": "string"},
+        },
+    ),
+    Operation(
+        "post",
+        "/api/v1/deliveries/replay",
+        "replayDeliveries",
+        "Queue a subscription's events of a time range again",
+        "deliveries",
+        {202: s.ReplayQueued},
+        (400, 413),
+        body=s.ReplayRequest,
+    ),
+    Operation(
+        "get",
+        "/api/v1/deliveries/{delivery_id}",
+        "getDelivery",
+        "A delivery, its event and every attempt",
+        "deliveries",
+        {200: s.DeliveryDetail},
+        (404,),
+    ),
+    Operation(
+        "post",
+        "/api/v1/deliveries/{delivery_id}/retry",
+        "retryDelivery",
+        "Send a delivery again now",
+        "deliveries",
+        {202: s.Delivery},
+        (404,),
+    ),
+    Operation(
+        "get",
+        "/api/v1/subscriptions",
+        "listSubscriptions",
+        "Configured webhooks (secrets redacted) and health",
+        "webhooks",
+        {200: s.SubscriptionList},
+    ),
+    Operation(
+        "post",
+        "/api/v1/subscriptions/{name}/enable",
+        "enableSubscription",
+        "Enable a disabled webhook endpoint",
+        "webhooks",
+        {200: s.Enabled},
+        (404,),
+    ),
+    Operation(
+        "post",
+        "/api/v1/subscriptions/{name}/test",
+        "testSubscription",
+        "Render and send a test request (nothing is recorded)",
+        "webhooks",
+        {200: s.TestSendResult},
+        (400, 404, 413, 422),
+        body=s.TestSendRequest,
+        body_required=False,
+    ),
+    Operation(
+        "post",
+        "/api/v1/campaigns",
+        "createCampaign",
+        "Create a campaign (JSON, or CSV with the fields in the query)",
+        "campaigns",
+        {201: s.CampaignCreated},
+        (400, 413, 501, 503),
+        body=CampaignSpec,
+        csv_body=True,
+    ),
+    Operation(
+        "get",
+        "/api/v1/campaigns",
+        "listCampaigns",
+        "Campaigns, newest first",
+        "campaigns",
+        {200: s.CampaignPage},
+        (400, 501),
+        {"status": _enum(CAMPAIGN_STATUSES), "limit": _PAGE_LIMIT, "cursor": {"type": "string"}},
+    ),
+    Operation(
+        "get",
+        "/api/v1/campaigns/{campaign_id}",
+        "getCampaign",
+        "A campaign with its statistics",
+        "campaigns",
+        {200: s.Campaign},
+        (404, 501),
+    ),
+    Operation(
+        "get",
+        "/api/v1/campaigns/{campaign_id}/contacts",
+        "listCampaignContacts",
+        "A campaign's contacts",
+        "campaigns",
+        {200: s.ContactPage},
+        (400, 404, 501),
+        {"status": _enum(CONTACT_STATUSES), "limit": _PAGE_LIMIT, "after": {"type": "integer", "minimum": -1}},
+    ),
+    *(
+        Operation(
+            "post",
+            f"/api/v1/campaigns/{{campaign_id}}/{action}",
+            f"{action}Campaign",
+            f"{action.capitalize()} a campaign",
+            "campaigns",
+            {200: s.Campaign},
+            (404, 409, 501),
+        )
+        for action in ("pause", "resume", "cancel")
+    ),
+    Operation(
+        "get",
+        "/api/v1/tunnel",
+        "getTunnel",
+        "The public origin providers are given",
+        "operations",
+        {200: s.TunnelStatus},
+        (400,),
+        {"refresh": {"type": "string", "enum": ["true", "false"]}},
+    ),
 )
 
 
@@ -123,31 +274,49 @@ def _models() -> list[type[BaseModel]]:
 
 
 def _parameters(op: Operation) -> list[dict[str, Any]]:
-    params = [{"name": name[1:-1], "in": "path", "required": True,
-               "schema": {"type": "string", "minLength": 1}}
-              for name in op.path.split("/") if name.startswith("{")]
+    params = [
+        {"name": name[1:-1], "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
+        for name in op.path.split("/")
+        if name.startswith("{")
+    ]
     params += [{"name": name, "in": "query", "required": False, "schema": schema} for name, schema in op.query.items()]
     if op.csv_body:
-        params += [{"name": name, "in": "query", "required": False, "schema": {"type": "string"},
-                    "description": "with a CSV body: the campaign's field (options as JSON text)"}
-                   for name in ("name", "workflow_id", "user_id", "provider", "from", "options")]
+        params += [
+            {
+                "name": name,
+                "in": "query",
+                "required": False,
+                "schema": {"type": "string"},
+                "description": "with a CSV body: the campaign's field (options as JSON text)",
+            }
+            for name in ("name", "workflow_id", "user_id", "provider", "from", "options")
+        ]
     return params
 
 
 def _operation(op: Operation, refs: dict[type[BaseModel], dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"operationId": op.operation_id, "summary": op.summary, "tags": [op.tag]}
-    if (params := _parameters(op)):
+    if params := _parameters(op):
         out["parameters"] = params
     if op.body is not None:
         content: dict[str, Any] = {"application/json": {"schema": refs[op.body]}}
         if op.csv_body:
-            content["text/csv"] = {"schema": {"type": "string", "description": "contacts with a header row (phone, name, ...)"}}
+            content["text/csv"] = {
+                "schema": {"type": "string", "description": "contacts with a header row (phone, name, ...)"}
+            }
         out["requestBody"] = {"required": op.body_required, "content": content}
-    responses: dict[str, Any] = {str(code): {"description": model.__doc__.strip().splitlines()[0] if model.__doc__ else "OK",
-                                             "content": {"application/json": {"schema": refs[model]}}}
-                                 for code, model in op.ok.items()}
+    responses: dict[str, Any] = {
+        str(code): {
+            "description": model.__doc__.strip().splitlines()[0] if model.__doc__ else "OK",
+            "content": {"application/json": {"schema": refs[model]}},
+        }
+        for code, model in op.ok.items()
+    }
     for code in (*op.errors, 401) if not op.public else op.errors:
-        responses[str(code)] = {"description": _ERRORS[code], "content": {PROBLEM_CONTENT_TYPE: {"schema": refs[s.Problem]}}}
+        responses[str(code)] = {
+            "description": _ERRORS[code],
+            "content": {PROBLEM_CONTENT_TYPE: {"schema": refs[s.Problem]}},
+        }
     if 401 in map(int, responses):
         responses["401"]["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
     out["responses"] = dict(sorted(responses.items()))
@@ -160,27 +329,44 @@ def _operation(op: Operation, refs: dict[type[BaseModel], dict[str, Any]]) -> di
 def document() -> dict[str, Any]:
     """The OpenAPI 3.1 document of the admin API."""
     models = _models()
-    keys, definitions = models_json_schema([(model, "validation") for model in models],
-                                           ref_template="#/components/schemas/{model}")
+    keys, definitions = models_json_schema(
+        [(model, "validation") for model in models], ref_template="#/components/schemas/{model}"
+    )
     refs = {model: keys[(model, "validation")] for model in models}
     paths: dict[str, dict[str, Any]] = {}
     for op in OPERATIONS:
         paths.setdefault(op.path, {})[op.method] = _operation(op, refs)
-    paths[OPENAPI_PATH] = {"get": {"operationId": "getOpenApi", "summary": "This document", "tags": ["operations"],
-                                   "security": [], "responses": {"200": {"description": "OpenAPI 3.1",
-                                                                         "content": {"application/json": {"schema": {"type": "object"}}}}}}}
+    paths[OPENAPI_PATH] = {
+        "get": {
+            "operationId": "getOpenApi",
+            "summary": "This document",
+            "tags": ["operations"],
+            "security": [],
+            "responses": {
+                "200": {"description": "OpenAPI 3.1", "content": {"application/json": {"schema": {"type": "object"}}}}
+            },
+        }
+    }
     return {
         "openapi": "3.1.0",
-        "info": {"title": "Telephony gateway admin API", "version": __version__,
-                 "description": "Calls, webhook deliveries and subscriptions, campaigns. Every error is "
-                                "application/problem+json whose `detail` says what was wrong."},
+        "info": {
+            "title": "Telephony gateway admin API",
+            "version": __version__,
+            "description": "Calls, webhook deliveries and subscriptions, campaigns. Every error is "
+            "application/problem+json whose `detail` says what was wrong.",
+        },
         "servers": [{"url": "/"}],
         "security": [{SECURITY_SCHEME: []}],
         "tags": [{"name": name} for name in ("calls", "deliveries", "webhooks", "campaigns", "operations")],
         "paths": paths,
         "components": {
-            "securitySchemes": {SECURITY_SCHEME: {"type": "http", "scheme": "bearer",
-                                                  "description": "the gateway's `api_key`: `Authorization: Bearer <api_key>`"}},
+            "securitySchemes": {
+                SECURITY_SCHEME: {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "the gateway's `api_key`: `Authorization: Bearer <api_key>`",
+                }
+            },
             "schemas": definitions.get("$defs", {}),
         },
     }

@@ -7,7 +7,7 @@ call until it expires (403 otherwise) and says 404 when there is nothing (yet) t
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -28,13 +28,17 @@ TRANSCRIPT_PATH = "/api/v1/transcripts/{workflow_run_id}.json"
 _PATHS = {"recording": RECORDING_PATH, "transcript": TRANSCRIPT_PATH}
 
 
-def media_link(origin: str, key: bytes, kind: str, run_id: str, *, now: float, ttl: int = signed_url.DEFAULT_TTL) -> str:
+def media_link(
+    origin: str, key: bytes, kind: str, run_id: str, *, now: float, ttl: int = signed_url.DEFAULT_TTL
+) -> str:
     """The public, signed URL of a call's `recording` or `transcript`."""
     path = _PATHS[kind].format(workflow_run_id=quote(run_id, safe=":@-._~"))
     return f"{origin}{path}?{signed_url.signed_query(key, kind, run_id, now=now, ttl=ttl)}"
 
 
-def with_fresh_links(record: dict[str, Any], key: bytes, *, now: float, ttl: int = signed_url.DEFAULT_TTL) -> dict[str, Any]:
+def with_fresh_links(
+    record: dict[str, Any], key: bytes, *, now: float, ttl: int = signed_url.DEFAULT_TTL
+) -> dict[str, Any]:
     """`record` (a call's JSON) with its recording and transcript links signed again from `now`.
 
     The links stored with the call expire `ttl` after the media started; the admin API hands
@@ -48,7 +52,9 @@ def with_fresh_links(record: dict[str, Any], key: bytes, *, now: float, ttl: int
     for kind in signed_url.KINDS:
         url = media.get(f"{kind}_url")
         if isinstance(url, str) and url:
-            fresh[f"{kind}_url"] = f"{url.partition('?')[0]}?{signed_url.signed_query(key, kind, run_id, now=now, ttl=ttl)}"
+            fresh[f"{kind}_url"] = (
+                f"{url.partition('?')[0]}?{signed_url.signed_query(key, kind, run_id, now=now, ttl=ttl)}"
+            )
     return {**record, "media": fresh}
 
 
@@ -57,8 +63,14 @@ def _refusal(request: Request, kind: str) -> Response | None:
     run_id = request.path_params["workflow_run_id"]
     if not _PATH_ID.match(run_id):
         return problem(404, "no such call")
-    reason = signed_url.check(ctx.secret_key, kind, run_id, request.query_params.get("expires"),
-                              request.query_params.get("signature"), now=ctx.clock())
+    reason = signed_url.check(
+        ctx.secret_key,
+        kind,
+        run_id,
+        request.query_params.get("expires"),
+        request.query_params.get("signature"),
+        now=ctx.clock(),
+    )
     return None if reason is None else problem(403, reason)
 
 
@@ -78,8 +90,11 @@ async def get_recording(request: Request) -> Response:
         return problem(404, "no recording for this call (yet): it is published when the call's media ends")
     if channel is None:
         return FileResponse(path, media_type="audio/wav", filename=f"{run_id}.wav")
-    return StreamingResponse(one_channel(path, RECORDING_CHANNELS[channel]), media_type="audio/wav",
-                             headers={"Content-Disposition": f'attachment; filename="{run_id}-{channel}.wav"'})
+    return StreamingResponse(
+        one_channel(path, RECORDING_CHANNELS[channel]),
+        media_type="audio/wav",
+        headers={"Content-Disposition": f'attachment; filename="{run_id}-{channel}.wav"'},
+    )
 
 
 def transcript_lines(entries: list[Any]) -> list[dict[str, Any]]:
@@ -90,7 +105,7 @@ def transcript_lines(entries: list[Any]) -> list[dict[str, Any]]:
             continue
         data = entry.data
         at = data.get("at")
-        when = datetime.fromtimestamp(at, timezone.utc) if isinstance(at, (int, float)) else entry.received_at
+        when = datetime.fromtimestamp(at, UTC) if isinstance(at, (int, float)) else entry.received_at
         lines.append({"role": data.get("role"), "text": data.get("text"), "at": isoformat(when)})
     return lines
 

@@ -57,7 +57,9 @@ class Call(_Out):
     gathered_context: dict[str, Any]
     annotations: dict[str, Any]
     cost_info: dict[str, Any]
-    media: dict[str, Any] = Field(description="media session facts; `recording_url` and `transcript_url` are signed links")
+    media: dict[str, Any] = Field(
+        description="media session facts; `recording_url` and `transcript_url` are signed links"
+    )
     created_at: Time | None
     updated_at: Time | None
 
@@ -193,10 +195,14 @@ class ReplayRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     subscription: str = Field(description="a configured webhook's name")
-    since: str = Field(description="RFC 3339 time with a zone, e.g. 2026-12-07T18:00:00Z",
-                       json_schema_extra={"format": "date-time"})
-    until: str = Field(None, description="RFC 3339 time with a zone; default now",  # type: ignore[assignment]
-                       json_schema_extra={"format": "date-time"})
+    since: str = Field(
+        description="RFC 3339 time with a zone, e.g. 2026-12-07T18:00:00Z", json_schema_extra={"format": "date-time"}
+    )
+    until: str = Field(
+        None,
+        description="RFC 3339 time with a zone; default now",  # type: ignore[assignment]
+        json_schema_extra={"format": "date-time"},
+    )
 
 
 class ReplayQueued(_Out):
@@ -253,11 +259,20 @@ class TestSendRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    inputs: dict[str, Any] = Field(default_factory=dict, max_length=100,
-                                   description="values by template context path, e.g. {\"initial_context.tenant\": \"acme\"}")
-    event: str | None = Field(None, pattern=r"^[a-z0-9_]+(\.[a-z0-9_]+)+$", max_length=64,
-                              description="the event type to render (default: the subscription's first)")
-    run: str | None = Field(None, min_length=1, max_length=128, description="render for this stored call instead of a sample")
+    inputs: dict[str, Any] = Field(
+        default_factory=dict,
+        max_length=100,
+        description='values by template context path, e.g. {"initial_context.tenant": "acme"}',
+    )
+    event: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9_]+(\.[a-z0-9_]+)+$",
+        max_length=64,
+        description="the event type to render (default: the subscription's first)",
+    )
+    run: str | None = Field(
+        None, min_length=1, max_length=128, description="render for this stored call instead of a sample"
+    )
 
 
 class TestResponse(_Out):

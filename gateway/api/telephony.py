@@ -26,8 +26,8 @@ from gateway.api.urls import as_websocket, called_url, gateway_origin
 from gateway.calls.events import CALL_ENDED, STATE_EVENT
 from gateway.calls.lifecycle import CallUpdate
 from gateway.logs import RUN_ID
-from gateway.metrics import CALL_TRANSITIONS, PROVIDER_REQUESTS, SIGNATURE_FAILURES, labelled
 from gateway.media.token import mint_stream_token
+from gateway.metrics import CALL_TRANSITIONS, PROVIDER_REQUESTS, SIGNATURE_FAILURES, labelled
 from gateway.providers import PROVIDERS, plivo, telnyx, twilio, vonage
 from gateway.providers.base import BadRequest, parse_form, parse_json_object
 from gateway.store.base import AppliedUpdate, CallSeed, StoreError
@@ -86,8 +86,11 @@ def _which_provider(request: Request) -> str:
         return "plivo"
     if headers.get("authorization", "").lower().startswith("bearer "):
         return "vonage"
-    raise Refusal(403, "unsigned request: no X-Twilio-Signature, telnyx-signature-ed25519 or X-Plivo-Signature-V3 header"
-                       " and no Authorization bearer token")
+    raise Refusal(
+        403,
+        "unsigned request: no X-Twilio-Signature, telnyx-signature-ed25519 or X-Plivo-Signature-V3 header"
+        " and no Authorization bearer token",
+    )
 
 
 def _twilio_fields(request: Request, body: bytes) -> tuple[dict[str, list[str]] | None, dict[str, list[str]]]:
@@ -122,27 +125,43 @@ async def verify_provider_request(request: Request, ctx: GatewayContext, body: b
         if provider == "twilio":
             form, fields = _twilio_fields(request, body)
             verdict = twilio.verify_twilio_signature(
-                settings.auth_token.get_secret_value(), url, form, body,
+                settings.auth_token.get_secret_value(),
+                url,
+                form,
+                body,
                 headers.get("x-twilio-signature"),
                 signature_settings=headers.get("x-twilio-webhooks-signature-settings"),
             )
         elif provider == "plivo":
             form, fields = _twilio_fields(request, body)
             verdict = plivo.verify_plivo_signature(
-                settings.auth_token.get_secret_value(), request.method, [url], form,
-                [headers.get(plivo.SIGNATURE_HEADER), headers.get(plivo.MAIN_SIGNATURE_HEADER)], headers.get(plivo.NONCE_HEADER),
+                settings.auth_token.get_secret_value(),
+                request.method,
+                [url],
+                form,
+                [headers.get(plivo.SIGNATURE_HEADER), headers.get(plivo.MAIN_SIGNATURE_HEADER)],
+                headers.get(plivo.NONCE_HEADER),
             )
         elif provider == "telnyx":
             verdict = telnyx.verify_telnyx_signature(
-                settings.public_key, body, headers.get(telnyx.SIGNATURE_HEADER), headers.get(telnyx.TIMESTAMP_HEADER),
-                now=ctx.clock(), tolerance=settings.timestamp_tolerance,
+                settings.public_key,
+                body,
+                headers.get(telnyx.SIGNATURE_HEADER),
+                headers.get(telnyx.TIMESTAMP_HEADER),
+                now=ctx.clock(),
+                tolerance=settings.timestamp_tolerance,
             )
             fields = {}
         else:
             verdict = vonage.verify_vonage_jwt(
-                headers.get("authorization"), settings.signature_secret.get_secret_value(), body,
-                now=ctx.clock(), replay=None, window_seconds=settings.jwt_window,
-                api_key=settings.api_key, application_id=settings.application_id,
+                headers.get("authorization"),
+                settings.signature_secret.get_secret_value(),
+                body,
+                now=ctx.clock(),
+                replay=None,
+                window_seconds=settings.jwt_window,
+                api_key=settings.api_key,
+                application_id=settings.application_id,
             )
             fields = {}
     except BadRequest as exc:
@@ -157,7 +176,11 @@ async def verify_provider_request(request: Request, ctx: GatewayContext, body: b
         SIGNATURE_FAILURES.labels(provider).inc()
         log.warning(
             "refused %s %s %s: %s (signature checked over %s)",
-            provider, request.method, request.url.path, verdict.reason, verdict.signed_url or url,
+            provider,
+            request.method,
+            request.url.path,
+            verdict.reason,
+            verdict.signed_url or url,
         )
         if ctx.tunnel is not None:
             ctx.tunnel.nudge()  # the tunnel may have a new hostname: look again now
@@ -172,7 +195,12 @@ async def verify_provider_request(request: Request, ctx: GatewayContext, body: b
             if body:
                 fields = parse_json_object(body)
             else:
-                fields = {k: v[-1] for k, v in parse_qs(request.scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True).items()}
+                fields = {
+                    k: v[-1]
+                    for k, v in parse_qs(
+                        request.scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True
+                    ).items()
+                }
         except BadRequest as exc:
             raise Refusal(400, f"malformed vonage request: {exc}") from None
     return ProviderRequest(provider=provider, fields=fields, origin=origin)
@@ -193,30 +221,48 @@ def _parse_update(verified: ProviderRequest, *, answer: bool) -> CallUpdate:
         raise Refusal(400, f"malformed {verified.provider} callback: {exc}") from None
 
 
-async def _store(ctx: GatewayContext, update: CallUpdate, *, run_id: str | None, seed: CallSeed | None = None) -> AppliedUpdate:
+async def _store(
+    ctx: GatewayContext, update: CallUpdate, *, run_id: str | None, seed: CallSeed | None = None
+) -> AppliedUpdate:
     """`apply_update`, with a store failure answered 503: not accepted, so the provider may send
     it again (a 2xx is only ever given for what was written)."""
     try:
         return await ctx.store.apply_update(update, run_id=run_id, seed=seed)
     except StoreError as exc:
         log.error("could not store %s %s for call %s: %s", update.provider, update.kind, update.provider_call_id, exc)
-        raise Refusal(503, f"the gateway could not store this {update.kind} callback ({exc}); it was not accepted,"
-                           " send it again") from None
+        raise Refusal(
+            503, f"the gateway could not store this {update.kind} callback ({exc}); it was not accepted, send it again"
+        ) from None
 
 
-def _answer_response(ctx: GatewayContext, verified: ProviderRequest, workflow_id: str, user_id: str, run_id: str) -> Response:
-    ws_url = as_websocket(verified.origin) + WS_PATH.format(workflow_id=workflow_id, user_id=user_id, workflow_run_id=run_id)
-    token = mint_stream_token(ctx.secret_key, run_id, now=ctx.clock(), ttl=ctx.config.stream_token_ttl,
-                              workflow_id=workflow_id, user_id=user_id)
+def _answer_response(
+    ctx: GatewayContext, verified: ProviderRequest, workflow_id: str, user_id: str, run_id: str
+) -> Response:
+    ws_url = as_websocket(verified.origin) + WS_PATH.format(
+        workflow_id=workflow_id, user_id=user_id, workflow_run_id=run_id
+    )
+    token = mint_stream_token(
+        ctx.secret_key,
+        run_id,
+        now=ctx.clock(),
+        ttl=ctx.config.stream_token_ttl,
+        workflow_id=workflow_id,
+        user_id=user_id,
+    )
     parameters = {"workflow_id": workflow_id, "user_id": user_id, "workflow_run_id": run_id, "stream_token": token}
     insecure = ws_url.startswith("ws://")
     if insecure:
-        log.warning("answering with an insecure %s URL: providers only connect to wss://; set public_url", ws_url.split("/api/")[0])
+        log.warning(
+            "answering with an insecure %s URL: providers only connect to wss://; set public_url",
+            ws_url.split("/api/")[0],
+        )
     if verified.provider == "twilio":
         twiml = twilio.render_connect_twiml(ws_url, parameters, allow_insecure=insecure)
         return Response(twiml, media_type=twilio.TWIML_CONTENT_TYPE)
     if verified.provider == "telnyx":
-        texml = telnyx.render_connect_texml(ws_url, parameters, codec=ctx.config.providers.telnyx.codec, allow_insecure=insecure)
+        texml = telnyx.render_connect_texml(
+            ws_url, parameters, codec=ctx.config.providers.telnyx.codec, allow_insecure=insecure
+        )
         return Response(texml, media_type=telnyx.TEXML_CONTENT_TYPE)
     if verified.provider == "plivo":
         xml = plivo.render_stream_xml(ws_url, token, allow_insecure=insecure)
@@ -256,7 +302,9 @@ async def _answer(request: Request, workflow_id: str, user_id: str, run_id: str 
         raise Refusal(503, "this gateway instance is draining; new calls go to another instance")
     update = _parse_update(verified, answer=True)
     seed = CallSeed(
-        workflow_id=workflow_id, user_id=user_id, provider=verified.provider,
+        workflow_id=workflow_id,
+        user_id=user_id,
+        provider=verified.provider,
         direction="inbound" if run_id is None else None,
     )
     applied = await _store(ctx, update, run_id=run_id, seed=seed)
@@ -264,8 +312,16 @@ async def _answer(request: Request, workflow_id: str, user_id: str, run_id: str 
     ctx.live_calls.note(record)
     RUN_ID.set(record.workflow_run_id)
     _count(verified, "answer", applied)
-    log.info("answered %s call %s run=%s state=%s", verified.provider, update.provider_call_id, record.workflow_run_id, record.state.value)
-    return _answer_response(ctx, verified, record.workflow_id or workflow_id, record.user_id or user_id, record.workflow_run_id)
+    log.info(
+        "answered %s call %s run=%s state=%s",
+        verified.provider,
+        update.provider_call_id,
+        record.workflow_run_id,
+        record.state.value,
+    )
+    return _answer_response(
+        ctx, verified, record.workflow_id or workflow_id, record.user_id or user_id, record.workflow_run_id
+    )
 
 
 async def initial_webhook(request: Request) -> Response:
@@ -302,8 +358,12 @@ async def status_callback(request: Request, body: bytes | None = None) -> Respon
     RUN_ID.set(run)
     _count(verified, "status", applied)
     await _end_live_media(ctx, applied)
-    note_request(request.scope, f"{verified.provider} callback run={run} status={update.raw_status} outcome={applied.outcome}"
-                 f" events={','.join(e.type for e in applied.events) or '-'}", run)
+    note_request(
+        request.scope,
+        f"{verified.provider} callback run={run} status={update.raw_status} outcome={applied.outcome}"
+        f" events={','.join(e.type for e in applied.events) or '-'}",
+        run,
+    )
     return Response(status_code=204)
 
 
@@ -331,14 +391,14 @@ def direct_route(scope: dict[str, Any]) -> Any:
     handling in the loop. The handling is `status_callback`'s own. None for other requests."""
     path = scope["path"]
     if scope["type"] == "http" and path.startswith(STATUS_PREFIX) and scope["method"] in ("POST", "GET"):
-        run_id = path[len(STATUS_PREFIX):]
+        run_id = path[len(STATUS_PREFIX) :]
         if run_id and "/" not in run_id:  # the route's `{workflow_run_id}`: one path segment
             return _status_callback_direct
     return None
 
 
 async def _status_callback_direct(scope: dict[str, Any], receive: Any, send: Any) -> int:
-    scope["path_params"] = {"workflow_run_id": scope["path"][len(STATUS_PREFIX):]}
+    scope["path_params"] = {"workflow_run_id": scope["path"][len(STATUS_PREFIX) :]}
     request = Request(scope, receive)
     try:
         body = await read_limited_body(request)
@@ -358,7 +418,9 @@ async def _status_callback_direct(scope: dict[str, Any], receive: Any, send: Any
 
 
 routes = [
-    Route("/api/v1/telephony/webhook/{workflow_id}/{user_id}/{workflow_run_id}", initial_webhook, methods=["GET", "POST"]),
+    Route(
+        "/api/v1/telephony/webhook/{workflow_id}/{user_id}/{workflow_run_id}", initial_webhook, methods=["GET", "POST"]
+    ),
     Route("/api/v1/telephony/inbound/{workflow_id}/{user_id}", inbound_webhook, methods=["GET", "POST"]),
     Route(STATUS_PATH, status_callback, methods=["GET", "POST"]),
 ]

@@ -9,7 +9,8 @@ honoured only from `trusted_proxies`.
 from __future__ import annotations
 
 import ipaddress
-from typing import TYPE_CHECKING, Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from starlette.requests import HTTPConnection
 
@@ -32,7 +33,7 @@ class TrustedPeers:
         self._known: dict[object, bool] = {}
 
     @classmethod
-    def of(cls, trusted: "TrustedPeers | Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]") -> "TrustedPeers":
+    def of(cls, trusted: TrustedPeers | Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> TrustedPeers:
         """`trusted` itself, or its networks as `TrustedPeers`."""
         return trusted if isinstance(trusted, TrustedPeers) else cls(trusted)
 
@@ -60,8 +61,13 @@ def _peer_in(peer: str, proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Net
     return any(address in network for network in proxies)
 
 
-def public_origin(conn: HTTPConnection, public_url: str | None, trusted_proxies: "TrustedPeers | Iterable", *,
-                  tunnel_origin: str | None = None) -> str:
+def public_origin(
+    conn: HTTPConnection,
+    public_url: str | None,
+    trusted_proxies: TrustedPeers | Iterable,
+    *,
+    tunnel_origin: str | None = None,
+) -> str:
     """`scheme://host[:port][/prefix]` (http/https) the caller used to reach the gateway.
 
     `tunnel_origin` is the detected tunnel's `https://host`, used when `public_url` is `auto`.
@@ -94,7 +100,7 @@ def _server_host(scope: dict) -> str:
     return f"{host}:{port}" if port is not None else host
 
 
-def gateway_origin(conn: HTTPConnection, ctx: "GatewayContext") -> str:
+def gateway_origin(conn: HTTPConnection, ctx: GatewayContext) -> str:
     """`public_origin` under this gateway's settings, `auto` resolved by its tunnel detector."""
     tunnel = ctx.tunnel.origin() if ctx.tunnel is not None else None
     return public_origin(conn, ctx.config.public_url, ctx.trusted_peers, tunnel_origin=tunnel)

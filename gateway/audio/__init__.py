@@ -24,8 +24,8 @@ from .resampler import PolyphaseStream, StreamingResampler
 from .transcoder import Transcoder
 
 __all__ = [
-    "SUPPORTED_RATES",
     "PLIVO_FORMAT",
+    "SUPPORTED_RATES",
     "TELNYX_FORMAT",
     "TWILIO_FORMAT",
     "VONAGE_FORMAT",

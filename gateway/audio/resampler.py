@@ -153,7 +153,9 @@ class StreamingResampler:
                 raise ValueError(f"{name} must be one of {SUPPORTED_RATES}, got {rate!r}")
         self.src_rate = src_rate
         self.dst_rate = dst_rate
-        self._stream = None if src_rate == dst_rate else PolyphaseStream(polyphase_bank(src_rate, dst_rate), Pcm16Decoder())
+        self._stream = (
+            None if src_rate == dst_rate else PolyphaseStream(polyphase_bank(src_rate, dst_rate), Pcm16Decoder())
+        )
         self._encoder = Pcm16Encoder()
 
     @property

@@ -103,4 +103,3 @@ class Transcoder:
 
     def __repr__(self) -> str:
         return f"Transcoder({self.src} -> {self.dst})"
-

@@ -65,7 +65,9 @@ class LiveCalls:
         ending this process did not see."""
         runs = self.runs()
         for run_id in runs[:limit]:
-            data: dict[str, Any] = {"reason": f"the gateway shut down before the call ended (drain_seconds {drain_seconds:g})"}
+            data: dict[str, Any] = {
+                "reason": f"the gateway shut down before the call ended (drain_seconds {drain_seconds:g})"
+            }
             try:
                 record = await store.get_call(run_id)
                 if record is None or record.state.terminal:
@@ -74,8 +76,15 @@ class LiveCalls:
                 await store.record_activity(run_id, source="gateway", kind=SHUTDOWN_UNFINISHED, data=data)
             except StoreError as exc:
                 log.warning("could not mark call run=%s unfinished at shutdown: %s", run_id, exc)
-            log.warning("call run=%s is still %s at shutdown: its ending was not seen by this process",
-                        run_id, data.get("state", "live"), extra={"run_id": run_id})
+            log.warning(
+                "call run=%s is still %s at shutdown: its ending was not seen by this process",
+                run_id,
+                data.get("state", "live"),
+                extra={"run_id": run_id},
+            )
         if len(runs) > limit:
-            log.warning("%d more calls were still live at shutdown and are not marked (newest first: %s)",
-                        len(runs) - limit, ", ".join(reversed(runs[-5:])))
+            log.warning(
+                "%d more calls were still live at shutdown and are not marked (newest first: %s)",
+                len(runs) - limit,
+                ", ".join(reversed(runs[-5:])),
+            )

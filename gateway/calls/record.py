@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import lru_cache
-from datetime import datetime, timezone
 from typing import Any
 
 from gateway.calls.states import CallState
@@ -12,7 +12,7 @@ from gateway.calls.states import CallState
 
 def utcnow() -> datetime:
     """Aware UTC now; every stored time is aware UTC."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 @lru_cache(maxsize=1024)
@@ -21,8 +21,8 @@ def isoformat(value: datetime | None) -> str | None:
     `now`) are written again and again, and formatting costs ~2 us each time."""
     if value is None:
         return None
-    if value.tzinfo is not timezone.utc:
-        value = value.astimezone(timezone.utc)
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
     return value.isoformat().replace("+00:00", "Z")
 
 

@@ -15,8 +15,8 @@ from typing import Any
 from gateway import jsontext
 from gateway.commands.output import CommandError, emit, emit_json, short_time
 from gateway.config import GatewayConfig
-from gateway.redact import redact_url
 from gateway.events.envelope import Event
+from gateway.redact import redact_url
 from gateway.store.base import Delivery, Store
 
 
@@ -39,23 +39,29 @@ async def opened_store(config: GatewayConfig) -> AsyncIterator[Store]:
 def call_line(call: dict[str, Any]) -> str:
     """One call as a line of `gateway calls list`."""
     duration = f"{call['duration']}s" if call.get("duration") is not None else "-"
-    return (f"{call['workflow_run_id']:<38} {call['state']:<10} {call.get('provider') or '-':<7} "
-            f"{call.get('from') or '-'} -> {call.get('to') or '-':<14} {short_time(call.get('started_at') or call.get('created_at'))}"
-            f"  {duration:>6}  {call.get('workflow_id') or '-'}/{call.get('user_id') or '-'}"
-            + ("  voicemail" if call.get("voicemail") else ""))
+    return (
+        f"{call['workflow_run_id']:<38} {call['state']:<10} {call.get('provider') or '-':<7} "
+        f"{call.get('from') or '-'} -> {call.get('to') or '-':<14} {short_time(call.get('started_at') or call.get('created_at'))}"
+        f"  {duration:>6}  {call.get('workflow_id') or '-'}/{call.get('user_id') or '-'}"
+        + ("  voicemail" if call.get("voicemail") else "")
+    )
 
 
 def delivery_line(delivery: dict[str, Any]) -> str:
     """One delivery as a line (the same in `calls show`, `events tail` and `deliveries list`)."""
-    return (f"{delivery['id']}  {delivery['status']:<9} {delivery['subscription']:<16} {delivery.get('event_type') or '-':<28} "
-            f"run={delivery.get('workflow_run_id') or '-'} attempts={delivery['attempts']} "
-            f"last={delivery.get('last_status') or delivery.get('last_error') or '-'}")
+    return (
+        f"{delivery['id']}  {delivery['status']:<9} {delivery['subscription']:<16} {delivery.get('event_type') or '-':<28} "
+        f"run={delivery.get('workflow_run_id') or '-'} attempts={delivery['attempts']} "
+        f"last={delivery.get('last_status') or delivery.get('last_error') or '-'}"
+    )
 
 
 def timeline_line(entry: dict[str, Any]) -> str:
     """One timeline entry as a line (`calls show`, `simulate`)."""
-    return (f"{short_time(entry['received_at'])}  {entry['source']:<7} {entry['kind']:<16} "
-            f"{entry.get('raw_status') or '':<12} {entry['outcome']}")
+    return (
+        f"{short_time(entry['received_at'])}  {entry['source']:<7} {entry['kind']:<16} "
+        f"{entry.get('raw_status') or '':<12} {entry['outcome']}"
+    )
 
 
 def event_line(event: Event) -> str:
@@ -93,9 +99,19 @@ async def calls_show(config: GatewayConfig, run_id: str, *, as_json: bool) -> in
         emit_json(record)
         return 0
     emit(f"call {record['workflow_run_id']}  {record['state']}" + ("  voicemail" if record.get("voicemail") else ""))
-    for name, label in (("provider", "provider"), ("provider_call_id", "provider call id"), ("direction", "direction"),
-                        ("from", "from"), ("to", "to"), ("workflow_id", "workflow"), ("user_id", "user"),
-                        ("started_at", "started"), ("answered_at", "answered"), ("ended_at", "ended"), ("duration", "duration")):
+    for name, label in (
+        ("provider", "provider"),
+        ("provider_call_id", "provider call id"),
+        ("direction", "direction"),
+        ("from", "from"),
+        ("to", "to"),
+        ("workflow_id", "workflow"),
+        ("user_id", "user"),
+        ("started_at", "started"),
+        ("answered_at", "answered"),
+        ("ended_at", "ended"),
+        ("duration", "duration"),
+    ):
         if record.get(name) is not None:
             emit(f"  {label + ':':<18}{record[name]}")
     for name in ("initial_context", "gathered_context", "annotations"):
@@ -112,6 +128,7 @@ async def calls_show(config: GatewayConfig, run_id: str, *, as_json: bool) -> in
 
 async def last_seq(store: Store) -> int:
     """The highest event `seq` in the store (0 when empty), found with O(log n) one-row reads."""
+
     async def beyond(seq: int) -> bool:
         return bool(await store.list_events(after_seq=seq, limit=1))
 
@@ -142,8 +159,15 @@ class DeliveryWatch:
         return out
 
 
-async def events_tail(config: GatewayConfig, *, run_id: str | None, last: int, as_json: bool, poll: float,
-                      stop: Callable[[], bool] = lambda: False) -> int:
+async def events_tail(
+    config: GatewayConfig,
+    *,
+    run_id: str | None,
+    last: int,
+    as_json: bool,
+    poll: float,
+    stop: Callable[[], bool] = lambda: False,
+) -> int:
     """Follow events and deliveries until interrupted (or `stop()`)."""
     async with opened_store(config) as store:
         after = max(0, await last_seq(store) - last)

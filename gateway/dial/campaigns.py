@@ -8,8 +8,8 @@ subscriptions and the campaign's inline webhooks alike).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Callable, Sequence
 
 from gateway.calls import events as ev
 from gateway.calls.record import utcnow
@@ -39,8 +39,9 @@ def new_campaign_id() -> str:
 
 
 def _event(kind: str, campaign: Campaign, at: datetime, data: dict, run_id: str | None = None) -> CampaignEvent:
-    return CampaignEvent(Event(type=kind, workflow_run_id=run_id, occurred_at=at, data=data),
-                         inline.targets(campaign, kind))
+    return CampaignEvent(
+        Event(type=kind, workflow_run_id=run_id, occurred_at=at, data=data), inline.targets(campaign, kind)
+    )
 
 
 class CampaignManager:
@@ -51,7 +52,9 @@ class CampaignManager:
         self.registry = registry
         self.now = now
 
-    async def create(self, spec: CampaignSpec, *, provider: str, from_number: str, origin: str) -> tuple[Campaign, str | None, int]:
+    async def create(
+        self, spec: CampaignSpec, *, provider: str, from_number: str, origin: str
+    ) -> tuple[Campaign, str | None, int]:
         """Store the campaign (running) with its contacts and `campaign.started`. Returns the
         campaign, the inline webhooks' signing secret when it was made for this campaign, and
         how many duplicate phone numbers were dropped."""
@@ -63,18 +66,37 @@ class CampaignManager:
         if options["webhooks"] and not self.registry.settings.secret:
             secret = inline.new_signing_secret()
         campaign = Campaign(
-            id=new_campaign_id(), name=spec.name, workflow_id=spec.workflow_id, user_id=spec.user_id,
-            provider=provider, from_number=from_number, status="running", options=options, origin=origin,
-            total=len(contacts), created_at=now, updated_at=now, started_at=now, webhook_secret=secret,
+            id=new_campaign_id(),
+            name=spec.name,
+            workflow_id=spec.workflow_id,
+            user_id=spec.user_id,
+            provider=provider,
+            from_number=from_number,
+            status="running",
+            options=options,
+            origin=origin,
+            total=len(contacts),
+            created_at=now,
+            updated_at=now,
+            started_at=now,
+            webhook_secret=secret,
             counts={"pending": len(contacts)},
         )
-        rows = [CampaignContact(campaign_id=campaign.id, position=index, phone=c.phone, name=c.name, context=c.context)
-                for index, c in enumerate(contacts)]
+        rows = [
+            CampaignContact(campaign_id=campaign.id, position=index, phone=c.phone, name=c.name, context=c.context)
+            for index, c in enumerate(contacts)
+        ]
         started = _event(ev.CAMPAIGN_STARTED, campaign, now, payloads.campaign_event_data(campaign, resumed=False))
         await self.store.create_campaign(campaign, rows, [started])
         self.registry.register(campaign)
-        log.info("campaign %s created: %d contacts via %s, concurrency=%s cps=%s", campaign.id, len(rows), provider,
-                 options.get("concurrency"), options.get("calls_per_second"))
+        log.info(
+            "campaign %s created: %d contacts via %s, concurrency=%s cps=%s",
+            campaign.id,
+            len(rows),
+            provider,
+            options.get("concurrency"),
+            options.get("calls_per_second"),
+        )
         return campaign, secret, dropped
 
     async def _get(self, campaign_id: str) -> Campaign:
@@ -83,14 +105,22 @@ class CampaignManager:
             raise CampaignError(404, f"no campaign {campaign_id[:64]!r}")
         return campaign
 
-    async def _move(self, campaign_id: str, action: str, from_statuses: Sequence[str], status: str,
-                    events: Callable[[Campaign, datetime], list[CampaignEvent]], **kwargs) -> Campaign:
+    async def _move(
+        self,
+        campaign_id: str,
+        action: str,
+        from_statuses: Sequence[str],
+        status: str,
+        events: Callable[[Campaign, datetime], list[CampaignEvent]],
+        **kwargs,
+    ) -> Campaign:
         current = await self._get(campaign_id)
         if current.status not in from_statuses:
             raise CampaignError(409, f"cannot {action} a campaign that is {current.status}")
         now = self.now()
-        moved = await self.store.update_campaign(campaign_id, from_statuses=from_statuses, status=status, now=now,
-                                                 events=lambda c: events(c, now), **kwargs)
+        moved = await self.store.update_campaign(
+            campaign_id, from_statuses=from_statuses, status=status, now=now, events=lambda c: events(c, now), **kwargs
+        )
         if moved is None:
             latest = await self._get(campaign_id)
             raise CampaignError(409, f"cannot {action} a campaign that is {latest.status}")
@@ -98,26 +128,49 @@ class CampaignManager:
         return moved
 
     async def pause(self, campaign_id: str) -> Campaign:
-        return await self._move(campaign_id, "pause", ("running",), "paused", lambda c, at: [
-            _event(ev.CAMPAIGN_PAUSED, c, at, payloads.campaign_event_data(c))])
+        return await self._move(
+            campaign_id,
+            "pause",
+            ("running",),
+            "paused",
+            lambda c, at: [_event(ev.CAMPAIGN_PAUSED, c, at, payloads.campaign_event_data(c))],
+        )
 
     async def resume(self, campaign_id: str) -> Campaign:
-        return await self._move(campaign_id, "resume", ("paused",), "running", lambda c, at: [
-            _event(ev.CAMPAIGN_STARTED, c, at, payloads.campaign_event_data(c, resumed=True))])
+        return await self._move(
+            campaign_id,
+            "resume",
+            ("paused",),
+            "running",
+            lambda c, at: [_event(ev.CAMPAIGN_STARTED, c, at, payloads.campaign_event_data(c, resumed=True))],
+        )
 
     async def cancel(self, campaign_id: str) -> Campaign:
         """Stop for good: waiting contacts are canceled; calls in progress run to their end."""
-        return await self._move(campaign_id, "cancel", ACTIVE, "canceled", lambda c, at: [
-            _event(ev.CAMPAIGN_CANCELED, c, at, payloads.campaign_event_data(c))],
-            contacts_from=CONTACT_WAITING, contacts_to="canceled", completed_at=self.now())
+        return await self._move(
+            campaign_id,
+            "cancel",
+            ACTIVE,
+            "canceled",
+            lambda c, at: [_event(ev.CAMPAIGN_CANCELED, c, at, payloads.campaign_event_data(c))],
+            contacts_from=CONTACT_WAITING,
+            contacts_to="canceled",
+            completed_at=self.now(),
+        )
 
     async def complete(self, campaign_id: str) -> Campaign | None:
         """Every contact is done: `campaign.completed` and `batch.completed`."""
         now = self.now()
         done = await self.store.update_campaign(
-            campaign_id, from_statuses=("running",), status="completed", now=now, completed_at=now,
-            events=lambda c: [_event(ev.CAMPAIGN_COMPLETED, c, now, payloads.campaign_event_data(c)),
-                              _event(ev.BATCH_COMPLETED, c, now, payloads.batch_completed(c))],
+            campaign_id,
+            from_statuses=("running",),
+            status="completed",
+            now=now,
+            completed_at=now,
+            events=lambda c: [
+                _event(ev.CAMPAIGN_COMPLETED, c, now, payloads.campaign_event_data(c)),
+                _event(ev.BATCH_COMPLETED, c, now, payloads.batch_completed(c)),
+            ],
         )
         if done is not None:
             log.info("campaign %s completed: %s", campaign_id, payloads.statistics(done))
@@ -127,10 +180,19 @@ class CampaignManager:
         """The campaign cannot go on: waiting contacts are skipped; `campaign.failed`, `batch.failed`."""
         now = self.now()
         failed = await self.store.update_campaign(
-            campaign_id, from_statuses=ACTIVE, status="failed", now=now, completed_at=now, error=error,
-            error_code=code, contacts_from=CONTACT_WAITING, contacts_to="skipped",
-            events=lambda c: [_event(ev.CAMPAIGN_FAILED, c, now, payloads.campaign_event_data(c, error=error, code=code)),
-                              _event(ev.BATCH_FAILED, c, now, payloads.batch_failed(c, error, code, now))],
+            campaign_id,
+            from_statuses=ACTIVE,
+            status="failed",
+            now=now,
+            completed_at=now,
+            error=error,
+            error_code=code,
+            contacts_from=CONTACT_WAITING,
+            contacts_to="skipped",
+            events=lambda c: [
+                _event(ev.CAMPAIGN_FAILED, c, now, payloads.campaign_event_data(c, error=error, code=code)),
+                _event(ev.BATCH_FAILED, c, now, payloads.batch_failed(c, error, code, now)),
+            ],
         )
         if failed is not None:
             log.error("campaign %s failed: %s (%s)", campaign_id, error, code)
@@ -141,10 +203,21 @@ class CampaignManager:
         campaign completes once its calls in progress end."""
         now = self.now()
         hit = await self.store.update_campaign(
-            campaign.id, from_statuses=(campaign.status,), status=campaign.status, now=now, quota=quota,
-            contacts_from=CONTACT_WAITING, contacts_to="skipped",
-            events=lambda c: [_event(ev.CAMPAIGN_QUOTA_REACHED, c, now,
-                                     payloads.campaign_event_data(c, quota=quota, used=used, limit=limit))],
+            campaign.id,
+            from_statuses=(campaign.status,),
+            status=campaign.status,
+            now=now,
+            quota=quota,
+            contacts_from=CONTACT_WAITING,
+            contacts_to="skipped",
+            events=lambda c: [
+                _event(
+                    ev.CAMPAIGN_QUOTA_REACHED,
+                    c,
+                    now,
+                    payloads.campaign_event_data(c, quota=quota, used=used, limit=limit),
+                )
+            ],
         )
         if hit is not None:
             log.warning("campaign %s reached %s (%s of %s): no new calls", campaign.id, quota, used, limit)

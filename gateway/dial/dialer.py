@@ -13,9 +13,10 @@ import asyncio
 import logging
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from gateway.calls.lifecycle import CallUpdate
 from gateway.calls.record import CallRecord
@@ -28,8 +29,12 @@ log = logging.getLogger("gateway.dial")
 
 T = TypeVar("T")
 # What each provider's config needs beyond its webhook secret before it can dial ("": nothing).
-DIALING_KEYS = {"twilio": "", "vonage": "application_id and private_key", "telnyx": "api_key, account_sid and application_id",
-                "plivo": ""}
+DIALING_KEYS = {
+    "twilio": "",
+    "vonage": "application_id and private_key",
+    "telnyx": "api_key, account_sid and application_id",
+    "plivo": "",
+}
 RECENT_HANGUPS = 10_000
 NccoFactory = Callable[[str, str, str, str], list[dict[str, Any]]]
 """(origin, workflow_id, user_id, workflow_run_id) -> the NCCO a Vonage call starts with."""
@@ -54,8 +59,9 @@ class CallRequest:
 class DialError(Exception):
     """A call that was not placed; `status` is the HTTP status the API answers with."""
 
-    def __init__(self, status: int, detail: str, *, record: CallRecord | None = None,
-                 refusal: ProviderRefused | None = None) -> None:
+    def __init__(
+        self, status: int, detail: str, *, record: CallRecord | None = None, refusal: ProviderRefused | None = None
+    ) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
@@ -147,15 +153,26 @@ class Dialer:
         rest = self.providers[request.provider]
         run_id = request.run_id or str(uuid.uuid4())
         seed = CallSeed(
-            workflow_id=request.workflow_id, user_id=request.user_id, provider=request.provider,
-            direction="outbound", from_number=request.from_, to_number=request.to,
-            initial_context=dict(request.initial_context), claim=request.claim,
+            workflow_id=request.workflow_id,
+            user_id=request.user_id,
+            provider=request.provider,
+            direction="outbound",
+            from_number=request.from_,
+            to_number=request.to,
+            initial_context=dict(request.initial_context),
+            claim=request.claim,
         )
         dial_params = {"to": request.to, "from": request.from_, "machine_detection": request.machine_detection}
         created = await self.store.apply_update(
-            CallUpdate(provider=request.provider, kind="dial", state=CallState.INITIATED, raw_status="dialing",
-                       params=dial_params),
-            run_id=run_id, seed=seed,
+            CallUpdate(
+                provider=request.provider,
+                kind="dial",
+                state=CallState.INITIATED,
+                raw_status="dialing",
+                params=dial_params,
+            ),
+            run_id=run_id,
+            seed=seed,
         )
         if not created.created:
             raise DialError(409, f"workflow_run_id {run_id!r} already names a call")
@@ -163,22 +180,33 @@ class Dialer:
         self._dialing[run_id] = done
         try:
             spec = DialSpec(
-                to=request.to, from_=request.from_,
+                to=request.to,
+                from_=request.from_,
                 answer_url=urls.answer_url(origin, request.workflow_id, request.user_id, run_id),
                 status_url=urls.status_url(origin, run_id),
-                machine_detection=request.machine_detection, ring_timeout=request.ring_timeout,
-                ncco=(self.ncco_factory(origin, request.workflow_id, request.user_id, run_id)
-                      if request.provider == "vonage" and self.ncco_factory else None),
+                machine_detection=request.machine_detection,
+                ring_timeout=request.ring_timeout,
+                ncco=(
+                    self.ncco_factory(origin, request.workflow_id, request.user_id, run_id)
+                    if request.provider == "vonage" and self.ncco_factory
+                    else None
+                ),
             )
             try:
                 result = await self._blocking(rest.create_call, spec)
             except ProviderRefused as refusal:
                 record = await self._mark_refused(run_id, refusal)
-                raise DialError(502, f"{refusal.provider} refused the call: {refusal.reason}",
-                                record=record, refusal=refusal) from None
+                raise DialError(
+                    502, f"{refusal.provider} refused the call: {refusal.reason}", record=record, refusal=refusal
+                ) from None
             applied = await self.store.apply_update(
-                CallUpdate(provider=request.provider, kind="dial", provider_call_id=result.provider_call_id,
-                           raw_status=result.status, params={"provider_call_id": result.provider_call_id, **result.raw}),
+                CallUpdate(
+                    provider=request.provider,
+                    kind="dial",
+                    provider_call_id=result.provider_call_id,
+                    raw_status=result.status,
+                    params={"provider_call_id": result.provider_call_id, **result.raw},
+                ),
                 run_id=run_id,
             )
             log.info("placed %s call run=%s to=%s id=%s", request.provider, run_id, request.to, result.provider_call_id)
@@ -189,16 +217,24 @@ class Dialer:
 
     async def _mark_refused(self, run_id: str, refusal: ProviderRefused) -> CallRecord:
         detail = refusal.to_dict()
-        log.warning("%s refused call run=%s: %s (status=%s code=%s)", refusal.provider, run_id, refusal.reason,
-                    refusal.status, refusal.code)
+        log.warning(
+            "%s refused call run=%s: %s (status=%s code=%s)",
+            refusal.provider,
+            run_id,
+            refusal.reason,
+            refusal.status,
+            refusal.code,
+        )
         annotations: dict[str, Any] = {"dial_error": detail}
         if refusal.maybe_sent:  # it may ring all the same: a campaign must never dial it again
             annotations["dial_interrupted"] = True
-        await self.store.record_activity(run_id, source="gateway", kind="dial.refused", data=detail,
-                                         annotations=annotations)
+        await self.store.record_activity(
+            run_id, source="gateway", kind="dial.refused", data=detail, annotations=annotations
+        )
         applied = await self.store.apply_update(
-            CallUpdate(provider=refusal.provider, kind="dial", state=CallState.FAILED, raw_status="dial-refused",
-                       params=detail),
+            CallUpdate(
+                provider=refusal.provider, kind="dial", state=CallState.FAILED, raw_status="dial-refused", params=detail
+            ),
             run_id=run_id,
         )
         return applied.record
@@ -219,14 +255,22 @@ class Dialer:
             raise HangupError(409, "the provider has not reported this call's id yet; try again shortly", record=record)
         rest = self.providers.get(record.provider or "")
         if rest is None:
-            raise HangupError(409, f"{record.provider} calls cannot be ended from here: "
-                                   f"{self.refusal_for(record.provider or '?')}", record=record)
+            raise HangupError(
+                409,
+                f"{record.provider} calls cannot be ended from here: {self.refusal_for(record.provider or '?')}",
+                record=record,
+            )
         try:
-            status = await self._blocking(rest.hangup, record.provider_call_id, answered=record.state == CallState.ANSWERED)
+            status = await self._blocking(
+                rest.hangup, record.provider_call_id, answered=record.state == CallState.ANSWERED
+            )
         except ProviderRefused as refusal:
-            await self._note(run_id, "hangup.failed", {"reason": reason, "requested_by": source, "error": refusal.to_dict()})
-            raise HangupError(502, f"{refusal.provider} did not end the call: {refusal.reason}", record=record,
-                              refusal=refusal) from None
+            await self._note(
+                run_id, "hangup.failed", {"reason": reason, "requested_by": source, "error": refusal.to_dict()}
+            )
+            raise HangupError(
+                502, f"{refusal.provider} did not end the call: {refusal.reason}", record=record, refusal=refusal
+            ) from None
         await self._note(run_id, "hangup", {"reason": reason, "requested_by": source, "provider_status": status})
         log.info("hung up %s call run=%s (%s, by %s)", record.provider, run_id, reason, source)
         return HangupResult(record=record, provider_status=status)
@@ -253,11 +297,11 @@ class Dialer:
                     level = logging.INFO if error.status in (404, 409) else logging.WARNING
                     log.log(level, "hangup of run=%s (%s) not done: %s", run_id, reason, error.detail)
                     return
-            except (StoreError, asyncio.TimeoutError) as error:
+            except (TimeoutError, StoreError) as error:
                 log.warning("hangup of run=%s (%s) failed: %s", run_id, reason, error)
                 if delay is None:
                     return
-            except Exception:  # noqa: BLE001 - a background task must log, not die silently
+            except Exception:
                 log.exception("hangup of run=%s crashed", run_id)
                 return
             await asyncio.sleep(delay)

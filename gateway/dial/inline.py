@@ -61,8 +61,12 @@ def campaign_of(subscription: str) -> str | None:
 
 def targets(campaign: Campaign, event_type: str) -> list[str]:
     """The campaign's inline subscriptions that receive `event_type`."""
-    urls = (campaign.options.get("webhooks") or {})
-    return [subscription_name(campaign.id, hook) for hook, (_, kind) in HOOKS.items() if kind == event_type and urls.get(hook)]
+    urls = campaign.options.get("webhooks") or {}
+    return [
+        subscription_name(campaign.id, hook)
+        for hook, (_, kind) in HOOKS.items()
+        if kind == event_type and urls.get(hook)
+    ]
 
 
 @dataclass(frozen=True)
@@ -85,13 +89,20 @@ def subscriptions(campaign: Campaign, settings: InlineSettings) -> list[Subscrip
         url = urls.get(hook)
         if not url:
             continue
-        out.append(Subscription(
-            name=subscription_name(campaign.id, hook), events=[kind], url=url, method="POST",
-            payload_template="{{event.data}}",
-            signing=DialgenSigning(secrets=[secret] if secret else []),
-            timeout=settings.timeout, retry=settings.retry, ordered=False,
-            allow_networks=list(settings.allow_networks),
-        ))
+        out.append(
+            Subscription(
+                name=subscription_name(campaign.id, hook),
+                events=[kind],
+                url=url,
+                method="POST",
+                payload_template="{{event.data}}",
+                signing=DialgenSigning(secrets=[secret] if secret else []),
+                timeout=settings.timeout,
+                retry=settings.retry,
+                ordered=False,
+                allow_networks=list(settings.allow_networks),
+            )
+        )
     return out
 
 

@@ -4,13 +4,13 @@ Pure."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from typing import Any, Sequence
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
 
 from gateway.calls.record import CallRecord
 from gateway.dial.policy import statistics
 from gateway.store.campaigns import Campaign, CampaignContact
-
 
 _DIALGEN_STATUS = {
     "succeeded": "COMPLETED",
@@ -27,12 +27,15 @@ def stamp(value: datetime | None) -> str | None:
     """`2025-11-15T14:00:00.000Z` (milliseconds, UTC), as Dialgen writes times."""
     if value is None:
         return None
-    return value.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def timestamps(campaign: Campaign) -> dict[str, str | None]:
-    return {"createdAt": stamp(campaign.created_at), "startedAt": stamp(campaign.started_at),
-            "completedAt": stamp(campaign.completed_at)}
+    return {
+        "createdAt": stamp(campaign.created_at),
+        "startedAt": stamp(campaign.started_at),
+        "completedAt": stamp(campaign.completed_at),
+    }
 
 
 def campaign_view(campaign: Campaign) -> dict[str, Any]:
@@ -115,8 +118,13 @@ def batch_failed(campaign: Campaign, error: str, code: str, at: datetime) -> dic
     }
 
 
-def call_completed(campaign: Campaign, contact: CampaignContact, record: CallRecord, outcome: str,
-                   transcription: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def call_completed(
+    campaign: Campaign,
+    contact: CampaignContact,
+    record: CallRecord,
+    outcome: str,
+    transcription: Sequence[dict[str, Any]],
+) -> dict[str, Any]:
     """Dialgen `onCallComplete`: `{success, callData}` for one finished call."""
     media = record.media or {}
     return {
@@ -154,6 +162,6 @@ def transcript_lines(entries: Sequence[Any]) -> list[dict[str, Any]]:
         if entry.kind != "transcript":
             continue
         at = entry.data.get("at")
-        when = datetime.fromtimestamp(at, timezone.utc) if isinstance(at, (int, float)) else entry.received_at
+        when = datetime.fromtimestamp(at, UTC) if isinstance(at, (int, float)) else entry.received_at
         lines.append({"role": entry.data.get("role"), "text": entry.data.get("text"), "at": stamp(when)})
     return lines

@@ -3,7 +3,7 @@ window is open, how calls are paced, when a quota is reached, and the statistics
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -66,8 +66,8 @@ def next_opening(now: datetime, window: Window) -> datetime:
         day = local.date() + timedelta(days=offset)
         candidate = datetime.combine(day, start, tzinfo=zone)
         if candidate > local and (window.days is None or candidate.weekday() in window.days):
-            return candidate.astimezone(timezone.utc)
-    return (local + timedelta(days=7)).astimezone(timezone.utc)
+            return candidate.astimezone(UTC)
+    return (local + timedelta(days=7)).astimezone(UTC)
 
 
 class Pacer:

@@ -24,9 +24,10 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Callable
+from typing import Any
 
 from gateway.calls import events as ev
 from gateway.calls.lifecycle import CallUpdate
@@ -53,7 +54,9 @@ class RunnerSettings:
     orphan_seconds: float = 120.0
     reconcile_seconds: float = 600.0
     max_consecutive_refusals: int = 10
-    webhook_sync_seconds: float = 2.0  # how often every instance syncs campaigns' inline webhooks (inline.InlineRegistry.sync)
+    webhook_sync_seconds: float = (
+        2.0  # how often every instance syncs campaigns' inline webhooks (inline.InlineRegistry.sync)
+    )
 
 
 class CampaignRunner:
@@ -133,11 +136,11 @@ class CampaignRunner:
                 await self.tick()
             except StoreError as error:
                 log.error("campaign tick failed: %s", error)
-            except Exception:  # noqa: BLE001 - the loop must outlive a bug in one tick
+            except Exception:
                 log.exception("campaign tick crashed")
             try:
                 await asyncio.wait_for(self._wake.wait(), self.settings.poll_seconds)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def _sync_webhooks(self) -> None:
@@ -148,7 +151,7 @@ class CampaignRunner:
                 await self.manager.registry.sync(self.store)
             except StoreError as error:
                 log.warning("syncing campaigns' inline webhooks failed: %s", error)
-            except Exception:  # noqa: BLE001 - the loop must outlive a bug in one pass
+            except Exception:
                 log.exception("syncing campaigns' inline webhooks crashed")
 
     async def tick(self) -> None:
@@ -179,8 +182,12 @@ class CampaignRunner:
                 continue
             if record is None:
                 if await self.store.release_campaign_claim(contact, now=now):
-                    log.info("campaign %s contact %d: claim %s was never dialed; released", campaign.id,
-                             contact.position, run_id)
+                    log.info(
+                        "campaign %s contact %d: claim %s was never dialed; released",
+                        campaign.id,
+                        contact.position,
+                        run_id,
+                    )
             elif record.state.terminal:
                 await self._finish(campaign, contact, record, now)
             elif not record.provider_call_id:
@@ -201,25 +208,43 @@ class CampaignRunner:
             Event(type=ev.BATCH_CALL_COMPLETED, workflow_run_id=record.workflow_run_id, occurred_at=now, data=body),
             inline.targets(campaign, ev.BATCH_CALL_COMPLETED),
         )
-        if await self.store.finish_campaign_attempt(contact, status=status, outcome=outcome, next_attempt_at=next_at,
-                                                    now=now, events=[event]):
-            log.info("campaign %s contact %d call %d: %s -> %s", campaign.id, contact.position, contact.attempts,
-                     outcome, status)
+        if await self.store.finish_campaign_attempt(
+            contact, status=status, outcome=outcome, next_attempt_at=next_at, now=now, events=[event]
+        ):
+            log.info(
+                "campaign %s contact %d call %d: %s -> %s",
+                campaign.id,
+                contact.position,
+                contact.attempts,
+                outcome,
+                status,
+            )
             self._checked.pop(record.workflow_run_id, None)
             self._hung_up.discard(record.workflow_run_id)
 
-    async def _maybe_interrupted(self, campaign: Campaign, contact: CampaignContact, record: CallRecord,
-                                 now: datetime) -> None:
+    async def _maybe_interrupted(
+        self, campaign: Campaign, contact: CampaignContact, record: CallRecord, now: datetime
+    ) -> None:
         created = record.created_at or now
         if (now - created).total_seconds() < self.settings.orphan_seconds:
             return
         reason = "the gateway stopped while dialing and the provider never reported the call; not redialed"
         log.warning("campaign %s contact %d: run %s %s", campaign.id, contact.position, record.workflow_run_id, reason)
-        await self.store.record_activity(record.workflow_run_id, source="gateway", kind="dial.interrupted",
-                                         data={"reason": reason}, annotations={"dial_interrupted": True})
+        await self.store.record_activity(
+            record.workflow_run_id,
+            source="gateway",
+            kind="dial.interrupted",
+            data={"reason": reason},
+            annotations={"dial_interrupted": True},
+        )
         await self.store.apply_update(
-            CallUpdate(provider=record.provider or campaign.provider, kind="dial", state=CallState.FAILED,
-                       raw_status="dial-interrupted", params={"reason": reason}),
+            CallUpdate(
+                provider=record.provider or campaign.provider,
+                kind="dial",
+                state=CallState.FAILED,
+                raw_status="dial-interrupted",
+                params={"reason": reason},
+            ),
             run_id=record.workflow_run_id,
         )
 
@@ -240,17 +265,31 @@ class CampaignRunner:
             log.warning("could not ask %s about run %s: %s", refusal.provider, run_id, refusal.reason)
             return
         if call is not None and state is not None and state != record.state:
-            log.info("run %s: %s reports %s while the gateway had %s", run_id, record.provider, call.status,
-                     record.state.value)
+            log.info(
+                "run %s: %s reports %s while the gateway had %s",
+                run_id,
+                record.provider,
+                call.status,
+                record.state.value,
+            )
             # The provider's end time and duration, not the time it was asked: a call that ended
             # long before it was reconciled did not talk all that while.
             await self.store.apply_update(
-                CallUpdate(provider=record.provider or campaign.provider, kind="reconcile",
-                           provider_call_id=record.provider_call_id, raw_status=call.status, state=state,
-                           occurred_at=call.ended_at if state.terminal else None,
-                           duration=call.duration if state.terminal else None,
-                           params={"status": call.status, "source": "provider REST API",
-                                   "end_time": isoformat(call.ended_at), "duration": call.duration}),
+                CallUpdate(
+                    provider=record.provider or campaign.provider,
+                    kind="reconcile",
+                    provider_call_id=record.provider_call_id,
+                    raw_status=call.status,
+                    state=state,
+                    occurred_at=call.ended_at if state.terminal else None,
+                    duration=call.duration if state.terminal else None,
+                    params={
+                        "status": call.status,
+                        "source": "provider REST API",
+                        "end_time": isoformat(call.ended_at),
+                        "duration": call.duration,
+                    },
+                ),
                 run_id=run_id,
             )
 
@@ -267,8 +306,11 @@ class CampaignRunner:
             return
         quota = quota_reached(campaign, options)
         if quota and waiting:
-            used, limit = ((campaign.dialed, options.max_calls) if quota == "max_calls"
-                           else (campaign.minutes_used, options.max_minutes))
+            used, limit = (
+                (campaign.dialed, options.max_calls)
+                if quota == "max_calls"
+                else (campaign.minutes_used, options.max_minutes)
+            )
             await self.manager.quota_reached(campaign, quota, used, limit or 0)
             return
         if self._stopping or self.draining() or not window_open(self.now(), options.window):
@@ -282,7 +324,9 @@ class CampaignRunner:
         slots = pacer.slots(self.monotonic(), self.settings.poll_seconds, min(room, waiting))
         if not slots:
             return
-        claimed = await self.store.claim_campaign_contacts(campaign.id, [str(uuid.uuid4()) for _ in slots], now=self.now())
+        claimed = await self.store.claim_campaign_contacts(
+            campaign.id, [str(uuid.uuid4()) for _ in slots], now=self.now()
+        )
         pacer.use(slots[: len(claimed)])
         for contact, slot in zip(claimed, slots):
             self._claimed.add(contact.workflow_run_id or "")
@@ -301,13 +345,24 @@ class CampaignRunner:
             if wait > 0:
                 await asyncio.sleep(wait)
             request = CallRequest(
-                provider=campaign.provider, to=contact.phone, from_=campaign.from_number,
-                workflow_id=campaign.workflow_id, user_id=campaign.user_id,
-                initial_context={**contact.context, "campaign": {
-                    "id": campaign.id, "name": campaign.name, "contact_position": contact.position,
-                    "contact_name": contact.name, "attempt": contact.attempts,
-                }},
-                machine_detection=options.machine_detection or None, ring_timeout=options.ring_timeout, run_id=run_id,
+                provider=campaign.provider,
+                to=contact.phone,
+                from_=campaign.from_number,
+                workflow_id=campaign.workflow_id,
+                user_id=campaign.user_id,
+                initial_context={
+                    **contact.context,
+                    "campaign": {
+                        "id": campaign.id,
+                        "name": campaign.name,
+                        "contact_position": contact.position,
+                        "contact_name": contact.name,
+                        "attempt": contact.attempts,
+                    },
+                },
+                machine_detection=options.machine_detection or None,
+                ring_timeout=options.ring_timeout,
+                run_id=run_id,
                 claim=(campaign.id, contact.position),
             )
             await self.dialer.place_call(request, origin=self.origin() or campaign.origin)
@@ -316,7 +371,7 @@ class CampaignRunner:
             log.warning("%s", lost)
         except DialError as error:
             await self._refused(campaign, contact, error)
-        except Exception:  # noqa: BLE001 - the next tick settles whatever state this left
+        except Exception:
             log.exception("campaign %s contact %d: dialing crashed", campaign.id, contact.position)
         finally:
             self._claimed.discard(run_id)
@@ -326,14 +381,20 @@ class CampaignRunner:
         refusal = error.refusal
         if error.record is None:  # nothing was written or dialed: give the contact back, then stop
             await self.store.release_campaign_claim(contact, now=self.now())
-            await self.manager.fail(campaign.id, error.detail, "PROVIDER_NOT_CONFIGURED" if error.status == 400 else "DIAL_ERROR")
+            await self.manager.fail(
+                campaign.id, error.detail, "PROVIDER_NOT_CONFIGURED" if error.status == 400 else "DIAL_ERROR"
+            )
             return
         if refusal is not None and refusal.auth_failed:
-            await self.manager.fail(campaign.id, f"{refusal.provider} refused the gateway's credentials: {refusal.reason}",
-                                    "PROVIDER_AUTH_FAILED")
+            await self.manager.fail(
+                campaign.id,
+                f"{refusal.provider} refused the gateway's credentials: {refusal.reason}",
+                "PROVIDER_AUTH_FAILED",
+            )
             return
         count = self._refusals.get(campaign.id, 0) + 1
         self._refusals[campaign.id] = count
         if count >= self.settings.max_consecutive_refusals:
-            await self.manager.fail(campaign.id, f"{count} calls in a row were refused; last: {error.detail}",
-                                    "PROVIDER_REFUSED")
+            await self.manager.fail(
+                campaign.id, f"{count} calls in a row were refused; last: {error.detail}", "PROVIDER_REFUSED"
+            )

@@ -58,7 +58,7 @@ def machine_detection_mode(value: Any) -> str | None:
         return "detect"
     if value in ("message_end", "DetectMessageEnd"):
         return "message_end"
-    raise ValueError("must be true, false, \"detect\" or \"message_end\"")
+    raise ValueError('must be true, false, "detect" or "message_end"')
 
 
 class _Model(BaseModel):
@@ -67,7 +67,9 @@ class _Model(BaseModel):
 
 # The JSON schemas (the OpenAPI document) show the canonical forms; the validators below also
 # take a phone number with spaces, dashes, dots and brackets.
-Phone = Annotated[str, Field(min_length=1, json_schema_extra={"pattern": r"^\+?[1-9][0-9]{6,14}$", "examples": ["+14155550100"]})]
+Phone = Annotated[
+    str, Field(min_length=1, json_schema_extra={"pattern": r"^\+?[1-9][0-9]{6,14}$", "examples": ["+14155550100"]})
+]
 PathId = Annotated[str, Field(json_schema_extra={"pattern": PATH_ID.pattern})]
 
 
@@ -114,7 +116,7 @@ class Window(_Model):
         return value
 
     @model_validator(mode="after")
-    def _not_empty(self) -> "Window":
+    def _not_empty(self) -> Window:
         if self.start == self.end:
             raise ValueError("start and end must differ")
         return self
@@ -206,7 +208,7 @@ class CampaignSpec(_Model):
     _from = field_validator("from_")(lambda v: None if v is None else normalize_phone(v))
 
     @model_validator(mode="after")
-    def _csv(self) -> "CampaignSpec":
+    def _csv(self) -> CampaignSpec:
         if self.contacts_csv is not None:
             self.contacts = [*self.contacts, *parse_contacts_csv(self.contacts_csv)]
             self.contacts_csv = None
@@ -263,9 +265,13 @@ def parse_contacts_csv(text: str) -> list[ContactSpec]:
                 raise ValueError(f"contacts_csv line {line}: context must be a JSON object")
             context.update(extra)
         try:
-            contacts.append(ContactSpec(phone=(row.get(phone_col) or "").strip(),
-                                        name=(row.get(name_col) or "").strip() or None if name_col else None,
-                                        context=context))
+            contacts.append(
+                ContactSpec(
+                    phone=(row.get(phone_col) or "").strip(),
+                    name=(row.get(name_col) or "").strip() or None if name_col else None,
+                    context=context,
+                )
+            )
         except ValidationError as error:
             raise ValueError(f"contacts_csv line {line}: {describe(error)}") from None
     if not contacts:

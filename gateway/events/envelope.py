@@ -29,7 +29,7 @@ class _RandomBits(threading.local):
             self.pool, self.at = os.urandom(640), 0
         start = self.at
         self.at = start + 10
-        return int.from_bytes(self.pool[start:start + 10], "big")
+        return int.from_bytes(self.pool[start : start + 10], "big")
 
 
 _RANDOM = _RandomBits()
@@ -55,10 +55,19 @@ class Event:
     (`envelope_json`) without writing the data again. The data is not changed once the event
     is made: the text and the dict are the same data."""
 
-    __slots__ = ("type", "workflow_run_id", "occurred_at", "id", "seq", "_data", "_json")
+    __slots__ = ("_data", "_json", "id", "occurred_at", "seq", "type", "workflow_run_id")
 
-    def __init__(self, type: str, workflow_run_id: str | None, occurred_at: datetime, data: dict[str, Any] | None = None,
-                 id: str | None = None, seq: int = 0, *, data_json: str | None = None) -> None:
+    def __init__(
+        self,
+        type: str,
+        workflow_run_id: str | None,
+        occurred_at: datetime,
+        data: dict[str, Any] | None = None,
+        id: str | None = None,
+        seq: int = 0,
+        *,
+        data_json: str | None = None,
+    ) -> None:
         self.type = type
         self.workflow_run_id = workflow_run_id
         self.occurred_at = occurred_at
@@ -92,8 +101,10 @@ class Event:
     def envelope_json(self) -> bytes:
         """`envelope()` as `jsontext.dumps_bytes` writes it, around the data's stored text."""
         dumps = jsontext.dumps
-        return (f'{{"id":{dumps(self.id)},"type":{dumps(self.type)},"timestamp":{dumps(isoformat(self.occurred_at))},'
-                f'"workflow_run_id":{dumps(self.workflow_run_id)},"data":{self.data_json()}}}').encode("utf-8")
+        return (
+            f'{{"id":{dumps(self.id)},"type":{dumps(self.type)},"timestamp":{dumps(isoformat(self.occurred_at))},'
+            f'"workflow_run_id":{dumps(self.workflow_run_id)},"data":{self.data_json()}}}'
+        ).encode()
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_event, (self.type, self.workflow_run_id, self.occurred_at, self.id, self.seq, self.data_json()))
@@ -101,12 +112,20 @@ class Event:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Event):
             return NotImplemented
-        return (self.type, self.workflow_run_id, self.occurred_at, self.id, self.seq, self.data) == \
-               (other.type, other.workflow_run_id, other.occurred_at, other.id, other.seq, other.data)
+        return (self.type, self.workflow_run_id, self.occurred_at, self.id, self.seq, self.data) == (
+            other.type,
+            other.workflow_run_id,
+            other.occurred_at,
+            other.id,
+            other.seq,
+            other.data,
+        )
 
     def __repr__(self) -> str:
-        return (f"Event(type={self.type!r}, workflow_run_id={self.workflow_run_id!r}, occurred_at={self.occurred_at!r},"
-                f" id={self.id!r}, seq={self.seq!r})")
+        return (
+            f"Event(type={self.type!r}, workflow_run_id={self.workflow_run_id!r}, occurred_at={self.occurred_at!r},"
+            f" id={self.id!r}, seq={self.seq!r})"
+        )
 
 
 def _event(type: str, workflow_run_id: str | None, occurred_at: datetime, id: str, seq: int, data_json: str) -> Event:

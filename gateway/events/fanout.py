@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import fnmatch
 import threading
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from gateway.events.envelope import Event
 

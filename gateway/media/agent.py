@@ -12,7 +12,8 @@ import asyncio
 import enum
 import json
 import uuid
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import websockets
 
@@ -21,8 +22,16 @@ from gateway.media.agent_socket import AgentSocket, SocketClosed
 from gateway.media.twilio_agent import PLACEHOLDER_ACCOUNT_SID, AgentMessageError, TwilioAgentProtocol
 from gateway.redact import Redactor, header_secrets, redact_url, url_secrets
 
-__all__ = ["AgentLink", "AgentMessageError", "AgentProtocol", "AgentUnavailable", "EchoAgentLink", "TwilioAgentLink",
-           "WebSocketAgentLink", "agent_link_for"]
+__all__ = [
+    "AgentLink",
+    "AgentMessageError",
+    "AgentProtocol",
+    "AgentUnavailable",
+    "EchoAgentLink",
+    "TwilioAgentLink",
+    "WebSocketAgentLink",
+    "agent_link_for",
+]
 
 
 class AgentProtocol(str, enum.Enum):
@@ -68,8 +77,15 @@ class AgentLink(abc.ABC):
 class WebSocketAgentLink(AgentLink):
     """An agent server reached over a WebSocket (see `AgentSocket` for why not `websockets.asyncio`)."""
 
-    def __init__(self, url: str, *, headers: Mapping[str, str] | None = None, connect_timeout: float = 5.0,
-                 max_message_bytes: int = 1 << 20, write_limit: int = 64 * 1024) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        connect_timeout: float = 5.0,
+        max_message_bytes: int = 1 << 20,
+        write_limit: int = 64 * 1024,
+    ) -> None:
         self.url = url
         self.headers = dict(headers or {})
         # Its failures become log lines, the timeline's `agent.failed` and `call.agent_failed`:
@@ -82,14 +98,17 @@ class WebSocketAgentLink(AgentLink):
 
     async def open(self, start: Mapping[str, Any]) -> None:
         try:
-            self._socket = AgentSocket(self.url, max_size=self.max_message_bytes, ping_interval=20, ping_timeout=20,
-                                       close_timeout=2)
+            self._socket = AgentSocket(
+                self.url, max_size=self.max_message_bytes, ping_interval=20, ping_timeout=20, close_timeout=2
+            )
             await self._socket.open(self.headers, timeout=self.connect_timeout, user_agent="telephony-gateway")
             for text in self._opening(start):
                 self._socket.send_text(text)
-        except (OSError, asyncio.TimeoutError, SocketClosed, websockets.exceptions.WebSocketException) as exc:
+        except (TimeoutError, OSError, SocketClosed, websockets.exceptions.WebSocketException) as exc:
             await self.close()
-            raise self._unavailable(f"cannot connect to agent at {redact_url(self.url)}: {type(exc).__name__}: {exc}") from None
+            raise self._unavailable(
+                f"cannot connect to agent at {redact_url(self.url)}: {type(exc).__name__}: {exc}"
+            ) from None
 
     def _unavailable(self, reason: str) -> AgentUnavailable:
         return AgentUnavailable(self._redactor.text(reason))
@@ -131,8 +150,14 @@ class TwilioAgentLink(WebSocketAgentLink):
     """An agent server that speaks Twilio Media Streams (`agent.protocol: twilio`): the gateway
     plays Twilio's part, translating the session's native protocol (`twilio_agent`)."""
 
-    def __init__(self, url: str, *, account_sid: str | None = None, new_stream_sid: Callable[[], str] | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        account_sid: str | None = None,
+        new_stream_sid: Callable[[], str] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(url, **kwargs)
         self.account_sid = account_sid or PLACEHOLDER_ACCOUNT_SID
         self.new_stream_sid = new_stream_sid or (lambda: "MZ" + uuid.uuid4().hex)
@@ -142,7 +167,9 @@ class TwilioAgentLink(WebSocketAgentLink):
         call = start.get("call") or {}
         stream_id = call.get("stream_id")
         self.protocol = TwilioAgentProtocol(
-            stream_sid=stream_id if isinstance(stream_id, str) and stream_id.startswith("MZ") else self.new_stream_sid(),
+            stream_sid=stream_id
+            if isinstance(stream_id, str) and stream_id.startswith("MZ")
+            else self.new_stream_sid(),
             call_sid=str(call.get("provider_call_id") or call.get("workflow_run_id") or ""),
             account_sid=self.account_sid,
         )
@@ -205,8 +232,14 @@ class EchoAgentLink(AgentLink):
         self._queue.put_nowait(None)
 
 
-def agent_link_for(url: str, *, headers: Mapping[str, str] | None = None, connect_timeout: float = 5.0,
-                   protocol: AgentProtocol = AgentProtocol.NATIVE, account_sid: str | None = None) -> AgentLink:
+def agent_link_for(
+    url: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    connect_timeout: float = 5.0,
+    protocol: AgentProtocol = AgentProtocol.NATIVE,
+    account_sid: str | None = None,
+) -> AgentLink:
     """The link named by `agent.url`: `echo`, or a WebSocket URL speaking `protocol`."""
     if url == "echo":
         return EchoAgentLink()

@@ -21,7 +21,7 @@ import os
 import ssl
 import struct
 from collections import deque
-from typing import Mapping
+from collections.abc import Mapping
 
 from websockets.client import ClientProtocol
 from websockets.exceptions import InvalidURI
@@ -48,7 +48,7 @@ class _MaskPool:
     def take(self) -> bytes:
         if self._next >= len(self._keys):
             self._keys, self._next = os.urandom(4 * _MASKS), 0
-        key = self._keys[self._next:self._next + 4]
+        key = self._keys[self._next : self._next + 4]
         self._next += 4
         return key
 
@@ -69,8 +69,16 @@ class SocketClosed(Exception):
 class AgentSocket(asyncio.Protocol):
     """One client WebSocket: `open`, `send_bytes`/`send_text`, `receive`, `close`."""
 
-    def __init__(self, url: str, *, max_size: int = 1 << 20, max_queue: int = 16, ping_interval: float | None = 20,
-                 ping_timeout: float = 20, close_timeout: float = 2) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        max_size: int = 1 << 20,
+        max_queue: int = 16,
+        ping_interval: float | None = 20,
+        ping_timeout: float = 20,
+        close_timeout: float = 2,
+    ) -> None:
         try:
             self.uri = parse_uri(url)
         except InvalidURI as exc:
@@ -105,8 +113,9 @@ class AgentSocket(asyncio.Protocol):
         context = ssl.create_default_context() if uri.secure else None
         try:
             async with asyncio.timeout(timeout):
-                await self._loop.create_connection(lambda: self, uri.host, uri.port, ssl=context,
-                                                   server_hostname=uri.host if context else None)
+                await self._loop.create_connection(
+                    lambda: self, uri.host, uri.port, ssl=context, server_hostname=uri.host if context else None
+                )
                 request = self.protocol.connect()
                 request.headers.update(headers)
                 request.headers.setdefault("User-Agent", user_agent)
@@ -201,11 +210,11 @@ class AgentSocket(asyncio.Protocol):
             if size == 126:
                 if end - offset < 4:
                     break
-                size, head = int.from_bytes(inbox[offset + 2:offset + 4], "big"), 4
+                size, head = int.from_bytes(inbox[offset + 2 : offset + 4], "big"), 4
             elif size == 127:
                 if end - offset < 10:
                     break
-                size, head = int.from_bytes(inbox[offset + 2:offset + 10], "big"), 10
+                size, head = int.from_bytes(inbox[offset + 2 : offset + 10], "big"), 10
             if second & 0x80 or size > self.max_size:
                 self._fast = False  # masked by the server, or too big: the protocol fails the connection
                 break
@@ -214,7 +223,7 @@ class AgentSocket(asyncio.Protocol):
                 break
             opcode = first & 0x0F
             if first & 0xF0 == 0x80 and (opcode == 1 or opcode == 2):  # FIN, no RSV bits, text or binary
-                payload = bytes(inbox[offset + head:stop])
+                payload = bytes(inbox[offset + head : stop])
                 self._deliver(Opcode.TEXT if opcode == 1 else Opcode.BINARY, payload)
             else:
                 self._receive_with_protocol(bytes(inbox[offset:stop]))
@@ -246,8 +255,9 @@ class AgentSocket(asyncio.Protocol):
             elif any(isinstance(event, Response) for event in events):
                 self._handshake.set_result(None)
                 self._opened = True
-        self._fast = (self._opened and protocol.state is OPEN and self._fragment_opcode is None
-                      and _holds_nothing(protocol))
+        self._fast = (
+            self._opened and protocol.state is OPEN and self._fragment_opcode is None and _holds_nothing(protocol)
+        )
         if self._opened and protocol.state is not OPEN and self._closed_reason is None:
             self._closed_reason = self._describe_close(None)  # the protocol failed the connection
             self._wake()

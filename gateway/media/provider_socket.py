@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import abc
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from gateway.audio import PLIVO_FORMAT, TELNYX_FORMAT, TWILIO_FORMAT, VONAGE_FORMAT, AudioFormat
 from gateway.providers import plivo_media, telnyx_media, twilio_media, vonage_media
@@ -81,8 +82,9 @@ class ProviderSocket(abc.ABC):
     async def send_clear(self) -> None:
         """Ask the provider to drop the audio it has buffered."""
 
-    async def _read_start(self, parse: Callable[[str], Any], errors: type[Exception], opening: frozenset[str],
-                          label: str) -> Any:
+    async def _read_start(
+        self, parse: Callable[[str], Any], errors: type[Exception], opening: frozenset[str], label: str
+    ) -> Any:
         """The parsed `start` of a JSON-text stream, the `opening` events before it skipped
         (at most four messages); `HandshakeError` for anything else."""
         for _ in range(4):
@@ -145,11 +147,16 @@ class TwilioSocket(ProviderSocket):
     echoes_marks = True
 
     async def handshake(self) -> StreamStart:
-        parsed = await self._read_start(twilio_media.parse_stream_message, twilio_media.StreamMessageError,
-                                        frozenset({"connected"}), "Twilio")
+        parsed = await self._read_start(
+            twilio_media.parse_stream_message, twilio_media.StreamMessageError, frozenset({"connected"}), "Twilio"
+        )
         self.stream_id = parsed.stream_sid
-        return StreamStart(parsed.stream_sid, parsed.custom_parameters.get("stream_token"), parsed.call_sid,
-                           dict(parsed.custom_parameters))
+        return StreamStart(
+            parsed.stream_sid,
+            parsed.custom_parameters.get("stream_token"),
+            parsed.call_sid,
+            dict(parsed.custom_parameters),
+        )
 
     async def receive(self) -> tuple[str, Any]:
         message = await self._receive_message()

@@ -24,9 +24,10 @@ import struct
 import time
 import uuid
 import wave
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Sequence
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -58,9 +59,17 @@ class RecordingTimeline:
     only ever placed at or after `now`, and a `clear` only cuts what has not played yet.
     """
 
-    def __init__(self, fmt: AudioFormat, *, start: float, settle_seconds: float = 0.4,
-                 gap_seconds: float = 1.0, jitter_seconds: float = 0.03, max_lag_seconds: float = 2.0,
-                 max_ahead_seconds: float = 10.0) -> None:
+    def __init__(
+        self,
+        fmt: AudioFormat,
+        *,
+        start: float,
+        settle_seconds: float = 0.4,
+        gap_seconds: float = 1.0,
+        jitter_seconds: float = 0.03,
+        max_lag_seconds: float = 2.0,
+        max_ahead_seconds: float = 10.0,
+    ) -> None:
         self.format = fmt
         self.start = start
         self._width = fmt.bytes_per_sample
@@ -120,14 +129,14 @@ class RecordingTimeline:
         if begins > end + self._jitter:
             buffer += self._silence * (begins - end)
         elif begins < end - self._tolerance:
-            del buffer[max(begins, 0) * self._width:]  # replaces what was cut by a clear
+            del buffer[max(begins, 0) * self._width :]  # replaces what was cut by a clear
         buffer += frame
 
     def cleared(self, now: float) -> None:
         """Barge-in at `now`: agent audio that had not played yet never will."""
         cut = self.position(now) - self.taken
         if cut * self._width < len(self._agent):
-            del self._agent[max(cut, 0) * self._width:]
+            del self._agent[max(cut, 0) * self._width :]
 
     def take(self, now: float) -> tuple[bytes, bytes] | None:
         """The settled audio of both channels, equal lengths; None when there is none yet.
@@ -185,7 +194,7 @@ class StereoConverter:
             longest = max(len(left), len(right))
             left, right = left.ljust(longest, b"\0"), right.ljust(longest, b"\0")
         n = min(len(left), len(right)) // 2
-        self._carry = (left[n * 2:], right[n * 2:])
+        self._carry = (left[n * 2 :], right[n * 2 :])
         if not n:
             return b""
         frames = np.empty((n, 2), dtype="<i2")
@@ -225,7 +234,11 @@ def publish_recording(partial: Path, path: Path) -> None:
             out.setframerate(RECORDING_FORMAT.sample_rate)
             for source in (path, partial):
                 with wave.open(str(source)) as wav:
-                    if (wav.getnchannels(), wav.getsampwidth(), wav.getframerate()) != (2, 2, RECORDING_FORMAT.sample_rate):
+                    if (wav.getnchannels(), wav.getsampwidth(), wav.getframerate()) != (
+                        2,
+                        2,
+                        RECORDING_FORMAT.sample_rate,
+                    ):
                         raise ValueError(f"{source.name} is not 16 kHz stereo PCM16")
                     while chunk := wav.readframes(_COPY_FRAMES):
                         out.writeframesraw(chunk)
@@ -242,9 +255,14 @@ def repair_partial(partial: Path) -> int:
     """
     with open(partial, "r+b") as f:
         head = f.read(_WAV_HEADER_BYTES)
-        if (len(head) < _WAV_HEADER_BYTES or head[:4] != b"RIFF" or head[8:16] != b"WAVEfmt "
-                or struct.unpack("<I", head[16:20])[0] != 16 or head[36:40] != b"data"
-                or struct.unpack("<HHI", head[20:28]) != (1, 2, RECORDING_FORMAT.sample_rate)):
+        if (
+            len(head) < _WAV_HEADER_BYTES
+            or head[:4] != b"RIFF"
+            or head[8:16] != b"WAVEfmt "
+            or struct.unpack("<I", head[16:20])[0] != 16
+            or head[36:40] != b"data"
+            or struct.unpack("<HHI", head[20:28]) != (1, 2, RECORDING_FORMAT.sample_rate)
+        ):
             raise ValueError(f"{partial.name} is not a recording this gateway wrote")
         size = f.seek(0, os.SEEK_END) - _WAV_HEADER_BYTES
         data = size - size % _STEREO_FRAME_BYTES
@@ -256,7 +274,9 @@ def repair_partial(partial: Path) -> int:
     return data // _STEREO_FRAME_BYTES
 
 
-def recover_recordings(directory: Path, *, idle_seconds: float = 30.0, now: Callable[[], float] = time.time) -> list[Path]:
+def recover_recordings(
+    directory: Path, *, idle_seconds: float = 30.0, now: Callable[[], float] = time.time
+) -> list[Path]:
     """Publish the `.part` files nobody has written for `idle_seconds` (their writer died).
 
     Part files this process has open are never touched; another instance's live recording
@@ -289,8 +309,9 @@ def recover_recordings(directory: Path, *, idle_seconds: float = 30.0, now: Call
                 os.replace(partial, aside)
             log.error("could not recover the recording %s: %s (kept as %s)", partial.name, exc, aside.name)
             continue
-        log.warning("recovered %.1f s of an interrupted recording into %s",
-                    frames / RECORDING_FORMAT.sample_rate, path.name)
+        log.warning(
+            "recovered %.1f s of an interrupted recording into %s", frames / RECORDING_FORMAT.sample_rate, path.name
+        )
         recovered.append(path)
     return recovered
 
@@ -373,8 +394,9 @@ async def sweep_recordings(directory: Path, *, every_seconds: float = 60.0, idle
     """Run `recover_recordings` on the recording thread now and every `every_seconds`, for ever."""
     loop = asyncio.get_running_loop()
     while True:
-        await loop.run_in_executor(recording_executor(), functools.partial(
-            recover_recordings, directory, idle_seconds=idle_seconds))
+        await loop.run_in_executor(
+            recording_executor(), functools.partial(recover_recordings, directory, idle_seconds=idle_seconds)
+        )
         await asyncio.sleep(every_seconds)
 
 
@@ -388,8 +410,16 @@ class CallRecorder:
     bridge's CPU per call doubled in the benchmark); the thread only writes bytes.
     """
 
-    def __init__(self, path: Path, fmt: AudioFormat, *, convert_seconds: float = 0.2, write_seconds: float = 2.0,
-                 clock: Callable[[], float] = time.monotonic, executor: Executor | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        fmt: AudioFormat,
+        *,
+        convert_seconds: float = 0.2,
+        write_seconds: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+        executor: Executor | None = None,
+    ) -> None:
         self.path = path
         self.timeline = RecordingTimeline(fmt, start=clock())
         self.converter = StereoConverter(fmt)
@@ -463,7 +493,7 @@ class CallRecorder:
         if self.failed is None and self._writing is not None:
             try:
                 await self._writing
-            except Exception as exc:  # noqa: BLE001 - reported in the result
+            except Exception as exc:
                 self._fail(exc)
         if self.failed is None:
             stretch = self.timeline.take_all()
@@ -473,9 +503,11 @@ class CallRecorder:
             frames, self._pending = bytes(self._pending), bytearray()
             try:
                 count = await self._loop.run_in_executor(self._executor, self.file.finish, frames)
-            except Exception as exc:  # noqa: BLE001 - reported in the result
+            except Exception as exc:
                 self._fail(exc)
             else:
-                return {"recording_seconds": round(count / RECORDING_FORMAT.sample_rate, 3),
-                        "recording_dropped": self.timeline.dropped}
+                return {
+                    "recording_seconds": round(count / RECORDING_FORMAT.sample_rate, 3),
+                    "recording_dropped": self.timeline.dropped,
+                }
         return {"recording_error": self.failed}

@@ -20,16 +20,26 @@ CHUNK_FRAMES = 16000  # one second per read
 def mono_wav_header(frames: int, rate: int) -> bytes:
     """The 44-byte header of a PCM16 mono WAV of `frames` samples at `rate`."""
     data = frames * 2
-    return (b"RIFF" + struct.pack("<I", 36 + data) + b"WAVEfmt "
-            + struct.pack("<IHHIIHH", 16, 1, 1, rate, rate * 2, 2, 16) + b"data" + struct.pack("<I", data))
+    return (
+        b"RIFF"
+        + struct.pack("<I", 36 + data)
+        + b"WAVEfmt "
+        + struct.pack("<IHHIIHH", 16, 1, 1, rate, rate * 2, 2, 16)
+        + b"data"
+        + struct.pack("<I", data)
+    )
 
 
 def one_channel(path: Path, channel: int, *, chunk_frames: int = CHUNK_FRAMES) -> Iterator[bytes]:
     """The WAV bytes of `channel` (0 left, 1 right) of the stereo PCM16 WAV at `path`: the header,
     then the samples a chunk at a time. A mono file is served as it is (either channel)."""
     with wave.open(str(path), "rb") as source:
-        channels, width, rate, frames = (source.getnchannels(), source.getsampwidth(),
-                                         source.getframerate(), source.getnframes())
+        channels, width, rate, frames = (
+            source.getnchannels(),
+            source.getsampwidth(),
+            source.getframerate(),
+            source.getnframes(),
+        )
         if width != 2 or channels not in (1, 2):
             raise ValueError(f"recording is not 16-bit mono or stereo ({channels} channels, {width * 8} bits)")
         yield mono_wav_header(frames, rate)

@@ -17,18 +17,19 @@ import json
 import logging
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Awaitable, Callable, Mapping, Protocol
+from typing import Any, Protocol
 
 from gateway.audio import AudioFormat, Reframer, Transcoder
 from gateway.calls import events as ev
 from gateway.calls.record import CallRecord
 from gateway.media.agent import AgentLink, AgentMessageError, AgentUnavailable
 from gateway.media.playback import FRAME, PlaybackQueue
-from gateway.media.registry import INSTANCE_ID
 from gateway.media.provider_socket import AUDIO, BAD, DTMF, MARK, OTHER, STOP, ProviderSocket
-from gateway.metrics import AGENT_CONNECT_FAILURES, CODEC_SECONDS
+from gateway.media.registry import INSTANCE_ID
 from gateway.media.writes import FLUSH_SECONDS, SessionWriter
+from gateway.metrics import AGENT_CONNECT_FAILURES, CODEC_SECONDS
 from gateway.providers.base import BadRequest, check_json_tree
 from gateway.store.base import Store
 
@@ -111,12 +112,19 @@ class MediaSession:
         self.to_agent = Transcoder(fmt, agent_format)
         self.to_provider = Transcoder(agent_format, fmt)
         self.reframer = Reframer(fmt.frame_bytes(), fmt.silence)
-        self.playback = PlaybackQueue(lead_seconds=self.options.lead_seconds, max_frames=self.options.outbound_max_frames)
+        self.playback = PlaybackQueue(
+            lead_seconds=self.options.lead_seconds, max_frames=self.options.outbound_max_frames
+        )
         self._backlog: deque[bytes] = deque(maxlen=self.options.inbound_backlog_frames)
         self._backlog_ready = asyncio.Event()
         sources = {"media.started": "gateway", "media.ended": "gateway", "dtmf": provider.name}
-        self.writes = SessionWriter(store, self.run_id, source=lambda kind: sources.get(kind, "agent"),
-                                    max_queued=self.options.write_queue_max, session=session_id)
+        self.writes = SessionWriter(
+            store,
+            self.run_id,
+            source=lambda kind: sources.get(kind, "agent"),
+            max_queued=self.options.write_queue_max,
+            session=session_id,
+        )
         self._ended_queued = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pump_task: asyncio.Task[Any] | None = None
@@ -132,12 +140,22 @@ class MediaSession:
         return {
             "type": "start",
             "call": {
-                "workflow_run_id": r.workflow_run_id, "workflow_id": r.workflow_id, "user_id": r.user_id,
-                "provider": self.provider.name, "provider_call_id": r.provider_call_id, "stream_id": self.provider.stream_id,
-                "from": r.from_number, "to": r.to_number, "direction": r.direction,
+                "workflow_run_id": r.workflow_run_id,
+                "workflow_id": r.workflow_id,
+                "user_id": r.user_id,
+                "provider": self.provider.name,
+                "provider_call_id": r.provider_call_id,
+                "stream_id": self.provider.stream_id,
+                "from": r.from_number,
+                "to": r.to_number,
+                "direction": r.direction,
             },
             "initial_context": r.initial_context,
-            "audio": {"encoding": self.agent_format.encoding, "sample_rate": self.agent_format.sample_rate, "frame_ms": 20},
+            "audio": {
+                "encoding": self.agent_format.encoding,
+                "sample_rate": self.agent_format.sample_rate,
+                "frame_ms": 20,
+            },
         }
 
     async def run(self, start_params: Mapping[str, Any]) -> None:
@@ -194,24 +212,40 @@ class MediaSession:
         if self.recorder is not None:
             try:
                 data.update(await self.recorder.finish())
-            except Exception as exc:  # noqa: BLE001 - the call's record must still be written
+            except Exception as exc:
                 data["recording_error"] = f"{type(exc).__name__}: {exc}"
             if data.get("recording_error"):
                 links["recording_url"] = None
         self._write_ended(reason, data, links)
         await self.writes.wait(self.options.write_flush_seconds)
-        log.info("media ended run=%s reason=%s in=%d out=%d dropped_in=%d misframed=%d bad=%d",
-                 self.run_id, reason, self.counters.frames_in, self.counters.frames_out,
-                 self.counters.inbound_dropped, self.counters.misframed, self.counters.bad_messages)
+        log.info(
+            "media ended run=%s reason=%s in=%d out=%d dropped_in=%d misframed=%d bad=%d",
+            self.run_id,
+            reason,
+            self.counters.frames_in,
+            self.counters.frames_out,
+            self.counters.inbound_dropped,
+            self.counters.misframed,
+            self.counters.bad_messages,
+        )
 
     def _write_ended(self, reason: str, data: dict[str, Any], links: dict[str, Any] | None = None) -> None:
         """Queue `media.ended` (once, last) and close the writes."""
         if self._ended_queued:
             return
         self._ended_queued = True
-        data = {"reason": reason, **asdict(self.counters), "writes_coalesced": self.writes.coalesced,
-                "writes_waited": self.writes.waited, **data}
-        media = {"ended": True, **{k: v for k, v in data.items() if k != "reason"}, **(links if links is not None else self.links())}
+        data = {
+            "reason": reason,
+            **asdict(self.counters),
+            "writes_coalesced": self.writes.coalesced,
+            "writes_waited": self.writes.waited,
+            **data,
+        }
+        media = {
+            "ended": True,
+            **{k: v for k, v in data.items() if k != "reason"},
+            **(links if links is not None else self.links()),
+        }
         self.writes.put_nowait("media.ended", {"data": data, "media": media})
         self.writes.close()
 
@@ -232,7 +266,9 @@ class MediaSession:
     def _agent_failed(self, reason: str) -> None:
         AGENT_CONNECT_FAILURES.inc()
         log.warning("agent failed run=%s: %s (on_failure=%s)", self.run_id, reason, self.options.on_agent_failure)
-        self._queue_write("agent.failed", {"data": {"reason": reason}, "events": [(ev.CALL_AGENT_FAILED, {"reason": reason})]})
+        self._queue_write(
+            "agent.failed", {"data": {"reason": reason}, "events": [(ev.CALL_AGENT_FAILED, {"reason": reason})]}
+        )
 
     async def _reconnect_agent(self) -> None:
         while not self._ending.is_set():
@@ -260,11 +296,19 @@ class MediaSession:
                     counters.misframed += 1
                 if not self._media_started:
                     self._media_started = True
-                    self._queue_write("media.started", {
-                        "data": {"stream_id": provider.stream_id, "format": provider.audio_format.encoding},
-                        "events": [(ev.CALL_STARTED, {"stream_id": provider.stream_id})],
-                        "media": {"started": True, "stream_id": provider.stream_id, "instance": INSTANCE_ID, **self.links()},
-                    })
+                    self._queue_write(
+                        "media.started",
+                        {
+                            "data": {"stream_id": provider.stream_id, "format": provider.audio_format.encoding},
+                            "events": [(ev.CALL_STARTED, {"stream_id": provider.stream_id})],
+                            "media": {
+                                "started": True,
+                                "stream_id": provider.stream_id,
+                                "instance": INSTANCE_ID,
+                                **self.links(),
+                            },
+                        },
+                    )
                 if self.recorder is not None:
                     self.recorder.caller(value)
                 if counters.frames_in % CODEC_SAMPLE_EVERY:
@@ -285,7 +329,13 @@ class MediaSession:
             elif kind is BAD:
                 counters.bad_messages += 1
                 if counters.bad_messages % self.options.bad_message_log_every == 1:
-                    log.warning("bad %s media message run=%s (%d so far): %s", provider.name, self.run_id, counters.bad_messages, value)
+                    log.warning(
+                        "bad %s media message run=%s (%d so far): %s",
+                        provider.name,
+                        self.run_id,
+                        counters.bad_messages,
+                        value,
+                    )
             elif kind is OTHER:
                 log.debug("ignored %s media event %s run=%s", provider.name, value, self.run_id)
 
@@ -479,8 +529,14 @@ class MediaSession:
             name = message.get("name")
             if isinstance(name, str) and name:
                 detail = {"name": name[:200], "value": message.get("value")}
-                await self.writes.put("entity", {"data": detail, "events": [(ev.CONVERSATION_ENTITY_CAPTURED, detail)],
-                                             "gathered_context": {name[:200]: message.get("value")}})
+                await self.writes.put(
+                    "entity",
+                    {
+                        "data": detail,
+                        "events": [(ev.CONVERSATION_ENTITY_CAPTURED, detail)],
+                        "gathered_context": {name[:200]: message.get("value")},
+                    },
+                )
             else:
                 self._agent_bad("entity needs a name")
         elif kind == "annotations":

@@ -27,7 +27,9 @@ def mint_stream_token(key: bytes, run_id: str, *, now: float, ttl: int, workflow
     return f"{_VERSION}.{expires}.{_mac(key, workflow_id, user_id, run_id, expires)}"
 
 
-def check_stream_token(key: bytes, run_id: str, token: object, *, now: float, workflow_id: str, user_id: str) -> str | None:
+def check_stream_token(
+    key: bytes, run_id: str, token: object, *, now: float, workflow_id: str, user_id: str
+) -> str | None:
     """None when `token` is valid for this path's ids now; otherwise the reason it is not."""
     if not isinstance(token, str) or not token:
         return "missing stream token"

@@ -79,16 +79,26 @@ class TwilioAgentProtocol:
     def opening(self, start: Mapping[str, Any]) -> list[str]:
         """`connected` and `start`, for the session's native `start` message."""
         connected = jsontext.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"})
-        body = {"accountSid": self.account_sid, "streamSid": self.stream_sid, "callSid": self.call_sid,
-                "tracks": ["inbound"], "customParameters": custom_parameters(start), "mediaFormat": MEDIA_FORMAT}
+        body = {
+            "accountSid": self.account_sid,
+            "streamSid": self.stream_sid,
+            "callSid": self.call_sid,
+            "tracks": ["inbound"],
+            "customParameters": custom_parameters(start),
+            "mediaFormat": MEDIA_FORMAT,
+        }
         return [connected, self._message("start", {"start": body})]
 
     def media(self, mulaw: bytes) -> str:
         """One frame of the caller's audio (mu-law 8 kHz) as a `media` message."""
         self._chunk += 1
         payload = binascii.b2a_base64(mulaw, newline=False).decode("ascii")
-        media = {"track": "inbound", "chunk": str(self._chunk), "timestamp": str((self._chunk - 1) * FRAME_MS),
-                 "payload": payload}
+        media = {
+            "track": "inbound",
+            "chunk": str(self._chunk),
+            "timestamp": str((self._chunk - 1) * FRAME_MS),
+            "payload": payload,
+        }
         return self._message("media", {"media": media})
 
     def control(self, message: Mapping[str, Any]) -> str | None:

@@ -22,7 +22,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter, deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from gateway.store.base import Store, StoreError
 
@@ -34,14 +35,21 @@ COALESCABLE = {"agent.context": "gathered_context", "agent.annotations": "annota
 FLUSH_SECONDS = 30.0
 """How long a session's end, and the app's shutdown, wait for queued writes before logging what is left."""
 
-_unflushed: set["SessionWriter"] = set()
+_unflushed: set[SessionWriter] = set()
 
 
 class SessionWriter:
     """The ordered, bounded store writes of one media session (`run_id`)."""
 
-    def __init__(self, store: Store, run_id: str, *, source: Callable[[str], str], max_queued: int = 256,
-                 session: str | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        run_id: str,
+        *,
+        source: Callable[[str], str],
+        max_queued: int = 256,
+        session: str | None = None,
+    ) -> None:
         self.store = store
         self.run_id = run_id
         self.session = session  # the store's `media.session`: writes of a replaced session change nothing
@@ -143,9 +151,15 @@ class SessionWriter:
                 self._room.set()
                 try:
                     await self.store.record_activity(
-                        self.run_id, source=self.source(kind), kind=kind, data=payload.get("data", {}),
-                        events=payload.get("events", ()), gathered_context=payload.get("gathered_context"),
-                        annotations=payload.get("annotations"), media=payload.get("media"), session=self.session,
+                        self.run_id,
+                        source=self.source(kind),
+                        kind=kind,
+                        data=payload.get("data", {}),
+                        events=payload.get("events", ()),
+                        gathered_context=payload.get("gathered_context"),
+                        annotations=payload.get("annotations"),
+                        media=payload.get("media"),
+                        session=self.session,
                     )
                 except StoreError as exc:
                     log.error("could not record %s for run=%s: %s", kind, self.run_id, exc)

@@ -15,4 +15,4 @@ from gateway.providers.base import (
 PROVIDERS = ("twilio", "vonage", "telnyx", "plivo")
 """Every provider the gateway speaks, by the name used in config, paths and records."""
 
-__all__ = ["PROVIDERS", "MAX_BODY_BYTES", "BadRequest", "Verdict", "parse_form", "parse_json_object"]
+__all__ = ["MAX_BODY_BYTES", "PROVIDERS", "BadRequest", "Verdict", "parse_form", "parse_json_object"]

@@ -7,10 +7,11 @@ enforces `MAX_BODY_BYTES` while reading, and maps `BadRequest` to 400.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import unquote_plus
 
 MAX_BODY_BYTES = 64 * 1024
@@ -165,9 +166,9 @@ def _utc(parsed: datetime | None) -> datetime | None:
     if parsed is None:
         return None
     if parsed.tzinfo is None:  # naive (or RFC 2822's "-0000"): UTC with no claim about local time
-        parsed = parsed.replace(tzinfo=timezone.utc)
+        parsed = parsed.replace(tzinfo=UTC)
     try:
-        return parsed.astimezone(timezone.utc)
+        return parsed.astimezone(UTC)
     except (ValueError, OverflowError):
         return None
 

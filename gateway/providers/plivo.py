@@ -66,9 +66,11 @@ def signed_base(method: str, url: str, form: Mapping[str, Sequence[str] | str] |
     return f"{base}?{query}{'.' if query else ''}{_sorted_params(form)}"
 
 
-def signature_v3(auth_token: str, method: str, url: str, form: Mapping[str, Sequence[str] | str] | None, nonce: str) -> str:
+def signature_v3(
+    auth_token: str, method: str, url: str, form: Mapping[str, Sequence[str] | str] | None, nonce: str
+) -> str:
     """The `X-Plivo-Signature-V3` value Plivo computes for this request."""
-    message = f"{signed_base(method, url, form)}.{nonce}".encode("utf-8")
+    message = f"{signed_base(method, url, form)}.{nonce}".encode()
     return base64.b64encode(hmac.digest(auth_token.encode("utf-8"), message, hashlib.sha256)).decode("ascii")
 
 
@@ -171,9 +173,16 @@ def render_stream_xml(ws_url: str, stream_token: str, *, allow_insecure: bool = 
     if len(ws_url) > 2048:
         raise ValueError("stream URL must be at most 2048 characters")
     response = ET.Element("Response")
-    stream = ET.SubElement(response, "Stream", {
-        "bidirectional": "true", "audioTrack": "inbound", "keepCallAlive": "true", "contentType": CONTENT_TYPE,
-        "extraHeaders": f"{TOKEN_HEADER}={encode_token(stream_token)}",
-    })
+    stream = ET.SubElement(
+        response,
+        "Stream",
+        {
+            "bidirectional": "true",
+            "audioTrack": "inbound",
+            "keepCallAlive": "true",
+            "contentType": CONTENT_TYPE,
+            "extraHeaders": f"{TOKEN_HEADER}={encode_token(stream_token)}",
+        },
+    )
     stream.text = ws_url
     return '<?xml version="1.0" encoding="UTF-8"?>' + ET.tostring(response, encoding="unicode")

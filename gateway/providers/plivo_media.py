@@ -68,13 +68,21 @@ def parse_plivo_message(text: str) -> MediaMessage:
         rate = media_format.get("sampleRate")
         if rate is not None and rate not in (8000, "8000"):
             raise PlivoMessageError("start.mediaFormat.sampleRate must be 8000")
-        headers = parse_extra_headers(optional_text(data.get("extra_headers"), "extra_headers", PlivoMessageError, 2048))
+        headers = parse_extra_headers(
+            optional_text(data.get("extra_headers"), "extra_headers", PlivoMessageError, 2048)
+        )
         token = stream_token(headers)
         parameters = {k: v for k, v in headers.items() if not k.lower().endswith(TOKEN_HEADER)}
         if token is not None:
             parameters["stream_token"] = token
-        return MediaMessage(event, stream_id, encoding="mulaw", sample_rate=8000, parameters=parameters,
-                            call_id=optional_text(start.get("callId"), "start.callId", PlivoMessageError))
+        return MediaMessage(
+            event,
+            stream_id,
+            encoding="mulaw",
+            sample_rate=8000,
+            parameters=parameters,
+            call_id=optional_text(start.get("callId"), "start.callId", PlivoMessageError),
+        )
     if event == "dtmf":
         return dtmf_message(data, stream_id, PlivoMessageError)
     if event in PLAYED:
@@ -87,8 +95,10 @@ def parse_plivo_message(text: str) -> MediaMessage:
 
 def render_play_audio(frame: bytes) -> str:
     """An outbound `playAudio` carrying one frame of 8 kHz mu-law (the `<Stream contentType>`)."""
-    return ('{"event":"playAudio","media":{"contentType":"audio/x-mulaw","sampleRate":8000,"payload":"%s"}}'
-            % binascii.b2a_base64(frame, newline=False).decode("ascii"))
+    return (
+        '{"event":"playAudio","media":{"contentType":"audio/x-mulaw","sampleRate":8000,"payload":"%s"}}'
+        % binascii.b2a_base64(frame, newline=False).decode("ascii")
+    )
 
 
 def render_checkpoint(stream_id: str, name: str) -> str:

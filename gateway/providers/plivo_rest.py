@@ -73,20 +73,26 @@ class PlivoRest:
 
     name = NAME
 
-    def __init__(self, auth_id: str, auth_token: str, *, api_base_url: str | None = None, timeout: float = 15.0) -> None:
+    def __init__(
+        self, auth_id: str, auth_token: str, *, api_base_url: str | None = None, timeout: float = 15.0
+    ) -> None:
         self.base = f"{(api_base_url or DEFAULT_API_BASE).rstrip('/')}/v1/Account/{quote(auth_id, safe='')}"
         self.timeout = timeout
         self.session = requests.Session()
         self.session.auth = (auth_id, auth_token)
         self.session.headers.update({"Content-Type": "application/json", "Accept": "application/json"})
 
-    def _request(self, method: str, path: str, body: dict[str, Any] | None = None,
-                 params: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+    def _request(
+        self, method: str, path: str, body: dict[str, Any] | None = None, params: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, Any]]:
         try:
             response = self.session.request(method, self.base + path, json=body, params=params, timeout=self.timeout)
         except (requests.RequestException, OSError) as error:
-            raise ProviderRefused(NAME, short_text(f"no answer from the Plivo API: {type(error).__name__}: {error}"),
-                                  maybe_sent=maybe_sent(error)) from None
+            raise ProviderRefused(
+                NAME,
+                short_text(f"no answer from the Plivo API: {type(error).__name__}: {error}"),
+                maybe_sent=maybe_sent(error),
+            ) from None
         try:
             data = response.json() if response.content else {}
         except ValueError:
@@ -101,8 +107,11 @@ class PlivoRest:
         status, data = self._request("POST", "/Call/", create_call_body(spec))
         if status == 404:
             raise refusal_of(status, data, "not found")
-        return DialResult(provider_call_id=None, status="queued",
-                          raw={k: data[k] for k in ("request_uuid", "message", "api_id") if k in data})
+        return DialResult(
+            provider_call_id=None,
+            status="queued",
+            raw={k: data[k] for k in ("request_uuid", "message", "api_id") if k in data},
+        )
 
     def hangup(self, call_id: str, *, answered: bool) -> str | None:
         """End the call; a call Plivo no longer has (404) has already ended."""
@@ -120,5 +129,8 @@ class PlivoRest:
         status, data = self._request("GET", path)
         if status == 404:
             return ProviderCall(status=ENDED)
-        return ProviderCall(status=ENDED, ended_at=provider_time(data.get("end_time")),
-                            duration=provider_seconds(data.get("call_duration")))
+        return ProviderCall(
+            status=ENDED,
+            ended_at=provider_time(data.get("end_time")),
+            duration=provider_seconds(data.get("call_duration")),
+        )

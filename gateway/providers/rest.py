@@ -67,8 +67,15 @@ class ProviderRefused(Exception):
     own error code when it gave one; `reason` is short, safe to show and store (no secrets).
     """
 
-    def __init__(self, provider: str, reason: str, *, status: int | None = None, code: str | None = None,
-                 maybe_sent: bool = False) -> None:
+    def __init__(
+        self,
+        provider: str,
+        reason: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        maybe_sent: bool = False,
+    ) -> None:
         super().__init__(f"{provider}: {reason}")
         self.provider = provider
         self.reason = reason

@@ -16,8 +16,8 @@ import binascii
 import dataclasses
 import re
 import xml.etree.ElementTree as ET
-from functools import lru_cache
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 from urllib.parse import urlsplit
 
 from cryptography.exceptions import InvalidSignature
@@ -95,7 +95,6 @@ def verify_telnyx_signature(
     return Verdict(True)
 
 
-
 def parse_telnyx_callback(params: Mapping[str, Sequence[str]], *, kind: str = "status") -> CallUpdate:
     """Normalize a TeXML instruction fetch, status or AMD callback into a `CallUpdate`.
 
@@ -104,7 +103,9 @@ def parse_telnyx_callback(params: Mapping[str, Sequence[str]], *, kind: str = "s
     `BadRequest` only.
     """
     if "CallSid" not in params and "data" in params:
-        raise BadRequest("this is a Call Control event (JSON); the gateway speaks TeXML: point a TeXML application at it")
+        raise BadRequest(
+            "this is a Call Control event (JSON); the gateway speaks TeXML: point a TeXML application at it"
+        )
     update = parse_twilio_callback(params, kind=kind, provider=PROVIDER, max_call_sid_chars=MAX_CALL_ID_CHARS)
     stamp = update.params.get("Timestamp")
     if update.occurred_at is None and isinstance(stamp, str) and stamp:
@@ -120,8 +121,9 @@ def _check_text(what: str, value: object) -> str:
     return value
 
 
-def render_connect_texml(ws_url: str, parameters: Mapping[str, str], *, codec: str = "PCMU",
-                         allow_insecure: bool = False) -> str:
+def render_connect_texml(
+    ws_url: str, parameters: Mapping[str, str], *, codec: str = "PCMU", allow_insecure: bool = False
+) -> str:
     """TeXML connecting the call to a bidirectional RTP media stream at `ws_url`.
 
     `<Connect><Stream>`: the call waits on the stream (what follows runs once it stops).
@@ -138,10 +140,18 @@ def render_connect_texml(ws_url: str, parameters: Mapping[str, str], *, codec: s
     if codec not in CODECS:
         raise ValueError(f"codec must be one of {', '.join(CODECS)}")
     response = ET.Element("Response")
-    stream = ET.SubElement(ET.SubElement(response, "Connect"), "Stream", {
-        "url": ws_url, "track": "inbound_track", "codec": codec,
-        "bidirectionalMode": "rtp", "bidirectionalCodec": codec, "bidirectionalSamplingRate": "8000",
-    })
+    stream = ET.SubElement(
+        ET.SubElement(response, "Connect"),
+        "Stream",
+        {
+            "url": ws_url,
+            "track": "inbound_track",
+            "codec": codec,
+            "bidirectionalMode": "rtp",
+            "bidirectionalCodec": codec,
+            "bidirectionalSamplingRate": "8000",
+        },
+    )
     for name, value in parameters.items():
         if not _check_text("parameter name", name):
             raise ValueError("parameter name must not be empty")

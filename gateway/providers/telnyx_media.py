@@ -48,9 +48,11 @@ def parse_telnyx_message(text: str) -> MediaMessage:
         if rate is not None and rate not in (8000, "8000"):
             raise TelnyxMessageError("start.media_format.sample_rate must be 8000")
         return MediaMessage(
-            event, stream_id,
+            event,
+            stream_id,
             call_id=optional_text(start.get("call_control_id"), "start.call_control_id", TelnyxMessageError),
-            encoding=ENCODINGS[encoding.upper()] if encoding else None, sample_rate=8000,
+            encoding=ENCODINGS[encoding.upper()] if encoding else None,
+            sample_rate=8000,
             parameters=text_map(start.get("custom_parameters"), "start.custom_parameters", TelnyxMessageError),
         )
     if event == "dtmf":

@@ -62,8 +62,12 @@ def refusal_of(status: int, body: Any, text: str) -> ProviderRefused:
         first = errors[0]
         reason = first.get("detail") or first.get("title")
         code = first.get("code")
-    return ProviderRefused(NAME, short_text(reason or text or f"HTTP {status}"), status=status,
-                           code=short_text(code, 120) if code is not None else None)
+    return ProviderRefused(
+        NAME,
+        short_text(reason or text or f"HTTP {status}"),
+        status=status,
+        code=short_text(code, 120) if code is not None else None,
+    )
 
 
 class TelnyxRest:
@@ -72,8 +76,15 @@ class TelnyxRest:
 
     name = NAME
 
-    def __init__(self, api_key: str, account_sid: str, application_id: str, *, api_base_url: str | None = None,
-                 timeout: float = 15.0) -> None:
+    def __init__(
+        self,
+        api_key: str,
+        account_sid: str,
+        application_id: str,
+        *,
+        api_base_url: str | None = None,
+        timeout: float = 15.0,
+    ) -> None:
         self.account_sid = account_sid
         self.application_id = application_id
         self.base = (api_base_url or DEFAULT_API_BASE).rstrip("/") + "/v2/texml/Accounts/" + quote(account_sid, safe="")
@@ -85,8 +96,11 @@ class TelnyxRest:
         try:
             response = self.session.request(method, self.base + path, json=body, timeout=self.timeout)
         except (requests.RequestException, OSError) as error:
-            raise ProviderRefused(NAME, short_text(f"no answer from the Telnyx API: {type(error).__name__}: {error}"),
-                                  maybe_sent=maybe_sent(error)) from None
+            raise ProviderRefused(
+                NAME,
+                short_text(f"no answer from the Telnyx API: {type(error).__name__}: {error}"),
+                maybe_sent=maybe_sent(error),
+            ) from None
         try:
             data = response.json() if response.content else {}
         except ValueError:
@@ -103,8 +117,11 @@ class TelnyxRest:
         data = self._request("POST", "/Calls", create_call_body(self.application_id, spec))
         data = data.get("data") if isinstance(data.get("data"), dict) else data
         call_id = data.get("call_sid") or data.get("sid")
-        return DialResult(provider_call_id=call_id if isinstance(call_id, str) and call_id else None,
-                          status=data.get("status"), raw={k: data.get(k) for k in ("call_sid", "status") if k in data})
+        return DialResult(
+            provider_call_id=call_id if isinstance(call_id, str) and call_id else None,
+            status=data.get("status"),
+            raw={k: data.get(k) for k in ("call_sid", "status") if k in data},
+        )
 
     def hangup(self, call_id: str, *, answered: bool) -> str | None:
         """`Status=completed` ends the call, answered or not. Returns Telnyx's status after it."""
@@ -115,6 +132,8 @@ class TelnyxRest:
         """The TeXML call resource: `status`, and `end_time` and `duration` (s) once it ended."""
         data = self._request("GET", "/Calls/" + quote(call_id, safe=""))
         status = data.get("status")
-        return ProviderCall(status=status if isinstance(status, str) else None, ended_at=provider_time(data.get("end_time")),
-                            duration=provider_seconds(data.get("duration")))
-
+        return ProviderCall(
+            status=status if isinstance(status, str) else None,
+            ended_at=provider_time(data.get("end_time")),
+            duration=provider_seconds(data.get("duration")),
+        )

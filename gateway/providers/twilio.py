@@ -171,7 +171,11 @@ def verify_twilio_signature(
     if not _origin_ok(_origin_of(url)):
         return refuse("invalid URL")
     raw_query = url.partition("#")[0].partition("?")[2]
-    if form is not None and "bodySHA256" not in raw_query and _matches_exactly(auth_token, url, form, signature, algorithm):
+    if (
+        form is not None
+        and "bodySHA256" not in raw_query
+        and _matches_exactly(auth_token, url, form, signature, algorithm)
+    ):
         return Verdict(True, "", signed_url=signed_url)
     try:
         query = parse_qs(urlsplit(url).query)
@@ -209,7 +213,9 @@ def verify_twilio_signature(
     return refuse("signature does not match")
 
 
-def _matches_exactly(auth_token: str, url: str, form: Mapping[str, Sequence[str]], signature: str, algorithm: str) -> bool:
+def _matches_exactly(
+    auth_token: str, url: str, form: Mapping[str, Sequence[str]], signature: str, algorithm: str
+) -> bool:
     """The common case, cheaply: the signature is Twilio's HMAC over exactly this URL and form
     (the SDK's string: URL, then each name and value, names sorted, a name's distinct values
     sorted). True only on a match; anything else (a port variant, a trailing slash, odd
@@ -307,7 +313,6 @@ flatten_fields = _flatten  # the same form-field checks for Plivo's callbacks
 single_field = _single
 
 
-
 def _parse_seconds(value: str | None) -> int | None:
     if value is None or not _DIGITS.fullmatch(value.strip()):
         return None
@@ -317,8 +322,13 @@ def _parse_seconds(value: str | None) -> int | None:
 field_seconds = _parse_seconds  # a whole number of seconds in a form field (Plivo's Duration too)
 
 
-def parse_twilio_callback(params: Mapping[str, Sequence[str]], *, kind: str = "status", provider: str = PROVIDER,
-                          max_call_sid_chars: int = MAX_CALL_SID_CHARS) -> CallUpdate:
+def parse_twilio_callback(
+    params: Mapping[str, Sequence[str]],
+    *,
+    kind: str = "status",
+    provider: str = PROVIDER,
+    max_call_sid_chars: int = MAX_CALL_SID_CHARS,
+) -> CallUpdate:
     """Normalize a Twilio status or AMD callback (form body or GET query) into a `CallUpdate`.
 
     `CallSid` is required (visible ASCII, at most `max_call_sid_chars`); an unknown `CallStatus`
@@ -418,4 +428,3 @@ def render_hangup_twiml(reason: str | None = None) -> str:
     else:
         raise ValueError('reason must be None, "rejected" or "busy"')
     return response.to_xml()
-

@@ -110,7 +110,9 @@ def _parse_json(text: str) -> StreamMessage:
         call_sid = start.get("callSid")
         media_format = start.get("mediaFormat") or {}
         return StreamMessage(
-            event, sid, call_sid=call_sid if isinstance(call_sid, str) else None,
+            event,
+            sid,
+            call_sid=call_sid if isinstance(call_sid, str) else None,
             custom_parameters={str(k): str(v) for k, v in params.items()},
             media_format=media_format if isinstance(media_format, dict) else {},
         )
@@ -130,7 +132,9 @@ def _parse_json(text: str) -> StreamMessage:
 def render_media(stream_sid: str, mulaw: bytes) -> str:
     """An outbound `media` message (the stream sid was checked at `start`)."""
     return '{"event":"media","streamSid":"%s","media":{"payload":"%s"}}' % (
-        stream_sid, binascii.b2a_base64(mulaw, newline=False).decode("ascii"))
+        stream_sid,
+        binascii.b2a_base64(mulaw, newline=False).decode("ascii"),
+    )
 
 
 def render_mark(stream_sid: str, name: str) -> str:

@@ -10,7 +10,7 @@ result (`AnsweredBy`) is posted to the same status-callback URL. `api_base_url` 
 from __future__ import annotations
 
 import re
-from datetime import timezone
+from datetime import UTC
 from typing import Any
 
 import requests
@@ -18,8 +18,15 @@ from twilio.base.exceptions import TwilioException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
-from gateway.providers.rest import (DialResult, DialSpec, ProviderCall, ProviderRefused, maybe_sent, provider_seconds,
-                                    short_text)
+from gateway.providers.rest import (
+    DialResult,
+    DialSpec,
+    ProviderCall,
+    ProviderRefused,
+    maybe_sent,
+    provider_seconds,
+    short_text,
+)
 
 NAME = "twilio"
 STATUS_EVENTS = ["initiated", "ringing", "answered", "completed"]
@@ -53,12 +60,24 @@ def _refusal(error: Exception) -> ProviderRefused:
     if isinstance(error, TwilioException):
         status = getattr(error, "status", None)
         code = getattr(error, "code", None)
-        reason = getattr(error, "msg", None) or getattr(error, "detail", None) or getattr(error, "title", None) or "request refused"
+        reason = (
+            getattr(error, "msg", None)
+            or getattr(error, "detail", None)
+            or getattr(error, "title", None)
+            or "request refused"
+        )
         reason = _SDK_PREFIX.sub("", str(reason))  # the SDK's "Unable to create record: " before Twilio's message
-        return ProviderRefused(NAME, short_text(reason), status=int(status) if status else None,
-                               code=str(code) if code is not None else None)
-    return ProviderRefused(NAME, short_text(f"no answer from the Twilio API: {type(error).__name__}: {error}"),
-                           maybe_sent=maybe_sent(error))
+        return ProviderRefused(
+            NAME,
+            short_text(reason),
+            status=int(status) if status else None,
+            code=str(code) if code is not None else None,
+        )
+    return ProviderRefused(
+        NAME,
+        short_text(f"no answer from the Twilio API: {type(error).__name__}: {error}"),
+        maybe_sent=maybe_sent(error),
+    )
 
 
 class TwilioRest:
@@ -66,7 +85,9 @@ class TwilioRest:
 
     name = NAME
 
-    def __init__(self, account_sid: str, auth_token: str, *, api_base_url: str | None = None, timeout: float = 15.0) -> None:
+    def __init__(
+        self, account_sid: str, auth_token: str, *, api_base_url: str | None = None, timeout: float = 15.0
+    ) -> None:
         # No automatic retries: a re-sent create could place the call twice.
         self.client = Client(account_sid, auth_token, http_client=TwilioHttpClient(timeout=timeout, max_retries=0))
         if api_base_url:
@@ -97,7 +118,7 @@ class TwilioRest:
         """The Calls resource: `status`, and `end_time` (RFC 2822) and `duration` (s) once it ended."""
         try:
             call = self.client.calls(call_id).fetch()
-            ended = call.end_time.astimezone(timezone.utc) if call.end_time else None
+            ended = call.end_time.astimezone(UTC) if call.end_time else None
             return ProviderCall(status=call.status, ended_at=ended, duration=provider_seconds(call.duration))
         except (TwilioException, requests.RequestException, OSError) as error:
             raise _refusal(error) from None

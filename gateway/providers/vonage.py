@@ -15,7 +15,8 @@ import math
 import re
 import warnings
 from collections import OrderedDict
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 import jwt
@@ -256,7 +257,6 @@ def _endpoint(data: Mapping[str, Any], name: str) -> tuple[str | None, str | Non
                 return address, kind
         return None, kind
     raise BadRequest(f"{name} must be a string or an endpoint object")
-
 
 
 def _duration(data: Mapping[str, Any]) -> int | None:

@@ -25,8 +25,15 @@ from vonage_utils.errors import VonageError
 from vonage_voice import Connect, CreateCallRequest, WebsocketEndpoint
 
 from gateway.providers.base import iso_utc
-from gateway.providers.rest import (DialResult, DialSpec, ProviderCall, ProviderRefused, maybe_sent, provider_seconds,
-                                    short_text)
+from gateway.providers.rest import (
+    DialResult,
+    DialSpec,
+    ProviderCall,
+    ProviderRefused,
+    maybe_sent,
+    provider_seconds,
+    short_text,
+)
 
 NAME = "vonage"
 DEFAULT_API_HOST = "api.nexmo.com"
@@ -44,7 +51,9 @@ def load_private_key(value: str) -> str:
         try:
             text = Path(text).read_text(encoding="ascii").strip()
         except (OSError, UnicodeDecodeError) as error:
-            raise PrivateKeyError(f"cannot read the private key file: {getattr(error, 'strerror', None) or error}") from None
+            raise PrivateKeyError(
+                f"cannot read the private key file: {getattr(error, 'strerror', None) or error}"
+            ) from None
     try:
         key = serialization.load_pem_private_key(text.encode("ascii"), password=None)
     except (ValueError, TypeError, UnicodeEncodeError):
@@ -89,10 +98,17 @@ def _sdk_action(action: dict[str, Any], from_number: str) -> Any:
     for endpoint in action.get("endpoint", []):
         if endpoint.get("type") != "websocket":
             return action
-        endpoints.append(WebsocketEndpoint(uri=endpoint["uri"], contentType=endpoint.get("content-type"),
-                                           headers=endpoint.get("headers")))
-    return Connect(endpoint=endpoints, from_=action.get("from") or from_number, eventType=action.get("eventType"),
-                   eventUrl=action.get("eventUrl"))
+        endpoints.append(
+            WebsocketEndpoint(
+                uri=endpoint["uri"], contentType=endpoint.get("content-type"), headers=endpoint.get("headers")
+            )
+        )
+    return Connect(
+        endpoint=endpoints,
+        from_=action.get("from") or from_number,
+        eventType=action.get("eventType"),
+        eventUrl=action.get("eventUrl"),
+    )
 
 
 class _PlainHttp(HTTPAdapter):
@@ -100,7 +116,7 @@ class _PlainHttp(HTTPAdapter):
 
     def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
         if request.url and request.url.startswith("https://"):
-            request.url = "http://" + request.url[len("https://"):]
+            request.url = "http://" + request.url[len("https://") :]
         return super().send(request, *args, **kwargs)
 
 
@@ -115,12 +131,21 @@ def _refusal(error: Exception) -> ProviderRefused:
         if isinstance(body, dict):
             reason = body.get("detail") or body.get("title") or body.get("error_title")
             code = body.get("type") or body.get("code")
-        return ProviderRefused(NAME, short_text(reason or response.text or f"HTTP {response.status_code}"),
-                               status=response.status_code, code=short_text(code, 120) if code else None)
+        return ProviderRefused(
+            NAME,
+            short_text(reason or response.text or f"HTTP {response.status_code}"),
+            status=response.status_code,
+            code=short_text(code, 120) if code else None,
+        )
     if isinstance(error, (ValidationError, VonageError)) and not isinstance(error, HttpRequestError):
-        return ProviderRefused(NAME, short_text(f"request not accepted by the SDK: {error}"), status=400, code="invalid_request")
-    return ProviderRefused(NAME, short_text(f"no answer from the Vonage API: {type(error).__name__}: {error}"),
-                           maybe_sent=maybe_sent(error))
+        return ProviderRefused(
+            NAME, short_text(f"request not accepted by the SDK: {error}"), status=400, code="invalid_request"
+        )
+    return ProviderRefused(
+        NAME,
+        short_text(f"no answer from the Vonage API: {type(error).__name__}: {error}"),
+        maybe_sent=maybe_sent(error),
+    )
 
 
 class VonageRest:
@@ -129,7 +154,9 @@ class VonageRest:
 
     name = NAME
 
-    def __init__(self, application_id: str, private_key: str, *, api_base_url: str | None = None, timeout: float = 15.0) -> None:
+    def __init__(
+        self, application_id: str, private_key: str, *, api_base_url: str | None = None, timeout: float = 15.0
+    ) -> None:
         self.application_id = application_id
         self.private_key = load_private_key(private_key)
         parts = urlsplit(api_base_url.rstrip("/")) if api_base_url else None
@@ -144,8 +171,9 @@ class VonageRest:
         if client is None:
             # pool_maxsize=1: one connection per thread, and the SDK's resend-on-disconnect
             # loop (bounded by it) never sends a create twice; max_retries=0 likewise.
-            options = HttpClientOptions(api_host=self.api_host, timeout=self.timeout, pool_connections=1,
-                                        pool_maxsize=1, max_retries=0)
+            options = HttpClientOptions(
+                api_host=self.api_host, timeout=self.timeout, pool_connections=1, pool_maxsize=1, max_retries=0
+            )
             client = Vonage(Auth(application_id=self.application_id, private_key=self.private_key), options)
             if self.plain_http:
                 client.http_client._session.mount(f"https://{self.api_host.split('/')[0]}", _PlainHttp(max_retries=0))
@@ -159,8 +187,11 @@ class VonageRest:
             answer = self._client().voice.create_call(request)
         except (HttpRequestError, ValidationError, VonageError, requests.RequestException, OSError) as error:
             raise _refusal(error) from None
-        return DialResult(provider_call_id=answer.uuid, status=answer.status,
-                          raw={"uuid": answer.uuid, "status": answer.status, "conversation_uuid": answer.conversation_uuid})
+        return DialResult(
+            provider_call_id=answer.uuid,
+            status=answer.status,
+            raw={"uuid": answer.uuid, "status": answer.status, "conversation_uuid": answer.conversation_uuid},
+        )
 
     def hangup(self, call_id: str, *, answered: bool) -> str | None:
         """`PUT /v1/calls/{uuid}` `{"action": "hangup"}`."""
@@ -174,10 +205,11 @@ class VonageRest:
         """`GET /v1/calls/{uuid}`: `status`, and `end_time` and `duration` (s) once it ended."""
         try:
             call = self._client().voice.get_call(call_id)
-            return ProviderCall(status=call.status, ended_at=iso_utc(call.end_time), duration=provider_seconds(call.duration))
+            return ProviderCall(
+                status=call.status, ended_at=iso_utc(call.end_time), duration=provider_seconds(call.duration)
+            )
         except (HttpRequestError, ValidationError, VonageError, requests.RequestException, OSError) as error:
             raise _refusal(error) from None
-
 
 
 def ended(status: str | None) -> bool:

@@ -5,7 +5,6 @@ from urllib.parse import parse_qsl
 from gateway.store.base import AppliedUpdate, CallSeed, Store, StoreError, TimelineEntry
 from gateway.store.sqlite import SQLiteStore
 
-
 SQLITE_OPTIONS = {"synchronous": ("full", "normal"), "writer": ("thread", "process")}
 
 
@@ -20,7 +19,7 @@ def sqlite_options(url: str) -> tuple[str, dict[str, str]]:
     (`gateway.store.writer_process`); `thread` (the default) in a thread of the gateway's.
     Raises ValueError naming what is wrong.
     """
-    path, _, query = url[len("sqlite:///"):].partition("?")
+    path, _, query = url[len("sqlite:///") :].partition("?")
     if not path:
         raise ValueError("sqlite:/// needs a file path, e.g. sqlite:///data/gateway.db")
     options: dict[str, str] = {}
@@ -56,4 +55,13 @@ def open_store_for(url: str, *, writer_process: bool = True) -> Store:
     raise StoreError(f"unsupported store URL scheme in {url.split(':', 1)[0]!r}")
 
 
-__all__ = ["AppliedUpdate", "CallSeed", "SQLiteStore", "Store", "StoreError", "TimelineEntry", "open_store_for", "sqlite_options"]
+__all__ = [
+    "AppliedUpdate",
+    "CallSeed",
+    "SQLiteStore",
+    "Store",
+    "StoreError",
+    "TimelineEntry",
+    "open_store_for",
+    "sqlite_options",
+]

@@ -12,8 +12,9 @@ Invariants:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from gateway.calls.record import CallRecord
 from gateway.store.base import StoreError
@@ -37,9 +38,16 @@ class Admitted:
     media: dict[str, Any] | None = None
 
 
-def admit_activity(record: CallRecord, *, kind: str, session: str | None,
-                   events: Sequence[tuple[str, dict[str, Any]]] = (), gathered_context: dict[str, Any] | None = None,
-                   annotations: dict[str, Any] | None = None, media: dict[str, Any] | None = None) -> Admitted | None:
+def admit_activity(
+    record: CallRecord,
+    *,
+    kind: str,
+    session: str | None,
+    events: Sequence[tuple[str, dict[str, Any]]] = (),
+    gathered_context: dict[str, Any] | None = None,
+    annotations: dict[str, Any] | None = None,
+    media: dict[str, Any] | None = None,
+) -> Admitted | None:
     """The part of the activity to write, or None to write nothing. `session` None: the
     gateway's own entries (dialer), written as they are. Raises `CallEnded` for a
     `media.connected` to a finished call."""

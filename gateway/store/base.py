@@ -4,24 +4,40 @@ from __future__ import annotations
 
 import abc
 import secrets
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any, Callable, Mapping, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from gateway.calls.lifecycle import CallUpdate
 from gateway.calls.record import CallRecord, isoformat
 from gateway.events.envelope import Event, new_event_id
 from gateway.store.campaigns import Campaign, CampaignContact, CampaignEvent
 
-
 NONCE_PRUNE_EVERY = timedelta(seconds=60)  # how often a claim also deletes the expired ones
 
 CALL_JSON_FIELDS = ("initial_context", "gathered_context", "annotations", "cost_info", "media")
 CALL_TIME_FIELDS = ("started_at", "answered_at", "ended_at", "created_at", "updated_at")
 CALL_COLUMNS = (
-    "workflow_run_id", "workflow_id", "user_id", "provider", "provider_call_id", "state",
-    "from_number", "to_number", "direction", "started_at", "answered_at", "ended_at", "duration",
-    "voicemail", "answered_by", "last_sequence", *CALL_JSON_FIELDS, "created_at", "updated_at",
+    "workflow_run_id",
+    "workflow_id",
+    "user_id",
+    "provider",
+    "provider_call_id",
+    "state",
+    "from_number",
+    "to_number",
+    "direction",
+    "started_at",
+    "answered_at",
+    "ended_at",
+    "duration",
+    "voicemail",
+    "answered_by",
+    "last_sequence",
+    *CALL_JSON_FIELDS,
+    "created_at",
+    "updated_at",
 )
 """The `calls` table's columns, in one order for every backend (`CallRecord` field names)."""
 
@@ -282,7 +298,9 @@ class Store(abc.ABC):
         """Raise `StoreError` unless the store answers a trivial query."""
 
     @abc.abstractmethod
-    async def apply_update(self, update: CallUpdate, *, run_id: str | None, seed: CallSeed | None = None) -> AppliedUpdate:
+    async def apply_update(
+        self, update: CallUpdate, *, run_id: str | None, seed: CallSeed | None = None
+    ) -> AppliedUpdate:
         """Apply one verified provider callback in one transaction.
 
         Finds the call by `run_id`, else by the provider's call id, else creates it (minting a
@@ -327,7 +345,9 @@ class Store(abc.ABC):
         """Every timeline entry of a call, oldest first."""
 
     @abc.abstractmethod
-    async def list_calls(self, *, state: str | None = None, limit: int = 50, cursor: str | None = None) -> tuple[list[CallRecord], str | None]:
+    async def list_calls(
+        self, *, state: str | None = None, limit: int = 50, cursor: str | None = None
+    ) -> tuple[list[CallRecord], str | None]:
         """Calls newest first, and the cursor of the next page (None at the end)."""
 
     @abc.abstractmethod
@@ -336,8 +356,9 @@ class Store(abc.ABC):
 
     # -- deliveries (the transactional outbox) --------------------------------------------
     @abc.abstractmethod
-    async def claim_deliveries(self, owner: str, *, now: datetime, lease_seconds: float,
-                               capacity: Mapping[str, int], limit: int = 200) -> list[Delivery]:
+    async def claim_deliveries(
+        self, owner: str, *, now: datetime, lease_seconds: float, capacity: Mapping[str, int], limit: int = 200
+    ) -> list[Delivery]:
         """Lease due pending deliveries (with their events) to `owner`.
 
         At most `capacity[subscription]` per subscription (absent: none), each subscription's
@@ -353,8 +374,9 @@ class Store(abc.ABC):
         return (await self.finish_deliveries(owner, [(delivery, result)]))[0]
 
     @abc.abstractmethod
-    async def finish_deliveries(self, owner: str,
-                                items: Sequence[tuple[Delivery, DeliveryResult]]) -> list[EndpointHealth | None]:
+    async def finish_deliveries(
+        self, owner: str, items: Sequence[tuple[Delivery, DeliveryResult]]
+    ) -> list[EndpointHealth | None]:
         """For each (delivery, result), in order: record the attempt, move the row on, merge
         response mapping into the call, update the endpoint's failure streak; all in one
         transaction. A delivery that reached its end (not `pending`) lets its call's next event
@@ -375,8 +397,15 @@ class Store(abc.ABC):
         claimed but not sent, due again at once); returns how many."""
 
     @abc.abstractmethod
-    async def list_deliveries(self, *, status: str | None = None, subscription: str | None = None,
-                              run_id: str | None = None, limit: int = 50, cursor: str | None = None) -> tuple[list[Delivery], str | None]:
+    async def list_deliveries(
+        self,
+        *,
+        status: str | None = None,
+        subscription: str | None = None,
+        run_id: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[list[Delivery], str | None]:
         """Deliveries newest first, and the next page's cursor."""
 
     @abc.abstractmethod
@@ -390,8 +419,16 @@ class Store(abc.ABC):
         once that attempt finishes (see `finish_deliveries`); replays do the same."""
 
     @abc.abstractmethod
-    async def replay_deliveries(self, subscription: str, *, since: datetime, until: datetime, now: datetime,
-                                matches: Callable[[str], bool], ordered: bool) -> int:
+    async def replay_deliveries(
+        self,
+        subscription: str,
+        *,
+        since: datetime,
+        until: datetime,
+        now: datetime,
+        matches: Callable[[str], bool],
+        ordered: bool,
+    ) -> int:
         """Queue again every event of [since, until) that `matches` for `subscription`: existing
         rows go back to pending (same webhook-id), events with no row get one. Returns the count."""
 
@@ -412,7 +449,6 @@ class Store(abc.ABC):
     async def pending_subscriptions(self) -> set[str]:
         """The subscriptions that have pending deliveries (whatever their lease)."""
 
-
     # -- campaigns (gateway.dial) ----------------------------------------------------------
     # Not abstract: a backend without them refuses campaigns with a StoreError, calls work.
     supports_campaigns: bool = False
@@ -420,59 +456,78 @@ class Store(abc.ABC):
     def _no_campaigns(self) -> StoreError:
         return StoreError(f"campaigns are not supported by the {type(self).__name__} backend yet")
 
-    async def create_campaign(self, campaign: "Campaign", contacts: Sequence["CampaignContact"],
-                              events: Sequence["CampaignEvent"] = ()) -> None:
+    async def create_campaign(
+        self, campaign: Campaign, contacts: Sequence[CampaignContact], events: Sequence[CampaignEvent] = ()
+    ) -> None:
         """Write a campaign, its contacts and `events` in one transaction."""
         raise self._no_campaigns()
 
-    async def get_campaign(self, campaign_id: str) -> "Campaign | None":
+    async def get_campaign(self, campaign_id: str) -> Campaign | None:
         """A campaign with its contact counts and minutes used, or None."""
         raise self._no_campaigns()
 
-    async def list_campaigns(self, *, status: str | None = None, limit: int = 50,
-                             cursor: str | None = None) -> tuple[list["Campaign"], str | None]:
+    async def list_campaigns(
+        self, *, status: str | None = None, limit: int = 50, cursor: str | None = None
+    ) -> tuple[list[Campaign], str | None]:
         """Campaigns newest first (with counts), and the next page's cursor."""
         raise self._no_campaigns()
 
-    async def list_campaign_contacts(self, campaign_id: str, *, status: str | None = None, limit: int = 100,
-                                     after: int = -1) -> list["CampaignContact"]:
+    async def list_campaign_contacts(
+        self, campaign_id: str, *, status: str | None = None, limit: int = 100, after: int = -1
+    ) -> list[CampaignContact]:
         """A campaign's contacts by position, those after position `after`."""
         raise self._no_campaigns()
 
-    async def active_campaigns(self) -> list["Campaign"]:
+    async def active_campaigns(self) -> list[Campaign]:
         """Running and paused campaigns, with counts."""
         raise self._no_campaigns()
 
-    async def campaigns_for_webhooks(self, ids: Sequence[str] = ()) -> list["Campaign"]:
+    async def campaigns_for_webhooks(self, ids: Sequence[str] = ()) -> list[Campaign]:
         """Campaigns with inline webhooks that can still cause events (active, or a contact
         being dialed), and those of `ids` (e.g. with deliveries still pending)."""
         raise self._no_campaigns()
 
-    async def campaign_calls_in_flight(self) -> list[tuple["CampaignContact", CallRecord | None]]:
+    async def campaign_calls_in_flight(self) -> list[tuple[CampaignContact, CallRecord | None]]:
         """Every contact being dialed, with its current call's record (None: not written yet)."""
         raise self._no_campaigns()
 
-    async def claim_campaign_contacts(self, campaign_id: str, run_ids: Sequence[str], *,
-                                      now: datetime) -> list["CampaignContact"]:
+    async def claim_campaign_contacts(
+        self, campaign_id: str, run_ids: Sequence[str], *, now: datetime
+    ) -> list[CampaignContact]:
         """Mark up to len(`run_ids`) due contacts `dialing` with those run ids, count the calls
         against `max_calls`, in one transaction; only while the campaign is running."""
         raise self._no_campaigns()
 
-    async def release_campaign_claim(self, contact: "CampaignContact", *, now: datetime) -> bool:
+    async def release_campaign_claim(self, contact: CampaignContact, *, now: datetime) -> bool:
         """Undo a claim whose call was never written (the process stopped before dialing)."""
         raise self._no_campaigns()
 
-    async def finish_campaign_attempt(self, contact: "CampaignContact", *, status: str, outcome: str,
-                                      next_attempt_at: datetime | None, now: datetime,
-                                      events: Sequence["CampaignEvent"] = ()) -> bool:
+    async def finish_campaign_attempt(
+        self,
+        contact: CampaignContact,
+        *,
+        status: str,
+        outcome: str,
+        next_attempt_at: datetime | None,
+        now: datetime,
+        events: Sequence[CampaignEvent] = (),
+    ) -> bool:
         """Move a `dialing` contact on after its call ended, with `events`, once: False when
         the contact is no longer dialing that run."""
         raise self._no_campaigns()
 
-    async def update_campaign(self, campaign_id: str, *, from_statuses: Sequence[str], status: str, now: datetime,
-                              events: Callable[["Campaign"], Sequence["CampaignEvent"]] | None = None,
-                              contacts_from: Sequence[str] = (), contacts_to: str | None = None,
-                              **fields: Any) -> "Campaign | None":
+    async def update_campaign(
+        self,
+        campaign_id: str,
+        *,
+        from_statuses: Sequence[str],
+        status: str,
+        now: datetime,
+        events: Callable[[Campaign], Sequence[CampaignEvent]] | None = None,
+        contacts_from: Sequence[str] = (),
+        contacts_to: str | None = None,
+        **fields: Any,
+    ) -> Campaign | None:
         """Move a campaign from one of `from_statuses` to `status` (contacts in `contacts_from`
         to `contacts_to`, columns `quota`, `error`, `error_code`, `started_at`, `completed_at`
         from `fields`), in one transaction with the events `events(updated campaign)` returns
@@ -557,13 +612,13 @@ def clamp_limit(limit: int) -> int:
 __all__ = [
     "AppliedUpdate",
     "AttemptRecord",
+    "CallSeed",
     "Delivery",
     "DeliveryResult",
     "DirectDispatch",
     "EndpointHealth",
     "Fanout",
     "HealthChange",
-    "CallSeed",
     "Store",
     "StoreError",
     "TimelineEntry",

@@ -5,9 +5,9 @@ returns, one statement per table)."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Sequence
 
 from gateway.calls.lifecycle import CallUpdate, decide_transition
 from gateway.calls.record import CallRecord
@@ -25,13 +25,16 @@ class AppliedBatch:
     timeline: list[tuple[str, CallUpdate, str]]
 
 
-def apply_callbacks(items: Sequence[tuple[CallUpdate, str | None, CallSeed | None]], found: dict[str, CallRecord],
-                    now: datetime) -> AppliedBatch:
+def apply_callbacks(
+    items: Sequence[tuple[CallUpdate, str | None, CallSeed | None]], found: dict[str, CallRecord], now: datetime
+) -> AppliedBatch:
     """Apply each (callback, run id, seed), in order, as `apply_update` would alone: the call is
     the run's, else the one with the provider's call id, else a new one (a fresh run id when
     None). `found` holds the calls that existed (by run id), and is updated: a later callback
     sees what an earlier one did to its call."""
-    by_provider = {(r.provider, r.provider_call_id): run for run, r in found.items() if r.provider and r.provider_call_id}
+    by_provider = {
+        (r.provider, r.provider_call_id): run for run, r in found.items() if r.provider and r.provider_call_id
+    }
     changed: dict[str, CallRecord] = {}
     timeline: list[tuple[str, CallUpdate, str]] = []
     applied: list[AppliedUpdate] = []
@@ -49,6 +52,9 @@ def apply_callbacks(items: Sequence[tuple[CallUpdate, str | None, CallSeed | Non
         if record.provider and record.provider_call_id:
             by_provider[(record.provider, record.provider_call_id)] = target
         timeline.append((target, update, transition.outcome))
-        events = [Event(type=name, workflow_run_id=target, occurred_at=now, data=event_data(record)) for name in transition.events]
+        events = [
+            Event(type=name, workflow_run_id=target, occurred_at=now, data=event_data(record))
+            for name in transition.events
+        ]
         applied.append(AppliedUpdate(record=record, events=events, outcome=transition.outcome, created=current is None))
     return AppliedBatch(applied, changed, timeline)

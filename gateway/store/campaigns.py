@@ -3,9 +3,10 @@ and the events a campaign change writes together with it."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Sequence
+from typing import Any
 
 from gateway.events.envelope import Event
 

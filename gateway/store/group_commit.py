@@ -14,7 +14,8 @@ again could write them twice.
 from __future__ import annotations
 
 import asyncio
-from typing import Awaitable, Callable, Generic, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
 
 U = TypeVar("U")
 R = TypeVar("R")
@@ -30,8 +31,15 @@ class GroupCommit(Generic[U, R]):
     and, one by one, after a batch failed. `write_batch` raises `MaybeCommitted` (its cause
     chained) when the batch's outcome is unknown."""
 
-    def __init__(self, write_batch: Callable[[list[U]], Awaitable[list[R]]], write_one: Callable[[U], Awaitable[R]],
-                 *, writers: int = 2, max_group: int = 256, min_batch: int = 2) -> None:
+    def __init__(
+        self,
+        write_batch: Callable[[list[U]], Awaitable[list[R]]],
+        write_one: Callable[[U], Awaitable[R]],
+        *,
+        writers: int = 2,
+        max_group: int = 256,
+        min_batch: int = 2,
+    ) -> None:
         self.write_batch = write_batch
         self.write_one = write_one
         self.writers = writers
@@ -57,7 +65,7 @@ class GroupCommit(Generic[U, R]):
         same step that finds the queue empty, so a unit queued after that starts another."""
         try:
             while self._queue:
-                batch, self._queue = self._queue[: self.max_group], self._queue[self.max_group:]
+                batch, self._queue = self._queue[: self.max_group], self._queue[self.max_group :]
                 await self._write(batch)
         finally:
             self._writing -= 1
@@ -72,7 +80,7 @@ class GroupCommit(Generic[U, R]):
                 for _, future in batch:
                     _settle(future, error=error)
                 return
-            except Exception:  # noqa: BLE001 - rolled back: each unit alone next
+            except Exception:
                 pass
             else:
                 for (_, future), result in zip(batch, results):
@@ -81,7 +89,7 @@ class GroupCommit(Generic[U, R]):
         for unit, future in batch:
             try:
                 result = await self.write_one(unit)
-            except Exception as exc:  # noqa: BLE001 - handed to its caller
+            except Exception as exc:
                 _settle(future, error=exc)
             else:
                 _settle(future, result)

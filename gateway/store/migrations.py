@@ -193,9 +193,18 @@ CREATE INDEX seen_nonces_expiry ON seen_nonces (expires_at);
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "calls, timeline, events", _CALLS.format(**_SQLITE), _CALLS.format(**_POSTGRES)),
-    Migration(2, "webhook deliveries, attempts, endpoint health", _DELIVERIES.format(**_SQLITE), _DELIVERIES.format(**_POSTGRES)),
+    Migration(
+        2,
+        "webhook deliveries, attempts, endpoint health",
+        _DELIVERIES.format(**_SQLITE),
+        _DELIVERIES.format(**_POSTGRES),
+    ),
     Migration(3, "campaigns, their contacts and calls", _CAMPAIGNS.format(**_SQLITE), _CAMPAIGNS.format(**_POSTGRES)),
     Migration(4, "signed-request ids seen (replay protection)", _NONCES.format(**_SQLITE), _NONCES.format(**_POSTGRES)),
-    Migration(5, "delivery lease ids, resend marks, attempt ids", _LEASES.format(**_SQLITE),
-              _LEASES.format(**_POSTGRES) + _CLAIM_INDEX),
+    Migration(
+        5,
+        "delivery lease ids, resend marks, attempt ids",
+        _LEASES.format(**_SQLITE),
+        _LEASES.format(**_POSTGRES) + _CLAIM_INDEX,
+    ),
 )

@@ -13,9 +13,10 @@ from __future__ import annotations
 import json
 import uuid
 from collections import defaultdict
+from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
-from typing import Any, Callable, Container, Mapping, Sequence
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
@@ -25,13 +26,13 @@ from gateway.calls.lifecycle import CallUpdate, decide_transition
 from gateway.calls.record import CallRecord, utcnow
 from gateway.calls.states import CallState
 from gateway.events.envelope import Event, new_event_id
+from gateway.store.activity import admit_activity
 from gateway.store.base import (
     CALL_COLUMNS,
     NONCE_PRUNE_EVERY,
     AppliedUpdate,
     AttemptRecord,
     CallSeed,
-    claim_lost,
     Delivery,
     DeliveryResult,
     DirectDispatch,
@@ -40,6 +41,7 @@ from gateway.store.base import (
     Store,
     StoreError,
     TimelineEntry,
+    claim_lost,
     clamp_limit,
     event_data,
     health_changes,
@@ -47,13 +49,12 @@ from gateway.store.base import (
     new_lease_id,
     share_out,
 )
-from gateway.store.activity import admit_activity
 from gateway.store.callbacks import apply_callbacks
 from gateway.store.group_commit import GroupCommit, MaybeCommitted
 from gateway.store.migrations import MIGRATIONS
+from gateway.store.paging import POSTGRES, page_query, split_page
 from gateway.store.postgres_campaigns import PostgresCampaigns
 from gateway.store.postgres_listener import CONTROL_CHANNEL, DELIVERIES_CHANNEL, PostgresListener
-from gateway.store.paging import POSTGRES, page_query, split_page
 
 _MIGRATION_LOCK = 0x6761746577  # "gatew": one migrator at a time across instances
 _UPSERT_CALL = (
@@ -66,15 +67,18 @@ _DELIVERY_SELECT = (
     " e.data AS e_data, e.seq AS e_seq FROM deliveries d JOIN events e ON e.seq = d.event_seq"
 )
 _DELIVERY_VIEW = _DELIVERY_SELECT.replace(
-    " FROM deliveries d", ", (SELECT MIN(a.attempted_at) FROM delivery_attempts a WHERE a.delivery_id = d.id) AS first_attempted"
-    " FROM deliveries d")
+    " FROM deliveries d",
+    ", (SELECT MIN(a.attempted_at) FROM delivery_attempts a WHERE a.delivery_id = d.id) AS first_attempted"
+    " FROM deliveries d",
+)
 """`_DELIVERY_SELECT` with the very first attempt's time, for the listings people read."""
 _LEASE_FREE = "(lease_until IS NULL OR lease_until < now())"
 """Not leased, on the database's clock: instances whose clocks differ agree on when a lease ends."""
 _LEASE = "lease_owner = $1, lease_until = now() + $2 * interval '1 second', lease_id = $3, resend = FALSE"
 """Hand a row out under a new lease ($1 owner, $2 seconds, $3 lease id); a retry asked for before is met by it."""
-_LOCK_IN_ORDER = ("SELECT pg_advisory_xact_lock(hashtext(k)) FROM unnest($1::text[]) WITH ORDINALITY AS t(k, n)"
-                  " ORDER BY n")
+_LOCK_IN_ORDER = (
+    "SELECT pg_advisory_xact_lock(hashtext(k)) FROM unnest($1::text[]) WITH ORDINALITY AS t(k, n) ORDER BY n"
+)
 """Transaction-scoped advisory locks on the keys $1, one after the other in the order given."""
 _FIND_CALLS = (
     "SELECT * FROM calls WHERE workflow_run_id IN (SELECT workflow_run_id FROM calls WHERE workflow_run_id = ANY($1::text[])"
@@ -138,35 +142,66 @@ def _record_params(record: CallRecord) -> list[Any]:
 
 def _event(row: Mapping[str, Any], prefix: str = "") -> Event:
     if prefix:
-        return Event(type=row["e_type"], workflow_run_id=row["e_run"], occurred_at=row["e_at"], data=row["e_data"],
-                     id=row["e_id"], seq=row["e_seq"])
-    return Event(type=row["type"], workflow_run_id=row["workflow_run_id"], occurred_at=row["occurred_at"], data=row["data"],
-                 id=row["id"], seq=row["seq"])
+        return Event(
+            type=row["e_type"],
+            workflow_run_id=row["e_run"],
+            occurred_at=row["e_at"],
+            data=row["e_data"],
+            id=row["e_id"],
+            seq=row["e_seq"],
+        )
+    return Event(
+        type=row["type"],
+        workflow_run_id=row["workflow_run_id"],
+        occurred_at=row["occurred_at"],
+        data=row["data"],
+        id=row["id"],
+        seq=row["seq"],
+    )
 
 
 def _delivery(row: Mapping[str, Any], *, with_event: bool = False) -> Delivery:
     return Delivery(
-        id=row["id"], event_seq=row["event_seq"], subscription=row["subscription"], workflow_run_id=row["workflow_run_id"],
-        status=row["status"], attempts=row["attempts"], next_attempt_at=row["next_attempt_at"], created_at=row["created_at"],
-        updated_at=row["updated_at"], first_attempt_at=row["first_attempt_at"], last_attempt_at=row["last_attempt_at"],
-        last_status=row["last_status"], last_error=row["last_error"], event=_event(row, "e_") if with_event else None,
-        order_key=row["order_key"], lease_id=row["lease_id"],
+        id=row["id"],
+        event_seq=row["event_seq"],
+        subscription=row["subscription"],
+        workflow_run_id=row["workflow_run_id"],
+        status=row["status"],
+        attempts=row["attempts"],
+        next_attempt_at=row["next_attempt_at"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        first_attempt_at=row["first_attempt_at"],
+        last_attempt_at=row["last_attempt_at"],
+        last_status=row["last_status"],
+        last_error=row["last_error"],
+        event=_event(row, "e_") if with_event else None,
+        order_key=row["order_key"],
+        lease_id=row["lease_id"],
         first_attempted_at=row["first_attempted"] if "first_attempted" in row.keys() else None,
     )
 
 
 async def _apply_health_change(conn: asyncpg.Connection, change: HealthChange) -> None:
     if change.reset and not change.failures:
-        await conn.execute("UPDATE subscription_health SET consecutive_failures = 0, first_failure_at = NULL"
-                           " WHERE subscription = $1 AND consecutive_failures > 0", change.subscription)
+        await conn.execute(
+            "UPDATE subscription_health SET consecutive_failures = 0, first_failure_at = NULL"
+            " WHERE subscription = $1 AND consecutive_failures > 0",
+            change.subscription,
+        )
         return
-    streak = ("excluded.consecutive_failures, first_failure_at = excluded.first_failure_at" if change.reset else
-              "subscription_health.consecutive_failures + excluded.consecutive_failures,"
-              " first_failure_at = COALESCE(subscription_health.first_failure_at, excluded.first_failure_at)")
+    streak = (
+        "excluded.consecutive_failures, first_failure_at = excluded.first_failure_at"
+        if change.reset
+        else "subscription_health.consecutive_failures + excluded.consecutive_failures,"
+        " first_failure_at = COALESCE(subscription_health.first_failure_at, excluded.first_failure_at)"
+    )
     await conn.execute(
         "INSERT INTO subscription_health (subscription, consecutive_failures, first_failure_at) VALUES ($1, $2, $3)"
         f" ON CONFLICT (subscription) DO UPDATE SET consecutive_failures = {streak}",
-        change.subscription, change.failures, change.first_failure_at,
+        change.subscription,
+        change.failures,
+        change.first_failure_at,
     )
 
 
@@ -176,13 +211,19 @@ async def _queue_again(conn: asyncpg.Connection, delivery_id: str, now: datetime
     afresh. The row as it is then, or None when there is none."""
     marked = await conn.fetchrow(
         "UPDATE deliveries SET resend = TRUE, updated_at = $1 WHERE id = $2 AND status = 'pending'"
-        " AND lease_owner IS NOT NULL AND lease_until >= now() RETURNING *", now, delivery_id)
+        " AND lease_owner IS NOT NULL AND lease_until >= now() RETURNING *",
+        now,
+        delivery_id,
+    )
     if marked is not None:
         return marked
     return await conn.fetchrow(
         "UPDATE deliveries SET status = 'pending', attempts = 0, first_attempt_at = NULL, next_attempt_at = $1,"
         " lease_owner = NULL, lease_until = NULL, lease_id = NULL, resend = FALSE, updated_at = $1 WHERE id = $2"
-        " RETURNING *", now, delivery_id)
+        " RETURNING *",
+        now,
+        delivery_id,
+    )
 
 
 TimelineRow = tuple[str, datetime, str, str, str, "str | None", "str | None", "int | None", str]
@@ -191,14 +232,27 @@ TimelineRow = tuple[str, datetime, str, str, str, "str | None", "str | None", "i
 
 def _timeline_row(run_id: str, at: datetime, update: CallUpdate, outcome: str) -> TimelineRow:
     """A callback's timeline entry."""
-    return (run_id, at, update.provider, update.kind, outcome, update.raw_status,
-            update.state.value if update.state else None, update.sequence, jsontext.dumps(update.params))
+    return (
+        run_id,
+        at,
+        update.provider,
+        update.kind,
+        outcome,
+        update.raw_status,
+        update.state.value if update.state else None,
+        update.sequence,
+        jsontext.dumps(update.params),
+    )
 
 
 def _health(row: Mapping[str, Any]) -> EndpointHealth:
-    return EndpointHealth(subscription=row["subscription"], consecutive_failures=row["consecutive_failures"],
-                          first_failure_at=row["first_failure_at"], disabled_at=row["disabled_at"],
-                          disabled_reason=row["disabled_reason"])
+    return EndpointHealth(
+        subscription=row["subscription"],
+        consecutive_failures=row["consecutive_failures"],
+        first_failure_at=row["first_failure_at"],
+        disabled_at=row["disabled_at"],
+        disabled_reason=row["disabled_reason"],
+    )
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -231,7 +285,8 @@ class PostgresStore(PostgresCampaigns, Store):
         # A callback alone goes the batch's way too (fewer round trips); `_apply_one` is the
         # way of each callback of a batch that failed.
         self._callbacks: GroupCommit[tuple[CallUpdate, str | None, CallSeed | None], AppliedUpdate] = GroupCommit(
-            self._apply_batch, self._apply_one, min_batch=1)
+            self._apply_batch, self._apply_one, min_batch=1
+        )
 
     # -- plumbing ---------------------------------------------------------------------
     @property
@@ -251,12 +306,18 @@ class PostgresStore(PostgresCampaigns, Store):
                         await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
                 finally:
                     await conn.close()
-            self._pool = await asyncpg.create_pool(self.dsn, min_size=self.min_size, max_size=self.max_size,
-                                                   init=_init_connection, server_settings=settings)
+            self._pool = await asyncpg.create_pool(
+                self.dsn,
+                min_size=self.min_size,
+                max_size=self.max_size,
+                init=_init_connection,
+                server_settings=settings,
+            )
             async with self.pool.acquire() as conn:
                 await self._migrate(conn)
-            self.listener = PostgresListener(self.dsn, settings, on_deliveries=lambda: self.on_deliveries(),
-                                             on_control=self._on_control)
+            self.listener = PostgresListener(
+                self.dsn, settings, on_deliveries=lambda: self.on_deliveries(), on_control=self._on_control
+            )
             await self.listener.start()
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             await self.close()
@@ -292,8 +353,12 @@ class PostgresStore(PostgresCampaigns, Store):
             for migration in MIGRATIONS:
                 if migration.version not in done:
                     await conn.execute(migration.postgresql)
-                    await conn.execute("INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
-                                       migration.version, migration.name, utcnow())
+                    await conn.execute(
+                        "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
+                        migration.version,
+                        migration.name,
+                        utcnow(),
+                    )
 
     async def close(self) -> None:
         if self.listener is not None:
@@ -311,9 +376,8 @@ class PostgresStore(PostgresCampaigns, Store):
 
     async def _tx(self, fn: Callable[[asyncpg.Connection], Any]) -> Any:
         try:
-            async with self.pool.acquire() as conn:
-                async with conn.transaction():
-                    return await fn(conn)
+            async with self.pool.acquire() as conn, conn.transaction():
+                return await fn(conn)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise StoreError(f"postgresql: {type(exc).__name__}: {exc}") from exc
 
@@ -327,16 +391,25 @@ class PostgresStore(PostgresCampaigns, Store):
     # -- writes -----------------------------------------------------------------------
     @staticmethod
     async def _load(conn: asyncpg.Connection, run_id: str, *, lock: bool = False) -> CallRecord | None:
-        row = await conn.fetchrow("SELECT * FROM calls WHERE workflow_run_id = $1" + (" FOR UPDATE" if lock else ""), run_id)
+        row = await conn.fetchrow(
+            "SELECT * FROM calls WHERE workflow_run_id = $1" + (" FOR UPDATE" if lock else ""), run_id
+        )
         return None if row is None else _record(row)
 
-    async def _insert_events(self, conn: asyncpg.Connection, events: list[Event], leased: list[Delivery] | None = None) -> int:
+    async def _insert_events(
+        self, conn: asyncpg.Connection, events: list[Event], leased: list[Delivery] | None = None
+    ) -> int:
         """Write events and one delivery row per subscription (`_write_events`, one group)."""
         return await self._write_events(conn, [events], leased)
 
-    async def _write_events(self, conn: asyncpg.Connection, groups: Sequence[Sequence[Event]],
-                            leased: list[Delivery] | None = None, new_calls: Container[str] = (),
-                            timeline: Sequence[TimelineRow] = ()) -> int:
+    async def _write_events(
+        self,
+        conn: asyncpg.Connection,
+        groups: Sequence[Sequence[Event]],
+        leased: list[Delivery] | None = None,
+        new_calls: Container[str] = (),
+        timeline: Sequence[TimelineRow] = (),
+    ) -> int:
         """Write the events of each group (one callback's, in order), one delivery row per
         subscription and the `timeline` entries, in one statement; NOTIFY once when rows were
         queued that a claim can take now (not those behind an earlier pending event of their
@@ -353,11 +426,17 @@ class PostgresStore(PostgresCampaigns, Store):
         routes = [(event, self.fanout(event)) for event in events]
         pending: set[tuple[str, str]] = set()
         if dispatch is not None:
-            asked = {(subscription, event.workflow_run_id) for event, subs in routes for subscription, ordered in subs
-                     if ordered and event.workflow_run_id and event.workflow_run_id not in new_calls}
+            asked = {
+                (subscription, event.workflow_run_id)
+                for event, subs in routes
+                for subscription, ordered in subs
+                if ordered and event.workflow_run_id and event.workflow_run_id not in new_calls
+            }
             if asked:
-                pending = {(r[0], r[1]) for r in await conn.fetch(
-                    _PENDING_IN_ORDER, [s for s, _ in asked], [k for _, k in asked])}
+                pending = {
+                    (r[0], r[1])
+                    for r in await conn.fetch(_PENDING_IN_ORDER, [s for s, _ in asked], [k for _, k in asked])
+                }
         lease_id = new_lease_id()
         waiting: set[tuple[str, str]] = set()  # (subscription, call) with a row pending now
         taken: dict[str, int] = defaultdict(int)  # leased in this transaction, by subscription
@@ -373,21 +452,40 @@ class PostgresStore(PostgresCampaigns, Store):
                     take = take and not behind
                     waiting.add((subscription, key))
                 at = event.occurred_at
-                delivery = Delivery(id=new_event_id("msg"), event_seq=0, subscription=subscription,
-                                    workflow_run_id=event.workflow_run_id, status="pending", attempts=0,
-                                    next_attempt_at=at, created_at=at, updated_at=at, event=event, order_key=key,
-                                    lease_id=lease_id if take else None)
+                delivery = Delivery(
+                    id=new_event_id("msg"),
+                    event_seq=0,
+                    subscription=subscription,
+                    workflow_run_id=event.workflow_run_id,
+                    status="pending",
+                    attempts=0,
+                    next_attempt_at=at,
+                    created_at=at,
+                    updated_at=at,
+                    event=event,
+                    order_key=key,
+                    lease_id=lease_id if take else None,
+                )
                 rows.append((delivery, dispatch.owner if take and dispatch is not None else None))
                 if take:
                     taken[subscription] += 1
                 elif not behind:  # a row behind another goes when that one ends (`_next_in_order`), not on a wake-up
                     queued += 1
         written = await conn.fetch(
-            _INSERT_EVENTS, [e.id for e in events], [e.type for e in events], [e.workflow_run_id for e in events],
-            [e.occurred_at for e in events], [e.data_json() for e in events],
-            [d.id for d, _ in rows], [d.event.id for d, _ in rows if d.event], [d.subscription for d, _ in rows],
-            [d.workflow_run_id for d, _ in rows], [d.order_key for d, _ in rows], [owner for _, owner in rows],
-            [d.lease_id for d, _ in rows], [d.next_attempt_at for d, _ in rows],
+            _INSERT_EVENTS,
+            [e.id for e in events],
+            [e.type for e in events],
+            [e.workflow_run_id for e in events],
+            [e.occurred_at for e in events],
+            [e.data_json() for e in events],
+            [d.id for d, _ in rows],
+            [d.event.id for d, _ in rows if d.event],
+            [d.subscription for d, _ in rows],
+            [d.workflow_run_id for d, _ in rows],
+            [d.order_key for d, _ in rows],
+            [owner for _, owner in rows],
+            [d.lease_id for d, _ in rows],
+            [d.next_attempt_at for d, _ in rows],
             dispatch.lease_seconds if dispatch is not None else None,
             *([row[i] for row in timeline] for i in range(9)),
         )
@@ -404,13 +502,19 @@ class PostgresStore(PostgresCampaigns, Store):
         return queued
 
     @staticmethod
-    async def _insert_delivery(conn: asyncpg.Connection, event_seq: int, subscription: str, run_id: str | None,
-                               ordered: bool, now: datetime) -> None:
+    async def _insert_delivery(
+        conn: asyncpg.Connection, event_seq: int, subscription: str, run_id: str | None, ordered: bool, now: datetime
+    ) -> None:
         """A pending delivery row, for a claim."""
         await conn.execute(
             "INSERT INTO deliveries (id, event_seq, subscription, workflow_run_id, order_key, status, attempts,"
             " next_attempt_at, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $6, $6)",
-            new_event_id("msg"), event_seq, subscription, run_id, run_id if ordered else None, now,
+            new_event_id("msg"),
+            event_seq,
+            subscription,
+            run_id,
+            run_id if ordered else None,
+            now,
         )
 
     def _handover(self, leased: list[Delivery]) -> None:
@@ -419,7 +523,9 @@ class PostgresStore(PostgresCampaigns, Store):
             assert self.dispatch is not None
             self.dispatch.deliver(leased)
 
-    async def apply_update(self, update: CallUpdate, *, run_id: str | None, seed: CallSeed | None = None) -> AppliedUpdate:
+    async def apply_update(
+        self, update: CallUpdate, *, run_id: str | None, seed: CallSeed | None = None
+    ) -> AppliedUpdate:
         """Callbacks that wait together are written in one transaction (`_apply_batch`); a
         campaign dial's, whose claim is checked under its run's lock, alone (`_apply_one`)."""
         if seed is not None and seed.claim is not None:
@@ -433,21 +539,33 @@ class PostgresStore(PostgresCampaigns, Store):
         async def tx(conn: asyncpg.Connection) -> AppliedUpdate:
             # Serialize every writer of this call, on every instance, before reading it.
             if update.provider_call_id:
-                await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"{update.provider}:{update.provider_call_id}")
+                await conn.execute(
+                    "SELECT pg_advisory_xact_lock(hashtext($1))", f"{update.provider}:{update.provider_call_id}"
+                )
             if run_id:
                 await _lock_runs(conn, [run_id])
             now = utcnow()
             current = await self._load(conn, run_id, lock=True) if run_id else None
             if current is None and update.provider_call_id:
-                row = await conn.fetchrow("SELECT * FROM calls WHERE provider = $1 AND provider_call_id = $2 FOR UPDATE",
-                                          update.provider, update.provider_call_id)
+                row = await conn.fetchrow(
+                    "SELECT * FROM calls WHERE provider = $1 AND provider_call_id = $2 FOR UPDATE",
+                    update.provider,
+                    update.provider_call_id,
+                )
                 current = None if row is None else _record(row)
             if current is None and seed is not None and seed.claim is not None:
                 # Under the run's lock, as `release_campaign_claim` checks for the record: one of
                 # the two wins, so a released claim is never dialed.
-                if await conn.fetchval(
+                if (
+                    await conn.fetchval(
                         "SELECT 1 FROM campaign_contacts WHERE campaign_id = $1 AND position = $2 AND status = 'dialing'"
-                        " AND workflow_run_id = $3", seed.claim[0], seed.claim[1], run_id) is None:
+                        " AND workflow_run_id = $3",
+                        seed.claim[0],
+                        seed.claim[1],
+                        run_id,
+                    )
+                    is None
+                ):
                     raise claim_lost(seed.claim, run_id)
             target = current.workflow_run_id if current else (run_id or str(uuid.uuid4()))
             transition = decide_transition(current, update, run_id=target, now=now)
@@ -455,8 +573,13 @@ class PostgresStore(PostgresCampaigns, Store):
             if seed is not None:
                 seed.fill(record)
             await conn.execute(_UPSERT_CALL, *_record_params(record))
-            events = [Event(type=name, workflow_run_id=target, occurred_at=now, data=event_data(record)) for name in transition.events]
-            await self._write_events(conn, [events], leased, timeline=[_timeline_row(target, now, update, transition.outcome)])
+            events = [
+                Event(type=name, workflow_run_id=target, occurred_at=now, data=event_data(record))
+                for name in transition.events
+            ]
+            await self._write_events(
+                conn, [events], leased, timeline=[_timeline_row(target, now, update, transition.outcome)]
+            )
             return AppliedUpdate(record=record, events=events, outcome=transition.outcome, created=current is None)
 
         leased: list[Delivery] = []
@@ -485,41 +608,70 @@ class PostgresStore(PostgresCampaigns, Store):
                 try:
                     await transaction.commit()
                 except (OSError, asyncpg.InterfaceError) as exc:
-                    raise MaybeCommitted() from StoreError(f"postgresql: the commit got no answer: {type(exc).__name__}: {exc}")
+                    raise MaybeCommitted() from StoreError(
+                        f"postgresql: the commit got no answer: {type(exc).__name__}: {exc}"
+                    )
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise StoreError(f"postgresql: {type(exc).__name__}: {exc}") from exc
         self._handover(leased)
         return applied
 
-    async def _write_callbacks(self, conn: asyncpg.Connection, items: list[tuple[CallUpdate, str | None, CallSeed | None]],
-                               leased: list[Delivery]) -> list[AppliedUpdate]:
+    async def _write_callbacks(
+        self,
+        conn: asyncpg.Connection,
+        items: list[tuple[CallUpdate, str | None, CallSeed | None]],
+        leased: list[Delivery],
+    ) -> list[AppliedUpdate]:
         """`_apply_batch`'s statements, inside its transaction."""
         calls = sorted({f"{u.provider}:{u.provider_call_id}" for u, _, _ in items if u.provider_call_id})
         runs = sorted({run_id for _, run_id, _ in items if run_id})
         await conn.execute(_LOCK_IN_ORDER, calls + [f"run:{run_id}" for run_id in runs])
         now = utcnow()
         pairs = list(dict.fromkeys((u.provider, u.provider_call_id) for u, _, _ in items if u.provider_call_id))
-        found = {row["workflow_run_id"]: _record(row) for row in await conn.fetch(
-            _FIND_CALLS, runs, [p for p, _ in pairs], [c for _, c in pairs])}
+        found = {
+            row["workflow_run_id"]: _record(row)
+            for row in await conn.fetch(_FIND_CALLS, runs, [p for p, _ in pairs], [c for _, c in pairs])
+        }
         existed = set(found)  # calls from before this batch: only theirs can have deliveries pending
         batch = apply_callbacks(items, found, now)
         await conn.executemany(_UPSERT_CALL, [_record_params(record) for record in batch.changed.values()])
-        await self._write_events(conn, [a.events for a in batch.applied], leased, new_calls=batch.changed.keys() - existed,
-                                 timeline=[_timeline_row(run, now, update, outcome) for run, update, outcome in batch.timeline])
+        await self._write_events(
+            conn,
+            [a.events for a in batch.applied],
+            leased,
+            new_calls=batch.changed.keys() - existed,
+            timeline=[_timeline_row(run, now, update, outcome) for run, update, outcome in batch.timeline],
+        )
         return batch.applied
 
-    async def record_activity(self, run_id: str, *, source: str, kind: str, data: dict[str, Any],
-                              events: Sequence[tuple[str, dict[str, Any]]] = (), gathered_context: dict[str, Any] | None = None,
-                              annotations: dict[str, Any] | None = None, media: dict[str, Any] | None = None,
-                              session: str | None = None) -> list[Event]:
+    async def record_activity(
+        self,
+        run_id: str,
+        *,
+        source: str,
+        kind: str,
+        data: dict[str, Any],
+        events: Sequence[tuple[str, dict[str, Any]]] = (),
+        gathered_context: dict[str, Any] | None = None,
+        annotations: dict[str, Any] | None = None,
+        media: dict[str, Any] | None = None,
+        session: str | None = None,
+    ) -> list[Event]:
         async def tx(conn: asyncpg.Connection) -> list[Event]:
             await _lock_runs(conn, [run_id])  # as a callback of this call, and a replay, do
             now = utcnow()
             record = await self._load(conn, run_id, lock=True)
             if record is None:
                 raise StoreError(f"unknown workflow_run_id {run_id!r}")
-            admitted = admit_activity(record, kind=kind, session=session, events=events,
-                                      gathered_context=gathered_context, annotations=annotations, media=media)
+            admitted = admit_activity(
+                record,
+                kind=kind,
+                session=session,
+                events=events,
+                gathered_context=gathered_context,
+                annotations=annotations,
+                media=media,
+            )
             if admitted is None:
                 return []
             if admitted.gathered_context or admitted.annotations or admitted.media:
@@ -529,8 +681,10 @@ class PostgresStore(PostgresCampaigns, Store):
                 record.updated_at = now
                 await conn.execute(_UPSERT_CALL, *_record_params(record))
             entry: TimelineRow = (run_id, now, source, kind, "recorded", None, None, None, jsontext.dumps(data))
-            emitted = [Event(type=name, workflow_run_id=run_id, occurred_at=now, data=event_data(record, extra))
-                       for name, extra in admitted.events]
+            emitted = [
+                Event(type=name, workflow_run_id=run_id, occurred_at=now, data=event_data(record, extra))
+                for name, extra in admitted.events
+            ]
             await self._write_events(conn, [emitted], leased, timeline=[entry])
             return emitted
 
@@ -546,7 +700,10 @@ class PostgresStore(PostgresCampaigns, Store):
                 self._nonces_pruned = now
             inserted = await conn.fetchval(
                 "INSERT INTO seen_nonces (nonce, expires_at) VALUES ($1, $2) ON CONFLICT (nonce) DO UPDATE"
-                " SET expires_at = excluded.expires_at WHERE seen_nonces.expires_at < $3 RETURNING 1", nonce, expires_at, now,
+                " SET expires_at = excluded.expires_at WHERE seen_nonces.expires_at < $3 RETURNING 1",
+                nonce,
+                expires_at,
+                now,
             )
             return inserted == 1
 
@@ -559,19 +716,40 @@ class PostgresStore(PostgresCampaigns, Store):
     async def get_timeline(self, run_id: str) -> list[TimelineEntry]:
         async def query(conn: asyncpg.Connection) -> list[TimelineEntry]:
             rows = await conn.fetch("SELECT * FROM call_timeline WHERE workflow_run_id = $1 ORDER BY id", run_id)
-            return [TimelineEntry(id=r["id"], received_at=r["received_at"], source=r["source"], kind=r["kind"],
-                                  outcome=r["outcome"], raw_status=r["raw_status"], state=r["state"],
-                                  sequence=r["sequence"], data=r["data"]) for r in rows]
+            return [
+                TimelineEntry(
+                    id=r["id"],
+                    received_at=r["received_at"],
+                    source=r["source"],
+                    kind=r["kind"],
+                    outcome=r["outcome"],
+                    raw_status=r["raw_status"],
+                    state=r["state"],
+                    sequence=r["sequence"],
+                    data=r["data"],
+                )
+                for r in rows
+            ]
 
         return await self._query(query)
 
-    async def list_calls(self, *, state: str | None = None, limit: int = 50, cursor: str | None = None) -> tuple[list[CallRecord], str | None]:
+    async def list_calls(
+        self, *, state: str | None = None, limit: int = 50, cursor: str | None = None
+    ) -> tuple[list[CallRecord], str | None]:
         limit = clamp_limit(limit)
-        sql, params = page_query("SELECT * FROM calls", [("state", state)], keys=("created_at", "workflow_run_id"),
-                                 cursor=cursor, limit=limit, dialect=POSTGRES)
+        sql, params = page_query(
+            "SELECT * FROM calls",
+            [("state", state)],
+            keys=("created_at", "workflow_run_id"),
+            cursor=cursor,
+            limit=limit,
+            dialect=POSTGRES,
+        )
 
         async def query(conn: asyncpg.Connection) -> tuple[list[CallRecord], str | None]:
-            rows, next_cursor = split_page(await conn.fetch(sql, *params), limit, key="workflow_run_id", dialect=POSTGRES)
+            rows, next_cursor = split_page(
+                await conn.fetch(sql, *params), limit, key="workflow_run_id", dialect=POSTGRES
+            )
             return [_record(r) for r in rows], next_cursor
 
         return await self._query(query)
@@ -579,17 +757,24 @@ class PostgresStore(PostgresCampaigns, Store):
     async def list_events(self, *, after_seq: int = 0, limit: int = 100, run_id: str | None = None) -> list[Event]:
         async def query(conn: asyncpg.Connection) -> list[Event]:
             if run_id is None:
-                rows = await conn.fetch("SELECT * FROM events WHERE seq > $1 ORDER BY seq LIMIT $2", after_seq, clamp_limit(limit))
+                rows = await conn.fetch(
+                    "SELECT * FROM events WHERE seq > $1 ORDER BY seq LIMIT $2", after_seq, clamp_limit(limit)
+                )
             else:
-                rows = await conn.fetch("SELECT * FROM events WHERE seq > $1 AND workflow_run_id = $2 ORDER BY seq LIMIT $3",
-                                        after_seq, run_id, clamp_limit(limit))
+                rows = await conn.fetch(
+                    "SELECT * FROM events WHERE seq > $1 AND workflow_run_id = $2 ORDER BY seq LIMIT $3",
+                    after_seq,
+                    run_id,
+                    clamp_limit(limit),
+                )
             return [_event(r) for r in rows]
 
         return await self._query(query)
 
     # -- deliveries -----------------------------------------------------------------------
-    async def claim_deliveries(self, owner: str, *, now: datetime, lease_seconds: float,
-                               capacity: Mapping[str, int], limit: int = 200) -> list[Delivery]:
+    async def claim_deliveries(
+        self, owner: str, *, now: datetime, lease_seconds: float, capacity: Mapping[str, int], limit: int = 200
+    ) -> list[Delivery]:
         wanted = {name: min(n, limit) for name, n in capacity.items() if n > 0}
         if not wanted:
             return []
@@ -609,7 +794,9 @@ class PostgresStore(PostgresCampaigns, Store):
                 " AND p.subscription = d.subscription AND p.order_key = d.order_key AND p.event_seq < d.event_seq))"
                 " ORDER BY d.next_attempt_at, d.event_seq LIMIT w.n FOR UPDATE OF d SKIP LOCKED) x"
                 " ORDER BY x.next_attempt_at, x.event_seq",
-                now, list(wanted), list(wanted.values()),
+                now,
+                list(wanted),
+                list(wanted.values()),
             )
             found: dict[str, list[str]] = {}
             for row in rows:
@@ -617,15 +804,19 @@ class PostgresStore(PostgresCampaigns, Store):
             ids = share_out(found, limit)
             if not ids:
                 return []
-            await conn.execute(f"UPDATE deliveries SET {_LEASE} WHERE id = ANY($4::text[])",
-                               owner, lease_seconds, lease_id, ids)
-            claimed = await conn.fetch(_DELIVERY_SELECT + " WHERE d.id = ANY($1::text[]) ORDER BY d.next_attempt_at, d.event_seq", ids)
+            await conn.execute(
+                f"UPDATE deliveries SET {_LEASE} WHERE id = ANY($4::text[])", owner, lease_seconds, lease_id, ids
+            )
+            claimed = await conn.fetch(
+                _DELIVERY_SELECT + " WHERE d.id = ANY($1::text[]) ORDER BY d.next_attempt_at, d.event_seq", ids
+            )
             return [_delivery(r, with_event=True) for r in claimed]
 
         return await self._tx(tx)
 
-    async def finish_deliveries(self, owner: str,
-                                items: Sequence[tuple[Delivery, DeliveryResult]]) -> list[EndpointHealth | None]:
+    async def finish_deliveries(
+        self, owner: str, items: Sequence[tuple[Delivery, DeliveryResult]]
+    ) -> list[EndpointHealth | None]:
         if not items:
             return []
         dispatch = self.dispatch if self.dispatch is not None and self.dispatch.owner == owner else None
@@ -650,9 +841,14 @@ class PostgresStore(PostgresCampaigns, Store):
                 " WHERE d.id = v.id AND d.status = 'pending' AND d.lease_owner = $8 AND d.lease_id = v.lease_id"
                 " AND v.attempt_id NOT IN (SELECT attempt_id FROM done) RETURNING d.id, d.status)"
                 " SELECT NULL AS id, attempt_id, NULL AS status FROM done UNION ALL SELECT id, NULL, status FROM moved",
-                [d.id for _, d, _ in todo], [d.lease_id for _, d, _ in todo], [r.status for _, _, r in todo],
-                [r.next_attempt_at for _, _, r in todo], [r.attempt.attempted_at for _, _, r in todo],
-                [r.attempt.status for _, _, r in todo], [r.attempt.error for _, _, r in todo], owner,
+                [d.id for _, d, _ in todo],
+                [d.lease_id for _, d, _ in todo],
+                [r.status for _, _, r in todo],
+                [r.next_attempt_at for _, _, r in todo],
+                [r.attempt.attempted_at for _, _, r in todo],
+                [r.attempt.status for _, _, r in todo],
+                [r.attempt.error for _, _, r in todo],
+                owner,
                 [r.attempt.id for _, _, r in todo],
             )
             recorded = {row["attempt_id"] for row in rows if row["attempt_id"] is not None}
@@ -663,16 +859,26 @@ class PostgresStore(PostgresCampaigns, Store):
             await conn.executemany(
                 "INSERT INTO delivery_attempts (delivery_id, attempt_id, attempted_at, outcome, status, latency_ms, error,"
                 " response, request) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (attempt_id) DO NOTHING",
-                [(d.id, a.id, a.attempted_at, a.outcome, a.status, a.latency_ms, a.error, a.response, a.request)
-                 for index, d, r in fresh.values() for a in [late_attempt(r.attempt) if index in late else r.attempt]],
+                [
+                    (d.id, a.id, a.attempted_at, a.outcome, a.status, a.latency_ms, a.error, a.response, a.request)
+                    for index, d, r in fresh.values()
+                    for a in [late_attempt(r.attempt) if index in late else r.attempt]
+                ],
             )
-            moved = [(d, r if status[d.id] == r.status else replace(r, status=status[d.id]))
-                     for _, d, r in sorted(fresh.values(), key=lambda item: item[0]) if d.id in status]
+            moved = [
+                (d, r if status[d.id] == r.status else replace(r, status=status[d.id]))
+                for _, d, r in sorted(fresh.values(), key=lambda item: item[0])
+                if d.id in status
+            ]
             mapped = [(d, r) for d, r in moved if r.gathered_context and d.workflow_run_id]
             if mapped:  # response mapping into the calls: one query for them, one statement for all
-                calls = {row["workflow_run_id"]: _record(row) for row in await conn.fetch(
-                    "SELECT * FROM calls WHERE workflow_run_id = ANY($1::text[]) ORDER BY workflow_run_id FOR UPDATE",
-                    sorted({d.workflow_run_id for d, _ in mapped}))}
+                calls = {
+                    row["workflow_run_id"]: _record(row)
+                    for row in await conn.fetch(
+                        "SELECT * FROM calls WHERE workflow_run_id = ANY($1::text[]) ORDER BY workflow_run_id FOR UPDATE",
+                        sorted({d.workflow_run_id for d, _ in mapped}),
+                    )
+                }
                 for delivery, result in mapped:
                     record = calls.get(delivery.workflow_run_id or "")
                     if record is not None:
@@ -681,13 +887,17 @@ class PostgresStore(PostgresCampaigns, Store):
                 await conn.executemany(_UPSERT_CALL, [_record_params(record) for record in calls.values()])
             for change in health_changes(moved):
                 await _apply_health_change(conn, change)
-            rows = await conn.fetch("SELECT * FROM subscription_health WHERE subscription = ANY($1::text[])",
-                                    list({d.subscription for d, _ in items}))
+            rows = await conn.fetch(
+                "SELECT * FROM subscription_health WHERE subscription = ANY($1::text[])",
+                list({d.subscription for d, _ in items}),
+            )
             health = {row["subscription"]: _health(row) for row in rows}
             if await self._next_in_order(conn, moved, dispatch, leased):
                 await conn.execute(f"NOTIFY {DELIVERIES_CHANNEL}")  # a call's next event is due for a claim
-            return [None if index in late else health.get(d.subscription) or EndpointHealth(d.subscription)
-                    for index, (d, _) in enumerate(items)]
+            return [
+                None if index in late else health.get(d.subscription) or EndpointHealth(d.subscription)
+                for index, (d, _) in enumerate(items)
+            ]
 
         leased: list[Delivery] = []
         healths = await self._tx(tx)
@@ -695,21 +905,31 @@ class PostgresStore(PostgresCampaigns, Store):
         return healths
 
     @staticmethod
-    async def _next_in_order(conn: asyncpg.Connection, items: Sequence[tuple[Delivery, DeliveryResult]],
-                             dispatch: DirectDispatch | None, leased: list[Delivery]) -> int:
+    async def _next_in_order(
+        conn: asyncpg.Connection,
+        items: Sequence[tuple[Delivery, DeliveryResult]],
+        dispatch: DirectDispatch | None,
+        leased: list[Delivery],
+    ) -> int:
         """The call's next pending delivery after each ordered one that reached its end: leased
         to `dispatch` when it is due, free and taken (added to `leased`); returns how many
         others are due for a claim. One query finds them all, one statement leases them."""
-        ended = list(dict.fromkeys((d.subscription, d.order_key) for d, r in items
-                                   if r.status != "pending" and d.order_key is not None))
+        ended = list(
+            dict.fromkeys(
+                (d.subscription, d.order_key) for d, r in items if r.status != "pending" and d.order_key is not None
+            )
+        )
         if not ended:
             return 0
         now = utcnow()
         rows = await conn.fetch(
-            _DELIVERY_SELECT.replace("SELECT d.*", f"SELECT DISTINCT ON (d.subscription, d.order_key) d.*, {_LEASE_FREE} AS lease_free", 1)
+            _DELIVERY_SELECT.replace(
+                "SELECT d.*", f"SELECT DISTINCT ON (d.subscription, d.order_key) d.*, {_LEASE_FREE} AS lease_free", 1
+            )
             + " JOIN unnest($1::text[], $2::text[]) AS w(sub, key) ON d.subscription = w.sub AND d.order_key = w.key"
             " WHERE d.status = 'pending' ORDER BY d.subscription, d.order_key, d.event_seq",
-            [sub for sub, _ in ended], [key for _, key in ended],
+            [sub for sub, _ in ended],
+            [key for _, key in ended],
         )
         first = {(row["subscription"], row["order_key"]): row for row in rows}
         queued = 0
@@ -728,9 +948,17 @@ class PostgresStore(PostgresCampaigns, Store):
             assert dispatch is not None
             lease_id = new_lease_id()
             # The lease test again on the rows as they are now: another instance may be claiming one.
-            got = {row["id"] for row in await conn.fetch(
-                f"UPDATE deliveries SET {_LEASE} WHERE id = ANY($4::text[]) AND status = 'pending' AND {_LEASE_FREE}"
-                " RETURNING id", dispatch.owner, dispatch.lease_seconds, lease_id, [d.id for d in offered])}
+            got = {
+                row["id"]
+                for row in await conn.fetch(
+                    f"UPDATE deliveries SET {_LEASE} WHERE id = ANY($4::text[]) AND status = 'pending' AND {_LEASE_FREE}"
+                    " RETURNING id",
+                    dispatch.owner,
+                    dispatch.lease_seconds,
+                    lease_id,
+                    [d.id for d in offered],
+                )
+            }
             for successor in offered:
                 if successor.id in got:
                     successor.lease_id = lease_id
@@ -748,12 +976,23 @@ class PostgresStore(PostgresCampaigns, Store):
 
         return await self._tx(tx)
 
-    async def list_deliveries(self, *, status: str | None = None, subscription: str | None = None,
-                              run_id: str | None = None, limit: int = 50, cursor: str | None = None) -> tuple[list[Delivery], str | None]:
+    async def list_deliveries(
+        self,
+        *,
+        status: str | None = None,
+        subscription: str | None = None,
+        run_id: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[list[Delivery], str | None]:
         limit = clamp_limit(limit)
         sql, params = page_query(
-            _DELIVERY_VIEW, [("d.status", status), ("d.subscription", subscription), ("d.workflow_run_id", run_id)],
-            keys=("d.created_at", "d.id"), cursor=cursor, limit=limit, dialect=POSTGRES,
+            _DELIVERY_VIEW,
+            [("d.status", status), ("d.subscription", subscription), ("d.workflow_run_id", run_id)],
+            keys=("d.created_at", "d.id"),
+            cursor=cursor,
+            limit=limit,
+            dialect=POSTGRES,
         )
 
         async def query(conn: asyncpg.Connection) -> tuple[list[Delivery], str | None]:
@@ -768,9 +1007,18 @@ class PostgresStore(PostgresCampaigns, Store):
             if row is None:
                 return None
             attempts = [
-                AttemptRecord(attempted_at=a["attempted_at"], outcome=a["outcome"], status=a["status"], latency_ms=a["latency_ms"],
-                              error=a["error"], response=a["response"], request=a["request"])
-                for a in await conn.fetch("SELECT * FROM delivery_attempts WHERE delivery_id = $1 ORDER BY id", delivery_id)
+                AttemptRecord(
+                    attempted_at=a["attempted_at"],
+                    outcome=a["outcome"],
+                    status=a["status"],
+                    latency_ms=a["latency_ms"],
+                    error=a["error"],
+                    response=a["response"],
+                    request=a["request"],
+                )
+                for a in await conn.fetch(
+                    "SELECT * FROM delivery_attempts WHERE delivery_id = $1 ORDER BY id", delivery_id
+                )
             ]
             return _delivery(row, with_event=True), attempts
 
@@ -785,19 +1033,34 @@ class PostgresStore(PostgresCampaigns, Store):
 
         return await self._tx(tx)
 
-    async def replay_deliveries(self, subscription: str, *, since: datetime, until: datetime, now: datetime,
-                                matches: Callable[[str], bool], ordered: bool) -> int:
+    async def replay_deliveries(
+        self,
+        subscription: str,
+        *,
+        since: datetime,
+        until: datetime,
+        now: datetime,
+        matches: Callable[[str], bool],
+        ordered: bool,
+    ) -> int:
         async def tx(conn: asyncpg.Connection) -> int:
             # The calls' run locks first, as their callbacks take them: a callback writing a newer
             # event of one of these calls waits for the replayed rows, so an ordered subscription
             # queues it after them. Sorted, so two replays cannot deadlock.
-            runs = await conn.fetch("SELECT DISTINCT workflow_run_id FROM events WHERE occurred_at >= $1 AND occurred_at < $2"
-                                    " AND workflow_run_id IS NOT NULL", since, until)
+            runs = await conn.fetch(
+                "SELECT DISTINCT workflow_run_id FROM events WHERE occurred_at >= $1 AND occurred_at < $2"
+                " AND workflow_run_id IS NOT NULL",
+                since,
+                until,
+            )
             await _lock_runs(conn, [r["workflow_run_id"] for r in runs])
             rows = await conn.fetch(
                 "SELECT e.seq, e.type, e.workflow_run_id, d.id AS delivery_id FROM events e"
                 " LEFT JOIN deliveries d ON d.event_seq = e.seq AND d.subscription = $1"
-                " WHERE e.occurred_at >= $2 AND e.occurred_at < $3 ORDER BY e.seq", subscription, since, until,
+                " WHERE e.occurred_at >= $2 AND e.occurred_at < $3 ORDER BY e.seq",
+                subscription,
+                since,
+                until,
             )
             count = 0
             for row in rows:
@@ -826,24 +1089,35 @@ class PostgresStore(PostgresCampaigns, Store):
                 " VALUES ($1, 0, $2, $3) ON CONFLICT (subscription) DO UPDATE SET disabled_at = excluded.disabled_at,"
                 " disabled_reason = excluded.disabled_reason"
                 + (", consecutive_failures = 0, first_failure_at = NULL" if reason is None else ""),
-                subscription, now if reason else None, reason,
+                subscription,
+                now if reason else None,
+                reason,
             )
             if reason is None:
                 await conn.execute(f"NOTIFY {DELIVERIES_CHANNEL}")
                 return []
-            event = Event(type="webhook.endpoint_disabled", workflow_run_id=None, occurred_at=now,
-                          data={"subscription": subscription, "reason": reason})
+            event = Event(
+                type="webhook.endpoint_disabled",
+                workflow_run_id=None,
+                occurred_at=now,
+                data={"subscription": subscription, "reason": reason},
+            )
             await self._insert_events(conn, [event])
             return [event]
 
         return await self._tx(tx)
 
     async def pending_subscriptions(self) -> set[str]:
-        rows = await self._query(lambda conn: conn.fetch("SELECT DISTINCT subscription FROM deliveries WHERE status = 'pending'"))
+        rows = await self._query(
+            lambda conn: conn.fetch("SELECT DISTINCT subscription FROM deliveries WHERE status = 'pending'")
+        )
         return {row["subscription"] for row in rows}
 
     async def outbox_stats(self, *, now: datetime) -> dict[str, Any]:
-        row = await self._query(lambda conn: conn.fetchrow(
-            "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM deliveries WHERE status = 'pending'"))
+        row = await self._query(
+            lambda conn: conn.fetchrow(
+                "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM deliveries WHERE status = 'pending'"
+            )
+        )
         oldest = row["oldest"]
         return {"pending": row["n"], "oldest_pending_seconds": (now - oldest).total_seconds() if oldest else 0.0}

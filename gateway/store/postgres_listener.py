@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import asyncpg
 
@@ -36,9 +37,16 @@ _HOLDS = (  # a bigint advisory key shows in pg_locks as classid (high 32 bits),
 class PostgresListener:
     """`start()` after the schema exists; `close()` last. Callbacks run on the event loop."""
 
-    def __init__(self, dsn: str, settings: dict[str, str], *, on_deliveries: Callable[[], None],
-                 on_control: Callable[[Any, int, str, str], None], check_seconds: float = 5.0,
-                 backoff: Sequence[float] = (0.1, 0.5, 1.0, 2.0, 5.0)) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        settings: dict[str, str],
+        *,
+        on_deliveries: Callable[[], None],
+        on_control: Callable[[Any, int, str, str], None],
+        check_seconds: float = 5.0,
+        backoff: Sequence[float] = (0.1, 0.5, 1.0, 2.0, 5.0),
+    ) -> None:
         self.dsn = dsn
         self.settings = settings
         self.on_deliveries = on_deliveries
@@ -110,7 +118,11 @@ class PostgresListener:
             return
         self._conn = None
         if self._leading:
-            log.warning("lost leadership of %s: the PostgreSQL listener session ended (%s)", ", ".join(sorted(self._leading)), why)
+            log.warning(
+                "lost leadership of %s: the PostgreSQL listener session ended (%s)",
+                ", ".join(sorted(self._leading)),
+                why,
+            )
         self._leading.clear()
         if not conn.is_closed():
             conn.terminate()
@@ -137,7 +149,7 @@ class PostgresListener:
             try:
                 await asyncio.wait_for(self._lost.wait(), self.check_seconds)
                 continue  # lost: reconnect at once
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             async with self._lock:
                 conn = self._conn

@@ -26,19 +26,21 @@ import os
 import sqlite3
 import threading
 import uuid
+from collections.abc import Callable, Container, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from operator import attrgetter
 from pathlib import Path
-from typing import Any, Callable, Container, Mapping, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from gateway import jsontext
 from gateway.calls.lifecycle import CallUpdate, decide_transition
 from gateway.calls.record import CallRecord, utcnow
 from gateway.calls.states import CallState
 from gateway.events.envelope import Event, new_event_id
+from gateway.store.activity import admit_activity
 from gateway.store.base import (
     CALL_COLUMNS,
     CALL_JSON_FIELDS,
@@ -47,7 +49,6 @@ from gateway.store.base import (
     AppliedUpdate,
     AttemptRecord,
     CallSeed,
-    claim_lost,
     Delivery,
     DeliveryResult,
     DirectDispatch,
@@ -56,6 +57,7 @@ from gateway.store.base import (
     Store,
     StoreError,
     TimelineEntry,
+    claim_lost,
     clamp_limit,
     event_data,
     health_changes,
@@ -63,7 +65,6 @@ from gateway.store.base import (
     new_lease_id,
     share_out,
 )
-from gateway.store.activity import admit_activity
 from gateway.store.callbacks import apply_callbacks
 from gateway.store.migrations import MIGRATIONS
 from gateway.store.paging import SQLITE, page_query, split_page
@@ -75,15 +76,14 @@ Transaction = Callable[[sqlite3.Connection], tuple[Any, int, list[Delivery]]]
 claim, rows it leased to the direct dispatch). `_notify` hands the last two on after the commit."""
 
 
-
 @lru_cache(maxsize=1024)
 def _ts(value: datetime | None) -> str | None:
     """Stored time text (UTC, microseconds). Cached: one transaction writes the same `now` into
     several columns and rows, and formatting costs ~2 us each time."""
     if value is None:
         return None
-    if value.tzinfo is not timezone.utc:  # every time the gateway makes is already aware UTC
-        value = value.astimezone(timezone.utc)
+    if value.tzinfo is not UTC:  # every time the gateway makes is already aware UTC
+        value = value.astimezone(UTC)
     return value.isoformat(timespec="microseconds")
 
 
@@ -99,8 +99,14 @@ def _dumps(value: Any) -> str:
 
 def _check_claim(conn: sqlite3.Connection, claim: tuple[str, int], run_id: str | None) -> None:
     """`ClaimLost` unless the contact `claim` names is still dialing `run_id` (see `CallSeed.claim`)."""
-    if conn.execute("SELECT 1 FROM campaign_contacts WHERE campaign_id = ? AND position = ? AND status = 'dialing'"
-                    " AND workflow_run_id = ?", (claim[0], claim[1], run_id)).fetchone() is None:
+    if (
+        conn.execute(
+            "SELECT 1 FROM campaign_contacts WHERE campaign_id = ? AND position = ? AND status = 'dialing'"
+            " AND workflow_run_id = ?",
+            (claim[0], claim[1], run_id),
+        ).fetchone()
+        is None
+    ):
         raise claim_lost(claim, run_id)
 
 
@@ -135,12 +141,16 @@ def _record_params(record: CallRecord) -> list[Any]:
     return values
 
 
-_DELIVERY_COLUMNS = ("SELECT d.*, e.id AS e_id, e.type AS e_type, e.workflow_run_id AS e_run, e.occurred_at AS e_at,"
-                     " e.data AS e_data, e.seq AS e_seq")
+_DELIVERY_COLUMNS = (
+    "SELECT d.*, e.id AS e_id, e.type AS e_type, e.workflow_run_id AS e_run, e.occurred_at AS e_at,"
+    " e.data AS e_data, e.seq AS e_seq"
+)
 _DELIVERY_SELECT = _DELIVERY_COLUMNS + " FROM deliveries d JOIN events e ON e.seq = d.event_seq"
 """A delivery row with its event's columns (`e_*`), as `_row_to_delivery(..., with_event=True)` reads it."""
-_DELIVERY_VIEW = (_DELIVERY_COLUMNS + ", (SELECT MIN(a.attempted_at) FROM delivery_attempts a WHERE a.delivery_id = d.id)"
-                  " AS first_attempted FROM deliveries d JOIN events e ON e.seq = d.event_seq")
+_DELIVERY_VIEW = (
+    _DELIVERY_COLUMNS + ", (SELECT MIN(a.attempted_at) FROM delivery_attempts a WHERE a.delivery_id = d.id)"
+    " AS first_attempted FROM deliveries d JOIN events e ON e.seq = d.event_seq"
+)
 """`_DELIVERY_SELECT` with the very first attempt's time, for the listings people read."""
 
 _INSERT_DELIVERY = (
@@ -154,12 +164,16 @@ lease until, lease id, created at, updated at)."""
 _LEASE = "lease_owner = ?, lease_until = ?, lease_id = ?, resend = 0"
 """Hand a row out under a new lease (owner, until, id); a retry asked for before is met by it."""
 
-_MARK_RESEND = ("UPDATE deliveries SET resend = 1, updated_at = ? WHERE id = ? AND status = 'pending'"
-                " AND lease_owner IS NOT NULL AND lease_until >= ?")
+_MARK_RESEND = (
+    "UPDATE deliveries SET resend = 1, updated_at = ? WHERE id = ? AND status = 'pending'"
+    " AND lease_owner IS NOT NULL AND lease_until >= ?"
+)
 """A retry or replay of a row whose attempt is in flight: (updated at, id, the store's now)."""
 
-_RESET = ("UPDATE deliveries SET status = 'pending', attempts = 0, first_attempt_at = NULL, next_attempt_at = ?,"
-          " lease_owner = NULL, lease_until = NULL, lease_id = NULL, resend = 0, updated_at = ? WHERE id = ?")
+_RESET = (
+    "UPDATE deliveries SET status = 'pending', attempts = 0, first_attempt_at = NULL, next_attempt_at = ?,"
+    " lease_owner = NULL, lease_until = NULL, lease_id = NULL, resend = 0, updated_at = ? WHERE id = ?"
+)
 """A retry or replay of a row not in flight: due at once, its schedule afresh (due at, updated at, id)."""
 
 _UPSERT_CALL = (
@@ -304,7 +318,7 @@ class SQLiteStore(SQLiteCampaigns, Store):
                     conn.execute("SAVEPOINT batch")
                     values = runner(conn, [fn.batch[1] for fn in unit])  # type: ignore[attr-defined]
                     conn.execute("RELEASE batch")
-                except BaseException as exc:  # noqa: BLE001 - each is run alone next
+                except BaseException as exc:
                     _undo(conn, "batch", exc, fail_done)
                 else:
                     for value in values:
@@ -322,8 +336,14 @@ class SQLiteStore(SQLiteCampaigns, Store):
         return outcomes
 
     @staticmethod
-    def _run_each(conn: sqlite3.Connection, fns: list[Callable[[sqlite3.Connection], Any]], single: bool,
-                  outcomes: list[tuple[bool, Any]], done: list[int], fail_done: Callable[[BaseException], None]) -> None:
+    def _run_each(
+        conn: sqlite3.Connection,
+        fns: list[Callable[[sqlite3.Connection], Any]],
+        single: bool,
+        outcomes: list[tuple[bool, Any]],
+        done: list[int],
+        fail_done: Callable[[BaseException], None],
+    ) -> None:
         """`_run_group`'s transactions one at a time, each in its own savepoint."""
         for fn in fns:
             if not conn.in_transaction:  # a previous failure ended the transaction
@@ -338,7 +358,7 @@ class SQLiteStore(SQLiteCampaigns, Store):
                 value = fn(conn)
                 if not single:
                     conn.execute("RELEASE tx")
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            except BaseException as exc:
                 outcomes.append((False, exc))
                 _undo(conn, None if single else "tx", exc, fail_done)
                 continue
@@ -440,9 +460,19 @@ class SQLiteStore(SQLiteCampaigns, Store):
         return None if row is None else _row_to_record(row)
 
     @staticmethod
-    def _insert_timeline(conn: sqlite3.Connection, run_id: str, at: datetime, *, source: str, kind: str,
-                         outcome: str, raw_status: str | None, state: str | None, sequence: int | None,
-                         data: dict[str, Any]) -> None:
+    def _insert_timeline(
+        conn: sqlite3.Connection,
+        run_id: str,
+        at: datetime,
+        *,
+        source: str,
+        kind: str,
+        outcome: str,
+        raw_status: str | None,
+        state: str | None,
+        sequence: int | None,
+        data: dict[str, Any],
+    ) -> None:
         conn.execute(
             "INSERT INTO call_timeline (workflow_run_id, received_at, source, kind, outcome, raw_status, state, sequence, data)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -454,19 +484,32 @@ class SQLiteStore(SQLiteCampaigns, Store):
         this group commit leased it already (it gets them only after the commit)."""
         return dispatch.room(subscription) > self._leases.get(subscription, 0)
 
-    def _insert_events(self, conn: sqlite3.Connection, events: list[Event], leased: list[Delivery] | None = None,
-                       lease_id: str | None = None) -> int:
+    def _insert_events(
+        self,
+        conn: sqlite3.Connection,
+        events: list[Event],
+        leased: list[Delivery] | None = None,
+        lease_id: str | None = None,
+    ) -> int:
         """Write events and, in the same transaction, one delivery row per subscription; returns
         how many rows wait for a claim. Given a `leased` list, the rows the direct dispatch takes
         are leased to it (under `lease_id`) and added there (see `_write_events`)."""
-        ((queued, taken),) = self._write_events(conn, [events], lease=leased is not None,
-                                                lease_ids=[lease_id or new_lease_id()])
+        ((queued, taken),) = self._write_events(
+            conn, [events], lease=leased is not None, lease_ids=[lease_id or new_lease_id()]
+        )
         if leased is not None:
             leased += taken
         return queued
 
-    def _write_events(self, conn: sqlite3.Connection, groups: Sequence[Sequence[Event]], *, lease: bool,
-                      lease_ids: Sequence[str], new_calls: Container[str] = ()) -> list[tuple[int, list[Delivery]]]:
+    def _write_events(
+        self,
+        conn: sqlite3.Connection,
+        groups: Sequence[Sequence[Event]],
+        *,
+        lease: bool,
+        lease_ids: Sequence[str],
+        new_calls: Container[str] = (),
+    ) -> list[tuple[int, list[Delivery]]]:
         """Write the events of each group (one transaction's, in order) and one delivery row per
         subscription, one statement per table; returns (rows queued for a claim, rows leased)
         per group.
@@ -497,41 +540,89 @@ class SQLiteStore(SQLiteCampaigns, Store):
                     key = run if ordered else None
                     take = dispatch is not None and self._has_room(dispatch, subscription)
                     if key is not None:
-                        if take and ((subscription, key) in waiting or (key not in new_calls and _has_pending(conn, subscription, key))):
+                        if take and (
+                            (subscription, key) in waiting
+                            or (key not in new_calls and _has_pending(conn, subscription, key))
+                        ):
                             take = False
                         waiting.add((subscription, key))
                     delivery_id = new_event_id("msg")
                     if take:
                         assert dispatch is not None
                         self._leases[subscription] = self._leases.get(subscription, 0) + 1
-                        delivery_rows.append((delivery_id, seq, subscription, run, key, at, dispatch.owner, lease_until,
-                                              lease_id, at, at))
-                        leased.append(Delivery(id=delivery_id, event_seq=seq, subscription=subscription, workflow_run_id=run,
-                                               status="pending", attempts=0, next_attempt_at=event.occurred_at,
-                                               created_at=event.occurred_at, updated_at=event.occurred_at, event=event,
-                                               order_key=key, lease_id=lease_id))
+                        delivery_rows.append(
+                            (
+                                delivery_id,
+                                seq,
+                                subscription,
+                                run,
+                                key,
+                                at,
+                                dispatch.owner,
+                                lease_until,
+                                lease_id,
+                                at,
+                                at,
+                            )
+                        )
+                        leased.append(
+                            Delivery(
+                                id=delivery_id,
+                                event_seq=seq,
+                                subscription=subscription,
+                                workflow_run_id=run,
+                                status="pending",
+                                attempts=0,
+                                next_attempt_at=event.occurred_at,
+                                created_at=event.occurred_at,
+                                updated_at=event.occurred_at,
+                                event=event,
+                                order_key=key,
+                                lease_id=lease_id,
+                            )
+                        )
                     else:
                         delivery_rows.append((delivery_id, seq, subscription, run, key, at, None, None, None, at, at))
                         queued += 1
             out.append((queued, leased))
-        conn.executemany("INSERT INTO events (seq, id, type, workflow_run_id, occurred_at, data) VALUES (?, ?, ?, ?, ?, ?)",
-                         event_rows)
+        conn.executemany(
+            "INSERT INTO events (seq, id, type, workflow_run_id, occurred_at, data) VALUES (?, ?, ?, ?, ?, ?)",
+            event_rows,
+        )
         conn.executemany(_INSERT_DELIVERY, delivery_rows)
         return out
 
     @staticmethod
-    def _insert_delivery(conn: sqlite3.Connection, event_seq: int, subscription: str, run_id: str | None,
-                         ordered: bool, now: datetime) -> None:
+    def _insert_delivery(
+        conn: sqlite3.Connection, event_seq: int, subscription: str, run_id: str | None, ordered: bool, now: datetime
+    ) -> None:
         """A pending delivery row, for a claim."""
         at = _ts(now)
-        conn.execute(_INSERT_DELIVERY, (new_event_id("msg"), event_seq, subscription, run_id, run_id if ordered else None,
-                                        at, None, None, None, at, at))
+        conn.execute(
+            _INSERT_DELIVERY,
+            (
+                new_event_id("msg"),
+                event_seq,
+                subscription,
+                run_id,
+                run_id if ordered else None,
+                at,
+                None,
+                None,
+                None,
+                at,
+                at,
+            ),
+        )
 
-    async def apply_update(self, update: CallUpdate, *, run_id: str | None, seed: CallSeed | None = None) -> AppliedUpdate:
+    async def apply_update(
+        self, update: CallUpdate, *, run_id: str | None, seed: CallSeed | None = None
+    ) -> AppliedUpdate:
         return self._notify(await self._write(self.apply_update_tx(update, run_id=run_id, seed=seed)))
 
-    def apply_update_tx(self, update: CallUpdate, *, run_id: str | None, seed: CallSeed | None = None,
-                        lease_id: str | None = None) -> Transaction:
+    def apply_update_tx(
+        self, update: CallUpdate, *, run_id: str | None, seed: CallSeed | None = None, lease_id: str | None = None
+    ) -> Transaction:
         """`apply_update`'s transaction: (AppliedUpdate, rows queued, rows leased). Callbacks that
         wait together are written as one batch (`_apply_batch`). Rows leased to the direct
         dispatch carry `lease_id` (a fresh one when None)."""
@@ -555,21 +646,36 @@ class SQLiteStore(SQLiteCampaigns, Store):
                 seed.fill(record)
             conn.execute(_UPSERT_CALL, _record_params(record))
             self._insert_timeline(
-                conn, target, now, source=update.provider, kind=update.kind, outcome=transition.outcome,
-                raw_status=update.raw_status, state=update.state.value if update.state else None,
-                sequence=update.sequence, data=update.params,
+                conn,
+                target,
+                now,
+                source=update.provider,
+                kind=update.kind,
+                outcome=transition.outcome,
+                raw_status=update.raw_status,
+                state=update.state.value if update.state else None,
+                sequence=update.sequence,
+                data=update.params,
             )
-            events = [Event(type=name, workflow_run_id=target, occurred_at=now, data=event_data(record)) for name in transition.events]
+            events = [
+                Event(type=name, workflow_run_id=target, occurred_at=now, data=event_data(record))
+                for name in transition.events
+            ]
             leased: list[Delivery] = []
             queued = self._insert_events(conn, events, leased, lease_id)
-            return AppliedUpdate(record=record, events=events, outcome=transition.outcome, created=current is None), queued, leased
+            return (
+                AppliedUpdate(record=record, events=events, outcome=transition.outcome, created=current is None),
+                queued,
+                leased,
+            )
 
         if seed is None or seed.claim is None:  # a campaign dial's claim is checked alone
             tx.batch = (self._apply_batch, (update, run_id, seed, lease_id))  # type: ignore[attr-defined]
         return tx
 
-    def _apply_batch(self, conn: sqlite3.Connection, items: list[tuple[CallUpdate, str | None, CallSeed | None, str]]
-                     ) -> list[tuple[AppliedUpdate, int, list[Delivery]]]:
+    def _apply_batch(
+        self, conn: sqlite3.Connection, items: list[tuple[CallUpdate, str | None, CallSeed | None, str]]
+    ) -> list[tuple[AppliedUpdate, int, list[Delivery]]]:
         """Several `apply_update` transactions, in order, written together: what each would have
         written alone, with one query to find the calls and one statement per table for all
         their rows (a callback's own statements and savepoint cost more than its rows).
@@ -580,8 +686,10 @@ class SQLiteStore(SQLiteCampaigns, Store):
         found: dict[str, CallRecord] = {}  # run id -> the call as it stands in this batch
         wanted = list({run_id for _, run_id, _, _ in items if run_id})
         for start in range(0, len(wanted), 500):
-            part = wanted[start:start + 500]
-            for row in conn.execute(f"SELECT * FROM calls WHERE workflow_run_id IN ({','.join('?' * len(part))})", part):
+            part = wanted[start : start + 500]
+            for row in conn.execute(
+                f"SELECT * FROM calls WHERE workflow_run_id IN ({','.join('?' * len(part))})", part
+            ):
                 found[row["workflow_run_id"]] = _row_to_record(row)
         ids: dict[str, list[str]] = {}
         for update, run_id, _, _ in items:
@@ -590,22 +698,42 @@ class SQLiteStore(SQLiteCampaigns, Store):
         for provider, call_ids in ids.items():
             unique = list(dict.fromkeys(call_ids))
             for start in range(0, len(unique), 500):
-                part = unique[start:start + 500]
-                for row in conn.execute(f"SELECT * FROM calls WHERE provider = ? AND provider_call_id IN ({','.join('?' * len(part))})",
-                                        [provider, *part]):
+                part = unique[start : start + 500]
+                for row in conn.execute(
+                    f"SELECT * FROM calls WHERE provider = ? AND provider_call_id IN ({','.join('?' * len(part))})",
+                    [provider, *part],
+                ):
                     record = _row_to_record(row)
                     found.setdefault(record.workflow_run_id, record)
         existed = set(found)  # calls from before this batch: only theirs can have deliveries pending
         batch = apply_callbacks([(update, run_id, seed) for update, run_id, seed, _ in items], found, now)
-        timeline = [(target, _ts(now), update.provider, update.kind, outcome, update.raw_status,
-                     update.state.value if update.state else None, update.sequence, _dumps(update.params))
-                    for target, update, outcome in batch.timeline]
+        timeline = [
+            (
+                target,
+                _ts(now),
+                update.provider,
+                update.kind,
+                outcome,
+                update.raw_status,
+                update.state.value if update.state else None,
+                update.sequence,
+                _dumps(update.params),
+            )
+            for target, update, outcome in batch.timeline
+        ]
         conn.executemany(_UPSERT_CALL, [_record_params(record) for record in batch.changed.values()])
         conn.executemany(
             "INSERT INTO call_timeline (workflow_run_id, received_at, source, kind, outcome, raw_status, state, sequence, data)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", timeline)
-        written = self._write_events(conn, [applied.events for applied in batch.applied], lease=True,
-                                     lease_ids=[lease_id for *_, lease_id in items], new_calls=batch.changed.keys() - existed)
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            timeline,
+        )
+        written = self._write_events(
+            conn,
+            [applied.events for applied in batch.applied],
+            lease=True,
+            lease_ids=[lease_id for *_, lease_id in items],
+            new_calls=batch.changed.keys() - existed,
+        )
         return [(applied, queued, leased) for applied, (queued, leased) in zip(batch.applied, written)]
 
     def _notify(self, result: tuple[Any, ...]) -> Any:
@@ -637,13 +765,21 @@ class SQLiteStore(SQLiteCampaigns, Store):
         session: str | None = None,
     ) -> Transaction:
         """`record_activity`'s transaction: (events, rows queued, rows leased under `lease_id`)."""
+
         def tx(conn: sqlite3.Connection) -> tuple[list[Event], int, list[Delivery]]:
             now = utcnow()
             record = self._load(conn, run_id)
             if record is None:
                 raise StoreError(f"unknown workflow_run_id {run_id!r}")
-            admitted = admit_activity(record, kind=kind, session=session, events=events,
-                                      gathered_context=gathered_context, annotations=annotations, media=media)
+            admitted = admit_activity(
+                record,
+                kind=kind,
+                session=session,
+                events=events,
+                gathered_context=gathered_context,
+                annotations=annotations,
+                media=media,
+            )
             if admitted is None:
                 return [], 0, []
             if admitted.gathered_context or admitted.annotations or admitted.media:
@@ -652,8 +788,18 @@ class SQLiteStore(SQLiteCampaigns, Store):
                 record.media.update(admitted.media or {})
                 record.updated_at = now
                 conn.execute(_UPSERT_CALL, _record_params(record))
-            self._insert_timeline(conn, run_id, now, source=source, kind=kind, outcome="recorded",
-                                  raw_status=None, state=None, sequence=None, data=data)
+            self._insert_timeline(
+                conn,
+                run_id,
+                now,
+                source=source,
+                kind=kind,
+                outcome="recorded",
+                raw_status=None,
+                state=None,
+                sequence=None,
+                data=data,
+            )
             emitted = [
                 Event(type=name, workflow_run_id=run_id, occurred_at=now, data=event_data(record, extra))
                 for name, extra in admitted.events
@@ -669,10 +815,14 @@ class SQLiteStore(SQLiteCampaigns, Store):
             if self._nonces_pruned is None or now - self._nonces_pruned >= NONCE_PRUNE_EVERY:
                 conn.execute("DELETE FROM seen_nonces WHERE expires_at < ?", (at,))
                 self._nonces_pruned = now
-            return conn.execute(
-                "INSERT INTO seen_nonces (nonce, expires_at) VALUES (?, ?) ON CONFLICT (nonce) DO UPDATE"
-                " SET expires_at = excluded.expires_at WHERE seen_nonces.expires_at < ?", (nonce, _ts(expires_at), at),
-            ).rowcount == 1
+            return (
+                conn.execute(
+                    "INSERT INTO seen_nonces (nonce, expires_at) VALUES (?, ?) ON CONFLICT (nonce) DO UPDATE"
+                    " SET expires_at = excluded.expires_at WHERE seen_nonces.expires_at < ?",
+                    (nonce, _ts(expires_at), at),
+                ).rowcount
+                == 1
+            )
 
         return await self._write(tx)
 
@@ -687,22 +837,38 @@ class SQLiteStore(SQLiteCampaigns, Store):
             ).fetchall()
             return [
                 TimelineEntry(
-                    id=row["id"], received_at=_parse_ts(row["received_at"]), source=row["source"],
-                    kind=row["kind"], outcome=row["outcome"], raw_status=row["raw_status"],
-                    state=row["state"], sequence=row["sequence"], data=jsontext.loads(row["data"]),
+                    id=row["id"],
+                    received_at=_parse_ts(row["received_at"]),
+                    source=row["source"],
+                    kind=row["kind"],
+                    outcome=row["outcome"],
+                    raw_status=row["raw_status"],
+                    state=row["state"],
+                    sequence=row["sequence"],
+                    data=jsontext.loads(row["data"]),
                 )
                 for row in rows
             ]
 
         return await self._read(query)
 
-    async def list_calls(self, *, state: str | None = None, limit: int = 50, cursor: str | None = None) -> tuple[list[CallRecord], str | None]:
+    async def list_calls(
+        self, *, state: str | None = None, limit: int = 50, cursor: str | None = None
+    ) -> tuple[list[CallRecord], str | None]:
         limit = clamp_limit(limit)
-        sql, params = page_query("SELECT * FROM calls", [("state", state)], keys=("created_at", "workflow_run_id"),
-                                 cursor=cursor, limit=limit, dialect=SQLITE)
+        sql, params = page_query(
+            "SELECT * FROM calls",
+            [("state", state)],
+            keys=("created_at", "workflow_run_id"),
+            cursor=cursor,
+            limit=limit,
+            dialect=SQLITE,
+        )
 
         def query(conn: sqlite3.Connection) -> tuple[list[CallRecord], str | None]:
-            rows, next_cursor = split_page(conn.execute(sql, params).fetchall(), limit, key="workflow_run_id", dialect=SQLITE)
+            rows, next_cursor = split_page(
+                conn.execute(sql, params).fetchall(), limit, key="workflow_run_id", dialect=SQLITE
+            )
             return [_row_to_record(row) for row in rows], next_cursor
 
         return await self._read(query)
@@ -720,15 +886,27 @@ class SQLiteStore(SQLiteCampaigns, Store):
         return await self._read(query)
 
     # -- deliveries -----------------------------------------------------------------------
-    async def claim_deliveries(self, owner: str, *, now: datetime, lease_seconds: float,
-                               capacity: Mapping[str, int], limit: int = 200) -> list[Delivery]:
+    async def claim_deliveries(
+        self, owner: str, *, now: datetime, lease_seconds: float, capacity: Mapping[str, int], limit: int = 200
+    ) -> list[Delivery]:
         if not any(n > 0 for n in capacity.values()):
             return []
-        return self._notify(await self._write(self.claim_deliveries_tx(
-            owner, now=now, lease_seconds=lease_seconds, capacity=capacity, limit=limit)))
+        return self._notify(
+            await self._write(
+                self.claim_deliveries_tx(owner, now=now, lease_seconds=lease_seconds, capacity=capacity, limit=limit)
+            )
+        )
 
-    def claim_deliveries_tx(self, owner: str, *, now: datetime, lease_seconds: float,
-                            capacity: Mapping[str, int], limit: int = 200, lease_id: str | None = None) -> Transaction:
+    def claim_deliveries_tx(
+        self,
+        owner: str,
+        *,
+        now: datetime,
+        lease_seconds: float,
+        capacity: Mapping[str, int],
+        limit: int = 200,
+        lease_id: str | None = None,
+    ) -> Transaction:
         """`claim_deliveries`'s transaction: (the claimed deliveries, 0, [])."""
         wanted = {name: n for name, n in capacity.items() if n > 0}
         due = _ts(now)
@@ -753,8 +931,9 @@ class SQLiteStore(SQLiteCampaigns, Store):
                     (due, at, subscription, min(n, limit)),
                 ).fetchall()
             picked = share_out(found, limit)
-            conn.executemany(f"UPDATE deliveries SET {_LEASE} WHERE id = ?",
-                             [(owner, until, lease_id, row["id"]) for row in picked])
+            conn.executemany(
+                f"UPDATE deliveries SET {_LEASE} WHERE id = ?", [(owner, until, lease_id, row["id"]) for row in picked]
+            )
             claimed = [_row_to_delivery(row, with_event=True) for row in picked]
             for delivery in claimed:
                 delivery.lease_id = lease_id
@@ -762,14 +941,16 @@ class SQLiteStore(SQLiteCampaigns, Store):
 
         return tx
 
-    async def finish_deliveries(self, owner: str,
-                                items: Sequence[tuple[Delivery, DeliveryResult]]) -> list[EndpointHealth | None]:
+    async def finish_deliveries(
+        self, owner: str, items: Sequence[tuple[Delivery, DeliveryResult]]
+    ) -> list[EndpointHealth | None]:
         if not items:
             return []
         return self._notify(await self._write(self.finish_deliveries_tx(owner, items)))
 
-    def finish_deliveries_tx(self, owner: str, items: Sequence[tuple[Delivery, DeliveryResult]],
-                             lease_id: str | None = None) -> Transaction:
+    def finish_deliveries_tx(
+        self, owner: str, items: Sequence[tuple[Delivery, DeliveryResult]], lease_id: str | None = None
+    ) -> Transaction:
         """`finish_deliveries`'s transaction: (healths, successors queued, successors leased
         under `lease_id`)."""
         dispatch = self.dispatch if self.dispatch is not None and self.dispatch.owner == owner else None
@@ -795,19 +976,43 @@ class SQLiteStore(SQLiteCampaigns, Store):
                     " resend = 0, lease_owner = NULL, lease_until = NULL, lease_id = NULL,"
                     " last_attempt_at = ?, last_status = ?, last_error = ?, updated_at = ?"
                     " WHERE id = ? AND status = 'pending' AND lease_owner = ? AND lease_id = ? RETURNING status",
-                    (result.status, now, _ts(result.next_attempt_at), at, at, attempt.status, attempt.error, at,
-                     delivery.id, owner, delivery.lease_id),
+                    (
+                        result.status,
+                        now,
+                        _ts(result.next_attempt_at),
+                        at,
+                        at,
+                        attempt.status,
+                        attempt.error,
+                        at,
+                        delivery.id,
+                        owner,
+                        delivery.lease_id,
+                    ),
                 ).fetchone()
                 if row is None:
                     late.add(index)
                     attempt = late_attempt(attempt)
                 else:
                     moved.append((delivery, result if row[0] == result.status else replace(result, status=row[0])))
-                attempts.append((delivery.id, attempt.id, at, attempt.outcome, attempt.status, attempt.latency_ms,
-                                 attempt.error, attempt.response, _dumps(attempt.request)))
+                attempts.append(
+                    (
+                        delivery.id,
+                        attempt.id,
+                        at,
+                        attempt.outcome,
+                        attempt.status,
+                        attempt.latency_ms,
+                        attempt.error,
+                        attempt.response,
+                        _dumps(attempt.request),
+                    )
+                )
             conn.executemany(
                 "INSERT INTO delivery_attempts (delivery_id, attempt_id, attempted_at, outcome, status, latency_ms, error,"
-                " response, request) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", attempts)
+                " response, request) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                attempts,
+            )
             for delivery, result in moved:
                 if result.gathered_context and delivery.workflow_run_id:
                     record = self._load(conn, delivery.workflow_run_id)
@@ -818,18 +1023,27 @@ class SQLiteStore(SQLiteCampaigns, Store):
             for change in health_changes(moved):
                 _apply_health_change(conn, change)
             health = {
-                name: _row_to_health(row) if (row := conn.execute(
-                    "SELECT * FROM subscription_health WHERE subscription = ?", (name,)).fetchone()) else EndpointHealth(name)
+                name: _row_to_health(row)
+                if (row := conn.execute("SELECT * FROM subscription_health WHERE subscription = ?", (name,)).fetchone())
+                else EndpointHealth(name)
                 for name in {delivery.subscription for delivery, _ in items}
             }
             queued, leased = self._next_in_order(conn, moved, dispatch, lease_id)
-            return [None if index in late else health[delivery.subscription]
-                    for index, (delivery, _) in enumerate(items)], queued, leased
+            return (
+                [None if index in late else health[delivery.subscription] for index, (delivery, _) in enumerate(items)],
+                queued,
+                leased,
+            )
 
         return tx
 
-    def _next_in_order(self, conn: sqlite3.Connection, items: Sequence[tuple[Delivery, DeliveryResult]],
-                       dispatch: DirectDispatch | None, lease_id: str) -> tuple[int, list[Delivery]]:
+    def _next_in_order(
+        self,
+        conn: sqlite3.Connection,
+        items: Sequence[tuple[Delivery, DeliveryResult]],
+        dispatch: DirectDispatch | None,
+        lease_id: str,
+    ) -> tuple[int, list[Delivery]]:
         """The call's next pending delivery after each ordered one that reached its end: leased
         to `dispatch` (under `lease_id`) when it is due, free and taken; else counted, so that
         claimers wake."""
@@ -841,14 +1055,21 @@ class SQLiteStore(SQLiteCampaigns, Store):
                 continue
             row = conn.execute(
                 _DELIVERY_SELECT + " WHERE d.status = 'pending' AND d.subscription = ? AND d.order_key = ?"
-                " ORDER BY d.event_seq LIMIT 1", (delivery.subscription, delivery.order_key),
+                " ORDER BY d.event_seq LIMIT 1",
+                (delivery.subscription, delivery.order_key),
             ).fetchone()
-            if row is None or row["next_attempt_at"] > at or (row["lease_until"] is not None and row["lease_until"] >= at):
+            if (
+                row is None
+                or row["next_attempt_at"] > at
+                or (row["lease_until"] is not None and row["lease_until"] >= at)
+            ):
                 continue  # nothing waits, or it is not due yet (a claim or the poll takes it then)
             if dispatch is not None and self._has_room(dispatch, delivery.subscription):
                 self._leases[delivery.subscription] = self._leases.get(delivery.subscription, 0) + 1
-                conn.execute(f"UPDATE deliveries SET {_LEASE} WHERE id = ?",
-                             (dispatch.owner, _ts(now + timedelta(seconds=dispatch.lease_seconds)), lease_id, row["id"]))
+                conn.execute(
+                    f"UPDATE deliveries SET {_LEASE} WHERE id = ?",
+                    (dispatch.owner, _ts(now + timedelta(seconds=dispatch.lease_seconds)), lease_id, row["id"]),
+                )
                 successor = _row_to_delivery(row, with_event=True)
                 successor.lease_id = lease_id
                 leased.append(successor)
@@ -861,24 +1082,40 @@ class SQLiteStore(SQLiteCampaigns, Store):
 
     def release_leases_tx(self, owner: str, delivery_ids: Sequence[str] | None = None) -> Transaction:
         """`release_leases`'s transaction: (how many, 0, [])."""
+
         def tx(conn: sqlite3.Connection) -> tuple[int, int, list[Delivery]]:
             sql = "UPDATE deliveries SET lease_owner = NULL, lease_until = NULL, lease_id = NULL WHERE lease_owner = ?"
             if delivery_ids is None:
                 return conn.execute(sql, (owner,)).rowcount, 0, []
             if not delivery_ids:
                 return 0, 0, []
-            return conn.execute(sql + f" AND id IN ({','.join('?' * len(delivery_ids))})",
-                                (owner, *delivery_ids)).rowcount, 0, []
+            return (
+                conn.execute(
+                    sql + f" AND id IN ({','.join('?' * len(delivery_ids))})", (owner, *delivery_ids)
+                ).rowcount,
+                0,
+                [],
+            )
 
         return tx
 
-    async def list_deliveries(self, *, status: str | None = None, subscription: str | None = None,
-                              run_id: str | None = None, limit: int = 50, cursor: str | None = None) -> tuple[list[Delivery], str | None]:
+    async def list_deliveries(
+        self,
+        *,
+        status: str | None = None,
+        subscription: str | None = None,
+        run_id: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[list[Delivery], str | None]:
         limit = clamp_limit(limit)
         sql, params = page_query(
             _DELIVERY_VIEW,
             [("d.status", status), ("d.subscription", subscription), ("d.workflow_run_id", run_id)],
-            keys=("d.created_at", "d.id"), cursor=cursor, limit=limit, dialect=SQLITE,
+            keys=("d.created_at", "d.id"),
+            cursor=cursor,
+            limit=limit,
+            dialect=SQLITE,
         )
 
         def query(conn: sqlite3.Connection) -> tuple[list[Delivery], str | None]:
@@ -893,9 +1130,18 @@ class SQLiteStore(SQLiteCampaigns, Store):
             if row is None:
                 return None
             attempts = [
-                AttemptRecord(attempted_at=_parse_ts(a["attempted_at"]), outcome=a["outcome"], status=a["status"],
-                              latency_ms=a["latency_ms"], error=a["error"], response=a["response"], request=jsontext.loads(a["request"]))
-                for a in conn.execute("SELECT * FROM delivery_attempts WHERE delivery_id = ? ORDER BY id", (delivery_id,))
+                AttemptRecord(
+                    attempted_at=_parse_ts(a["attempted_at"]),
+                    outcome=a["outcome"],
+                    status=a["status"],
+                    latency_ms=a["latency_ms"],
+                    error=a["error"],
+                    response=a["response"],
+                    request=jsontext.loads(a["request"]),
+                )
+                for a in conn.execute(
+                    "SELECT * FROM delivery_attempts WHERE delivery_id = ? ORDER BY id", (delivery_id,)
+                )
             ]
             return _row_to_delivery(row, with_event=True), attempts
 
@@ -909,8 +1155,16 @@ class SQLiteStore(SQLiteCampaigns, Store):
 
         return self._notify((delivery := await self._write(tx), 1 if delivery else 0))
 
-    async def replay_deliveries(self, subscription: str, *, since: datetime, until: datetime, now: datetime,
-                                matches: Callable[[str], bool], ordered: bool) -> int:
+    async def replay_deliveries(
+        self,
+        subscription: str,
+        *,
+        since: datetime,
+        until: datetime,
+        now: datetime,
+        matches: Callable[[str], bool],
+        ordered: bool,
+    ) -> int:
         def tx(conn: sqlite3.Connection) -> tuple[int, int]:
             events = conn.execute(
                 "SELECT e.seq, e.type, e.workflow_run_id, d.id AS delivery_id FROM events e"
@@ -932,7 +1186,9 @@ class SQLiteStore(SQLiteCampaigns, Store):
 
     async def endpoint_health(self) -> dict[str, EndpointHealth]:
         def query(conn: sqlite3.Connection) -> dict[str, EndpointHealth]:
-            return {row["subscription"]: _row_to_health(row) for row in conn.execute("SELECT * FROM subscription_health")}
+            return {
+                row["subscription"]: _row_to_health(row) for row in conn.execute("SELECT * FROM subscription_health")
+            }
 
         return await self._read(query)
 
@@ -948,8 +1204,12 @@ class SQLiteStore(SQLiteCampaigns, Store):
             )
             if reason is None:
                 return [], 1
-            event = Event(type="webhook.endpoint_disabled", workflow_run_id=None, occurred_at=now,
-                          data={"subscription": subscription, "reason": reason})
+            event = Event(
+                type="webhook.endpoint_disabled",
+                workflow_run_id=None,
+                occurred_at=now,
+                data={"subscription": subscription, "reason": reason},
+            )
             return [event], self._insert_events(conn, [event])
 
         events, queued = await self._write(tx)
@@ -957,20 +1217,26 @@ class SQLiteStore(SQLiteCampaigns, Store):
         return events
 
     async def pending_subscriptions(self) -> set[str]:
-        return await self._read(lambda conn: {row[0] for row in conn.execute(
-            "SELECT DISTINCT subscription FROM deliveries WHERE status = 'pending'")})
+        return await self._read(
+            lambda conn: {
+                row[0] for row in conn.execute("SELECT DISTINCT subscription FROM deliveries WHERE status = 'pending'")
+            }
+        )
 
     async def outbox_stats(self, *, now: datetime) -> dict[str, Any]:
         def query(conn: sqlite3.Connection) -> dict[str, Any]:
-            row = conn.execute("SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM deliveries WHERE status = 'pending'").fetchone()
+            row = conn.execute(
+                "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM deliveries WHERE status = 'pending'"
+            ).fetchone()
             oldest = _parse_ts(row["oldest"])
             return {"pending": row["n"], "oldest_pending_seconds": (now - oldest).total_seconds() if oldest else 0.0}
 
         return await self._read(query)
 
 
-def _undo(conn: sqlite3.Connection, savepoint: str | None, error: BaseException,
-          fail_done: Callable[[BaseException], None]) -> None:
+def _undo(
+    conn: sqlite3.Connection, savepoint: str | None, error: BaseException, fail_done: Callable[[BaseException], None]
+) -> None:
     """Roll back what failed with `error`: to `savepoint`, or the whole transaction (None).
     If SQLite ended the transaction itself (an I/O error, a full disk), the group's earlier
     work is gone with it: `fail_done` answers those with the error."""
@@ -1015,19 +1281,33 @@ def _settle(answers: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
 
 def _row_to_event(row: sqlite3.Row, prefix: str = "") -> Event:
     p = prefix
-    return Event(type=row[f"{p}type"], workflow_run_id=row[f"{p}run" if p else "workflow_run_id"],
-                 occurred_at=_parse_ts(row[f"{p}at" if p else "occurred_at"]), data_json=row[f"{p}data"],
-                 id=row[f"{p}id"], seq=row[f"{p}seq"])
+    return Event(
+        type=row[f"{p}type"],
+        workflow_run_id=row[f"{p}run" if p else "workflow_run_id"],
+        occurred_at=_parse_ts(row[f"{p}at" if p else "occurred_at"]),
+        data_json=row[f"{p}data"],
+        id=row[f"{p}id"],
+        seq=row[f"{p}seq"],
+    )
 
 
 def _row_to_delivery(row: sqlite3.Row, *, with_event: bool = False) -> Delivery:
     return Delivery(
-        id=row["id"], event_seq=row["event_seq"], subscription=row["subscription"], workflow_run_id=row["workflow_run_id"],
-        status=row["status"], attempts=row["attempts"], next_attempt_at=_parse_ts(row["next_attempt_at"]),
-        created_at=_parse_ts(row["created_at"]), updated_at=_parse_ts(row["updated_at"]),
-        first_attempt_at=_parse_ts(row["first_attempt_at"]), last_attempt_at=_parse_ts(row["last_attempt_at"]),
-        last_status=row["last_status"], last_error=row["last_error"],
-        event=_row_to_event(row, "e_") if with_event else None, order_key=row["order_key"],
+        id=row["id"],
+        event_seq=row["event_seq"],
+        subscription=row["subscription"],
+        workflow_run_id=row["workflow_run_id"],
+        status=row["status"],
+        attempts=row["attempts"],
+        next_attempt_at=_parse_ts(row["next_attempt_at"]),
+        created_at=_parse_ts(row["created_at"]),
+        updated_at=_parse_ts(row["updated_at"]),
+        first_attempt_at=_parse_ts(row["first_attempt_at"]),
+        last_attempt_at=_parse_ts(row["last_attempt_at"]),
+        last_status=row["last_status"],
+        last_error=row["last_error"],
+        event=_row_to_event(row, "e_") if with_event else None,
+        order_key=row["order_key"],
         first_attempted_at=_parse_ts(row["first_attempted"]) if "first_attempted" in row.keys() else None,
     )
 
@@ -1046,26 +1326,41 @@ def _recorded_attempts(conn: sqlite3.Connection, attempt_ids: Sequence[str]) -> 
     """Which of these attempts are recorded already."""
     found: set[str] = set()
     for start in range(0, len(attempt_ids), 500):
-        part = attempt_ids[start:start + 500]
-        found.update(row[0] for row in conn.execute(
-            f"SELECT attempt_id FROM delivery_attempts WHERE attempt_id IN ({','.join('?' * len(part))})", part))
+        part = attempt_ids[start : start + 500]
+        found.update(
+            row[0]
+            for row in conn.execute(
+                f"SELECT attempt_id FROM delivery_attempts WHERE attempt_id IN ({','.join('?' * len(part))})", part
+            )
+        )
     return found
 
 
 def _has_pending(conn: sqlite3.Connection, subscription: str, order_key: str) -> bool:
     """Whether the call has a delivery still pending for the subscription (its next one waits)."""
-    return conn.execute("SELECT 1 FROM deliveries WHERE status = 'pending' AND subscription = ? AND order_key = ? LIMIT 1",
-                        (subscription, order_key)).fetchone() is not None
+    return (
+        conn.execute(
+            "SELECT 1 FROM deliveries WHERE status = 'pending' AND subscription = ? AND order_key = ? LIMIT 1",
+            (subscription, order_key),
+        ).fetchone()
+        is not None
+    )
 
 
 def _apply_health_change(conn: sqlite3.Connection, change: HealthChange) -> None:
     if change.reset and not change.failures:
-        conn.execute("UPDATE subscription_health SET consecutive_failures = 0, first_failure_at = NULL"
-                     " WHERE subscription = ? AND consecutive_failures > 0", (change.subscription,))
+        conn.execute(
+            "UPDATE subscription_health SET consecutive_failures = 0, first_failure_at = NULL"
+            " WHERE subscription = ? AND consecutive_failures > 0",
+            (change.subscription,),
+        )
         return
-    streak = ("excluded.consecutive_failures, first_failure_at = excluded.first_failure_at" if change.reset else
-              "subscription_health.consecutive_failures + excluded.consecutive_failures,"
-              " first_failure_at = COALESCE(subscription_health.first_failure_at, excluded.first_failure_at)")
+    streak = (
+        "excluded.consecutive_failures, first_failure_at = excluded.first_failure_at"
+        if change.reset
+        else "subscription_health.consecutive_failures + excluded.consecutive_failures,"
+        " first_failure_at = COALESCE(subscription_health.first_failure_at, excluded.first_failure_at)"
+    )
     conn.execute(
         "INSERT INTO subscription_health (subscription, consecutive_failures, first_failure_at) VALUES (?, ?, ?)"
         f" ON CONFLICT (subscription) DO UPDATE SET consecutive_failures = {streak}",
@@ -1074,6 +1369,10 @@ def _apply_health_change(conn: sqlite3.Connection, change: HealthChange) -> None
 
 
 def _row_to_health(row: sqlite3.Row) -> EndpointHealth:
-    return EndpointHealth(subscription=row["subscription"], consecutive_failures=row["consecutive_failures"],
-                          first_failure_at=_parse_ts(row["first_failure_at"]), disabled_at=_parse_ts(row["disabled_at"]),
-                          disabled_reason=row["disabled_reason"])
+    return EndpointHealth(
+        subscription=row["subscription"],
+        consecutive_failures=row["consecutive_failures"],
+        first_failure_at=_parse_ts(row["first_failure_at"]),
+        disabled_at=_parse_ts(row["disabled_at"]),
+        disabled_reason=row["disabled_reason"],
+    )

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from datetime import datetime, timezone
-from typing import Any, Callable, Sequence, TypeVar
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 from gateway.calls.record import CallRecord
 from gateway.store.base import StoreError, clamp_limit
@@ -18,15 +19,31 @@ from gateway.store.paging import SQLITE, page_query, split_page
 T = TypeVar("T")
 
 _CAMPAIGN_FIELDS = (
-    "id", "name", "workflow_id", "user_id", "provider", "from_number", "status", "options", "origin",
-    "webhook_secret", "total", "dialed", "quota", "error", "error_code", "created_at", "started_at",
-    "completed_at", "updated_at",
+    "id",
+    "name",
+    "workflow_id",
+    "user_id",
+    "provider",
+    "from_number",
+    "status",
+    "options",
+    "origin",
+    "webhook_secret",
+    "total",
+    "dialed",
+    "quota",
+    "error",
+    "error_code",
+    "created_at",
+    "started_at",
+    "completed_at",
+    "updated_at",
 )
 _UPDATABLE = frozenset({"quota", "error", "error_code", "started_at", "completed_at"})
 
 
 def _ts(value: datetime | None) -> str | None:
-    return None if value is None else value.astimezone(timezone.utc).isoformat(timespec="microseconds")
+    return None if value is None else value.astimezone(UTC).isoformat(timespec="microseconds")
 
 
 def _parse_ts(value: str | None) -> datetime | None:
@@ -47,10 +64,17 @@ def _campaign(row: sqlite3.Row) -> Campaign:
 
 def _contact(row: sqlite3.Row) -> CampaignContact:
     return CampaignContact(
-        campaign_id=row["campaign_id"], position=row["position"], phone=row["phone"], name=row["name"],
-        context=json.loads(row["context"]), status=row["status"], attempts=row["attempts"],
-        next_attempt_at=_parse_ts(row["next_attempt_at"]), workflow_run_id=row["workflow_run_id"],
-        outcome=row["outcome"], updated_at=_parse_ts(row["updated_at"]),
+        campaign_id=row["campaign_id"],
+        position=row["position"],
+        phone=row["phone"],
+        name=row["name"],
+        context=json.loads(row["context"]),
+        status=row["status"],
+        attempts=row["attempts"],
+        next_attempt_at=_parse_ts(row["next_attempt_at"]),
+        workflow_run_id=row["workflow_run_id"],
+        outcome=row["outcome"],
+        updated_at=_parse_ts(row["updated_at"]),
     )
 
 
@@ -74,7 +98,9 @@ class SQLiteCampaigns:
         for item in events:
             queued += self._insert_events(conn, [item.event])
             for name in item.inline:
-                self._insert_delivery(conn, item.event.seq, name, item.event.workflow_run_id, False, item.event.occurred_at)
+                self._insert_delivery(
+                    conn, item.event.seq, name, item.event.workflow_run_id, False, item.event.occurred_at
+                )
                 queued += 1
         return queued
 
@@ -86,13 +112,15 @@ class SQLiteCampaigns:
         marks = ", ".join("?" for _ in by_id)
         for row in conn.execute(
             f"SELECT campaign_id, status, COUNT(*) AS n FROM campaign_contacts WHERE campaign_id IN ({marks})"
-            " GROUP BY campaign_id, status", tuple(by_id),
+            " GROUP BY campaign_id, status",
+            tuple(by_id),
         ):
             by_id[row["campaign_id"]].counts[row["status"]] = row["n"]
         for row in conn.execute(
             f"SELECT k.campaign_id, COALESCE(SUM(c.duration), 0) AS seconds FROM campaign_calls k"
             f" JOIN calls c ON c.workflow_run_id = k.workflow_run_id WHERE k.campaign_id IN ({marks})"
-            " GROUP BY k.campaign_id", tuple(by_id),
+            " GROUP BY k.campaign_id",
+            tuple(by_id),
         ):
             by_id[row["campaign_id"]].minutes_used = round(row["seconds"] / 60.0, 3)
         return campaigns
@@ -102,8 +130,9 @@ class SQLiteCampaigns:
         return None if row is None else self._fill(conn, [_campaign(row)])[0]
 
     # -- writes ---------------------------------------------------------------------------
-    async def create_campaign(self, campaign: Campaign, contacts: Sequence[CampaignContact],
-                              events: Sequence[CampaignEvent] = ()) -> None:
+    async def create_campaign(
+        self, campaign: Campaign, contacts: Sequence[CampaignContact], events: Sequence[CampaignEvent] = ()
+    ) -> None:
         def tx(conn: sqlite3.Connection) -> tuple[None, int]:
             values = []
             for name in _CAMPAIGN_FIELDS:
@@ -113,20 +142,25 @@ class SQLiteCampaigns:
                 elif isinstance(value, datetime):
                     value = _ts(value)
                 values.append(value)
-            conn.execute(f"INSERT INTO campaigns ({', '.join(_CAMPAIGN_FIELDS)}) VALUES ({', '.join('?' for _ in values)})",
-                         values)
+            conn.execute(
+                f"INSERT INTO campaigns ({', '.join(_CAMPAIGN_FIELDS)}) VALUES ({', '.join('?' for _ in values)})",
+                values,
+            )
             conn.executemany(
                 "INSERT INTO campaign_contacts (campaign_id, position, phone, name, context, status, attempts, updated_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, 0, ?)",
-                [(campaign.id, c.position, c.phone, c.name, _dumps(c.context), c.status, _ts(campaign.created_at))
-                 for c in contacts],
+                [
+                    (campaign.id, c.position, c.phone, c.name, _dumps(c.context), c.status, _ts(campaign.created_at))
+                    for c in contacts
+                ],
             )
             return None, self._campaign_events(conn, events)
 
         self._notify(await self._write(tx))
 
-    async def claim_campaign_contacts(self, campaign_id: str, run_ids: Sequence[str], *,
-                                      now: datetime) -> list[CampaignContact]:
+    async def claim_campaign_contacts(
+        self, campaign_id: str, run_ids: Sequence[str], *, now: datetime
+    ) -> list[CampaignContact]:
         def tx(conn: sqlite3.Connection) -> list[CampaignContact]:
             row = conn.execute("SELECT status, dialed, options FROM campaigns WHERE id = ?", (campaign_id,)).fetchone()
             if row is None or row["status"] != "running":
@@ -155,12 +189,15 @@ class SQLiteCampaigns:
                 )
                 conn.execute(
                     "INSERT INTO campaign_calls (workflow_run_id, campaign_id, position, attempt, created_at)"
-                    " VALUES (?, ?, ?, ?, ?)", (run_id, campaign_id, contact.position, contact.attempts, at),
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (run_id, campaign_id, contact.position, contact.attempts, at),
                 )
                 claimed.append(contact)
             if claimed:
-                conn.execute("UPDATE campaigns SET dialed = dialed + ?, updated_at = ? WHERE id = ?",
-                             (len(claimed), at, campaign_id))
+                conn.execute(
+                    "UPDATE campaigns SET dialed = dialed + ?, updated_at = ? WHERE id = ?",
+                    (len(claimed), at, campaign_id),
+                )
             return claimed
 
         return await self._write(tx)
@@ -177,34 +214,61 @@ class SQLiteCampaigns:
             ).rowcount
             if changed:
                 conn.execute("DELETE FROM campaign_calls WHERE workflow_run_id = ?", (contact.workflow_run_id,))
-                conn.execute("UPDATE campaigns SET dialed = dialed - 1, updated_at = ? WHERE id = ?",
-                             (_ts(now), contact.campaign_id))
+                conn.execute(
+                    "UPDATE campaigns SET dialed = dialed - 1, updated_at = ? WHERE id = ?",
+                    (_ts(now), contact.campaign_id),
+                )
             return bool(changed)
 
         return await self._write(tx)
 
-    async def finish_campaign_attempt(self, contact: CampaignContact, *, status: str, outcome: str,
-                                      next_attempt_at: datetime | None, now: datetime,
-                                      events: Sequence[CampaignEvent] = ()) -> bool:
+    async def finish_campaign_attempt(
+        self,
+        contact: CampaignContact,
+        *,
+        status: str,
+        outcome: str,
+        next_attempt_at: datetime | None,
+        now: datetime,
+        events: Sequence[CampaignEvent] = (),
+    ) -> bool:
         def tx(conn: sqlite3.Connection) -> tuple[bool, int]:
             at = _ts(now)
             changed = conn.execute(
                 "UPDATE campaign_contacts SET status = ?, outcome = ?, next_attempt_at = ?, updated_at = ?"
                 " WHERE campaign_id = ? AND position = ? AND status = 'dialing' AND workflow_run_id = ?",
-                (status, outcome, _ts(next_attempt_at), at, contact.campaign_id, contact.position, contact.workflow_run_id),
+                (
+                    status,
+                    outcome,
+                    _ts(next_attempt_at),
+                    at,
+                    contact.campaign_id,
+                    contact.position,
+                    contact.workflow_run_id,
+                ),
             ).rowcount
             if not changed:
                 return False, 0
-            conn.execute("UPDATE campaign_calls SET outcome = ? WHERE workflow_run_id = ?", (outcome, contact.workflow_run_id))
+            conn.execute(
+                "UPDATE campaign_calls SET outcome = ? WHERE workflow_run_id = ?", (outcome, contact.workflow_run_id)
+            )
             conn.execute("UPDATE campaigns SET updated_at = ? WHERE id = ?", (at, contact.campaign_id))
             return True, self._campaign_events(conn, events)
 
         return self._notify(await self._write(tx))
 
-    async def update_campaign(self, campaign_id: str, *, from_statuses: Sequence[str], status: str, now: datetime,
-                              events: Callable[[Campaign], Sequence[CampaignEvent]] | None = None,
-                              contacts_from: Sequence[str] = (),
-                              contacts_to: str | None = None, **fields: Any) -> Campaign | None:
+    async def update_campaign(
+        self,
+        campaign_id: str,
+        *,
+        from_statuses: Sequence[str],
+        status: str,
+        now: datetime,
+        events: Callable[[Campaign], Sequence[CampaignEvent]] | None = None,
+        contacts_from: Sequence[str] = (),
+        contacts_to: str | None = None,
+        **fields: Any,
+    ) -> Campaign | None:
         unknown = set(fields) - _UPDATABLE
         if unknown:
             raise StoreError(f"update_campaign: cannot set {', '.join(sorted(unknown))}")
@@ -226,7 +290,8 @@ class SQLiteCampaigns:
                 cmarks = ", ".join("?" for _ in contacts_from)
                 conn.execute(
                     f"UPDATE campaign_contacts SET status = ?, next_attempt_at = NULL, updated_at = ?"
-                    f" WHERE campaign_id = ? AND status IN ({cmarks})", (contacts_to, at, campaign_id, *contacts_from),
+                    f" WHERE campaign_id = ? AND status IN ({cmarks})",
+                    (contacts_to, at, campaign_id, *contacts_from),
                 )
             campaign = self._load_campaign(conn, campaign_id)
             assert campaign is not None
@@ -238,11 +303,18 @@ class SQLiteCampaigns:
     async def get_campaign(self, campaign_id: str) -> Campaign | None:
         return await self._read(lambda conn: self._load_campaign(conn, campaign_id))
 
-    async def list_campaigns(self, *, status: str | None = None, limit: int = 50,
-                             cursor: str | None = None) -> tuple[list[Campaign], str | None]:
+    async def list_campaigns(
+        self, *, status: str | None = None, limit: int = 50, cursor: str | None = None
+    ) -> tuple[list[Campaign], str | None]:
         limit = clamp_limit(limit)
-        sql, params = page_query("SELECT * FROM campaigns", [("status", status)], keys=("created_at", "id"),
-                                 cursor=cursor, limit=limit, dialect=SQLITE)
+        sql, params = page_query(
+            "SELECT * FROM campaigns",
+            [("status", status)],
+            keys=("created_at", "id"),
+            cursor=cursor,
+            limit=limit,
+            dialect=SQLITE,
+        )
 
         def query(conn: sqlite3.Connection) -> tuple[list[Campaign], str | None]:
             rows, next_cursor = split_page(conn.execute(sql, params).fetchall(), limit, key="id", dialect=SQLITE)
@@ -250,8 +322,9 @@ class SQLiteCampaigns:
 
         return await self._read(query)
 
-    async def list_campaign_contacts(self, campaign_id: str, *, status: str | None = None, limit: int = 100,
-                                     after: int = -1) -> list[CampaignContact]:
+    async def list_campaign_contacts(
+        self, campaign_id: str, *, status: str | None = None, limit: int = 100, after: int = -1
+    ) -> list[CampaignContact]:
         sql, params = "SELECT * FROM campaign_contacts WHERE campaign_id = ? AND position > ?", [campaign_id, after]
         if status:
             sql += " AND status = ?"
@@ -262,7 +335,9 @@ class SQLiteCampaigns:
 
     async def active_campaigns(self) -> list[Campaign]:
         def query(conn: sqlite3.Connection) -> list[Campaign]:
-            rows = conn.execute("SELECT * FROM campaigns WHERE status IN ('running', 'paused') ORDER BY created_at").fetchall()
+            rows = conn.execute(
+                "SELECT * FROM campaigns WHERE status IN ('running', 'paused') ORDER BY created_at"
+            ).fetchall()
             return self._fill(conn, [_campaign(row) for row in rows])
 
         return await self._read(query)
@@ -271,7 +346,8 @@ class SQLiteCampaigns:
         def query(conn: sqlite3.Connection) -> list[Campaign]:
             rows = conn.execute(
                 "SELECT * FROM campaigns WHERE status IN ('running', 'paused') OR id IN (SELECT value FROM json_each(?))"
-                " OR id IN (SELECT campaign_id FROM campaign_contacts WHERE status = 'dialing')", (json.dumps(list(ids)),),
+                " OR id IN (SELECT campaign_id FROM campaign_contacts WHERE status = 'dialing')",
+                (json.dumps(list(ids)),),
             ).fetchall()
             return [c for c in (_campaign(row) for row in rows) if c.options.get("webhooks")]
 

@@ -33,9 +33,10 @@ import logging
 import os
 import signal
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import replace
 from multiprocessing.connection import Connection
-from typing import Any, Sequence
+from typing import Any
 
 from gateway.events.fanout import EventFanout, Route
 from gateway.heap import settle_heap
@@ -77,8 +78,12 @@ class WriterProcessStore(SQLiteStore):
     async def open(self) -> None:
         await super().open()  # migrations, this process's reader and fallback writer
         main, setup = self.writer_target()
-        self.writer = ChildProcess("store writer process", main, (setup,),
-                                   lost=lambda why: WriterGone(f"sqlite: the store writer process ended before it answered ({why})"))
+        self.writer = ChildProcess(
+            "store writer process",
+            main,
+            (setup,),
+            lost=lambda why: WriterGone(f"sqlite: the store writer process ended before it answered ({why})"),
+        )
         self.writer.start()
         log.info("store writer process started: pid %s", self.writer.pid)
 
@@ -125,14 +130,21 @@ class WriterProcessStore(SQLiteStore):
         """The writer died before answering a transaction that may have committed leases under
         `lease_id`: release them here (nobody holds them), so they are due again at once."""
         try:
-            released = await self._write(lambda conn: conn.execute(
-                "UPDATE deliveries SET lease_owner = NULL, lease_until = NULL, lease_id = NULL WHERE lease_id = ?",
-                (lease_id,)).rowcount)
+            released = await self._write(
+                lambda conn: (
+                    conn.execute(
+                        "UPDATE deliveries SET lease_owner = NULL, lease_until = NULL, lease_id = NULL WHERE lease_id = ?",
+                        (lease_id,),
+                    ).rowcount
+                )
+            )
         except StoreError as exc:
             log.error("could not release the leases of a transaction whose answer was lost: %s (they expire)", exc)
             return
         if released:
-            log.warning("released %d delivery leases committed by the writer process before it died, unanswered", released)
+            log.warning(
+                "released %d delivery leases committed by the writer process before it died, unanswered", released
+            )
             self.on_deliveries()
 
     async def apply_update(self, *args: Any, **kwargs: Any) -> Any:
@@ -169,7 +181,7 @@ def run_writer(setup: dict[str, Any], conn: Connection) -> None:
     def handle(requests: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
         answers: list[tuple[int, Any]] = []
         for start in range(0, len(requests), SQLiteStore.MAX_GROUP):
-            answers += _run(store, rooms, requests[start:start + SQLiteStore.MAX_GROUP])
+            answers += _run(store, rooms, requests[start : start + SQLiteStore.MAX_GROUP])
         return answers
 
     serve_frames(conn, handle)
@@ -181,8 +193,13 @@ def _route(store: SQLiteStore, rooms: dict[str, int], routing: Any) -> None:
     """Fan out and lease as the gateway's store would: `routing` is (routes, owner, lease seconds)."""
     routes, owner, lease_seconds = routing
     store.set_fanout(EventFanout(routes))
-    store.set_dispatch(DirectDispatch(owner=owner, lease_seconds=lease_seconds, room=lambda name: rooms.get(name, 0),
-                                      deliver=lambda rows: None) if owner else None)
+    store.set_dispatch(
+        DirectDispatch(
+            owner=owner, lease_seconds=lease_seconds, room=lambda name: rooms.get(name, 0), deliver=lambda rows: None
+        )
+        if owner
+        else None
+    )
 
 
 def _run(store: SQLiteStore, rooms: dict[str, int], requests: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
@@ -200,7 +217,7 @@ def _run(store: SQLiteStore, rooms: dict[str, int], requests: list[tuple[int, An
             if method not in REMOTE_METHODS:
                 raise StoreError(f"{method} is not run by the writer process")
             fns.append(getattr(store, method + "_tx")(*args, **kwargs))
-        except Exception as exc:  # noqa: BLE001 - answered, as the store would raise it
+        except Exception as exc:
             answers.append((token, (False, _as_store_error(exc), [], 0)))
             continue
         if not tokens:

@@ -40,7 +40,7 @@ def clean_hostname(value: str) -> str | None:
     text = value.strip().lower()
     for scheme in ("https://", "http://"):
         if text.startswith(scheme):
-            text = text[len(scheme):]
+            text = text[len(scheme) :]
             break
     text = text.removesuffix("/")
     if not 3 < len(text) <= 253 or "." not in text:
@@ -122,5 +122,7 @@ def readiness(body: bytes | str) -> tuple[int | None, str | None]:
         return None, None
     count = data.get("readyConnections")
     connector = data.get("connectorId")
-    return (count if isinstance(count, int) and not isinstance(count, bool) else None,
-            connector if isinstance(connector, str) and connector else None)
+    return (
+        count if isinstance(count, int) and not isinstance(count, bool) else None,
+        connector if isinstance(connector, str) and connector else None,
+    )

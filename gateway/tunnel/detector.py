@@ -14,7 +14,8 @@ import contextlib
 import logging
 import socket
 import time
-from typing import Callable, Protocol, Sequence
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import httpx
 
@@ -91,7 +92,9 @@ class TunnelDetector:
 
     def searched(self) -> list[str]:
         """Where lookups go, for people: the metrics servers, then the log file."""
-        return [f"http://{a}" if "://" not in a else a for a in self.addresses] + ([self.log_file] if self.log_file else [])
+        return [f"http://{a}" if "://" not in a else a for a in self.addresses] + (
+            [self.log_file] if self.log_file else []
+        )
 
     def nudge(self) -> None:
         """Ask the background task to look again now (a provider request did not match)."""
@@ -103,7 +106,7 @@ class TunnelDetector:
         first = asyncio.ensure_future(self.refresh())
         try:
             await asyncio.wait_for(asyncio.shield(first), self.timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass  # the first lookup goes on in the background; start-up does not wait for it
         except Exception:  # never let a lookup stop the gateway from starting
             log.exception("tunnel lookup failed unexpectedly")
@@ -131,7 +134,7 @@ class TunnelDetector:
             self._report(before, self._status)
             return self._status
 
-    async def _run(self, first: "asyncio.Future[TunnelStatus]") -> None:
+    async def _run(self, first: asyncio.Future[TunnelStatus]) -> None:
         with contextlib.suppress(Exception):
             await first
         failures = 0
@@ -139,7 +142,7 @@ class TunnelDetector:
             if self._status.sighting is not None and self._status.error is None:
                 failures, wait = 0, self.refresh_seconds
             else:
-                wait = min(self.retry_seconds * 2 ** failures, self.refresh_seconds)
+                wait = min(self.retry_seconds * 2**failures, self.refresh_seconds)
                 failures = min(failures + 1, 32)
             self._wake.clear()
             with contextlib.suppress(asyncio.TimeoutError):
@@ -156,21 +159,34 @@ class TunnelDetector:
     def _report(self, before: TunnelStatus, after: TunnelStatus) -> None:
         if after.sighting is not None and after.error is None:
             if before.hostname is None:
-                log.info("tunnel found: https://%s (from %s at %s); providers get https:// and wss:// URLs on it",
-                         after.hostname, after.sighting.source, after.sighting.address)
+                log.info(
+                    "tunnel found: https://%s (from %s at %s); providers get https:// and wss:// URLs on it",
+                    after.hostname,
+                    after.sighting.source,
+                    after.sighting.address,
+                )
                 log_console_urls(log, f"https://{after.hostname}")
             elif before.hostname != after.hostname:
-                log.warning("tunnel hostname changed: https://%s -> https://%s (cloudflared restarted?); "
-                            "update any provider console URLs that name the old one", before.hostname, after.hostname)
+                log.warning(
+                    "tunnel hostname changed: https://%s -> https://%s (cloudflared restarted?); "
+                    "update any provider console URLs that name the old one",
+                    before.hostname,
+                    after.hostname,
+                )
                 log_console_urls(log, f"https://{after.hostname}")
             elif before.error is not None:
                 log.info("tunnel https://%s answers again", after.hostname)
         elif before.error is None:
             if after.sighting is not None:
-                log.warning("tunnel lookup failed (%s); still using https://%s until it answers", after.error, after.hostname)
+                log.warning(
+                    "tunnel lookup failed (%s); still using https://%s until it answers", after.error, after.hostname
+                )
             else:
-                log.warning("public_url is auto but no cloudflared tunnel was found (%s); "
-                            "URLs handed to providers use each request's own host", after.error)
+                log.warning(
+                    "public_url is auto but no cloudflared tunnel was found (%s); "
+                    "URLs handed to providers use each request's own host",
+                    after.error,
+                )
 
     async def _look(self) -> tuple[Sighting | None, str | None]:
         """One lookup: every metrics server (the last good one first), then the log file."""
@@ -258,6 +274,9 @@ class TunnelSettings(Protocol):
 def detector_for(settings: TunnelSettings) -> TunnelDetector:
     """The detector a `tunnel:` config section describes."""
     return TunnelDetector(
-        settings.metrics, log_file=settings.log_file, refresh_seconds=settings.refresh_seconds,
-        retry_seconds=settings.retry_seconds, timeout=settings.timeout,
+        settings.metrics,
+        log_file=settings.log_file,
+        refresh_seconds=settings.refresh_seconds,
+        retry_seconds=settings.retry_seconds,
+        timeout=settings.timeout,
     )

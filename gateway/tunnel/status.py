@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 
 def _iso(moment: float | None) -> str | None:
     if moment is None:
         return None
-    return datetime.fromtimestamp(moment, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(moment, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class TunnelStatus:
     def stale(self) -> bool:
         return self.sighting is not None and self.error is not None
 
-    def after_lookup(self, found: Sighting | None, error: str | None, now: float) -> "TunnelStatus":
+    def after_lookup(self, found: Sighting | None, error: str | None, now: float) -> TunnelStatus:
         """The status once a lookup has found `found` (or failed with `error`) at `now`."""
         if found is None:
             return TunnelStatus(self.sighting, self.found_at, now, error or "not found", self.lookups + 1)
@@ -81,17 +81,27 @@ def describe(public_url: str | None, status: TunnelStatus | None, origin: str, s
     ws_origin = origin.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
     body: dict[str, Any] = {"public_url": public_url, "origin": origin, "websocket_origin": ws_origin}
     if public_url not in (None, "auto"):
-        return {**body, "mode": "fixed", "tunnel": None,
-                "detail": f"public_url is set to {public_url}; no tunnel is looked for (set public_url: auto to detect one)"}
+        return {
+            **body,
+            "mode": "fixed",
+            "tunnel": None,
+            "detail": f"public_url is set to {public_url}; no tunnel is looked for (set public_url: auto to detect one)",
+        }
     if public_url is None or status is None:
-        return {**body, "mode": "request", "tunnel": None,
-                "detail": "public_url is not set: every URL handed to a provider uses the host of the request "
-                          "that asked (set public_url: auto to use a cloudflared quick tunnel)"}
+        return {
+            **body,
+            "mode": "request",
+            "tunnel": None,
+            "detail": "public_url is not set: every URL handed to a provider uses the host of the request "
+            "that asked (set public_url: auto to use a cloudflared quick tunnel)",
+        }
     tunnel = {**status.to_dict(), "searched": list(searched)}
     if status.sighting is None:
-        detail = (f"no cloudflared tunnel found ({status.error or 'not looked for yet'}). Until one is, URLs handed "
-                  "to providers use the host of the request that asked; start a tunnel with `make tunnel` "
-                  "(or `gateway tunnel`)")
+        detail = (
+            f"no cloudflared tunnel found ({status.error or 'not looked for yet'}). Until one is, URLs handed "
+            "to providers use the host of the request that asked; start a tunnel with `make tunnel` "
+            "(or `gateway tunnel`)"
+        )
         return {**body, "mode": "request", "tunnel": tunnel, "detail": detail}
     detail = f"using the tunnel https://{status.hostname} (from {status.sighting.source} at {status.sighting.address})"
     if status.stale:

@@ -13,8 +13,9 @@ from __future__ import annotations
 import logging
 import random
 import time
-from datetime import datetime, timezone
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
 
 from gateway.calls.disposition import call_disposition
 from gateway.calls.record import CallRecord, channel_link
@@ -96,14 +97,21 @@ class AttemptCrashed(Exception):
 
 def utc(ts: float) -> datetime:
     """Unix seconds as an aware UTC datetime."""
-    return datetime.fromtimestamp(ts, timezone.utc)
+    return datetime.fromtimestamp(ts, UTC)
 
 
 class AttemptMaker:
     """Makes attempts for the subscriptions it knows (`add`, `remove`)."""
 
-    def __init__(self, store: Store | None, secrets: Mapping[str, str], *, clients: EndpointClients | None = None,
-                 clock: Callable[[], float] = time.time, rand: Callable[[], float] = random.random) -> None:
+    def __init__(
+        self,
+        store: Store | None,
+        secrets: Mapping[str, str],
+        *,
+        clients: EndpointClients | None = None,
+        clock: Callable[[], float] = time.time,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
         self.store = store
         self.secrets = dict(secrets)
         self.clients = clients or EndpointClients()
@@ -128,7 +136,7 @@ class AttemptMaker:
         now = self.clock()
         try:
             return await self._make(delivery, now)
-        except Exception as exc:  # noqa: BLE001 - recorded, never retried at once
+        except Exception as exc:
             log.exception("delivery %s: the attempt crashed", delivery.id)
             return self.crashed(delivery, f"the attempt crashed ({type(exc).__name__}; see the log)", now)
 
@@ -144,18 +152,34 @@ class AttemptMaker:
         status, next_at = self._schedule(delivery, subscription, now, status=None, retry_after=None)
         return DeliveryResult(status, attempt, next_attempt_at=next_at)
 
-    def _schedule(self, delivery: Delivery, subscription: Subscription, now: float, *, status: int | None,
-                  retry_after: float | None) -> tuple[str, datetime | None]:
+    def _schedule(
+        self,
+        delivery: Delivery,
+        subscription: Subscription,
+        now: float,
+        *,
+        status: int | None,
+        retry_after: float | None,
+    ) -> tuple[str, datetime | None]:
         """After a retryable attempt: ("pending", when) by the schedule, or ("dead", None)."""
         first = delivery.first_attempt_at.timestamp() if delivery.first_attempt_at else now
-        delay = next_delay(subscription.retry, delivery.attempts + 1, first_attempt_at=first, now=now,
-                           status=status, retry_after=retry_after, random=self.rand)
+        delay = next_delay(
+            subscription.retry,
+            delivery.attempts + 1,
+            first_attempt_at=first,
+            now=now,
+            status=status,
+            retry_after=retry_after,
+            random=self.rand,
+        )
         return ("dead", None) if delay is None else ("pending", utc(now + delay))
 
     async def _make(self, delivery: Delivery, now: float) -> DeliveryResult:
         subscription = self.subscriptions.get(delivery.subscription)
         if subscription is None:
-            return DeliveryResult("failed", AttemptRecord(utc(now), "fail", error="subscription is no longer configured"))
+            return DeliveryResult(
+                "failed", AttemptRecord(utc(now), "fail", error="subscription is no longer configured")
+            )
         event = delivery.event
         assert event is not None
         if self._needs_call.get(subscription.name, True):  # its templates read the call or the event
@@ -167,13 +191,21 @@ class AttemptMaker:
         else:  # nothing to render: the body is the envelope as stored
             envelope, context = None, {}
         try:
-            prepared = build_request(subscription, envelope, context, self.secrets, message_id=delivery.id, now=now,
-                                     envelope_body=event.envelope_json())
+            prepared = build_request(
+                subscription,
+                envelope,
+                context,
+                self.secrets,
+                message_id=delivery.id,
+                now=now,
+                envelope_body=event.envelope_json(),
+            )
         except RequestBuildError as exc:
             log.warning("delivery %s to %s cannot be built: %s", delivery.id, subscription.name, exc)
             labelled(UNBUILDABLE, subscription.name).inc()
-            return DeliveryResult("failed", AttemptRecord(utc(now), "fail", error=f"request could not be built: {exc}"),
-                                  endpoint_ok=None)
+            return DeliveryResult(
+                "failed", AttemptRecord(utc(now), "fail", error=f"request could not be built: {exc}"), endpoint_ok=None
+            )
         sent = await send_attempt(self.clients, prepared, subscription)
         return self.decide(delivery, subscription, sent, now)
 
@@ -181,30 +213,59 @@ class AttemptMaker:
         """The row's next step after `sent`: the retry schedule, response mapping, the log line."""
         error = sent.error
         if sent.unparsed and (subscription.response_mapping or subscription.success.expression):
-            error = (f"the answer was not parsed as JSON ({sent.unparsed}): the success expression and"
-                     f" response_mapping had nothing to look at")
+            error = (
+                f"the answer was not parsed as JSON ({sent.unparsed}): the success expression and"
+                f" response_mapping had nothing to look at"
+            )
         attempt = AttemptRecord(
-            attempted_at=utc(now), outcome=sent.outcome.value, status=sent.status, latency_ms=sent.latency_ms,
-            error=error, response=sent.response_text or None, request=sent.request,
+            attempted_at=utc(now),
+            outcome=sent.outcome.value,
+            status=sent.status,
+            latency_ms=sent.latency_ms,
+            error=error,
+            response=sent.response_text or None,
+            request=sent.request,
         )
         status, next_at = "failed", None
         if sent.outcome is Outcome.SUCCESS:
             status = "succeeded"
         elif sent.outcome is Outcome.RETRY:
-            status, next_at = self._schedule(delivery, subscription, now, status=sent.status, retry_after=sent.retry_after)
+            status, next_at = self._schedule(
+                delivery, subscription, now, status=sent.status, retry_after=sent.retry_after
+            )
         mapped = None
         if status != "pending" and (subscription.response_mapping or subscription.store_raw_response):
-            mapped = map_response(subscription.name, sent.status, sent.response_json, subscription.response_mapping,
-                                  success=sent.success, raw_text=sent.response_text if subscription.store_raw_response else None)
+            mapped = map_response(
+                subscription.name,
+                sent.status,
+                sent.response_json,
+                subscription.response_mapping,
+                success=sent.success,
+                raw_text=sent.response_text if subscription.store_raw_response else None,
+            )
         # A success is one line per event at DEBUG (at thousands a second, INFO lines would
         # cost more than the delivery); a retry stays at INFO, a failure at WARNING.
         level = logging.DEBUG if status == "succeeded" else logging.INFO if status == "pending" else logging.WARNING
         if log.isEnabledFor(level):
-            log.log(level, "delivery %s %s -> %s: %s (%s %s, %.0f ms)%s", delivery.id, delivery.event.type if delivery.event else "?",
-                    subscription.name, status, sent.status or sent.error, sent.outcome.value, sent.latency_ms,
-                    f", next in {(next_at - utc(now)).total_seconds():.1f} s" if next_at else "")
-        return DeliveryResult(status=status, attempt=attempt, next_attempt_at=next_at, gathered_context=mapped,
-                              endpoint_ok=sent.outcome is Outcome.SUCCESS)
+            log.log(
+                level,
+                "delivery %s %s -> %s: %s (%s %s, %.0f ms)%s",
+                delivery.id,
+                delivery.event.type if delivery.event else "?",
+                subscription.name,
+                status,
+                sent.status or sent.error,
+                sent.outcome.value,
+                sent.latency_ms,
+                f", next in {(next_at - utc(now)).total_seconds():.1f} s" if next_at else "",
+            )
+        return DeliveryResult(
+            status=status,
+            attempt=attempt,
+            next_attempt_at=next_at,
+            gathered_context=mapped,
+            endpoint_ok=sent.outcome is Outcome.SUCCESS,
+        )
 
     async def aclose(self) -> None:
         await self.clients.aclose()

@@ -37,6 +37,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+
 import httpx
 
 from gateway import jsontext
@@ -137,10 +138,7 @@ def _header_auth(
     }
     scoped = renderer.with_roots(roots, HEADER_AUTH_FUNCTIONS)
     variables.renderer = scoped
-    return {
-        name: scoped.text(template, f"auth.headers.{name}")
-        for name, template in auth.headers.items()
-    }
+    return {name: scoped.text(template, f"auth.headers.{name}") for name, template in auth.headers.items()}
 
 
 def auth_headers(
@@ -166,9 +164,7 @@ def auth_headers(
     if isinstance(auth, CustomHeaderAuth):
         return {auth.name: renderer.text(auth.value, "auth.value")}
     if isinstance(auth, HeaderAuth):
-        return _header_auth(
-            auth, renderer, method=method, url=url, body=body, now=now, new_uuid=new_uuid
-        )
+        return _header_auth(auth, renderer, method=method, url=url, body=body, now=now, new_uuid=new_uuid)
     return {}
 
 
@@ -224,9 +220,7 @@ class OAuth2TokenCache:
         self._tokens: dict[TokenKey, _Token] = {}
         self._fetching: dict[TokenKey, asyncio.Future[_Token]] = {}
 
-    async def token(
-        self, grant: OAuth2Grant, client: httpx.AsyncClient, *, timeout: float = 30.0
-    ) -> str:
+    async def token(self, grant: OAuth2Grant, client: httpx.AsyncClient, *, timeout: float = 30.0) -> str:
         """A valid access token for `grant`, fetched with `client` only when needed (within
         `timeout` seconds). Cancelling the wait (the attempt's deadline) leaves the shared
         fetch running for the others."""
@@ -254,7 +248,9 @@ class OAuth2TokenCache:
             async with asyncio.timeout(timeout):
                 return await self._fetch(grant, client, timeout)
         except TimeoutError:
-            raise AuthError(f"token endpoint {grant.token_url} sent no token within {timeout:g} s", retryable=True) from None
+            raise AuthError(
+                f"token endpoint {grant.token_url} sent no token within {timeout:g} s", retryable=True
+            ) from None
 
     def invalidate(self, grant: OAuth2Grant, token: str | None = None) -> None:
         """Forget the grant's token (only if it is still `token`, when given: a 401 on an old
@@ -307,9 +303,7 @@ class OAuth2TokenCache:
         except (ValueError, KeyError, TypeError, AttributeError):
             value, lifetime = None, 0.0
         if not isinstance(value, str) or not value:
-            raise AuthError(
-                f"token endpoint {grant.token_url} sent no access_token", retryable=True
-            )
+            raise AuthError(f"token endpoint {grant.token_url} sent no access_token", retryable=True)
         margin = min(self._margin, lifetime / 2)
         return _Token(value=value, refresh_at=started + lifetime - margin)
 
@@ -327,9 +321,7 @@ class ClientCertificate:
 def client_certificate(auth: MtlsAuth, renderer: Renderer) -> ClientCertificate:
     """The mTLS configuration with its password template rendered."""
     password = None if auth.password is None else renderer.text(auth.password, "auth.password")
-    return ClientCertificate(
-        cert=auth.cert, key=auth.key, password=password, ca_bundle=auth.ca_bundle
-    )
+    return ClientCertificate(cert=auth.cert, key=auth.key, password=password, ca_bundle=auth.ca_bundle)
 
 
 def ssl_context_for(certificate: ClientCertificate | None) -> ssl.SSLContext:
@@ -340,9 +332,7 @@ def ssl_context_for(certificate: ClientCertificate | None) -> ssl.SSLContext:
         else:
             context = httpx.create_ssl_context()
         if certificate is not None:
-            context.load_cert_chain(
-                certificate.cert, certificate.key, password=certificate.password
-            )
+            context.load_cert_chain(certificate.cert, certificate.key, password=certificate.password)
     except (OSError, ssl.SSLError) as error:
         reason = getattr(error, "strerror", None) or getattr(error, "reason", None)
         reason = reason or type(error).__name__

@@ -40,11 +40,15 @@ from gateway.webhooks.ssrf import GuardedTransport, Network, Resolver, resolve_d
 from gateway.webhooks.subscription import Subscription
 
 USER_AGENT = "telephony-gateway-webhooks/0.1"
-_closing: set["asyncio.Task[None]"] = set()  # released pools being closed (a reference keeps each task alive)
+_closing: set[asyncio.Task[None]] = set()  # released pools being closed (a reference keeps each task alive)
 MAX_CONNECTIONS = 20  # per subscription, as httpcore's pool had
 KEEPALIVE_EXPIRY = 30.0  # seconds an idle connection is kept
-_DEFAULT_HEADERS = (("Accept", "*/*"), ("Accept-Encoding", "identity"), ("Connection", "keep-alive"),
-                    ("User-Agent", USER_AGENT))
+_DEFAULT_HEADERS = (
+    ("Accept", "*/*"),
+    ("Accept-Encoding", "identity"),
+    ("Connection", "keep-alive"),
+    ("User-Agent", USER_AGENT),
+)
 _OWN_HEADERS = frozenset({"host", "content-length", "transfer-encoding"})
 _NO_BODY_STATUSES = frozenset({204, 304})
 
@@ -80,22 +84,27 @@ def _target(url: str) -> _Target:
     if parsed.scheme not in ("http", "https") or not parsed.host:
         raise httpx.UnsupportedProtocol(f"Request URL has an unsupported protocol '{parsed.scheme}://'.")
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    return _Target(parsed.scheme, parsed.raw_host.decode("ascii"), port, parsed.netloc.decode("ascii"),
-                   parsed.raw_path)
+    return _Target(parsed.scheme, parsed.raw_host.decode("ascii"), port, parsed.netloc.decode("ascii"), parsed.raw_path)
 
 
 class _Connection:
-    __slots__ = ("reader", "writer", "origin", "idle_since")
+    __slots__ = ("idle_since", "origin", "reader", "writer")
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, origin: tuple[str, str, int]) -> None:
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, origin: tuple[str, str, int]
+    ) -> None:
         self.reader = reader
         self.writer = writer
         self.origin = origin
         self.idle_since = 0.0
 
     def usable(self, now: float) -> bool:
-        return (not self.reader.at_eof() and not self.writer.is_closing()
-                and self.reader.exception() is None and now - self.idle_since < KEEPALIVE_EXPIRY)
+        return (
+            not self.reader.at_eof()
+            and not self.writer.is_closing()
+            and self.reader.exception() is None
+            and now - self.idle_since < KEEPALIVE_EXPIRY
+        )
 
     def close(self) -> None:
         if not self.writer.is_closing():
@@ -113,8 +122,14 @@ class Http1Pool:
     `ConnectError` / `RemoteProtocolError` / `UnsupportedProtocol`, `OSError`, `TimeoutError`.
     """
 
-    def __init__(self, allow_networks: tuple[Network, ...], ssl_context: ssl.SSLContext | None, *,
-                 resolver: Resolver = system_resolve, max_connections: int = MAX_CONNECTIONS) -> None:
+    def __init__(
+        self,
+        allow_networks: tuple[Network, ...],
+        ssl_context: ssl.SSLContext | None,
+        *,
+        resolver: Resolver = system_resolve,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
         self._allow = allow_networks
         self._ssl = ssl_context
         self._resolver = resolver
@@ -123,8 +138,7 @@ class Http1Pool:
         self._idle: list[_Connection] = []
         self._closed = False
 
-    async def request(self, method: str, url: str, headers: Mapping[str, str], body: bytes, *,
-                      max_body: int) -> Answer:
+    async def request(self, method: str, url: str, headers: Mapping[str, str], body: bytes, *, max_body: int) -> Answer:
         target = _target(url)
         head = self._head(method, target, headers, body)
         async with self._slots:
@@ -202,8 +216,11 @@ class Http1Pool:
         for address in addresses:
             try:
                 reader, writer = await asyncio.open_connection(
-                    address, target.port, ssl=(self._ssl or _default_tls()) if secure else None,
-                    server_hostname=target.host if secure else None, limit=256 * 1024,
+                    address,
+                    target.port,
+                    ssl=(self._ssl or _default_tls()) if secure else None,
+                    server_hostname=target.host if secure else None,
+                    limit=256 * 1024,
                 )
             except OSError as error:
                 last = error
@@ -329,9 +346,7 @@ class EndpointClients:
         self._pools[subscription.name] = (key, pool, subscription, certificate)
         return pool
 
-    def client_for(
-        self, subscription: Subscription, certificate: ClientCertificate | None = None
-    ) -> httpx.AsyncClient:
+    def client_for(self, subscription: Subscription, certificate: ClientCertificate | None = None) -> httpx.AsyncClient:
         """The endpoint's client, created on first use; AuthError when mTLS files are unusable."""
         key = (tuple(str(n) for n in subscription.allow_networks), certificate)
         current = self._clients.get(subscription.name)

@@ -10,7 +10,7 @@ without waiting any longer. A lease must cover that and the recording: at least 
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 ATTEMPT_GRACE = 5.0
 LEASE_MARGIN = 10.0

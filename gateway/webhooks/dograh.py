@@ -96,9 +96,7 @@ def _headers(raw: Any, where: str) -> dict[str, str]:
         headers = {}
         for index, item in enumerate(raw):
             if not isinstance(item, Mapping) or "key" not in item or "value" not in item:
-                raise SubscriptionConfigError(
-                    f"{where}.custom_headers[{index}]: needs 'key' and 'value'"
-                )
+                raise SubscriptionConfigError(f"{where}.custom_headers[{index}]: needs 'key' and 'value'")
             if str(item["key"]).strip():
                 headers[str(item["key"]).strip()] = str(item["value"])
         return headers
@@ -188,8 +186,12 @@ def load_dograh_workflow(
         data = node.get("data") or {}
         unknown = sorted(set(data) - NODE_KEYS - BOOKKEEPING_KEYS)
         if unknown:
-            log.warning("Dograh workflow %s.data: ignored key%s %s (not a webhook setting this gateway knows)",
-                        where, "s" if len(unknown) > 1 else "", ", ".join(repr(key) for key in unknown))
+            log.warning(
+                "Dograh workflow %s.data: ignored key%s %s (not a webhook setting this gateway knows)",
+                where,
+                "s" if len(unknown) > 1 else "",
+                ", ".join(repr(key) for key in unknown),
+            )
         base = _slug(str(data.get("name") or "")) or _slug(str(node.get("id") or "")) or "webhook"
         name, counter = base, 1
         while name in used:
@@ -201,9 +203,7 @@ def load_dograh_workflow(
         elif data.get("credential_uuid"):
             uuid = str(data["credential_uuid"])
             if credentials is None or uuid not in credentials:
-                raise SubscriptionConfigError(
-                    f"{where}.data.credential_uuid: credential {uuid!r} was not supplied"
-                )
+                raise SubscriptionConfigError(f"{where}.data.credential_uuid: credential {uuid!r} was not supplied")
             auth = _auth(credentials[uuid], f"{where}.data.credential_uuid")
         else:
             auth = {"type": "none"}
@@ -223,7 +223,5 @@ def load_dograh_workflow(
         try:
             subscriptions.append(Subscription.model_validate(fields))
         except ValidationError as error:
-            raise SubscriptionConfigError(
-                describe_validation_error(error, prefix=where, rename=_DATA_KEYS)
-            ) from None
+            raise SubscriptionConfigError(describe_validation_error(error, prefix=where, rename=_DATA_KEYS)) from None
     return subscriptions

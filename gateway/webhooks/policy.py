@@ -177,8 +177,7 @@ def map_response(
     """Values for the call's gathered_context: each mapping's JMESPath result over the JSON body,
     plus `<name>_status_code`, `<name>_action_success` and, when given, `<name>_raw_response`."""
     values: dict[str, Any] = {
-        key: (search(expression, body) if body is not None else None)
-        for key, expression in mapping.items()
+        key: (search(expression, body) if body is not None else None) for key, expression in mapping.items()
     }
     values[f"{name}_status_code"] = status
     values[f"{name}_action_success"] = success

@@ -32,8 +32,9 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from gateway.heap import settle_heap
 from gateway.ipc import ChildProcess, FrameChannel
@@ -45,14 +46,19 @@ if TYPE_CHECKING:  # the child imports the heavy modules itself, after setting u
 
 log = logging.getLogger("gateway.webhooks")
 
+
 class DeliveryProcesses:
     """The parent's side: starts, feeds and stops the delivery processes."""
 
-    def __init__(self, config: "GatewayConfig", count: int) -> None:
+    def __init__(self, config: GatewayConfig, count: int) -> None:
         self.config = config
         self.children = [
-            ChildProcess(f"delivery process {index}", run_child, (config, index),
-                         lost=lambda why, index=index: AttemptLost(f"delivery process {index} ended before it answered ({why})"))
+            ChildProcess(
+                f"delivery process {index}",
+                run_child,
+                (config, index),
+                lost=lambda why, index=index: AttemptLost(f"delivery process {index} ended before it answered ({why})"),
+            )
             for index in range(count)
         ]
         self._turn = itertools.cycle(range(count))
@@ -68,12 +74,14 @@ class DeliveryProcesses:
             child.start()
         log.info("started %d delivery processes: pids %s", len(self.children), ", ".join(map(str, self.pids)))
 
-    def attempt_or_here(self, here: Callable[["Delivery"], Awaitable["DeliveryResult"]]
-                        ) -> Callable[["Delivery"], Awaitable["DeliveryResult"]]:
+    def attempt_or_here(
+        self, here: Callable[[Delivery], Awaitable[DeliveryResult]]
+    ) -> Callable[[Delivery], Awaitable[DeliveryResult]]:
         """The worker's remote attempts: made by the next delivery process that is up, in turn
         (`AttemptLost` if it ends before it answers), or by `here` (the worker's own
         `AttemptMaker`) while none is up, between a crash and its restart."""
-        async def make(delivery: "Delivery") -> "DeliveryResult":
+
+        async def make(delivery: Delivery) -> DeliveryResult:
             for _ in self.children:
                 child = self.children[next(self._turn)]
                 if child.up:
@@ -94,7 +102,7 @@ class DeliveryProcesses:
 # -- the child ------------------------------------------------------------------------------
 
 
-def run_child(config: "GatewayConfig", index: int, conn: Connection) -> None:
+def run_child(config: GatewayConfig, index: int, conn: Connection) -> None:
     """A delivery process's main: make the attempts the parent sends until its pipe closes."""
     from gateway.logs import configure_logging
 
@@ -111,7 +119,7 @@ def run_child(config: "GatewayConfig", index: int, conn: Connection) -> None:
         runner.run(_serve_attempts(config, conn, index))
 
 
-async def _serve_attempts(config: "GatewayConfig", conn: Connection, index: int) -> None:
+async def _serve_attempts(config: GatewayConfig, conn: Connection, index: int) -> None:
     from gateway.store import StoreError, open_store_for
     from gateway.webhooks.attempts import AttemptMaker
 
@@ -124,12 +132,14 @@ async def _serve_attempts(config: "GatewayConfig", conn: Connection, index: int)
     tasks: set[asyncio.Task[None]] = set()
     channel: FrameChannel | None = None
 
-    async def make(token: int, delivery: "Delivery") -> None:
+    async def make(token: int, delivery: Delivery) -> None:
         try:
             result: Any = await attempts.make(delivery)
-        except Exception as exc:  # noqa: BLE001 - a bug must not end the process; the parent records a failed attempt
+        except Exception as exc:
             log.exception("delivery %s crashed in delivery process %d", delivery.id, index)
-            result = AttemptCrashed(f"the attempt crashed in delivery process {index} ({type(exc).__name__}; see the log)")
+            result = AttemptCrashed(
+                f"the attempt crashed in delivery process {index} ({type(exc).__name__}; see the log)"
+            )
         if channel is not None:
             channel.send((token, result))
 
@@ -137,10 +147,11 @@ async def _serve_attempts(config: "GatewayConfig", conn: Connection, index: int)
         """A result that cannot be pickled goes back as a crash: recorded by the parent as a
         failed attempt, retried by the schedule (not made again at once, and again, forever)."""
         log.error("delivery process %d: an attempt's result could not be sent back: %s", index, type(exc).__name__)
-        return item[0], AttemptCrashed(f"the attempt's result could not be sent back from delivery process {index}"
-                                       f" ({type(exc).__name__})")
+        return item[0], AttemptCrashed(
+            f"the attempt's result could not be sent back from delivery process {index} ({type(exc).__name__})"
+        )
 
-    def take(items: list[tuple[int, "Delivery"]]) -> None:
+    def take(items: list[tuple[int, Delivery]]) -> None:
         for token, delivery in items:
             task = asyncio.ensure_future(make(token, delivery))
             tasks.add(task)

@@ -41,6 +41,8 @@ from typing import Any
 import httpx
 
 from gateway import jsontext
+from gateway.redact import Redactor, basic_forms, credential_forms, is_credential_header, redact_url, url_secrets
+from gateway.webhooks import ecmascript_json
 from gateway.webhooks.auth import (
     AuthError,
     ClientCertificate,
@@ -49,7 +51,6 @@ from gateway.webhooks.auth import (
     client_certificate,
     oauth2_grant,
 )
-from gateway.webhooks import ecmascript_json
 from gateway.webhooks.clients import Answer, EndpointClients, Http1Pool
 from gateway.webhooks.policy import (
     Outcome,
@@ -68,7 +69,6 @@ from gateway.webhooks.subscription import (
     StandardSigning,
     Subscription,
 )
-from gateway.redact import Redactor, basic_forms, credential_forms, is_credential_header, redact_url, url_secrets
 from gateway.webhooks.templates import Renderer, TemplateError
 
 RESPONSE_TEXT_LIMIT = 2048
@@ -100,8 +100,9 @@ class PreparedRequest:
         """A redactor for this request's secrets (plus `extra`, e.g. an OAuth2 token)."""
         return Redactor([*self.sensitive, *extra]) if extra else _redactor(self.sensitive)
 
-    def redacted(self, *extra: str, headers: Mapping[str, str] | None = None,
-                 redactor: Redactor | None = None, body: bool = True) -> dict[str, Any]:
+    def redacted(
+        self, *extra: str, headers: Mapping[str, str] | None = None, redactor: Redactor | None = None, body: bool = True
+    ) -> dict[str, Any]:
         """Method, URL, headers (these, or the request's own) and body text (unless `body` is
         false: None) with every secret replaced by `[redacted]`."""
         redactor = redactor or self.redactor(*extra)
@@ -146,8 +147,10 @@ def header_value_problem(value: str) -> str | None:
     found = _CONTROL.search(value)
     if found is None:
         return None
-    return (f"the value has a control character (U+{ord(found.group()):04X} at {found.start()}), e.g. a line break"
-            " in call data it was rendered from; it was not sent")
+    return (
+        f"the value has a control character (U+{ord(found.group()):04X} at {found.start()}), e.g. a line break"
+        " in call data it was rendered from; it was not sent"
+    )
 
 
 def _set_header(headers: dict[str, str], name: str, value: str) -> None:
@@ -181,10 +184,7 @@ def _check_url(url: str) -> None:
 def _signing_secrets(subscription: Subscription, renderer: Renderer) -> list[str]:
     signing = subscription.signing
     if isinstance(signing, StandardSigning):
-        return [
-            renderer.text(secret, f"signing.secrets[{index}]")
-            for index, secret in enumerate(signing.secrets)
-        ]
+        return [renderer.text(secret, f"signing.secrets[{index}]") for index, secret in enumerate(signing.secrets)]
     if isinstance(signing, HexSigning):
         return [renderer.text(signing.secret, "signing.secret")]
     return []
@@ -344,15 +344,11 @@ async def send_attempt(
     try:
         async with asyncio.timeout(subscription.timeout):  # the whole attempt, token fetches included
             pool = clients.pool_for(subscription, prepared.certificate)
-            answer = await _exchange_with_token(
-                clients, pool, prepared, subscription, headers, tokens
-            )
+            answer = await _exchange_with_token(clients, pool, prepared, subscription, headers, tokens)
             if answer.status == 401 and prepared.oauth2 is not None:
                 clients.tokens.invalidate(prepared.oauth2, tokens[-1])
                 answer = None
-                answer = await _exchange_with_token(
-                    clients, pool, prepared, subscription, headers, tokens
-                )
+                answer = await _exchange_with_token(clients, pool, prepared, subscription, headers, tokens)
     except (DestinationRefused, AuthError, httpx.HTTPError, TimeoutError, OSError) as error:
         failure = error
     latency_ms = round((time.perf_counter() - started) * 1000, 3)

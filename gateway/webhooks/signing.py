@@ -40,9 +40,7 @@ def decode_signing_secret(secret: str) -> bytes:
     except (binascii.Error, ValueError):
         raise ValueError("a signing secret is whsec_ followed by standard base64") from None
     if not MIN_KEY_BYTES <= len(key) <= MAX_KEY_BYTES:
-        raise ValueError(
-            f"a signing secret decodes to {MIN_KEY_BYTES} to {MAX_KEY_BYTES} bytes, not {len(key)}"
-        )
+        raise ValueError(f"a signing secret decodes to {MIN_KEY_BYTES} to {MAX_KEY_BYTES} bytes, not {len(key)}")
     return key
 
 
@@ -94,8 +92,9 @@ def signature_headers(
     return headers
 
 
-def verify_standard(secret: str, headers: Mapping[str, str], body: bytes, *, now: float,
-                    tolerance: float = 300) -> str | None:
+def verify_standard(
+    secret: str, headers: Mapping[str, str], body: bytes, *, now: float, tolerance: float = 300
+) -> str | None:
     """Why a Standard Webhooks request does not verify under `secret`, or None when it does.
 
     `headers` are looked up by lower-case name. A request verifies when its timestamp is within
@@ -105,8 +104,15 @@ def verify_standard(secret: str, headers: Mapping[str, str], body: bytes, *, now
     stamp = headers.get("webhook-timestamp", "")
     signatures = headers.get("webhook-signature", "")
     if not message_id or not stamp or not signatures:
-        missing = [name for name, value in (("webhook-id", message_id), ("webhook-timestamp", stamp),
-                                            ("webhook-signature", signatures)) if not value]
+        missing = [
+            name
+            for name, value in (
+                ("webhook-id", message_id),
+                ("webhook-timestamp", stamp),
+                ("webhook-signature", signatures),
+            )
+            if not value
+        ]
         return "missing " + ", ".join(missing)
     try:
         timestamp = int(stamp)

@@ -296,8 +296,13 @@ class GuardedTransport(httpx.AsyncBaseTransport):
 def _localhost_addresses() -> list[str]:
     """What `localhost` resolves to here (the hosts file: no network), as the guard will see it."""
     try:
-        return list(dict.fromkeys(str(info[4][0]) for info in socket.getaddrinfo("localhost", None, type=socket.SOCK_STREAM)
-                                  if info[0] in (socket.AF_INET, socket.AF_INET6)))
+        return list(
+            dict.fromkeys(
+                str(info[4][0])
+                for info in socket.getaddrinfo("localhost", None, type=socket.SOCK_STREAM)
+                if info[0] in (socket.AF_INET, socket.AF_INET6)
+            )
+        )
     except OSError:
         return ["127.0.0.1"]
 
@@ -333,15 +338,20 @@ def configured_destination_problem(
             vet_address(host, address, networks)
         except DestinationRefused as refused:
             parsed = ipaddress.ip_address(refused.address)
-            suggestion = "127.0.0.0/8" if parsed.version == 4 and parsed.is_loopback else f"{parsed}/{parsed.max_prefixlen}"
+            suggestion = (
+                "127.0.0.0/8" if parsed.version == 4 and parsed.is_loopback else f"{parsed}/{parsed.max_prefixlen}"
+            )
             shown = host if host == refused.address else f"{host} ({refused.address})"
-            return (f"the SSRF guard refuses {shown}: {refused.reason}; if this endpoint is meant to be "
-                    f"reached, list it: allow_networks: [{suggestion}]")
+            return (
+                f"the SSRF guard refuses {shown}: {refused.reason}; if this endpoint is meant to be "
+                f"reached, list it: allow_networks: [{suggestion}]"
+            )
     return None
 
 
-async def named_destination_problem(url: str, allow_networks: Sequence[Network] = (), *, timeout: float = 3.0,
-                                    resolver: Resolver = system_resolve) -> str | None:
+async def named_destination_problem(
+    url: str, allow_networks: Sequence[Network] = (), *, timeout: float = 3.0, resolver: Resolver = system_resolve
+) -> str | None:
     """What the guard would say of `url`'s host name if a request were sent now (DNS answers may
     change by then, so `gateway check-config` reports this as a warning, start-up does not look)."""
     from urllib.parse import urlsplit
@@ -365,6 +375,6 @@ async def named_destination_problem(url: str, allow_networks: Sequence[Network] 
         return f"{host} resolves to {refused.address} now, which the SSRF guard refuses: {refused.reason}"
     except (httpcore.ConnectError, ValueError) as exc:
         return str(exc) or f"cannot resolve {host}"
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return f"cannot resolve {host}: no answer in {timeout:g} s"
     return None

@@ -155,7 +155,6 @@ class OAuth2ClientCredentialsAuth(_Model):
         return _template(value, "")
 
 
-
 class MtlsAuth(_Model):
     """A client certificate presented in the TLS handshake (files in PEM)."""
 
@@ -261,7 +260,6 @@ class HexSigning(_Model):
     secret: str = Field(min_length=1)
     header: HeaderName = DEFAULT_HEX_HEADER
 
-
     @field_validator("secret")
     @classmethod
     def _check_secret(cls, value: str) -> str:
@@ -312,8 +310,7 @@ class SuccessRule(_Model):
             low, high = parse_status_class(text)
             if low < 200 or (low <= 399 and high >= 300):
                 raise ValueError(
-                    f"status class {text!r} includes 1xx or 3xx, which are never success "
-                    "(redirects are not followed)"
+                    f"status class {text!r} includes 1xx or 3xx, which are never success (redirects are not followed)"
                 )
         return value
 
@@ -334,9 +331,7 @@ def _compile(expression: str) -> None:
 
 def _check_glob(pattern: str) -> str:
     if not _EVENT_GLOB.match(pattern):
-        raise ValueError(
-            f"event pattern {pattern!r} may only use a-z 0-9 _ . - and the globs * ? [ ] !"
-        )
+        raise ValueError(f"event pattern {pattern!r} may only use a-z 0-9 _ . - and the globs * ? [ ] !")
     depth = 0
     for char in pattern:
         if char == "[":
@@ -432,8 +427,14 @@ class Subscription(_Model):
 
     def templates(self) -> tuple[Any, ...]:
         """Every part of the configuration that may hold placeholders."""
-        return (self.url, self.headers, self.payload_template, self.payload_defaults, self.auth.model_dump(),
-                self.signing.model_dump())
+        return (
+            self.url,
+            self.headers,
+            self.payload_template,
+            self.payload_defaults,
+            self.auth.model_dump(),
+            self.signing.model_dump(),
+        )
 
     def secret_names(self) -> set[str]:
         """Every `secret.NAME` this subscription needs, so start-up can check they are set."""
@@ -494,9 +495,7 @@ def _location(loc: Iterable[Any]) -> str:
     return text or "(top level)"
 
 
-def describe_validation_error(
-    error: ValidationError, prefix: str = "", rename: Mapping[str, str] | None = None
-) -> str:
+def describe_validation_error(error: ValidationError, prefix: str = "", rename: Mapping[str, str] | None = None) -> str:
     """A ValidationError as lines of `key.path: problem`, unknown keys called out by name.
 
     `rename` maps a top-level field to the key the user wrote (for imported formats)."""

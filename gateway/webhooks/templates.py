@@ -33,6 +33,7 @@ import json
 import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC
 from functools import lru_cache
 from typing import Any
 from urllib.parse import quote
@@ -71,7 +72,7 @@ def context_fields() -> dict[str, frozenset[str] | None]:
     """What may follow each root: the names allowed as the second segment (empty: nothing may
     follow), or None for free-form data. From the call record's and event envelope's own shapes,
     so a template naming a field that cannot exist (`{{call.stat}}`) is refused when loaded."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from gateway.calls.record import CallRecord
     from gateway.events.envelope import Event
@@ -80,13 +81,14 @@ def context_fields() -> dict[str, frozenset[str] | None]:
     fields: dict[str, frozenset[str] | None] = {root: frozenset() for root in leaves}
     fields.update({root: None for root in _FREE_FORM})
     fields["call"] = frozenset(CallRecord(workflow_run_id="-").to_dict())
-    fields["event"] = frozenset(Event("-", None, datetime.now(timezone.utc)).envelope())
+    fields["event"] = frozenset(Event("-", None, datetime.now(UTC)).envelope())
     return fields
 
 
 # Inside these, anything goes: the call's JSON fields and the event's data are free-form.
-_FREE_BELOW = {("call", name) for name in ("initial_context", "gathered_context", "annotations", "cost_info", "media")} | {
-    ("event", "data")}
+_FREE_BELOW = {
+    ("call", name) for name in ("initial_context", "gathered_context", "annotations", "cost_info", "media")
+} | {("event", "data")}
 
 _PLACEHOLDER = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]+\Z")
@@ -199,8 +201,7 @@ def _parse_placeholder(body: str) -> Placeholder:
     call = _CALL.match(source)
     if call:
         arguments = tuple(
-            _parse_term_list(argument, source)
-            for argument in _split_outside_quotes(call.group(2), ",", source)
+            _parse_term_list(argument, source) for argument in _split_outside_quotes(call.group(2), ",", source)
         )
         return Placeholder(source=source, function=call.group(1), arguments=arguments)
     path_text, bar, default_text = source.partition("|")
@@ -230,14 +231,10 @@ def parse(template: str) -> tuple[Part, ...]:
     return tuple(parts)
 
 
-def _check_placeholder(
-    placeholder: Placeholder, roots: Collection[str], functions: Collection[str]
-) -> None:
+def _check_placeholder(placeholder: Placeholder, roots: Collection[str], functions: Collection[str]) -> None:
     if placeholder.function is not None:
         if placeholder.function not in functions:
-            raise TemplateError(
-                f"unknown function {placeholder.function!r} in {{{{{placeholder.source}}}}}"
-            )
+            raise TemplateError(f"unknown function {placeholder.function!r} in {{{{{placeholder.source}}}}}")
         for argument in placeholder.arguments:
             for term in argument:
                 if not isinstance(term, Literal):
@@ -250,9 +247,7 @@ def _check_path(path: tuple[str, ...], placeholder: Placeholder, roots: Collecti
     if path[0] not in roots:
         raise TemplateError(f"unknown variable {path[0]!r} in {{{{{placeholder.source}}}}}")
     if path[0] == "secret" and (len(path) != 2 or not _SECRET_NAME.match(path[1])):
-        raise TemplateError(
-            f"secrets are written {{{{secret.NAME}}}}, not {{{{{placeholder.source}}}}}"
-        )
+        raise TemplateError(f"secrets are written {{{{secret.NAME}}}}, not {{{{{placeholder.source}}}}}")
     allowed = context_fields().get(path[0]) if path[0] in CONTEXT_ROOTS else None
     if allowed is None or len(path) == 1:
         return
@@ -344,7 +339,9 @@ def _walk(value: Any, path: Sequence[str]) -> Any:
             if segment not in value:
                 return _MISSING
             value = value[segment]
-        elif isinstance(value, (list, tuple)) and segment.isdigit() and len(segment) <= 18:  # int() refuses 4300+ digits
+        elif (
+            isinstance(value, (list, tuple)) and segment.isdigit() and len(segment) <= 18
+        ):  # int() refuses 4300+ digits
             index = int(segment)
             if index >= len(value):
                 return _MISSING
@@ -411,8 +408,7 @@ class Renderer:
             if function is None:
                 raise TemplateError(f"{location}: unknown function {placeholder.function!r}")
             arguments = [
-                "".join(self._term_text(term, location) for term in argument)
-                for argument in placeholder.arguments
+                "".join(self._term_text(term, location) for term in argument) for argument in placeholder.arguments
             ]
             try:
                 return function(*arguments)
@@ -461,8 +457,6 @@ class Renderer:
     def url(self, template: str, location: str = "url") -> str:
         """Render a URL template, percent-encoding each placeholder's text."""
         return "".join(
-            part
-            if isinstance(part, str)
-            else _encode_url_part(as_text(self._resolve(part, location)))
+            part if isinstance(part, str) else _encode_url_part(as_text(self._resolve(part, location)))
             for part in self._parts(template, location)
         )

@@ -10,9 +10,10 @@ request's redactor, and the mapped attributes likewise.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Mapping
+from typing import Any
 
 from gateway.calls.record import CallRecord, utcnow
 from gateway.calls.states import CallState
@@ -35,11 +36,23 @@ def sample_call(run_id: str = "sample-run") -> CallRecord:
     """A completed outbound call with plausible values, for templates to read."""
     now = utcnow()
     return CallRecord(
-        workflow_run_id=run_id, workflow_id="sample-workflow", user_id="sample-user", provider="twilio",
-        provider_call_id="CA" + "0" * 32, state=CallState.COMPLETED, from_number="+15550100", to_number="+15550199",
-        direction="outbound", started_at=now - timedelta(seconds=75), answered_at=now - timedelta(seconds=60),
-        ended_at=now, duration=60, initial_context={"customer": "sample"}, gathered_context={"resolution": "sample"},
-        created_at=now - timedelta(seconds=75), updated_at=now,
+        workflow_run_id=run_id,
+        workflow_id="sample-workflow",
+        user_id="sample-user",
+        provider="twilio",
+        provider_call_id="CA" + "0" * 32,
+        state=CallState.COMPLETED,
+        from_number="+15550100",
+        to_number="+15550199",
+        direction="outbound",
+        started_at=now - timedelta(seconds=75),
+        answered_at=now - timedelta(seconds=60),
+        ended_at=now,
+        duration=60,
+        initial_context={"customer": "sample"},
+        gathered_context={"resolution": "sample"},
+        created_at=now - timedelta(seconds=75),
+        updated_at=now,
     )
 
 
@@ -92,24 +105,38 @@ class Trial:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "subscription": self.subscription, "event": self.event_type, "request": self.request,
-            "response": {"status": self.status, "body": self.response_text, "latency_ms": self.latency_ms,
-                         "error": self.error},
+            "subscription": self.subscription,
+            "event": self.event_type,
+            "request": self.request,
+            "response": {
+                "status": self.status,
+                "body": self.response_text,
+                "latency_ms": self.latency_ms,
+                "error": self.error,
+            },
             "verdict": {"outcome": self.outcome, "success": self.success},
             "mapped": self.mapped,
         }
 
 
-async def run_trial(subscription: Subscription, secrets: Mapping[str, str], *, inputs: Mapping[str, Any] | None = None,
-                    event_type: str | None = None, call: CallRecord | None = None,
-                    clients: EndpointClients | None = None) -> Trial:
+async def run_trial(
+    subscription: Subscription,
+    secrets: Mapping[str, str],
+    *,
+    inputs: Mapping[str, Any] | None = None,
+    event_type: str | None = None,
+    call: CallRecord | None = None,
+    clients: EndpointClients | None = None,
+) -> Trial:
     """Render and send one test request. Raises `RequestBuildError` (no secret in its text)
     when the templates cannot be rendered, `TrialInputError` for an unusable input."""
     call = call or sample_call()
     kind = event_type or default_event_type(subscription)
     event = Event(type=kind, workflow_run_id=call.workflow_run_id, occurred_at=utcnow(), data=event_data(call))
     context = trial_context(event, call, inputs or {})
-    prepared = build_request(subscription, context["event"], context, secrets, message_id=new_event_id("msg"), now=time.time())
+    prepared = build_request(
+        subscription, context["event"], context, secrets, message_id=new_event_id("msg"), now=time.time()
+    )
     own = clients is None
     clients = clients or EndpointClients()
     try:
@@ -121,8 +148,23 @@ async def run_trial(subscription: Subscription, secrets: Mapping[str, str], *, i
     if request.get("body") is None and prepared.body:  # the envelope body: a test shows what went out
         request["body"] = prepared.redacted()["body"]
     redactor = prepared.redactor()
-    mapped = map_response(subscription.name, sent.status, sent.response_json, subscription.response_mapping,
-                          success=sent.success, raw_text=sent.response_text if subscription.store_raw_response else None)
-    return Trial(subscription=subscription.name, event_type=kind, request=request, status=sent.status,
-                 latency_ms=sent.latency_ms, response_text=sent.response_text, error=sent.error,
-                 outcome=sent.outcome.value, success=sent.success, mapped=redactor.value(mapped))
+    mapped = map_response(
+        subscription.name,
+        sent.status,
+        sent.response_json,
+        subscription.response_mapping,
+        success=sent.success,
+        raw_text=sent.response_text if subscription.store_raw_response else None,
+    )
+    return Trial(
+        subscription=subscription.name,
+        event_type=kind,
+        request=request,
+        status=sent.status,
+        latency_ms=sent.latency_ms,
+        response_text=sent.response_text,
+        error=sent.error,
+        outcome=sent.outcome.value,
+        success=sent.success,
+        mapped=redactor.value(mapped),
+    )

@@ -27,9 +27,10 @@ import os
 import random
 import socket
 import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from gateway.logs import RUN_ID
 from gateway.metrics import ATTEMPT_LATENCY, DELIVERIES, LATE_FINISHES, labelled
@@ -40,8 +41,8 @@ from gateway.webhooks.attempts import (
     AttemptLost,
     AttemptMaker,
     delivery_context,
-    utc,
     uses_template_context,
+    utc,
 )
 from gateway.webhooks.clients import EndpointClients
 from gateway.webhooks.deadlines import attempt_deadline, default_lease
@@ -68,11 +69,16 @@ class WorkerSettings:
     prefetch: int = 4  # rows taken per subscription: up to prefetch x concurrency (see DeliveryWorker)
 
     @classmethod
-    def from_config(cls, delivery: "DeliveryConfig") -> "WorkerSettings":
+    def from_config(cls, delivery: DeliveryConfig) -> WorkerSettings:
         """From the config's `delivery:` section."""
-        return cls(concurrency=delivery.concurrency, prefetch=delivery.prefetch, lease_seconds=delivery.lease_seconds,
-                   poll_seconds=delivery.poll_seconds, disable_after_failures=delivery.disable_after_failures,
-                   disable_after_seconds=delivery.disable_after_seconds)
+        return cls(
+            concurrency=delivery.concurrency,
+            prefetch=delivery.prefetch,
+            lease_seconds=delivery.lease_seconds,
+            poll_seconds=delivery.poll_seconds,
+            disable_after_failures=delivery.disable_after_failures,
+            disable_after_seconds=delivery.disable_after_seconds,
+        )
 
 
 __all__ = ["DeliveryWorker", "WorkerSettings", "delivery_context", "uses_template_context"]
@@ -149,8 +155,9 @@ class DeliveryWorker:
 
     def direct_dispatch(self) -> DirectDispatch:
         """This worker as the store's direct dispatch (`Store.set_dispatch`)."""
-        return DirectDispatch(owner=self.owner, lease_seconds=self.lease_seconds, room=self._room_for,
-                              deliver=self._dispatch)
+        return DirectDispatch(
+            owner=self.owner, lease_seconds=self.lease_seconds, room=self._room_for, deliver=self._dispatch
+        )
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop claiming, let in-flight attempts finish within `grace`, release the rest."""
@@ -234,8 +241,11 @@ class DeliveryWorker:
 
     def _capacity(self) -> dict[str, int]:
         """Rows a claim may take, for each subscription that is sending."""
-        return {name: self._room_for(name) for name, sub in self.subscriptions.items()
-                if sub.enabled and name not in self.disabled}
+        return {
+            name: self._room_for(name)
+            for name, sub in self.subscriptions.items()
+            if sub.enabled and name not in self.disabled
+        }
 
     async def _run(self) -> None:
         """Claim when rows wait in the outbox (`wake`, a slot freed while the last claim was
@@ -254,8 +264,11 @@ class DeliveryWorker:
                 capacity = self._capacity()
                 try:
                     claimed = await self.store.claim_deliveries(
-                        self.owner, now=utc(self.clock()), lease_seconds=self.lease_seconds,
-                        capacity=capacity, limit=self.settings.claim_limit,
+                        self.owner,
+                        now=utc(self.clock()),
+                        lease_seconds=self.lease_seconds,
+                        capacity=capacity,
+                        limit=self.settings.claim_limit,
                     )
                 except StoreError as exc:
                     log.error("claiming deliveries failed: %s", exc)
@@ -265,13 +278,15 @@ class DeliveryWorker:
                 for delivery in claimed:
                     taken[delivery.subscription] = taken.get(delivery.subscription, 0) + 1
                     self._start(delivery, claimed_at)
-                if len(claimed) >= self.settings.claim_limit or any(taken.get(name, 0) >= room for name, room in capacity.items()):
+                if len(claimed) >= self.settings.claim_limit or any(
+                    taken.get(name, 0) >= room for name, room in capacity.items()
+                ):
                     self._backlog = True  # a full claim, or no room to claim: more may wait (taken when a slot frees)
                 if len(claimed) >= self.settings.claim_limit:
                     continue
             try:
                 await asyncio.wait_for(self._wake.wait(), self.settings.poll_seconds)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     def _release(self, subscription: str) -> None:
@@ -321,21 +336,31 @@ class DeliveryWorker:
             if health is None:  # its lease was lost meanwhile: someone else has the row
                 self.late_finishes += 1
                 labelled(LATE_FINISHES, delivery.subscription).inc()
-                log.warning("delivery %s: attempt finished (%s) after its lease was lost; recorded as history, the"
-                            " delivery unchanged", delivery.id, result.status)
+                log.warning(
+                    "delivery %s: attempt finished (%s) after its lease was lost; recorded as history, the"
+                    " delivery unchanged",
+                    delivery.id,
+                    result.status,
+                )
                 return
             if result.status == "succeeded":
                 self.delivered += 1
             if result.endpoint_ok is False:
-                await self._maybe_disable(delivery.subscription, health.consecutive_failures, health.first_failure_at,
-                                          gone=result.attempt.outcome == Outcome.DISABLE.value)
+                await self._maybe_disable(
+                    delivery.subscription,
+                    health.consecutive_failures,
+                    health.first_failure_at,
+                    gone=result.attempt.outcome == Outcome.DISABLE.value,
+                )
         except AttemptLost as exc:
             # Sent or not, nobody knows: at least once, so it goes again, at once.
             log.warning("delivery %s: %s; it is due again", delivery.id, exc)
             try:
                 await self.store.release_leases(self.owner, [delivery.id])
             except StoreError as error:
-                log.error("releasing delivery %s failed: %s (the lease will expire and it is retried)", delivery.id, error)
+                log.error(
+                    "releasing delivery %s failed: %s (the lease will expire and it is retried)", delivery.id, error
+                )
             self.wake()
         except StoreError as exc:
             log.error("recording delivery %s failed: %s (the lease will expire and it is retried)", delivery.id, exc)
@@ -362,7 +387,7 @@ class DeliveryWorker:
             reason = str(exc)
         except TimeoutError:
             reason = f"no result within {deadline:g} s (the attempt's deadline)"
-        except Exception as exc:  # noqa: BLE001 - a bug: recorded, never retried at once
+        except Exception as exc:
             log.exception("delivery %s: the attempt crashed", delivery.id)
             reason = f"the attempt crashed ({type(exc).__name__}; see the log)"
         log.warning("delivery %s: %s; recorded as a failed attempt", delivery.id, reason)
@@ -387,14 +412,14 @@ class DeliveryWorker:
                 batch, self._finished = self._finished, []
                 try:
                     healths = await self.store.finish_deliveries(self.owner, [(d, r) for d, r, _ in batch])
-                except Exception as exc:  # noqa: BLE001 - each caller gets its own answer
+                except Exception as exc:
                     if len(batch) == 1:
                         _settle(batch[0][2], exc)
                         continue
                     for delivery, result, future in batch:
                         try:
                             _settle(future, await self.store.finish_delivery(delivery, self.owner, result))
-                        except Exception as one:  # noqa: BLE001 - handed to the caller
+                        except Exception as one:
                             _settle(future, one)
                     continue
                 for (_, _, future), health in zip(batch, healths):
@@ -409,7 +434,10 @@ class DeliveryWorker:
             reason = "the endpoint answered 410 Gone"
         else:
             span = (utc(self.clock()) - first_failure_at) if first_failure_at else timedelta(0)
-            if failures < self.settings.disable_after_failures or span.total_seconds() < self.settings.disable_after_seconds:
+            if (
+                failures < self.settings.disable_after_failures
+                or span.total_seconds() < self.settings.disable_after_seconds
+            ):
                 return
             reason = f"{failures} consecutive failed attempts over {span.total_seconds():.0f} s"
         self.disabled.add(name)
