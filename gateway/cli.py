@@ -128,7 +128,7 @@ async def _destination_warnings(config: GatewayConfig) -> list[str]:
     problems = await asyncio.gather(*(named_destination_problem(s.url, s.allow_networks) for s in config.webhooks))
     return [
         f"webhooks[{index}] ({s.name}).url: {problem}"
-        for index, (s, problem) in enumerate(zip(config.webhooks, problems))
+        for index, (s, problem) in enumerate(zip(config.webhooks, problems, strict=True))
         if problem
     ]
 

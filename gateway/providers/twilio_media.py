@@ -131,10 +131,8 @@ def _parse_json(text: str) -> StreamMessage:
 
 def render_media(stream_sid: str, mulaw: bytes) -> str:
     """An outbound `media` message (the stream sid was checked at `start`)."""
-    return '{"event":"media","streamSid":"%s","media":{"payload":"%s"}}' % (
-        stream_sid,
-        binascii.b2a_base64(mulaw, newline=False).decode("ascii"),
-    )
+    payload = binascii.b2a_base64(mulaw, newline=False).decode("ascii")
+    return '{"event":"media","streamSid":"' + stream_sid + '","media":{"payload":"' + payload + '"}}'
 
 
 def render_mark(stream_sid: str, name: str) -> str:
@@ -142,4 +140,4 @@ def render_mark(stream_sid: str, name: str) -> str:
 
 
 def render_clear(stream_sid: str) -> str:
-    return '{"event":"clear","streamSid":"%s"}' % stream_sid
+    return '{"event":"clear","streamSid":"' + stream_sid + '"}'

@@ -162,7 +162,7 @@ class VonageRest:
         parts = urlsplit(api_base_url.rstrip("/")) if api_base_url else None
         self.api_host = (parts.netloc + parts.path) if parts else DEFAULT_API_HOST
         self.plain_http = bool(parts and parts.scheme == "http")
-        self.timeout = max(1, int(round(timeout)))
+        self.timeout = max(1, round(timeout))
         self._local = threading.local()
         self._client()  # fail now, not on the first call, if the SDK rejects the settings
 
