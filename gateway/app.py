@@ -7,12 +7,12 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from gateway.api import admin, deliveries, health, media, openapi, recordings, telephony
 from gateway.api import calls as calls_api
@@ -59,14 +59,14 @@ class GatewayApp(Starlette):
 
     edge: EdgeMiddleware | None = None
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope["app"] = self
         if self.edge is None:
             await self.routed(scope, receive, send)
         else:
             await self.edge(scope, receive, send)
 
-    async def routed(self, scope: dict, receive: Any, send: Any) -> None:
+    async def routed(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Starlette's own handling: its middleware, router and routes."""
         await Starlette.__call__(self, scope, receive, send)
 

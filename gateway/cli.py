@@ -496,7 +496,8 @@ def _quiet_stdout() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        code: int = args.func(args)  # every subcommand's handler answers an exit code
+        return code
     except CommandError as exc:
         print(f"gateway {args.command}: {exc}", file=sys.stderr)
         return exc.code

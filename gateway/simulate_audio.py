@@ -51,7 +51,8 @@ def to_mono16(frames: bytes, width: int, channels: int) -> bytes:
     if channels == 1:
         return pcm16
     samples = np.frombuffer(pcm16[: len(pcm16) - len(pcm16) % (2 * channels)], dtype="<i2").reshape(-1, channels)
-    return samples.astype(np.int32).mean(axis=1).round().astype("<i2").tobytes()
+    mono: bytes = samples.astype(np.int32).mean(axis=1).round().astype("<i2").tobytes()  # numpy's mean is untyped
+    return mono
 
 
 def resampled(pcm16: bytes, rate: int, fmt: AudioFormat) -> bytes:

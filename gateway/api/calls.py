@@ -23,7 +23,8 @@ from gateway.dial.spec import PATH_ID, SpecError, parse_call
 
 
 def dial_services(request: Request) -> DialServices:
-    return request.app.state.dial
+    dial: DialServices = request.app.state.dial
+    return dial
 
 
 def pick_provider(dial: DialServices, named: str | None) -> str:
@@ -111,7 +112,9 @@ async def hang_up(request: Request) -> Response:
         body = await json_body(request, optional=True)
     except BadBody as error:
         return problem(error.status, error.detail)
-    reason = body.get("reason") if isinstance(body.get("reason"), str) else "hangup requested through the API"
+    reason = body.get("reason")
+    if not isinstance(reason, str):
+        reason = "hangup requested through the API"
     try:
         result = await dial_services(request).dialer.hang_up(run_id, reason=reason[:200], source="api")
     except HangupError as error:

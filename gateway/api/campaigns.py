@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.requests import Request
@@ -145,7 +146,7 @@ async def list_contacts(request: Request) -> Response:
     )
 
 
-def _action(name: str):
+def _action(name: str) -> Callable[[Request], Awaitable[Response]]:
     async def act(request: Request) -> Response:
         if (denied := authorized(request) or _unsupported(request)) is not None:
             return denied

@@ -27,7 +27,8 @@ _PUBLIC_AUTH_FIELDS = {"type", "header", "name", "token_url", "scope", "client_a
 
 
 def _ctx(request: Request) -> GatewayContext:
-    return request.app.state.gateway
+    ctx: GatewayContext = request.app.state.gateway
+    return ctx
 
 
 def _now() -> datetime:
@@ -140,7 +141,8 @@ def subscription_view(subscription: Subscription, redactor: Redactor) -> dict[st
     data["url"] = redact_url(data["url"])
     if isinstance(data["auth"].get("token_url"), str):
         data["auth"]["token_url"] = redact_url(data["auth"]["token_url"])
-    return redactor.value(data)
+    view: dict[str, Any] = redactor.value(data)  # a mapping stays a mapping
+    return view
 
 
 async def list_subscriptions(request: Request) -> Response:

@@ -16,10 +16,11 @@ from urllib.parse import parse_qs
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from gateway.api.body import BodyTooLarge, read_limited_body
 from gateway.api.context import GatewayContext
-from gateway.api.middleware import body_cut_short, note_request
+from gateway.api.middleware import Handler, body_cut_short, note_request
 from gateway.api.problems import problem
 from gateway.api.scope import headers_of
 from gateway.api.urls import as_websocket, called_url, gateway_origin
@@ -58,7 +59,8 @@ class ProviderRequest:
 
 
 def _context(request: Request) -> GatewayContext:
-    return request.app.state.gateway
+    ctx: GatewayContext = request.app.state.gateway
+    return ctx
 
 
 def _path_ids(request: Request, *names: str) -> list[str]:
@@ -260,9 +262,9 @@ def _answer_response(
         twiml = twilio.render_connect_twiml(ws_url, parameters, allow_insecure=insecure)
         return Response(twiml, media_type=twilio.TWIML_CONTENT_TYPE)
     if verified.provider == "telnyx":
-        texml = telnyx.render_connect_texml(
-            ws_url, parameters, codec=ctx.config.providers.telnyx.codec, allow_insecure=insecure
-        )
+        settings = ctx.config.providers.telnyx
+        assert settings is not None  # a request verifies as Telnyx's only with its key configured
+        texml = telnyx.render_connect_texml(ws_url, parameters, codec=settings.codec, allow_insecure=insecure)
         return Response(texml, media_type=telnyx.TEXML_CONTENT_TYPE)
     if verified.provider == "plivo":
         xml = plivo.render_stream_xml(ws_url, token, allow_insecure=insecure)
@@ -384,7 +386,7 @@ _NO_CONTENT = {"type": "http.response.start", "status": 204, "headers": []}
 _EMPTY_BODY = {"type": "http.response.body", "body": b""}
 
 
-def direct_route(scope: dict[str, Any]) -> Any:
+def direct_route(scope: Scope) -> Handler | None:
     """The status-callback route, taken ahead of Starlette's stack (`EdgeMiddleware.direct`):
     status callbacks are most of what providers send, and Starlette's error and exception
     middleware, router and response classes cost more per callback than the rest of its
@@ -397,7 +399,7 @@ def direct_route(scope: dict[str, Any]) -> Any:
     return None
 
 
-async def _status_callback_direct(scope: dict[str, Any], receive: Any, send: Any) -> int:
+async def _status_callback_direct(scope: Scope, receive: Receive, send: Send) -> int:
     scope["path_params"] = {"workflow_run_id": scope["path"][len(STATUS_PREFIX) :]}
     request = Request(scope, receive)
     try:

@@ -146,5 +146,5 @@ def build_dial_services(
         campaigns=manager,
         runner=runner,
         default_provider=dial.default_provider,
-        caller_id=dict(dial.caller_id),
+        caller_id={provider: number for provider, number in dial.caller_id.items()},
     )

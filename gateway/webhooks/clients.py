@@ -295,7 +295,8 @@ class Http1Pool:
 
 async def _read_chunked(reader: asyncio.StreamReader, max_body: int) -> tuple[bytes, bool]:
     """A chunked body, cut at `max_body`; (body, whether it was read to its end)."""
-    chunks, size = [], 0
+    chunks: list[bytes] = []
+    size = 0
     while True:
         line = await reader.readuntil(b"\r\n")
         length = int(line.split(b";", 1)[0].strip(), 16)
