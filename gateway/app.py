@@ -26,6 +26,7 @@ from gateway.console import routes as console_routes
 from gateway.dev_secrets import with_dev_secrets
 from gateway.dial.setup import DialSetupError, build_dial_services
 from gateway.dial.urls import log_console_urls
+from gateway.errors import ProblemError
 from gateway.events.fanout import fanout_for
 from gateway.media.recording import RECORDINGS_DIR, sweep_recordings
 from gateway.media.writes import FLUSH_SECONDS
@@ -42,6 +43,13 @@ log = logging.getLogger("gateway")
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     return problem(exc.status_code, exc.detail, headers=getattr(exc, "headers", None))
+
+
+async def _problem_error(request: Request, exc: Exception) -> Response:
+    """A `ProblemError` a route let through (a bad body, a campaign that cannot move...): its
+    own status and detail."""
+    assert isinstance(exc, ProblemError)
+    return problem(exc.status, exc.detail)
 
 
 async def _body_cut_short(request: Request, exc: Exception) -> Response:
@@ -151,7 +159,12 @@ def create_app(config: GatewayConfig, *, store: Store | None = None) -> Starlett
             *console_routes,
         ],
         lifespan=lifespan,
-        exception_handlers={HTTPException: _http_error, ClientDisconnect: _body_cut_short, Exception: _server_error},
+        exception_handlers={
+            HTTPException: _http_error,
+            ProblemError: _problem_error,
+            ClientDisconnect: _body_cut_short,
+            Exception: _server_error,
+        },
     )
     app.edge = EdgeMiddleware(
         app.routed,

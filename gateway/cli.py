@@ -16,6 +16,7 @@ from datetime import UTC
 from gateway.commands.output import CommandError, emit, emit_json
 from gateway.config import ConfigError, GatewayConfig, config_file, load_config
 from gateway.dev_secrets import with_dev_secrets
+from gateway.errors import GatewayError
 from gateway.redact import redact_url
 
 
@@ -501,6 +502,9 @@ def main(argv: list[str] | None = None) -> int:
     except CommandError as exc:
         print(f"gateway {args.command}: {exc}", file=sys.stderr)
         return exc.code
+    except GatewayError as exc:  # one the command did not word itself: its message, not a traceback
+        print(f"gateway {args.command}: {exc}", file=sys.stderr)
+        return 1
     except BrokenPipeError:  # `gateway deliveries list | head`: the reader has gone, as with SIGPIPE
         _quiet_stdout()
         return 0

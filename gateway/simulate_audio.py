@@ -16,13 +16,14 @@ from pathlib import Path
 import numpy as np
 
 from gateway.audio import SUPPORTED_RATES, AudioFormat, Transcoder, decode_mulaw
+from gateway.errors import GatewayError
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)  # audioop is deprecated in 3.11-3.12 (audioop-lts after)
     import audioop
 
 
-class AudioFileError(ValueError):
+class AudioFileError(GatewayError, ValueError):
     """A file the simulator cannot use; the message names it and says why."""
 
 

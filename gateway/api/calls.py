@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.api.admin import authorized
-from gateway.api.body import BadBody, json_body
+from gateway.api.body import json_body
 from gateway.api.context import GatewayContext
 from gateway.api.problems import problem
 from gateway.api.urls import gateway_origin
@@ -76,8 +76,6 @@ async def place_call(request: Request) -> Response:
     try:
         spec = parse_call(await json_body(request))
         provider, caller = pick_route(dial, spec.provider, spec.from_)
-    except BadBody as error:
-        return problem(error.status, error.detail)
     except SpecError as error:
         return problem(400, str(error))
     call = CallRequest(
@@ -108,10 +106,7 @@ async def hang_up(request: Request) -> Response:
     run_id = request.path_params["workflow_run_id"]
     if not PATH_ID.match(run_id):
         return problem(404, "no such call")
-    try:
-        body = await json_body(request, optional=True)
-    except BadBody as error:
-        return problem(error.status, error.detail)
+    body = await json_body(request, optional=True)
     reason = body.get("reason")
     if not isinstance(reason, str):
         reason = "hangup requested through the API"

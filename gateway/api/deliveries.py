@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.api.admin import authorized
-from gateway.api.body import BadBody, json_body
+from gateway.api.body import json_body
 from gateway.api.context import GatewayContext
 from gateway.api.problems import problem
 from gateway.api.query import int_param
@@ -103,10 +103,7 @@ async def replay(request: Request) -> Response:
     if (denied := authorized(request)) is not None:
         return denied
     ctx = _ctx(request)
-    try:
-        body = await json_body(request, optional=True)
-    except BadBody as exc:
-        return problem(exc.status, exc.detail)
+    body = await json_body(request, optional=True)
     try:
         name = body.get("subscription")
         subscription = next((s for s in ctx.config.webhooks if s.name == name), None)
@@ -212,8 +209,6 @@ async def test_subscription(request: Request) -> Response:
         return problem(404, "no such subscription")
     try:
         inputs, event, run = _trial_body(await json_body(request, optional=True))
-    except BadBody as error:
-        return problem(error.status, error.detail)
     except ValueError as error:
         return problem(400, str(error))
     call = None

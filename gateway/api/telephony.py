@@ -26,6 +26,7 @@ from gateway.api.scope import headers_of
 from gateway.api.urls import as_websocket, called_url, gateway_origin
 from gateway.calls.events import CALL_ENDED, STATE_EVENT
 from gateway.calls.lifecycle import CallUpdate
+from gateway.errors import ProblemError
 from gateway.logs import RUN_ID
 from gateway.media.token import mint_stream_token
 from gateway.metrics import CALL_TRANSITIONS, PROVIDER_REQUESTS, SIGNATURE_FAILURES, labelled
@@ -40,13 +41,8 @@ WS_PATH = "/api/v1/telephony/ws/{workflow_id}/{user_id}/{workflow_run_id}"
 STATUS_PATH = "/api/v1/telephony/status-callback/{workflow_run_id}"
 
 
-class Refusal(Exception):
+class Refusal(ProblemError):
     """A request the gateway will not take: an HTTP status and a reason naming the problem."""
-
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
 
 
 @dataclass

@@ -17,6 +17,7 @@ from gateway.calls.record import utcnow
 from gateway.dial import inline, payloads
 from gateway.dial.policy import statistics
 from gateway.dial.spec import CampaignSpec
+from gateway.errors import ProblemError
 from gateway.events.envelope import Event, new_event_id
 from gateway.store.base import Store
 from gateway.store.campaigns import CONTACT_WAITING, Campaign, CampaignContact, CampaignEvent
@@ -26,13 +27,8 @@ log = logging.getLogger("gateway.dial")
 ACTIVE = ("running", "paused")
 
 
-class CampaignError(Exception):
+class CampaignError(ProblemError):
     """An API request about a campaign that cannot be done; `status` is the HTTP status."""
-
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
 
 
 def new_campaign_id() -> str:

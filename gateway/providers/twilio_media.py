@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.errors import GatewayError
 from gateway.providers.base import BadRequest, check_json_tree
 
 MAX_MESSAGE_CHARS = 64 * 1024
@@ -25,7 +26,7 @@ _MEDIA = re.compile(
 )
 
 
-class StreamMessageError(ValueError):
+class StreamMessageError(GatewayError, ValueError):
     """A message that is not a valid Twilio stream message; str() says why."""
 
 

@@ -24,6 +24,7 @@ from vonage_http_client.errors import HttpRequestError
 from vonage_utils.errors import VonageError
 from vonage_voice import Connect, CreateCallRequest, WebsocketEndpoint
 
+from gateway.errors import GatewayError
 from gateway.providers.base import iso_utc
 from gateway.providers.rest import (
     DialResult,
@@ -40,7 +41,7 @@ DEFAULT_API_HOST = "api.nexmo.com"
 _ENDED = frozenset({"completed", "busy", "cancelled", "failed", "rejected", "timeout", "unanswered"})
 
 
-class PrivateKeyError(ValueError):
+class PrivateKeyError(GatewayError, ValueError):
     """The configured private key cannot be used (message names the problem, not the key)."""
 
 

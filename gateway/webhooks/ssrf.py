@@ -28,6 +28,8 @@ from typing import Any
 import httpcore
 import httpx
 
+from gateway.errors import GatewayError
+
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Resolver = Callable[[str, int], Awaitable[list[str]]]
@@ -37,7 +39,7 @@ _NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1:
 _IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
 
 
-class DestinationRefused(Exception):
+class DestinationRefused(GatewayError):
     """A webhook destination resolved to an address the gateway will not connect to."""
 
     def __init__(self, host: str, address: str, reason: str) -> None:
