@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from gateway.errors import GatewayError
 from gateway.media.agent import AgentProtocol
 from gateway.redact import header_secrets, url_secrets
 from gateway.webhooks.deadlines import LEASE_MARGIN, shortest_lease
@@ -44,7 +45,7 @@ DEFAULT_STORE = "sqlite:///data/gateway.db"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-class ConfigError(Exception):
+class ConfigError(GatewayError):
     """A configuration problem; the message names the key."""
 
 

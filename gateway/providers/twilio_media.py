@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.errors import GatewayError
 from gateway.providers.base import BadRequest, check_json_tree
 
 MAX_MESSAGE_CHARS = 64 * 1024
@@ -25,7 +26,7 @@ _MEDIA = re.compile(
 )
 
 
-class StreamMessageError(ValueError):
+class StreamMessageError(GatewayError, ValueError):
     """A message that is not a valid Twilio stream message; str() says why."""
 
 
@@ -131,10 +132,8 @@ def _parse_json(text: str) -> StreamMessage:
 
 def render_media(stream_sid: str, mulaw: bytes) -> str:
     """An outbound `media` message (the stream sid was checked at `start`)."""
-    return '{"event":"media","streamSid":"%s","media":{"payload":"%s"}}' % (
-        stream_sid,
-        binascii.b2a_base64(mulaw, newline=False).decode("ascii"),
-    )
+    payload = binascii.b2a_base64(mulaw, newline=False).decode("ascii")
+    return '{"event":"media","streamSid":"' + stream_sid + '","media":{"payload":"' + payload + '"}}'
 
 
 def render_mark(stream_sid: str, name: str) -> str:
@@ -142,4 +141,4 @@ def render_mark(stream_sid: str, name: str) -> str:
 
 
 def render_clear(stream_sid: str) -> str:
-    return '{"event":"clear","streamSid":"%s"}' % stream_sid
+    return '{"event":"clear","streamSid":"' + stream_sid + '"}'
