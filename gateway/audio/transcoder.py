@@ -67,6 +67,17 @@ class Transcoder:
             return bytes(data).translate(self._translate)
         return self._encoder.encode(self._decoder.decode(data))
 
+    @property
+    def resampler(self) -> PolyphaseStream | None:
+        """The stream's filter (None without resampling): ``gateway.audio.batch`` drives it directly."""
+        return self._stream
+
+    def whole_samples(self, data: bytes) -> bytes:
+        """``data`` cut to whole source samples, a half PCM16 sample carried to the next call."""
+        if self._width == 2 and (self._carry or len(data) & 1):
+            return self._align(data)
+        return data
+
     def _resample(self, data: bytes) -> bytes:
         """``process`` for resampling from G.711."""
         y = self._feed(data)
