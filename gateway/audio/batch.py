@@ -21,7 +21,8 @@ same chunk, which holds because:
   batch of each bank compares one big product with the same rows cut in small products
   (``rows_independent``) and, if they differ, those streams take ``process``.
 
-Streams that resample nothing, or bring more than their buffer holds, take ``process`` too.
+Streams that resample nothing, or bring more than their buffer holds, take ``process`` too, and
+so do the frames of a kind with fewer than ``min_group`` of them in the batch (too few to pay).
 A stream appearing more than once in a batch is served in order, one chunk per round.
 """
 
@@ -37,12 +38,13 @@ import numpy as np
 
 from .codec import Encoder, Gather, decoder_for, encoder_for
 from .filters import PolyphaseBank
-from .formats import AudioFormat
 from .resampler import PolyphaseStream
 from .transcoder import Transcoder
 
 log = logging.getLogger(__name__)
 
+MIN_GROUP = 4
+"""Fewest frames of one kind worth a batch: below it each takes ``process`` (bench/codec.py --batch)."""
 SMALL_PRODUCT = 1_000_000
 """Largest M*N*K of one product (OpenBLAS's small-matrix kernel bound, measured: rows stop being
 independent of M just above it)."""
@@ -85,15 +87,18 @@ class _Kind:
     bank: PolyphaseBank
     gather: Gather
     encoder: Encoder
-    rows: int
+    rows: int  # most windows per product
     out_bytes: int  # bytes one block's outputs encode to
+    pcm_in: bool  # PCM16 source: a chunk may end in half a sample
+    exact: bool  # rows_independent(bank): batching is bit-exact
 
 
 class BatchTranscoder:
     """Runs one batch of (transcoder, chunk) jobs; keeps only per-kind scratch, no stream state."""
 
-    def __init__(self) -> None:
-        self._kinds: dict[tuple[AudioFormat, AudioFormat], _Kind] = {}
+    def __init__(self, min_group: int = MIN_GROUP) -> None:
+        self._kinds: dict[str, _Kind] = {}
+        self.min_group = max(2, min_group)
 
     def run(self, jobs: Sequence[tuple[Transcoder, bytes]]) -> list[bytes]:
         """Each job's output, exactly what ``transcoder.process(chunk)`` would return in job order."""
@@ -101,47 +106,47 @@ class BatchTranscoder:
         todo: Sequence[int] = range(len(jobs))
         while todo:
             seen: set[int] = set()
-            now: list[int] = []
             later: list[int] = []
+            groups: dict[str, list[int]] = {}
             for i in todo:
-                key = id(jobs[i][0])
-                if key in seen:
+                transcoder = jobs[i][0]
+                key = id(transcoder)
+                if key in seen:  # the stream's next chunk: a later round, after this one
                     later.append(i)
+                    continue
+                seen.add(key)
+                stream = transcoder.resampler
+                if stream is None or not stream.fits(len(jobs[i][1]) + 1):
+                    out[i] = transcoder.process(jobs[i][1])
                 else:
-                    seen.add(key)
-                    now.append(i)
-            self._round(jobs, now, out)
+                    members = groups.get(transcoder.kind)
+                    if members is None:
+                        groups[transcoder.kind] = [i]
+                    else:
+                        members.append(i)
+            for members in groups.values():
+                kind = self._kind(jobs[members[0]][0])
+                if len(members) < self.min_group or not kind.exact:
+                    for i in members:
+                        out[i] = jobs[i][0].process(jobs[i][1])
+                else:
+                    self._group(kind, jobs, members, out)
             todo = later
         return out
 
-    def _round(self, jobs: Sequence[tuple[Transcoder, bytes]], indices: list[int], out: list[bytes]) -> None:
-        """Jobs of distinct streams: batch those that resample, by kind; the rest one by one."""
-        groups: dict[tuple[AudioFormat, AudioFormat], list[int]] = {}
-        for i in indices:
-            transcoder, data = jobs[i]
-            stream = transcoder.resampler
-            if stream is None or not stream.fits(len(data) + 1) or not rows_independent(stream.bank):
-                out[i] = transcoder.process(data)
-            else:
-                groups.setdefault((transcoder.src, transcoder.dst), []).append(i)
-        for key, members in groups.items():
-            if len(members) == 1:
-                transcoder, data = jobs[members[0]]
-                out[members[0]] = transcoder.process(data)
-            else:
-                self._group(self._kind(key), jobs, members, out)
-
-    def _kind(self, key: tuple[AudioFormat, AudioFormat]) -> _Kind:
-        kind = self._kinds.get(key)
+    def _kind(self, transcoder: Transcoder) -> _Kind:
+        kind = self._kinds.get(transcoder.kind)
         if kind is None:
-            src, dst = key
-            bank = Transcoder(src, dst).resampler.bank  # type: ignore[union-attr]  # grouped: resampling
-            kind = self._kinds[key] = _Kind(
+            src, dst = transcoder.src, transcoder.dst
+            bank = transcoder.resampler.bank  # type: ignore[union-attr]  # grouped: resampling
+            kind = self._kinds[transcoder.kind] = _Kind(
                 bank=bank,
                 gather=decoder_for(src.encoding).gather,
                 encoder=encoder_for(dst.encoding),
                 rows=product_rows(bank),
                 out_bytes=bank.block_out * dst.bytes_per_sample,
+                pcm_in=src.bytes_per_sample == 2,
+                exact=rows_independent(bank),
             )
         return kind
 
@@ -149,28 +154,26 @@ class BatchTranscoder:
         self, kind: _Kind, jobs: Sequence[tuple[Transcoder, bytes]], members: list[int], out: list[bytes]
     ) -> None:
         """One kind's streams: stage each, copy all windows out, then one gather, product, quantize."""
-        staged: list[tuple[int, int]] = []  # (job, blocks)
+        staged: list[tuple[int, PolyphaseStream, int]] = []  # (job, stream, blocks)
         windows: list[np.ndarray] = []
-        streams: list[PolyphaseStream] = []
+        pcm_in = kind.pcm_in
         for i in members:
             transcoder, data = jobs[i]
             stream: PolyphaseStream = transcoder.resampler  # type: ignore[assignment]  # grouped: resampling
-            w = stream.stage(transcoder.whole_samples(data))
+            w = stream.stage(transcoder.whole_samples(data) if pcm_in else data)
             if w is None:
                 continue
-            if len(w) == 1:  # numpy takes a 1-row product through gemv: filter it as process would
+            blocks = len(w)
+            if blocks == 1:  # numpy takes a 1-row product through gemv: filter it as process would
                 y = np.dot(kind.gather(w), kind.bank.matrix)
                 stream.advance(1)
                 out[i] = kind.encoder.quantize(y)
                 continue
-            staged.append((i, len(w)))
+            staged.append((i, stream, blocks))
             windows.append(w)
-            streams.append(stream)
         if not windows:
             return
         raw = np.concatenate(windows)  # a copy: the buffers move on below
-        for stream, (_, blocks) in zip(streams, staged, strict=True):
-            stream.advance(blocks)
         total = len(raw)
         y = np.empty((total, kind.bank.block_out), dtype=np.float32)
         parts = -(-total // kind.rows)
@@ -182,7 +185,8 @@ class BatchTranscoder:
         encoded = kind.encoder.quantize(y)
         offset = 0
         per_block = kind.out_bytes
-        for i, blocks in staged:
+        for i, stream, blocks in staged:
+            stream.advance(blocks)
             end = offset + blocks * per_block
             out[i] = encoded[offset:end]
             offset = end

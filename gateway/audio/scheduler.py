@@ -6,7 +6,7 @@ its next pass, before any callback that pass brings, so a frame waits for nothin
 the current iteration. That run transcodes everything queued (``BatchTranscoder``) and calls each
 ``on_done`` with its output, in submission order, so each stream's frames keep their order.
 
-With fewer than ``min_streams`` batched streams alive, or batching off, ``submit`` transcodes
+With fewer than ``min_streams`` streams of its kind alive, or batching off, ``submit`` transcodes
 inline and calls ``on_done`` before it returns: one call pays nothing for the machinery. A run
 with a single frame queued transcodes it directly too.
 
@@ -23,35 +23,51 @@ import weakref
 from collections.abc import Callable
 from typing import ClassVar
 
-from .batch import BatchTranscoder
+from . import batch
+from .batch import MIN_GROUP, BatchTranscoder
 from .formats import AudioFormat
 from .transcoder import Transcoder
 
 log = logging.getLogger(__name__)
 
 OnDone = Callable[[bytes], None]
-Kind = tuple[AudioFormat, AudioFormat]
-MIN_STREAMS = 2
+MIN_STREAMS = MIN_GROUP
 """Fewest live streams of one conversion kind for their ``submit`` to queue at all: only streams
-of the same kind share a product, so below it there is nothing to batch with."""
+of the same kind share a product, and fewer than ``MIN_GROUP`` frames of a kind are not batched."""
+
+
+class _Count:
+    """Live streams of one kind (an int behind an attribute: ``submit`` reads it per frame)."""
+
+    def __init__(self) -> None:
+        self.live = 0
+
+    def drop(self) -> None:
+        self.live -= 1
 
 
 class BatchScheduler:
     """Collects the frames of one event loop's streams per iteration and runs them as one batch."""
 
-    def __init__(self, call_soon: Callable[[Callable[[], None]], object], min_streams: int = MIN_STREAMS) -> None:
+    def __init__(
+        self,
+        call_soon: Callable[[Callable[[], None]], object],
+        min_streams: int = MIN_STREAMS,
+        min_group: int = MIN_GROUP,
+    ) -> None:
         self._call_soon = call_soon
         self.min_streams = min_streams
-        self._core = BatchTranscoder()
+        self._core = BatchTranscoder(min_group)
         self._jobs: list[tuple[StreamTranscoder, bytes, OnDone, int]] = []
-        self._kinds: dict[Kind, weakref.WeakSet[StreamTranscoder]] = {}
+        self._kinds: dict[str, _Count] = {}
         self.batches = 0  # runs that batched two or more frames (for tests and benchmarks)
 
-    def register(self, stream: StreamTranscoder) -> weakref.WeakSet[StreamTranscoder]:
-        """Count ``stream`` among its kind's live streams (until it is garbage); returns that set."""
-        kind = self._kinds.setdefault((stream.src, stream.dst), weakref.WeakSet())
-        kind.add(stream)
-        return kind
+    def register(self, stream: StreamTranscoder) -> _Count:
+        """Count ``stream`` among its kind's live streams until it is garbage; returns the count."""
+        count = self._kinds.setdefault(stream.transcoder.kind, _Count())
+        count.live += 1
+        weakref.finalize(stream, count.drop)
+        return count
 
     def queue(self, stream: StreamTranscoder, data: bytes, on_done: OnDone) -> None:
         """Queue one frame for this iteration's batch."""
@@ -90,7 +106,7 @@ class BatchScheduler:
         loop = asyncio.get_running_loop()
         scheduler = cls._by_loop.get(loop)
         if scheduler is None:
-            scheduler = cls._by_loop[loop] = cls(loop.call_soon)
+            scheduler = cls._by_loop[loop] = cls(loop.call_soon, MIN_STREAMS, batch.MIN_GROUP)
         return scheduler
 
 
@@ -104,9 +120,12 @@ class StreamTranscoder:
         self.scheduler = scheduler
         self.generation = 0  # bumped by reset: queued frames of an older generation are dropped
         self.queued = 0  # frames in the scheduler's pending batch
-        self._kind: weakref.WeakSet[StreamTranscoder] = weakref.WeakSet()
+        self._process = self.transcoder.process
+        self._min_streams = 0
+        self._kind = _Count()
         if scheduler is not None and self.transcoder.resampler is not None:
             self._kind = scheduler.register(self)
+            self._min_streams = scheduler.min_streams
         else:
             self.scheduler = None  # nothing to batch: no resampling, or batching off
 
@@ -124,11 +143,10 @@ class StreamTranscoder:
 
     def submit(self, data: bytes, on_done: OnDone) -> None:
         """Transcode ``data`` and call ``on_done(output)``: now, or in this loop iteration's batch."""
-        scheduler = self.scheduler
-        if scheduler is None or (not self.queued and len(self._kind) < scheduler.min_streams):
-            on_done(self.transcoder.process(data))
-        else:
-            scheduler.queue(self, data, on_done)
+        if (self._kind.live < self._min_streams or self.scheduler is None) and not self.queued:
+            on_done(self._process(data))
+            return
+        self.scheduler.queue(self, data, on_done)  # type: ignore[union-attr]  # queued: a scheduler
 
     def settle(self) -> None:
         """Deliver this stream's queued frames now (before something that must follow them)."""

@@ -27,6 +27,7 @@ class Transcoder:
     def __init__(self, src: AudioFormat, dst: AudioFormat) -> None:
         self.src = src
         self.dst = dst
+        self.kind = f"{src}>{dst}"  # batches group by it (a str: its hash is computed once)
         self._passthrough = src == dst
         self._decoder = decoder_for(src.encoding)
         self._encoder = encoder_for(dst.encoding)

@@ -87,7 +87,7 @@ def test_batched_equals_each_stream_alone(scenario, seed) -> None:
     rng = np.random.default_rng(seed)
     alone = [Transcoder(src, dst) for src, dst in kinds]
     batched = [Transcoder(src, dst) for src, dst in kinds]
-    core = BatchTranscoder()
+    core = BatchTranscoder(min_group=2)
     for jobs in batches:
         chunks = [noise(rng, size) for s, size in jobs]
         expected = [alone[s].process(chunk) for (s, _), chunk in zip(jobs, chunks, strict=False)]
@@ -106,7 +106,7 @@ def test_a_batch_of_twilio_and_vonage_calls_takes_the_batched_path_and_matches_a
     down = [Transcoder(VONAGE_FORMAT, TWILIO_FORMAT) for _ in range(calls)]
     up_ref = [StreamingResampler(8000, 16000) for _ in range(calls)]
     down_ref = [StreamingResampler(16000, 8000) for _ in range(calls)]
-    core = BatchTranscoder()
+    core = BatchTranscoder(min_group=2)
     staged = 0
     original = batch_module.BatchTranscoder._group
 
@@ -136,7 +136,7 @@ def test_more_windows_than_one_product_takes_are_cut_and_stay_exact() -> None:
     rng = np.random.default_rng(9)
     alone = [Transcoder(TWILIO_FORMAT, VONAGE_FORMAT) for _ in range(calls)]
     batched = [Transcoder(TWILIO_FORMAT, VONAGE_FORMAT) for _ in range(calls)]
-    core = BatchTranscoder()
+    core = BatchTranscoder(min_group=2)
     for _ in range(3):
         frames = [rng.integers(0, 256, 160, dtype=np.uint8).tobytes() for _ in range(calls)]
         assert core.run(list(zip(batched, frames, strict=False))) == [
@@ -161,7 +161,7 @@ def test_the_row_probe_tells_the_truth_and_a_failing_bank_is_not_batched(monkeyp
         rng = np.random.default_rng(2)
         alone = [Transcoder(TWILIO_FORMAT, VONAGE_FORMAT) for _ in range(calls)]
         batched = [Transcoder(TWILIO_FORMAT, VONAGE_FORMAT) for _ in range(calls)]
-        core = BatchTranscoder()
+        core = BatchTranscoder(min_group=2)
         for _ in range(2):
             frames = [rng.integers(0, 256, 160, dtype=np.uint8).tobytes() for _ in range(calls)]
             assert core.run(list(zip(batched, frames, strict=False))) == [
@@ -188,7 +188,7 @@ def test_streams_that_complete_one_block_each_match_their_one_row_products() -> 
     rng = np.random.default_rng(4)
     alone = [Transcoder(TWILIO_FORMAT, VONAGE_FORMAT) for _ in range(calls)]
     batched = [Transcoder(TWILIO_FORMAT, VONAGE_FORMAT) for _ in range(calls)]
-    core = BatchTranscoder()
+    core = BatchTranscoder(min_group=2)
     for sizes in ([block] * calls, [block, 160] * (calls // 2), [block] * calls, [block - 1] * calls, [1] * calls):
         chunks = [rng.integers(0, 256, n, dtype=np.uint8).tobytes() for n in sizes]
         assert core.run(list(zip(batched, chunks, strict=False))) == [
@@ -197,7 +197,7 @@ def test_streams_that_complete_one_block_each_match_their_one_row_products() -> 
 
 
 def test_an_empty_batch_and_a_stream_alone() -> None:
-    core = BatchTranscoder()
+    core = BatchTranscoder(min_group=2)
     assert core.run([]) == []
     t, ref = Transcoder(TWILIO_FORMAT, VONAGE_FORMAT), Transcoder(TWILIO_FORMAT, VONAGE_FORMAT)
     frame = bytes(range(160))

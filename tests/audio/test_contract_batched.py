@@ -20,7 +20,7 @@ class Batched:
 
     def __init__(self, src: AudioFormat, dst: AudioFormat) -> None:
         self.stream, self.twin = Transcoder(src, dst), Transcoder(src, dst)
-        self.core = BatchTranscoder()
+        self.core = BatchTranscoder(min_group=2)
         self.delay = self.stream.delay
 
     def process(self, data: bytes) -> bytes:

@@ -6,11 +6,20 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
+import pytest
 
 from gateway.audio import TWILIO_FORMAT, VONAGE_FORMAT, AudioFormat, Transcoder
+from gateway.audio import batch, scheduler
 from gateway.audio.scheduler import BatchScheduler, StreamTranscoder, stream_transcoder
 
 rng = np.random.default_rng(15)
+
+
+@pytest.fixture(autouse=True)
+def batches_of_two(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two streams of a kind batch (the shipped thresholds are for speed, not for the logic)."""
+    monkeypatch.setattr(scheduler, "MIN_STREAMS", 2)
+    monkeypatch.setattr(batch, "MIN_GROUP", 2)
 
 
 def ulaw_frame() -> bytes:

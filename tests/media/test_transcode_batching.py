@@ -16,6 +16,7 @@ from websockets.asyncio.client import connect
 from websockets.asyncio.server import serve
 
 from gateway.audio import TWILIO_FORMAT, VONAGE_FORMAT, Transcoder
+from gateway.audio import batch, scheduler
 from gateway.audio.scheduler import BatchScheduler
 from support import TWILIO_SID, twilio_signature
 
@@ -57,8 +58,14 @@ class RecordingAgent:
 async def twilio_call(server, run: str, frames: list[bytes]) -> None:
     """One Twilio call: answer webhook, media socket, the frames in bursts, a DTMF digit, stop."""
     call_sid = "CA" + run[-1] * 32
-    params = {"CallSid": call_sid, "AccountSid": TWILIO_SID, "CallStatus": "in-progress",
-              "From": "+15550001", "To": "+15550002", "Direction": "inbound"}
+    params = {
+        "CallSid": call_sid,
+        "AccountSid": TWILIO_SID,
+        "CallStatus": "in-progress",
+        "From": "+15550001",
+        "To": "+15550002",
+        "Direction": "inbound",
+    }
     url = f"{server.url}/api/v1/telephony/webhook/wf-b/user-b/{run}"
     async with httpx.AsyncClient() as client:
         response = await client.post(url, data=params, headers={"X-Twilio-Signature": twilio_signature(url, params)})
@@ -67,16 +74,41 @@ async def twilio_call(server, run: str, frames: list[bytes]) -> None:
     ws_url = stream.get("url")
     custom = {p.get("name"): p.get("value") for p in stream.findall("Parameter")}
     sid = "MZ" + run[-1] * 32
-    async with connect(ws_url, additional_headers={"X-Twilio-Signature": twilio_signature(ws_url, {})},
-                       compression=None, proxy=None) as ws:
+    async with connect(
+        ws_url, additional_headers={"X-Twilio-Signature": twilio_signature(ws_url, {})}, compression=None, proxy=None
+    ) as ws:
         await ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
-        await ws.send(json.dumps({"event": "start", "streamSid": sid, "start": {
-            "streamSid": sid, "accountSid": TWILIO_SID, "callSid": call_sid, "tracks": ["inbound"],
-            "customParameters": custom, "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}}))
+        await ws.send(
+            json.dumps(
+                {
+                    "event": "start",
+                    "streamSid": sid,
+                    "start": {
+                        "streamSid": sid,
+                        "accountSid": TWILIO_SID,
+                        "callSid": call_sid,
+                        "tracks": ["inbound"],
+                        "customParameters": custom,
+                        "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+                    },
+                }
+            )
+        )
         for i, frame in enumerate(frames):
-            await ws.send(json.dumps({"event": "media", "streamSid": sid, "media": {
-                "track": "inbound", "chunk": str(i + 1), "timestamp": str(20 * i),
-                "payload": base64.b64encode(frame).decode()}}))
+            await ws.send(
+                json.dumps(
+                    {
+                        "event": "media",
+                        "streamSid": sid,
+                        "media": {
+                            "track": "inbound",
+                            "chunk": str(i + 1),
+                            "timestamp": str(20 * i),
+                            "payload": base64.b64encode(frame).decode(),
+                        },
+                    }
+                )
+            )
             if i % 10 == 9:
                 await asyncio.sleep(0.01)  # bursts of 10 frames: the calls' bursts meet in the server's loop
         await ws.send(json.dumps({"event": "dtmf", "streamSid": sid, "dtmf": {"track": "inbound_track", "digit": "5"}}))
@@ -84,10 +116,16 @@ async def twilio_call(server, run: str, frames: list[bytes]) -> None:
         await ws.wait_closed()
 
 
-async def test_calls_batched_together_give_each_agent_its_own_transcoding_bit_for_bit(gateway_server) -> None:
+async def test_calls_batched_together_give_each_agent_its_own_transcoding_bit_for_bit(
+    gateway_server, monkeypatch
+) -> None:
+    monkeypatch.setattr(scheduler, "MIN_STREAMS", 2)  # batches of two or more: six calls make plenty
+    monkeypatch.setattr(batch, "MIN_GROUP", 2)
     rng = np.random.default_rng(15)
-    audio = {f"run-batch-{i}": [rng.integers(0, 256, 160, dtype=np.uint8).tobytes() for _ in range(FRAMES)]
-             for i in range(CALLS)}
+    audio = {
+        f"run-batch-{i}": [rng.integers(0, 256, 160, dtype=np.uint8).tobytes() for _ in range(FRAMES)]
+        for i in range(CALLS)
+    }
     async with RecordingAgent() as agent:
         server = gateway_server(agent={"url": agent.url}, media={"transcode_batching": True})
         before = sum(s.batches for s in list(BatchScheduler._by_loop.values()))
