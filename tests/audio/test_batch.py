@@ -128,20 +128,37 @@ def test_a_batch_of_twilio_and_vonage_calls_takes_the_batched_path_and_matches_a
     assert staged == 10 * 2 * calls
 
 
+def assert_twilio_frames_batched_as_alone(calls: int, rounds: int, seed: int) -> None:
+    """``calls`` Twilio->Vonage streams, a random frame each per round, batched == each alone."""
+    rng = np.random.default_rng(seed)
+    alone = [Transcoder(TWILIO_FORMAT, VONAGE_FORMAT) for _ in range(calls)]
+    batched = [Transcoder(TWILIO_FORMAT, VONAGE_FORMAT) for _ in range(calls)]
+    core = BatchTranscoder(min_group=2)
+    for _ in range(rounds):
+        frames = [rng.integers(0, 256, 160, dtype=np.uint8).tobytes() for _ in range(calls)]
+        expected = [t.process(f) for t, f in zip(alone, frames, strict=True)]
+        assert core.run(list(zip(batched, frames, strict=True))) == expected
+
+
+def test_below_min_group_frames_take_process() -> None:
+    """Three frames of a kind with the shipped threshold of four: no group work, same bytes."""
+    core = BatchTranscoder()
+    assert core.min_group == batch_module.MIN_GROUP == 4
+    streams = [Transcoder(TWILIO_FORMAT, VONAGE_FORMAT) for _ in range(3)]
+    refs = [Transcoder(TWILIO_FORMAT, VONAGE_FORMAT) for _ in range(3)]
+    frame = bytes(range(160))
+    grouped: list[int] = []
+    core._group = lambda kind, jobs, members, out: grouped.append(len(members))  # type: ignore[method-assign]
+    assert core.run([(t, frame) for t in streams]) == [r.process(frame) for r in refs]
+    assert grouped == []
+
+
 def test_more_windows_than_one_product_takes_are_cut_and_stay_exact() -> None:
     """Enough streams that the group's windows need several products, none of them one row."""
     bank = polyphase_bank(8000, 16000)
     rows = product_rows(bank)
     calls = rows // 8 * 3 + 1  # 20 ms = 8 blocks each: three and a bit products
-    rng = np.random.default_rng(9)
-    alone = [Transcoder(TWILIO_FORMAT, VONAGE_FORMAT) for _ in range(calls)]
-    batched = [Transcoder(TWILIO_FORMAT, VONAGE_FORMAT) for _ in range(calls)]
-    core = BatchTranscoder(min_group=2)
-    for _ in range(3):
-        frames = [rng.integers(0, 256, 160, dtype=np.uint8).tobytes() for _ in range(calls)]
-        assert core.run(list(zip(batched, frames, strict=False))) == [
-            t.process(f) for t, f in zip(alone, frames, strict=False)
-        ]
+    assert_twilio_frames_batched_as_alone(calls, rounds=3, seed=9)
 
 
 @pytest.mark.parametrize("limit", [4_000_000])
@@ -157,16 +174,7 @@ def test_the_row_probe_tells_the_truth_and_a_failing_bank_is_not_batched(monkeyp
         small = np.concatenate([np.dot(x[i : i + 8], bank.matrix) for i in range(0, rows - rows % 8, 8)])
         truth = np.array_equal(np.dot(x, bank.matrix)[: len(small)], small)
         assert rows_independent(bank) is truth
-        calls = rows // 8 + 5
-        rng = np.random.default_rng(2)
-        alone = [Transcoder(TWILIO_FORMAT, VONAGE_FORMAT) for _ in range(calls)]
-        batched = [Transcoder(TWILIO_FORMAT, VONAGE_FORMAT) for _ in range(calls)]
-        core = BatchTranscoder(min_group=2)
-        for _ in range(2):
-            frames = [rng.integers(0, 256, 160, dtype=np.uint8).tobytes() for _ in range(calls)]
-            assert core.run(list(zip(batched, frames, strict=False))) == [
-                t.process(f) for t, f in zip(alone, frames, strict=False)
-            ]
+        assert_twilio_frames_batched_as_alone(rows // 8 + 5, rounds=2, seed=2)
     finally:
         rows_independent.cache_clear()
 
