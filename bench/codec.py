@@ -258,15 +258,18 @@ def time_pipelines(
 ) -> dict[str, list[float]]:
     """Per-frame microseconds per round; pipelines alternate order each round, round 0 is warm-up."""
     frames = frames_of(src, n_frames)
-    times: dict[str, list[float]] = {name: [] for name in makers}
+    return interleaved(list(makers), rounds, lambda name: per_frame_us(makers[name](src, dst), frames))
+
+
+def interleaved(names: list[str], rounds: int, measure: Callable[[str], float]) -> dict[str, list[float]]:
+    """``measure(name)`` for every name, rounds + 1 times, the order reversed every other round
+    so drift hits all alike; round 0 warms up and is not kept."""
+    times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds + 1):
-        order = list(makers.items())
-        if r % 2:
-            order.reverse()
-        for name, make in order:
-            us = per_frame_us(make(src, dst), frames)
+        for name in names[::-1] if r % 2 else names:
+            value = measure(name)
             if r:
-                times[name].append(us)
+                times[name].append(value)
     return times
 
 
@@ -353,28 +356,25 @@ def batch_modes_us(streams: int, rounds: int, n_frames: int) -> dict[str, list[f
             for up, down in calls:
                 up.submit(frame_in, done)
                 down.submit(frame_out, done)
-            pending.clear()
-            scheduler.run()  # what the loop's call_soon would run
+            if pending:  # what the loop's call_soon would run (nothing is queued for one call)
+                pending.clear()
+                scheduler.run()
             sink.clear()
 
         return iteration
 
     makers = {"direct": direct, "batched": batched, "scheduled": scheduled}
-    times: dict[str, list[float]] = {name: [] for name in makers}
-    for r in range(rounds + 1):
-        order = list(makers.items())
-        if r % 2:
-            order.reverse()
-        for name, make in order:
-            iteration = make()
-            costs = []
-            for frame_in, frame_out in zip(inbound, outbound):
-                start = clock()
-                iteration(frame_in, frame_out)
-                costs.append((clock() - start) / (2 * streams))
-            if r:
-                times[name].append(statistics.median(costs) / 1000)
-    return times
+
+    def measure(name: str) -> float:
+        iteration = makers[name]()
+        costs = []
+        for frame_in, frame_out in zip(inbound, outbound, strict=True):
+            start = clock()
+            iteration(frame_in, frame_out)
+            costs.append((clock() - start) / (2 * streams))
+        return statistics.median(costs) / 1000
+
+    return interleaved(list(makers), rounds, measure)
 
 
 def paired_ratio(times: dict[str, list[float]], name: str, reference: str) -> float:

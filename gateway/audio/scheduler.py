@@ -8,7 +8,7 @@ the current iteration. That run transcodes everything queued (``BatchTranscoder`
 
 With fewer than ``min_streams`` streams of its kind alive, or batching off, ``submit`` transcodes
 inline and calls ``on_done`` before it returns: one call pays nothing for the machinery. A run
-with a single frame queued transcodes it directly too.
+with fewer frames queued than a batch needs (``MIN_GROUP``) transcodes them one by one.
 
 Anything else the session does on the same stream (a control message, a DTMF digit, the end) must
 come after the frames submitted before it: ``settle()`` runs the pending batch now. ``reset()``
@@ -82,15 +82,19 @@ class BatchScheduler:
         if not jobs:
             return
         self._jobs = []
-        live = [job for job in jobs if job[3] == job[0].generation]
-        for stream, _, _, _ in jobs:
+        work: list[tuple[Transcoder, bytes]] = []
+        callbacks: list[OnDone] = []
+        for stream, data, on_done, generation in jobs:
             stream.queued -= 1
-        if len(live) == 1:
-            outputs = [live[0][0].transcoder.process(live[0][1])]
+            if generation == stream.generation:  # else reset since: dropped
+                work.append((stream.transcoder, data))
+                callbacks.append(on_done)
+        if len(work) < self._core.min_group:  # too few to form a group: skip the grouping
+            outputs = [transcoder.process(data) for transcoder, data in work]
         else:
-            outputs = self._core.run([(stream.transcoder, data) for stream, data, _, _ in live])
-            self.batches += bool(live)
-        for (_, _, on_done, _), out in zip(live, outputs, strict=True):
+            outputs = self._core.run(work)
+            self.batches += bool(work)
+        for on_done, out in zip(callbacks, outputs, strict=True):
             try:
                 on_done(out)
             except Exception:  # one stream's failure must not cost the others their frames
