@@ -85,8 +85,8 @@ class BatchScheduler:
         work: list[tuple[Transcoder, bytes]] = []
         callbacks: list[OnDone] = []
         for stream, data, on_done, generation in jobs:
-            stream.queued -= 1
-            if generation == stream.generation:  # else reset since: dropped
+            if generation == stream.generation:  # else reset since: dropped (and no longer counted)
+                stream.queued -= 1
                 work.append((stream.transcoder, data))
                 callbacks.append(on_done)
         if len(work) < self._core.min_group:  # too few to form a group: skip the grouping
@@ -170,6 +170,7 @@ class StreamTranscoder:
     def reset(self) -> None:
         """As ``Transcoder.reset``; frames still queued are dropped (their ``on_done`` never runs)."""
         self.generation += 1
+        self.queued = 0
         self.transcoder.reset()
 
     def __repr__(self) -> str:

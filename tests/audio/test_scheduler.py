@@ -7,6 +7,8 @@ import asyncio
 
 import numpy as np
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from gateway.audio import TWILIO_FORMAT, VONAGE_FORMAT, AudioFormat, Transcoder
 from gateway.audio import batch, scheduler
@@ -166,3 +168,75 @@ def test_batching_off_and_conversions_without_resampling_are_direct() -> None:
         ]
 
     asyncio.run(main())
+
+
+KINDS = [(TWILIO_FORMAT, VONAGE_FORMAT), (VONAGE_FORMAT, TWILIO_FORMAT), (AudioFormat("pcm16", 24000), TWILIO_FORMAT)]
+
+
+@settings(max_examples=300)
+@example([0, 0], [("submit", 0, 160), ("submit", 1, 160), ("reset", 0, 0), ("settle", 0, 0)], 0)
+@example([0, 0], [("submit", 0, 160), ("submit", 1, 160), ("reset", 0, 0), ("submit", 0, 160), ("tick", 0, 0)], 0)
+@given(
+    st.lists(st.sampled_from(range(len(KINDS))), min_size=1, max_size=6),
+    st.lists(
+        st.tuples(
+            st.sampled_from(["submit", "submit", "submit", "tick", "settle", "process", "reset"]),
+            st.integers(0, 5),
+            st.sampled_from([0, 1, 3, 37, 160, 320, 321, 640, 1000]),
+        ),
+        max_size=60,
+    ),
+    st.integers(0, 2**32 - 1),
+)
+def test_any_interleaving_of_submit_settle_process_and_reset_matches_each_stream_alone(kinds, ops, seed) -> None:
+    """A model of the edge's promises: results in submission order, batches when the loop turns
+    or a stream settles (or processes), a reset drops its stream's queued frames, one live stream
+    of a kind is served inline; the model transcodes with one plain Transcoder per stream."""
+    gen = np.random.default_rng(seed)
+    handles: list = []
+    sched = BatchScheduler(handles.append, min_streams=2, min_group=2)
+    streams = [StreamTranscoder(*KINDS[k], sched) for k in kinds]
+    refs = [Transcoder(*KINDS[k]) for k in kinds]
+    got: list[list[bytes]] = [[] for _ in streams]
+    expected: list[list[bytes]] = [[] for _ in streams]
+    pending: list[tuple[int, bytes]] = []  # the model's queue
+
+    def model_flush() -> None:
+        for s, data in pending:
+            expected[s].append(refs[s].process(data))
+        pending.clear()
+
+    def loop_turn() -> None:
+        while handles:
+            handles.pop(0)()
+
+    for op, which, size in ops:
+        s = which % len(streams)
+        data = gen.integers(0, 256, size, dtype=np.uint8).tobytes()
+        same_kind = sum(1 for k in kinds if k == kinds[s])
+        if op == "submit":
+            streams[s].submit(data, got[s].append)
+            if same_kind < 2 and not any(p == s for p, _ in pending):
+                expected[s].append(refs[s].process(data))
+            else:
+                pending.append((s, data))
+        elif op == "tick":
+            loop_turn()
+            model_flush()
+        elif op == "settle":
+            streams[s].settle()
+            if any(p == s for p, _ in pending):
+                model_flush()
+        elif op == "process":
+            out = streams[s].process(data)
+            if any(p == s for p, _ in pending):
+                model_flush()
+            assert out == refs[s].process(data)
+        else:
+            streams[s].reset()
+            pending[:] = [(p, d) for p, d in pending if p != s]
+            refs[s].reset()
+        assert got == expected
+    loop_turn()
+    model_flush()
+    assert got == expected
