@@ -38,6 +38,8 @@ class Transcoder:
             if src.sample_rate != dst.sample_rate
             else None
         )
+        self.resampler: PolyphaseStream | None = self._stream
+        """The stream's filter (None without resampling): ``gateway.audio.batch`` drives it directly."""
         self._carry = b""  # a PCM16 byte whose partner has not arrived yet
         if self._stream is not None:
             # The per-frame path, chosen once: bound methods save the lookups on every frame.
@@ -67,11 +69,6 @@ class Transcoder:
         if self._translate is not None:
             return bytes(data).translate(self._translate)
         return self._encoder.encode(self._decoder.decode(data))
-
-    @property
-    def resampler(self) -> PolyphaseStream | None:
-        """The stream's filter (None without resampling): ``gateway.audio.batch`` drives it directly."""
-        return self._stream
 
     def whole_samples(self, data: bytes) -> bytes:
         """``data`` cut to whole source samples, a half PCM16 sample carried to the next call."""
