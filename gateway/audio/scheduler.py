@@ -8,7 +8,9 @@ the current iteration. That run transcodes everything queued (``BatchTranscoder`
 
 With fewer than ``min_streams`` streams of its kind alive, or batching off, ``submit`` transcodes
 inline and calls ``on_done`` before it returns: one call pays nothing for the machinery. A run
-with fewer frames queued than a batch needs (``MIN_GROUP``) transcodes them one by one.
+with fewer frames queued than a batch needs (``MIN_GROUP``) transcodes them one by one; after
+``SPARSE_RUNS`` such runs in a row (calls whose frames do not meet in one iteration), ``submit``
+goes inline for the next ``BACKOFF_FRAMES`` frames, then gathers again to see.
 
 Anything else the session does on the same stream (a control message, a DTMF digit, the end) must
 come after the frames submitted before it: ``settle()`` runs the pending batch now. ``reset()``
@@ -34,6 +36,10 @@ OnDone = Callable[[bytes], None]
 MIN_STREAMS = MIN_GROUP
 """Fewest live streams of one conversion kind for their ``submit`` to queue at all: only streams
 of the same kind share a product, and fewer than ``MIN_GROUP`` frames of a kind are not batched."""
+SPARSE_RUNS = 20
+"""Consecutive runs with too few frames to batch after which ``submit`` backs off..."""
+BACKOFF_FRAMES = 500
+"""...transcoding this many frames inline (no queue, no ``call_soon``) before it tries again."""
 
 
 class _Count:
@@ -54,9 +60,15 @@ class BatchScheduler:
         call_soon: Callable[[Callable[[], None]], object],
         min_streams: int = MIN_STREAMS,
         min_group: int = MIN_GROUP,
+        sparse_runs: int = SPARSE_RUNS,
+        backoff_frames: int = BACKOFF_FRAMES,
     ) -> None:
         self._call_soon = call_soon
         self.min_streams = min_streams
+        self.sparse_runs = sparse_runs  # 0: never back off
+        self.backoff_frames = backoff_frames
+        self.inline = 0  # frames still to transcode inline (backing off)
+        self._sparse = 0  # consecutive runs too small to batch
         self._core = BatchTranscoder(min_group)
         self._jobs: list[tuple[StreamTranscoder, bytes, OnDone, int]] = []
         self._kinds: dict[str, _Count] = {}
@@ -91,9 +103,14 @@ class BatchScheduler:
                 callbacks.append(on_done)
         if len(work) < self._core.min_group:  # too few to form a group: skip the grouping
             outputs = [transcoder.process(data) for transcoder, data in work]
+            self._sparse += 1
+            if self._sparse == self.sparse_runs:  # frames do not meet: stop paying to gather them
+                self.inline = self.backoff_frames
+                self._sparse = 0
         else:
             outputs = self._core.run(work)
-            self.batches += bool(work)
+            self.batches += 1
+            self._sparse = 0
         for on_done, out in zip(callbacks, outputs, strict=True):
             try:
                 on_done(out)
@@ -110,7 +127,9 @@ class BatchScheduler:
         loop = asyncio.get_running_loop()
         scheduler = cls._by_loop.get(loop)
         if scheduler is None:
-            scheduler = cls._by_loop[loop] = cls(loop.call_soon, MIN_STREAMS, batch.MIN_GROUP)
+            scheduler = cls._by_loop[loop] = cls(
+                loop.call_soon, MIN_STREAMS, batch.MIN_GROUP, SPARSE_RUNS, BACKOFF_FRAMES
+            )
         return scheduler
 
 
@@ -147,10 +166,16 @@ class StreamTranscoder:
 
     def submit(self, data: bytes, on_done: OnDone) -> None:
         """Transcode ``data`` and call ``on_done(output)``: now, or in this loop iteration's batch."""
-        if (self._kind.live < self._min_streams or self.scheduler is None) and not self.queued:
-            on_done(self._process(data))
-            return
-        self.scheduler.queue(self, data, on_done)  # type: ignore[union-attr]  # queued: a scheduler
+        scheduler = self.scheduler
+        if not self.queued:
+            if scheduler is None or self._kind.live < self._min_streams:
+                on_done(self._process(data))
+                return
+            if scheduler.inline:  # backing off: frames have not been meeting in the loop
+                scheduler.inline -= 1
+                on_done(self._process(data))
+                return
+        scheduler.queue(self, data, on_done)  # type: ignore[union-attr]  # queued: a scheduler
 
     def settle(self) -> None:
         """Deliver this stream's queued frames now (before something that must follow them)."""

@@ -22,6 +22,7 @@ def batches_of_two(monkeypatch: pytest.MonkeyPatch) -> None:
     """Two streams of a kind batch (the shipped thresholds are for speed, not for the logic)."""
     monkeypatch.setattr(scheduler, "MIN_STREAMS", 2)
     monkeypatch.setattr(batch, "MIN_GROUP", 2)
+    monkeypatch.setattr(scheduler, "SPARSE_RUNS", 0)
 
 
 def ulaw_frame() -> bytes:
@@ -194,7 +195,7 @@ def test_any_interleaving_of_submit_settle_process_and_reset_matches_each_stream
     of a kind is served inline; the model transcodes with one plain Transcoder per stream."""
     gen = np.random.default_rng(seed)
     handles: list = []
-    sched = BatchScheduler(handles.append, min_streams=2, min_group=2)
+    sched = BatchScheduler(handles.append, min_streams=2, min_group=2, sparse_runs=0)
     streams = [StreamTranscoder(*KINDS[k], sched) for k in kinds]
     refs = [Transcoder(*KINDS[k]) for k in kinds]
     got: list[list[bytes]] = [[] for _ in streams]
@@ -240,3 +241,31 @@ def test_any_interleaving_of_submit_settle_process_and_reset_matches_each_stream
     loop_turn()
     model_flush()
     assert got == expected
+
+
+def test_when_frames_do_not_meet_submit_backs_off_inline_then_tries_again() -> None:
+    handles: list = []
+    sched = BatchScheduler(handles.append, min_streams=2, min_group=2, sparse_runs=3, backoff_frames=5)
+    a, b = (StreamTranscoder(TWILIO_FORMAT, VONAGE_FORMAT, sched) for _ in range(2))
+    ref = Transcoder(TWILIO_FORMAT, VONAGE_FORMAT)
+    got: list[bytes] = []
+    expected: list[bytes] = []
+    for _ in range(3):  # one frame per loop turn: nothing to batch with
+        frame = ulaw_frame()
+        a.submit(frame, got.append)
+        assert len(handles) == 1 and got == expected
+        handles.pop()()
+        expected.append(ref.process(frame))
+        assert got == expected
+    assert sched.inline == 5
+    for _ in range(5):  # backing off: inline, nothing scheduled
+        frame = ulaw_frame()
+        a.submit(frame, got.append)
+        expected.append(ref.process(frame))
+        assert got == expected and handles == []
+    frame = ulaw_frame()
+    a.submit(frame, got.append)  # trying again
+    b.submit(frame, lambda out: None)
+    assert len(handles) == 1
+    handles.pop()()
+    assert got == [*expected, ref.process(frame)] and sched.batches == 1

@@ -121,6 +121,7 @@ async def test_calls_batched_together_give_each_agent_its_own_transcoding_bit_fo
 ) -> None:
     monkeypatch.setattr(scheduler, "MIN_STREAMS", 2)  # batches of two or more: six calls make plenty
     monkeypatch.setattr(batch, "MIN_GROUP", 2)
+    monkeypatch.setattr(scheduler, "SPARSE_RUNS", 0)  # and never back off
     rng = np.random.default_rng(15)
     audio = {
         f"run-batch-{i}": [rng.integers(0, 256, 160, dtype=np.uint8).tobytes() for _ in range(FRAMES)]
