@@ -51,8 +51,7 @@ with warnings.catch_warnings():
 
 import soxr
 
-from gateway.audio import TWILIO_FORMAT, VONAGE_FORMAT, AudioFormat, StreamingResampler, Transcoder
-from gateway.audio import g711
+from gateway.audio import TWILIO_FORMAT, VONAGE_FORMAT, AudioFormat, StreamingResampler, Transcoder, g711
 from gateway.audio.batch import BatchTranscoder
 from gateway.audio.filters import polyphase_bank
 from gateway.audio.scheduler import BatchScheduler, StreamTranscoder
@@ -292,7 +291,7 @@ def server_like_pair_us(
             calls = [(make(TWILIO_FORMAT, VONAGE_FORMAT), make(VONAGE_FORMAT, TWILIO_FORMAT)) for _ in range(streams)]
             groups = [calls[i : i + 25] for i in range(0, streams, 25)]
             costs = []
-            for frame_in, frame_out in zip(inbound, outbound):
+            for frame_in, frame_out in zip(inbound, outbound, strict=False):
                 for group in groups:
                     start = clock()
                     for up, down in group:
@@ -379,7 +378,7 @@ def batch_modes_us(streams: int, rounds: int, n_frames: int) -> dict[str, list[f
 
 def paired_ratio(times: dict[str, list[float]], name: str, reference: str) -> float:
     """Median over rounds of the per-round ratio: robust to the machine speeding up or slowing down."""
-    return statistics.median(a / b for a, b in zip(times[name], times[reference]))
+    return statistics.median(a / b for a, b in zip(times[name], times[reference], strict=False))
 
 
 def load() -> str:
@@ -483,7 +482,7 @@ def main() -> None:
             print(
                 f"  N={n:<5} "
                 + "   ".join(cells)
-                + f"   gateway/soxr {paired_ratio(times, list(makers)[0], soxr_name):.2f}x"
+                + f"   gateway/soxr {paired_ratio(times, next(iter(makers)), soxr_name):.2f}x"
                 f"   load {load()}"
             )
 
@@ -498,7 +497,7 @@ def main() -> None:
         ):
             times = time_pipelines(makers, src, dst, max(5, args.rounds // 2), args.frames // 2)
             print(
-                f"  {str(src):>12} -> {str(dst):<12} gateway {statistics.median(times['gateway']):6.2f}  "
+                f"  {src!s:>12} -> {dst!s:<12} gateway {statistics.median(times['gateway']):6.2f}  "
                 f"soxr {statistics.median(times['soxr']):6.2f}  ratio {paired_ratio(times, 'gateway', 'soxr'):.2f}x"
             )
 
