@@ -64,9 +64,7 @@ def framed(tr: Transcoder, data: bytes, size: int) -> list[bytes]:
 # --- G.711 is bit-exact through the fused decode and encode ---------------------------------
 
 
-@pytest.mark.parametrize(
-    ("src", "dst"), [(VONAGE_FORMAT, TWILIO_FORMAT), (VONAGE_FORMAT, ALAW_8K), (PCM_24K, TWILIO_FORMAT)], ids=leg_id
-)
+@pytest.mark.parametrize(("src", "dst"), [(VONAGE_FORMAT, TWILIO_FORMAT), (VONAGE_FORMAT, ALAW_8K), (PCM_24K, TWILIO_FORMAT)], ids=leg_id)
 def test_g711_out_is_audioop_encoding_of_the_resampled_samples(src, dst) -> None:
     """Round, saturate and encode fused into one table lookup == audioop.lin2ulaw/lin2alaw."""
     x = speech_like(src.sample_rate, 1.0)
@@ -121,9 +119,7 @@ def middle(y: np.ndarray, rate: int, n: int = 8192) -> np.ndarray:
     return y[rate // 8 : rate // 8 + n]
 
 
-@pytest.mark.parametrize(
-    ("src", "dst"), [(VONAGE_FORMAT, PCM_8K), (PCM_24K, PCM_8K), (PCM_24K, VONAGE_FORMAT)], ids=leg_id
-)
+@pytest.mark.parametrize(("src", "dst"), [(VONAGE_FORMAT, PCM_8K), (PCM_24K, PCM_8K), (PCM_24K, VONAGE_FORMAT)], ids=leg_id)
 def test_framed_downsampling_aliases_are_60db_down(src, dst) -> None:
     for fraction in (1.03, 1.3, 1.7, 0.98 * src.sample_rate / dst.sample_rate):
         f = fraction * dst.sample_rate / 2
@@ -132,9 +128,7 @@ def test_framed_downsampling_aliases_are_60db_down(src, dst) -> None:
         assert -20 * math.log10(amp.max() / AMPLITUDE) >= 60, f
 
 
-@pytest.mark.parametrize(
-    ("src", "dst"), [(PCM_8K, VONAGE_FORMAT), (PCM_8K, PCM_24K), (VONAGE_FORMAT, PCM_24K)], ids=leg_id
-)
+@pytest.mark.parametrize(("src", "dst"), [(PCM_8K, VONAGE_FORMAT), (PCM_8K, PCM_24K), (VONAGE_FORMAT, PCM_24K)], ids=leg_id)
 def test_framed_upsampling_images_are_60db_down_and_the_passband_matches_soxr(src, dst) -> None:
     """Above the source Nyquist nothing within 60 dB; below it, what soxr VHQ makes of the tone."""
     delay = polyphase_bank(src.sample_rate, dst.sample_rate).delay
@@ -163,9 +157,7 @@ def test_frames_and_odd_chunks_match_one_whole_call_within_1_lsb(src, dst) -> No
     rng = np.random.default_rng(7)
     # 20 ms frames, whole blocks smaller than the filter history, chunks bigger than the stream's
     # buffer, and misaligned ones (odd bytes for PCM16) that leave a partial block or half a sample.
-    sizes = [frame] * 20 + list(
-        rng.choice([block, 2 * block, frame, 3 * frame, 25 * frame, 1, 3, frame - 1, frame + 1], 300)
-    )
+    sizes = [frame] * 20 + list(rng.choice([block, 2 * block, frame, 3 * frame, 25 * frame, 1, 3, frame - 1, frame + 1], 300))
     cuts = np.cumsum(sizes)
     tr = Transcoder(src, dst)
     out = b"".join(tr.process(data[a:b]) for a, b in zip([0, *cuts], [*cuts, len(data)]) if a < len(data)) + tr.flush()
@@ -179,11 +171,7 @@ def test_frames_and_odd_chunks_match_one_whole_call_within_1_lsb(src, dst) -> No
         assert np.abs(rank).max() <= 1
 
 
-@pytest.mark.parametrize(
-    ("src", "dst"),
-    [(TWILIO_FORMAT, VONAGE_FORMAT), (VONAGE_FORMAT, TWILIO_FORMAT), (VONAGE_FORMAT, PCM_24K)],
-    ids=leg_id,
-)
+@pytest.mark.parametrize(("src", "dst"), [(TWILIO_FORMAT, VONAGE_FORMAT), (VONAGE_FORMAT, TWILIO_FORMAT), (VONAGE_FORMAT, PCM_24K)], ids=leg_id)
 def test_ten_minutes_of_frames_give_exactly_ten_minutes_and_the_exact_tail(src, dst) -> None:
     tr = Transcoder(src, dst)
     frames = [wire(src, part) for part in np.split(speech_like(src.sample_rate, 1.0), 50)]

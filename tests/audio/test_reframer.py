@@ -112,12 +112,7 @@ def test_hostile_sizes() -> None:
 
 @pytest.mark.parametrize(
     ("frame_bytes", "silence", "message"),
-    [
-        (0, b"\xff", "positive multiple"),
-        (-160, b"\xff", "positive multiple"),
-        (641, b"\x00\x00", "2-byte sample"),
-        (160, b"", "silence"),
-    ],
+    [(0, b"\xff", "positive multiple"), (-160, b"\xff", "positive multiple"), (641, b"\x00\x00", "2-byte sample"), (160, b"", "silence")],
 )
 def test_bad_configuration_is_named(frame_bytes, silence, message) -> None:
     with pytest.raises(ValueError, match=message):

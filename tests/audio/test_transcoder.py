@@ -181,9 +181,7 @@ def test_twilio_round_trip_correlates(middle) -> None:
     size = TWILIO_FORMAT.frame_bytes()
     returned = b"".join(back.process(there.process(original[i : i + size])) for i in range(0, len(original), size))
     expected_lag = there.delay * 8000 // middle.sample_rate + back.delay
-    lag, correlation = best_lag_correlation(
-        linear(TWILIO_FORMAT, original), linear(TWILIO_FORMAT, returned), expected_lag
-    )
+    lag, correlation = best_lag_correlation(linear(TWILIO_FORMAT, original), linear(TWILIO_FORMAT, returned), expected_lag)
     assert lag == expected_lag
     assert correlation > 0.99
 
