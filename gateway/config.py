@@ -191,6 +191,12 @@ class LimitsConfig(_Model):
     max_unverified_media_sockets: int = Field(100, ge=1)  # media sockets at once that have not yet done so
 
 
+class MediaConfig(_Model):
+    """The media path (docs/benchmarks.md, codec section, has the measurements behind the default)."""
+
+    transcode_batching: bool = False  # transcode the frames of every call ready in one loop iteration together
+
+
 class ShutdownConfig(_Model):
     drain_seconds: float = Field(300.0, ge=0)  # how long live calls may finish after SIGTERM
 
@@ -281,6 +287,7 @@ class GatewayConfig(_Model):
     tunnel: TunnelConfig = TunnelConfig()  # used when public_url is auto
     log: LogConfig = LogConfig()
     limits: LimitsConfig = LimitsConfig()
+    media: MediaConfig = MediaConfig()
     shutdown: ShutdownConfig = ShutdownConfig()
     dial: DialConfig = DialConfig()
 
