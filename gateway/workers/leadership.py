@@ -24,6 +24,7 @@ class FileLeadership:
         """True while this process holds `name` (taken now when it is free)."""
         if name in self._held:
             return True
+        os.makedirs(os.path.dirname(self.prefix) or ".", exist_ok=True)
         fd = os.open(f"{self.prefix}.{name}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -67,6 +67,8 @@ class WriterClient:
             log.warning("cannot reach the store writer process (%s): writing here, trying again", exc)
             self._later()
             return
+        if self._retry > self.RETRY_MIN:
+            log.info("connected to the store writer process again")
         self._retry = self.RETRY_MIN
         self.process = sock
         self._channel = FrameChannel(self._loop, sock.fileno(), self._answered, self._lost)

@@ -264,3 +264,59 @@ async def test_sigterm_drains_every_worker_then_exits(gateway_process, tmp_path)
     assert sum(line["message"].startswith("SIGTERM: draining") for line in lines) == 2
     assert {line["pid"] for line in lines if line["message"].startswith("SIGTERM: draining")} == pids
     assert any(line["message"] == "every worker has stopped" for line in lines)
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def cmdline(pid: int) -> str:
+    return open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode()
+
+
+def test_one_writer_process_is_shared_and_the_workers_reconnect_after_it_is_killed(gateway_process, tmp_path):
+    with Receiver() as receiver:
+        # A finish in flight when the writer dies is lost with it: its row comes back when its lease ends.
+        config = base_config(tmp_path, workers=2, webhooks=[_subscription(receiver)], delivery={"lease_seconds": 13})
+        proc, pids = start_workers(gateway_process, config)
+        writers = [int(m[1]) for line in log_lines(proc) if (m := re.match(r"store writer process started: pid (\d+)", line["message"]))]
+        assert len(writers) == 1  # the parent's; no worker starts one of its own
+        spawned = {p for p in children(proc.proc.pid) if "spawn_main" in cmdline(p)}
+        assert spawned == {writers[0], *pids}
+        assert all(not children(pid) for pid in pids)
+        runs = [f"run-{i}" for i in range(10)]
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda run: twilio_status_callback(proc, run, "initiated"), runs))
+        os.kill(writers[0], signal.SIGKILL)
+        lost = lambda: {l.get("pid") for l in log_lines(proc) if l["message"].startswith("store writer process connection lost")}
+        wait_until(lambda: lost() == pids, 10, "both workers saw the writer go")
+        with ThreadPoolExecutor(8) as pool:  # written by each worker itself meanwhile
+            list(pool.map(lambda run: twilio_status_callback(proc, run, "ringing"), runs))
+        wait_until(lambda: any("store writer process (pid" in l["message"] and "starting it again" in l["message"] for l in log_lines(proc)), 10, "restart logged")
+        again = lambda: {l.get("pid") for l in log_lines(proc) if l["message"] == "connected to the store writer process again"}
+        wait_until(lambda: again() == pids, 30, "both workers reconnected")
+        new_writer = {p for p in children(proc.proc.pid) if "spawn_main" in cmdline(p)} - pids
+        assert len(new_writer) == 1 and writers[0] not in new_writer
+        with ThreadPoolExecutor(8) as pool:
+            for status in ("in-progress", "completed"):
+                list(pool.map(lambda run: twilio_status_callback(proc, run, status), runs))
+        kinds = ["call.initiated", "call.ringing", "call.answered", "call.completed", "call.ended"]
+        wanted = {(run, kind) for run in runs for kind in kinds}
+        wait_until(lambda: {(r, k) for r, k, _ in _delivered(receiver)} >= wanted, 45, "every delivery")
+        got = _delivered(receiver)
+        assert {(r, k) for r, k, _ in got} == wanted
+        # At least once: an attempt whose finish died with the writer is sent again, under the same
+        # webhook-id (the receiver's deduplication key); each event has one id, in order per call.
+        first = list(dict.fromkeys(got))
+        assert len({wid for _, _, wid in first}) == len(first) == len(wanted)
+        for run in runs:
+            assert [kind for r, kind, _ in first if r == run] == kinds
