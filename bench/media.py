@@ -123,10 +123,35 @@ def decode_tones(payloads: list[str]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process (all its threads) so far."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    """User + system CPU of a process (all its threads) and of its live descendants so far (the
+    workers and writer process of `gateway serve --workers N`)."""
+    total = 0.0
+    for one in [pid, *descendants(pid)]:
+        try:
+            with open(f"/proc/{one}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return total
+
+
+def descendants(pid: int) -> list[int]:
+    """The live descendants of `pid`."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+    found, frontier = [], [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
 
 
 def system_cpu() -> tuple[float, float]:
@@ -430,7 +455,7 @@ class Process:
 
 
 def gateway_config(workdir: Path, agent_url: str, *, recording: bool = False,
-                   agent_audio: tuple[str, int] = ("pcm16", 16000)) -> Path:
+                   agent_audio: tuple[str, int] = ("pcm16", 16000), workers: int = 1) -> Path:
     import yaml
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -442,6 +467,7 @@ def gateway_config(workdir: Path, agent_url: str, *, recording: bool = False,
         "providers": {"twilio": {"account_sid": TWILIO_SID, "auth_token": TWILIO_TOKEN, "api_base_url": "http://127.0.0.1:9"}},
         "agent": {"url": agent_url, "audio": {"encoding": agent_audio[0], "sample_rate": agent_audio[1]}},
         "recording": recording,
+        "workers": workers,
     }
     path = workdir / "gateway.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -462,6 +488,7 @@ class Options:
     agent_audio: tuple[str, int] = ("pcm16", 16000)  # mulaw/8000: no transcoding (what it costs, by difference)
     native_profile: bool = False
     quiet_wait: float = 300.0
+    workers: int = 1  # gateway serve's worker processes (their CPU is summed into the server's)
 
 
 def wait_for_quiet(limit_percent: float, max_wait: float) -> float:
@@ -502,7 +529,7 @@ def run_targets(targets: list[str], calls: int, options: Options, workdir: Path,
             if target.startswith("bridge"):
                 external = target in EXTERNAL_AGENT
                 config = gateway_config(workdir / target, agent_url if external else "echo", agent_audio=options.agent_audio,
-                                        recording=target == "bridge-recording")
+                                        recording=target == "bridge-recording", workers=options.workers)
                 server = Process(f"gateway-{target}", [PYTHON, "-m", "gateway.cli", "serve", "--config", str(config),
                                                        "--host", "127.0.0.1", "--port", str(port)], workdir,
                                  cpus=options.server_cpus, env=options.server_env,
@@ -675,6 +702,7 @@ def main() -> None:
     parser.add_argument("--agent-audio", default="pcm16/16000", metavar="ENCODING/RATE",
                         help="the agent's audio format (mulaw/8000: the bridge without transcoding, to cost it)")
     parser.add_argument("--pin", action="store_true", help="server on CPU 0; agent and load generator on the other CPUs")
+    parser.add_argument("--workers", type=int, default=1, help="the gateway's worker processes (gateway serve --workers)")
     parser.add_argument("--repeat", type=int, default=1, help="run every (calls, target) this many times, interleaved")
     parser.add_argument("--quiet", type=float, default=15.0, metavar="PERCENT",
                         help="before each run, wait until other processes use less than this much of a core")
@@ -683,6 +711,7 @@ def main() -> None:
                       quiet_percent=args.quiet, before=args.before.resolve() if args.before else None)
     options.server_env = dict(item.split("=", 1) for item in args.server_env) or None
     options.native_profile = args.native
+    options.workers = args.workers
     encoding, _, rate = args.agent_audio.partition("/")
     options.agent_audio = (encoding, int(rate))
     if args.pin and (os.cpu_count() or 1) > 1:
