@@ -28,8 +28,10 @@ def test_workers_default_to_one_and_auto_means_the_usable_cores():
     assert resolve_workers("auto") == len(os.sched_getaffinity(0))
 
 
-HOLDER = "import sys, time; from gateway.workers.leadership import FileLeadership; " \
-         "print(FileLeadership(sys.argv[1]).hold('runner'), flush=True); time.sleep(60)"
+HOLDER = (
+    "import sys, time; from gateway.workers.leadership import FileLeadership; "
+    "print(FileLeadership(sys.argv[1]).hold('runner'), flush=True); time.sleep(60)"
+)
 
 
 def test_one_process_leads_and_another_takes_over_when_it_is_killed(tmp_path):
@@ -49,3 +51,11 @@ def test_one_process_leads_and_another_takes_over_when_it_is_killed(tmp_path):
     finally:
         child.kill()
         child.wait()
+
+
+def test_a_bad_workers_flag_is_refused_naming_it():
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "serve", "--workers", "0"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2
+    assert "--workers: must be a whole number from 1 to 64, or auto" in done.stderr

@@ -39,8 +39,15 @@ def test_an_oversized_line_is_dropped_alone():
 
 
 def test_what_is_not_a_message_decodes_to_none():
-    for line in [b"", b"nope", b"[]", b'{"run_id": 1, "action": "clear"}', b'{"run_id": "r"}',
-                 b'{"run_id": "r", "action": "clear", "data": []}', b"\xff\xfe"]:
+    for line in [
+        b"",
+        b"nope",
+        b"[]",
+        b'{"run_id": 1, "action": "clear"}',
+        b'{"run_id": "r"}',
+        b'{"run_id": "r", "action": "clear", "data": []}',
+        b"\xff\xfe",
+    ]:
         assert decode(line) is None
     assert decode(b'{"run_id": "r", "action": "clear"}') == Control("r", "clear", {})
 

@@ -288,7 +288,11 @@ def test_one_writer_process_is_shared_and_the_workers_reconnect_after_it_is_kill
         # A finish in flight when the writer dies is lost with it: its row comes back when its lease ends.
         config = base_config(tmp_path, workers=2, webhooks=[_subscription(receiver)], delivery={"lease_seconds": 13})
         proc, pids = start_workers(gateway_process, config)
-        writers = [int(m[1]) for line in log_lines(proc) if (m := re.match(r"store writer process started: pid (\d+)", line["message"]))]
+        writers = [
+            int(m[1])
+            for line in log_lines(proc)
+            if (m := re.match(r"store writer process started: pid (\d+)", line["message"]))
+        ]
         assert len(writers) == 1  # the parent's; no worker starts one of its own
         spawned = {p for p in children(proc.proc.pid) if "spawn_main" in cmdline(p)}
         assert spawned == {writers[0], *pids}
@@ -297,12 +301,23 @@ def test_one_writer_process_is_shared_and_the_workers_reconnect_after_it_is_kill
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(lambda run: twilio_status_callback(proc, run, "initiated"), runs))
         os.kill(writers[0], signal.SIGKILL)
-        lost = lambda: {l.get("pid") for l in log_lines(proc) if l["message"].startswith("store writer process connection lost")}
+        lost = lambda: {
+            l.get("pid") for l in log_lines(proc) if l["message"].startswith("store writer process connection lost")
+        }
         wait_until(lambda: lost() == pids, 10, "both workers saw the writer go")
         with ThreadPoolExecutor(8) as pool:  # written by each worker itself meanwhile
             list(pool.map(lambda run: twilio_status_callback(proc, run, "ringing"), runs))
-        wait_until(lambda: any("store writer process (pid" in l["message"] and "starting it again" in l["message"] for l in log_lines(proc)), 10, "restart logged")
-        again = lambda: {l.get("pid") for l in log_lines(proc) if l["message"] == "connected to the store writer process again"}
+        wait_until(
+            lambda: any(
+                "store writer process (pid" in l["message"] and "starting it again" in l["message"]
+                for l in log_lines(proc)
+            ),
+            10,
+            "restart logged",
+        )
+        again = lambda: {
+            l.get("pid") for l in log_lines(proc) if l["message"] == "connected to the store writer process again"
+        }
         wait_until(lambda: again() == pids, 30, "both workers reconnected")
         new_writer = {p for p in children(proc.proc.pid) if "spawn_main" in cmdline(p)} - pids
         assert len(new_writer) == 1 and writers[0] not in new_writer
@@ -320,3 +335,21 @@ def test_one_writer_process_is_shared_and_the_workers_reconnect_after_it_is_kill
         assert len({wid for _, _, wid in first}) == len(first) == len(wanted)
         for run in runs:
             assert [kind for r, kind, _ in first if r == run] == kinds
+
+
+def test_a_killed_parent_takes_its_workers_and_writer_with_it(gateway_process, tmp_path):
+    proc, pids = start_workers(gateway_process, base_config(tmp_path, workers=2))
+    spawned = {p for p in children(proc.proc.pid) if "spawn_main" in cmdline(p)}
+    assert len(spawned) == 3 and pids < spawned  # two workers and the writer
+    proc.proc.send_signal(signal.SIGKILL)
+    proc.proc.wait()
+
+    def gone(pid: int) -> bool:
+        try:
+            return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z"  # exited, not yet reaped
+        except OSError:
+            return True
+
+    wait_until(lambda: all(gone(pid) for pid in spawned), 15, "the workers and the writer exited")
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(proc.url + "/healthz", timeout=2)
