@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config import GatewayConfig
+from gateway.ipc import Backoff, log_restart
 from gateway.store import sqlite_options
 from gateway.workers.child import WorkerSpec, run_worker
 from gateway.workers.relay import RelayServer
@@ -57,7 +58,7 @@ class Restarting:
         self.on_exit = on_exit
         self.process: Any = None
         self.stopping = False
-        self._delay = self.MIN_DELAY
+        self._backoff = Backoff(self.MIN_DELAY, self.MAX_DELAY, self.STABLE_AFTER)
         self._started = 0.0
         self._restart: asyncio.TimerHandle | None = None
         self._exited = asyncio.Event()
@@ -87,18 +88,9 @@ class Restarting:
         if self.stopping:
             return
         ran = time.monotonic() - self._started
-        if ran >= self.STABLE_AFTER:
-            self._delay = self.MIN_DELAY
-        log.error(
-            "%s (pid %d) exited with code %s after %.0f s; starting it again in %.0f s",
-            self.label,
-            process.pid,
-            process.exitcode,
-            ran,
-            self._delay,
-        )
-        self._restart = loop.call_later(self._delay, self.start)
-        self._delay = min(self._delay * 2, self.MAX_DELAY)
+        delay = self._backoff.next(ran)
+        log_restart(self.label, process.pid, process.exitcode, ran, delay)
+        self._restart = loop.call_later(delay, self.start)
 
     def signal(self, sig: int) -> None:
         if self.process is not None and self.process.exitcode is None:

@@ -12,12 +12,11 @@ process died and the parent starts it again) the worker connects again.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import socket
 from typing import Any
 
-from gateway.ipc import FrameChannel
+from gateway.ipc import Answers, FrameChannel
 from gateway.store.sqlite import SQLiteStore
 from gateway.store.writer_process import WriterGone, WriterProcessStore
 from gateway.workers.leadership import FileLeadership
@@ -38,8 +37,7 @@ class WriterClient:
         self.path = path
         self.process: socket.socket | None = None
         self._channel: FrameChannel | None = None
-        self._waiting: dict[int, asyncio.Future[Any]] = {}
-        self._tokens = itertools.count()
+        self._answers = Answers()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._retry = self.RETRY_MIN
         self._reconnect: asyncio.TimerHandle | None = None
@@ -71,7 +69,7 @@ class WriterClient:
             log.info("connected to the store writer process again")
         self._retry = self.RETRY_MIN
         self.process = sock
-        self._channel = FrameChannel(self._loop, sock.fileno(), self._answered, self._lost)
+        self._channel = FrameChannel(self._loop, sock.fileno(), self._answers.answered, self._lost)
 
     def _later(self) -> None:
         assert self._loop is not None
@@ -80,17 +78,9 @@ class WriterClient:
 
     def request(self, payload: Any) -> asyncio.Future[Any]:
         assert self._loop is not None and self._channel is not None
-        token = next(self._tokens)
-        future: asyncio.Future[Any] = self._loop.create_future()
-        self._waiting[token] = future
+        token, future = self._answers.add(self._loop)
         self._channel.send((token, payload))
         return future
-
-    def _answered(self, items: list[tuple[int, Any]]) -> None:
-        for token, answer in items:
-            future = self._waiting.pop(token, None)
-            if future is not None and not future.done():
-                future.set_result(answer)
 
     def _lost(self) -> None:
         self._close("the connection closed")
@@ -105,10 +95,7 @@ class WriterClient:
         if self.process is not None:
             self.process.close()
             self.process = None
-        waiting, self._waiting = self._waiting, {}
-        for future in waiting.values():
-            if not future.done():
-                future.set_exception(WriterGone(f"sqlite: the store writer process did not answer ({why})"))
+        self._answers.fail(lambda: WriterGone(f"sqlite: the store writer process did not answer ({why})"))
 
     async def stop(self) -> None:
         self._stopping = True
