@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import socket
 import threading
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ class WorkerSpec:
     port: int
     writer_socket: str | None  # SQLite: the shared writer process's socket
     relay_socket: str | None  # SQLite: the control relay's socket
+    runtime: str = ""  # the parent's directory of sockets and metrics files (removed here if the parent dies)
 
 
 def worker_store(spec: WorkerSpec) -> Store:
@@ -63,11 +65,13 @@ class PidStamp(logging.Filter):
         return True
 
 
-def _watch_parent(parent: int) -> None:
+def _watch_parent(parent: int, runtime: str) -> None:
     def watch() -> None:
         while os.getppid() == parent:
             threading.Event().wait(PARENT_CHECK_SECONDS)
         log.error("worker pid %d: the gateway's parent process (pid %d) is gone: exiting now", os.getpid(), parent)
+        if runtime:
+            shutil.rmtree(runtime, ignore_errors=True)  # the parent's to remove, had it not been killed
         os._exit(1)
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
@@ -78,7 +82,7 @@ def run_worker(spec: WorkerSpec, parent: int, sock: socket.socket) -> None:
     os.setpgrp()
     if os.getppid() != parent:  # the parent died while this process started
         os._exit(1)
-    _watch_parent(parent)
+    _watch_parent(parent, spec.runtime)
     from gateway.app import create_app
     from gateway.logs import configure_logging
     from gateway.serve import run

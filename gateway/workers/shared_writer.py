@@ -9,7 +9,9 @@ id and its room); all workers' groups of a round are written back to back.
 
 The parent binds the socket and keeps it across a restart of this process, so a worker that
 connects while it restarts waits in the backlog instead of failing. It exits when its parent
-does (checked every second) or sends SIGUSR1 (every worker has stopped).
+does (checked every second) or sends SIGUSR1 (every worker has stopped). The requests are pickled
+as between the gateway and its other children: the socket is in a directory only the gateway's
+user can enter (mode 0700), so only the gateway's own processes connect.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from gateway.store.sqlite import SQLiteStore
 from gateway.store.writer_process import _run
 
 log = logging.getLogger("gateway.store")
+
+SEND_TIMEOUT = 30.0  # seconds an answer may wait for a worker to read it
 
 
 @dataclass
@@ -98,7 +102,7 @@ def _accept(selector: selectors.BaseSelector, listener: socket.socket) -> None:
         sock, _ = listener.accept()
     except BlockingIOError:
         return
-    sock.setblocking(True)
+    sock.settimeout(SEND_TIMEOUT)  # blocking, but a worker that stops reading cannot hold every other one
     selector.register(sock, selectors.EVENT_READ, _Worker(sock))
 
 
@@ -134,5 +138,8 @@ def _serve(store: SQLiteStore, worker: _Worker, items: list[tuple[int, Any]]) ->
 def _answer(worker: _Worker, answers: list[tuple[int, Any]]) -> None:
     if not answers:
         return
-    with contextlib.suppress(OSError):  # the worker is gone: the selector sees it closed next
+    try:
         worker.sock.sendall(frame(answers))
+    except OSError:  # gone, or not reading: cut it off (it connects again); the selector sees it closed next
+        with contextlib.suppress(OSError):
+            worker.sock.shutdown(socket.SHUT_RDWR)

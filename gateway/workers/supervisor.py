@@ -173,7 +173,7 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
         for index in range(self.count):
-            spec = WorkerSpec(index, self.config, self.host, self.port, writer_socket, relay_socket)
+            spec = WorkerSpec(index, self.config, self.host, self.port, writer_socket, relay_socket, self.runtime)
             worker = Restarting(f"worker {index}", run_worker, (spec, os.getpid(), listener), self._worker_exited)
             worker.start()
             self.workers.append(worker)

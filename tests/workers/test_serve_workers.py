@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import glob
 import json
 import os
 import re
 import signal
+import tempfile
 import time
 import xml.etree.ElementTree as ET
 from concurrent.futures import ThreadPoolExecutor
@@ -341,6 +343,10 @@ def test_a_killed_parent_takes_its_workers_and_writer_with_it(gateway_process, t
     proc, pids = start_workers(gateway_process, base_config(tmp_path, workers=2))
     spawned = {p for p in children(proc.proc.pid) if "spawn_main" in cmdline(p)}
     assert len(spawned) == 3 and pids < spawned  # two workers and the writer
+    runtimes = glob.glob(os.path.join(tempfile.gettempdir(), "gateway-workers-*"))
+    (runtime,) = [
+        d for d in runtimes if any(f"_{min(pids)}.db" in name for name in os.listdir(os.path.join(d, "metrics")))
+    ]
     proc.proc.send_signal(signal.SIGKILL)
     proc.proc.wait()
 
@@ -351,5 +357,6 @@ def test_a_killed_parent_takes_its_workers_and_writer_with_it(gateway_process, t
             return True
 
     wait_until(lambda: all(gone(pid) for pid in spawned), 15, "the workers and the writer exited")
+    wait_until(lambda: not os.path.exists(runtime), 10, "the parent's runtime directory removed by a worker")
     with pytest.raises(httpx.HTTPError):
         httpx.get(proc.url + "/healthz", timeout=2)
