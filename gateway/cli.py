@@ -106,6 +106,7 @@ def _check_config(args: argparse.Namespace) -> int:
                 "ok": True,
                 "file": config_file(args.config),
                 "listen": config.listen.model_dump(),
+                "workers": config.workers,
                 "public_url": config.public_url,
                 "store": redact_url(config.store),
                 "providers": providers,
@@ -122,6 +123,10 @@ def _check_config(args: argparse.Namespace) -> int:
         )
     print("config OK")
     print(f"  listen: {config.listen.host}:{config.listen.port}")
+    if config.workers != 1:
+        from gateway.workers.count import resolve_workers
+
+        print(f"  workers: {config.workers} ({resolve_workers(config.workers)} processes)")
     print(f"  public_url: {config.public_url or '(from each request)'}")
     if config.public_url == "auto":
         from gateway.tunnel.cloudflared import DEFAULT_METRICS
