@@ -72,8 +72,11 @@ class Restarting:
         if self.stopping:
             return
         context = multiprocessing.get_context("spawn")
+        again = self.process is not None
         self.process = context.Process(target=self.target, args=self.args, name=f"gateway {self.label}")
         self.process.start()
+        if again:
+            log.info("%s started again: pid %d", self.label, self.process.pid)
         self._started = time.monotonic()
         self._exited.clear()
         asyncio.get_running_loop().add_reader(self.process.sentinel, self._on_sentinel)
