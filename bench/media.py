@@ -444,6 +444,15 @@ class Process:
             time.sleep(0.05)
         raise RuntimeError(f"{self.name} did not listen on {port}:\n{self.log()[-3000:]}")
 
+    def wait_workers(self, count: int, timeout: float = 60) -> None:
+        """Until `count` workers of `gateway serve --workers` have started their app (before that,
+        every connection goes to the first one up)."""
+        deadline = time.monotonic() + timeout
+        while self.log().count("Application startup complete") < count:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name}: {count} workers did not start:\n{self.log()[-3000:]}")
+            time.sleep(0.1)
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -543,6 +552,8 @@ def run_targets(targets: list[str], calls: int, options: Options, workdir: Path,
             pids[f"server:{target}"] = server.pid
         for target in targets:
             next(p for p in started if p.pid == pids[f"server:{target}"]).wait_port(ports[target])
+            if target.startswith("bridge") and options.workers > 1:
+                next(p for p in started if p.pid == pids[f"server:{target}"]).wait_workers(options.workers)
         libraries = {t: loaded_libraries(pids[f"server:{t}"]) for t in targets}
         deadline = calls * len(targets) / options.ramp + options.warmup + options.window + 60
         load = Process("loadgen", [PYTHON, str(Path(__file__).resolve()), "_load",
