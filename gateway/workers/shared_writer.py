@@ -35,6 +35,10 @@ from gateway.store.writer_process import _run
 log = logging.getLogger("gateway.store")
 
 SEND_TIMEOUT = 30.0  # seconds an answer may wait for a worker to read it
+HELLO = -1
+"""The token of the first item on a connection: `(HELLO, the writer's pid)`, sent when this process
+accepts it. A worker connected while no writer runs (into the backlog of the socket the parent
+keeps) writes itself until then, instead of waiting for a writer that may be a while coming."""
 
 
 @dataclass
@@ -103,6 +107,11 @@ def _accept(selector: selectors.BaseSelector, listener: socket.socket) -> None:
     except BlockingIOError:
         return
     sock.settimeout(SEND_TIMEOUT)  # blocking, but a worker that stops reading cannot hold every other one
+    try:
+        sock.sendall(frame([(HELLO, os.getpid())]))  # the worker forwards only once this arrives
+    except OSError:
+        sock.close()
+        return
     selector.register(sock, selectors.EVENT_READ, _Worker(sock))
 
 

@@ -12,6 +12,7 @@ process died and the parent starts it again) the worker connects again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 from typing import Any
@@ -21,14 +22,18 @@ from gateway.store.sqlite import SQLiteStore
 from gateway.store.writer_process import WriterGone, WriterProcessStore
 from gateway.workers.leadership import FileLeadership
 from gateway.workers.relay import Control, RelayClient
+from gateway.workers.shared_writer import HELLO
 
 log = logging.getLogger("gateway.store")
+
+HELLO_WAIT = 5.0  # seconds a worker's store waits at open for the writer process to accept it
 
 
 class WriterClient:
     """This worker's connection to the shared writer process: `request(payload)` sends
     `(token, payload)` and returns a future for its answer (`WriterGone` if the connection ends
-    first). `process` names the current connection (a new one must be told the routing again)."""
+    first). `process` names the current connection (a new one must be told the routing again).
+    It is `up` once the writer process has said hello on it (`shared_writer.HELLO`)."""
 
     RETRY_MIN = 0.2
     RETRY_MAX = 5.0
@@ -38,6 +43,8 @@ class WriterClient:
         self.process: socket.socket | None = None
         self._channel: FrameChannel | None = None
         self._answers = Answers()
+        self._pid: int | None = None  # the writer's, once it said hello
+        self.hello = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._retry = self.RETRY_MIN
         self._reconnect: asyncio.TimerHandle | None = None
@@ -45,11 +52,12 @@ class WriterClient:
 
     @property
     def up(self) -> bool:
-        return self._channel is not None and not self._channel.closed
+        """Connected, and the writer process has accepted the connection (said hello)."""
+        return self._pid is not None and self._channel is not None and not self._channel.closed
 
     @property
     def pid(self) -> int | None:
-        return None  # the writer process is the parent's child, not this worker's
+        return self._pid
 
     def connect(self) -> None:
         """Connect now (on the running loop); on failure, try again later."""
@@ -65,11 +73,17 @@ class WriterClient:
             log.warning("cannot reach the store writer process (%s): writing here, trying again", exc)
             self._later()
             return
-        if self._retry > self.RETRY_MIN:
-            log.info("connected to the store writer process again")
-        self._retry = self.RETRY_MIN
         self.process = sock
-        self._channel = FrameChannel(self._loop, sock.fileno(), self._answers.answered, self._lost)
+        self._channel = FrameChannel(self._loop, sock.fileno(), self._items, self._lost)
+
+    def _items(self, items: list[tuple[int, Any]]) -> None:
+        if items and items[0][0] == HELLO:
+            (_, self._pid), items = items[0], items[1:]
+            self.hello.set()
+            if self._retry > self.RETRY_MIN:
+                log.info("connected to the store writer process again (pid %s)", self._pid)
+            self._retry = self.RETRY_MIN
+        self._answers.answered(items)
 
     def _later(self) -> None:
         assert self._loop is not None
@@ -95,6 +109,8 @@ class WriterClient:
         if self.process is not None:
             self.process.close()
             self.process = None
+        self._pid = None
+        self.hello.clear()
         self._answers.fail(lambda: WriterGone(f"sqlite: the store writer process did not answer ({why})"))
 
     async def stop(self) -> None:
@@ -118,6 +134,8 @@ class WorkerSQLiteStore(WriterProcessStore):
         client = WriterClient(self.writer_socket)
         client.connect()
         self.writer = client  # type: ignore[assignment]  # the same interface as a ChildProcess
+        with contextlib.suppress(TimeoutError):  # the writer normally runs: forward from the first request
+            await asyncio.wait_for(client.hello.wait(), HELLO_WAIT)
         await self.relay.start()
 
     async def close(self) -> None:

@@ -318,11 +318,16 @@ def test_one_writer_process_is_shared_and_the_workers_reconnect_after_it_is_kill
             "restart logged",
         )
         again = lambda: {
-            l.get("pid") for l in log_lines(proc) if l["message"] == "connected to the store writer process again"
+            (line.get("pid"), int(line["message"].rsplit("pid ", 1)[1].rstrip(")")))
+            for line in log_lines(proc)
+            if line["message"].startswith("connected to the store writer process again")
         }
-        wait_until(lambda: again() == pids, 30, "both workers reconnected")
+        reconnected = wait_until(
+            lambda: {pid for pid, _ in again()} == pids and again(), 30, "both workers reconnected"
+        )
         new_writer = {p for p in children(proc.proc.pid) if "spawn_main" in cmdline(p)} - pids
         assert len(new_writer) == 1 and writers[0] not in new_writer
+        assert {writer for _, writer in reconnected} == new_writer  # the hello came from the new writer
         with ThreadPoolExecutor(8) as pool:
             for status in ("in-progress", "completed"):
                 list(pool.map(lambda run: twilio_status_callback(proc, run, status), runs))
