@@ -207,7 +207,7 @@ class Supervisor:
     def _worker_exited(self, pid: int, code: int | None) -> None:
         from prometheus_client import multiprocess
 
-        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]  # its live gauges (media sessions) drop out of /metrics
+        multiprocess.mark_process_dead(pid)  # its live gauges (media sessions) drop out of /metrics
 
     def _on_signal(self, sig: int) -> None:
         self._signals += 1

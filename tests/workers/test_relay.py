@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import socket
 
 from gateway.workers.relay import MAX_LINE, Control, LineDecoder, RelayClient, RelayServer, decode, encode
