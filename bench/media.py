@@ -8,6 +8,8 @@ Run by hand:
     .venv/bin/python bench/media.py --profile 70              # py-spy profile of the bridge at 70 calls
     .venv/bin/python bench/media.py --calls 30 --targets reference,bridge --together --agent-audio mulaw/8000
                                                               # the bridge without transcoding: its cost by difference
+    .venv/bin/python bench/media.py --calls 100,200 --targets bridge-echo --workers 2
+                                                              # gateway serve --workers 2: CPU summed over its processes
 
 On a shared machine, wait for quiet (`--quiet`, on by default) and prefer `--together`: targets
 that run side by side see the same interference, so their ratio holds when absolute numbers
