@@ -173,9 +173,11 @@ def rss_mb(pid: int) -> float:
 
 
 def loaded_libraries(pid: int) -> dict[str, bool]:
-    """Which fast paths the server process really loaded."""
-    with open(f"/proc/{pid}/maps") as f:
-        maps = f.read()
+    """Which fast paths the server process (or, with --workers, its workers) really loaded."""
+    maps = ""
+    for one in [pid, *descendants(pid)]:
+        with contextlib.suppress(OSError), open(f"/proc/{one}/maps") as f:
+            maps += f.read()
     return {"uvloop": "uvloop/loop" in maps, "httptools": "httptools/parser" in maps}
 
 
