@@ -8,6 +8,8 @@ Run by hand:
     .venv/bin/python bench/media.py --profile 70              # py-spy profile of the bridge at 70 calls
     .venv/bin/python bench/media.py --calls 30 --targets reference,bridge --together --agent-audio mulaw/8000
                                                               # the bridge without transcoding: its cost by difference
+    .venv/bin/python bench/media.py --calls 100,200 --targets bridge-echo --workers 2
+                                                              # gateway serve --workers 2: CPU summed over its processes
 
 On a shared machine, wait for quiet (`--quiet`, on by default) and prefer `--together`: targets
 that run side by side see the same interference, so their ratio holds when absolute numbers
@@ -123,10 +125,35 @@ def decode_tones(payloads: list[str]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process (all its threads) so far."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    """User + system CPU of a process (all its threads) and of its live descendants so far (the
+    workers and writer process of `gateway serve --workers N`)."""
+    total = 0.0
+    for one in [pid, *descendants(pid)]:
+        try:
+            with open(f"/proc/{one}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return total
+
+
+def descendants(pid: int) -> list[int]:
+    """The live descendants of `pid`."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+    found, frontier = [], [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
 
 
 def system_cpu() -> tuple[float, float]:
@@ -146,9 +173,11 @@ def rss_mb(pid: int) -> float:
 
 
 def loaded_libraries(pid: int) -> dict[str, bool]:
-    """Which fast paths the server process really loaded."""
-    with open(f"/proc/{pid}/maps") as f:
-        maps = f.read()
+    """Which fast paths the server process (or, with --workers, its workers) really loaded."""
+    maps = ""
+    for one in [pid, *descendants(pid)]:
+        with contextlib.suppress(OSError), open(f"/proc/{one}/maps") as f:
+            maps += f.read()
     return {"uvloop": "uvloop/loop" in maps, "httptools": "httptools/parser" in maps}
 
 
@@ -419,6 +448,15 @@ class Process:
             time.sleep(0.05)
         raise RuntimeError(f"{self.name} did not listen on {port}:\n{self.log()[-3000:]}")
 
+    def wait_workers(self, count: int, timeout: float = 60) -> None:
+        """Until `count` workers of `gateway serve --workers` have started their app (before that,
+        every connection goes to the first one up)."""
+        deadline = time.monotonic() + timeout
+        while self.log().count("Application startup complete") < count:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name}: {count} workers did not start:\n{self.log()[-3000:]}")
+            time.sleep(0.1)
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -430,7 +468,7 @@ class Process:
 
 
 def gateway_config(workdir: Path, agent_url: str, *, recording: bool = False,
-                   agent_audio: tuple[str, int] = ("pcm16", 16000)) -> Path:
+                   agent_audio: tuple[str, int] = ("pcm16", 16000), workers: int = 1) -> Path:
     import yaml
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -442,6 +480,7 @@ def gateway_config(workdir: Path, agent_url: str, *, recording: bool = False,
         "providers": {"twilio": {"account_sid": TWILIO_SID, "auth_token": TWILIO_TOKEN, "api_base_url": "http://127.0.0.1:9"}},
         "agent": {"url": agent_url, "audio": {"encoding": agent_audio[0], "sample_rate": agent_audio[1]}},
         "recording": recording,
+        "workers": workers,
     }
     path = workdir / "gateway.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -462,6 +501,7 @@ class Options:
     agent_audio: tuple[str, int] = ("pcm16", 16000)  # mulaw/8000: no transcoding (what it costs, by difference)
     native_profile: bool = False
     quiet_wait: float = 300.0
+    workers: int = 1  # gateway serve's worker processes (their CPU is summed into the server's)
 
 
 def wait_for_quiet(limit_percent: float, max_wait: float) -> float:
@@ -502,7 +542,7 @@ def run_targets(targets: list[str], calls: int, options: Options, workdir: Path,
             if target.startswith("bridge"):
                 external = target in EXTERNAL_AGENT
                 config = gateway_config(workdir / target, agent_url if external else "echo", agent_audio=options.agent_audio,
-                                        recording=target == "bridge-recording")
+                                        recording=target == "bridge-recording", workers=options.workers)
                 server = Process(f"gateway-{target}", [PYTHON, "-m", "gateway.cli", "serve", "--config", str(config),
                                                        "--host", "127.0.0.1", "--port", str(port)], workdir,
                                  cpus=options.server_cpus, env=options.server_env,
@@ -516,6 +556,8 @@ def run_targets(targets: list[str], calls: int, options: Options, workdir: Path,
             pids[f"server:{target}"] = server.pid
         for target in targets:
             next(p for p in started if p.pid == pids[f"server:{target}"]).wait_port(ports[target])
+            if target.startswith("bridge") and options.workers > 1:
+                next(p for p in started if p.pid == pids[f"server:{target}"]).wait_workers(options.workers)
         libraries = {t: loaded_libraries(pids[f"server:{t}"]) for t in targets}
         deadline = calls * len(targets) / options.ramp + options.warmup + options.window + 60
         load = Process("loadgen", [PYTHON, str(Path(__file__).resolve()), "_load",
@@ -675,6 +717,7 @@ def main() -> None:
     parser.add_argument("--agent-audio", default="pcm16/16000", metavar="ENCODING/RATE",
                         help="the agent's audio format (mulaw/8000: the bridge without transcoding, to cost it)")
     parser.add_argument("--pin", action="store_true", help="server on CPU 0; agent and load generator on the other CPUs")
+    parser.add_argument("--workers", type=int, default=1, help="the gateway's worker processes (gateway serve --workers)")
     parser.add_argument("--repeat", type=int, default=1, help="run every (calls, target) this many times, interleaved")
     parser.add_argument("--quiet", type=float, default=15.0, metavar="PERCENT",
                         help="before each run, wait until other processes use less than this much of a core")
@@ -683,6 +726,7 @@ def main() -> None:
                       quiet_percent=args.quiet, before=args.before.resolve() if args.before else None)
     options.server_env = dict(item.split("=", 1) for item in args.server_env) or None
     options.native_profile = args.native
+    options.workers = args.workers
     encoding, _, rate = args.agent_audio.partition("/")
     options.agent_audio = (encoding, int(rate))
     if args.pin and (os.cpu_count() or 1) > 1:

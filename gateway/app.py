@@ -36,6 +36,7 @@ from gateway.store import Store, open_store_for
 from gateway.tunnel import detector_for
 from gateway.webhooks.processes import DeliveryProcesses
 from gateway.webhooks.worker import DeliveryWorker, WorkerSettings
+from gateway.workers.leadership import FileLeadership, when_leading
 
 log = logging.getLogger("gateway")
 
@@ -118,8 +119,10 @@ def create_app(config: GatewayConfig, *, store: Store | None = None) -> Starlett
         if ctx.tunnel is not None:
             await ctx.tunnel.start()
         await dial.start()
+        recordings = Path(config.data_dir) / RECORDINGS_DIR
+        sweep_lead = FileLeadership(str(recordings))  # one process per data directory sweeps it (--workers N)
         sweeper = asyncio.create_task(
-            sweep_recordings(Path(config.data_dir) / RECORDINGS_DIR), name="recording-sweeper"
+            when_leading(sweep_lead, "sweep", lambda: sweep_recordings(recordings)), name="recording-sweeper"
         )
         log.info(
             "gateway ready: store=%s agent=%s providers=%s webhooks=%d",
@@ -135,6 +138,7 @@ def create_app(config: GatewayConfig, *, store: Store | None = None) -> Starlett
         finally:
             sweeper.cancel()
             await asyncio.gather(sweeper, return_exceptions=True)
+            sweep_lead.release_all()
             await dial.stop()
             if ctx.tunnel is not None:
                 await ctx.tunnel.stop()

@@ -69,6 +69,15 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     host = args.host or config.listen.host
     port = config.listen.port if args.port is None else args.port
+    from gateway.workers.count import resolve_workers
+
+    workers = resolve_workers(config.workers if args.workers is None else args.workers)
+    if workers > 1:
+        from gateway.workers.supervisor import prepare_store, serve_workers
+
+        if not prepare_store(config):
+            return 1
+        return serve_workers(config, host=host, port=port, workers=workers)
     run(
         app,
         host=host,
@@ -77,6 +86,15 @@ def _serve(args: argparse.Namespace) -> int:
         read_timeout=config.limits.read_timeout_seconds,
     )
     return 0
+
+
+def _workers_flag(value: str) -> int | str:
+    from gateway.workers.count import check_workers
+
+    try:
+        return check_workers(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _check_config(args: argparse.Namespace) -> int:
@@ -88,6 +106,7 @@ def _check_config(args: argparse.Namespace) -> int:
                 "ok": True,
                 "file": config_file(args.config),
                 "listen": config.listen.model_dump(),
+                "workers": config.workers,
                 "public_url": config.public_url,
                 "store": redact_url(config.store),
                 "providers": providers,
@@ -104,6 +123,10 @@ def _check_config(args: argparse.Namespace) -> int:
         )
     print("config OK")
     print(f"  listen: {config.listen.host}:{config.listen.port}")
+    if config.workers != 1:
+        from gateway.workers.count import resolve_workers
+
+        print(f"  workers: {config.workers} ({resolve_workers(config.workers)} processes)")
     print(f"  public_url: {config.public_url or '(from each request)'}")
     if config.public_url == "auto":
         from gateway.tunnel.cloudflared import DEFAULT_METRICS
@@ -368,6 +391,11 @@ def build_parser() -> argparse.ArgumentParser:
     _config_flag(serve, "YAML config file (default: $GATEWAY_CONFIG, else built-in defaults)")
     serve.add_argument("--host", help="listen address (overrides listen.host)")
     serve.add_argument("--port", type=int, help="listen port (overrides listen.port)")
+    serve.add_argument(
+        "--workers",
+        type=_workers_flag,
+        help="worker processes on the one port: a number or auto, one per core (overrides workers; default 1)",
+    )
     serve.set_defaults(func=_serve)
     check = commands.add_parser("check-config", help="validate the configuration and print a summary")
     _tool(check, _check_config)

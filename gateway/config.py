@@ -290,6 +290,14 @@ class GatewayConfig(_Model):
     media: MediaConfig = MediaConfig()
     shutdown: ShutdownConfig = ShutdownConfig()
     dial: DialConfig = DialConfig()
+    workers: int | str = 1  # worker processes on the one port; auto: one per usable core (docs/scaling.md)
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, value: int | str) -> int | str:
+        from gateway.workers.count import check_workers
+
+        return check_workers(value)
 
     @field_validator("workflows", mode="before")
     @classmethod

@@ -171,6 +171,59 @@ class FrameChannel:
             self.loop.remove_writer(self.fd)
 
 
+class Answers:
+    """Requests sent and not answered yet: a future per token, answered by `(token, answer)`
+    items or failed all at once."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[int, asyncio.Future[Any]] = {}
+        self._tokens = itertools.count()
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def add(self, loop: asyncio.AbstractEventLoop) -> tuple[int, asyncio.Future[Any]]:
+        """A new token and the future its answer goes to."""
+        token = next(self._tokens)
+        future: asyncio.Future[Any] = loop.create_future()
+        self._waiting[token] = future
+        return token, future
+
+    def answered(self, items: list[tuple[int, Any]]) -> None:
+        for token, answer in items:
+            future = self._waiting.pop(token, None)
+            if future is not None and not future.done():
+                future.set_result(answer)
+
+    def fail(self, error: Callable[[], BaseException]) -> None:
+        """Fail every request still waiting with `error()`."""
+        waiting, self._waiting = self._waiting, {}
+        for future in waiting.values():
+            if not future.done():
+                future.set_exception(error())
+
+
+class Backoff:
+    """How long to wait before starting a process again: `low` seconds, doubling up to `high`
+    while it keeps exiting within `stable_after` seconds of its start."""
+
+    def __init__(self, low: float, high: float, stable_after: float) -> None:
+        self.low, self.high, self.stable_after = low, high, stable_after
+        self.delay = low
+
+    def next(self, ran: float) -> float:
+        """The wait before the next start of a process that ran `ran` seconds."""
+        if ran >= self.stable_after:
+            self.delay = self.low
+        delay = self.delay
+        self.delay = min(delay * 2, self.high)
+        return delay
+
+
+def log_restart(label: str, pid: int, code: int | None, ran: float, delay: float) -> None:
+    log.error("%s (pid %d) exited with code %s after %.0f s; starting it again in %.0f s", label, pid, code, ran, delay)
+
+
 class ChildProcess:
     """One child process (multiprocessing `spawn`) the gateway asks things of over a
     `FrameChannel`: `request(payload)` sends `(token, payload)` and returns a future for the
@@ -196,11 +249,10 @@ class ChildProcess:
         self._context = multiprocessing.get_context("spawn")
         self._conn: Any = None
         self._channel: FrameChannel | None = None
-        self._waiting: dict[int, asyncio.Future[Any]] = {}
-        self._tokens = itertools.count()
+        self._answers = Answers()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started_at = 0.0
-        self._backoff = self.RESTART_MIN
+        self._backoff = Backoff(self.RESTART_MIN, self.RESTART_MAX, self.STABLE_AFTER)
         self._restart: asyncio.TimerHandle | None = None
         self._stopping = False
 
@@ -216,7 +268,7 @@ class ChildProcess:
     @property
     def waiting(self) -> int:
         """Requests sent and not answered yet."""
-        return len(self._waiting)
+        return len(self._answers)
 
     def start(self) -> None:
         """Start the child (on the running loop)."""
@@ -232,23 +284,15 @@ class ChildProcess:
     def request(self, payload: Any) -> asyncio.Future[Any]:
         """Send `payload`; the future gets the child's answer (or `lost(...)`)."""
         assert self._loop is not None and self._channel is not None and not self._channel.closed
-        token = next(self._tokens)
-        future: asyncio.Future[Any] = self._loop.create_future()
-        self._waiting[token] = future
+        token, future = self._answers.add(self._loop)
         self._channel.send((token, payload))
         return future
 
     def _answered(self, items: list[tuple[int, Any]]) -> None:
-        for token, answer in items:
-            future = self._waiting.pop(token, None)
-            if future is not None and not future.done():
-                future.set_result(answer)
+        self._answers.answered(items)
 
     def _fail(self, why: str) -> None:
-        waiting, self._waiting = self._waiting, {}
-        for future in waiting.values():
-            if not future.done():
-                future.set_exception(self.lost(why))
+        self._answers.fail(lambda: self.lost(why))
 
     def _close_channel(self) -> None:
         if self._channel is not None:
@@ -266,26 +310,17 @@ class ChildProcess:
         if self._channel is not None:
             self._channel.drain()  # answers it sent before it ended still count
         self._close_channel()
-        if self._waiting:
+        if self._answers:
             log.warning(
-                "%s: exited with code %s with %d requests unanswered", self.label, process.exitcode, len(self._waiting)
+                "%s: exited with code %s with %d requests unanswered", self.label, process.exitcode, len(self._answers)
             )
         self._fail(f"exit code {process.exitcode}")
         if self._stopping:
             return
         ran = time.monotonic() - self._started_at
-        if ran >= self.STABLE_AFTER:
-            self._backoff = self.RESTART_MIN
-        log.error(
-            "%s (pid %d) exited with code %s after %.0f s; starting it again in %.0f s",
-            self.label,
-            process.pid,
-            process.exitcode,
-            ran,
-            self._backoff,
-        )
-        self._restart = self._loop.call_later(self._backoff, self._start_again)
-        self._backoff = min(self._backoff * 2, self.RESTART_MAX)
+        delay = self._backoff.next(ran)
+        log_restart(self.label, process.pid, process.exitcode, ran, delay)
+        self._restart = self._loop.call_later(delay, self._start_again)
 
     def _start_again(self) -> None:
         self._restart = None

@@ -78,6 +78,9 @@ class JsonFormatter(logging.Formatter):
         run_id = getattr(record, "run_id", None)
         if run_id:
             entry["run_id"] = run_id
+        pid = getattr(record, "pid", None)  # a worker of several (gateway.workers) names itself
+        if pid:
+            entry["pid"] = pid
         if record.exc_text:
             entry["exception"] = record.exc_text
         elif record.exc_info:
@@ -92,7 +95,9 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
         run_id = getattr(record, "run_id", None)
-        return f"{text} [run={run_id}]" if run_id and "run=" not in text else text
+        text = f"{text} [run={run_id}]" if run_id and "run=" not in text else text
+        pid = getattr(record, "pid", None)  # a worker of several (gateway.workers) names itself
+        return f"{text} [pid={pid}]" if pid else text
 
 
 def configure_logging(*, fmt: str = "auto", level: str = "info", secrets: Iterable[str] = ()) -> RedactSecrets:

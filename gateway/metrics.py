@@ -5,8 +5,9 @@ integers and a collector sums them (plus the totals of finished sessions) at scr
 
 Every count is made in the gateway's own process (delivery processes make attempts; the
 gateway's worker counts them). When an operator runs prometheus_client's multiprocess mode
-(`PROMETHEUS_MULTIPROC_DIR` set before this module is imported), `exposition()` sums the
-processes' files and adds the media collector as is.
+(`PROMETHEUS_MULTIPROC_DIR` set before this module is imported; `gateway serve --workers N`
+sets it for its workers), `exposition()` sums the processes' files, the media counts included
+(`gateway.workers.metrics`).
 """
 
 from __future__ import annotations
@@ -116,13 +117,17 @@ class MediaStats:
     def active(self) -> int:
         return len(self._live)
 
-    def collect(self) -> Iterable[Any]:
+    def snapshot(self) -> tuple[int, dict[str, int]]:
+        """(live sessions, frame totals by kind) now."""
         with self._lock:
             totals = dict(self._finished)
             for counters in self._live.values():
                 for name in self.FIELDS:
                     totals[name] += getattr(counters, name, 0)
-            active = len(self._live)
+            return len(self._live), totals
+
+    def collect(self) -> Iterable[Any]:
+        active, totals = self.snapshot()
         yield GaugeMetricFamily("gateway_media_sessions_active", "Live media sessions", value=active)
         frames = CounterMetricFamily("gateway_media_frames", "Media frames by direction and fate", labels=["kind"])
         for name, value in totals.items():
@@ -142,7 +147,9 @@ def exposition() -> bytes:
         return generate_latest(REGISTRY)
     from prometheus_client import multiprocess
 
+    from gateway.workers.metrics import publish_media
+
+    publish_media()  # this process's media counts, as the other processes publish theirs
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)
-    registry.register(MEDIA)
     return generate_latest(registry)

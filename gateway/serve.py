@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 import time
 from types import FrameType
 from typing import Any
@@ -86,8 +87,17 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
-def run(app: Any, *, host: str, port: int, drain_seconds: float, read_timeout: float) -> None:
-    """Serve `app` until drained, each request read within `read_timeout` seconds; uvloop when installed."""
+def run(
+    app: Any,
+    *,
+    host: str,
+    port: int,
+    drain_seconds: float,
+    read_timeout: float,
+    sockets: list[socket.socket] | None = None,
+) -> None:
+    """Serve `app` until drained, each request read within `read_timeout` seconds; uvloop when
+    installed. `sockets`: listening sockets already bound (a worker's, from `gateway.workers`)."""
     config = uvicorn.Config(
         app,
         host=host,
@@ -100,4 +110,4 @@ def run(app: Any, *, host: str, port: int, drain_seconds: float, read_timeout: f
         timeout_graceful_shutdown=5,
         http=http_protocol(read_timeout),
     )
-    DrainingServer(config, gateway=app.state.gateway, drain_seconds=drain_seconds).run()
+    DrainingServer(config, gateway=app.state.gateway, drain_seconds=drain_seconds).run(sockets=sockets)
