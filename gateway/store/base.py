@@ -10,9 +10,12 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from gateway.calls.lifecycle import CallUpdate
+from gateway.calls.planner import AppliedUpdate, event_data
 from gateway.calls.record import CallRecord, isoformat
+from gateway.calls.seed import CallSeed
 from gateway.events.envelope import Event, new_event_id
 from gateway.store.campaigns import Campaign, CampaignContact, CampaignEvent
+from gateway.store.errors import ClaimLost, StoreError, claim_lost
 
 NONCE_PRUNE_EVERY = timedelta(seconds=60)  # how often a claim also deletes the expired ones
 
@@ -42,50 +45,6 @@ CALL_COLUMNS = (
 """The `calls` table's columns, in one order for every backend (`CallRecord` field names)."""
 
 
-class StoreError(Exception):
-    """The store could not do what was asked (unreachable, corrupt, bad cursor...)."""
-
-
-class ClaimLost(StoreError):
-    """A campaign call's record was not written because its contact's claim no longer holds
-    the call's run id (another instance released or settled it): the call must not be dialed."""
-
-
-def claim_lost(claim: tuple[str, int], run_id: str | None) -> ClaimLost:
-    """The `ClaimLost` for campaign `claim` (campaign id, position) and its run id."""
-    return ClaimLost(f"campaign {claim[0]} contact {claim[1]} no longer holds run {run_id}: not dialed")
-
-
-@dataclass
-class CallSeed:
-    """What the gateway knows of a call before or besides the provider's callbacks.
-
-    Used when the call is created, and to fill fields the provider left empty.
-    """
-
-    workflow_id: str | None = None
-    user_id: str | None = None
-    provider: str | None = None
-    provider_call_id: str | None = None
-    direction: str | None = None
-    from_number: str | None = None
-    to_number: str | None = None
-    initial_context: dict[str, Any] = field(default_factory=dict)
-    claim: tuple[str, int] | None = None
-    """(campaign id, contact position) of a campaign dial: the record is created only while that
-    contact is still `dialing` this run id, checked in the transaction that writes it (else
-    `ClaimLost`). This fences a dial against a claim another instance released meanwhile."""
-
-    def fill(self, record: CallRecord) -> None:
-        """Write every seed value whose record field is still empty."""
-        for name in ("workflow_id", "user_id", "provider", "provider_call_id", "direction", "from_number", "to_number"):
-            value = getattr(self, name)
-            if value and not getattr(record, name):
-                setattr(record, name, value)
-        if self.initial_context and not record.initial_context:
-            record.initial_context = dict(self.initial_context)
-
-
 @dataclass
 class TimelineEntry:
     """One accepted callback or gateway activity in a call's timeline."""
@@ -112,16 +71,6 @@ class TimelineEntry:
             "sequence": self.sequence,
             "data": self.data,
         }
-
-
-@dataclass
-class AppliedUpdate:
-    """What `Store.apply_update` did: the record as stored, the events written, and why."""
-
-    record: CallRecord
-    events: list[Event]
-    outcome: str
-    created: bool
 
 
 @dataclass
@@ -565,14 +514,6 @@ def health_changes(items: Sequence[tuple[Delivery, DeliveryResult]]) -> list[Hea
     return list(changes.values())
 
 
-def event_data(record: CallRecord, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The data of a `call.*` event: the whole call record, plus event-specific `detail`."""
-    data = record.to_dict()
-    if extra:
-        data["detail"] = extra
-    return data
-
-
 LATE_FINISH = "finished after its lease was lost (taken over, released or finished): the delivery was not changed"
 """What the record of an attempt that came back too late says (`finish_deliveries`)."""
 
@@ -613,6 +554,7 @@ __all__ = [
     "AppliedUpdate",
     "AttemptRecord",
     "CallSeed",
+    "ClaimLost",
     "Delivery",
     "DeliveryResult",
     "DirectDispatch",
@@ -622,6 +564,7 @@ __all__ = [
     "Store",
     "StoreError",
     "TimelineEntry",
+    "claim_lost",
     "clamp_limit",
     "event_data",
     "health_changes",

@@ -11,7 +11,6 @@ that queue deliveries `NOTIFY gateway_deliveries`, so idle workers everywhere wa
 from __future__ import annotations
 
 import json
-import uuid
 from collections import defaultdict
 from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import replace
@@ -22,11 +21,12 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import asyncpg
 
 from gateway import jsontext
-from gateway.calls.lifecycle import CallUpdate, decide_transition
+from gateway.calls.lifecycle import CallUpdate
+from gateway.calls.planner import BatchPlan, TimelineWrite, UpdateItem, plan_updates
 from gateway.calls.record import CallRecord, utcnow
 from gateway.calls.states import CallState
 from gateway.events.envelope import Event, new_event_id
-from gateway.store.activity import admit_activity
+from gateway.store.activity import plan_activity
 from gateway.store.base import (
     CALL_COLUMNS,
     NONCE_PRUNE_EVERY,
@@ -43,13 +43,11 @@ from gateway.store.base import (
     TimelineEntry,
     claim_lost,
     clamp_limit,
-    event_data,
     health_changes,
     late_attempt,
     new_lease_id,
     share_out,
 )
-from gateway.store.callbacks import apply_callbacks
 from gateway.store.group_commit import GroupCommit, MaybeCommitted
 from gateway.store.migrations import MIGRATIONS
 from gateway.store.paging import POSTGRES, page_query, split_page
@@ -230,18 +228,18 @@ TimelineRow = tuple[str, datetime, str, str, str, "str | None", "str | None", "i
 """A `call_timeline` row: run, received at, source, kind, outcome, raw status, state, sequence, data (JSON text)."""
 
 
-def _timeline_row(run_id: str, at: datetime, update: CallUpdate, outcome: str) -> TimelineRow:
-    """A callback's timeline entry."""
+def _timeline_row(entry: TimelineWrite) -> TimelineRow:
+    """A timeline entry as `_INSERT_EVENTS` takes it."""
     return (
-        run_id,
-        at,
-        update.provider,
-        update.kind,
-        outcome,
-        update.raw_status,
-        update.state.value if update.state else None,
-        update.sequence,
-        jsontext.dumps(update.params),
+        entry.run_id,
+        entry.received_at,
+        entry.source,
+        entry.kind,
+        entry.outcome,
+        entry.raw_status,
+        entry.state,
+        entry.sequence,
+        jsontext.dumps(entry.data),
     )
 
 
@@ -567,20 +565,9 @@ class PostgresStore(PostgresCampaigns, Store):
                     is None
                 ):
                     raise claim_lost(seed.claim, run_id)
-            target = current.workflow_run_id if current else (run_id or str(uuid.uuid4()))
-            transition = decide_transition(current, update, run_id=target, now=now)
-            record = transition.record
-            if seed is not None:
-                seed.fill(record)
-            await conn.execute(_UPSERT_CALL, *_record_params(record))
-            events = [
-                Event(type=name, workflow_run_id=target, occurred_at=now, data=event_data(record))
-                for name in transition.events
-            ]
-            await self._write_events(
-                conn, [events], leased, timeline=[_timeline_row(target, now, update, transition.outcome)]
-            )
-            return AppliedUpdate(record=record, events=events, outcome=transition.outcome, created=current is None)
+            plan = plan_updates([UpdateItem(update, run_id, seed)], [current] if current else [], now=now)
+            await self._write_plan(conn, plan, leased)
+            return plan.applied[0]
 
         leased: list[Delivery] = []
         applied = await self._tx(tx)
@@ -632,17 +619,21 @@ class PostgresStore(PostgresCampaigns, Store):
             row["workflow_run_id"]: _record(row)
             for row in await conn.fetch(_FIND_CALLS, runs, [p for p, _ in pairs], [c for _, c in pairs])
         }
-        existed = set(found)  # calls from before this batch: only theirs can have deliveries pending
-        batch = apply_callbacks(items, found, now)
-        await conn.executemany(_UPSERT_CALL, [_record_params(record) for record in batch.changed.values()])
+        plan = plan_updates([UpdateItem(*item) for item in items], found.values(), now=now)
+        await self._write_plan(conn, plan, leased)
+        return plan.applied
+
+    async def _write_plan(self, conn: asyncpg.Connection, plan: BatchPlan, leased: list[Delivery]) -> None:
+        """Write what `plan_updates` planned: the calls it changed, its events with their
+        delivery rows, and its timeline entries."""
+        await conn.executemany(_UPSERT_CALL, [_record_params(record) for record in plan.changed.values()])
         await self._write_events(
             conn,
-            [a.events for a in batch.applied],
+            plan.events,
             leased,
-            new_calls=batch.changed.keys() - existed,
-            timeline=[_timeline_row(run, now, update, outcome) for run, update, outcome in batch.timeline],
+            new_calls=plan.created,
+            timeline=[_timeline_row(entry) for entry in plan.timeline],
         )
-        return batch.applied
 
     async def record_activity(
         self,
@@ -663,30 +654,24 @@ class PostgresStore(PostgresCampaigns, Store):
             record = await self._load(conn, run_id, lock=True)
             if record is None:
                 raise StoreError(f"unknown workflow_run_id {run_id!r}")
-            admitted = admit_activity(
+            plan = plan_activity(
                 record,
+                source=source,
                 kind=kind,
+                data=data,
+                now=now,
                 session=session,
                 events=events,
                 gathered_context=gathered_context,
                 annotations=annotations,
                 media=media,
             )
-            if admitted is None:
+            if plan is None:
                 return []
-            if admitted.gathered_context or admitted.annotations or admitted.media:
-                record.gathered_context.update(admitted.gathered_context or {})
-                record.annotations.update(admitted.annotations or {})
-                record.media.update(admitted.media or {})
-                record.updated_at = now
-                await conn.execute(_UPSERT_CALL, *_record_params(record))
-            entry: TimelineRow = (run_id, now, source, kind, "recorded", None, None, None, jsontext.dumps(data))
-            emitted = [
-                Event(type=name, workflow_run_id=run_id, occurred_at=now, data=event_data(record, extra))
-                for name, extra in admitted.events
-            ]
-            await self._write_events(conn, [emitted], leased, timeline=[entry])
-            return emitted
+            if plan.record is not None:
+                await conn.execute(_UPSERT_CALL, *_record_params(plan.record))
+            await self._write_events(conn, [plan.events], leased, timeline=[_timeline_row(plan.timeline)])
+            return plan.events
 
         leased: list[Delivery] = []
         emitted = await self._tx(tx)

@@ -25,7 +25,6 @@ import fcntl
 import os
 import sqlite3
 import threading
-import uuid
 from collections.abc import Callable, Container, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -36,11 +35,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gateway import jsontext
-from gateway.calls.lifecycle import CallUpdate, decide_transition
+from gateway.calls.lifecycle import CallUpdate
+from gateway.calls.planner import TimelineWrite, UpdateItem, lookup_keys, plan_updates
 from gateway.calls.record import CallRecord, utcnow
 from gateway.calls.states import CallState
 from gateway.events.envelope import Event, new_event_id
-from gateway.store.activity import admit_activity
+from gateway.store.activity import plan_activity
 from gateway.store.base import (
     CALL_COLUMNS,
     CALL_JSON_FIELDS,
@@ -59,13 +59,11 @@ from gateway.store.base import (
     TimelineEntry,
     claim_lost,
     clamp_limit,
-    event_data,
     health_changes,
     late_attempt,
     new_lease_id,
     share_out,
 )
-from gateway.store.callbacks import apply_callbacks
 from gateway.store.migrations import MIGRATIONS
 from gateway.store.paging import SQLITE, page_query, split_page
 from gateway.store.sqlite_campaigns import SQLiteCampaigns
@@ -108,6 +106,33 @@ def _check_claim(conn: sqlite3.Connection, claim: tuple[str, int], run_id: str |
         is None
     ):
         raise claim_lost(claim, run_id)
+
+
+_INSERT_TIMELINE = (
+    "INSERT INTO call_timeline (workflow_run_id, received_at, source, kind, outcome, raw_status, state, sequence, data)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _insert_timeline(conn: sqlite3.Connection, entries: Sequence[TimelineWrite]) -> None:
+    """Write timeline entries, in order."""
+    conn.executemany(
+        _INSERT_TIMELINE,
+        [
+            (
+                e.run_id,
+                _ts(e.received_at),
+                e.source,
+                e.kind,
+                e.outcome,
+                e.raw_status,
+                e.state,
+                e.sequence,
+                _dumps(e.data),
+            )
+            for e in entries
+        ],
+    )
 
 
 def _row_to_record(row: sqlite3.Row) -> CallRecord:
@@ -459,26 +484,6 @@ class SQLiteStore(SQLiteCampaigns, Store):
         row = conn.execute("SELECT * FROM calls WHERE workflow_run_id = ?", (run_id,)).fetchone()
         return None if row is None else _row_to_record(row)
 
-    @staticmethod
-    def _insert_timeline(
-        conn: sqlite3.Connection,
-        run_id: str,
-        at: datetime,
-        *,
-        source: str,
-        kind: str,
-        outcome: str,
-        raw_status: str | None,
-        state: str | None,
-        sequence: int | None,
-        data: dict[str, Any],
-    ) -> None:
-        conn.execute(
-            "INSERT INTO call_timeline (workflow_run_id, received_at, source, kind, outcome, raw_status, state, sequence, data)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (run_id, _ts(at), source, kind, outcome, raw_status, state, sequence, _dumps(data)),
-        )
-
     def _has_room(self, dispatch: DirectDispatch, subscription: str) -> bool:
         """Whether the direct dispatch takes one more row of `subscription`, counting the rows
         this group commit leased it already (it gets them only after the commit)."""
@@ -624,75 +629,40 @@ class SQLiteStore(SQLiteCampaigns, Store):
         self, update: CallUpdate, *, run_id: str | None, seed: CallSeed | None = None, lease_id: str | None = None
     ) -> Transaction:
         """`apply_update`'s transaction: (AppliedUpdate, rows queued, rows leased). Callbacks that
-        wait together are written as one batch (`_apply_batch`). Rows leased to the direct
-        dispatch carry `lease_id` (a fresh one when None)."""
-        lease_id = lease_id or new_lease_id()
+        wait together are written as one batch (`_apply_batch`); a campaign dial's, whose claim
+        is checked, alone. Rows leased to the direct dispatch carry `lease_id` (a fresh one when
+        None)."""
+        item = (UpdateItem(update, run_id, seed), lease_id or new_lease_id())
 
         def tx(conn: sqlite3.Connection) -> tuple[AppliedUpdate, int, list[Delivery]]:
-            now = utcnow()
-            current = self._load(conn, run_id) if run_id else None
-            if current is None and update.provider_call_id:
-                row = conn.execute(
-                    "SELECT * FROM calls WHERE provider = ? AND provider_call_id = ?",
-                    (update.provider, update.provider_call_id),
-                ).fetchone()
-                current = None if row is None else _row_to_record(row)
-            if current is None and seed is not None and seed.claim is not None:
-                _check_claim(conn, seed.claim, run_id)
-            target = current.workflow_run_id if current else (run_id or str(uuid.uuid4()))
-            transition = decide_transition(current, update, run_id=target, now=now)
-            record = transition.record
-            if seed is not None:
-                seed.fill(record)
-            conn.execute(_UPSERT_CALL, _record_params(record))
-            self._insert_timeline(
-                conn,
-                target,
-                now,
-                source=update.provider,
-                kind=update.kind,
-                outcome=transition.outcome,
-                raw_status=update.raw_status,
-                state=update.state.value if update.state else None,
-                sequence=update.sequence,
-                data=update.params,
-            )
-            events = [
-                Event(type=name, workflow_run_id=target, occurred_at=now, data=event_data(record))
-                for name in transition.events
-            ]
-            leased: list[Delivery] = []
-            queued = self._insert_events(conn, events, leased, lease_id)
-            return (
-                AppliedUpdate(record=record, events=events, outcome=transition.outcome, created=current is None),
-                queued,
-                leased,
-            )
+            return self._apply_batch(conn, [item])[0]
 
         if seed is None or seed.claim is None:  # a campaign dial's claim is checked alone
-            tx.batch = (self._apply_batch, (update, run_id, seed, lease_id))  # type: ignore[attr-defined]
+            tx.batch = (self._apply_batch, item)  # type: ignore[attr-defined]
         return tx
 
     def _apply_batch(
-        self, conn: sqlite3.Connection, items: list[tuple[CallUpdate, str | None, CallSeed | None, str]]
+        self, conn: sqlite3.Connection, items: list[tuple[UpdateItem, str]]
     ) -> list[tuple[AppliedUpdate, int, list[Delivery]]]:
-        """Several `apply_update` transactions, in order, written together: what each would have
-        written alone, with one query to find the calls and one statement per table for all
-        their rows (a callback's own statements and savepoint cost more than its rows).
+        """Several `apply_update` transactions (update item, lease id), in order, written
+        together: what each would have written alone (`plan_updates`), with one query per key
+        to find the calls and one statement per table for all their rows (a callback's own
+        statements and savepoint cost more than its rows).
 
         A later callback sees what an earlier one of the batch did to its call. The caller runs
         the batch in one savepoint and, if it fails, each callback alone."""
         now = utcnow()
-        found: dict[str, CallRecord] = {}  # run id -> the call as it stands in this batch
-        wanted = list({run_id for _, run_id, _, _ in items if run_id})
-        for start in range(0, len(wanted), 500):
-            part = wanted[start : start + 500]
+        updates = [update for update, _ in items]
+        runs, _ = lookup_keys(updates)
+        found: dict[str, CallRecord] = {}
+        for start in range(0, len(runs), 500):
+            part = runs[start : start + 500]
             for row in conn.execute(
                 f"SELECT * FROM calls WHERE workflow_run_id IN ({','.join('?' * len(part))})", part
             ):
                 found[row["workflow_run_id"]] = _row_to_record(row)
-        ids: dict[str, list[str]] = {}
-        for update, run_id, _, _ in items:
+        ids: dict[str, list[str]] = {}  # the provider's call ids of the callbacks whose run was not found
+        for update, run_id, _ in updates:
             if update.provider_call_id and not (run_id and run_id in found):
                 ids.setdefault(update.provider, []).append(update.provider_call_id)
         for provider, call_ids in ids.items():
@@ -703,38 +673,17 @@ class SQLiteStore(SQLiteCampaigns, Store):
                     f"SELECT * FROM calls WHERE provider = ? AND provider_call_id IN ({','.join('?' * len(part))})",
                     [provider, *part],
                 ):
-                    record = _row_to_record(row)
-                    found.setdefault(record.workflow_run_id, record)
-        existed = set(found)  # calls from before this batch: only theirs can have deliveries pending
-        batch = apply_callbacks([(update, run_id, seed) for update, run_id, seed, _ in items], found, now)
-        timeline = [
-            (
-                target,
-                _ts(now),
-                update.provider,
-                update.kind,
-                outcome,
-                update.raw_status,
-                update.state.value if update.state else None,
-                update.sequence,
-                _dumps(update.params),
-            )
-            for target, update, outcome in batch.timeline
-        ]
-        conn.executemany(_UPSERT_CALL, [_record_params(record) for record in batch.changed.values()])
-        conn.executemany(
-            "INSERT INTO call_timeline (workflow_run_id, received_at, source, kind, outcome, raw_status, state, sequence, data)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            timeline,
-        )
+                    found.setdefault(row["workflow_run_id"], _row_to_record(row))
+        plan = plan_updates(updates, found.values(), now=now)
+        for item, applied in zip(updates, plan.applied):
+            if applied.created and item.seed is not None and item.seed.claim is not None:
+                _check_claim(conn, item.seed.claim, item.run_id)
+        conn.executemany(_UPSERT_CALL, [_record_params(record) for record in plan.changed.values()])
+        _insert_timeline(conn, plan.timeline)
         written = self._write_events(
-            conn,
-            [applied.events for applied in batch.applied],
-            lease=True,
-            lease_ids=[lease_id for *_, lease_id in items],
-            new_calls=batch.changed.keys() - existed,
+            conn, plan.events, lease=True, lease_ids=[lease_id for _, lease_id in items], new_calls=plan.created
         )
-        return [(applied, queued, leased) for applied, (queued, leased) in zip(batch.applied, written)]
+        return [(applied, queued, leased) for applied, (queued, leased) in zip(plan.applied, written)]
 
     def _notify(self, result: tuple[Any, ...]) -> Any:
         """After a commit: hand rows leased to the direct dispatch over, and wake the claimers
@@ -771,41 +720,25 @@ class SQLiteStore(SQLiteCampaigns, Store):
             record = self._load(conn, run_id)
             if record is None:
                 raise StoreError(f"unknown workflow_run_id {run_id!r}")
-            admitted = admit_activity(
+            plan = plan_activity(
                 record,
+                source=source,
                 kind=kind,
+                data=data,
+                now=now,
                 session=session,
                 events=events,
                 gathered_context=gathered_context,
                 annotations=annotations,
                 media=media,
             )
-            if admitted is None:
+            if plan is None:
                 return [], 0, []
-            if admitted.gathered_context or admitted.annotations or admitted.media:
-                record.gathered_context.update(admitted.gathered_context or {})
-                record.annotations.update(admitted.annotations or {})
-                record.media.update(admitted.media or {})
-                record.updated_at = now
-                conn.execute(_UPSERT_CALL, _record_params(record))
-            self._insert_timeline(
-                conn,
-                run_id,
-                now,
-                source=source,
-                kind=kind,
-                outcome="recorded",
-                raw_status=None,
-                state=None,
-                sequence=None,
-                data=data,
-            )
-            emitted = [
-                Event(type=name, workflow_run_id=run_id, occurred_at=now, data=event_data(record, extra))
-                for name, extra in admitted.events
-            ]
+            if plan.record is not None:
+                conn.execute(_UPSERT_CALL, _record_params(plan.record))
+            _insert_timeline(conn, [plan.timeline])
             leased: list[Delivery] = []
-            return emitted, self._insert_events(conn, emitted, leased, lease_id), leased
+            return plan.events, self._insert_events(conn, plan.events, leased, lease_id), leased
 
         return tx
 
