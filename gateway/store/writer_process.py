@@ -43,6 +43,8 @@ from gateway.heap import settle_heap
 from gateway.ipc import ChildProcess, serve_frames
 from gateway.store.base import Delivery, DeliveryResult, DirectDispatch, StoreError, new_lease_id
 from gateway.store.sqlite import SQLiteStore
+from gateway.store.sqlite_engine import Tx
+from gateway.store.sqlite_events import Written
 
 log = logging.getLogger("gateway.store")
 
@@ -124,7 +126,7 @@ class WriterProcessStore(SQLiteStore):
             raise
         if not ok:
             raise value
-        return self._notify((value, queued, leased))
+        return self._notify(Written(value, queued, leased))
 
     async def _release_lost(self, lease_id: str) -> None:
         """The writer died before answering a transaction that may have committed leases under
@@ -208,8 +210,8 @@ def _run(store: SQLiteStore, rooms: dict[str, int], requests: list[tuple[int, An
     the worker's room was when the first request was sent: what the worker had room for then,
     less what the group leases (the later requests' room does not know of those yet)."""
     answers: list[tuple[int, Any]] = []
-    fns = []
-    tokens = []
+    fns: list[Tx] = []
+    tokens: list[int] = []
     for token, (method, args, kwargs, room, routing) in requests:
         if routing is not None:
             _route(store, rooms, routing)
@@ -224,10 +226,9 @@ def _run(store: SQLiteStore, rooms: dict[str, int], requests: list[tuple[int, An
             rooms.clear()
             rooms.update(room)
         tokens.append(token)
-    for token, (ok, value) in zip(tokens, store.run_locked(lambda: fns)):
+    for token, (ok, value) in zip(tokens, store.run_locked(lambda: fns), strict=True):
         if ok:
-            result, queued, leased = value
-            answers.append((token, (True, result, leased, queued)))
+            answers.append((token, (True, value.value, list(value.leased), value.queued)))
         else:
             answers.append((token, (False, _as_store_error(value), [], 0)))
     return answers
