@@ -21,6 +21,9 @@ from gateway.calls.record import CallRecord
 from gateway.store.base import StoreError, clamp_limit
 from gateway.store.campaigns import Campaign, CampaignContact, CampaignEvent
 from gateway.store.paging import POSTGRES, page_query, split_page
+from gateway.store.postgres_calls import load_call
+from gateway.store.postgres_events import PostgresEvents
+from gateway.store.postgres_listener import DELIVERIES_CHANNEL
 from gateway.store.sqlite_campaigns import _CAMPAIGN_FIELDS, _UPDATABLE
 
 _INSERT_CAMPAIGN = (
@@ -56,18 +59,10 @@ def _count(status: str) -> int:
     return int(status.split()[-1])
 
 
-class PostgresCampaigns:
-    """Campaign methods of `PostgresStore` (uses its `_tx`, `_query`, `_load`, `_insert_events`
-    and `_insert_delivery`)."""
+class PostgresCampaigns(PostgresEvents):
+    """Campaigns and their contacts on the PostgreSQL pool (a part of `PostgresStore`)."""
 
     supports_campaigns = True
-
-    # provided by PostgresStore
-    _tx: Callable[..., Any]
-    _query: Callable[..., Any]
-    _load: Callable[..., Any]
-    _insert_events: Callable[..., Any]
-    _insert_delivery: Callable[..., Any]
 
     # -- helpers --------------------------------------------------------------------------
     async def _campaign_events(self, conn: asyncpg.Connection, events: Sequence[CampaignEvent]) -> int:
@@ -80,7 +75,6 @@ class PostgresCampaigns:
                 )
                 inline += 1
         if inline:
-            from gateway.store.postgres import DELIVERIES_CHANNEL
 
             await conn.execute(f"NOTIFY {DELIVERIES_CHANNEL}")
         return queued + inline
@@ -158,7 +152,7 @@ class PostgresCampaigns:
                 wanted,
             )
             claimed = []
-            for contact_row, run_id in zip(rows, run_ids):
+            for contact_row, run_id in zip(rows, run_ids, strict=False):  # fewer rows when fewer are due
                 contact = _contact(contact_row)
                 contact.status, contact.attempts, contact.workflow_run_id = "dialing", contact.attempts + 1, run_id
                 contact.next_attempt_at, contact.updated_at = None, now
@@ -193,7 +187,7 @@ class PostgresCampaigns:
             # Serialize with every writer of this call (as `apply_update` does) before asking
             # whether it was written.
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"run:{contact.workflow_run_id}")
-            if await self._load(conn, contact.workflow_run_id) is not None:
+            if await load_call(conn, contact.workflow_run_id) is not None:
                 return False  # the call was written: it may have been dialed
             changed = _count(
                 await conn.execute(
@@ -366,7 +360,7 @@ class PostgresCampaigns:
             )
             out = []
             for contact in map(_contact, rows):
-                out.append((contact, await self._load(conn, contact.workflow_run_id)))
+                out.append((contact, await load_call(conn, contact.workflow_run_id)))
             return out
 
         return await self._query(query)
