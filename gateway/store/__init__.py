@@ -2,7 +2,7 @@
 
 from urllib.parse import parse_qsl
 
-from gateway.store.base import AppliedUpdate, CallSeed, Store, StoreError, TimelineEntry
+from gateway.store.base import AppliedUpdate, CallSeed, Store, StoreError, StoreWiring, TimelineEntry
 from gateway.store.sqlite import SQLiteStore
 
 SQLITE_OPTIONS = {"synchronous": ("full", "normal"), "writer": ("thread", "process")}
@@ -38,20 +38,21 @@ def sqlite_options(url: str) -> tuple[str, dict[str, str]]:
     return path, options
 
 
-def open_store_for(url: str, *, writer_process: bool = True) -> Store:
-    """The backend named by a `store:` URL (validated by the config schema). `writer_process`
-    false: never a writer process of its own (for a child process that only reads)."""
+def open_store_for(url: str, *, writer_process: bool = True, wiring: StoreWiring | None = None) -> Store:
+    """The backend named by a `store:` URL (validated by the config schema), given `wiring`.
+    `writer_process` false: never a writer process of its own (for a child process that only
+    reads)."""
     if url.startswith("sqlite:///"):
         path, options = sqlite_options(url)
         if options.pop("writer", "thread") == "process" and writer_process:
             from gateway.store.writer_process import WriterProcessStore
 
-            return WriterProcessStore(path, **options)
-        return SQLiteStore(path, **options)
+            return WriterProcessStore(path, wiring=wiring, **options)
+        return SQLiteStore(path, wiring=wiring, **options)
     if url.startswith(("postgresql://", "postgres://")):
         from gateway.store.postgres import PostgresStore
 
-        return PostgresStore(url)
+        return PostgresStore(url, wiring=wiring)
     raise StoreError(f"unsupported store URL scheme in {url.split(':', 1)[0]!r}")
 
 
@@ -61,6 +62,7 @@ __all__ = [
     "SQLiteStore",
     "Store",
     "StoreError",
+    "StoreWiring",
     "TimelineEntry",
     "open_store_for",
     "sqlite_options",

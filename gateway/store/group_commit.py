@@ -83,7 +83,7 @@ class GroupCommit(Generic[U, R]):
             except Exception:
                 pass
             else:
-                for (_, future), result in zip(batch, results):
+                for (_, future), result in zip(batch, results, strict=False):
                     _settle(future, result)
                 return
         for unit, future in batch:

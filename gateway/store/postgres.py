@@ -20,7 +20,5 @@ class PostgresStore(PostgresCalls, PostgresOutbox, PostgresCampaigns):
     """The scale-out store: calls (`postgres_calls`), events (`postgres_events`), the outbox
     (`postgres_outbox`) and campaigns (`postgres_campaigns`) on one pool (`postgres_pool`)."""
 
-    supports_campaigns = True
-
 
 __all__ = ["PostgresStore", "split_store_url"]

@@ -21,6 +21,7 @@ from gateway.store.base import (
     CallSeed,
     Delivery,
     StoreError,
+    StoreWiring,
     TimelineEntry,
     claim_lost,
     clamp_limit,
@@ -28,6 +29,7 @@ from gateway.store.base import (
 from gateway.store.group_commit import GroupCommit, MaybeCommitted
 from gateway.store.paging import POSTGRES, page_query, split_page
 from gateway.store.postgres_events import PostgresEvents
+from gateway.store.postgres_pool import Conn
 from gateway.store.postgres_rows import (
     UPSERT_CALL,
     record_from_row,
@@ -47,7 +49,7 @@ _FIND_CALLS = (
 """The calls with run ids $1 or (provider, provider's call id) in ($2, $3), row-locked in one order."""
 
 
-async def load_call(conn: asyncpg.Connection, run_id: str | None, *, lock: bool = False) -> CallRecord | None:
+async def load_call(conn: Conn, run_id: str | None, *, lock: bool = False) -> CallRecord | None:
     """The call of `run_id` (row-locked with `lock`), or None."""
     if run_id is None:
         return None
@@ -57,7 +59,7 @@ async def load_call(conn: asyncpg.Connection, run_id: str | None, *, lock: bool 
     return None if row is None else record_from_row(row)
 
 
-async def lock_runs(conn: asyncpg.Connection, run_ids: Sequence[str]) -> None:
+async def lock_runs(conn: Conn, run_ids: Sequence[str]) -> None:
     """Take the calls' transaction-scoped run locks, in sorted order (every writer of a call's
     events holds its lock: callbacks, media activity, replays)."""
     keys = [(f"run:{run_id}",) for run_id in sorted(set(run_ids))]
@@ -70,8 +72,8 @@ async def lock_runs(conn: asyncpg.Connection, run_ids: Sequence[str]) -> None:
 class PostgresCalls(PostgresEvents):
     """Calls and their timelines on the PostgreSQL pool."""
 
-    def __init__(self, url: str, *, min_size: int = 2, max_size: int = 10) -> None:
-        super().__init__(url, min_size=min_size, max_size=max_size)
+    def __init__(self, url: str, *, min_size: int = 2, max_size: int = 10, wiring: StoreWiring | None = None) -> None:
+        super().__init__(url, min_size=min_size, max_size=max_size, wiring=wiring)
         self._nonces_pruned: datetime | None = None
         # A callback alone goes the batch's way too (fewer round trips); `_apply_one` is the
         # way of each callback of a batch that failed.
@@ -92,7 +94,7 @@ class PostgresCalls(PostgresEvents):
         """One callback in a transaction of its own."""
         update, run_id, seed = item
 
-        async def tx(conn: asyncpg.Connection) -> AppliedUpdate:
+        async def tx(conn: Conn) -> AppliedUpdate:
             # Serialize every writer of this call, on every instance, before reading it.
             if update.provider_call_id:
                 await conn.execute(
@@ -165,7 +167,7 @@ class PostgresCalls(PostgresEvents):
 
     async def _write_callbacks(
         self,
-        conn: asyncpg.Connection,
+        conn: Conn,
         items: list[tuple[CallUpdate, str | None, CallSeed | None]],
         leased: list[Delivery],
     ) -> list[AppliedUpdate]:
@@ -183,7 +185,7 @@ class PostgresCalls(PostgresEvents):
         await self._write_plan(conn, plan, leased)
         return plan.applied
 
-    async def _write_plan(self, conn: asyncpg.Connection, plan: BatchPlan, leased: list[Delivery]) -> None:
+    async def _write_plan(self, conn: Conn, plan: BatchPlan, leased: list[Delivery]) -> None:
         """Write what `plan_updates` planned: the calls it changed, its events with their
         delivery rows, and its timeline entries."""
         await conn.executemany(UPSERT_CALL, [record_params(record) for record in plan.changed.values()])
@@ -208,7 +210,7 @@ class PostgresCalls(PostgresEvents):
         media: dict[str, Any] | None = None,
         session: str | None = None,
     ) -> list[Event]:
-        async def tx(conn: asyncpg.Connection) -> list[Event]:
+        async def tx(conn: Conn) -> list[Event]:
             await lock_runs(conn, [run_id])  # as a callback of this call, and a replay, do
             now = utcnow()
             record = await load_call(conn, run_id, lock=True)
@@ -239,7 +241,7 @@ class PostgresCalls(PostgresEvents):
         return emitted
 
     async def claim_nonce(self, nonce: str, *, expires_at: datetime, now: datetime) -> bool:
-        async def tx(conn: asyncpg.Connection) -> bool:
+        async def tx(conn: Conn) -> bool:
             if self._nonces_pruned is None or now - self._nonces_pruned >= NONCE_PRUNE_EVERY:
                 await conn.execute("DELETE FROM seen_nonces WHERE expires_at < $1", now)
                 self._nonces_pruned = now
@@ -250,7 +252,7 @@ class PostgresCalls(PostgresEvents):
                 expires_at,
                 now,
             )
-            return inserted == 1
+            return bool(inserted == 1)
 
         return await self._tx(tx)
 
@@ -258,7 +260,7 @@ class PostgresCalls(PostgresEvents):
         return await self._query(lambda conn: load_call(conn, run_id))
 
     async def get_timeline(self, run_id: str) -> list[TimelineEntry]:
-        async def query(conn: asyncpg.Connection) -> list[TimelineEntry]:
+        async def query(conn: Conn) -> list[TimelineEntry]:
             rows = await conn.fetch("SELECT * FROM call_timeline WHERE workflow_run_id = $1 ORDER BY id", run_id)
             return [
                 TimelineEntry(
@@ -290,7 +292,7 @@ class PostgresCalls(PostgresEvents):
             dialect=POSTGRES,
         )
 
-        async def query(conn: asyncpg.Connection) -> tuple[list[CallRecord], str | None]:
+        async def query(conn: Conn) -> tuple[list[CallRecord], str | None]:
             rows, next_cursor = split_page(
                 await conn.fetch(sql, *params), limit, key="workflow_run_id", dialect=POSTGRES
             )

@@ -11,7 +11,7 @@ the contact still dialing that run, so each happens once.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -24,6 +24,7 @@ from gateway.store.paging import POSTGRES, page_query, split_page
 from gateway.store.postgres_calls import load_call
 from gateway.store.postgres_events import PostgresEvents
 from gateway.store.postgres_listener import DELIVERIES_CHANNEL
+from gateway.store.postgres_pool import Conn
 from gateway.store.sqlite_campaigns import _CAMPAIGN_FIELDS, _UPDATABLE
 
 _INSERT_CAMPAIGN = (
@@ -32,13 +33,13 @@ _INSERT_CAMPAIGN = (
 )
 
 
-def _campaign(row: Mapping[str, Any]) -> Campaign:
+def _campaign(row: asyncpg.Record) -> Campaign:
     values = {name: row[name] for name in _CAMPAIGN_FIELDS}
     values["options"] = dict(values["options"] or {})
     return Campaign(**values)
 
 
-def _contact(row: Mapping[str, Any]) -> CampaignContact:
+def _contact(row: asyncpg.Record) -> CampaignContact:
     return CampaignContact(
         campaign_id=row["campaign_id"],
         position=row["position"],
@@ -62,10 +63,8 @@ def _count(status: str) -> int:
 class PostgresCampaigns(PostgresEvents):
     """Campaigns and their contacts on the PostgreSQL pool (a part of `PostgresStore`)."""
 
-    supports_campaigns = True
-
     # -- helpers --------------------------------------------------------------------------
-    async def _campaign_events(self, conn: asyncpg.Connection, events: Sequence[CampaignEvent]) -> int:
+    async def _campaign_events(self, conn: Conn, events: Sequence[CampaignEvent]) -> int:
         queued = inline = 0
         for item in events:
             queued += await self._insert_events(conn, [item.event])  # NOTIFYs for configured deliveries
@@ -75,12 +74,11 @@ class PostgresCampaigns(PostgresEvents):
                 )
                 inline += 1
         if inline:
-
             await conn.execute(f"NOTIFY {DELIVERIES_CHANNEL}")
         return queued + inline
 
     @staticmethod
-    async def _fill(conn: asyncpg.Connection, campaigns: list[Campaign]) -> list[Campaign]:
+    async def _fill(conn: Conn, campaigns: list[Campaign]) -> list[Campaign]:
         if not campaigns:
             return campaigns
         by_id = {c.id: c for c in campaigns}
@@ -100,12 +98,12 @@ class PostgresCampaigns(PostgresEvents):
             by_id[row["campaign_id"]].minutes_used = round(float(row["seconds"]) / 60.0, 3)
         return campaigns
 
-    async def _load_campaign(self, conn: asyncpg.Connection, campaign_id: str) -> Campaign | None:
+    async def _load_campaign(self, conn: Conn, campaign_id: str) -> Campaign | None:
         row = await conn.fetchrow("SELECT * FROM campaigns WHERE id = $1", campaign_id)
         return None if row is None else (await self._fill(conn, [_campaign(row)]))[0]
 
     @staticmethod
-    async def _lock_campaign(conn: asyncpg.Connection, campaign_id: str) -> asyncpg.Record | None:
+    async def _lock_campaign(conn: Conn, campaign_id: str) -> asyncpg.Record | None:
         """Lock the campaign row first: every campaign writer takes this lock before contact rows."""
         return await conn.fetchrow(
             "SELECT status, dialed, options FROM campaigns WHERE id = $1 FOR NO KEY UPDATE", campaign_id
@@ -115,7 +113,7 @@ class PostgresCampaigns(PostgresEvents):
     async def create_campaign(
         self, campaign: Campaign, contacts: Sequence[CampaignContact], events: Sequence[CampaignEvent] = ()
     ) -> None:
-        async def tx(conn: asyncpg.Connection) -> None:
+        async def tx(conn: Conn) -> None:
             await conn.execute(_INSERT_CAMPAIGN, *[getattr(campaign, name) for name in _CAMPAIGN_FIELDS])
             if contacts:
                 await conn.executemany(
@@ -133,7 +131,7 @@ class PostgresCampaigns(PostgresEvents):
     async def claim_campaign_contacts(
         self, campaign_id: str, run_ids: Sequence[str], *, now: datetime
     ) -> list[CampaignContact]:
-        async def tx(conn: asyncpg.Connection) -> list[CampaignContact]:
+        async def tx(conn: Conn) -> list[CampaignContact]:
             row = await self._lock_campaign(conn, campaign_id)
             if row is None or row["status"] != "running":
                 return []
@@ -180,7 +178,7 @@ class PostgresCampaigns(PostgresEvents):
         return await self._tx(tx)
 
     async def release_campaign_claim(self, contact: CampaignContact, *, now: datetime) -> bool:
-        async def tx(conn: asyncpg.Connection) -> bool:
+        async def tx(conn: Conn) -> bool:
             if contact.workflow_run_id is None:
                 return False
             await self._lock_campaign(conn, contact.campaign_id)
@@ -220,7 +218,7 @@ class PostgresCampaigns(PostgresEvents):
         now: datetime,
         events: Sequence[CampaignEvent] = (),
     ) -> bool:
-        async def tx(conn: asyncpg.Connection) -> bool:
+        async def tx(conn: Conn) -> bool:
             await self._lock_campaign(conn, contact.campaign_id)
             changed = _count(
                 await conn.execute(
@@ -262,7 +260,7 @@ class PostgresCampaigns(PostgresEvents):
         if unknown:
             raise StoreError(f"update_campaign: cannot set {', '.join(sorted(unknown))}")
 
-        async def tx(conn: asyncpg.Connection) -> Campaign | None:
+        async def tx(conn: Conn) -> Campaign | None:
             sets, params = ["status = $1", "updated_at = $2"], [status, now]
             for name, value in fields.items():
                 params.append(value)
@@ -309,7 +307,7 @@ class PostgresCampaigns(PostgresEvents):
             dialect=POSTGRES,
         )
 
-        async def query(conn: asyncpg.Connection) -> tuple[list[Campaign], str | None]:
+        async def query(conn: Conn) -> tuple[list[Campaign], str | None]:
             rows, next_cursor = split_page(await conn.fetch(sql, *params), limit, key="id", dialect=POSTGRES)
             return await self._fill(conn, [_campaign(row) for row in rows]), next_cursor
 
@@ -328,13 +326,13 @@ class PostgresCampaigns(PostgresEvents):
         params.append(clamp_limit(limit))
         sql += f" ORDER BY position LIMIT ${len(params)}"
 
-        async def query(conn: asyncpg.Connection) -> list[CampaignContact]:
+        async def query(conn: Conn) -> list[CampaignContact]:
             return [_contact(row) for row in await conn.fetch(sql, *params)]
 
         return await self._query(query)
 
     async def active_campaigns(self) -> list[Campaign]:
-        async def query(conn: asyncpg.Connection) -> list[Campaign]:
+        async def query(conn: Conn) -> list[Campaign]:
             rows = await conn.fetch(
                 "SELECT * FROM campaigns WHERE status IN ('running', 'paused') ORDER BY created_at, id"
             )
@@ -343,7 +341,7 @@ class PostgresCampaigns(PostgresEvents):
         return await self._query(query)
 
     async def campaigns_for_webhooks(self, ids: Sequence[str] = ()) -> list[Campaign]:
-        async def query(conn: asyncpg.Connection) -> list[Campaign]:
+        async def query(conn: Conn) -> list[Campaign]:
             rows = await conn.fetch(
                 "SELECT * FROM campaigns WHERE status IN ('running', 'paused') OR id = ANY($1::text[])"
                 " OR id IN (SELECT campaign_id FROM campaign_contacts WHERE status = 'dialing')",
@@ -354,7 +352,7 @@ class PostgresCampaigns(PostgresEvents):
         return await self._query(query)
 
     async def campaign_calls_in_flight(self) -> list[tuple[CampaignContact, CallRecord | None]]:
-        async def query(conn: asyncpg.Connection) -> list[tuple[CampaignContact, CallRecord | None]]:
+        async def query(conn: Conn) -> list[tuple[CampaignContact, CallRecord | None]]:
             rows = await conn.fetch(
                 "SELECT * FROM campaign_contacts WHERE status = 'dialing' ORDER BY campaign_id, position"
             )

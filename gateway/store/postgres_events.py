@@ -8,8 +8,6 @@ from collections import defaultdict
 from collections.abc import Container, Sequence
 from datetime import datetime
 
-import asyncpg
-
 from gateway.events.envelope import Event, new_event_id
 from gateway.store.base import (
     Delivery,
@@ -17,7 +15,7 @@ from gateway.store.base import (
     new_lease_id,
 )
 from gateway.store.postgres_listener import DELIVERIES_CHANNEL
-from gateway.store.postgres_pool import PostgresPool
+from gateway.store.postgres_pool import Conn, PostgresPool
 from gateway.store.postgres_rows import TimelineRow, event_from_row
 
 _PENDING_IN_ORDER = (
@@ -51,15 +49,13 @@ statement; returns each event's (id, seq)."""
 class PostgresEvents(PostgresPool):
     """Events and their delivery rows on the PostgreSQL pool."""
 
-    async def _insert_events(
-        self, conn: asyncpg.Connection, events: list[Event], leased: list[Delivery] | None = None
-    ) -> int:
+    async def _insert_events(self, conn: Conn, events: list[Event], leased: list[Delivery] | None = None) -> int:
         """Write events and one delivery row per subscription (`_write_events`, one group)."""
         return await self._write_events(conn, [events], leased)
 
     async def _write_events(
         self,
-        conn: asyncpg.Connection,
+        conn: Conn,
         groups: Sequence[Sequence[Event]],
         leased: list[Delivery] | None = None,
         new_calls: Container[str] = (),
@@ -158,7 +154,7 @@ class PostgresEvents(PostgresPool):
 
     @staticmethod
     async def _insert_delivery(
-        conn: asyncpg.Connection, event_seq: int, subscription: str, run_id: str | None, ordered: bool, now: datetime
+        conn: Conn, event_seq: int, subscription: str, run_id: str | None, ordered: bool, now: datetime
     ) -> None:
         """A pending delivery row, for a claim."""
         await conn.execute(
@@ -179,7 +175,7 @@ class PostgresEvents(PostgresPool):
             self.dispatch.deliver(leased)
 
     async def list_events(self, *, after_seq: int = 0, limit: int = 100, run_id: str | None = None) -> list[Event]:
-        async def query(conn: asyncpg.Connection) -> list[Event]:
+        async def query(conn: Conn) -> list[Event]:
             if run_id is None:
                 rows = await conn.fetch(
                     "SELECT * FROM events WHERE seq > $1 ORDER BY seq LIMIT $2", after_seq, clamp_limit(limit)

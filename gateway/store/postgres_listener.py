@@ -44,7 +44,7 @@ class PostgresListener:
         settings: dict[str, str],
         *,
         on_deliveries: Callable[[], None],
-        on_control: Callable[[Any, int, str, str], None],
+        on_control: Callable[[Any, int, str, object], None],
         check_seconds: float = 5.0,
         backoff: Sequence[float] = (0.1, 0.5, 1.0, 2.0, 5.0),
     ) -> None:

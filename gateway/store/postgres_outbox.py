@@ -31,6 +31,7 @@ from gateway.store.paging import POSTGRES, page_query, split_page
 from gateway.store.postgres_calls import lock_runs
 from gateway.store.postgres_events import PostgresEvents
 from gateway.store.postgres_listener import DELIVERIES_CHANNEL
+from gateway.store.postgres_pool import Conn
 from gateway.store.postgres_rows import (
     DELIVERY_SELECT,
     DELIVERY_VIEW,
@@ -47,7 +48,7 @@ _LEASE = "lease_owner = $1, lease_until = now() + $2 * interval '1 second', leas
 """Hand a row out under a new lease ($1 owner, $2 seconds, $3 lease id); a retry asked for before is met by it."""
 
 
-async def _apply_health_change(conn: asyncpg.Connection, change: HealthChange) -> None:
+async def _apply_health_change(conn: Conn, change: HealthChange) -> None:
     if change.reset and not change.failures:
         await conn.execute(
             "UPDATE subscription_health SET consecutive_failures = 0, first_failure_at = NULL"
@@ -70,7 +71,7 @@ async def _apply_health_change(conn: asyncpg.Connection, change: HealthChange) -
     )
 
 
-async def _queue_again(conn: asyncpg.Connection, delivery_id: str, now: datetime) -> Mapping[str, Any] | None:
+async def _queue_again(conn: Conn, delivery_id: str, now: datetime) -> asyncpg.Record | None:
     """A retry or replay of one row: marked to go again after the attempt in flight, if one is
     (its lease held, on the database's clock), else pending and due at `now`, its schedule
     afresh. The row as it is then, or None when there is none."""
@@ -102,7 +103,7 @@ class PostgresOutbox(PostgresEvents):
             return []
         lease_id = new_lease_id()
 
-        async def tx(conn: asyncpg.Connection) -> list[Delivery]:
+        async def tx(conn: Conn) -> list[Delivery]:
             # Each subscription's oldest due rows on their own (a LATERAL per subscription, up to
             # its room), so one subscription's backlog does not fill the window another's rows
             # needed; locked as they are read, skipping rows another instance is claiming (the
@@ -143,7 +144,7 @@ class PostgresOutbox(PostgresEvents):
             return []
         dispatch = self.dispatch if self.dispatch is not None and self.dispatch.owner == owner else None
 
-        async def tx(conn: asyncpg.Connection) -> list[EndpointHealth | None]:
+        async def tx(conn: Conn) -> list[EndpointHealth | None]:
             unique: dict[str, tuple[int, Delivery, DeliveryResult]] = {}  # by attempt id, its first item
             for index, (delivery, result) in enumerate(items):
                 unique.setdefault(result.attempt.id, (index, delivery, result))
@@ -198,7 +199,7 @@ class PostgresOutbox(PostgresEvents):
                     row["workflow_run_id"]: record_from_row(row)
                     for row in await conn.fetch(
                         "SELECT * FROM calls WHERE workflow_run_id = ANY($1::text[]) ORDER BY workflow_run_id FOR UPDATE",
-                        sorted({d.workflow_run_id for d, _ in mapped}),
+                        sorted({d.workflow_run_id for d, _ in mapped if d.workflow_run_id}),
                     )
                 }
                 for delivery, result in mapped:
@@ -228,7 +229,7 @@ class PostgresOutbox(PostgresEvents):
 
     @staticmethod
     async def _next_in_order(
-        conn: asyncpg.Connection,
+        conn: Conn,
         items: Sequence[tuple[Delivery, DeliveryResult]],
         dispatch: DirectDispatch | None,
         leased: list[Delivery],
@@ -288,7 +289,7 @@ class PostgresOutbox(PostgresEvents):
         return queued
 
     async def release_leases(self, owner: str, delivery_ids: Sequence[str] | None = None) -> int:
-        async def tx(conn: asyncpg.Connection) -> int:
+        async def tx(conn: Conn) -> int:
             sql = "UPDATE deliveries SET lease_owner = NULL, lease_until = NULL, lease_id = NULL WHERE lease_owner = $1"
             if delivery_ids is None:
                 status = await conn.execute(sql, owner)
@@ -317,14 +318,14 @@ class PostgresOutbox(PostgresEvents):
             dialect=POSTGRES,
         )
 
-        async def query(conn: asyncpg.Connection) -> tuple[list[Delivery], str | None]:
+        async def query(conn: Conn) -> tuple[list[Delivery], str | None]:
             rows, next_cursor = split_page(await conn.fetch(sql, *params), limit, key="id", dialect=POSTGRES)
             return [delivery_from_row(r, with_event=True) for r in rows], next_cursor
 
         return await self._query(query)
 
     async def get_delivery(self, delivery_id: str) -> tuple[Delivery, list[AttemptRecord]] | None:
-        async def query(conn: asyncpg.Connection) -> tuple[Delivery, list[AttemptRecord]] | None:
+        async def query(conn: Conn) -> tuple[Delivery, list[AttemptRecord]] | None:
             row = await conn.fetchrow(DELIVERY_VIEW + " WHERE d.id = $1", delivery_id)
             if row is None:
                 return None
@@ -347,7 +348,7 @@ class PostgresOutbox(PostgresEvents):
         return await self._query(query)
 
     async def retry_delivery(self, delivery_id: str, *, now: datetime) -> Delivery | None:
-        async def tx(conn: asyncpg.Connection) -> Delivery | None:
+        async def tx(conn: Conn) -> Delivery | None:
             row = await _queue_again(conn, delivery_id, now)
             if row is not None:
                 await conn.execute(f"NOTIFY {DELIVERIES_CHANNEL}")
@@ -365,7 +366,7 @@ class PostgresOutbox(PostgresEvents):
         matches: Callable[[str], bool],
         ordered: bool,
     ) -> int:
-        async def tx(conn: asyncpg.Connection) -> int:
+        async def tx(conn: Conn) -> int:
             # The calls' run locks first, as their callbacks take them: a callback writing a newer
             # event of one of these calls waits for the replayed rows, so an ordered subscription
             # queues it after them. Sorted, so two replays cannot deadlock.
@@ -399,7 +400,7 @@ class PostgresOutbox(PostgresEvents):
         return await self._tx(tx)
 
     async def endpoint_health(self) -> dict[str, EndpointHealth]:
-        async def query(conn: asyncpg.Connection) -> dict[str, EndpointHealth]:
+        async def query(conn: Conn) -> dict[str, EndpointHealth]:
             return {
                 r["subscription"]: health_from_row(r) for r in await conn.fetch("SELECT * FROM subscription_health")
             }
@@ -407,7 +408,7 @@ class PostgresOutbox(PostgresEvents):
         return await self._query(query)
 
     async def set_endpoint_disabled(self, subscription: str, *, reason: str | None, now: datetime) -> list[Event]:
-        async def tx(conn: asyncpg.Connection) -> list[Event]:
+        async def tx(conn: Conn) -> list[Event]:
             await conn.execute(
                 "INSERT INTO subscription_health (subscription, consecutive_failures, disabled_at, disabled_reason)"
                 " VALUES ($1, 0, $2, $3) ON CONFLICT (subscription) DO UPDATE SET disabled_at = excluded.disabled_at,"
@@ -443,5 +444,6 @@ class PostgresOutbox(PostgresEvents):
                 "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM deliveries WHERE status = 'pending'"
             )
         )
+        assert row is not None  # an aggregate always has its row
         oldest = row["oldest"]
         return {"pending": row["n"], "oldest_pending_seconds": (now - oldest).total_seconds() if oldest else 0.0}

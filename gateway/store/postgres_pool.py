@@ -4,20 +4,27 @@ the listener's wake-ups, control messages and leadership."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeAlias, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from gateway import jsontext
 from gateway.calls.record import utcnow
 from gateway.store.base import (
     Store,
     StoreError,
+    StoreWiring,
 )
 from gateway.store.migrations import MIGRATIONS
 from gateway.store.postgres_listener import CONTROL_CHANNEL, PostgresListener
+
+T = TypeVar("T")
+
+Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
+"""A connection: one of the pool's (a proxy) or one of its own."""
 
 _MIGRATION_LOCK = 0x6761746577  # "gatew": one migrator at a time across instances
 
@@ -32,7 +39,7 @@ def split_store_url(url: str) -> tuple[str, str | None]:
     return urlunsplit((scheme, parts.netloc, parts.path, rest, parts.fragment)), schema
 
 
-async def _init_connection(conn: asyncpg.Connection) -> None:
+async def _init_connection(conn: Conn) -> None:
     for kind in ("json", "jsonb"):
         await conn.set_type_codec(kind, encoder=jsontext.dumps, decoder=jsontext.loads, schema="pg_catalog")
 
@@ -42,7 +49,8 @@ class PostgresPool(Store):
     leadership) and the schema's migrations. It knows no table; the store's modules bring the
     SQL as transactions (`_tx`) and queries (`_query`)."""
 
-    def __init__(self, url: str, *, min_size: int = 2, max_size: int = 10) -> None:
+    def __init__(self, url: str, *, min_size: int = 2, max_size: int = 10, wiring: StoreWiring | None = None) -> None:
+        super().__init__(wiring=wiring)
         self.url = url
         self.dsn, self.schema = split_store_url(url)
         self.min_size, self.max_size = min_size, max_size
@@ -74,8 +82,8 @@ class PostgresPool(Store):
                 init=_init_connection,
                 server_settings=settings,
             )
-            async with self.pool.acquire() as conn:
-                await self._migrate(conn)
+            async with self.pool.acquire() as pooled:
+                await self._migrate(pooled)
             self.listener = PostgresListener(
                 self.dsn, settings, on_deliveries=lambda: self.on_deliveries(), on_control=self._on_control
             )
@@ -89,9 +97,9 @@ class PostgresPool(Store):
         `PostgresListener`): one leader per database and schema, and none while its session is gone."""
         return self.listener is not None and await self.listener.hold(name)
 
-    def _on_control(self, connection: Any, pid: int, channel: str, payload: str) -> None:
+    def _on_control(self, connection: object, pid: int, channel: str, payload: object) -> None:
         try:
-            message = json.loads(payload)
+            message = json.loads(str(payload))
             run_id, action, data = message["run_id"], message["action"], message.get("data") or {}
         except (ValueError, KeyError, TypeError):
             return
@@ -104,7 +112,7 @@ class PostgresPool(Store):
         await self._query(lambda conn: conn.execute("SELECT pg_notify($1, $2)", CONTROL_CHANNEL, payload))
 
     @staticmethod
-    async def _migrate(conn: asyncpg.Connection) -> None:
+    async def _migrate(conn: Conn) -> None:
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
             await conn.execute(
@@ -135,14 +143,14 @@ class PostgresPool(Store):
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise StoreError(f"postgresql: {exc}") from exc
 
-    async def _tx(self, fn: Callable[[asyncpg.Connection], Any]) -> Any:
+    async def _tx(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
         try:
             async with self.pool.acquire() as conn, conn.transaction():
                 return await fn(conn)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise StoreError(f"postgresql: {type(exc).__name__}: {exc}") from exc
 
-    async def _query(self, fn: Callable[[asyncpg.Connection], Any]) -> Any:
+    async def _query(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
         try:
             async with self.pool.acquire() as conn:
                 return await fn(conn)

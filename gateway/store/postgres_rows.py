@@ -4,9 +4,10 @@ module reads and writes rows through these."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
+
+import asyncpg
 
 from gateway import jsontext
 from gateway.calls.planner import TimelineWrite
@@ -36,7 +37,7 @@ DELIVERY_VIEW = DELIVERY_SELECT.replace(
 """`DELIVERY_SELECT` with the very first attempt's time, for the listings people read."""
 
 
-def record_from_row(row: Mapping[str, Any]) -> CallRecord:
+def record_from_row(row: asyncpg.Record) -> CallRecord:
     values = {name: row[name] for name in CALL_COLUMNS}
     values["state"] = CallState(values["state"])
     return CallRecord(**values)
@@ -52,7 +53,7 @@ def record_params(record: CallRecord) -> list[Any]:
     return out
 
 
-def event_from_row(row: Mapping[str, Any], prefix: str = "") -> Event:
+def event_from_row(row: asyncpg.Record, prefix: str = "") -> Event:
     if prefix:
         return Event(
             type=row["e_type"],
@@ -72,7 +73,7 @@ def event_from_row(row: Mapping[str, Any], prefix: str = "") -> Event:
     )
 
 
-def delivery_from_row(row: Mapping[str, Any], *, with_event: bool = False) -> Delivery:
+def delivery_from_row(row: asyncpg.Record, *, with_event: bool = False) -> Delivery:
     return Delivery(
         id=row["id"],
         event_seq=row["event_seq"],
@@ -113,7 +114,7 @@ def timeline_row(entry: TimelineWrite) -> TimelineRow:
     )
 
 
-def health_from_row(row: Mapping[str, Any]) -> EndpointHealth:
+def health_from_row(row: asyncpg.Record) -> EndpointHealth:
     return EndpointHealth(
         subscription=row["subscription"],
         consecutive_failures=row["consecutive_failures"],

@@ -76,8 +76,6 @@ def _contact(row: sqlite3.Row) -> CampaignContact:
 class SQLiteCampaigns(SQLiteEvents):
     """Campaigns and their contacts on the SQLite engine (a part of `SQLiteStore`)."""
 
-    supports_campaigns = True
-
     # -- helpers --------------------------------------------------------------------------
     def _campaign_events(self, conn: sqlite3.Connection, events: Sequence[CampaignEvent]) -> int:
         queued = 0

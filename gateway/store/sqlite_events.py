@@ -12,7 +12,7 @@ from typing import Any, Generic, NamedTuple, TypeVar
 
 from gateway.calls.record import utcnow
 from gateway.events.envelope import Event, new_event_id
-from gateway.store.base import Delivery, DirectDispatch, Store, clamp_limit, new_lease_id
+from gateway.store.base import Delivery, DirectDispatch, Store, StoreWiring, clamp_limit, new_lease_id
 from gateway.store.sqlite_engine import SQLiteEngine
 from gateway.store.sqlite_rows import INSERT_DELIVERY, event_from_row, ts
 
@@ -44,6 +44,10 @@ class Fanned(NamedTuple):
 
 class SQLiteEvents(SQLiteEngine, Store):
     """Events and their delivery rows on the SQLite engine (a part of `SQLiteStore`)."""
+
+    def __init__(self, path: str, *, synchronous: str = "FULL", wiring: StoreWiring | None = None) -> None:
+        SQLiteEngine.__init__(self, path, synchronous=synchronous)
+        Store.__init__(self, wiring=wiring)
 
     def _notify(self, written: Written[R]) -> R:
         """After a commit: hand rows leased to the direct dispatch over, and wake the claimers
