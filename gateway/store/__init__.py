@@ -1,4 +1,18 @@
-"""Durable state: one `Store` interface, SQLite (default) behind it; migrations."""
+"""Durable state: one `Store` interface, SQLite (default) and PostgreSQL behind it; migrations.
+
+Where things are:
+- `interfaces` (CallStore, Outbox, CampaignStore) and `base` (Store: the three, with the
+  `StoreWiring` given to the constructor); `values` (deliveries, attempts, health...), `errors`.
+- What to write is decided by pure planners: `gateway.calls.planner` (provider updates) and
+  `activity` (media and agent activity); the backends only find rows and write plans.
+- SQLite: `sqlite_engine` (the group-commit writer thread, no SQL of any table), `sqlite_rows`
+  (columns and row <-> value conversion), `sqlite_calls`, `sqlite_events`, `sqlite_outbox`,
+  `sqlite_campaigns` (the SQL), assembled in `sqlite`; `writer_process` runs the hot `*_tx`
+  transactions in a process of their own.
+- PostgreSQL: `postgres_pool` (pool, listener, migrations), `group_commit` (batched callbacks),
+  `postgres_rows`, `postgres_calls`, `postgres_events`, `postgres_outbox`,
+  `postgres_campaigns`, assembled in `postgres`.
+"""
 
 from urllib.parse import parse_qsl
 
