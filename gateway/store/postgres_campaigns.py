@@ -19,22 +19,21 @@ import asyncpg
 
 from gateway.calls.record import CallRecord
 from gateway.store.base import StoreError, clamp_limit
-from gateway.store.campaigns import Campaign, CampaignContact, CampaignEvent
+from gateway.store.campaigns import CAMPAIGN_COLUMNS, CAMPAIGN_UPDATABLE, Campaign, CampaignContact, CampaignEvent
 from gateway.store.paging import POSTGRES, page_query, split_page
 from gateway.store.postgres_calls import load_call
 from gateway.store.postgres_events import PostgresEvents
 from gateway.store.postgres_listener import DELIVERIES_CHANNEL
 from gateway.store.postgres_pool import Conn
-from gateway.store.sqlite_campaigns import _CAMPAIGN_FIELDS, _UPDATABLE
 
 _INSERT_CAMPAIGN = (
-    f"INSERT INTO campaigns ({', '.join(_CAMPAIGN_FIELDS)})"
-    f" VALUES ({', '.join(f'${i}' for i in range(1, len(_CAMPAIGN_FIELDS) + 1))})"
+    f"INSERT INTO campaigns ({', '.join(CAMPAIGN_COLUMNS)})"
+    f" VALUES ({', '.join(f'${i}' for i in range(1, len(CAMPAIGN_COLUMNS) + 1))})"
 )
 
 
 def _campaign(row: asyncpg.Record) -> Campaign:
-    values = {name: row[name] for name in _CAMPAIGN_FIELDS}
+    values = {name: row[name] for name in CAMPAIGN_COLUMNS}
     values["options"] = dict(values["options"] or {})
     return Campaign(**values)
 
@@ -114,7 +113,7 @@ class PostgresCampaigns(PostgresEvents):
         self, campaign: Campaign, contacts: Sequence[CampaignContact], events: Sequence[CampaignEvent] = ()
     ) -> None:
         async def tx(conn: Conn) -> None:
-            await conn.execute(_INSERT_CAMPAIGN, *[getattr(campaign, name) for name in _CAMPAIGN_FIELDS])
+            await conn.execute(_INSERT_CAMPAIGN, *[getattr(campaign, name) for name in CAMPAIGN_COLUMNS])
             if contacts:
                 await conn.executemany(
                     "INSERT INTO campaign_contacts (campaign_id, position, phone, name, context, status, attempts, updated_at)"
@@ -256,7 +255,7 @@ class PostgresCampaigns(PostgresEvents):
         contacts_to: str | None = None,
         **fields: Any,
     ) -> Campaign | None:
-        unknown = set(fields) - _UPDATABLE
+        unknown = set(fields) - CAMPAIGN_UPDATABLE
         if unknown:
             raise StoreError(f"update_campaign: cannot set {', '.join(sorted(unknown))}")
 

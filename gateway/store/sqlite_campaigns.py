@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from gateway.calls.record import CallRecord
 from gateway.store.base import StoreError, clamp_limit
-from gateway.store.campaigns import Campaign, CampaignContact, CampaignEvent
+from gateway.store.campaigns import CAMPAIGN_COLUMNS, CAMPAIGN_UPDATABLE, Campaign, CampaignContact, CampaignEvent
 from gateway.store.paging import SQLITE, page_query, split_page
 from gateway.store.sqlite_calls import load_call
 from gateway.store.sqlite_events import SQLiteEvents, Written
@@ -21,36 +21,13 @@ from gateway.store.sqlite_rows import parse_ts, ts
 
 T = TypeVar("T")
 
-_CAMPAIGN_FIELDS = (
-    "id",
-    "name",
-    "workflow_id",
-    "user_id",
-    "provider",
-    "from_number",
-    "status",
-    "options",
-    "origin",
-    "webhook_secret",
-    "total",
-    "dialed",
-    "quota",
-    "error",
-    "error_code",
-    "created_at",
-    "started_at",
-    "completed_at",
-    "updated_at",
-)
-_UPDATABLE = frozenset({"quota", "error", "error_code", "started_at", "completed_at"})
-
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
 def _campaign(row: sqlite3.Row) -> Campaign:
-    values = {name: row[name] for name in _CAMPAIGN_FIELDS}
+    values = {name: row[name] for name in CAMPAIGN_COLUMNS}
     values["options"] = json.loads(values["options"])
     for name in ("created_at", "started_at", "completed_at", "updated_at"):
         values[name] = parse_ts(values[name])
@@ -119,7 +96,7 @@ class SQLiteCampaigns(SQLiteEvents):
     ) -> None:
         def tx(conn: sqlite3.Connection) -> Written[None]:
             values = []
-            for name in _CAMPAIGN_FIELDS:
+            for name in CAMPAIGN_COLUMNS:
                 value = getattr(campaign, name)
                 if name == "options":
                     value = _dumps(value)
@@ -127,7 +104,7 @@ class SQLiteCampaigns(SQLiteEvents):
                     value = ts(value)
                 values.append(value)
             conn.execute(
-                f"INSERT INTO campaigns ({', '.join(_CAMPAIGN_FIELDS)}) VALUES ({', '.join('?' for _ in values)})",
+                f"INSERT INTO campaigns ({', '.join(CAMPAIGN_COLUMNS)}) VALUES ({', '.join('?' for _ in values)})",
                 values,
             )
             conn.executemany(
@@ -253,7 +230,7 @@ class SQLiteCampaigns(SQLiteEvents):
         contacts_to: str | None = None,
         **fields: Any,
     ) -> Campaign | None:
-        unknown = set(fields) - _UPDATABLE
+        unknown = set(fields) - CAMPAIGN_UPDATABLE
         if unknown:
             raise StoreError(f"update_campaign: cannot set {', '.join(sorted(unknown))}")
 
