@@ -7,9 +7,11 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any
 
 from gateway.calls.planner import AppliedUpdate, event_data
+from gateway.calls.record import utcnow
 from gateway.calls.seed import CallSeed
 from gateway.events.envelope import Event
 from gateway.store.errors import ClaimLost, StoreError, claim_lost
@@ -53,12 +55,15 @@ class StoreWiring:
     """What a store calls out to: `fanout` routes each event written to its subscriptions;
     `on_deliveries` (on the loop) after a commit that queued deliveries for a claim; `dispatch`
     leases new deliveries to this process's worker (None: every row waits for a claim);
-    `control_handler` receives control requests published by any instance."""
+    `control_handler` receives control requests published by any instance; `clock` is the
+    store's own time (the records' stamps and, on SQLite, its leases: a transaction the writer
+    process runs reads that process's clock)."""
 
     fanout: Fanout = no_fanout
     on_deliveries: Callable[[], None] = no_wake
     dispatch: DirectDispatch | None = None
     control_handler: ControlHandler | None = None
+    clock: Callable[[], datetime] = utcnow
 
 
 class Store(CallStore, Outbox, CampaignStore):
@@ -70,6 +75,10 @@ class Store(CallStore, Outbox, CampaignStore):
 
     def __init__(self, *, wiring: StoreWiring | None = None) -> None:
         self.wiring = wiring or StoreWiring()
+
+    def now(self) -> datetime:
+        """The store's clock (`StoreWiring.clock`)."""
+        return self.wiring.clock()
 
     @property
     def fanout(self) -> Fanout:

@@ -12,7 +12,7 @@ import asyncpg
 
 from gateway.calls.lifecycle import CallUpdate
 from gateway.calls.planner import BatchPlan, UpdateItem, plan_updates
-from gateway.calls.record import CallRecord, utcnow
+from gateway.calls.record import CallRecord
 from gateway.events.envelope import Event
 from gateway.store.activity import plan_activity
 from gateway.store.base import (
@@ -102,7 +102,7 @@ class PostgresCalls(PostgresEvents):
                 )
             if run_id:
                 await lock_runs(conn, [run_id])
-            now = utcnow()
+            now = self.now()
             current = await load_call(conn, run_id, lock=True) if run_id else None
             if current is None and update.provider_call_id:
                 row = await conn.fetchrow(
@@ -175,7 +175,7 @@ class PostgresCalls(PostgresEvents):
         calls = sorted({f"{u.provider}:{u.provider_call_id}" for u, _, _ in items if u.provider_call_id})
         runs = sorted({run_id for _, run_id, _ in items if run_id})
         await conn.execute(_LOCK_IN_ORDER, calls + [f"run:{run_id}" for run_id in runs])
-        now = utcnow()
+        now = self.now()
         pairs = list(dict.fromkeys((u.provider, u.provider_call_id) for u, _, _ in items if u.provider_call_id))
         found = {
             row["workflow_run_id"]: record_from_row(row)
@@ -212,7 +212,7 @@ class PostgresCalls(PostgresEvents):
     ) -> list[Event]:
         async def tx(conn: Conn) -> list[Event]:
             await lock_runs(conn, [run_id])  # as a callback of this call, and a replay, do
-            now = utcnow()
+            now = self.now()
             record = await load_call(conn, run_id, lock=True)
             if record is None:
                 raise StoreError(f"unknown workflow_run_id {run_id!r}")

@@ -12,7 +12,6 @@ from typing import Any
 
 import asyncpg
 
-from gateway.calls.record import utcnow
 from gateway.events.envelope import Event
 from gateway.store.base import (
     AttemptRecord,
@@ -227,8 +226,8 @@ class PostgresOutbox(PostgresEvents):
         self._handover(leased)
         return healths
 
-    @staticmethod
     async def _next_in_order(
+        self,
         conn: Conn,
         items: Sequence[tuple[Delivery, DeliveryResult]],
         dispatch: DirectDispatch | None,
@@ -244,7 +243,7 @@ class PostgresOutbox(PostgresEvents):
         )
         if not ended:
             return 0
-        now = utcnow()
+        now = self.now()
         rows = await conn.fetch(
             DELIVERY_SELECT.replace(
                 "SELECT d.*", f"SELECT DISTINCT ON (d.subscription, d.order_key) d.*, {_LEASE_FREE} AS lease_free", 1

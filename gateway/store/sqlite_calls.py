@@ -11,7 +11,7 @@ from typing import Any
 
 from gateway.calls.lifecycle import CallUpdate
 from gateway.calls.planner import AppliedUpdate, UpdateItem, lookup_keys, plan_updates
-from gateway.calls.record import CallRecord, utcnow
+from gateway.calls.record import CallRecord
 from gateway.calls.seed import CallSeed
 from gateway.events.envelope import Event
 from gateway.store.activity import plan_activity
@@ -84,7 +84,7 @@ class SQLiteCalls(SQLiteEvents):
 
         A later callback sees what an earlier one of the batch did to its call. The caller runs
         the batch in one savepoint and, if it fails, each callback alone."""
-        now = utcnow()
+        now = self.now()
         updates = [update for update, _ in items]
         runs, _ = lookup_keys(updates)
         found: dict[str, CallRecord] = {}
@@ -141,7 +141,7 @@ class SQLiteCalls(SQLiteEvents):
         """`record_activity`'s transaction: the events (rows leased under `lease_id`)."""
 
         def tx(conn: sqlite3.Connection) -> Written[list[Event]]:
-            now = utcnow()
+            now = self.now()
             record = load_call(conn, run_id)
             if record is None:
                 raise StoreError(f"unknown workflow_run_id {run_id!r}")

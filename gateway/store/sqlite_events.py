@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Generic, NamedTuple, TypeVar
 
-from gateway.calls.record import utcnow
 from gateway.events.envelope import Event, new_event_id
 from gateway.store.base import Delivery, DirectDispatch, Store, StoreWiring, clamp_limit, new_lease_id
 from gateway.store.sqlite_engine import SQLiteEngine
@@ -103,7 +102,7 @@ class SQLiteEvents(SQLiteEngine, Store):
         if not any(groups):
             return [Fanned(0, []) for _ in groups]
         dispatch = self.dispatch if lease else None
-        lease_until = ts(utcnow() + timedelta(seconds=dispatch.lease_seconds)) if dispatch is not None else None
+        lease_until = ts(self.now() + timedelta(seconds=dispatch.lease_seconds)) if dispatch is not None else None
         seq = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
         event_rows: list[tuple[Any, ...]] = []
         delivery_rows: list[tuple[Any, ...]] = []

@@ -10,7 +10,6 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from gateway.calls.record import utcnow
 from gateway.events.envelope import Event
 from gateway.store.base import (
     AttemptRecord,
@@ -89,7 +88,7 @@ class SQLiteOutbox(SQLiteEvents):
         lease_id = lease_id or new_lease_id()
 
         def tx(conn: sqlite3.Connection) -> Written[list[Delivery]]:
-            clock = utcnow()  # leases run on the store's clock, whatever the caller's says
+            clock = self.now()  # leases run on the store's clock, whatever the caller's says
             at, until = ts(clock), ts(clock + timedelta(seconds=lease_seconds))
             found: dict[str, list[sqlite3.Row]] = {}
             for subscription, n in wanted.items():
@@ -133,7 +132,7 @@ class SQLiteOutbox(SQLiteEvents):
         lease_id = lease_id or new_lease_id()
 
         def tx(conn: sqlite3.Connection) -> Written[list[EndpointHealth | None]]:
-            now = ts(utcnow())
+            now = ts(self.now())
             recorded = _recorded_attempts(conn, [result.attempt.id for _, result in items])
             attempts: list[tuple[Any, ...]] = []
             moved: list[tuple[Delivery, DeliveryResult]] = []  # finished under their lease, with the status they took
@@ -208,7 +207,7 @@ class SQLiteOutbox(SQLiteEvents):
         to `dispatch` (under `lease_id`) when it is due, free and taken; else counted, so that
         claimers wake."""
         queued, leased = 0, []
-        now = utcnow()
+        now = self.now()
         at = ts(now)
         for delivery, result in items:
             if result.status == "pending" or delivery.order_key is None:
@@ -296,7 +295,7 @@ class SQLiteOutbox(SQLiteEvents):
 
     async def retry_delivery(self, delivery_id: str, *, now: datetime) -> Delivery | None:
         def tx(conn: sqlite3.Connection) -> Delivery | None:
-            if not _queue_again(conn, delivery_id, now):
+            if not _queue_again(conn, delivery_id, now, self.now()):
                 return None
             return delivery_from_row(conn.execute("SELECT * FROM deliveries WHERE id = ?", (delivery_id,)).fetchone())
 
@@ -323,7 +322,7 @@ class SQLiteOutbox(SQLiteEvents):
             count = 0
             for row in events:
                 if row["delivery_id"] is not None:
-                    _queue_again(conn, row["delivery_id"], now)
+                    _queue_again(conn, row["delivery_id"], now, self.now())
                     count += 1
                 elif matches(row["type"]):
                     self._insert_delivery(conn, row["seq"], subscription, row["workflow_run_id"], ordered, now)
@@ -383,12 +382,12 @@ class SQLiteOutbox(SQLiteEvents):
         return await self._read(query)
 
 
-def _queue_again(conn: sqlite3.Connection, delivery_id: str, now: datetime) -> bool:
+def _queue_again(conn: sqlite3.Connection, delivery_id: str, now: datetime, clock: datetime) -> bool:
     """A retry or replay of one row: marked to go again after the attempt in flight, if one is
-    (its lease held on the store's clock), else pending and due at `now`, its schedule afresh.
+    (its lease held at `clock`, the store's time), else pending and due at `now`, its schedule afresh.
     False when there is no such row."""
     at = ts(now)
-    if conn.execute(_MARK_RESEND, (at, delivery_id, ts(utcnow()))).rowcount:
+    if conn.execute(_MARK_RESEND, (at, delivery_id, ts(clock))).rowcount:
         return True
     return bool(conn.execute(_RESET, (at, at, delivery_id)).rowcount)
 

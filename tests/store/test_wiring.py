@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import pytest
 from postgres_support import STORE_BACKENDS, postgres_schema_url
@@ -67,3 +68,23 @@ def test_a_backend_without_campaigns_cannot_be_made() -> None:
         half()
     assert "create_campaign" in str(refused.value)
     assert CallStore.__abstractmethods__ | Outbox.__abstractmethods__ | campaigns <= Store.__abstractmethods__
+
+
+@pytest.mark.parametrize("backend", [name for name in STORE_BACKENDS if name != "sqlite-writer-process"])
+async def test_the_store_stamps_with_the_clock_it_is_given(backend, tmp_path) -> None:
+    """(The writer process runs its transactions on its own process's clock: not here.)"""
+    at = datetime(2031, 5, 4, 3, 2, 1, 123456, tzinfo=UTC)
+    async with store_url(backend, tmp_path) as url:
+        store = open_store_for(url, wiring=StoreWiring(clock=lambda: at))
+        await store.open()
+        try:
+            update = CallUpdate(
+                provider="twilio", provider_call_id="CA9", raw_status="ringing", state=CallState.RINGING
+            )
+            applied = await store.apply_update(update, run_id="run-9")
+            record = await store.get_call("run-9")
+            assert record is not None and (record.created_at, record.updated_at) == (at, at)
+            assert [entry.received_at for entry in await store.get_timeline("run-9")] == [at]
+            assert [event.occurred_at for event in applied.events] == [at]
+        finally:
+            await store.close()
