@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -37,19 +37,19 @@ class UpdateItem(NamedTuple):
     seed: CallSeed | None = None
 
 
-@dataclass(frozen=True)
-class TimelineWrite:
-    """One `call_timeline` row to write (a provider callback or a gateway activity)."""
+class TimelineWrite(NamedTuple):
+    """One `call_timeline` row to write (a provider callback or a gateway activity). A tuple:
+    a batch makes one per callback on the writer's hot path."""
 
     run_id: str
     received_at: datetime
     source: str
     kind: str
     outcome: str
+    data: dict[str, Any]
     raw_status: str | None = None
     state: str | None = None
     sequence: int | None = None
-    data: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -62,8 +62,7 @@ class AppliedUpdate:
     created: bool
 
 
-@dataclass(frozen=True)
-class UpdatePlan:
+class UpdatePlan(NamedTuple):
     """One update's part of a plan: its result and its timeline entry."""
 
     applied: AppliedUpdate

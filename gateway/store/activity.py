@@ -71,7 +71,7 @@ def admit_activity(
     return Admitted(events, gathered_context, annotations, media)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ActivityPlan:
     """What a `record_activity` transaction writes: the call (None: unchanged), its timeline
     entry, and the events."""

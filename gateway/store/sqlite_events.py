@@ -18,7 +18,7 @@ from gateway.store.sqlite_rows import INSERT_DELIVERY, event_from_row, ts
 R = TypeVar("R")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Written(Generic[R]):
     """What a write transaction returns to its caller: its value, how many delivery rows it
     queued for a claim (the claimers are woken), and the rows it leased to the direct dispatch
