@@ -1,8 +1,22 @@
-"""Durable state: one `Store` interface, SQLite (default) behind it; migrations."""
+"""Durable state: one `Store` interface, SQLite (default) and PostgreSQL behind it; migrations.
+
+Where things are:
+- `interfaces` (CallStore, Outbox, CampaignStore) and `base` (Store: the three, with the
+  `StoreWiring` given to the constructor); `values` (deliveries, attempts, health...), `errors`.
+- What to write is decided by pure planners: `gateway.calls.planner` (provider updates) and
+  `activity` (media and agent activity); the backends only find rows and write plans.
+- SQLite: `sqlite_engine` (the group-commit writer thread, no SQL of any table), `sqlite_rows`
+  (columns and row <-> value conversion), `sqlite_calls`, `sqlite_events`, `sqlite_outbox`,
+  `sqlite_campaigns` (the SQL), assembled in `sqlite`; `writer_process` runs the hot `*_tx`
+  transactions in a process of their own.
+- PostgreSQL: `postgres_pool` (pool, listener, migrations), `group_commit` (batched callbacks),
+  `postgres_rows`, `postgres_calls`, `postgres_events`, `postgres_outbox`,
+  `postgres_campaigns`, assembled in `postgres`.
+"""
 
 from urllib.parse import parse_qsl
 
-from gateway.store.base import AppliedUpdate, CallSeed, Store, StoreError, TimelineEntry
+from gateway.store.base import AppliedUpdate, CallSeed, Store, StoreError, StoreWiring, TimelineEntry
 from gateway.store.sqlite import SQLiteStore
 
 SQLITE_OPTIONS = {"synchronous": ("full", "normal"), "writer": ("thread", "process")}
@@ -38,20 +52,21 @@ def sqlite_options(url: str) -> tuple[str, dict[str, str]]:
     return path, options
 
 
-def open_store_for(url: str, *, writer_process: bool = True) -> Store:
-    """The backend named by a `store:` URL (validated by the config schema). `writer_process`
-    false: never a writer process of its own (for a child process that only reads)."""
+def open_store_for(url: str, *, writer_process: bool = True, wiring: StoreWiring | None = None) -> Store:
+    """The backend named by a `store:` URL (validated by the config schema), given `wiring`.
+    `writer_process` false: never a writer process of its own (for a child process that only
+    reads)."""
     if url.startswith("sqlite:///"):
         path, options = sqlite_options(url)
         if options.pop("writer", "thread") == "process" and writer_process:
             from gateway.store.writer_process import WriterProcessStore
 
-            return WriterProcessStore(path, **options)
-        return SQLiteStore(path, **options)
+            return WriterProcessStore(path, wiring=wiring, **options)
+        return SQLiteStore(path, wiring=wiring, **options)
     if url.startswith(("postgresql://", "postgres://")):
         from gateway.store.postgres import PostgresStore
 
-        return PostgresStore(url)
+        return PostgresStore(url, wiring=wiring)
     raise StoreError(f"unsupported store URL scheme in {url.split(':', 1)[0]!r}")
 
 
@@ -61,6 +76,7 @@ __all__ = [
     "SQLiteStore",
     "Store",
     "StoreError",
+    "StoreWiring",
     "TimelineEntry",
     "open_store_for",
     "sqlite_options",

@@ -14,10 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
+from gateway.calls.planner import TimelineWrite, event_data
 from gateway.calls.record import CallRecord
-from gateway.store.base import StoreError
+from gateway.events.envelope import Event
+from gateway.store.errors import StoreError
 
 MEDIA_CONNECTED = "media.connected"
 MEDIA_STARTED = "media.started"
@@ -66,3 +69,55 @@ def admit_activity(
     if kind == MEDIA_STARTED and record.media.get("started"):
         events = ()  # a reconnected session: the call started already
     return Admitted(events, gathered_context, annotations, media)
+
+
+@dataclass(slots=True)
+class ActivityPlan:
+    """What a `record_activity` transaction writes: the call (None: unchanged), its timeline
+    entry, and the events."""
+
+    record: CallRecord | None
+    timeline: TimelineWrite
+    events: list[Event]
+
+
+def plan_activity(
+    record: CallRecord,
+    *,
+    source: str,
+    kind: str,
+    data: dict[str, Any],
+    now: datetime,
+    session: str | None = None,
+    events: Sequence[tuple[str, dict[str, Any]]] = (),
+    gathered_context: dict[str, Any] | None = None,
+    annotations: dict[str, Any] | None = None,
+    media: dict[str, Any] | None = None,
+) -> ActivityPlan | None:
+    """The writes of one gateway activity on `record` (the call as read in the transaction; it
+    is updated in place), or None to write nothing (`admit_activity`). Pure."""
+    admitted = admit_activity(
+        record,
+        kind=kind,
+        session=session,
+        events=events,
+        gathered_context=gathered_context,
+        annotations=annotations,
+        media=media,
+    )
+    if admitted is None:
+        return None
+    changed = None
+    if admitted.gathered_context or admitted.annotations or admitted.media:
+        record.gathered_context.update(admitted.gathered_context or {})
+        record.annotations.update(admitted.annotations or {})
+        record.media.update(admitted.media or {})
+        record.updated_at = now
+        changed = record
+    run_id = record.workflow_run_id
+    entry = TimelineWrite(run_id=run_id, received_at=now, source=source, kind=kind, outcome="recorded", data=data)
+    emitted = [
+        Event(type=name, workflow_run_id=run_id, occurred_at=now, data=event_data(record, extra))
+        for name, extra in admitted.events
+    ]
+    return ActivityPlan(changed, entry, emitted)

@@ -15,6 +15,30 @@ CAMPAIGN_FINAL = frozenset({"completed", "failed", "canceled"})
 CONTACT_STATUSES = ("pending", "dialing", "retry", "succeeded", "failed", "skipped", "canceled")
 CONTACT_WAITING = ("pending", "retry")  # will be dialed (again)
 CONTACT_FINAL = frozenset({"succeeded", "failed", "skipped", "canceled"})
+CAMPAIGN_COLUMNS = (
+    "id",
+    "name",
+    "workflow_id",
+    "user_id",
+    "provider",
+    "from_number",
+    "status",
+    "options",
+    "origin",
+    "webhook_secret",
+    "total",
+    "dialed",
+    "quota",
+    "error",
+    "error_code",
+    "created_at",
+    "started_at",
+    "completed_at",
+    "updated_at",
+)
+"""The `campaigns` table's columns, in one order for every backend (`Campaign` field names)."""
+CAMPAIGN_UPDATABLE = frozenset({"quota", "error", "error_code", "started_at", "completed_at"})
+"""The columns `update_campaign` may set besides the status."""
 
 
 @dataclass
@@ -79,8 +103,10 @@ class CampaignEvent:
 
 
 __all__ = [
+    "CAMPAIGN_COLUMNS",
     "CAMPAIGN_FINAL",
     "CAMPAIGN_STATUSES",
+    "CAMPAIGN_UPDATABLE",
     "CONTACT_FINAL",
     "CONTACT_STATUSES",
     "CONTACT_WAITING",

@@ -78,19 +78,19 @@ class GroupCommit(Generic[U, R]):
             except MaybeCommitted as exc:
                 error = exc.__cause__ or exc
                 for _, future in batch:
-                    _settle(future, error=error)
+                    _fail(future, error)
                 return
             except Exception:
                 pass
             else:
-                for (_, future), result in zip(batch, results):
+                for (_, future), result in zip(batch, results, strict=False):
                     _settle(future, result)
                 return
         for unit, future in batch:
             try:
                 result = await self.write_one(unit)
             except Exception as exc:
-                _settle(future, error=exc)
+                _fail(future, exc)
             else:
                 _settle(future, result)
 
@@ -100,10 +100,11 @@ class GroupCommit(Generic[U, R]):
             await asyncio.gather(*list(self._running), return_exceptions=True)
 
 
-def _settle(future: asyncio.Future[R], result: R | None = None, *, error: BaseException | None = None) -> None:
-    if future.done():  # its caller gave up (cancelled): the write stands
-        return
-    if error is not None:
+def _settle(future: asyncio.Future[R], result: R) -> None:
+    if not future.done():  # else its caller gave up (cancelled): the write stands
+        future.set_result(result)
+
+
+def _fail(future: asyncio.Future[R], error: BaseException) -> None:
+    if not future.done():
         future.set_exception(error)
-    else:
-        future.set_result(result)  # type: ignore[arg-type]

@@ -11,7 +11,7 @@ the contact still dialing that run, so each happens once.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -19,23 +19,26 @@ import asyncpg
 
 from gateway.calls.record import CallRecord
 from gateway.store.base import StoreError, clamp_limit
-from gateway.store.campaigns import Campaign, CampaignContact, CampaignEvent
+from gateway.store.campaigns import CAMPAIGN_COLUMNS, CAMPAIGN_UPDATABLE, Campaign, CampaignContact, CampaignEvent
 from gateway.store.paging import POSTGRES, page_query, split_page
-from gateway.store.sqlite_campaigns import _CAMPAIGN_FIELDS, _UPDATABLE
+from gateway.store.postgres_calls import load_call
+from gateway.store.postgres_events import PostgresEvents
+from gateway.store.postgres_listener import DELIVERIES_CHANNEL
+from gateway.store.postgres_pool import Conn
 
 _INSERT_CAMPAIGN = (
-    f"INSERT INTO campaigns ({', '.join(_CAMPAIGN_FIELDS)})"
-    f" VALUES ({', '.join(f'${i}' for i in range(1, len(_CAMPAIGN_FIELDS) + 1))})"
+    f"INSERT INTO campaigns ({', '.join(CAMPAIGN_COLUMNS)})"
+    f" VALUES ({', '.join(f'${i}' for i in range(1, len(CAMPAIGN_COLUMNS) + 1))})"
 )
 
 
-def _campaign(row: Mapping[str, Any]) -> Campaign:
-    values = {name: row[name] for name in _CAMPAIGN_FIELDS}
+def _campaign(row: asyncpg.Record) -> Campaign:
+    values = {name: row[name] for name in CAMPAIGN_COLUMNS}
     values["options"] = dict(values["options"] or {})
     return Campaign(**values)
 
 
-def _contact(row: Mapping[str, Any]) -> CampaignContact:
+def _contact(row: asyncpg.Record) -> CampaignContact:
     return CampaignContact(
         campaign_id=row["campaign_id"],
         position=row["position"],
@@ -56,21 +59,11 @@ def _count(status: str) -> int:
     return int(status.split()[-1])
 
 
-class PostgresCampaigns:
-    """Campaign methods of `PostgresStore` (uses its `_tx`, `_query`, `_load`, `_insert_events`
-    and `_insert_delivery`)."""
-
-    supports_campaigns = True
-
-    # provided by PostgresStore
-    _tx: Callable[..., Any]
-    _query: Callable[..., Any]
-    _load: Callable[..., Any]
-    _insert_events: Callable[..., Any]
-    _insert_delivery: Callable[..., Any]
+class PostgresCampaigns(PostgresEvents):
+    """Campaigns and their contacts on the PostgreSQL pool (a part of `PostgresStore`)."""
 
     # -- helpers --------------------------------------------------------------------------
-    async def _campaign_events(self, conn: asyncpg.Connection, events: Sequence[CampaignEvent]) -> int:
+    async def _campaign_events(self, conn: Conn, events: Sequence[CampaignEvent]) -> int:
         queued = inline = 0
         for item in events:
             queued += await self._insert_events(conn, [item.event])  # NOTIFYs for configured deliveries
@@ -80,13 +73,11 @@ class PostgresCampaigns:
                 )
                 inline += 1
         if inline:
-            from gateway.store.postgres import DELIVERIES_CHANNEL
-
             await conn.execute(f"NOTIFY {DELIVERIES_CHANNEL}")
         return queued + inline
 
     @staticmethod
-    async def _fill(conn: asyncpg.Connection, campaigns: list[Campaign]) -> list[Campaign]:
+    async def _fill(conn: Conn, campaigns: list[Campaign]) -> list[Campaign]:
         if not campaigns:
             return campaigns
         by_id = {c.id: c for c in campaigns}
@@ -106,12 +97,12 @@ class PostgresCampaigns:
             by_id[row["campaign_id"]].minutes_used = round(float(row["seconds"]) / 60.0, 3)
         return campaigns
 
-    async def _load_campaign(self, conn: asyncpg.Connection, campaign_id: str) -> Campaign | None:
+    async def _load_campaign(self, conn: Conn, campaign_id: str) -> Campaign | None:
         row = await conn.fetchrow("SELECT * FROM campaigns WHERE id = $1", campaign_id)
         return None if row is None else (await self._fill(conn, [_campaign(row)]))[0]
 
     @staticmethod
-    async def _lock_campaign(conn: asyncpg.Connection, campaign_id: str) -> asyncpg.Record | None:
+    async def _lock_campaign(conn: Conn, campaign_id: str) -> asyncpg.Record | None:
         """Lock the campaign row first: every campaign writer takes this lock before contact rows."""
         return await conn.fetchrow(
             "SELECT status, dialed, options FROM campaigns WHERE id = $1 FOR NO KEY UPDATE", campaign_id
@@ -121,8 +112,8 @@ class PostgresCampaigns:
     async def create_campaign(
         self, campaign: Campaign, contacts: Sequence[CampaignContact], events: Sequence[CampaignEvent] = ()
     ) -> None:
-        async def tx(conn: asyncpg.Connection) -> None:
-            await conn.execute(_INSERT_CAMPAIGN, *[getattr(campaign, name) for name in _CAMPAIGN_FIELDS])
+        async def tx(conn: Conn) -> None:
+            await conn.execute(_INSERT_CAMPAIGN, *[getattr(campaign, name) for name in CAMPAIGN_COLUMNS])
             if contacts:
                 await conn.executemany(
                     "INSERT INTO campaign_contacts (campaign_id, position, phone, name, context, status, attempts, updated_at)"
@@ -139,7 +130,7 @@ class PostgresCampaigns:
     async def claim_campaign_contacts(
         self, campaign_id: str, run_ids: Sequence[str], *, now: datetime
     ) -> list[CampaignContact]:
-        async def tx(conn: asyncpg.Connection) -> list[CampaignContact]:
+        async def tx(conn: Conn) -> list[CampaignContact]:
             row = await self._lock_campaign(conn, campaign_id)
             if row is None or row["status"] != "running":
                 return []
@@ -158,7 +149,7 @@ class PostgresCampaigns:
                 wanted,
             )
             claimed = []
-            for contact_row, run_id in zip(rows, run_ids):
+            for contact_row, run_id in zip(rows, run_ids, strict=False):  # fewer rows when fewer are due
                 contact = _contact(contact_row)
                 contact.status, contact.attempts, contact.workflow_run_id = "dialing", contact.attempts + 1, run_id
                 contact.next_attempt_at, contact.updated_at = None, now
@@ -186,14 +177,14 @@ class PostgresCampaigns:
         return await self._tx(tx)
 
     async def release_campaign_claim(self, contact: CampaignContact, *, now: datetime) -> bool:
-        async def tx(conn: asyncpg.Connection) -> bool:
+        async def tx(conn: Conn) -> bool:
             if contact.workflow_run_id is None:
                 return False
             await self._lock_campaign(conn, contact.campaign_id)
             # Serialize with every writer of this call (as `apply_update` does) before asking
             # whether it was written.
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"run:{contact.workflow_run_id}")
-            if await self._load(conn, contact.workflow_run_id) is not None:
+            if await load_call(conn, contact.workflow_run_id) is not None:
                 return False  # the call was written: it may have been dialed
             changed = _count(
                 await conn.execute(
@@ -226,7 +217,7 @@ class PostgresCampaigns:
         now: datetime,
         events: Sequence[CampaignEvent] = (),
     ) -> bool:
-        async def tx(conn: asyncpg.Connection) -> bool:
+        async def tx(conn: Conn) -> bool:
             await self._lock_campaign(conn, contact.campaign_id)
             changed = _count(
                 await conn.execute(
@@ -264,11 +255,11 @@ class PostgresCampaigns:
         contacts_to: str | None = None,
         **fields: Any,
     ) -> Campaign | None:
-        unknown = set(fields) - _UPDATABLE
+        unknown = set(fields) - CAMPAIGN_UPDATABLE
         if unknown:
             raise StoreError(f"update_campaign: cannot set {', '.join(sorted(unknown))}")
 
-        async def tx(conn: asyncpg.Connection) -> Campaign | None:
+        async def tx(conn: Conn) -> Campaign | None:
             sets, params = ["status = $1", "updated_at = $2"], [status, now]
             for name, value in fields.items():
                 params.append(value)
@@ -315,7 +306,7 @@ class PostgresCampaigns:
             dialect=POSTGRES,
         )
 
-        async def query(conn: asyncpg.Connection) -> tuple[list[Campaign], str | None]:
+        async def query(conn: Conn) -> tuple[list[Campaign], str | None]:
             rows, next_cursor = split_page(await conn.fetch(sql, *params), limit, key="id", dialect=POSTGRES)
             return await self._fill(conn, [_campaign(row) for row in rows]), next_cursor
 
@@ -334,13 +325,13 @@ class PostgresCampaigns:
         params.append(clamp_limit(limit))
         sql += f" ORDER BY position LIMIT ${len(params)}"
 
-        async def query(conn: asyncpg.Connection) -> list[CampaignContact]:
+        async def query(conn: Conn) -> list[CampaignContact]:
             return [_contact(row) for row in await conn.fetch(sql, *params)]
 
         return await self._query(query)
 
     async def active_campaigns(self) -> list[Campaign]:
-        async def query(conn: asyncpg.Connection) -> list[Campaign]:
+        async def query(conn: Conn) -> list[Campaign]:
             rows = await conn.fetch(
                 "SELECT * FROM campaigns WHERE status IN ('running', 'paused') ORDER BY created_at, id"
             )
@@ -349,7 +340,7 @@ class PostgresCampaigns:
         return await self._query(query)
 
     async def campaigns_for_webhooks(self, ids: Sequence[str] = ()) -> list[Campaign]:
-        async def query(conn: asyncpg.Connection) -> list[Campaign]:
+        async def query(conn: Conn) -> list[Campaign]:
             rows = await conn.fetch(
                 "SELECT * FROM campaigns WHERE status IN ('running', 'paused') OR id = ANY($1::text[])"
                 " OR id IN (SELECT campaign_id FROM campaign_contacts WHERE status = 'dialing')",
@@ -360,13 +351,13 @@ class PostgresCampaigns:
         return await self._query(query)
 
     async def campaign_calls_in_flight(self) -> list[tuple[CampaignContact, CallRecord | None]]:
-        async def query(conn: asyncpg.Connection) -> list[tuple[CampaignContact, CallRecord | None]]:
+        async def query(conn: Conn) -> list[tuple[CampaignContact, CallRecord | None]]:
             rows = await conn.fetch(
                 "SELECT * FROM campaign_contacts WHERE status = 'dialing' ORDER BY campaign_id, position"
             )
             out = []
             for contact in map(_contact, rows):
-                out.append((contact, await self._load(conn, contact.workflow_run_id)))
+                out.append((contact, await load_call(conn, contact.workflow_run_id)))
             return out
 
         return await self._query(query)

@@ -14,6 +14,7 @@ the session a question, so one that died silently (no RST) is found too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -43,7 +44,7 @@ class PostgresListener:
         settings: dict[str, str],
         *,
         on_deliveries: Callable[[], None],
-        on_control: Callable[[Any, int, str, str], None],
+        on_control: Callable[[Any, int, str, object], None],
         check_seconds: float = 5.0,
         backoff: Sequence[float] = (0.1, 0.5, 1.0, 2.0, 5.0),
     ) -> None:
@@ -72,10 +73,8 @@ class PostgresListener:
         self._leading.clear()
         if self._conn is not None:
             conn, self._conn = self._conn, None
-            try:
+            with contextlib.suppress(OSError, asyncpg.InterfaceError):
                 await conn.close()
-            except (OSError, asyncpg.InterfaceError):
-                pass
 
     async def hold(self, name: str) -> bool:
         """True while this instance holds lock `name` on a live session (taken now if free)."""

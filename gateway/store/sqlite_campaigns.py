@@ -8,46 +8,18 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TypeVar
 
 from gateway.calls.record import CallRecord
 from gateway.store.base import StoreError, clamp_limit
-from gateway.store.campaigns import Campaign, CampaignContact, CampaignEvent
+from gateway.store.campaigns import CAMPAIGN_COLUMNS, CAMPAIGN_UPDATABLE, Campaign, CampaignContact, CampaignEvent
 from gateway.store.paging import SQLITE, page_query, split_page
+from gateway.store.sqlite_calls import load_call
+from gateway.store.sqlite_events import SQLiteEvents, Written
+from gateway.store.sqlite_rows import parse_ts, ts
 
 T = TypeVar("T")
-
-_CAMPAIGN_FIELDS = (
-    "id",
-    "name",
-    "workflow_id",
-    "user_id",
-    "provider",
-    "from_number",
-    "status",
-    "options",
-    "origin",
-    "webhook_secret",
-    "total",
-    "dialed",
-    "quota",
-    "error",
-    "error_code",
-    "created_at",
-    "started_at",
-    "completed_at",
-    "updated_at",
-)
-_UPDATABLE = frozenset({"quota", "error", "error_code", "started_at", "completed_at"})
-
-
-def _ts(value: datetime | None) -> str | None:
-    return None if value is None else value.astimezone(UTC).isoformat(timespec="microseconds")
-
-
-def _parse_ts(value: str | None) -> datetime | None:
-    return None if value is None else datetime.fromisoformat(value)
 
 
 def _dumps(value: Any) -> str:
@@ -55,10 +27,10 @@ def _dumps(value: Any) -> str:
 
 
 def _campaign(row: sqlite3.Row) -> Campaign:
-    values = {name: row[name] for name in _CAMPAIGN_FIELDS}
+    values = {name: row[name] for name in CAMPAIGN_COLUMNS}
     values["options"] = json.loads(values["options"])
     for name in ("created_at", "started_at", "completed_at", "updated_at"):
-        values[name] = _parse_ts(values[name])
+        values[name] = parse_ts(values[name])
     return Campaign(**values)
 
 
@@ -71,26 +43,15 @@ def _contact(row: sqlite3.Row) -> CampaignContact:
         context=json.loads(row["context"]),
         status=row["status"],
         attempts=row["attempts"],
-        next_attempt_at=_parse_ts(row["next_attempt_at"]),
+        next_attempt_at=parse_ts(row["next_attempt_at"]),
         workflow_run_id=row["workflow_run_id"],
         outcome=row["outcome"],
-        updated_at=_parse_ts(row["updated_at"]),
+        updated_at=parse_ts(row["updated_at"]),
     )
 
 
-class SQLiteCampaigns:
-    """Campaign methods of `SQLiteStore` (uses its `_write`, `_read`, `_load`, `_insert_events`,
-    `_insert_delivery` and `_notify`)."""
-
-    supports_campaigns = True
-
-    # provided by SQLiteStore
-    _write: Callable[..., Any]
-    _read: Callable[..., Any]
-    _load: Callable[..., Any]
-    _insert_events: Callable[..., int]
-    _insert_delivery: Callable[..., None]
-    _notify: Callable[..., Any]
+class SQLiteCampaigns(SQLiteEvents):
+    """Campaigns and their contacts on the SQLite engine (a part of `SQLiteStore`)."""
 
     # -- helpers --------------------------------------------------------------------------
     def _campaign_events(self, conn: sqlite3.Connection, events: Sequence[CampaignEvent]) -> int:
@@ -133,28 +94,28 @@ class SQLiteCampaigns:
     async def create_campaign(
         self, campaign: Campaign, contacts: Sequence[CampaignContact], events: Sequence[CampaignEvent] = ()
     ) -> None:
-        def tx(conn: sqlite3.Connection) -> tuple[None, int]:
+        def tx(conn: sqlite3.Connection) -> Written[None]:
             values = []
-            for name in _CAMPAIGN_FIELDS:
+            for name in CAMPAIGN_COLUMNS:
                 value = getattr(campaign, name)
                 if name == "options":
                     value = _dumps(value)
                 elif isinstance(value, datetime):
-                    value = _ts(value)
+                    value = ts(value)
                 values.append(value)
             conn.execute(
-                f"INSERT INTO campaigns ({', '.join(_CAMPAIGN_FIELDS)}) VALUES ({', '.join('?' for _ in values)})",
+                f"INSERT INTO campaigns ({', '.join(CAMPAIGN_COLUMNS)}) VALUES ({', '.join('?' for _ in values)})",
                 values,
             )
             conn.executemany(
                 "INSERT INTO campaign_contacts (campaign_id, position, phone, name, context, status, attempts, updated_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, 0, ?)",
                 [
-                    (campaign.id, c.position, c.phone, c.name, _dumps(c.context), c.status, _ts(campaign.created_at))
+                    (campaign.id, c.position, c.phone, c.name, _dumps(c.context), c.status, ts(campaign.created_at))
                     for c in contacts
                 ],
             )
-            return None, self._campaign_events(conn, events)
+            return Written(None, self._campaign_events(conn, events))
 
         self._notify(await self._write(tx))
 
@@ -171,14 +132,14 @@ class SQLiteCampaigns:
                 wanted = min(wanted, max(0, int(max_calls) - row["dialed"]))
             if wanted <= 0:
                 return []
-            at = _ts(now)
+            at = ts(now)
             rows = conn.execute(
                 "SELECT * FROM campaign_contacts WHERE campaign_id = ? AND (status = 'pending'"
                 " OR (status = 'retry' AND next_attempt_at <= ?)) ORDER BY position LIMIT ?",
                 (campaign_id, at, wanted),
             ).fetchall()
             claimed = []
-            for contact_row, run_id in zip(rows, run_ids):
+            for contact_row, run_id in zip(rows, run_ids, strict=False):  # fewer rows when fewer are due
                 contact = _contact(contact_row)
                 contact.status, contact.attempts, contact.workflow_run_id = "dialing", contact.attempts + 1, run_id
                 contact.next_attempt_at, contact.updated_at = None, now
@@ -204,19 +165,19 @@ class SQLiteCampaigns:
 
     async def release_campaign_claim(self, contact: CampaignContact, *, now: datetime) -> bool:
         def tx(conn: sqlite3.Connection) -> bool:
-            if self._load(conn, contact.workflow_run_id) is not None:
+            if load_call(conn, contact.workflow_run_id) is not None:
                 return False  # the call was written: it may have been dialed
             changed = conn.execute(
                 "UPDATE campaign_contacts SET status = CASE WHEN attempts > 1 THEN 'retry' ELSE 'pending' END,"
                 " attempts = attempts - 1, workflow_run_id = NULL, next_attempt_at = CASE WHEN attempts > 1 THEN ? END,"
                 " updated_at = ? WHERE campaign_id = ? AND position = ? AND status = 'dialing' AND workflow_run_id = ?",
-                (_ts(now), _ts(now), contact.campaign_id, contact.position, contact.workflow_run_id),
+                (ts(now), ts(now), contact.campaign_id, contact.position, contact.workflow_run_id),
             ).rowcount
             if changed:
                 conn.execute("DELETE FROM campaign_calls WHERE workflow_run_id = ?", (contact.workflow_run_id,))
                 conn.execute(
                     "UPDATE campaigns SET dialed = dialed - 1, updated_at = ? WHERE id = ?",
-                    (_ts(now), contact.campaign_id),
+                    (ts(now), contact.campaign_id),
                 )
             return bool(changed)
 
@@ -232,15 +193,15 @@ class SQLiteCampaigns:
         now: datetime,
         events: Sequence[CampaignEvent] = (),
     ) -> bool:
-        def tx(conn: sqlite3.Connection) -> tuple[bool, int]:
-            at = _ts(now)
+        def tx(conn: sqlite3.Connection) -> Written[bool]:
+            at = ts(now)
             changed = conn.execute(
                 "UPDATE campaign_contacts SET status = ?, outcome = ?, next_attempt_at = ?, updated_at = ?"
                 " WHERE campaign_id = ? AND position = ? AND status = 'dialing' AND workflow_run_id = ?",
                 (
                     status,
                     outcome,
-                    _ts(next_attempt_at),
+                    ts(next_attempt_at),
                     at,
                     contact.campaign_id,
                     contact.position,
@@ -248,12 +209,12 @@ class SQLiteCampaigns:
                 ),
             ).rowcount
             if not changed:
-                return False, 0
+                return Written(False)
             conn.execute(
                 "UPDATE campaign_calls SET outcome = ? WHERE workflow_run_id = ?", (outcome, contact.workflow_run_id)
             )
             conn.execute("UPDATE campaigns SET updated_at = ? WHERE id = ?", (at, contact.campaign_id))
-            return True, self._campaign_events(conn, events)
+            return Written(True, self._campaign_events(conn, events))
 
         return self._notify(await self._write(tx))
 
@@ -269,23 +230,23 @@ class SQLiteCampaigns:
         contacts_to: str | None = None,
         **fields: Any,
     ) -> Campaign | None:
-        unknown = set(fields) - _UPDATABLE
+        unknown = set(fields) - CAMPAIGN_UPDATABLE
         if unknown:
             raise StoreError(f"update_campaign: cannot set {', '.join(sorted(unknown))}")
 
-        def tx(conn: sqlite3.Connection) -> tuple[Campaign | None, int]:
-            at = _ts(now)
+        def tx(conn: sqlite3.Connection) -> Written[Campaign | None]:
+            at = ts(now)
             marks = ", ".join("?" for _ in from_statuses)
             sets, params = ["status = ?", "updated_at = ?"], [status, at]
             for name, value in fields.items():
                 sets.append(f"{name} = ?")
-                params.append(_ts(value) if isinstance(value, datetime) else value)
+                params.append(ts(value) if isinstance(value, datetime) else value)
             changed = conn.execute(
                 f"UPDATE campaigns SET {', '.join(sets)} WHERE id = ? AND status IN ({marks})",
                 (*params, campaign_id, *from_statuses),
             ).rowcount
             if not changed:
-                return None, 0
+                return Written(None)
             if contacts_from and contacts_to:
                 cmarks = ", ".join("?" for _ in contacts_from)
                 conn.execute(
@@ -295,7 +256,7 @@ class SQLiteCampaigns:
                 )
             campaign = self._load_campaign(conn, campaign_id)
             assert campaign is not None
-            return campaign, self._campaign_events(conn, events(campaign) if events else ())
+            return Written(campaign, self._campaign_events(conn, events(campaign) if events else ()))
 
         return self._notify(await self._write(tx))
 
@@ -358,7 +319,7 @@ class SQLiteCampaigns:
             rows = conn.execute(
                 "SELECT * FROM campaign_contacts WHERE status = 'dialing' ORDER BY campaign_id, position"
             ).fetchall()
-            return [(contact, self._load(conn, contact.workflow_run_id)) for contact in map(_contact, rows)]
+            return [(contact, load_call(conn, contact.workflow_run_id)) for contact in map(_contact, rows)]
 
         return await self._read(query)
 

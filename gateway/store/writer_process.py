@@ -41,8 +41,18 @@ from typing import Any
 from gateway.events.fanout import EventFanout, Route
 from gateway.heap import settle_heap
 from gateway.ipc import ChildProcess, serve_frames
-from gateway.store.base import Delivery, DeliveryResult, DirectDispatch, StoreError, new_lease_id
+from gateway.store.base import (
+    Delivery,
+    DeliveryResult,
+    DirectDispatch,
+    StoreError,
+    StoreWiring,
+    new_lease_id,
+    no_fanout,
+)
 from gateway.store.sqlite import SQLiteStore
+from gateway.store.sqlite_engine import Tx
+from gateway.store.sqlite_events import Written
 
 log = logging.getLogger("gateway.store")
 
@@ -59,16 +69,19 @@ class WriterGone(StoreError):
 class WriterProcessStore(SQLiteStore):
     """An `SQLiteStore` whose busiest transactions run in a writer process (see the module)."""
 
-    def __init__(self, path: str, *, synchronous: str = "FULL") -> None:
-        super().__init__(path, synchronous=synchronous)
-        self.routes: tuple[Route, ...] | None = ()  # None: a fan-out the writer process cannot rebuild
+    def __init__(self, path: str, *, synchronous: str = "FULL", wiring: StoreWiring | None = None) -> None:
+        super().__init__(path, synchronous=synchronous, wiring=wiring)
         self.writer: ChildProcess | None = None
         self._routing_sent: tuple[Any, Any] = (None, None)  # (the process told, what it was told)
 
-    def set_fanout(self, fanout: Any, on_deliveries: Any = None) -> None:
-        super().set_fanout(fanout, on_deliveries)
-        routes = getattr(fanout, "routes", None)  # the writer process rebuilds an EventFanout from its routes
-        self.routes = tuple(routes) if routes is not None else None
+    @property
+    def routes(self) -> tuple[Route, ...] | None:
+        """The fan-out's routes, from which the writer process rebuilds an `EventFanout`; None
+        for a fan-out it cannot rebuild (then the transactions run here)."""
+        if self.fanout is no_fanout:
+            return ()
+        routes = getattr(self.fanout, "routes", None)
+        return tuple(routes) if routes is not None else None
 
     @property
     def writer_pid(self) -> int | None:
@@ -124,7 +137,7 @@ class WriterProcessStore(SQLiteStore):
             raise
         if not ok:
             raise value
-        return self._notify((value, queued, leased))
+        return self._notify(Written(value, queued, leased))
 
     async def _release_lost(self, lease_id: str) -> None:
         """The writer died before answering a transaction that may have committed leases under
@@ -208,8 +221,8 @@ def _run(store: SQLiteStore, rooms: dict[str, int], requests: list[tuple[int, An
     the worker's room was when the first request was sent: what the worker had room for then,
     less what the group leases (the later requests' room does not know of those yet)."""
     answers: list[tuple[int, Any]] = []
-    fns = []
-    tokens = []
+    fns: list[Tx] = []
+    tokens: list[int] = []
     for token, (method, args, kwargs, room, routing) in requests:
         if routing is not None:
             _route(store, rooms, routing)
@@ -224,10 +237,9 @@ def _run(store: SQLiteStore, rooms: dict[str, int], requests: list[tuple[int, An
             rooms.clear()
             rooms.update(room)
         tokens.append(token)
-    for token, (ok, value) in zip(tokens, store.run_locked(lambda: fns)):
+    for token, (ok, value) in zip(tokens, store.run_locked(lambda: fns), strict=True):
         if ok:
-            result, queued, leased = value
-            answers.append((token, (True, result, leased, queued)))
+            answers.append((token, (True, value.value, list(value.leased), value.queued)))
         else:
             answers.append((token, (False, _as_store_error(value), [], 0)))
     return answers
