@@ -63,7 +63,8 @@ class DrainingServer(uvicorn.Server):
             MEDIA.active,
             self.drain_seconds,
         )
-        self._loop.call_soon_threadsafe(lambda: self._loop.create_task(self._drain()))
+        loop = self._loop
+        loop.call_soon_threadsafe(lambda: loop.create_task(self._drain()))
 
     async def _drain(self) -> None:
         live = self.gateway.live_calls

@@ -23,11 +23,6 @@ from gateway.errors import GatewayError, ProblemError
 PRIVATE = {"gateway.jsontext._Different", "gateway.tunnel.detector._Unreachable"}
 # Classes in paths other work owns right now (issue 16): to derive from GatewayError when it lands.
 PENDING = {
-    "gateway.store.base.StoreError",
-    "gateway.store.base.ClaimLost",
-    "gateway.store.activity.CallEnded",
-    "gateway.store.writer_process.WriterGone",
-    "gateway.store.group_commit.MaybeCommitted",
     "gateway.media.provider_socket.HandshakeError",
     "gateway.media.agent_socket.SocketClosed",
     "gateway.media.agent.AgentUnavailable",

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from gateway.errors import GatewayError
 
-class StoreError(Exception):
+
+class StoreError(GatewayError):
     """The store could not do what was asked (unreachable, corrupt, bad cursor...)."""
 
 

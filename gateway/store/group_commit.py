@@ -17,11 +17,13 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
+from gateway.errors import GatewayError
+
 U = TypeVar("U")
 R = TypeVar("R")
 
 
-class MaybeCommitted(Exception):
+class MaybeCommitted(GatewayError):
     """A batch's COMMIT got no answer: it may have been written. Its units are not retried."""
 
 
