@@ -21,7 +21,7 @@ import os
 import ssl
 import struct
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from websockets.client import ClientProtocol
 from websockets.exceptions import InvalidURI
@@ -105,6 +105,7 @@ class AgentSocket(asyncio.Protocol):
         self._inbox = bytearray()  # received bytes not yet a whole frame (fast path only)
         self._fast = False  # the steady state: OPEN, no fragmented message, nothing odd seen
         self._opened = False
+        self._listener: tuple[Callable[[bytes | str], None], Callable[[str], None]] | None = None
 
     # -- the caller's side ----------------------------------------------------------------
     async def open(self, headers: Mapping[str, str], *, timeout: float, user_agent: str) -> None:
@@ -170,6 +171,16 @@ class AgentSocket(asyncio.Protocol):
             self._reading_paused = False
             self.transport.resume_reading()
         return message
+
+    def listen(self, on_message: Callable[[bytes | str], None], on_closed: Callable[[str], None]) -> None:
+        """Push mode: each whole message goes to `on_message` as it arrives (what is queued, now),
+        and `on_closed(reason)` is called once when the connection has ended; `receive` is not
+        called again. No future or task per message."""
+        self._listener = (on_message, on_closed)
+        if self._reading_paused and self.transport is not None:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        self._wake()
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """The closing handshake, then the TCP connection; waits at most `close_timeout`."""
@@ -338,6 +349,15 @@ class AgentSocket(asyncio.Protocol):
         self._wake()
 
     def _wake(self) -> None:
+        if self._listener is not None:
+            on_message, on_closed = self._listener
+            messages = self._messages
+            while messages:
+                on_message(messages.popleft())
+            if self._closed_reason is not None and self._listener is not None:
+                self._listener = None
+                on_closed(self._closed_reason)
+            return
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)

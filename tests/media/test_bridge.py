@@ -139,13 +139,18 @@ async def test_twilio_echo_round_trip_in_real_time(gateway_server):
     assert events.count("call.started") == 1
 
 
-async def test_vonage_echo_round_trip(gateway_server):
-    server = gateway_server()
+async def vonage_endpoint(server) -> dict:
+    """The NCCO's websocket endpoint of a signed Vonage answer webhook."""
     token = vonage_jwt(b"")
     async with httpx.AsyncClient() as http:
         answer = await http.get(server.url + WEBHOOK, params={"uuid": "aaaaaaaa-0000-0000-0000-000000000001", "to": "1", "from": "2"},
                                 headers={"Authorization": f"Bearer {token}"})
-    endpoint = answer.json()[0]["endpoint"][0]
+    return answer.json()[0]["endpoint"][0]
+
+
+async def test_vonage_echo_round_trip(gateway_server):
+    server = gateway_server()
+    endpoint = await vonage_endpoint(server)
     async with connect(endpoint["uri"], compression=None, proxy=None) as ws:
         await ws.send(json.dumps({"event": "websocket:connected", "content-type": endpoint["content-type"], **endpoint["headers"]}))
         signal = speech_like(1.0, rate=16000)
