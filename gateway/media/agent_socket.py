@@ -92,7 +92,7 @@ class AgentSocket(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._loop = asyncio.get_running_loop()
         self._messages: deque[bytes | str] = deque()
-        self._fragments: list[bytes] = []
+        self._fragments: list[bytes | bytearray | memoryview] = []
         self._fragment_opcode: Opcode | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._handshake: asyncio.Future[None] = self._loop.create_future()
@@ -332,10 +332,10 @@ class AgentSocket(asyncio.Protocol):
             self._closed_reason = self._describe_close(None)
             self._wake()
 
-    def _deliver(self, opcode: Opcode, data: bytes) -> None:
+    def _deliver(self, opcode: Opcode, data: bytes | bytearray | memoryview) -> None:
         if opcode is Opcode.TEXT:
             try:
-                message: bytes | str = data.decode()
+                message: bytes | str = bytes(data).decode() if isinstance(data, memoryview) else data.decode()
             except UnicodeDecodeError as exc:
                 self._fast = False
                 self._closed_reason = f"agent sent a text message that is not UTF-8 (byte {exc.start})"

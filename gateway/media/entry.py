@@ -22,9 +22,10 @@ import logging
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from starlette.requests import HTTPConnection
+from starlette.types import Scope
 
 from gateway.api.context import GatewayContext
 from gateway.api.middleware import POLICY_VIOLATION
@@ -38,6 +39,7 @@ from gateway.logs import RUN_ID
 from gateway.media.agent import agent_link_for
 from gateway.media.provider_socket import (
     HandshakeError,
+    Message,
     PlivoSocket,
     ProviderSocket,
     PushWire,
@@ -77,7 +79,7 @@ class MediaEntry:
     """One media socket, from its upgrade request (an ASGI `websocket` scope and the path's ids)
     to its session's end. `dial` is the app's dial services (hang-ups), or None."""
 
-    def __init__(self, ctx: GatewayContext, dial: Any, scope: dict[str, Any], path: Mapping[str, str]) -> None:
+    def __init__(self, ctx: GatewayContext, dial: Any, scope: Scope, path: Mapping[str, str]) -> None:
         self.ctx = ctx
         self.dial = dial
         self.scope = scope
@@ -117,7 +119,7 @@ class MediaEntry:
         for name in PATH_PARAMS:
             if not _PATH_ID.match(self.path[name]):
                 return f"{name} is not a valid id"
-        headers = headers_of(self.scope)
+        headers = headers_of(cast(dict[str, Any], self.scope))
         signature = headers.get("x-twilio-signature")
         if signature is not None:
             self.provider_name = "twilio"
@@ -200,7 +202,9 @@ class MediaEntry:
 
     def _provider_socket(self, name: str, receive: Receive, send: Send, wire: PushWire | None) -> ProviderSocket:
         if name == "plivo":
-            return PlivoSocket(receive, send, upgrade_headers=dict(headers_of(self.scope)), wire=wire)
+            return PlivoSocket(
+                receive, send, upgrade_headers=dict(headers_of(cast(dict[str, Any], self.scope))), wire=wire
+            )
         return _SOCKETS[name](receive, send, wire=wire)
 
     async def _sniffed(self, receive: Receive, seconds: float) -> tuple[str, Receive]:
@@ -224,7 +228,7 @@ class MediaEntry:
             provider = "vonage"
         pending = [first]
 
-        async def replay() -> dict[str, Any]:
+        async def replay() -> Message:
             return pending.pop() if pending else await receive()
 
         return provider, replay

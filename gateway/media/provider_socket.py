@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import abc
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -35,7 +35,7 @@ def closed_reason(code: int, reason: str | None) -> str:
     return f"socket closed ({code}: {reason})" if reason else f"socket closed ({code})"
 
 
-def _before(what: str, message: dict[str, Any]) -> str:
+def _before(what: str, message: Message) -> str:
     reason = message.get("reason")
     return (
         f"socket closed before {what} ({message.get('code', 1005)}: {reason})"
@@ -63,8 +63,9 @@ class StreamStart:
     parameters: dict[str, Any] = field(default_factory=dict)
 
 
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
+Message = MutableMapping[str, Any]  # an ASGI message
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
 OnItem = Callable[[str, Any], None]
 
 
@@ -175,7 +176,7 @@ class ProviderSocket(abc.ABC):
             return parsed
         raise HandshakeError("no start message")
 
-    async def _receive_message(self) -> dict[str, Any]:
+    async def _receive_message(self) -> Message:
         if self.peer_closed:
             return {"type": "websocket.disconnect", "code": 1006}
         message = await self._receive()
@@ -216,7 +217,7 @@ class ProviderSocket(abc.ABC):
         else:
             await self._send_message({"type": "websocket.send", "bytes": data})
 
-    async def _send_message(self, message: dict[str, Any]) -> None:
+    async def _send_message(self, message: Message) -> None:
         if self.peer_closed:
             return
         try:
@@ -275,10 +276,10 @@ class TwilioSocket(ProviderSocket):
         return classify(parsed)
 
     async def send_frame(self, frame: bytes) -> None:
-        await self._send_text(twilio_media.render_media(self.stream_id, frame))
+        await self._send_text(twilio_media.render_media(self.stream_id or "", frame))
 
     async def send_mark(self, name: str) -> None:
-        await self._send_text(twilio_media.render_mark(self.stream_id, name))
+        await self._send_text(twilio_media.render_mark(self.stream_id or "", name))
 
     def frame_now(self, frame: bytes) -> None:
         render = self._render
@@ -288,10 +289,10 @@ class TwilioSocket(ProviderSocket):
             self.peer_closed = True
 
     def mark_now(self, name: str) -> None:
-        self._text_now(twilio_media.render_mark(self.stream_id, name))
+        self._text_now(twilio_media.render_mark(self.stream_id or "", name))
 
     async def send_clear(self) -> None:
-        await self._send_text(twilio_media.render_clear(self.stream_id))
+        await self._send_text(twilio_media.render_clear(self.stream_id or ""))
 
 
 class JsonStreamSocket(ProviderSocket):
@@ -444,7 +445,7 @@ class VonageSocket(ProviderSocket):
             raise HandshakeError(f"not a Vonage media socket: {exc}") from None
         if parsed.event != "websocket:connected":
             raise HandshakeError(f"expected websocket:connected, got {parsed.event[:32]!r}")
-        if parsed.sample_rate != self.audio_format.sample_rate:
+        if parsed.sample_rate is not None and parsed.sample_rate != self.audio_format.sample_rate:
             self.audio_format = AudioFormat("pcm16", parsed.sample_rate)
         token = parsed.fields.get("stream_token")
         return StreamStart(None, token if isinstance(token, str) else None, None, parsed.fields)

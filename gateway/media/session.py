@@ -25,7 +25,7 @@ from gateway.audio import AudioFormat, Reframer, Transcoder
 from gateway.calls import events as ev
 from gateway.calls.record import CallRecord
 from gateway.media.agent import AgentLink, AgentMessageError, AgentUnavailable
-from gateway.media.playback import FRAME, PlaybackQueue
+from gateway.media.playback import FRAME, PendingMark, PlaybackQueue
 from gateway.media.provider_socket import AUDIO, BAD, DTMF, MARK, OTHER, STOP, ProviderSocket
 from gateway.media.registry import INSTANCE_ID
 from gateway.media.writes import FLUSH_SECONDS, SessionWriter
@@ -558,11 +558,14 @@ class MediaSession:
         plays_at = max(self.playback.played_until, now)  # where the first released frame starts
         for kind, value in self.playback.take_due(now):
             if kind == FRAME:
+                assert isinstance(value, bytes)
                 due.append((True, value))
                 self.counters.frames_out += 1
                 if self.recorder is not None:
                     self.recorder.agent(value, plays_at)
                 plays_at += self.playback.frame_seconds
+            elif not isinstance(value, PendingMark):
+                continue
             elif self.provider.echoes_marks:
                 due.append((False, value.name))
             else:

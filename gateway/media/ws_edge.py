@@ -28,13 +28,13 @@ from typing import Any
 
 import httptools
 from picows import WSAutoPingStrategy, WSCloseCode, WSListener, WSMsgType
-from picows.picows import WSProtocol
+from picows.picows import WSProtocol  # type: ignore[attr-defined]  # the server protocol, fed the upgrade here
 from starlette.routing import compile_path
 
 from gateway.api.middleware import POLICY_VIOLATION
 from gateway.api.telephony import WS_PATH
 from gateway.media.entry import MediaEntry, Refusal
-from gateway.media.provider_socket import HandshakeError
+from gateway.media.provider_socket import HandshakeError, Message
 
 log = logging.getLogger("gateway.media")
 
@@ -52,7 +52,7 @@ class _PicowsLog(logging.LoggerAdapter):  # type: ignore[type-arg]
             self.logger.log(level, "media socket: " + str(msg), *args, **kwargs)
 
     def isEnabledFor(self, level: int) -> bool:
-        return self.logger.isEnabledFor(min(level, logging.DEBUG))
+        return bool(self.logger.isEnabledFor(min(level, logging.DEBUG)))
 
 
 _PICOWS_LOG = _PicowsLog(logging.getLogger("gateway.media.picows"), {})
@@ -62,7 +62,7 @@ QUEUE_PAUSE, QUEUE_RESUME = 32, 8  # messages queued before the session listens:
 CLOSE_TIMEOUT = 2.0  # after sending close, how long the peer has to answer before the connection is dropped
 HANDSHAKE_TIMEOUT = 5.0
 _MEDIA_PATH = compile_path(WS_PATH)[0]
-_CODES = {int(code): code for code in WSCloseCode}
+_CODES = {code.value: code for code in WSCloseCode}
 _TEXT, _BINARY, _CONTINUATION, _CLOSE = WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CONTINUATION, WSMsgType.CLOSE
 
 
@@ -245,7 +245,7 @@ class LeanWire(WSListener):
         self.transport.send(_BINARY, data)
         return True
 
-    async def send(self, message: dict[str, Any]) -> None:
+    async def send(self, message: Message) -> None:
         """ASGI `send` for a provider socket that only speaks ASGI messages."""
         kind = message["type"]
         if kind == "websocket.send":
