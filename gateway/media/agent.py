@@ -79,6 +79,12 @@ class AgentLink(abc.ABC):
         called again. False (nothing changes) when the link can only be read with `receive`."""
         return False
 
+    def hold(self, held: bool) -> None:
+        """Push mode: while held, no message is pushed and the link stops reading the agent once
+        a few are waiting (TCP pushes back on it, as on a reader that is behind); released, what
+        waited is pushed, in order. A link whose messages never wait (the echo) ignores it."""
+        return None
+
 
 class WebSocketAgentLink(AgentLink):
     """An agent server reached over a WebSocket (see `AgentSocket` for why not `websockets.asyncio`)."""
@@ -151,6 +157,10 @@ class WebSocketAgentLink(AgentLink):
             return False  # a link that translates what it receives (TwilioAgentLink) is pulled
         self._socket.listen(on_message, lambda reason: on_closed(self._redactor.text(reason)))
         return True
+
+    def hold(self, held: bool) -> None:
+        if self._socket is not None:
+            self._socket.hold(held)
 
     async def close(self) -> None:
         if self._socket is not None:

@@ -106,6 +106,7 @@ class AgentSocket(asyncio.Protocol):
         self._fast = False  # the steady state: OPEN, no fragmented message, nothing odd seen
         self._opened = False
         self._listener: tuple[Callable[[bytes | str], None], Callable[[str], None]] | None = None
+        self._held = False  # push mode: messages wait in `_messages` (reading pauses at `max_queue`)
 
     # -- the caller's side ----------------------------------------------------------------
     async def open(self, headers: Mapping[str, str], *, timeout: float, user_agent: str) -> None:
@@ -177,10 +178,17 @@ class AgentSocket(asyncio.Protocol):
         and `on_closed(reason)` is called once when the connection has ended; `receive` is not
         called again. No future or task per message."""
         self._listener = (on_message, on_closed)
-        if self._reading_paused and self.transport is not None:
-            self._reading_paused = False
-            self.transport.resume_reading()
-        self._wake()
+        self.hold(False)
+
+    def hold(self, held: bool) -> None:
+        """Push mode: while held, messages wait in the queue as they do for a reader that is
+        behind (reading pauses once `max_queue` wait); released, they are pushed in order."""
+        self._held = held
+        if not held:
+            if self._reading_paused and self.transport is not None:
+                self._reading_paused = False
+                self.transport.resume_reading()
+            self._wake()
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """The closing handshake, then the TCP connection; waits at most `close_timeout`."""
@@ -352,9 +360,9 @@ class AgentSocket(asyncio.Protocol):
         if self._listener is not None:
             on_message, on_closed = self._listener
             messages = self._messages
-            while messages:
+            while messages and not self._held:  # a message may hold the link: the rest wait
                 on_message(messages.popleft())
-            if self._closed_reason is not None and self._listener is not None:
+            if self._closed_reason is not None and not messages and self._listener is not None:
                 self._listener = None
                 on_closed(self._closed_reason)
             return

@@ -38,6 +38,7 @@ log = logging.getLogger("gateway.media")
 CODEC_SAMPLE_EVERY = 50  # one caller frame in this many is timed for the codec metric
 
 MAX_AGENT_MESSAGE_CHARS = 64 * 1024
+AGENT_QUEUE_HOLD = 32  # push mode: agent messages waiting behind one that awaits before the link is held
 
 
 class Recorder(Protocol):
@@ -134,6 +135,8 @@ class MediaSession:
         self._provider_stopped = False
         self._provider_done = asyncio.Event()
         self._agent_queue: deque[tuple[AgentLink, bytes | str | AgentUnavailable]] = deque()  # push mode, as above
+        self._agent_draining = False  # a task is taking `_agent_queue`
+        self._held_agent: AgentLink | None = None  # the link told to hold while the queue is long
         self._finished = False
         self._ending = asyncio.Event()
         self.end_reason = ""
@@ -478,23 +481,42 @@ class MediaSession:
                 self._pump_task = self._spawn(self._pump_later())
             return
         queue.append((agent, message))
-        if len(queue) == 1:
+        if not self._agent_draining:
+            self._agent_draining = True
             self._spawn(self._drain_agent_queue())
+        elif len(queue) >= AGENT_QUEUE_HOLD and self._held_agent is None:
+            self._held_agent = agent  # bounded: the link stops reading, TCP pushes back on the agent
+            agent.hold(True)
 
     async def _drain_agent_queue(self) -> None:
+        """Push mode: the queued agent messages, in order, each awaited as the reader task would.
+        Releasing a held link may push more onto the queue (or, once it is empty, handle audio
+        at once): the loop takes them."""
         queue = self._agent_queue
-        while queue and not self._finished:
-            agent, message = queue[0]
-            if isinstance(message, AgentUnavailable):
-                queue.clear()
-                self._lost_agent(agent, str(message))
-                return
-            if isinstance(message, bytes):
-                self._agent_audio(message)
-                await self._pump()
-            else:
-                await self._control(message)
-            queue.popleft()
+        try:
+            while queue and not self._finished:
+                agent, message = queue[0]
+                if isinstance(message, AgentUnavailable):
+                    queue.clear()
+                    self._lost_agent(agent, str(message))
+                    return
+                if isinstance(message, bytes):
+                    self._agent_audio(message)
+                    await self._pump()
+                else:
+                    await self._control(message)
+                queue.popleft()
+                if self._held_agent is not None and len(queue) <= AGENT_QUEUE_HOLD // 4:
+                    self._release_agent()
+        finally:
+            self._agent_draining = False
+            if self._held_agent is not None and not self._finished:
+                self._release_agent()
+
+    def _release_agent(self) -> None:
+        agent, self._held_agent = self._held_agent, None
+        if agent is not None:
+            agent.hold(False)
 
     def _agent_audio(self, message: bytes) -> None:
         for frame in self.reframer.push(self.to_provider.process(message)):
