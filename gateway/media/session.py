@@ -500,11 +500,7 @@ class MediaSession:
                     queue.clear()
                     self._lost_agent(agent, str(message))
                     return
-                if isinstance(message, bytes):
-                    self._agent_audio(message)
-                    await self._pump()
-                else:
-                    await self._control(message)
+                await self._agent_message_in(message)
                 queue.popleft()
                 if self._held_agent is not None and len(queue) <= AGENT_QUEUE_HOLD // 4:
                     self._release_agent()
@@ -533,11 +529,15 @@ class MediaSession:
             except AgentMessageError as exc:  # a protocol the link translates refused it
                 self._agent_bad(str(exc))
                 continue
-            if isinstance(message, bytes):
-                self._agent_audio(message)
-                await self._pump()
-            else:
-                await self._control(message)
+            await self._agent_message_in(message)
+
+    async def _agent_message_in(self, message: bytes | str) -> None:
+        """One message from the agent, in its turn: audio re-framed and paced, or a control message."""
+        if isinstance(message, bytes):
+            self._agent_audio(message)
+            await self._pump()
+        else:
+            await self._control(message)
 
     async def _pump(self) -> None:
         """Send what the playback lead allows now; a pumper task sends the rest on time."""
