@@ -11,8 +11,8 @@ upgrade) in `start.custom_parameters`; Plivo (upgrade signed with X-Plivo-Signat
 `check_upgrade` (before the upgrade is answered: path ids, signature or JWT and its replay
 claim, the socket limits) -> `open` (after: the provider told by its first message when the
 upgrade was unsigned, the stream token bound to the path's ids, the call, the claim in the
-store, the session, registered) -> `run`. Each transport only moves
-bytes and closes with the code it is told.
+store, the session, registered) -> `run`. Each transport only moves bytes and closes with the
+code it is told.
 """
 
 from __future__ import annotations
@@ -114,8 +114,8 @@ class MediaEntry:
         return None
 
     async def _upgrade_refusal(self) -> str | None:
-        """The refusal reason for the upgrade request, or None; sets `provider_name`."""
-        ctx, path = self.ctx, self.scope.get("path", "")
+        """The refusal reason for the upgrade request, or None; sets `provider_name` (UNSIGNED:
+        told by the first message, after the upgrade)."""
         for name in PATH_PARAMS:
             if not _PATH_ID.match(self.path[name]):
                 return f"{name} is not a valid id"
@@ -123,77 +123,71 @@ class MediaEntry:
         signature = headers.get("x-twilio-signature")
         if signature is not None:
             self.provider_name = "twilio"
-            settings = ctx.config.providers.twilio
-            if settings is None:
-                return "twilio is not configured on this gateway"
-            conn = HTTPConnection(self.scope)
-            url = called_url(conn, gateway_origin(conn, ctx))
-            verdict = twilio.verify_twilio_signature(settings.auth_token.get_secret_value(), url, {}, b"", signature)
-            if not verdict.ok:
-                log.warning(
-                    "refused twilio media upgrade %s: %s (signature checked over %s)",
-                    path,
-                    verdict.reason,
-                    verdict.signed_url or url,
-                )
-                return f"twilio signature check failed: {verdict.reason}"
-            return None
+            return self._twilio_refusal(signature)
         plivo_signatures = [headers.get(plivo.SIGNATURE_HEADER), headers.get(plivo.MAIN_SIGNATURE_HEADER)]
         if any(plivo_signatures):
             self.provider_name = "plivo"
-            plivo_settings = ctx.config.providers.plivo
-            if plivo_settings is None:
-                return "plivo is not configured on this gateway"
-            conn = HTTPConnection(self.scope)
-            url = called_url(conn, gateway_origin(conn, ctx))
-            # Plivo signs the upgrade as a GET; whether over the wss:// or the https:// spelling
-            # of the URL is not documented (its stream SDK rebuilds an https:// one): both count.
-            urls = [url, "https" + url[3:] if url.startswith("wss") else "http" + url[2:]]
-            plivo_verdict = plivo.verify_plivo_signature(
-                plivo_settings.auth_token.get_secret_value(),
-                "GET",
-                urls,
-                None,
-                plivo_signatures,
-                headers.get(plivo.NONCE_HEADER),
-            )
-            if not plivo_verdict.ok:
-                log.warning(
-                    "refused plivo media upgrade %s: %s (signature checked over %s)",
-                    path,
-                    plivo_verdict.reason,
-                    plivo_verdict.signed_url,
-                )
-                return f"plivo signature check failed: {plivo_verdict.reason}"
-            return None
+            return self._plivo_refusal(plivo_signatures, headers.get(plivo.NONCE_HEADER))
         authorization = headers.get("authorization")
         if authorization is None:
             self.provider_name = UNSIGNED
             return None
         self.provider_name = "vonage"
-        vonage_settings = ctx.config.providers.vonage
-        if vonage_settings is None:
+        return await self._vonage_refusal(authorization)
+
+    def _called_url(self) -> str:
+        conn = HTTPConnection(self.scope)
+        return called_url(conn, gateway_origin(conn, self.ctx))
+
+    def _refused(self, reason: str, checked_over: str | None = None) -> str:
+        """The one log line of a refused upgrade signature, and the refusal's reason."""
+        where = f" (signature checked over {checked_over})" if checked_over else ""
+        log.warning("refused %s media upgrade %s: %s%s", self.provider_name, self.scope.get("path", ""), reason, where)
+        return f"{self.provider_name} signature check failed: {reason}"
+
+    def _twilio_refusal(self, signature: str) -> str | None:
+        settings = self.ctx.config.providers.twilio
+        if settings is None:
+            return "twilio is not configured on this gateway"
+        url = self._called_url()
+        verdict = twilio.verify_twilio_signature(settings.auth_token.get_secret_value(), url, {}, b"", signature)
+        return None if verdict.ok else self._refused(verdict.reason, verdict.signed_url or url)
+
+    def _plivo_refusal(self, signatures: list[str | None], nonce: str | None) -> str | None:
+        settings = self.ctx.config.providers.plivo
+        if settings is None:
+            return "plivo is not configured on this gateway"
+        url = self._called_url()
+        # Plivo signs the upgrade as a GET; whether over the wss:// or the https:// spelling
+        # of the URL is not documented (its stream SDK rebuilds an https:// one): both count.
+        urls = [url, "https" + url[3:] if url.startswith("wss") else "http" + url[2:]]
+        verdict = plivo.verify_plivo_signature(
+            settings.auth_token.get_secret_value(), "GET", urls, None, signatures, nonce
+        )
+        return None if verdict.ok else self._refused(verdict.reason, verdict.signed_url)
+
+    async def _vonage_refusal(self, authorization: str) -> str | None:
+        ctx = self.ctx
+        settings = ctx.config.providers.vonage
+        if settings is None:
             return "vonage is not configured on this gateway"
         verdict = vonage.verify_vonage_jwt(
             authorization,
-            vonage_settings.signature_secret.get_secret_value(),
+            settings.signature_secret.get_secret_value(),
             b"",
             now=ctx.clock(),
             replay=None,
-            window_seconds=vonage_settings.jwt_window,
-            api_key=vonage_settings.api_key,
-            application_id=vonage_settings.application_id,
+            window_seconds=settings.jwt_window,
+            api_key=settings.api_key,
+            application_id=settings.application_id,
         )
         if verdict.ok:
             try:
-                verdict = await ctx.unreplayed(verdict, vonage_settings.jwt_window)
+                verdict = await ctx.unreplayed(verdict, settings.jwt_window)
             except StoreError as exc:
                 log.error("could not check a vonage media upgrade for replay: %s", exc)
                 return "the gateway could not check the token for replay"
-        if not verdict.ok:
-            log.warning("refused vonage media upgrade %s: %s", path, verdict.reason)
-            return f"vonage signature check failed: {verdict.reason}"
-        return None
+        return None if verdict.ok else self._refused(verdict.reason)
 
     @property
     def peer_closed(self) -> bool:
