@@ -268,6 +268,28 @@ class LeanWire(WSListener):
             self._close_timer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, transport.disconnect, False)
 
 
+def server_protocol(listener_factory: Callable[[Any], WSListener]) -> Any:
+    """A picows server-side protocol, as `picows.ws_create_server` makes one (its constructor is
+    not public API: pyproject.toml pins the picows minor version this was written against)."""
+    return WSProtocol(
+        None,  # host and port: a server's
+        None,  # path: a server's
+        False,  # client side
+        listener_factory,
+        _PICOWS_LOG,
+        True,  # disconnect on an exception in a callback (the wire catches its own)
+        HANDSHAKE_TIMEOUT,
+        False,  # auto ping: no pings of ours
+        20,
+        20,
+        WSAutoPingStrategy.PING_WHEN_IDLE,
+        True,  # answer pings
+        MAX_MESSAGE_BYTES,
+        None,  # extra response headers
+        4096,  # initial read buffer
+    )
+
+
 class MediaEdge:
     """Serves the media paths of `app` (the gateway's app: its context, dial services and edge
     middleware) on the lean layer; `DeadlineProtocol` asks it first at every upgrade."""
@@ -408,23 +430,7 @@ class _Connection:
     def _hand_to_picows(self, wire: LeanWire) -> None:
         """A picows server protocol on the transport, fed the upgrade request: it answers 101
         (or 400 for a request that is not a valid WebSocket upgrade) and reads frames from here on."""
-        protocol = WSProtocol(
-            None,
-            None,
-            False,
-            lambda request: wire,
-            _PICOWS_LOG,
-            True,  # disconnect on an exception in a callback (the wire catches its own)
-            HANDSHAKE_TIMEOUT,
-            False,
-            20,
-            20,
-            WSAutoPingStrategy.PING_WHEN_IDLE,  # no pings of ours
-            True,  # answer pings
-            MAX_MESSAGE_BYTES,
-            None,
-            4096,
-        )
+        protocol = server_protocol(lambda request: wire)
         transport = self.transport
         protocol.connection_made(transport)
         transport.set_protocol(protocol)
