@@ -184,6 +184,7 @@ class MediaSession:
             await asyncio.wait({provider_task, ending_task}, return_when=asyncio.FIRST_COMPLETED)
             await self._finish(self.end_reason or "provider closed")
         except asyncio.CancelledError:  # the server is stopping: what is queued is still written
+            self._provider_stopped = self._finished = True  # push mode: nothing more is carried
             for task in self._tasks:
                 task.cancel()
             self._write_ended(self.end_reason or "gateway stopped", {"cancelled": True})
