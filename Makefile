@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install run tunnel test fuzz mutate bench clean
+.PHONY: install run tunnel test lint fuzz mutate bench clean
 
 $(BIN)/gateway: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,20 @@ tunnel: install
 test: $(VENV)/.test-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+$(VENV)/.lint-deps: $(BIN)/gateway
+	$(BIN)/pip install --quiet -e '.[lint]'
+	touch $@
+
+# ruff (lint and format check) and mypy --strict over gateway/, ruff's relaxed rules over tests/
+# and bench/ (settings in pyproject.toml); every check runs, and any failure fails the target.
+lint: $(VENV)/.lint-deps
+	@rc=0; \
+	$(BIN)/ruff check gateway || rc=1; \
+	$(BIN)/ruff check tests bench || rc=1; \
+	$(BIN)/ruff format --check gateway || rc=1; \
+	$(BIN)/mypy || rc=1; \
+	exit $$rc
+
 # The fuzz suite (tests/fuzz) under Hypothesis's `fuzz` profile: randomized, many more examples
 # than CI's `ci` profile. Failing examples are saved in .hypothesis/ and replayed first next time.
 fuzz: $(VENV)/.test-deps
@@ -43,4 +57,4 @@ bench: $(BIN)/gateway
 	@echo "benchmarks: $(BIN)/python bench/codec.py | bench/media.py | bench/webhooks.py | bench/store.py"
 
 clean:
-	rm -rf $(VENV) .pytest_cache mutants
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache mutants

@@ -20,6 +20,13 @@ frame pair and its ratio to the same pipeline's tight-loop cost, for the gateway
 
 The gateway's numpy calls per steady 20 ms frame are listed from the code (NUMPY_CALLS below);
 numpy has no hook to count them at run time.
+
+``--batch N,...``: N calls, both directions, one frame per stream per loop iteration, three ways
+in the same run: ``direct`` (each stream's ``Transcoder.process``, as today), ``batched`` (one
+``BatchTranscoder.run`` over all of them, batching even two frames of a kind) and ``scheduled`` (``StreamTranscoder.submit`` per frame
+and the scheduler's run with its callbacks, with the shipped thresholds: the whole edge the server
+uses, minus the event loop).
+N=1 is the one-call case, where ``submit`` transcodes inline. ``--batch`` runs only that table.
 """
 
 from __future__ import annotations
@@ -44,9 +51,10 @@ with warnings.catch_warnings():
 
 import soxr
 
-from gateway.audio import TWILIO_FORMAT, VONAGE_FORMAT, AudioFormat, StreamingResampler, Transcoder
-from gateway.audio import g711
+from gateway.audio import TWILIO_FORMAT, VONAGE_FORMAT, AudioFormat, StreamingResampler, Transcoder, g711
+from gateway.audio.batch import BatchTranscoder
 from gateway.audio.filters import polyphase_bank
+from gateway.audio.scheduler import BatchScheduler, StreamTranscoder
 
 SOXR_QUALITY = "HQ"  # python-soxr's default: 20-bit precision, passband to 91.3 % of Nyquist
 FRAME_MS = 20
@@ -168,7 +176,14 @@ PIPELINES = {
 NUMPY_CALLS = {
     # direction: the numpy calls a steady 20 ms frame makes in the gateway's Transcoder
     "mulaw 8k -> pcm16 16k": ("take (decode + window gather)", "dot", "clip", "rint", "cast to int16", "tobytes"),
-    "pcm16 16k -> mulaw 8k": ("cast (window gather)", "dot", "rint", "cast to intp", "take (saturate + encode)", "tobytes"),
+    "pcm16 16k -> mulaw 8k": (
+        "cast (window gather)",
+        "dot",
+        "rint",
+        "cast to intp",
+        "take (saturate + encode)",
+        "tobytes",
+    ),
     "pcm16 16k -> pcm16 24k": ("cast (window gather)", "dot", "clip", "rint", "cast to int16", "tobytes"),
     "mulaw 8k -> mulaw 8k, pcm16 16k -> pcm16 16k": (),  # passthrough: the input object is returned
     "mulaw 8k <-> alaw 8k": (),  # bytes.translate
@@ -242,15 +257,18 @@ def time_pipelines(
 ) -> dict[str, list[float]]:
     """Per-frame microseconds per round; pipelines alternate order each round, round 0 is warm-up."""
     frames = frames_of(src, n_frames)
-    times: dict[str, list[float]] = {name: [] for name in makers}
+    return interleaved(list(makers), rounds, lambda name: per_frame_us(makers[name](src, dst), frames))
+
+
+def interleaved(names: list[str], rounds: int, measure: Callable[[str], float]) -> dict[str, list[float]]:
+    """``measure(name)`` for every name, rounds + 1 times, the order reversed every other round
+    so drift hits all alike; round 0 warms up and is not kept."""
+    times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds + 1):
-        order = list(makers.items())
-        if r % 2:
-            order.reverse()
-        for name, make in order:
-            us = per_frame_us(make(src, dst), frames)
+        for name in names[::-1] if r % 2 else names:
+            value = measure(name)
             if r:
-                times[name].append(us)
+                times[name].append(value)
     return times
 
 
@@ -273,7 +291,7 @@ def server_like_pair_us(
             calls = [(make(TWILIO_FORMAT, VONAGE_FORMAT), make(VONAGE_FORMAT, TWILIO_FORMAT)) for _ in range(streams)]
             groups = [calls[i : i + 25] for i in range(0, streams, 25)]
             costs = []
-            for frame_in, frame_out in zip(inbound, outbound):
+            for frame_in, frame_out in zip(inbound, outbound, strict=False):
                 for group in groups:
                     start = clock()
                     for up, down in group:
@@ -285,9 +303,82 @@ def server_like_pair_us(
     return times
 
 
+def batch_modes_us(streams: int, rounds: int, n_frames: int) -> dict[str, list[float]]:
+    """Per frame microseconds of ``streams`` calls (a Twilio->Vonage and a Vonage->Twilio stream
+    each) fed one frame per stream per iteration, direct vs batched vs scheduled; each round the
+    median over iterations, modes alternating order per round, round 0 warms up."""
+    inbound, outbound = frames_of(TWILIO_FORMAT, n_frames), frames_of(VONAGE_FORMAT, n_frames)
+    clock = time.perf_counter_ns
+    pending: list[object] = []
+
+    def direct() -> Callable[[bytes, bytes], None]:
+        calls = [
+            (Transcoder(TWILIO_FORMAT, VONAGE_FORMAT).process, Transcoder(VONAGE_FORMAT, TWILIO_FORMAT).process)
+            for _ in range(streams)
+        ]
+
+        def iteration(frame_in: bytes, frame_out: bytes) -> None:
+            for up, down in calls:
+                up(frame_in)
+                down(frame_out)
+
+        return iteration
+
+    def batched() -> Callable[[bytes, bytes], None]:
+        core = BatchTranscoder(min_group=2)  # every group batched: where batching starts to pay
+        calls = [
+            (Transcoder(TWILIO_FORMAT, VONAGE_FORMAT), Transcoder(VONAGE_FORMAT, TWILIO_FORMAT)) for _ in range(streams)
+        ]
+
+        def iteration(frame_in: bytes, frame_out: bytes) -> None:
+            jobs = []
+            for up, down in calls:
+                jobs.append((up, frame_in))
+                jobs.append((down, frame_out))
+            core.run(jobs)
+
+        return iteration
+
+    def scheduled() -> Callable[[bytes, bytes], None]:
+        scheduler = BatchScheduler(pending.append)
+        calls = [
+            (
+                StreamTranscoder(TWILIO_FORMAT, VONAGE_FORMAT, scheduler),
+                StreamTranscoder(VONAGE_FORMAT, TWILIO_FORMAT, scheduler),
+            )
+            for _ in range(streams)
+        ]
+        sink: list[bytes] = []
+        done = sink.append
+
+        def iteration(frame_in: bytes, frame_out: bytes) -> None:
+            for up, down in calls:
+                up.submit(frame_in, done)
+                down.submit(frame_out, done)
+            if pending:  # what the loop's call_soon would run (nothing is queued for one call)
+                pending.clear()
+                scheduler.run()
+            sink.clear()
+
+        return iteration
+
+    makers = {"direct": direct, "batched": batched, "scheduled": scheduled}
+
+    def measure(name: str) -> float:
+        iteration = makers[name]()
+        costs = []
+        for frame_in, frame_out in zip(inbound, outbound, strict=True):
+            start = clock()
+            iteration(frame_in, frame_out)
+            costs.append((clock() - start) / (2 * streams))
+        return statistics.median(costs) / 1000
+
+    return interleaved(list(makers), rounds, measure)
+
+
 def paired_ratio(times: dict[str, list[float]], name: str, reference: str) -> float:
     """Median over rounds of the per-round ratio: robust to the machine speeding up or slowing down."""
-    return statistics.median(a / b for a, b in zip(times[name], times[reference]))
+    return statistics.median(a / b for a, b in zip(times[name], times[reference], strict=False))
 
 
 def load() -> str:
@@ -299,24 +390,53 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15, help="timed rounds per pipeline (default 15)")
     parser.add_argument("--frames", type=int, default=1000, help="20 ms frames per round (default 1000)")
     parser.add_argument("--no-extra", dest="extra", action="store_false", help="skip the 24 kHz agent legs")
-    parser.add_argument("--streams", default="1,100,400", help="server-like runs: calls interleaved (default 1,100,400)")
+    parser.add_argument(
+        "--streams", default="1,100,400", help="server-like runs: calls interleaved (default 1,100,400)"
+    )
+    parser.add_argument("--batch", help="only the batching table: calls per loop iteration, e.g. 1,2,10,50,100,250")
     args = parser.parse_args()
 
     blas = {k: v for k, v in os.environ.items() if k.startswith(("OPENBLAS", "OMP_", "MKL_"))}
-    print(f"python {platform.python_version()}  numpy {np.__version__}  soxr {soxr.__version__}  "
-          f"cpu {platform.processor() or platform.machine()} x{os.cpu_count()}  env {blas or '-'}")
+    print(
+        f"python {platform.python_version()}  numpy {np.__version__}  soxr {soxr.__version__}  "
+        f"cpu {platform.processor() or platform.machine()} x{os.cpu_count()}  env {blas or '-'}"
+    )
     for a, b in ((8000, 16000), (16000, 8000)):
         bank = polyphase_bank(a, b)
-        print(f"gateway filter {a}->{b}: {bank.taps.size} taps (L={bank.up}, M={bank.down}), "
-              f"block {bank.block_in} in -> {bank.block_out} out, delay {bank.delay} samples "
-              f"({1000 * bank.delay / b:.2f} ms), designed rejection {bank.stopband_db:.1f} dB")
-    print(f"timing: median (min) of {args.rounds} interleaved rounds x {args.frames} frames of 20 ms, each round "
-          f"the median of 25-frame segments; "
-          f"quality on each resampling stage, PCM16 in/out; load average {load()}\n")
+        print(
+            f"gateway filter {a}->{b}: {bank.taps.size} taps (L={bank.up}, M={bank.down}), "
+            f"block {bank.block_in} in -> {bank.block_out} out, delay {bank.delay} samples "
+            f"({1000 * bank.delay / b:.2f} ms), designed rejection {bank.stopband_db:.1f} dB"
+        )
+    if args.batch:
+        print(
+            f"batching: N calls, one frame per stream (2N streams) per loop iteration; us per frame, "
+            f"median of {args.rounds} rounds x {args.frames} iterations (each round the median iteration); "
+            f"load average {load()}"
+        )
+        print(
+            f"{'N':>5} {'direct':>8} {'batched':>8} {'scheduled':>10} {'batched/direct':>15} {'scheduled/direct':>17}"
+        )
+        for n in (int(v) for v in args.batch.split(",") if v):
+            times = batch_modes_us(n, args.rounds, max(50, args.frames // max(1, n)))
+            med = {name: statistics.median(values) for name, values in times.items()}
+            print(
+                f"{n:>5} {med['direct']:>8.2f} {med['batched']:>8.2f} {med['scheduled']:>10.2f} "
+                f"{paired_ratio(times, 'batched', 'direct'):>14.2f}x {paired_ratio(times, 'scheduled', 'direct'):>16.2f}x"
+                f"   load {load()}"
+            )
+        return
+    print(
+        f"timing: median (min) of {args.rounds} interleaved rounds x {args.frames} frames of 20 ms, each round "
+        f"the median of 25-frame segments; "
+        f"quality on each resampling stage, PCM16 in/out; load average {load()}\n"
+    )
 
     audioop_name, soxr_name = list(PIPELINES)[1:]
-    header = (f"{'direction':<24} {'pipeline':<28} {'us/frame':>15} {'x audioop':>10} {'x soxr':>7} "
-              f"{'reject dB':>10} {'chunk err':>10}")
+    header = (
+        f"{'direction':<24} {'pipeline':<28} {'us/frame':>15} {'x audioop':>10} {'x soxr':>7} "
+        f"{'reject dB':>10} {'chunk err':>10}"
+    )
     print(header)
     print("-" * len(header))
     totals: dict[str, float] = {}
@@ -329,13 +449,17 @@ def main() -> None:
             totals[name] = totals.get(name, 0.0) + median
             rejection = rejection_db(make_resampler, src.sample_rate, dst.sample_rate)
             error = chunked_error(make_resampler, src.sample_rate, dst.sample_rate)
-            print(f"{label if i == 0 else '':<24} {name:<28} {median:>7.2f} ({min(times[name]):5.2f}) "
-                  f"{paired_ratio(times, name, audioop_name):>9.2f}x {paired_ratio(times, name, soxr_name):>6.2f}x "
-                  f"{rejection:>10.1f} {error:>6d} LSB")
+            print(
+                f"{label if i == 0 else '':<24} {name:<28} {median:>7.2f} ({min(times[name]):5.2f}) "
+                f"{paired_ratio(times, name, audioop_name):>9.2f}x {paired_ratio(times, name, soxr_name):>6.2f}x "
+                f"{rejection:>10.1f} {error:>6d} LSB"
+            )
     print()
     for name, total in totals.items():
-        print(f"{name:<28} both directions {total:6.2f} us/frame "
-              f"-> ~{1e6 / (50 * total):,.0f} calls per core (transcoding only)")
+        print(
+            f"{name:<28} both directions {total:6.2f} us/frame "
+            f"-> ~{1e6 / (50 * total):,.0f} calls per core (transcoding only)"
+        )
 
     print("\nnumpy calls per steady 20 ms frame in the gateway:")
     for direction, calls in NUMPY_CALLS.items():
@@ -343,15 +467,24 @@ def main() -> None:
 
     streams = [int(n) for n in args.streams.split(",") if n]
     if streams:
-        print(f"\nserver-like: N calls, a Twilio->Vonage and a Vonage->Twilio frame each, in turn "
-              f"(us per frame pair, median of {max(3, args.rounds // 3)} rounds; x tight = vs the tight loop above)")
+        print(
+            f"\nserver-like: N calls, a Twilio->Vonage and a Vonage->Twilio frame each, in turn "
+            f"(us per frame pair, median of {max(3, args.rounds // 3)} rounds; x tight = vs the tight loop above)"
+        )
         makers = {name: make for name, (make, _) in PIPELINES.items()}
         for n in streams:
             times = server_like_pair_us(makers, n, max(3, args.rounds // 3), max(25, args.frames // max(1, n // 4)))
-            cells = [f"{name.split()[0]} {statistics.median(times[name]):6.2f} "
-                     f"(x tight {statistics.median(times[name]) / totals[name]:.2f})" for name in makers]
-            print(f"  N={n:<5} " + "   ".join(cells) + f"   gateway/soxr {paired_ratio(times, list(makers)[0], soxr_name):.2f}x"
-                  f"   load {load()}")
+            cells = [
+                f"{name.split()[0]} {statistics.median(times[name]):6.2f} "
+                f"(x tight {statistics.median(times[name]) / totals[name]:.2f})"
+                for name in makers
+            ]
+            print(
+                f"  N={n:<5} "
+                + "   ".join(cells)
+                + f"   gateway/soxr {paired_ratio(times, next(iter(makers)), soxr_name):.2f}x"
+                f"   load {load()}"
+            )
 
     if args.extra:
         print(f"\nother legs, gateway vs soxr {SOXR_QUALITY} (us per 20 ms frame, median; paired ratio)")
@@ -363,8 +496,10 @@ def main() -> None:
             (AudioFormat("pcm16", 24000), VONAGE_FORMAT),
         ):
             times = time_pipelines(makers, src, dst, max(5, args.rounds // 2), args.frames // 2)
-            print(f"  {str(src):>12} -> {str(dst):<12} gateway {statistics.median(times['gateway']):6.2f}  "
-                  f"soxr {statistics.median(times['soxr']):6.2f}  ratio {paired_ratio(times, 'gateway', 'soxr'):.2f}x")
+            print(
+                f"  {src!s:>12} -> {dst!s:<12} gateway {statistics.median(times['gateway']):6.2f}  "
+                f"soxr {statistics.median(times['soxr']):6.2f}  ratio {paired_ratio(times, 'gateway', 'soxr'):.2f}x"
+            )
 
 
 if __name__ == "__main__":

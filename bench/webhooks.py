@@ -763,7 +763,7 @@ class Run:
                 loadgen.wait(timeout=args.duration * 2 + 120)
             except subprocess.TimeoutExpired:
                 loadgen.kill()
-                raise RuntimeError("load generator did not finish in time")
+                raise RuntimeError("load generator did not finish in time") from None
             if loadgen.returncode != 0:
                 raise RuntimeError(f"load generator failed:\n{(self.workdir / 'loadgen.log').read_text()[-3000:]}")
             gen = json.loads(out.read_text())

@@ -7,12 +7,12 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from gateway.api import admin, deliveries, health, media, openapi, recordings, telephony
 from gateway.api import calls as calls_api
@@ -26,6 +26,7 @@ from gateway.console import routes as console_routes
 from gateway.dev_secrets import with_dev_secrets
 from gateway.dial.setup import DialSetupError, build_dial_services
 from gateway.dial.urls import log_console_urls
+from gateway.errors import ProblemError
 from gateway.events.fanout import fanout_for
 from gateway.media.recording import RECORDINGS_DIR, sweep_recordings
 from gateway.media.writes import FLUSH_SECONDS
@@ -44,6 +45,13 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return problem(exc.status_code, exc.detail, headers=getattr(exc, "headers", None))
 
 
+async def _problem_error(request: Request, exc: Exception) -> Response:
+    """A `ProblemError` a route let through (a bad body, a campaign that cannot move...): its
+    own status and detail."""
+    assert isinstance(exc, ProblemError)
+    return problem(exc.status, exc.detail)
+
+
 async def _body_cut_short(request: Request, exc: Exception) -> Response:
     return problem(body_cut_short(request.scope), "the request body ended before its declared length")
 
@@ -59,14 +67,14 @@ class GatewayApp(Starlette):
 
     edge: EdgeMiddleware | None = None
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope["app"] = self
         if self.edge is None:
             await self.routed(scope, receive, send)
         else:
             await self.edge(scope, receive, send)
 
-    async def routed(self, scope: dict, receive: Any, send: Any) -> None:
+    async def routed(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Starlette's own handling: its middleware, router and routes."""
         await Starlette.__call__(self, scope, receive, send)
 
@@ -151,7 +159,12 @@ def create_app(config: GatewayConfig, *, store: Store | None = None) -> Starlett
             *console_routes,
         ],
         lifespan=lifespan,
-        exception_handlers={HTTPException: _http_error, ClientDisconnect: _body_cut_short, Exception: _server_error},
+        exception_handlers={
+            HTTPException: _http_error,
+            ProblemError: _problem_error,
+            ClientDisconnect: _body_cut_short,
+            Exception: _server_error,
+        },
     )
     app.edge = EdgeMiddleware(
         app.routed,

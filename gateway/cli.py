@@ -16,6 +16,7 @@ from datetime import UTC
 from gateway.commands.output import CommandError, emit, emit_json
 from gateway.config import ConfigError, GatewayConfig, config_file, load_config
 from gateway.dev_secrets import with_dev_secrets
+from gateway.errors import GatewayError
 from gateway.redact import redact_url
 
 
@@ -129,7 +130,7 @@ async def _destination_warnings(config: GatewayConfig) -> list[str]:
     problems = await asyncio.gather(*(named_destination_problem(s.url, s.allow_networks) for s in config.webhooks))
     return [
         f"webhooks[{index}] ({s.name}).url: {problem}"
-        for index, (s, problem) in enumerate(zip(config.webhooks, problems))
+        for index, (s, problem) in enumerate(zip(config.webhooks, problems, strict=True))
         if problem
     ]
 
@@ -497,10 +498,14 @@ def _quiet_stdout() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        code: int = args.func(args)  # every subcommand's handler answers an exit code
+        return code
     except CommandError as exc:
         print(f"gateway {args.command}: {exc}", file=sys.stderr)
         return exc.code
+    except GatewayError as exc:  # one the command did not word itself: its message, not a traceback
+        print(f"gateway {args.command}: {exc}", file=sys.stderr)
+        return 1
     except BrokenPipeError:  # `gateway deliveries list | head`: the reader has gone, as with SIGPIPE
         _quiet_stdout()
         return 0

@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from gateway.errors import GatewayError
 from gateway.media.agent import AgentProtocol
 from gateway.redact import header_secrets, url_secrets
 from gateway.webhooks.deadlines import LEASE_MARGIN, shortest_lease
@@ -44,7 +45,7 @@ DEFAULT_STORE = "sqlite:///data/gateway.db"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-class ConfigError(Exception):
+class ConfigError(GatewayError):
     """A configuration problem; the message names the key."""
 
 
@@ -192,6 +193,12 @@ class LimitsConfig(_Model):
     max_unverified_media_sockets: int = Field(100, ge=1)  # media sockets at once that have not yet done so
 
 
+class MediaConfig(_Model):
+    """The media path (docs/benchmarks.md, codec section, has the measurements behind the default)."""
+
+    transcode_batching: bool = False  # transcode the frames of every call ready in one loop iteration together
+
+
 class ShutdownConfig(_Model):
     drain_seconds: float = Field(300.0, ge=0)  # how long live calls may finish after SIGTERM
 
@@ -282,6 +289,7 @@ class GatewayConfig(_Model):
     tunnel: TunnelConfig = TunnelConfig()  # used when public_url is auto
     log: LogConfig = LogConfig()
     limits: LimitsConfig = LimitsConfig()
+    media: MediaConfig = MediaConfig()
     shutdown: ShutdownConfig = ShutdownConfig()
     dial: DialConfig = DialConfig()
 

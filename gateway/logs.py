@@ -78,8 +78,10 @@ class JsonFormatter(logging.Formatter):
         run_id = getattr(record, "run_id", None)
         if run_id:
             entry["run_id"] = run_id
-        if record.exc_info or record.exc_text:
-            entry["exception"] = record.exc_text or self.formatException(record.exc_info)
+        if record.exc_text:
+            entry["exception"] = record.exc_text
+        elif record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
         return jsontext.dumps(entry)
 
 
@@ -100,7 +102,7 @@ def configure_logging(*, fmt: str = "auto", level: str = "info", secrets: Iterab
         fmt = "text" if sys.stderr.isatty() else "json"
     # Neither format prints source lines, threads or processes: skip collecting them on every
     # record (the logging HOWTO's "Optimization" section; a callback line costs ~40 % less).
-    logging._srcfile = None  # type: ignore[attr-defined]
+    logging._srcfile = None
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False

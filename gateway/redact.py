@@ -20,7 +20,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
-from urllib.parse import quote, quote_plus, unquote, unquote_plus, urlsplit, urlunsplit
+from urllib.parse import SplitResult, quote, quote_plus, unquote, unquote_plus, urlsplit, urlunsplit
 
 REDACTED = "[redacted]"
 
@@ -73,7 +73,7 @@ def is_credential_header(name: str) -> bool:
     return name.strip().lower() in _CREDENTIAL_HEADERS or is_credential_param(name)
 
 
-def _split(url: str) -> Any:
+def _split(url: str) -> SplitResult | None:
     if "://" not in url:
         return None
     try:

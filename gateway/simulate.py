@@ -32,6 +32,7 @@ from websockets.exceptions import InvalidStatus, WebSocketException
 
 from gateway.audio import PLIVO_FORMAT, TELNYX_FORMAT, TWILIO_FORMAT, VONAGE_FORMAT, AudioFormat, Transcoder
 from gateway.config import GatewayConfig
+from gateway.errors import GatewayError
 from gateway.redact import redact_url
 from gateway.simulate_audio import generated_audio
 
@@ -43,7 +44,7 @@ TELNYX_KEY_ENV = "GATEWAY_SIMULATE_TELNYX_KEY"
 gateway's `providers.telnyx.public_key` must be its public half."""
 
 
-class SimulationError(Exception):
+class SimulationError(GatewayError):
     """The simulation could not go on; str() says where and why, in one line."""
 
 

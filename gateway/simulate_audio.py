@@ -16,13 +16,14 @@ from pathlib import Path
 import numpy as np
 
 from gateway.audio import SUPPORTED_RATES, AudioFormat, Transcoder, decode_mulaw
+from gateway.errors import GatewayError
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)  # audioop is deprecated in 3.11-3.12 (audioop-lts after)
     import audioop
 
 
-class AudioFileError(ValueError):
+class AudioFileError(GatewayError, ValueError):
     """A file the simulator cannot use; the message names it and says why."""
 
 
@@ -51,7 +52,8 @@ def to_mono16(frames: bytes, width: int, channels: int) -> bytes:
     if channels == 1:
         return pcm16
     samples = np.frombuffer(pcm16[: len(pcm16) - len(pcm16) % (2 * channels)], dtype="<i2").reshape(-1, channels)
-    return samples.astype(np.int32).mean(axis=1).round().astype("<i2").tobytes()
+    mono: bytes = samples.astype(np.int32).mean(axis=1).round().astype("<i2").tobytes()  # numpy's mean is untyped
+    return mono
 
 
 def resampled(pcm16: bytes, rate: int, fmt: AudioFormat) -> bytes:

@@ -26,7 +26,7 @@ from starlette.routing import Route
 
 from gateway.redact import REDACTED, Redactor, credential_forms, redact_url, url_secrets
 from support import API_KEY, ROOT, ServerThread, base_config, free_port, wait_until
-from media.test_media_sessions import CALL_SID, open_stream
+from media.test_media_sessions import open_stream
 from media.test_bridge import twilio_answer
 
 # -- the pure module ------------------------------------------------------------------------

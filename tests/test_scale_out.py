@@ -8,12 +8,11 @@ import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import httpx
 import pytest
 
 from media_control_support import assert_clear_reaches_media_owner
 from postgres_support import postgres_schema_url
-from support import TWILIO_SID, Receiver, base_config, twilio_signature, twilio_status_callback
+from support import Receiver, base_config, twilio_status_callback
 
 pytestmark = pytest.mark.postgresql
 WHSEC = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"

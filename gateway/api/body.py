@@ -8,20 +8,16 @@ from typing import Any
 from starlette.requests import ClientDisconnect, Request
 
 from gateway.api.scope import headers_of
+from gateway.errors import GatewayError, ProblemError
 from gateway.providers.base import MAX_BODY_BYTES, BadRequest, parse_json_object
 
 
-class BodyTooLarge(Exception):
+class BodyTooLarge(GatewayError):
     """The body is over the limit (HTTP 413)."""
 
 
-class BadBody(Exception):
+class BadBody(ProblemError):
     """The request body is not what the route takes (HTTP 400/413)."""
-
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
 
 
 async def read_limited_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:

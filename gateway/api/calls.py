@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.api.admin import authorized
-from gateway.api.body import BadBody, json_body
+from gateway.api.body import json_body
 from gateway.api.context import GatewayContext
 from gateway.api.problems import problem
 from gateway.api.urls import gateway_origin
@@ -23,7 +23,8 @@ from gateway.dial.spec import PATH_ID, SpecError, parse_call
 
 
 def dial_services(request: Request) -> DialServices:
-    return request.app.state.dial
+    dial: DialServices = request.app.state.dial
+    return dial
 
 
 def pick_provider(dial: DialServices, named: str | None) -> str:
@@ -75,8 +76,6 @@ async def place_call(request: Request) -> Response:
     try:
         spec = parse_call(await json_body(request))
         provider, caller = pick_route(dial, spec.provider, spec.from_)
-    except BadBody as error:
-        return problem(error.status, error.detail)
     except SpecError as error:
         return problem(400, str(error))
     call = CallRequest(
@@ -107,11 +106,10 @@ async def hang_up(request: Request) -> Response:
     run_id = request.path_params["workflow_run_id"]
     if not PATH_ID.match(run_id):
         return problem(404, "no such call")
-    try:
-        body = await json_body(request, optional=True)
-    except BadBody as error:
-        return problem(error.status, error.detail)
-    reason = body.get("reason") if isinstance(body.get("reason"), str) else "hangup requested through the API"
+    body = await json_body(request, optional=True)
+    reason = body.get("reason")
+    if not isinstance(reason, str):
+        reason = "hangup requested through the API"
     try:
         result = await dial_services(request).dialer.hang_up(run_id, reason=reason[:200], source="api")
     except HangupError as error:

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.requests import Request
@@ -23,7 +24,6 @@ from gateway.api.context import GatewayContext
 from gateway.api.problems import problem
 from gateway.api.query import int_param
 from gateway.api.urls import gateway_origin
-from gateway.dial.campaigns import CampaignError
 from gateway.dial.payloads import campaign_view, contact_view
 from gateway.dial.spec import SpecError, parse_campaign
 from gateway.providers.base import BadRequest, parse_json_object
@@ -76,8 +76,6 @@ async def create_campaign(request: Request) -> Response:
     try:
         spec = parse_campaign(await _campaign_body(request))
         provider, caller = pick_route(dial, spec.provider, spec.from_)
-    except BadBody as error:
-        return problem(error.status, error.detail)
     except SpecError as error:
         return problem(400, str(error))
     campaign, secret, dropped = await dial.campaigns.create(
@@ -145,15 +143,12 @@ async def list_contacts(request: Request) -> Response:
     )
 
 
-def _action(name: str):
+def _action(name: str) -> Callable[[Request], Awaitable[Response]]:
     async def act(request: Request) -> Response:
         if (denied := authorized(request) or _unsupported(request)) is not None:
             return denied
         dial = dial_services(request)
-        try:
-            campaign = await getattr(dial.campaigns, name)(request.path_params["campaign_id"])
-        except CampaignError as error:
-            return problem(error.status, error.detail)
+        campaign = await getattr(dial.campaigns, name)(request.path_params["campaign_id"])
         dial.runner.wake()
         return JSONResponse(campaign_view(campaign))
 

@@ -11,14 +11,14 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
 from gateway.api.urls import TrustedPeers
 from gateway.metrics import BODIES_CUT_SHORT, REFUSALS
 
 log = logging.getLogger("gateway.http")
 
-Scope = dict[str, Any]
-ASGIApp = Callable[[Scope, Callable[..., Awaitable[Any]], Callable[..., Awaitable[Any]]], Awaitable[None]]
-Handler = Callable[[Scope, Any, Any], Awaitable[int]]
+Handler = Callable[[Scope, Receive, Send], Awaitable[int]]
 """A route taken directly: answers the request and returns the status it answered with."""
 PROVIDER_PREFIX = "/api/v1/telephony/"
 LOG_NOTE = "gateway.log_note"  # scope key: (text, run_id) a route adds to the request's log line
@@ -101,7 +101,7 @@ class EdgeMiddleware:
         if self.bucket is not None and scope.get("path", "").startswith(PROVIDER_PREFIX):
             self.charge(scope)
 
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
@@ -148,12 +148,12 @@ class _Answer:
 
     __slots__ = ("edge", "refused", "scope", "send", "status")
 
-    def __init__(self, edge: EdgeMiddleware | None, scope: Scope, send: Any) -> None:
+    def __init__(self, edge: EdgeMiddleware | None, scope: Scope, send: Send) -> None:
         self.edge, self.scope, self.send = edge, scope, send
         self.status: int | None = None  # none yet
         self.refused = False
 
-    async def __call__(self, message: dict[str, Any]) -> None:
+    async def __call__(self, message: Message) -> None:
         if self.refused:
             return
         if message["type"] == "http.response.start":
@@ -183,10 +183,10 @@ class _ChargedSocket:
 
     __slots__ = ("edge", "scope", "send")
 
-    def __init__(self, edge: EdgeMiddleware, scope: Scope, send: Any) -> None:
+    def __init__(self, edge: EdgeMiddleware, scope: Scope, send: Send) -> None:
         self.edge, self.scope, self.send = edge, scope, send
 
-    async def __call__(self, message: dict[str, Any]) -> None:
+    async def __call__(self, message: Message) -> None:
         if message["type"] == "websocket.close" and message.get("code") == POLICY_VIOLATION:
             self.edge.charge(self.scope)
         await self.send(message)
@@ -205,7 +205,7 @@ def note_request(scope: Scope, text: str, run_id: str | None) -> None:
     scope[LOG_NOTE] = (text, run_id)
 
 
-async def _internal_error(send: Any) -> None:
+async def _internal_error(send: Send) -> None:
     body = b'{"type":"about:blank","title":"Internal Server Error","status":500,"detail":"internal error; the gateway logged the details"}'
     await send(
         {
@@ -217,7 +217,7 @@ async def _internal_error(send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-async def _too_many(send: Any) -> None:
+async def _too_many(send: Send) -> None:
     body = b'{"type":"about:blank","title":"Too Many Requests","status":429,"detail":"too many provider requests from this address"}'
     await send(
         {

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from starlette.types import Scope
 
 _HEADERS = "gateway.headers"
 
 
-def headers_of(scope: dict[str, Any]) -> dict[str, str]:
+def headers_of(scope: Scope) -> dict[str, str]:
     """The request's headers as {lower-case name: value}, the first of a repeated one (as
     Starlette's `Headers.get` answers). Made once per request and kept in the scope: the
     provider routes look up seven headers, and each `Headers.get` scanned the list again."""
-    found = scope.get(_HEADERS)
+    found: dict[str, str] | None = scope.get(_HEADERS)  # this function's own cache
     if found is None:
         found = {}
         for name, value in scope.get("headers", ()):

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from starlette.requests import HTTPConnection
+from starlette.types import Scope
 
 from gateway.api.scope import headers_of
 
@@ -64,7 +65,7 @@ def _peer_in(peer: str, proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Net
 def public_origin(
     conn: HTTPConnection,
     public_url: str | None,
-    trusted_proxies: TrustedPeers | Iterable,
+    trusted_proxies: TrustedPeers | Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network],
     *,
     tunnel_origin: str | None = None,
 ) -> str:
@@ -91,7 +92,7 @@ def public_origin(
     return f"{scheme}://{host}"
 
 
-def _server_host(scope: dict) -> str:
+def _server_host(scope: Scope) -> str:
     """`host:port` of the listening socket, for a request without a Host header."""
     server = scope.get("server") or ("localhost", None)
     host, port = server[0], server[1]

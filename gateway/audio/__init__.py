@@ -2,9 +2,11 @@
 
 Everything here works on bytes and arrays handed in by the media layer and keeps only the state
 a stream needs (filter history, a partial frame, half a PCM16 sample); nothing touches sockets
-or files.
+or files. ``batch`` transcodes many streams' frames in one pass; ``scheduler`` is the one piece
+that knows the event loop: it gathers each loop iteration's frames into such a batch.
 """
 
+from .batch import BatchTranscoder
 from .codec import (
     AlawDecoder,
     AlawEncoder,
@@ -32,6 +34,7 @@ __all__ = [
     "AlawDecoder",
     "AlawEncoder",
     "AudioFormat",
+    "BatchTranscoder",
     "Encoding",
     "MulawDecoder",
     "MulawEncoder",

@@ -65,7 +65,8 @@ class PolyphaseBank:
 def kaiser_lowpass(num_taps: int, cutoff: float, beta: float) -> np.ndarray:
     """Windowed-sinc low-pass; ``cutoff`` in cycles per sample (0..0.5), unit DC gain (approx.)."""
     n = np.arange(num_taps) - (num_taps - 1) / 2
-    return 2 * cutoff * np.sinc(2 * cutoff * n) * np.kaiser(num_taps, beta)
+    taps: np.ndarray = 2 * cutoff * np.sinc(2 * cutoff * n) * np.kaiser(num_taps, beta)
+    return taps
 
 
 def stopband_rejection_db(taps: np.ndarray, edge: float, gain: float) -> float:

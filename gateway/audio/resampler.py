@@ -84,21 +84,54 @@ class PolyphaseStream:
         if not blocks:
             self._fill = end
             return None
-        frame = self._frames.get(blocks)
-        if frame is None:
-            frame = (
-                np.ndarray((blocks, self.bank.window), self._dtype, self._buffer, 0, self._strides),
-                np.empty((blocks, self.bank.block_out), dtype=np.float32),
-            )
-            if len(self._frames) < _CACHED_FRAME_SHAPES:
-                self._frames[blocks] = frame
-        windows, y = frame
+        windows, y = self._frames.get(blocks) or self._frame(blocks)
         _dot(self._gather(windows), self._matrix, y)
         used = blocks * self._block_bytes
         memory[: end - used] = memory[used:end]
         self._fill = end - used
         self._blocks_out += blocks
         return y
+
+    def _frame(self, blocks: int) -> tuple[np.ndarray, np.ndarray]:
+        """The window view over the buffer for ``blocks`` blocks and its output scratch, cached."""
+        frame = (
+            np.ndarray((blocks, self.bank.window), self._dtype, self._buffer, 0, self._strides),
+            np.empty((blocks, self.bank.block_out), dtype=np.float32),
+        )
+        if len(self._frames) < _CACHED_FRAME_SHAPES:
+            self._frames[blocks] = frame
+        return frame
+
+    # -- the batched feed (gateway.audio.batch): ``stage``, copy the windows out, ``advance`` --
+
+    def fits(self, size: int) -> bool:
+        """True when ``size`` more bytes fit the buffer, so ``stage`` may take them."""
+        return self._fill + size <= self._capacity
+
+    def stage(self, data: bytes) -> np.ndarray | None:
+        """``feed`` without the filtering: append whole raw samples (they must ``fit``) and return
+        the raw windows of the blocks completed (a view into the buffer, valid until ``advance``),
+        or ``None`` when none did. The caller filters the windows and then calls ``advance``."""
+        size = len(data)
+        if size % self._width:
+            raise ValueError(f"raw samples are {self._width} bytes wide, got {size} bytes")
+        self._bytes_in += size
+        fill = self._fill
+        end = fill + size
+        self._memory[fill:end] = data
+        self._fill = end
+        blocks = (end - self._history_bytes) // self._block_bytes
+        if not blocks:
+            return None
+        return (self._frames.get(blocks) or self._frame(blocks))[0]
+
+    def advance(self, blocks: int) -> None:
+        """Drop the ``blocks`` staged blocks' input, keeping the history the next ones need."""
+        used = blocks * self._block_bytes
+        end = self._fill
+        self._memory[: end - used] = self._memory[used:end]
+        self._fill = end - used
+        self._blocks_out += blocks
 
     def drain(self) -> np.ndarray:
         """Pad with silence to the end of the delayed signal, return the float tail, and reset.

@@ -27,6 +27,7 @@ class Transcoder:
     def __init__(self, src: AudioFormat, dst: AudioFormat) -> None:
         self.src = src
         self.dst = dst
+        self.kind = f"{src}>{dst}"  # batches group by it (a str: its hash is computed once)
         self._passthrough = src == dst
         self._decoder = decoder_for(src.encoding)
         self._encoder = encoder_for(dst.encoding)
@@ -37,6 +38,8 @@ class Transcoder:
             if src.sample_rate != dst.sample_rate
             else None
         )
+        self.resampler: PolyphaseStream | None = self._stream
+        """The stream's filter (None without resampling): ``gateway.audio.batch`` drives it directly."""
         self._carry = b""  # a PCM16 byte whose partner has not arrived yet
         if self._stream is not None:
             # The per-frame path, chosen once: bound methods save the lookups on every frame.
@@ -66,6 +69,12 @@ class Transcoder:
         if self._translate is not None:
             return bytes(data).translate(self._translate)
         return self._encoder.encode(self._decoder.decode(data))
+
+    def whole_samples(self, data: bytes) -> bytes:
+        """``data`` cut to whole source samples, a half PCM16 sample carried to the next call."""
+        if self._width == 2 and (self._carry or len(data) & 1):
+            return self._align(data)
+        return data
 
     def _resample(self, data: bytes) -> bytes:
         """``process`` for resampling from G.711."""

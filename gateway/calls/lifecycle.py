@@ -85,7 +85,7 @@ def decide_transition(current: CallRecord | None, update: CallUpdate, *, run_id:
     at = update.occurred_at or now
     emitted: list[str] = []
 
-    if created:
+    if current is None:
         emitted.append(events.STATE_EVENT[record.state])
         _stamp(record, record.state, at, update)
         outcome = "created"
@@ -122,7 +122,7 @@ def decide_transition(current: CallRecord | None, update: CallUpdate, *, run_id:
     if update.voicemail and not (current is not None and current.voicemail):
         record.voicemail = True
         emitted.append(events.CALL_VOICEMAIL_DETECTED)
-    if record.state.terminal and (created or not current.state.terminal):
+    if record.state.terminal and (current is None or not current.state.terminal):
         emitted.append(events.CALL_ENDED)
     return Transition(record=record, events=emitted, changed=bool(emitted) or created, outcome=outcome)
 

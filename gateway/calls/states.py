@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class CallState(str, Enum):
+class CallState(StrEnum):
     """A call's normalized lifecycle state (the same words for every provider)."""
 
     INITIATED = "initiated"

@@ -70,7 +70,8 @@ def event_line(event: Event) -> str:
 
 
 def _iso(event: Event) -> str:
-    return event.envelope()["timestamp"]
+    timestamp: str = event.envelope()["timestamp"]
+    return timestamp
 
 
 async def calls_list(config: GatewayConfig, *, state: str | None, limit: int, as_json: bool) -> int:

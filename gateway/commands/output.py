@@ -6,9 +6,10 @@ import sys
 from typing import Any
 
 from gateway import jsontext
+from gateway.errors import GatewayError
 
 
-class CommandError(Exception):
+class CommandError(GatewayError):
     """A command that cannot do what was asked; the message is printed as is and the exit code is `code`."""
 
     def __init__(self, message: str, code: int = 2) -> None:

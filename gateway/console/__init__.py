@@ -9,10 +9,10 @@ or style: the page renders everything it shows from calls (attacker-controlled t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
+from starlette.types import Message, Receive, Scope, Send
 
 STATIC_DIR = Path(__file__).parent / "static"
 CONTENT_SECURITY_POLICY = (
@@ -34,8 +34,8 @@ class ConsoleFiles:
     def __init__(self, directory: Path = STATIC_DIR) -> None:
         self.files = StaticFiles(directory=directory, html=True)
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        async def with_headers(message: dict[str, Any]) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 names = {name for name, _ in HEADERS}
                 kept = [(n, v) for n, v in message.get("headers", []) if n.lower() not in names]

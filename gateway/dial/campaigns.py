@@ -10,11 +10,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from typing import Any
 
 from gateway.calls import events as ev
 from gateway.calls.record import utcnow
 from gateway.dial import inline, payloads
+from gateway.dial.policy import statistics
 from gateway.dial.spec import CampaignSpec
+from gateway.errors import ProblemError
 from gateway.events.envelope import Event, new_event_id
 from gateway.store.base import Store
 from gateway.store.campaigns import CONTACT_WAITING, Campaign, CampaignContact, CampaignEvent
@@ -24,13 +27,8 @@ log = logging.getLogger("gateway.dial")
 ACTIVE = ("running", "paused")
 
 
-class CampaignError(Exception):
+class CampaignError(ProblemError):
     """An API request about a campaign that cannot be done; `status` is the HTTP status."""
-
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
 
 
 def new_campaign_id() -> str:
@@ -38,7 +36,9 @@ def new_campaign_id() -> str:
     return new_event_id("cmp").lower()
 
 
-def _event(kind: str, campaign: Campaign, at: datetime, data: dict, run_id: str | None = None) -> CampaignEvent:
+def _event(
+    kind: str, campaign: Campaign, at: datetime, data: dict[str, Any], run_id: str | None = None
+) -> CampaignEvent:
     return CampaignEvent(
         Event(type=kind, workflow_run_id=run_id, occurred_at=at, data=data), inline.targets(campaign, kind)
     )
@@ -112,7 +112,7 @@ class CampaignManager:
         from_statuses: Sequence[str],
         status: str,
         events: Callable[[Campaign, datetime], list[CampaignEvent]],
-        **kwargs,
+        **kwargs: Any,  # the store's update_campaign fields
     ) -> Campaign:
         current = await self._get(campaign_id)
         if current.status not in from_statuses:
@@ -173,7 +173,7 @@ class CampaignManager:
             ],
         )
         if done is not None:
-            log.info("campaign %s completed: %s", campaign_id, payloads.statistics(done))
+            log.info("campaign %s completed: %s", campaign_id, statistics(done))
         return done
 
     async def fail(self, campaign_id: str, error: str, code: str) -> Campaign | None:

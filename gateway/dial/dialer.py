@@ -22,6 +22,7 @@ from gateway.calls.lifecycle import CallUpdate
 from gateway.calls.record import CallRecord
 from gateway.calls.states import CallState, normalize_status
 from gateway.dial import urls
+from gateway.errors import ProblemError
 from gateway.providers.rest import DialSpec, ProviderCall, ProviderRefused, ProviderRest
 from gateway.store.base import CallSeed, Store, StoreError
 
@@ -56,15 +57,13 @@ class CallRequest:
     claim: tuple[str, int] | None = None  # a campaign's (id, contact position): see `CallSeed.claim`
 
 
-class DialError(Exception):
+class DialError(ProblemError):
     """A call that was not placed; `status` is the HTTP status the API answers with."""
 
     def __init__(
         self, status: int, detail: str, *, record: CallRecord | None = None, refusal: ProviderRefused | None = None
     ) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
+        super().__init__(status, detail)
         self.record = record
         self.refusal = refusal
 

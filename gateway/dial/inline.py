@@ -85,7 +85,7 @@ def subscriptions(campaign: Campaign, settings: InlineSettings) -> list[Subscrip
     urls = campaign.options.get("webhooks") or {}
     secret = settings.secret or campaign.webhook_secret
     out = []
-    for hook, (suffix, kind) in HOOKS.items():
+    for hook, (_suffix, kind) in HOOKS.items():
         url = urls.get(hook)
         if not url:
             continue

@@ -21,6 +21,7 @@ record is written and the provider asked, so every placed call is found again af
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -138,10 +139,8 @@ class CampaignRunner:
                 log.error("campaign tick failed: %s", error)
             except Exception:
                 log.exception("campaign tick crashed")
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.settings.poll_seconds)
-            except TimeoutError:
-                pass
 
     async def _sync_webhooks(self) -> None:
         """On every instance, leader or not: campaigns' inline webhooks come and go here."""
@@ -328,7 +327,7 @@ class CampaignRunner:
             campaign.id, [str(uuid.uuid4()) for _ in slots], now=self.now()
         )
         pacer.use(slots[: len(claimed)])
-        for contact, slot in zip(claimed, slots):
+        for contact, slot in zip(claimed, slots, strict=False):  # claimed may be fewer than the slots
             self._claimed.add(contact.workflow_run_id or "")
             task = asyncio.ensure_future(self._dial(campaign, options, contact, slot))
             self._tasks.add(task)

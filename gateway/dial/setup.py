@@ -12,6 +12,7 @@ from gateway.dial.campaigns import CampaignManager
 from gateway.dial.dialer import Dialer, NccoFactory
 from gateway.dial.inline import InlineRegistry, InlineSettings, SubscriptionHost
 from gateway.dial.runner import CampaignRunner, RunnerSettings
+from gateway.errors import GatewayError
 from gateway.media.token import mint_stream_token
 from gateway.providers import vonage
 from gateway.providers.plivo_rest import PlivoRest
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from gateway.config import GatewayConfig
 
 
-class DialSetupError(ValueError):
+class DialSetupError(GatewayError, ValueError):
     """A dialing setting that cannot be used; the message names the key."""
 
 
@@ -146,5 +147,5 @@ def build_dial_services(
         campaigns=manager,
         runner=runner,
         default_provider=dial.default_provider,
-        caller_id=dict(dial.caller_id),
+        caller_id={provider: number for provider, number in dial.caller_id.items()},
     )

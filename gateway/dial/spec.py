@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gateway.errors import GatewayError
 from gateway.providers import PROVIDERS  # noqa: F401 - the names a request may give
 from gateway.webhooks.subscription import describe_validation_error
 
@@ -26,7 +27,7 @@ MAX_CONTACTS = 100_000
 RETRY_OUTCOMES = ("busy", "no-answer", "voicemail", "failed")
 
 
-class SpecError(ValueError):
+class SpecError(GatewayError, ValueError):
     """A request that cannot be used; the message names each problem by key."""
 
 

@@ -345,7 +345,9 @@ class MediaEntry:
             ),
             agent_format=AudioFormat(agent.audio.encoding, agent.audio.sample_rate),
             store=ctx.store,
-            options=SessionOptions(on_agent_failure=agent.on_failure),
+            options=SessionOptions(
+                on_agent_failure=agent.on_failure, transcode_batching=ctx.config.media.transcode_batching
+            ),
             recorder=CallRecorder(recording_path(ctx.config.data_dir, run_id), provider.audio_format)
             if recording
             else None,

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 from gateway.audio import AudioFormat, Reframer, Transcoder
+from gateway.audio.scheduler import stream_transcoder
 from gateway.calls import events as ev
 from gateway.calls.record import CallRecord
 from gateway.media.agent import AgentLink, AgentMessageError, AgentUnavailable
@@ -76,6 +77,7 @@ class SessionOptions:
     bad_message_log_every: int = 100
     write_queue_max: int = 256  # store writes waiting; past it the agent's messages wait (see gateway.media.writes)
     write_flush_seconds: float = FLUSH_SECONDS  # how long the end waits for them before it logs what is left
+    transcode_batching: bool = False  # caller audio: one batch per loop iteration (gateway.audio.scheduler)
 
 
 class MediaSession:
@@ -110,7 +112,7 @@ class MediaSession:
         self.counters = SessionCounters()
         fmt = provider.audio_format
         self.expected_frame_bytes = fmt.frame_bytes()
-        self.to_agent = Transcoder(fmt, agent_format)
+        self.to_agent = stream_transcoder(fmt, agent_format, self.options.transcode_batching)
         self.to_provider = Transcoder(agent_format, fmt)
         self.reframer = Reframer(fmt.frame_bytes(), fmt.silence)
         self.playback = PlaybackQueue(
@@ -366,7 +368,7 @@ class MediaSession:
         if self.recorder is not None:
             self.recorder.caller(value)
         if counters.frames_in % CODEC_SAMPLE_EVERY:
-            self._to_agent(self.to_agent.process(value))
+            self.to_agent.submit(value, self._to_agent)
         else:  # time one frame in CODEC_SAMPLE_EVERY: the metric costs nothing per frame
             started = time.perf_counter()
             pcm = self.to_agent.process(value)
@@ -375,6 +377,7 @@ class MediaSession:
 
     async def _provider_event(self, kind: str, value: Any) -> bool:
         """Everything but audio; True when the provider's stream has stopped."""
+        self.to_agent.settle()  # what follows caller audio reaches the agent after it
         if kind is DTMF:
             await self._agent_message({"type": "dtmf", "digit": value})
             self._queue_write("dtmf", {"data": {"digit": value}})

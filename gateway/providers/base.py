@@ -14,6 +14,8 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import unquote_plus
 
+from gateway.errors import GatewayError
+
 MAX_BODY_BYTES = 64 * 1024
 MAX_FORM_FIELDS = 1000
 MAX_JSON_DEPTH = 32
@@ -36,7 +38,7 @@ class Verdict:
         return self.ok
 
 
-class BadRequest(ValueError):
+class BadRequest(GatewayError, ValueError):
     """Malformed provider input; str(exc) names the problem (HTTP 400)."""
 
 

@@ -12,13 +12,14 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.errors import GatewayError
 from gateway.providers.base import BadRequest, check_json_tree
 
 MAX_MESSAGE_CHARS = 64 * 1024  # Plivo's documented WebSocket message limit; Telnyx's frames are smaller
 _DIGIT = re.compile(r"[0-9*#A-Da-d]")
 
 
-class MediaMessageError(ValueError):
+class MediaMessageError(GatewayError, ValueError):
     """A message that is not a valid media-stream message; str() says why."""
 
 

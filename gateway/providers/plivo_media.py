@@ -95,10 +95,8 @@ def parse_plivo_message(text: str) -> MediaMessage:
 
 def render_play_audio(frame: bytes) -> str:
     """An outbound `playAudio` carrying one frame of 8 kHz mu-law (the `<Stream contentType>`)."""
-    return (
-        '{"event":"playAudio","media":{"contentType":"audio/x-mulaw","sampleRate":8000,"payload":"%s"}}'
-        % binascii.b2a_base64(frame, newline=False).decode("ascii")
-    )
+    payload = binascii.b2a_base64(frame, newline=False).decode("ascii")
+    return '{"event":"playAudio","media":{"contentType":"audio/x-mulaw","sampleRate":8000,"payload":"' + payload + '"}}'
 
 
 def render_checkpoint(stream_id: str, name: str) -> str:

@@ -12,6 +12,8 @@ from typing import Any, Protocol
 import requests
 import urllib3
 
+from gateway.errors import GatewayError
+
 MACHINE_DETECTION = ("detect", "message_end")
 """`detect`: report human/machine as soon as known; `message_end`: wait for the greeting's end."""
 
@@ -60,7 +62,7 @@ def provider_seconds(value: Any) -> int | None:
     return None
 
 
-class ProviderRefused(Exception):
+class ProviderRefused(GatewayError):
     """The provider did not take the request (an error answer, or no answer at all).
 
     `status` is the HTTP status (None: no HTTP answer, e.g. unreachable); `code` the provider's

@@ -24,6 +24,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.calls.lifecycle import CallUpdate
+from gateway.errors import GatewayError
 from gateway.providers.base import BadRequest, Verdict, iso_utc
 from gateway.providers.twilio import parse_twilio_callback
 
@@ -38,7 +39,7 @@ _TIMESTAMP = re.compile(r"[0-9]{1,12}")
 _XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
-class PublicKeyError(ValueError):
+class PublicKeyError(GatewayError, ValueError):
     """The configured public key is not a base64 Ed25519 key (names the problem, never the key)."""
 
 

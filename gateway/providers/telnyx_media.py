@@ -71,7 +71,7 @@ def parse_telnyx_message(text: str) -> MediaMessage:
 
 def render_media(frame: bytes) -> str:
     """An outbound `media` message carrying one frame of raw RTP payload."""
-    return '{"event":"media","media":{"payload":"%s"}}' % binascii.b2a_base64(frame, newline=False).decode("ascii")
+    return '{"event":"media","media":{"payload":"' + binascii.b2a_base64(frame, newline=False).decode("ascii") + '"}}'
 
 
 def render_mark(name: str) -> str:

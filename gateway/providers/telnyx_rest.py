@@ -115,7 +115,9 @@ class TelnyxRest:
         """Place the call. The answer may carry no call sid (the SDK's model has only from, to
         and status): then the first callback brings it."""
         data = self._request("POST", "/Calls", create_call_body(self.application_id, spec))
-        data = data.get("data") if isinstance(data.get("data"), dict) else data
+        inner = data.get("data")
+        if isinstance(inner, dict):
+            data = inner
         call_id = data.get("call_sid") or data.get("sid")
         return DialResult(
             provider_call_id=call_id if isinstance(call_id, str) and call_id else None,

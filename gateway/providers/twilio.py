@@ -67,7 +67,7 @@ _XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]
 # --- signatures ---------------------------------------------------------------------------
 
 
-class _MultiDict(dict):  # type: ignore[type-arg]
+class _MultiDict(dict[str, list[str]]):
     """A dict of lists the SDK reads through `getlist` (a plain dict of lists makes it crash)."""
 
     def getlist(self, name: str) -> list[str]:
@@ -410,7 +410,8 @@ def render_connect_twiml(ws_url: str, parameters: Mapping[str, str], *, allow_in
         if len(name) + len(value) >= MAX_PARAMETER_CHARS:
             raise ValueError(f"parameter {name[:64]!r}: name and value must be under {MAX_PARAMETER_CHARS} characters")
         stream.parameter(name=name, value=value)
-    return response.to_xml()
+    xml: str = response.to_xml()  # the SDK is untyped
+    return xml
 
 
 def render_hangup_twiml(reason: str | None = None) -> str:
@@ -427,4 +428,5 @@ def render_hangup_twiml(reason: str | None = None) -> str:
         response.reject(reason=reason)
     else:
         raise ValueError('reason must be None, "rejected" or "busy"')
-    return response.to_xml()
+    xml: str = response.to_xml()  # the SDK is untyped
+    return xml

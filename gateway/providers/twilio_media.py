@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.errors import GatewayError
 from gateway.providers.base import BadRequest, check_json_tree
 
 MAX_MESSAGE_CHARS = 64 * 1024
@@ -26,7 +27,7 @@ _MEDIA = re.compile(
 )
 
 
-class StreamMessageError(ValueError):
+class StreamMessageError(GatewayError, ValueError):
     """A message that is not a valid Twilio stream message; str() says why."""
 
 
@@ -138,7 +139,7 @@ def render_media(stream_sid: str, mulaw: bytes) -> str:
 def media_renderer(stream_sid: str) -> Callable[[bytes], bytes]:
     """`render_media` for one stream, as UTF-8 bytes (what a socket sends): the constant parts
     are made once, each frame costs one base64 and one join."""
-    head = ('{"event":"media","streamSid":"%s","media":{"payload":"' % stream_sid).encode("ascii")
+    head = ('{"event":"media","streamSid":"' + stream_sid + '","media":{"payload":"').encode("ascii")
     b2a, tail = binascii.b2a_base64, b'"}}'
 
     def render(mulaw: bytes) -> bytes:
@@ -152,4 +153,4 @@ def render_mark(stream_sid: str, name: str) -> str:
 
 
 def render_clear(stream_sid: str) -> str:
-    return '{"event":"clear","streamSid":"%s"}' % stream_sid
+    return '{"event":"clear","streamSid":"' + stream_sid + '"}'

@@ -112,7 +112,8 @@ class TwilioRest:
                 call = self.client.calls(call_id).update(status="completed")
         except (TwilioException, requests.RequestException, OSError) as error:
             raise _refusal(error) from None
-        return call.status
+        status: str | None = call.status  # the SDK's CallInstance is untyped
+        return status
 
     def fetch_call(self, call_id: str) -> ProviderCall:
         """The Calls resource: `status`, and `end_time` (RFC 2822) and `duration` (s) once it ended."""

@@ -16,11 +16,14 @@ import re
 import warnings
 from collections import OrderedDict
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 from urllib.parse import urlsplit
 
 import jwt
 from jwt.warnings import InsecureKeyLengthWarning
+
+if TYPE_CHECKING:
+    from jwt.types import Options
 
 from gateway.calls.lifecycle import CallUpdate
 from gateway.calls.states import normalize_status
@@ -50,7 +53,7 @@ MAX_SECONDS = 10**18 - 1  # as many as _DIGITS allows: every store's integer col
 warnings.filterwarnings("ignore", category=InsecureKeyLengthWarning)
 
 # pyjwt: signature and structure only; time and claim checks are ours.
-_DECODE_OPTIONS: dict[str, Any] = {
+_DECODE_OPTIONS: Options = {
     "verify_signature": True,
     "verify_exp": False,
     "verify_nbf": False,
@@ -119,7 +122,7 @@ def _bearer_token(authorization: str | None) -> str | None:
     return token
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: Any) -> TypeGuard[int | float]:
     """A finite JSON number (not a bool, not an int too large for a float)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False
@@ -164,7 +167,7 @@ def verify_vonage_jwt(
     if header.get("alg") != "HS256":
         return Verdict(False, "token algorithm is not HS256")
     try:
-        claims = jwt.decode(token, secret, algorithms=["HS256"], options=_DECODE_OPTIONS)  # type: ignore[arg-type]
+        claims = jwt.decode(token, secret, algorithms=["HS256"], options=_DECODE_OPTIONS)
     except jwt.InvalidSignatureError:
         return Verdict(False, "signature does not match")
     except (jwt.PyJWTError, ValueError, TypeError, RecursionError):

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.errors import GatewayError
 from gateway.providers.base import BadRequest, check_json_tree
 
 MAX_TEXT_CHARS = 16 * 1024
@@ -18,7 +19,7 @@ CLEAR_MESSAGE = '{"action":"clear"}'
 _RATE = re.compile(r"^audio/l16;\s*rate=(8000|16000|24000)$")
 
 
-class VonageMessageError(ValueError):
+class VonageMessageError(GatewayError, ValueError):
     """A text message that is not a valid Vonage WebSocket event; str() says why."""
 
 

@@ -24,6 +24,7 @@ from vonage_http_client.errors import HttpRequestError
 from vonage_utils.errors import VonageError
 from vonage_voice import Connect, CreateCallRequest, WebsocketEndpoint
 
+from gateway.errors import GatewayError
 from gateway.providers.base import iso_utc
 from gateway.providers.rest import (
     DialResult,
@@ -40,7 +41,7 @@ DEFAULT_API_HOST = "api.nexmo.com"
 _ENDED = frozenset({"completed", "busy", "cancelled", "failed", "rejected", "timeout", "unanswered"})
 
 
-class PrivateKeyError(ValueError):
+class PrivateKeyError(GatewayError, ValueError):
     """The configured private key cannot be used (message names the problem, not the key)."""
 
 
@@ -162,7 +163,7 @@ class VonageRest:
         parts = urlsplit(api_base_url.rstrip("/")) if api_base_url else None
         self.api_host = (parts.netloc + parts.path) if parts else DEFAULT_API_HOST
         self.plain_http = bool(parts and parts.scheme == "http")
-        self.timeout = max(1, int(round(timeout)))
+        self.timeout = max(1, round(timeout))
         self._local = threading.local()
         self._client()  # fail now, not on the first call, if the SDK rejects the settings
 

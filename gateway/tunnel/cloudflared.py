@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import re
 
+from gateway.errors import GatewayError
+
 DEFAULT_METRICS = tuple(f"127.0.0.1:{port}" for port in range(20241, 20246))
 USER_HOSTNAMES_METRIC = "cloudflared_tunnel_user_hostnames_counts"
 QUICK_TUNNEL_DOMAIN = "trycloudflare.com"
@@ -27,7 +29,7 @@ _ANY_URL = re.compile(r"https://[a-z0-9-]+\.trycloudflare\.com", re.IGNORECASE)
 _DNS_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 
 
-class NotQuickTunnel(ValueError):
+class NotQuickTunnel(GatewayError, ValueError):
     """cloudflared answered, but its answer names no hostname (a named tunnel, or not ready)."""
 
 

@@ -262,13 +262,18 @@ def _summary(problems: list[str]) -> str:
 
 
 class TunnelSettings(Protocol):
-    """What `detector_for` reads: the shape of `gateway.config.TunnelConfig`."""
+    """What `detector_for` reads: the shape of `gateway.config.TunnelConfig` (read-only)."""
 
-    metrics: Sequence[str]
-    log_file: str | None
-    refresh_seconds: float
-    retry_seconds: float
-    timeout: float
+    @property
+    def metrics(self) -> Sequence[str]: ...
+    @property
+    def log_file(self) -> str | None: ...
+    @property
+    def refresh_seconds(self) -> float: ...
+    @property
+    def retry_seconds(self) -> float: ...
+    @property
+    def timeout(self) -> float: ...
 
 
 def detector_for(settings: TunnelSettings) -> TunnelDetector:

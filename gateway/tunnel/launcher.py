@@ -7,6 +7,7 @@ With `tunnel.log_file` set, cloudflared's stderr is copied there too (the log-li
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import signal
 import subprocess
@@ -44,7 +45,7 @@ def _copy_lines(source: IO[bytes], sinks: list[IO[bytes]]) -> None:
             sink.flush()
 
 
-def _stop(process: subprocess.Popen) -> int:
+def _stop(process: subprocess.Popen[bytes]) -> int:
     """Give cloudflared a moment to finish on its own (the terminal signalled it too), then end it."""
     for grace, end in ((1.0, process.terminate), (10.0, process.kill)):
         try:
@@ -60,28 +61,27 @@ def run_quick_tunnel(command: list[str], log_file: str | None = None) -> int:
     stdout and stderr go to this terminal; with `log_file`, stderr is appended there as well.
     Ctrl-C or SIGTERM stops cloudflared too.
     """
-    sink = None
-    if log_file is not None:
-        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        sink = open(log_file, "ab")
-    process = subprocess.Popen(command, stderr=subprocess.PIPE if sink else None)
-    pump = None
-    if sink is not None:
-        assert process.stderr is not None
-        pump = threading.Thread(target=_copy_lines, args=(process.stderr, [sys.stderr.buffer, sink]), daemon=True)
-        pump.start()
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, lambda *_: process.terminate())
-    try:
-        code = process.wait()
-    except KeyboardInterrupt:
-        code = _stop(process)
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-    if pump is not None:
-        pump.join(timeout=5)
-    if sink is not None:
-        sink.close()
-    return code
+    with contextlib.ExitStack() as stack:
+        sink: IO[bytes] | None = None
+        if log_file is not None:
+            Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+            sink = stack.enter_context(open(log_file, "ab"))  # closed after the copying thread is done
+        process = subprocess.Popen(command, stderr=subprocess.PIPE if sink else None)
+        pump = None
+        if sink is not None:
+            assert process.stderr is not None
+            pump = threading.Thread(target=_copy_lines, args=(process.stderr, [sys.stderr.buffer, sink]), daemon=True)
+            pump.start()
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, lambda *_: process.terminate())
+        try:
+            code = process.wait()
+        except KeyboardInterrupt:
+            code = _stop(process)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+        if pump is not None:
+            pump.join(timeout=5)
+        return code

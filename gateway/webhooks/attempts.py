@@ -19,6 +19,7 @@ from typing import Any
 
 from gateway.calls.disposition import call_disposition
 from gateway.calls.record import CallRecord, channel_link
+from gateway.errors import GatewayError
 from gateway.events.envelope import Event
 from gateway.metrics import UNBUILDABLE, labelled
 from gateway.store.base import AttemptRecord, Delivery, DeliveryResult, Store
@@ -85,12 +86,12 @@ def uses_template_context(subscription: Subscription) -> bool:
     return any(_has_placeholder(part) for part in subscription.templates())
 
 
-class AttemptLost(Exception):
+class AttemptLost(GatewayError):
     """The process making an attempt ended before it answered: whether the request went out
     is unknown, so the delivery is due again (at least once)."""
 
 
-class AttemptCrashed(Exception):
+class AttemptCrashed(GatewayError):
     """The attempt raised (a bug) or its result could not be handed back: recorded as a failed
     attempt and retried by the schedule (`AttemptMaker.crashed`), never made again at once."""
 

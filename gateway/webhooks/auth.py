@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from gateway import jsontext
+from gateway.errors import GatewayError
 from gateway.webhooks.subscription import (
     ApiKeyAuth,
     Auth,
@@ -58,7 +59,7 @@ DEFAULT_TOKEN_LIFETIME = 3600.0
 MAX_TOKEN_ANSWER = 64 * 1024  # bytes of a token endpoint's answer read (and parsed) at most
 
 
-class AuthError(Exception):
+class AuthError(GatewayError):
     """Authentication could not be prepared; `retryable` when a later attempt may succeed."""
 
     def __init__(self, message: str, *, retryable: bool) -> None:

@@ -35,6 +35,8 @@ if importlib.util.find_spec("sniffio") is None:
     # which httpcore and anyio already treat as "asyncio, no sniffio".
     sys.modules.setdefault("sniffio", None)  # type: ignore[arg-type]
 
+import contextlib
+
 from gateway.webhooks.auth import ClientCertificate, OAuth2TokenCache, ssl_context_for
 from gateway.webhooks.ssrf import GuardedTransport, Network, Resolver, resolve_destination, system_resolve
 from gateway.webhooks.subscription import Subscription
@@ -227,10 +229,8 @@ class Http1Pool:
                 continue
             sock = writer.get_extra_info("socket")
             if sock is not None:
-                try:
+                with contextlib.suppress(OSError):
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                except OSError:
-                    pass
             return _Connection(reader, writer, (target.scheme, target.host, target.port))
         raise httpx.ConnectError(str(last) or type(last).__name__)
 
@@ -295,7 +295,8 @@ class Http1Pool:
 
 async def _read_chunked(reader: asyncio.StreamReader, max_body: int) -> tuple[bytes, bool]:
     """A chunked body, cut at `max_body`; (body, whether it was read to its end)."""
-    chunks, size = [], 0
+    chunks: list[bytes] = []
+    size = 0
     while True:
         line = await reader.readuntil(b"\r\n")
         length = int(line.split(b";", 1)[0].strip(), 16)

@@ -98,7 +98,7 @@ def _write(value: Any, parts: list[str], depth: int) -> None:
         parts.append(number_text(value) if value == value and value not in (float("inf"), float("-inf")) else "null")
     elif isinstance(value, Mapping):
         keys = [str(key) for key in value]
-        items = dict(zip(keys, value.values()))
+        items = dict(zip(keys, value.values(), strict=True))
         indices = sorted((key for key in keys if _is_index(key)), key=int)
         ordered = indices + [key for key in keys if not _is_index(key)]
         parts.append("{")

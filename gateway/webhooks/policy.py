@@ -95,9 +95,7 @@ def is_truthy(value: Any) -> bool:
     """JMESPath truthiness: false, null and empty strings, lists, objects are false; 0 is true."""
     if value is None or value is False:
         return False
-    if isinstance(value, (str, list, dict)) and not value:
-        return False
-    return True
+    return not (isinstance(value, (str, list, dict)) and not value)
 
 
 def is_success(status: int | None, body: Any, rule: SuccessRule) -> bool:

@@ -47,6 +47,11 @@ if TYPE_CHECKING:  # the child imports the heavy modules itself, after setting u
 log = logging.getLogger("gateway.webhooks")
 
 
+def _lost(index: int) -> Callable[[str], AttemptLost]:
+    """The error of an attempt that delivery process `index` took and did not answer."""
+    return lambda why: AttemptLost(f"delivery process {index} ended before it answered ({why})")
+
+
 class DeliveryProcesses:
     """The parent's side: starts, feeds and stops the delivery processes."""
 
@@ -57,7 +62,7 @@ class DeliveryProcesses:
                 f"delivery process {index}",
                 run_child,
                 (config, index),
-                lost=lambda why, index=index: AttemptLost(f"delivery process {index} ended before it answered ({why})"),
+                lost=_lost(index),
             )
             for index in range(count)
         ]
@@ -85,7 +90,7 @@ class DeliveryProcesses:
             for _ in self.children:
                 child = self.children[next(self._turn)]
                 if child.up:
-                    answer = await child.request(delivery)
+                    answer: DeliveryResult | BaseException = await child.request(delivery)  # what run_child sends
                     if isinstance(answer, BaseException):
                         raise answer
                     return answer

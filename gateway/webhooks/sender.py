@@ -41,6 +41,7 @@ from typing import Any
 import httpx
 
 from gateway import jsontext
+from gateway.errors import GatewayError
 from gateway.redact import Redactor, basic_forms, credential_forms, is_credential_header, redact_url, url_secrets
 from gateway.webhooks import ecmascript_json
 from gateway.webhooks.auth import (
@@ -77,7 +78,7 @@ MAX_JSON_DEPTH = 64  # deeper answers are not parsed (and could not be stored: o
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
-class RequestBuildError(ValueError):
+class RequestBuildError(GatewayError, ValueError):
     """The request could not be built (missing secret, bad rendered URL or header)."""
 
 

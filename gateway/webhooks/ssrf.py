@@ -28,6 +28,8 @@ from typing import Any
 import httpcore
 import httpx
 
+from gateway.errors import GatewayError
+
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Resolver = Callable[[str, int], Awaitable[list[str]]]
@@ -37,7 +39,7 @@ _NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1:
 _IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
 
 
-class DestinationRefused(Exception):
+class DestinationRefused(GatewayError):
     """A webhook destination resolved to an address the gateway will not connect to."""
 
     def __init__(self, host: str, address: str, reason: str) -> None:
@@ -202,7 +204,7 @@ class GuardedNetworkBackend(httpcore.AsyncNetworkBackend):
         await self._inner.sleep(seconds)
 
 
-_ERRORS: tuple[tuple[type[Exception], type[httpx.HTTPError]], ...] = (
+_ERRORS: tuple[tuple[type[Exception], type[httpx.RequestError]], ...] = (
     (httpcore.ConnectTimeout, httpx.ConnectTimeout),
     (httpcore.ReadTimeout, httpx.ReadTimeout),
     (httpcore.WriteTimeout, httpx.WriteTimeout),
@@ -276,7 +278,7 @@ class GuardedTransport(httpx.AsyncBaseTransport):
                 target=request.url.raw_path,
             ),
             headers=request.headers.raw,
-            content=request.stream,  # type: ignore[arg-type]
+            content=request.stream,
             extensions=request.extensions,
         )
         with _httpx_errors(request):

@@ -43,6 +43,7 @@ from pydantic import (
 )
 
 from gateway.calls.events import ALL_EVENTS
+from gateway.errors import GatewayError
 from gateway.webhooks.policy import compile_expression, parse_status_class
 from gateway.webhooks.signing import DEFAULT_HEX_HEADER, decode_signing_secret
 from gateway.webhooks.templates import (
@@ -62,7 +63,7 @@ _MAPPING_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*\Z")
 _ONLY_SECRET = re.compile(r"\{\{\s*secret\.[A-Za-z_][A-Za-z0-9_]*\s*\}\}\Z")
 
 
-class SubscriptionConfigError(ValueError):
+class SubscriptionConfigError(GatewayError, ValueError):
     """Configuration that cannot be used; the message lists each problem with its key path."""
 
 

@@ -38,6 +38,7 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import quote
 
+from gateway.errors import GatewayError
 from gateway.redact import Redactor  # noqa: F401 - re-exported: the renderer's callers redact with it
 
 CONTEXT_ROOTS: frozenset[str] = frozenset(
@@ -99,7 +100,7 @@ _JINJA_DEFAULT = re.compile(r"default\s*\((.*)\)\Z", re.DOTALL)
 _MISSING = object()
 
 
-class TemplateError(ValueError):
+class TemplateError(GatewayError, ValueError):
     """A template that cannot be parsed or rendered; the message names where it is."""
 
 

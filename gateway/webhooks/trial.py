@@ -17,6 +17,7 @@ from typing import Any
 
 from gateway.calls.record import CallRecord, utcnow
 from gateway.calls.states import CallState
+from gateway.errors import GatewayError
 from gateway.events.envelope import Event, new_event_id
 from gateway.store.base import event_data
 from gateway.webhooks.attempts import delivery_context
@@ -28,7 +29,7 @@ from gateway.webhooks.subscription import Subscription
 MAX_INPUTS = 100
 
 
-class TrialInputError(ValueError):
+class TrialInputError(GatewayError, ValueError):
     """An input that cannot be placed in the template context (names the input)."""
 
 

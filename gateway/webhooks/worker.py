@@ -22,6 +22,7 @@ subscription has its own concurrency limit, and a subscription that keeps failin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -284,10 +285,8 @@ class DeliveryWorker:
                     self._backlog = True  # a full claim, or no room to claim: more may wait (taken when a slot frees)
                 if len(claimed) >= self.settings.claim_limit:
                     continue
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.settings.poll_seconds)
-            except TimeoutError:
-                pass
 
     def _release(self, subscription: str) -> None:
         left = max(0, self.inflight.get(subscription, 1) - 1)
@@ -422,7 +421,7 @@ class DeliveryWorker:
                         except Exception as one:
                             _settle(future, one)
                     continue
-                for (_, _, future), health in zip(batch, healths):
+                for (_, _, future), health in zip(batch, healths, strict=False):
                     _settle(future, health)
         finally:
             self._recorder = None

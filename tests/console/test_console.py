@@ -5,7 +5,6 @@ simulated call's recording played by the page."""
 
 from __future__ import annotations
 
-import json
 
 import httpx
 import pytest

@@ -15,7 +15,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from support import API_KEY, TWILIO_SID, eventually, twilio_signature, twilio_status_callback
+from support import TWILIO_SID, eventually, twilio_signature, twilio_status_callback
 from media.test_bridge import RUN, TwilioClient, admin_call, twilio_answer
 
 CALL_SID = "CA" + "7" * 32

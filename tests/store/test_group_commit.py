@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
 
 from gateway.store.group_commit import GroupCommit, MaybeCommitted
 
