@@ -6,6 +6,7 @@ Run by hand:
         --repeat 3 --before /tmp/old-tree                     # side by side: ratios that survive noise
     .venv/bin/python bench/media.py --calls 60,80,100 --targets bridge   # capacity of one worker
     .venv/bin/python bench/media.py --profile 70              # py-spy profile of the bridge at 70 calls
+    .venv/bin/python bench/media.py --profile 150 --targets bridge-echo   # ... of the built-in echo at 150
     .venv/bin/python bench/media.py --calls 30 --targets reference,bridge --together --agent-audio mulaw/8000
                                                               # the bridge without transcoding: its cost by difference
     .venv/bin/python bench/media.py --calls 100,200 --targets bridge-echo --workers 2
@@ -707,7 +708,8 @@ def main() -> None:
     parser.add_argument("--ramp", type=float, default=50, help="new calls per second")
     parser.add_argument("--gateway-src", type=Path, default=ROOT, help="source tree the gateway runs from")
     parser.add_argument("--before", type=Path, help="another source tree, run as the targets bridge-before, bridge-echo-before")
-    parser.add_argument("--profile", type=int, metavar="CALLS", help="only profile the bridge at CALLS calls with py-spy")
+    parser.add_argument("--profile", type=int, metavar="CALLS",
+                        help="only profile one target (--targets' first; bridge by default) at CALLS calls with py-spy")
     parser.add_argument("--native", action="store_true", help="with --profile: include C frames (py-spy --native)")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     parser.add_argument("--together", action="store_true",
@@ -740,7 +742,8 @@ def main() -> None:
         workdir = Path(tmp)
         if args.profile:
             out = workdir / "profile.txt"
-            result = run_targets(["bridge"], args.profile, options, workdir, profile=out)[0]
+            target = args.targets.split(",")[0] if args.targets != ",".join(TARGETS) else "bridge"
+            result = run_targets([target], args.profile, options, workdir, profile=out)[0]
             print(table([result]))
             if "profile_error" in result:
                 print("py-spy failed:", result["profile_error"])
@@ -749,7 +752,7 @@ def main() -> None:
                 print(summarize_profile(out))
                 kept = ROOT / "bench" / "results"
                 kept.mkdir(exist_ok=True)
-                (kept / f"media-profile-{args.profile}.raw").write_text(out.read_text())
+                (kept / f"media-profile-{target}-{args.profile}.raw").write_text(out.read_text())
             return
         results = []
         targets = args.targets.split(",")

@@ -84,6 +84,7 @@ def _serve(args: argparse.Namespace) -> int:
         port=port,
         drain_seconds=config.shutdown.drain_seconds,
         read_timeout=config.limits.read_timeout_seconds,
+        lean_media=config.listen.media_websocket == "picows",
     )
     return 0
 

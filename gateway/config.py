@@ -66,6 +66,8 @@ Secret = Annotated[SecretStr, AfterValidator(_not_empty)]
 class ListenConfig(_Model):
     host: str = "0.0.0.0"
     port: int = Field(8000, ge=0, le=65535)
+    # providers' media sockets: picows (the lean layer, gateway/media/ws_edge.py) or uvicorn's ASGI WebSocket
+    media_websocket: Literal["picows", "uvicorn"] = "picows"
 
 
 class TwilioConfig(_Model):

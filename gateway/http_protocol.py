@@ -8,6 +8,9 @@ otherwise the client is answered 408 (when no answer has begun) and the connecti
 The deadline is a timer per request, armed by the parser's message-begin and cancelled by its
 message-complete, so it costs nothing per byte. After a WebSocket upgrade it no longer applies
 (media sockets have their own token deadline).
+
+With a `media_edge` (`gateway.media.ws_edge.MediaEdge`), a WebSocket upgrade on a provider's
+media path is served by the lean WebSocket layer; every other upgrade by uvicorn's own.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ class DeadlineProtocol(HttpToolsProtocol):
     """`HttpToolsProtocol` whose requests must be read within `read_timeout` seconds."""
 
     read_timeout: float = 15.0
+    media_edge: Any = None  # a MediaEdge, or None: every WebSocket on uvicorn's implementation
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -62,6 +66,8 @@ class DeadlineProtocol(HttpToolsProtocol):
 
     def handle_websocket_upgrade(self) -> None:
         self._disarm()
+        if self.media_edge is not None and self.media_edge.upgrade(self):
+            return
         super().handle_websocket_upgrade()
 
     def _arm(self) -> None:
@@ -87,6 +93,6 @@ class DeadlineProtocol(HttpToolsProtocol):
         self.transport.close()  # a route waiting for the body sees the client gone (http.disconnect)
 
 
-def http_protocol(read_timeout: float) -> type[DeadlineProtocol]:
-    """The protocol class for `uvicorn.Config(http=...)`, with this deadline."""
-    return type("DeadlineProtocol", (DeadlineProtocol,), {"read_timeout": read_timeout})
+def http_protocol(read_timeout: float, media_edge: Any = None) -> type[DeadlineProtocol]:
+    """The protocol class for `uvicorn.Config(http=...)`, with this deadline (and media edge)."""
+    return type("DeadlineProtocol", (DeadlineProtocol,), {"read_timeout": read_timeout, "media_edge": media_edge})

@@ -22,7 +22,7 @@ from typing import Any
 import uvicorn
 
 from gateway.heap import settle_heap
-from gateway.http_protocol import http_protocol
+from gateway.http_protocol import DeadlineProtocol, http_protocol
 from gateway.metrics import MEDIA
 
 log = logging.getLogger("gateway")
@@ -88,6 +88,17 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
+def http_protocol_for(app: Any, read_timeout: float, *, lean_media: bool) -> type[DeadlineProtocol]:
+    """uvicorn's HTTP protocol class for `app`: the read deadline, and with `lean_media` the
+    providers' media sockets on the lean WebSocket layer (`gateway.media.ws_edge`)."""
+    edge = None
+    if lean_media:
+        from gateway.media.ws_edge import MediaEdge
+
+        edge = MediaEdge(app)
+    return http_protocol(read_timeout, edge)
+
+
 def run(
     app: Any,
     *,
@@ -95,10 +106,12 @@ def run(
     port: int,
     drain_seconds: float,
     read_timeout: float,
+    lean_media: bool = True,
     sockets: list[socket.socket] | None = None,
 ) -> None:
     """Serve `app` until drained, each request read within `read_timeout` seconds; uvloop when
-    installed. `sockets`: listening sockets already bound (a worker's, from `gateway.workers`)."""
+    installed. `lean_media`: providers' media sockets on the lean WebSocket layer (picows).
+    `sockets`: listening sockets already bound (a worker's, from `gateway.workers`)."""
     config = uvicorn.Config(
         app,
         host=host,
@@ -109,6 +122,6 @@ def run(
         ws_max_size=1 << 20,
         lifespan="on",
         timeout_graceful_shutdown=5,
-        http=http_protocol(read_timeout),
+        http=http_protocol_for(app, read_timeout, lean_media=lean_media),
     )
     DrainingServer(config, gateway=app.state.gateway, drain_seconds=drain_seconds).run(sockets=sockets)

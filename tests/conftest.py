@@ -25,15 +25,24 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 @pytest.fixture
 def gateway_server(tmp_path):
-    """Start the gateway app (built from a config dict) on a real loopback server."""
+    """Start the gateway app (built from a config dict) on a real loopback server, served as
+    `gateway serve` serves it: the gateway's HTTP protocol, media sockets on the lean layer
+    unless `listen.media_websocket` says `uvicorn` (GATEWAY_TEST_MEDIA_WEBSOCKET=uvicorn: the
+    whole suite on the Starlette fallback)."""
     from gateway.app import create_app
     from gateway.config import parse_config
+    from gateway.serve import http_protocol_for
 
     servers: list[ServerThread] = []
 
     def start(**overrides: Any) -> ServerThread:
-        app = create_app(parse_config(base_config(tmp_path, **overrides), env={}))
-        server = ServerThread(app).__enter__()
+        layer = os.environ.get("GATEWAY_TEST_MEDIA_WEBSOCKET")
+        if layer and "listen" not in overrides:
+            overrides["listen"] = {"media_websocket": layer}
+        config = parse_config(base_config(tmp_path, **overrides), env={})
+        app = create_app(config)
+        server = ServerThread(app, http=http_protocol_for(app, config.limits.read_timeout_seconds,
+                                                          lean_media=config.listen.media_websocket == "picows")).__enter__()
         server.app = app
         servers.append(server)
         return server

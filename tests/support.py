@@ -59,10 +59,10 @@ def free_port() -> int:
 class ServerThread:
     """A real uvicorn server for an ASGI app, on 127.0.0.1, in a background thread."""
 
-    def __init__(self, app: Any, *, port: int | None = None, ws_max_size: int = 1 << 20) -> None:
+    def __init__(self, app: Any, *, port: int | None = None, ws_max_size: int = 1 << 20, http: Any = "auto") -> None:
         self.port = port or free_port()
         self.config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on", proxy_headers=False,
-                                     ws_max_size=ws_max_size)
+                                     ws_max_size=ws_max_size, http=http)
         self.server = uvicorn.Server(self.config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

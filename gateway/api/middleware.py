@@ -95,6 +95,12 @@ class EdgeMiddleware:
         note_request(scope, f"rate limited: too many refused provider requests from {ip}", None)
         return False
 
+    def charge_refused_socket(self, scope: Scope) -> None:
+        """A provider media socket refused as a policy violation, outside the ASGI app (the lean
+        WebSocket layer, `gateway.media.ws_edge`): charged as `_ChargedSocket` charges it."""
+        if self.bucket is not None and scope.get("path", "").startswith(PROVIDER_PREFIX):
+            self.charge(scope)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)

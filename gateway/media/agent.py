@@ -73,6 +73,18 @@ class AgentLink(abc.ABC):
     async def close(self) -> None:
         """Close the link (idempotent)."""
 
+    def listen(self, on_message: Callable[[bytes | str], None], on_closed: Callable[[str], None]) -> bool:
+        """Push mode: from now on each message goes to `on_message` as it arrives (as `receive`
+        would return it) and `on_closed(reason)` is called once at the end; `receive` is not
+        called again. False (nothing changes) when the link can only be read with `receive`."""
+        return False
+
+    def hold(self, held: bool) -> None:
+        """Push mode: while held, no message is pushed and the link stops reading the agent once
+        a few are waiting (TCP pushes back on it, as on a reader that is behind); released, what
+        waited is pushed, in order. A link whose messages never wait (the echo) ignores it."""
+        return None
+
 
 class WebSocketAgentLink(AgentLink):
     """An agent server reached over a WebSocket (see `AgentSocket` for why not `websockets.asyncio`)."""
@@ -140,6 +152,16 @@ class WebSocketAgentLink(AgentLink):
         except SocketClosed as exc:
             raise self._unavailable(str(exc)) from None
 
+    def listen(self, on_message: Callable[[bytes | str], None], on_closed: Callable[[str], None]) -> bool:
+        if self._socket is None or type(self).receive is not WebSocketAgentLink.receive:
+            return False  # a link that translates what it receives (TwilioAgentLink) is pulled
+        self._socket.listen(on_message, lambda reason: on_closed(self._redactor.text(reason)))
+        return True
+
+    def hold(self, held: bool) -> None:
+        if self._socket is not None:
+            self._socket.hold(held)
+
     async def close(self) -> None:
         if self._socket is not None:
             socket, self._socket = self._socket, None
@@ -205,13 +227,30 @@ class EchoAgentLink(AgentLink):
 
     def __init__(self, max_backlog: int = 500) -> None:
         self._queue: asyncio.Queue[bytes | str | None] = asyncio.Queue(max_backlog)
+        self._listener: tuple[Callable[[bytes | str], None], Callable[[str], None]] | None = None
+        self._stopped = False
 
     async def open(self, start: Mapping[str, Any]) -> None:
         return None
 
     def send_audio(self, frame: bytes) -> None:
-        if not self._queue.full():
+        if self._listener is not None:
+            self._listener[0](frame)  # pushed: played back now, no queue
+        elif not self._queue.full() and not self._stopped:
             self._queue.put_nowait(frame)
+
+    def listen(self, on_message: Callable[[bytes | str], None], on_closed: Callable[[str], None]) -> bool:
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if item is None:
+                on_closed("echo agent stopped")
+                return True
+            on_message(item)
+        if self._stopped:
+            on_closed("echo agent stopped")
+        else:
+            self._listener = (on_message, on_closed)
+        return True
 
     async def send_message(self, message: Mapping[str, Any]) -> None:
         if message.get("type") == "stop":
@@ -227,6 +266,14 @@ class EchoAgentLink(AgentLink):
         return item
 
     async def close(self) -> None:
+        if self._listener is not None:
+            _, on_closed = self._listener
+            self._listener = None
+            self._stopped = True
+            on_closed("echo agent stopped")
+            return
+        if self._stopped:
+            return
         while self._queue.full():
             self._queue.get_nowait()
         self._queue.put_nowait(None)

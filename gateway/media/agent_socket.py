@@ -21,7 +21,7 @@ import os
 import ssl
 import struct
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from websockets.client import ClientProtocol
 from websockets.exceptions import InvalidURI
@@ -92,7 +92,7 @@ class AgentSocket(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._loop = asyncio.get_running_loop()
         self._messages: deque[bytes | str] = deque()
-        self._fragments: list[bytes] = []
+        self._fragments: list[bytes | bytearray | memoryview] = []
         self._fragment_opcode: Opcode | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._handshake: asyncio.Future[None] = self._loop.create_future()
@@ -105,6 +105,8 @@ class AgentSocket(asyncio.Protocol):
         self._inbox = bytearray()  # received bytes not yet a whole frame (fast path only)
         self._fast = False  # the steady state: OPEN, no fragmented message, nothing odd seen
         self._opened = False
+        self._listener: tuple[Callable[[bytes | str], None], Callable[[str], None]] | None = None
+        self._held = False  # push mode: messages wait in `_messages` (reading pauses at `max_queue`)
 
     # -- the caller's side ----------------------------------------------------------------
     async def open(self, headers: Mapping[str, str], *, timeout: float, user_agent: str) -> None:
@@ -170,6 +172,23 @@ class AgentSocket(asyncio.Protocol):
             self._reading_paused = False
             self.transport.resume_reading()
         return message
+
+    def listen(self, on_message: Callable[[bytes | str], None], on_closed: Callable[[str], None]) -> None:
+        """Push mode: each whole message goes to `on_message` as it arrives (what is queued, now),
+        and `on_closed(reason)` is called once when the connection has ended; `receive` is not
+        called again. No future or task per message."""
+        self._listener = (on_message, on_closed)
+        self.hold(False)
+
+    def hold(self, held: bool) -> None:
+        """Push mode: while held, messages wait in the queue as they do for a reader that is
+        behind (reading pauses once `max_queue` wait); released, they are pushed in order."""
+        self._held = held
+        if not held:
+            if self._reading_paused and self.transport is not None:
+                self._reading_paused = False
+                self.transport.resume_reading()
+            self._wake()
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """The closing handshake, then the TCP connection; waits at most `close_timeout`."""
@@ -321,10 +340,10 @@ class AgentSocket(asyncio.Protocol):
             self._closed_reason = self._describe_close(None)
             self._wake()
 
-    def _deliver(self, opcode: Opcode, data: bytes) -> None:
+    def _deliver(self, opcode: Opcode, data: bytes | bytearray | memoryview) -> None:
         if opcode is Opcode.TEXT:
             try:
-                message: bytes | str = data.decode()
+                message: bytes | str = bytes(data).decode() if isinstance(data, memoryview) else data.decode()
             except UnicodeDecodeError as exc:
                 self._fast = False
                 self._closed_reason = f"agent sent a text message that is not UTF-8 (byte {exc.start})"
@@ -338,6 +357,15 @@ class AgentSocket(asyncio.Protocol):
         self._wake()
 
     def _wake(self) -> None:
+        if self._listener is not None:
+            on_message, on_closed = self._listener
+            messages = self._messages
+            while messages and not self._held:  # a message may hold the link: the rest wait
+                on_message(messages.popleft())
+            if self._closed_reason is not None and not messages and self._listener is not None:
+                self._listener = None
+                on_closed(self._closed_reason)
+            return
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)

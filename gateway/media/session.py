@@ -26,7 +26,7 @@ from gateway.audio.scheduler import stream_transcoder
 from gateway.calls import events as ev
 from gateway.calls.record import CallRecord
 from gateway.media.agent import AgentLink, AgentMessageError, AgentUnavailable
-from gateway.media.playback import FRAME, PlaybackQueue
+from gateway.media.playback import FRAME, PendingMark, PlaybackQueue
 from gateway.media.provider_socket import AUDIO, BAD, DTMF, MARK, OTHER, STOP, ProviderSocket
 from gateway.media.registry import INSTANCE_ID
 from gateway.media.writes import FLUSH_SECONDS, SessionWriter
@@ -39,6 +39,7 @@ log = logging.getLogger("gateway.media")
 CODEC_SAMPLE_EVERY = 50  # one caller frame in this many is timed for the codec metric
 
 MAX_AGENT_MESSAGE_CHARS = 64 * 1024
+AGENT_QUEUE_HOLD = 32  # push mode: agent messages waiting behind one that awaits before the link is held
 
 
 class Recorder(Protocol):
@@ -132,6 +133,13 @@ class MediaSession:
         self._pump_task: asyncio.Task[Any] | None = None
         self._mark_timers: dict[str, asyncio.TimerHandle] = {}
         self._media_started = False
+        self._provider_queue: deque[tuple[str, Any]] = deque()  # push mode: items waiting behind one that awaits
+        self._provider_stopped = False
+        self._provider_done = asyncio.Event()
+        self._agent_queue: deque[tuple[AgentLink, bytes | str | AgentUnavailable]] = deque()  # push mode, as above
+        self._agent_draining = False  # a task is taking `_agent_queue`
+        self._held_agent: AgentLink | None = None  # the link told to hold while the queue is long
+        self._finished = False
         self._ending = asyncio.Event()
         self.end_reason = ""
 
@@ -170,11 +178,15 @@ class MediaSession:
                 await self._finish("agent unavailable")
                 return
             self._spawn(self._backlog_loop())
-            provider_task = self._spawn(self._from_provider())
+            if self.provider.listen(self._provider_item):  # the lean layer: frames arrive by callback
+                provider_task = self._spawn(self._provider_done.wait())
+            else:
+                provider_task = self._spawn(self._from_provider())
             ending_task = self._spawn(self._ending.wait())
             await asyncio.wait({provider_task, ending_task}, return_when=asyncio.FIRST_COMPLETED)
             await self._finish(self.end_reason or "provider closed")
         except asyncio.CancelledError:  # the server is stopping: what is queued is still written
+            self._provider_stopped = self._finished = True  # push mode: nothing more is carried
             for task in self._tasks:
                 task.cancel()
             self._write_ended(self.end_reason or "gateway stopped", {"cancelled": True})
@@ -197,6 +209,7 @@ class MediaSession:
         self._ending.set()
 
     async def _finish(self, reason: str) -> None:
+        self._provider_stopped = self._finished = True  # push mode: what still arrives is not carried
         current = asyncio.current_task()
         stopping = [task for task in self._tasks if task is not current]
         for task in stopping:
@@ -262,7 +275,7 @@ class MediaSession:
                 self._spawn(self._reconnect_agent())
             return False
         self.agent = agent
-        self._spawn(self._from_agent(agent))
+        self._read_agent(agent)
         return True
 
     def _agent_failed(self, reason: str) -> None:
@@ -282,66 +295,115 @@ class MediaSession:
                 continue
             self.agent = agent
             self._queue_write("agent.reconnected", {"data": {}})
-            self._spawn(self._from_agent(agent))
+            self._read_agent(agent)
             return
 
     # -- caller -> agent ----------------------------------------------------------------
     async def _from_provider(self) -> None:
+        """Pull mode: read the provider socket until it stops."""
         provider = self.provider
-        counters = self.counters
-        expected = self.expected_frame_bytes
         while True:
             kind, value = await provider.receive()
-            if kind is not AUDIO:
-                self.to_agent.settle()  # what follows caller audio reaches the agent after it
             if kind is AUDIO:
-                counters.frames_in += 1
-                if len(value) != expected:
-                    counters.misframed += 1
-                if not self._media_started:
-                    self._media_started = True
-                    self._queue_write(
-                        "media.started",
-                        {
-                            "data": {"stream_id": provider.stream_id, "format": provider.audio_format.encoding},
-                            "events": [(ev.CALL_STARTED, {"stream_id": provider.stream_id})],
-                            "media": {
-                                "started": True,
-                                "stream_id": provider.stream_id,
-                                "instance": INSTANCE_ID,
-                                **self.links(),
-                            },
-                        },
-                    )
-                if self.recorder is not None:
-                    self.recorder.caller(value)
-                if counters.frames_in % CODEC_SAMPLE_EVERY:
-                    self.to_agent.submit(value, self._to_agent)
-                else:  # time one frame in CODEC_SAMPLE_EVERY: the metric costs nothing per frame
-                    started = time.perf_counter()
-                    pcm = self.to_agent.process(value)
-                    CODEC_SECONDS.labels("to_agent").observe(time.perf_counter() - started)
-                    self._to_agent(pcm)
-            elif kind is DTMF:
-                await self._agent_message({"type": "dtmf", "digit": value})
-                self._queue_write("dtmf", {"data": {"digit": value}})
-            elif kind is MARK:
-                await self._agent_message({"type": "mark", "name": value})
-            elif kind is STOP:
-                self.end_reason = self.end_reason or value
+                self._caller_audio(value)
+            elif await self._provider_event(kind, value):
                 return
-            elif kind is BAD:
-                counters.bad_messages += 1
-                if counters.bad_messages % self.options.bad_message_log_every == 1:
-                    log.warning(
-                        "bad %s media message run=%s (%d so far): %s",
-                        provider.name,
-                        self.run_id,
-                        counters.bad_messages,
-                        value,
-                    )
-            elif kind is OTHER:
-                log.debug("ignored %s media event %s run=%s", provider.name, value, self.run_id)
+
+    def _provider_item(self, kind: str, value: Any) -> None:
+        """Push mode: one inbound item, called by the provider socket as it arrives. Audio is
+        handled here and now (transcode, agent, no task); an item that awaits (dtmf and marks
+        to the agent, stop) goes to a queue drained in order by one task, and while that queue
+        is not empty everything after it waits there too, so items keep their order."""
+        if self._provider_stopped:
+            return
+        queue = self._provider_queue
+        if queue:
+            if kind is AUDIO and len(queue) >= self.options.inbound_backlog_frames:
+                self.counters.frames_in += 1
+                self.counters.inbound_dropped += 1  # the agent link is not taking messages: bounded
+                return
+            queue.append((kind, value))
+        elif kind is AUDIO:
+            self._caller_audio(value)
+        elif kind is BAD or kind is OTHER:
+            self._provider_note(kind, value)
+        else:
+            queue.append((kind, value))
+            self._spawn(self._drain_provider_queue())
+
+    async def _drain_provider_queue(self) -> None:
+        queue = self._provider_queue
+        while queue:
+            kind, value = queue[0]
+            if kind is AUDIO:
+                self._caller_audio(value)
+            elif await self._provider_event(kind, value):
+                self._provider_stopped = True
+                queue.clear()
+                self._provider_done.set()
+                return
+            queue.popleft()
+
+    def _caller_audio(self, value: bytes) -> None:
+        counters = self.counters
+        counters.frames_in += 1
+        if len(value) != self.expected_frame_bytes:
+            counters.misframed += 1
+        if not self._media_started:
+            self._media_started = True
+            provider = self.provider
+            self._queue_write(
+                "media.started",
+                {
+                    "data": {"stream_id": provider.stream_id, "format": provider.audio_format.encoding},
+                    "events": [(ev.CALL_STARTED, {"stream_id": provider.stream_id})],
+                    "media": {
+                        "started": True,
+                        "stream_id": provider.stream_id,
+                        "instance": INSTANCE_ID,
+                        **self.links(),
+                    },
+                },
+            )
+        if self.recorder is not None:
+            self.recorder.caller(value)
+        if counters.frames_in % CODEC_SAMPLE_EVERY:
+            self.to_agent.submit(value, self._to_agent)
+        else:  # time one frame in CODEC_SAMPLE_EVERY: the metric costs nothing per frame
+            started = time.perf_counter()
+            pcm = self.to_agent.process(value)
+            CODEC_SECONDS.labels("to_agent").observe(time.perf_counter() - started)
+            self._to_agent(pcm)
+
+    async def _provider_event(self, kind: str, value: Any) -> bool:
+        """Everything but audio; True when the provider's stream has stopped."""
+        self.to_agent.settle()  # what follows caller audio reaches the agent after it
+        if kind is DTMF:
+            await self._agent_message({"type": "dtmf", "digit": value})
+            self._queue_write("dtmf", {"data": {"digit": value}})
+        elif kind is MARK:
+            await self._agent_message({"type": "mark", "name": value})
+        elif kind is STOP:
+            self.end_reason = self.end_reason or value
+            return True
+        else:
+            self._provider_note(kind, value)
+        return False
+
+    def _provider_note(self, kind: str, value: Any) -> None:
+        if kind is BAD:
+            counters = self.counters
+            counters.bad_messages += 1
+            if counters.bad_messages % self.options.bad_message_log_every == 1:
+                log.warning(
+                    "bad %s media message run=%s (%d so far): %s",
+                    self.provider.name,
+                    self.run_id,
+                    counters.bad_messages,
+                    value,
+                )
+        elif kind is OTHER:
+            log.debug("ignored %s media event %s run=%s", self.provider.name, value, self.run_id)
 
     def _to_agent(self, frame: bytes) -> None:
         agent = self.agent
@@ -399,6 +461,68 @@ class MediaSession:
             self._spawn(self._reconnect_agent())
 
     # -- agent -> caller ----------------------------------------------------------------
+    def _read_agent(self, agent: AgentLink) -> None:
+        """Carry the agent's messages: pushed by callback when both ends can (the agent link
+        listens, the provider socket sends without awaiting: the lean layer), else a reader task."""
+        if self.provider.sends_now() and agent.listen(
+            lambda message: self._agent_item(agent, message),
+            lambda reason: self._agent_item(agent, AgentUnavailable(reason)),
+        ):
+            return
+        self._spawn(self._from_agent(agent))
+
+    def _agent_item(self, agent: AgentLink, message: bytes | str | AgentUnavailable) -> None:
+        """Push mode: one message from the agent. Audio is re-framed and what is due is sent now;
+        a control message (which may await) and everything after it go through one ordered
+        task, as the reader task would take them."""
+        if self._finished:
+            return
+        queue = self._agent_queue
+        if not queue and isinstance(message, bytes):
+            self._agent_audio(message)
+            now = self._send_due_now()
+            if self.playback.wait_time(now) is not None and (self._pump_task is None or self._pump_task.done()):
+                self._pump_task = self._spawn(self._pump_later())
+            return
+        queue.append((agent, message))
+        if not self._agent_draining:
+            self._agent_draining = True
+            self._spawn(self._drain_agent_queue())
+        elif len(queue) >= AGENT_QUEUE_HOLD and self._held_agent is None:
+            self._held_agent = agent  # bounded: the link stops reading, TCP pushes back on the agent
+            agent.hold(True)
+
+    async def _drain_agent_queue(self) -> None:
+        """Push mode: the queued agent messages, in order, each awaited as the reader task would.
+        Releasing a held link may push more onto the queue (or, once it is empty, handle audio
+        at once): the loop takes them."""
+        queue = self._agent_queue
+        try:
+            while queue and not self._finished:
+                agent, message = queue[0]
+                if isinstance(message, AgentUnavailable):
+                    queue.clear()
+                    self._lost_agent(agent, str(message))
+                    return
+                await self._agent_message_in(message)
+                queue.popleft()
+                if self._held_agent is not None and len(queue) <= AGENT_QUEUE_HOLD // 4:
+                    self._release_agent()
+        finally:
+            self._agent_draining = False
+            if self._held_agent is not None and not self._finished:
+                self._release_agent()
+
+    def _release_agent(self) -> None:
+        agent, self._held_agent = self._held_agent, None
+        if agent is not None:
+            agent.hold(False)
+
+    def _agent_audio(self, message: bytes) -> None:
+        for frame in self.reframer.push(self.to_provider.process(message)):
+            if not self.playback.push_frame(frame):
+                self.counters.outbound_dropped += 1
+
     async def _from_agent(self, agent: AgentLink) -> None:
         while True:
             try:
@@ -409,13 +533,15 @@ class MediaSession:
             except AgentMessageError as exc:  # a protocol the link translates refused it
                 self._agent_bad(str(exc))
                 continue
-            if isinstance(message, bytes):
-                for frame in self.reframer.push(self.to_provider.process(message)):
-                    if not self.playback.push_frame(frame):
-                        self.counters.outbound_dropped += 1
-                await self._pump()
-            else:
-                await self._control(message)
+            await self._agent_message_in(message)
+
+    async def _agent_message_in(self, message: bytes | str) -> None:
+        """One message from the agent, in its turn: audio re-framed and paced, or a control message."""
+        if isinstance(message, bytes):
+            self._agent_audio(message)
+            await self._pump()
+        else:
+            await self._control(message)
 
     async def _pump(self) -> None:
         """Send what the playback lead allows now; a pumper task sends the rest on time."""
@@ -432,19 +558,45 @@ class MediaSession:
         """Send the frames and marks that are due; returns the time it went by."""
         now = time.monotonic()
         provider = self.provider
+        for is_frame, value in self._take_due(now):
+            if is_frame:
+                await provider.send_frame(value)
+            else:
+                await provider.send_mark(value)
+        return now
+
+    def _send_due_now(self) -> float:
+        """`_send_due` for a provider socket that sends without awaiting (`sends_now`)."""
+        now = time.monotonic()
+        provider = self.provider
+        for is_frame, value in self._take_due(now):
+            if is_frame:
+                provider.frame_now(value)
+            else:
+                provider.mark_now(value)
+        return now
+
+    def _take_due(self, now: float) -> list[tuple[bool, Any]]:
+        """The frames and marks due at `now`, to send in this order: (True, frame) or (False,
+        mark name). Their bookkeeping is done here (frames out, the recording, a mark the
+        provider does not echo timed by the playhead)."""
+        due: list[tuple[bool, Any]] = []
         plays_at = max(self.playback.played_until, now)  # where the first released frame starts
         for kind, value in self.playback.take_due(now):
             if kind == FRAME:
-                await provider.send_frame(value)
+                assert isinstance(value, bytes)
+                due.append((True, value))
                 self.counters.frames_out += 1
                 if self.recorder is not None:
                     self.recorder.agent(value, plays_at)
                 plays_at += self.playback.frame_seconds
-            elif provider.echoes_marks:
-                await provider.send_mark(value.name)
+            elif not isinstance(value, PendingMark):
+                continue
+            elif self.provider.echoes_marks:
+                due.append((False, value.name))
             else:
                 self._time_mark(value.name, value.plays_at - now)
-        return now
+        return due
 
     def _time_mark(self, name: str, delay: float) -> None:
         loop = asyncio.get_running_loop()

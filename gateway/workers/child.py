@@ -103,6 +103,7 @@ def run_worker(spec: WorkerSpec, parent: int, sock: socket.socket) -> None:
         port=spec.port,
         drain_seconds=config.shutdown.drain_seconds,
         read_timeout=config.limits.read_timeout_seconds,
+        lean_media=config.listen.media_websocket == "picows",
         sockets=[sock],
     )
     log.info("worker %d (pid %d) stopped", spec.index, os.getpid())

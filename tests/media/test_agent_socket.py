@@ -16,6 +16,7 @@ from websockets.asyncio.server import serve
 from websockets.frames import Close, Frame, Opcode
 
 from gateway.media.agent_socket import AgentSocket, SocketClosed
+from support import eventually
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -211,3 +212,30 @@ async def test_keepalive_ping_without_pong_ends_the_connection():
         await server.connected.wait()
         with pytest.raises(SocketClosed, match="pong"):
             await asyncio.wait_for(sock.receive(), 3)
+
+
+async def test_pushed_messages_wait_while_held_and_arrive_in_order_with_the_close_after_them():
+    """Push mode (`listen`): a held socket pushes nothing, stops reading once `max_queue` wait (TCP
+    pushes back on the agent), and released, pushes what waited in order, the close last."""
+    messages = [bytes([n]) * 100 for n in range(40)]
+    async with RawServer() as server:
+        sock = await opened(server.url, max_queue=8)
+        await server.connected.wait()
+        got: list = []
+        closed: list[str] = []
+
+        def on_message(message):
+            got.append(message)
+            if len(got) == 2:
+                sock.hold(True)  # the listener is busy from the second message on
+
+        sock.listen(on_message, closed.append)
+        await server.write(b"".join(frame(Opcode.BINARY, m) for m in messages)
+                           + frame(Opcode.CLOSE, Close(1000, "done").serialize()), most=3000)
+        await asyncio.sleep(0.2)
+        assert got == messages[:2] and not closed
+        assert sock.transport.is_reading() is False  # 8 waiting: reading paused
+        sock.hold(False)
+        await eventually(lambda: closed, timeout=5, what="the close, after every message")
+        assert got == messages and "1000" in closed[0]
+        sock.abort()

@@ -4,6 +4,7 @@ and Vonage's documented messages, the built-in echo agent and external agent ser
 from __future__ import annotations
 
 import asyncio
+import threading
 import audioop
 import base64
 import json
@@ -139,13 +140,18 @@ async def test_twilio_echo_round_trip_in_real_time(gateway_server):
     assert events.count("call.started") == 1
 
 
-async def test_vonage_echo_round_trip(gateway_server):
-    server = gateway_server()
+async def vonage_endpoint(server) -> dict:
+    """The NCCO's websocket endpoint of a signed Vonage answer webhook."""
     token = vonage_jwt(b"")
     async with httpx.AsyncClient() as http:
         answer = await http.get(server.url + WEBHOOK, params={"uuid": "aaaaaaaa-0000-0000-0000-000000000001", "to": "1", "from": "2"},
                                 headers={"Authorization": f"Bearer {token}"})
-    endpoint = answer.json()[0]["endpoint"][0]
+    return answer.json()[0]["endpoint"][0]
+
+
+async def test_vonage_echo_round_trip(gateway_server):
+    server = gateway_server()
+    endpoint = await vonage_endpoint(server)
     async with connect(endpoint["uri"], compression=None, proxy=None) as ws:
         await ws.send(json.dumps({"event": "websocket:connected", "content-type": endpoint["content-type"], **endpoint["headers"]}))
         signal = speech_like(1.0, rate=16000)
@@ -436,3 +442,46 @@ async def test_vonage_socket_that_is_not_vonage_is_closed(gateway_server):
         with pytest.raises(websockets.ConnectionClosed) as info:
             await ws.recv()
     assert info.value.rcvd.code == 1008
+
+
+async def test_an_agent_that_outpaces_the_store_is_held_back_and_nothing_is_lost(gateway_server):
+    """The store stops answering mid-call and the agent sends 30 MB of transcript lines: the
+    gateway stops reading the agent (its messages wait on TCP, not in the gateway's memory), on
+    either WebSocket layer; once the store answers, every line is written, in order."""
+    lines, text = 3000, "x" * 10_000
+    sent = 0
+
+    async def script(agent, ws):
+        nonlocal sent
+        for n in range(lines):
+            await ws.send(json.dumps({"type": "transcript", "role": "agent", "text": f"{n} {text}", "final": True}))
+            sent += 1
+        async for message in ws:
+            agent.messages.append(message)
+
+    gate, written = threading.Event(), 0
+    async with AgentServer(script) as agent:
+        server = gateway_server(agent={"url": agent.url})
+        store = server.app.state.gateway.store
+        write = store.record_activity
+
+        async def held_write(*args, **kwargs):  # the store's transcripts wait until the test opens the gate
+            nonlocal written
+            while kwargs.get("kind") == "transcript" and not gate.is_set():
+                await asyncio.sleep(0.01)
+            result = await write(*args, **kwargs)
+            written += kwargs.get("kind") == "transcript"
+            return result
+
+        store.record_activity = held_write
+        client = await TwilioClient.open(server)
+        await eventually(lambda: sent > 0, what="the agent's first line")
+        await asyncio.sleep(3)
+        assert sent < lines  # held back: the gateway took no more than the writes' queue and TCP's buffers
+        gate.set()
+        await eventually(lambda: written == lines, timeout=90, what="every line written")
+        await client.send({"event": "stop", "stop": {}})
+        call = await eventually(lambda: (c := admin_call(server)) and any(t["kind"] == "media.ended" for t in c["timeline"])
+                                and c, timeout=60)
+    numbers = [int(t["data"]["text"].split(" ", 1)[0]) for t in call["timeline"] if t["kind"] == "transcript"]
+    assert numbers == list(range(lines))
