@@ -84,7 +84,7 @@ class DeadlineProtocol(HttpToolsProtocol):
             return
         part = "body" if self._headers_read else "headers"
         REFUSALS.labels("request_read_timeout").inc()
-        peer = "%s:%d" % self.client if self.client else "?"
+        peer = f"{self.client[0]}:{self.client[1]}" if self.client else "?"
         log.warning(
             "closed the connection from %s: the request's %s did not arrive within %g s", peer, part, self.read_timeout
         )

@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 
-class AgentProtocol(str, enum.Enum):
+class AgentProtocol(enum.StrEnum):
     """What an agent server speaks: the gateway's own protocol (docs/agent-protocol.md), or
     Twilio Media Streams, for bots written against Twilio."""
 

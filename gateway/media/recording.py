@@ -359,9 +359,9 @@ class WavFile:
 
     def _open(self) -> None:
         self.partial.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.partial, "wb")
+        self._file = open(self.partial, "wb")  # noqa: SIM115 (open across frames until _close)
         _open_parts.add(self.partial)
-        wav = wave.open(self._file, "wb")
+        wav = wave.open(self._file, "wb")  # noqa: SIM115 (closed in _close)
         wav.setnchannels(2)
         wav.setsampwidth(2)
         wav.setframerate(RECORDING_FORMAT.sample_rate)

@@ -36,6 +36,7 @@ class SessionRegistry:
     def __init__(self) -> None:
         self._sessions: dict[str, Any] = {}
         self._claims: dict[str, _Claim] = {}
+        self._clearing: set[asyncio.Future[Any]] = set()  # clears asked by control messages, until done
 
     @contextlib.asynccontextmanager
     async def claiming(self, run_id: str) -> AsyncIterator[None]:
@@ -78,7 +79,9 @@ class SessionRegistry:
             return
         log.info("control %s for run=%s handled on %s", action, run_id, INSTANCE_ID)
         if action == "clear":
-            asyncio.ensure_future(session.clear())
+            task = asyncio.ensure_future(session.clear())
+            self._clearing.add(task)  # held until done: the loop keeps only weak references
+            task.add_done_callback(self._clearing.discard)
         elif action == "hangup":
             session.end(str(data.get("reason") or "hangup requested"))
         elif action == "replaced" and data.get("session") != getattr(session, "session_id", None):
