@@ -21,13 +21,7 @@ from gateway.errors import GatewayError, ProblemError
 
 # Control flow inside one module, never seen outside it.
 PRIVATE = {"gateway.jsontext._Different", "gateway.tunnel.detector._Unreachable"}
-# Classes in paths other work owns right now (issue 16): to derive from GatewayError when it lands.
-PENDING = {
-    "gateway.media.provider_socket.HandshakeError",
-    "gateway.media.agent_socket.SocketClosed",
-    "gateway.media.agent.AgentUnavailable",
-    "gateway.media.twilio_agent.AgentMessageError",
-}
+PENDING: set[str] = set()  # classes not yet derived from GatewayError (none left)
 
 
 def _gateway_exceptions() -> dict[str, type[BaseException]]:

@@ -18,6 +18,7 @@ from typing import Any
 import websockets
 
 from gateway import jsontext
+from gateway.errors import GatewayError
 from gateway.media.agent_socket import AgentSocket, SocketClosed
 from gateway.media.twilio_agent import PLACEHOLDER_ACCOUNT_SID, AgentMessageError, TwilioAgentProtocol
 from gateway.redact import Redactor, header_secrets, redact_url, url_secrets
@@ -42,7 +43,7 @@ class AgentProtocol(enum.StrEnum):
     TWILIO = "twilio"
 
 
-class AgentUnavailable(Exception):
+class AgentUnavailable(GatewayError):
     """The agent could not be reached, or its connection ended."""
 
 

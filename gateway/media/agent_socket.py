@@ -30,6 +30,8 @@ from websockets.http11 import Response
 from websockets.protocol import OPEN, State
 from websockets.uri import parse_uri
 
+from gateway.errors import GatewayError
+
 try:
     from websockets.speedups import apply_mask
 except ImportError:  # pragma: no cover - websockets without its C extension
@@ -62,7 +64,7 @@ def _holds_nothing(protocol: ClientProtocol) -> bool:
     return buffer is not None and len(buffer) == 0
 
 
-class SocketClosed(Exception):
+class SocketClosed(GatewayError):
     """The connection is closed (or was never opened); str() says how."""
 
 

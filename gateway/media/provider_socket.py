@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from gateway.audio import PLIVO_FORMAT, TELNYX_FORMAT, TWILIO_FORMAT, VONAGE_FORMAT, AudioFormat
+from gateway.errors import GatewayError
 from gateway.providers import plivo_media, telnyx_media, twilio_media, vonage_media
 from gateway.providers.media_json import MediaMessage, MediaMessageError
 
@@ -44,7 +45,7 @@ def _before(what: str, message: Message) -> str:
     )
 
 
-class HandshakeError(Exception):
+class HandshakeError(GatewayError):
     """The peer did not open the stream as the provider does; close with `code`."""
 
     def __init__(self, reason: str, code: int = 1008) -> None:

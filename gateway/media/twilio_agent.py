@@ -33,6 +33,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from gateway import jsontext
+from gateway.errors import GatewayError
 
 MEDIA_FORMAT = {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}
 FRAME_MS = 20
@@ -41,7 +42,7 @@ PLACEHOLDER_ACCOUNT_SID = "AC" + "0" * 32
 """`accountSid` for calls that did not come through a Twilio account (no Twilio credentials)."""
 
 
-class AgentMessageError(ValueError):
+class AgentMessageError(GatewayError, ValueError):
     """A message from the agent that the protocol refuses; the text says what was wrong."""
 
 

@@ -33,6 +33,7 @@ from starlette.routing import compile_path
 
 from gateway.api.middleware import POLICY_VIOLATION
 from gateway.api.telephony import WS_PATH
+from gateway.errors import GatewayError
 from gateway.media.entry import MediaEntry, Refusal
 from gateway.media.provider_socket import HandshakeError, Message
 
@@ -66,7 +67,7 @@ _CODES = {code.value: code for code in WSCloseCode}
 _TEXT, _BINARY, _CONTINUATION, _CLOSE = WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CONTINUATION, WSMsgType.CLOSE
 
 
-class ClientGone(OSError):
+class ClientGone(GatewayError, OSError):
     """A send on a socket whose peer has gone (as uvicorn's `ClientDisconnected`)."""
 
 
