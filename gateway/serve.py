@@ -49,6 +49,11 @@ class DrainingServer(uvicorn.Server):
         settle_heap()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._draining and self.should_exit and not self.force_exit:
+            # Drained already and stopping in order (a signal sent to the whole process group
+            # arrives twice: from the terminal or supervisor, and forwarded by `make`): nothing
+            # is left to end, and forcing now would only skip the app's orderly shutdown.
+            return
         if self._draining or self._loop is None:
             log.warning("second %s: ending %d live media sessions now", signal.Signals(sig).name, MEDIA.active)
             self.should_exit = True

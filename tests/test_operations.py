@@ -195,6 +195,24 @@ async def test_second_sigterm_ends_the_rest(gateway_process, tmp_path):
     await ws.close()
 
 
+async def test_a_repeated_sigterm_after_the_drain_ended_changes_nothing(gateway_process, tmp_path):
+    """A signal sent to the whole process group arrives twice (the terminal or supervisor's, and
+    `make`'s forward): once drained, the second must not force the stop past the app's shutdown."""
+    proc = gateway_process(base_config(tmp_path, shutdown={"drain_seconds": 300}))
+    proc.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while "every live call has ended" not in proc.log() and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    proc.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    while proc.proc.poll() is None and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert proc.proc.returncode == 0
+    log = proc.log()
+    assert "every live call has ended" in log
+    assert "second SIGTERM" not in log and "Traceback" not in log
+
+
 async def test_media_session_limit_refuses_and_counts(gateway_process, tmp_path):
     import websockets
 
