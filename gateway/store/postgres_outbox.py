@@ -32,14 +32,13 @@ from gateway.store.postgres_events import PostgresEvents
 from gateway.store.postgres_listener import DELIVERIES_CHANNEL
 from gateway.store.postgres_pool import Conn
 from gateway.store.postgres_rows import (
-    DELIVERY_SELECT,
-    DELIVERY_VIEW,
     UPSERT_CALL,
     delivery_from_row,
     health_from_row,
     record_from_row,
     record_params,
 )
+from gateway.store.values import DELIVERY_SELECT, DELIVERY_VIEW
 
 _LEASE_FREE = "(lease_until IS NULL OR lease_until < now())"
 """Not leased, on the database's clock: instances whose clocks differ agree on when a lease ends."""

@@ -19,22 +19,9 @@ from gateway.store.base import (
     Delivery,
     EndpointHealth,
 )
+from gateway.store.values import upsert_call_sql
 
-UPSERT_CALL = (
-    f"INSERT INTO calls ({', '.join(CALL_COLUMNS)}) VALUES ({', '.join(f'${i}' for i in range(1, len(CALL_COLUMNS) + 1))}) "
-    "ON CONFLICT (workflow_run_id) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in CALL_COLUMNS if c != "workflow_run_id")
-)
-DELIVERY_SELECT = (
-    "SELECT d.*, e.id AS e_id, e.type AS e_type, e.workflow_run_id AS e_run, e.occurred_at AS e_at,"
-    " e.data AS e_data, e.seq AS e_seq FROM deliveries d JOIN events e ON e.seq = d.event_seq"
-)
-DELIVERY_VIEW = DELIVERY_SELECT.replace(
-    " FROM deliveries d",
-    ", (SELECT MIN(a.attempted_at) FROM delivery_attempts a WHERE a.delivery_id = d.id) AS first_attempted"
-    " FROM deliveries d",
-)
-"""`DELIVERY_SELECT` with the very first attempt's time, for the listings people read."""
+UPSERT_CALL = upsert_call_sql(lambda n: f"${n}")
 
 
 def record_from_row(row: asyncpg.Record) -> CallRecord:

@@ -28,9 +28,6 @@ from gateway.store.paging import SQLITE, page_query, split_page
 from gateway.store.sqlite_calls import load_call
 from gateway.store.sqlite_events import Fanned, SQLiteEvents, WriteTx, Written
 from gateway.store.sqlite_rows import (
-    DELIVERY_COLUMNS,
-    DELIVERY_SELECT,
-    DELIVERY_VIEW,
     INSERT_ATTEMPT,
     UPSERT_CALL,
     attempt_from_row,
@@ -41,6 +38,7 @@ from gateway.store.sqlite_rows import (
     record_params,
     ts,
 )
+from gateway.store.values import DELIVERY_COLUMNS, DELIVERY_SELECT, DELIVERY_VIEW
 
 _LEASE = "lease_owner = ?, lease_until = ?, lease_id = ?, resend = 0"
 """Hand a row out under a new lease (owner, until, id); a retry asked for before is met by it."""

@@ -25,6 +25,7 @@ from gateway.store.base import (
     EndpointHealth,
     TimelineEntry,
 )
+from gateway.store.values import upsert_call_sql
 
 
 @lru_cache(maxsize=1024)
@@ -84,24 +85,7 @@ def record_params(record: CallRecord) -> list[Any]:
     return values
 
 
-UPSERT_CALL = (
-    f"INSERT INTO calls ({', '.join(CALL_COLUMNS)}) VALUES ({', '.join('?' for _ in CALL_COLUMNS)}) "
-    "ON CONFLICT (workflow_run_id) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in CALL_COLUMNS if c != "workflow_run_id")
-)
-
-
-DELIVERY_COLUMNS = (
-    "SELECT d.*, e.id AS e_id, e.type AS e_type, e.workflow_run_id AS e_run, e.occurred_at AS e_at,"
-    " e.data AS e_data, e.seq AS e_seq"
-)
-DELIVERY_SELECT = DELIVERY_COLUMNS + " FROM deliveries d JOIN events e ON e.seq = d.event_seq"
-"""A delivery row with its event's columns (`e_*`), as `delivery_from_row(..., with_event=True)` reads it."""
-DELIVERY_VIEW = (
-    DELIVERY_COLUMNS + ", (SELECT MIN(a.attempted_at) FROM delivery_attempts a WHERE a.delivery_id = d.id)"
-    " AS first_attempted FROM deliveries d JOIN events e ON e.seq = d.event_seq"
-)
-"""`DELIVERY_SELECT` with the very first attempt's time, for the listings people read."""
+UPSERT_CALL = upsert_call_sql(lambda n: "?")
 
 INSERT_DELIVERY = (
     "INSERT INTO deliveries (id, event_seq, subscription, workflow_run_id, order_key, status, attempts,"

@@ -38,6 +38,30 @@ CALL_COLUMNS = (
     "created_at",
     "updated_at",
 )
+
+
+def upsert_call_sql(placeholder: Callable[[int], str]) -> str:
+    """The call record's upsert, every column in `CALL_COLUMNS` order; `placeholder(n)` is the
+    backend's n-th parameter (`?` on SQLite, `$n` on PostgreSQL)."""
+    values = ", ".join(placeholder(i) for i in range(1, len(CALL_COLUMNS) + 1))
+    return (
+        f"INSERT INTO calls ({', '.join(CALL_COLUMNS)}) VALUES ({values}) "
+        "ON CONFLICT (workflow_run_id) DO UPDATE SET "
+        + ", ".join(f"{c} = excluded.{c}" for c in CALL_COLUMNS if c != "workflow_run_id")
+    )
+
+
+DELIVERY_COLUMNS = (
+    "SELECT d.*, e.id AS e_id, e.type AS e_type, e.workflow_run_id AS e_run, e.occurred_at AS e_at,"
+    " e.data AS e_data, e.seq AS e_seq"
+)
+DELIVERY_SELECT = DELIVERY_COLUMNS + " FROM deliveries d JOIN events e ON e.seq = d.event_seq"
+"""A delivery row with its event's columns (`e_*`), as each backend's `delivery_from_row` reads it."""
+DELIVERY_VIEW = (
+    DELIVERY_COLUMNS + ", (SELECT MIN(a.attempted_at) FROM delivery_attempts a WHERE a.delivery_id = d.id)"
+    " AS first_attempted FROM deliveries d JOIN events e ON e.seq = d.event_seq"
+)
+"""`DELIVERY_SELECT` with the very first attempt's time, for the listings people read."""
 """The `calls` table's columns, in one order for every backend (`CallRecord` field names)."""
 
 
