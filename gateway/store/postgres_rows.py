@@ -19,7 +19,7 @@ from gateway.store.base import (
     Delivery,
     EndpointHealth,
 )
-from gateway.store.values import upsert_call_sql
+from gateway.store.values import EVENT_ALIASES, EVENT_COLUMNS, upsert_call_sql
 
 UPSERT_CALL = upsert_call_sql(lambda n: f"${n}")
 
@@ -41,22 +41,10 @@ def record_params(record: CallRecord) -> list[Any]:
 
 
 def event_from_row(row: asyncpg.Record, prefix: str = "") -> Event:
-    if prefix:
-        return Event(
-            type=row["e_type"],
-            workflow_run_id=row["e_run"],
-            occurred_at=row["e_at"],
-            data=row["e_data"],
-            id=row["e_id"],
-            seq=row["e_seq"],
-        )
+    """An event from its own row, or (`prefix`) from a delivery row joined with it."""
+    kind, run, at, data, event_id, seq = EVENT_ALIASES if prefix else EVENT_COLUMNS
     return Event(
-        type=row["type"],
-        workflow_run_id=row["workflow_run_id"],
-        occurred_at=row["occurred_at"],
-        data=row["data"],
-        id=row["id"],
-        seq=row["seq"],
+        type=row[kind], workflow_run_id=row[run], occurred_at=row[at], data=row[data], id=row[event_id], seq=row[seq]
     )
 
 

@@ -25,7 +25,7 @@ from gateway.store.base import (
     EndpointHealth,
     TimelineEntry,
 )
-from gateway.store.values import upsert_call_sql
+from gateway.store.values import EVENT_ALIASES, EVENT_COLUMNS, upsert_call_sql
 
 
 @lru_cache(maxsize=1024)
@@ -123,14 +123,15 @@ def insert_timeline(conn: sqlite3.Connection, entries: Sequence[TimelineWrite]) 
 
 
 def event_from_row(row: sqlite3.Row, prefix: str = "") -> Event:
-    p = prefix
+    """An event from its own row, or (`prefix`) from a delivery row joined with it."""
+    kind, run, at, data, event_id, seq = EVENT_ALIASES if prefix else EVENT_COLUMNS
     return Event(
-        type=row[f"{p}type"],
-        workflow_run_id=row[f"{p}run" if p else "workflow_run_id"],
-        occurred_at=parse_time(row[f"{p}at" if p else "occurred_at"]),
-        data_json=row[f"{p}data"],
-        id=row[f"{p}id"],
-        seq=row[f"{p}seq"],
+        type=row[kind],
+        workflow_run_id=row[run],
+        occurred_at=parse_time(row[at]),
+        data_json=row[data],
+        id=row[event_id],
+        seq=row[seq],
     )
 
 

@@ -51,9 +51,12 @@ def upsert_call_sql(placeholder: Callable[[int], str]) -> str:
     )
 
 
-DELIVERY_COLUMNS = (
-    "SELECT d.*, e.id AS e_id, e.type AS e_type, e.workflow_run_id AS e_run, e.occurred_at AS e_at,"
-    " e.data AS e_data, e.seq AS e_seq"
+EVENT_COLUMNS = ("type", "workflow_run_id", "occurred_at", "data", "id", "seq")
+"""An event row's columns, in this order in `EVENT_ALIASES`."""
+EVENT_ALIASES = ("e_type", "e_run", "e_at", "e_data", "e_id", "e_seq")
+"""The same columns as a delivery row joined with its event names them (`DELIVERY_COLUMNS`)."""
+DELIVERY_COLUMNS = "SELECT d.*, " + ", ".join(
+    f"e.{column} AS {alias}" for column, alias in zip(EVENT_COLUMNS, EVENT_ALIASES, strict=True)
 )
 DELIVERY_SELECT = DELIVERY_COLUMNS + " FROM deliveries d JOIN events e ON e.seq = d.event_seq"
 """A delivery row with its event's columns (`e_*`), as each backend's `delivery_from_row` reads it."""
